@@ -1,0 +1,19 @@
+# Two entry points (see README): `make demo` runs the main job, `make test` runs the test suite.
+# Each installs what it needs on a fresh machine.
+PY ?= python3
+# The CPU build of torch that this platform serves; on a GPU machine install your own torch first
+# and run `make ... TORCH_SPEC=` to keep it (an unpinned `pip install torch` pulls several GB of CUDA wheels).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install test demo
+
+install:
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[test]"
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs
+
+demo: install
+	$(PY) -m sharedllm assets
+	HF_HUB_OFFLINE=1 $(PY) -m sharedllm eval demo

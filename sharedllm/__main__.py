@@ -1,0 +1,3 @@
+from sharedllm.cli import main
+
+main()
