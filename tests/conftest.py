@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny random Llama / Qwen2 / Mistral models built in code (no weights, no hub)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+TINY = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=True,
+)
+
+
+def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
+    """A random causal LM of the given architecture, fp32, eval mode, sdpa attention."""
+    torch.manual_seed(seed)
+    kwargs = {**TINY, **overrides}
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**kwargs))
+    elif arch == "qwen2":  # q/k/v projections carry a bias
+        model = Qwen2ForCausalLM(Qwen2Config(**kwargs))
+    elif arch == "mistral":
+        model = MistralForCausalLM(MistralConfig(**kwargs))
+    else:
+        raise ValueError(arch)
+    model.set_attn_implementation("sdpa")  # as from_pretrained would; a bare constructor leaves it unset
+    return model.eval()
+
+
+@pytest.fixture(params=["llama", "qwen2", "mistral"])
+def arch(request):
+    return request.param
