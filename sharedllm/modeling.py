@@ -58,7 +58,8 @@ def base_fingerprint(model: nn.Module, samples_per_tensor: int = 64) -> str:
     digest = hashlib.sha256()
     for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
         flat = param.detach().reshape(-1)
-        index = torch.linspace(0, flat.numel() - 1, min(samples_per_tensor, flat.numel()), device=flat.device).long()
+        count = min(samples_per_tensor, flat.numel())
+        index = torch.arange(count, device=flat.device) * (flat.numel() - 1) // max(count - 1, 1)  # exact integers
         sample = flat[index].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
         digest.update(f"{name}:{tuple(param.shape)}".encode())
         digest.update(sample)
