@@ -1,0 +1,349 @@
+"""`sharedllm eval <task>`: run the field's protocols on one or several methods and write result JSON.
+
+Tasks: ppl (CEPE or sliding protocol), passkey (Landmark format), niah (needle in real prose), ruler
+(synthetic RULER-style tasks), longbench (user-provided LongBench / InfiniteBench JSON lines), and demo
+(the newcomer run: PPL and passkey beyond the base model's 8K window for full / window / streaming /
+sharedllm, in a few minutes on a laptop CPU). Each (task, method) writes one JSON under --output with the
+protocol, data, counts, scores, hardware and command; `sharedllm report` turns them into docs/results.md.
+"""
+
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import report
+from .needle import RULER_TASKS, effective_length, load_haystack, run_needle_grid, run_ruler
+from .passkey import DEFAULT_DEPTHS, run_passkey
+from .ppl import PROTOCOLS, perplexity
+
+TASKS = ("ppl", "passkey", "niah", "ruler", "longbench", "demo")
+DEFAULT_ADAPTER = "adapters/smollm2-135m"
+DEMO_METHODS = ["full", "window", "streaming", "sharedllm"]
+SYNTHETIC = {"source": "synthetic", "split": None, "n_docs": 0}  # passkey needs no corpus
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Per-task defaults for options whose sensible value depends on the task (None on the command line).
+DEFAULTS = {
+    "ppl": dict(methods=["sharedllm"], lengths=[4096, 8192, 16384], max_windows=100),
+    "passkey": dict(methods=["sharedllm"], lengths=[4096, 8192, 16384], trials=10, depths=DEFAULT_DEPTHS),
+    "niah": dict(methods=["sharedllm"], lengths=[4096, 8192, 16384], trials=10, depths=DEFAULT_DEPTHS),
+    "ruler": dict(methods=["sharedllm"], lengths=[4096, 8192, 16384], trials=10),
+    "longbench": dict(methods=["sharedllm"], lengths=[16384]),
+    # The demo must finish in minutes on 2 CPU cores: one 16K length, 1 PPL window, 2 passkey trials
+    # (full attention costs about 80 s per 16K forward there: 3 of them dominate the run).
+    "demo": dict(methods=DEMO_METHODS, lengths=[16384], max_windows=1, trials=2, depths=(0.5,),
+                 domains=["books"]),
+}
+
+
+def parse_length(text: str) -> int:
+    """'4K' -> 4096, '16k' -> 16384, '1M' -> 1048576, '32768' -> 32768."""
+    text = text.strip().upper()
+    scale = {"K": 1024, "M": 1024 ** 2}.get(text[-1:], 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+def add_arguments(parser):
+    parser.add_argument("task", choices=TASKS)
+    parser.add_argument("--method", nargs="+", dest="methods", help="full window streaming yarn cepe sharedllm")
+    parser.add_argument("--base", help="base causal LM folder or hub id (default: the shipped SmolLM2-135M)")
+    parser.add_argument("--adapter", default=DEFAULT_ADAPTER,
+                        help="SharedLLM adapter folder for --method sharedllm; 'none' = untrained (zero-init)")
+    parser.add_argument("--lengths", nargs="+", type=parse_length, help="e.g. 4K 16K 32768")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="cepe", help="perplexity protocol")
+    parser.add_argument("--domains", nargs="+", help="corpus domains (books math code); default: all")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--data", nargs="+",
+                        help="user files instead of the corpus: text / JSON-lines documents (ppl, niah, ruler) "
+                             "or LongBench-format JSON lines (longbench)")
+    parser.add_argument("--max-windows", type=int, help="PPL window cap over all documents (ppl: 100)")
+    parser.add_argument("--trials", type=int, help="trials per cell (passkey, niah, ruler: 10)")
+    parser.add_argument("--depths", nargs="+", type=float, help="needle depths in [0, 1]")
+    parser.add_argument("--tasks", nargs="+", choices=list(RULER_TASKS), help="RULER tasks (default: all)")
+    parser.add_argument("--threshold", type=float,
+                        help="RULER effective-length threshold (default: full attention at the native length)")
+    parser.add_argument("--limit", type=int, help="longbench: at most this many records per dataset")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", default="results/", help="folder for result JSON")
+    parser.add_argument("--docs", default="docs", help="demo: where results.md and figures/ are regenerated")
+
+
+def run(args):
+    for key, value in DEFAULTS[args.task].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, list(value) if isinstance(value, (list, tuple)) else value)
+    session = Session(args)
+    return {"ppl": run_ppl, "passkey": run_passkey_task, "niah": run_niah, "ruler": run_ruler_task,
+            "longbench": run_longbench_task, "demo": run_demo}[args.task](session)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shared plumbing: model, methods, data, result files
+
+
+class Session:
+    """The base model (loaded once), the command line, and result writing for one `sharedllm eval` run."""
+
+    def __init__(self, args):
+        from sharedllm.modeling import load_causal_lm
+
+        self.args = args
+        if args.base is None:
+            from sharedllm.assets import default_model_path
+
+            args.base = str(default_model_path())
+        self.base, self.tokenizer = load_causal_lm(args.base, dtype=DTYPES[args.dtype])
+        self.base.to(args.device)
+        self.adapter = None if str(args.adapter).lower() == "none" else args.adapter
+        self.command = shlex.join(["sharedllm", *sys.argv[1:]])
+
+    def methods(self):
+        """Yield (name, method) one at a time so that only one method's extra weights live at once."""
+        from sharedllm.methods import load_method
+
+        for name in self.args.methods:
+            knobs = {}
+            if name == "sharedllm":
+                if self.adapter is not None and not Path(self.adapter).is_dir():
+                    raise FileNotFoundError(f"no adapter folder {self.adapter}; train one with `sharedllm train` "
+                                            "or pass --adapter none for the untrained (zero-init) model")
+                knobs["adapter"] = self.adapter
+            yield name, load_method(name, self.base, self.tokenizer, **knobs)
+
+    def documents(self, default_domains=None):
+        """Tokenised documents (cached ids, no special tokens) and a description of their source."""
+        from sharedllm.data import tokenize_documents
+
+        docs, source = self.raw_documents(default_domains)
+        return tokenize_documents(docs, self.tokenizer), source
+
+    def raw_documents(self, default_domains=None):
+        args = self.args
+        if args.data:
+            from sharedllm.data import load_user_documents
+
+            docs = [d for path in args.data for d in load_user_documents(path)]
+            return docs, {"source": ",".join(args.data), "split": "user", "domains": sorted({d.domain for d in docs})}
+        from sharedllm.assets import DEFAULT_DOMAINS, load_documents
+
+        domains = args.domains or default_domains or list(DEFAULT_DOMAINS)
+        return load_documents(args.split, domains), {"split": args.split, "domains": domains}
+
+    def haystack(self):
+        args = self.args
+        if args.data:
+            return "\n\n".join(d.text for d in self.raw_documents()[0]), {"source": ",".join(args.data), "split": "user"}
+        domains = args.domains or ["books"]
+        return load_haystack(args.split, domains), {"split": args.split, "domains": domains}
+
+    def hardware(self) -> dict:
+        import transformers
+
+        cpu = platform.processor() or platform.machine()
+        try:
+            cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        on_gpu = self.base.device.type == "cuda"
+        return {"cpu": cpu, "gpu": torch.cuda.get_device_name(self.base.device) if on_gpu else None,
+                "device": str(self.base.device), "threads": torch.get_num_threads(), "dtype": self.args.dtype,
+                "attention": getattr(self.base.config, "_attn_implementation", None),
+                "torch": torch.__version__, "transformers": transformers.__version__}
+
+    def write(self, task, name, method, protocol, data, scores, counts, details, wall_time_s, notes=""):
+        result = {
+            "task": task, "protocol": protocol, "method": name,
+            "method_config": method.describe() if hasattr(method, "describe") else {},
+            "model": self.args.base, "adapter": self.adapter if name in ("sharedllm", "cepe") else None,
+            "data": data, "lengths": self.args.lengths, "counts": counts, "scores": scores, "details": details,
+            "seed": self.args.seed, "wall_time_s": wall_time_s, "hardware": self.hardware(),
+            "command": self.command, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "notes": notes,
+        }
+        out = Path(self.args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{task}_{name}_{protocol}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+        path.write_text(json.dumps(result, indent=1, default=str))
+        print(f"wrote {path}")
+        return path
+
+
+def print_table(title: str, rows: dict[str, dict[str, str]], note: str = "") -> None:
+    """rows: method -> column -> formatted value."""
+    columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+    widths = [max(len("method"), *map(len, rows))] + [max(len(c), *(len(r.get(c, "")) for r in rows.values()))
+                                                      for c in columns]
+    line = lambda cells: "  ".join(cell.ljust(w) for cell, w in zip(cells, widths))  # noqa: E731
+    print(f"\n{title}")
+    print(line(["method", *columns]))
+    print(line(["-" * w for w in widths]))
+    for method, row in rows.items():
+        print(line([method, *(row.get(c, "–") for c in columns)]))
+    if note:
+        print(note)
+
+
+def _k(n) -> str:
+    return report.length_label(n)
+
+
+def _with_bos(tokenizer, docs):
+    """Prepend BOS to each document when the tokenizer itself adds one (the base model expects it)."""
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [bos]
+    return [np.concatenate([[bos], d.ids]).astype(np.int64) if adds_bos else d.ids for d in docs]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tasks
+
+
+def ppl_results(session, protocol, lengths, max_windows, default_domains=None, notes=""):
+    docs, data = session.documents(default_domains)
+    ids = _with_bos(session.tokenizer, docs) if protocol == "sliding" else [d.ids for d in docs]
+    data["n_docs"] = len(docs)
+    rows = {}
+    for name, method in session.methods():
+        start, scores, counts, details = time.time(), {}, {}, {}
+        decoder_len = (method.describe().get("decoder_window") or 0) if hasattr(method, "describe") else 0
+        for length in lengths:
+            r = perplexity(method, ids, protocol, length, domains=[d.domain for d in docs],
+                           decoder_len=min(decoder_len, length), max_windows=max_windows)
+            scores[str(length)] = r["ppl"]
+            counts[str(length)] = {"docs": r["n_docs"], "docs_too_short": r["n_docs_skipped"],
+                                   "windows": r["n_windows"], "scored_tokens": r["scored_tokens"]}
+            details[str(length)] = r
+            rows.setdefault(name, {})[_k(length)] = (f"{r['ppl']:.2f} ({r['n_windows']} win, {r['scored_tokens']} tok)"
+                                                    if r["ppl"] else "no doc >= T")
+        session.write("ppl", name, method, protocol, data, scores, counts, details, time.time() - start, notes)
+        del method
+    return rows, data
+
+
+def run_ppl(session):
+    args = session.args
+    rows, data = ppl_results(session, args.protocol, args.lengths, args.max_windows)
+    print_table(f"perplexity, {args.protocol} protocol, model {args.base}, data {data}", rows,
+                f"window cap: {args.max_windows} per length over all documents")
+
+
+def passkey_results(session, lengths, depths, trials, notes=""):
+    rows = {}
+    for name, method in session.methods():
+        start = time.time()
+        r = run_passkey(method, session.tokenizer, lengths, depths, trials, session.args.seed)
+        scores = {str(n): acc for n, acc in r["per_length"].items()}
+        counts = {"trials_per_cell": trials, "depths": len(depths), "total_trials": len(r["records"])}
+        session.write("passkey", name, method, "landmark", SYNTHETIC, scores, counts, r,
+                      time.time() - start, notes)
+        rows[name] = {_k(n): f"{100 * acc:.0f}% of {trials * len(depths)}" for n, acc in r["per_length"].items()}
+    return rows
+
+
+def run_passkey_task(session):
+    a = session.args
+    rows = passkey_results(session, a.lengths, a.depths, a.trials)
+    print_table(f"passkey accuracy (Landmark format), model {a.base}, depths {a.depths}", rows)
+
+
+def run_niah(session):
+    a = session.args
+    haystack, data = session.haystack()
+    rows = {}
+    for name, method in session.methods():
+        start = time.time()
+        r = run_needle_grid(method, session.tokenizer, a.lengths, a.depths, a.trials, a.seed, haystack)
+        per_length = {}
+        for c in r["cells"]:
+            per_length.setdefault(c["length"], []).append(c["accuracy"])
+        scores = {str(n): sum(v) / len(v) for n, v in per_length.items()}
+        counts = {"trials_per_cell": a.trials, "depths": len(a.depths), "total_trials": len(r["records"])}
+        session.write("niah", name, method, "niah-prose", data, scores, counts, r, time.time() - start)
+        rows[name] = {_k(n): f"{100 * s:.0f}%" for n, s in scores.items()}
+    print_table(f"needle in a haystack (prose), model {a.base}, depths {a.depths}, {a.trials} trials/cell", rows)
+
+
+def run_ruler_task(session):
+    a = session.args
+    tasks = a.tasks or list(RULER_TASKS)
+    haystack, data = session.haystack()
+    native = getattr(session.base.config, "max_position_embeddings", None)
+    finished = []
+    for name, method in session.methods():
+        start = time.time()
+        r = run_ruler(method, session.tokenizer, a.lengths, tasks, a.trials, a.seed, haystack)
+        finished.append((name, method.describe() if hasattr(method, "describe") else {}, r, time.time() - start))
+    threshold = a.threshold
+    for name, _, r, _ in finished:  # RULER's threshold: the base model's score at its native length
+        if threshold is None and name == "full" and native in r["scores"]:
+            threshold = 100 * r["scores"][native]["average"]
+    rows = {}
+    for name, config, r, wall in finished:
+        scores = {str(n): {t: 100 * s for t, s in v.items()} for n, v in r["scores"].items()}
+        average = {n: 100 * v["average"] for n, v in r["scores"].items()}
+        eff = effective_length(average, threshold) if threshold is not None else None
+        details = {**r, "threshold": threshold, "effective_length": eff, "tasks": tasks}
+        counts = {"trials_per_task": a.trials, "tasks": len(tasks)}
+        session.write("ruler", name, _Described(config), "ruler", data, scores, counts, details, wall)
+        rows[name] = {**{_k(n): f"{v:.1f}" for n, v in average.items()},
+                      "effective": _k(eff) if eff else "–"}
+    note = (f"threshold {threshold:.1f} (full attention at {native})" if threshold is not None
+            else "no threshold: pass --threshold or include --method full at the native length")
+    print_table(f"RULER average over {tasks}, model {a.base}", rows, note)
+
+
+class _Described:
+    """Stands in for a method whose weights were already freed, for `Session.write`."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def describe(self):
+        return self.config
+
+
+def run_longbench_task(session):
+    from .longbench import load_records, run_longbench
+
+    a = session.args
+    if not a.data:
+        raise SystemExit("longbench needs --data FILE.jsonl ... (LongBench cannot be downloaded here)")
+    records = load_records(a.data)
+    if a.limit:
+        kept = {}
+        for r in records:
+            kept.setdefault(r["dataset"], [])
+            if len(kept[r["dataset"]]) < a.limit:
+                kept[r["dataset"]].append(r)
+        records = [r for rs in kept.values() for r in rs]
+    data = {"source": ",".join(a.data), "split": "user", "n_docs": len(records)}
+    rows = {}
+    for name, method in session.methods():
+        start, scores, counts, details = time.time(), {}, {}, {}
+        for budget in a.lengths:
+            r = run_longbench(method, session.tokenizer, records, budget)
+            scores[str(budget)], counts[str(budget)], details[str(budget)] = r["scores"], r["counts"], r
+            rows.setdefault(name, {}).update({f"{d}@{_k(budget)}": f"{s:.1f}" for d, s in r["scores"].items()})
+        session.write("longbench", name, method, "longbench", data, scores, counts, details, time.time() - start)
+    print_table(f"LongBench-format scores (x100), model {a.base}, data {data['source']}", rows)
+
+
+def run_demo(session):
+    a = session.args
+    note = (f"DEMO SETTINGS: {a.max_windows} PPL windows and {a.trials} passkey trials per method at depth(s) "
+            f"{a.depths}: indicative only; the full protocols use 100 windows and >= 10 trials per cell")
+    ppl_rows, data = ppl_results(session, "cepe", a.lengths, a.max_windows, notes=note)
+    passkey_rows = passkey_results(session, a.lengths, a.depths, a.trials, note)
+    rows = {m: {**{f"PPL@{k}": v for k, v in ppl_rows.get(m, {}).items()},
+                **{f"passkey@{k}": v for k, v in passkey_rows.get(m, {}).items()}} for m in a.methods}
+    print_table(f"SharedLLM demo: model {a.base} (native window "
+                f"{getattr(session.base.config, 'max_position_embeddings', '?')}), adapter {session.adapter}, "
+                f"{data.get('domains')} {data.get('split')} split, CEPE PPL protocol", rows, note)
+    path = report.regenerate(a.output, a.docs)
+    print(f"regenerated {path} and {Path(a.docs) / 'figures'}")

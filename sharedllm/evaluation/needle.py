@@ -1,0 +1,270 @@
+"""Needle in a haystack on real prose, and RULER-style synthetic tasks (judge-free).
+
+Every task is a seeded generator returning a `Sample` (prompt text ending with RULER's answer prefix,
+gold strings, generation budget); the score is RULER's string match: the fraction of gold strings found,
+case-insensitive, in the greedy output. Prompts are filled to `length - max_new_tokens` tokens (RULER
+counts the answer in the sequence length) by bisection on the number of haystack sentences or words.
+
+Tasks (RULER, NVIDIA, with its templates):
+* niah_single / niah_multikey / niah_multivalue / niah_multiquery: "One of the special magic numbers
+  for <key> is: <value>." needles at sentence boundaries of a haystack that is either the repeated
+  grass/sky filler or real prose (`haystack_text`).
+* variable_tracking: "VAR ABCDE = 12345." then a chain "VAR FGHIJ = VAR ABCDE." scattered in filler;
+  every variable of the chain must be named.
+* common_words: a numbered word list where 10 words repeat far more often; name the top 10. Words are
+  pronounceable pseudo-words built from syllables (RULER samples English words from a package that is
+  not available offline).
+"""
+
+import random
+import re
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .metrics import string_match_all
+from .passkey import FILLER, encode, generate_text, longest_fitting
+
+FILLER_SENTENCES = re.split(r"(?<=\.) ", FILLER)
+ADJECTIVES = ("ancient bitter brave calm clever cold crooked curious damp eager elegant empty fancy fierce "
+              "gentle gloomy golden grumpy hollow humble icy jolly lazy little lively loud lucky mellow "
+              "narrow nervous noisy odd plain proud quiet rapid rough shiny silent silly sleepy slow "
+              "smooth sticky sturdy swift tame tender tidy tiny vast wild witty young zealous").split()
+NOUNS = ("anchor apple badger barrel basket beacon bicycle blanket bottle bridge bucket cabin camera "
+         "candle canyon castle cactus cellar chimney compass cottage crayon dentist dolphin engine falcon "
+         "feather fiddle garden glacier hammer harbor helmet island kettle ladder lantern lemon magnet "
+         "meadow mirror needle orchard otter paddle parrot pencil pillow pirate puzzle rabbit saddle "
+         "sailor tractor trumpet tunnel violin walrus window wizard").split()
+SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+
+NIAH_TEMPLATE = ("Some special magic {kind} are hidden within the following text. Make sure to memorize it. "
+                 "I will quiz you about the {kind} afterwards.\n{context}\nWhat are all the special magic "
+                 "{kind} for {query} mentioned in the provided text? The special magic {kind} for {query} "
+                 "mentioned in the provided text are")
+NEEDLE_TEMPLATE = "One of the special magic {kind} for {key} is: {value}."
+VT_TEMPLATE = ("Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
+               "{context}\nQuestion: Find all variables that are assigned the value {value} in the text "
+               "above. Answer: According to the chain(s) of variable assignment in the text above, {n} "
+               "variables are assigned the value {value}, they are:")
+CWE_TEMPLATE = ("Below is a numbered list of words. In these words, some appear more often than others. "
+                "Memorize the ones that appear most often.\n{context}\nQuestion: What are the 10 most common "
+                "words in the above list? Answer: The top 10 words that appear most frequently in the list "
+                "are:")
+
+# task -> (needle counts for NIAH, RULER's max_new_tokens)
+RULER_TASKS = {
+    "niah_single": dict(n_keys=1, n_values=1, n_queries=1, max_new_tokens=128),
+    "niah_multikey": dict(n_keys=4, n_values=1, n_queries=1, max_new_tokens=128),
+    "niah_multivalue": dict(n_keys=1, n_values=4, n_queries=1, max_new_tokens=128),
+    "niah_multiquery": dict(n_keys=4, n_values=1, n_queries=4, max_new_tokens=128),
+    "variable_tracking": dict(max_new_tokens=30),
+    "common_words": dict(max_new_tokens=120),
+}
+
+
+@dataclass
+class Sample:
+    task: str
+    prompt: str
+    golds: list[str]
+    max_new_tokens: int
+    info: dict = field(default_factory=dict)
+
+
+def prose_sentences(text: str) -> list[str]:
+    """Sentences of real prose (split after . ! ? followed by whitespace), inner whitespace collapsed."""
+    sentences = [" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text)]
+    return [s for s in sentences if s]
+
+
+def load_haystack(split="test", domains=("books",)) -> str:
+    """Concatenated documents of the project's corpus (the books by default), for prose haystacks."""
+    from sharedllm.assets import load_documents
+
+    docs = load_documents(split, list(domains))
+    if not docs:
+        raise ValueError(f"no {split} documents in domains {domains}")
+    return "\n\n".join(doc.text for doc in docs)
+
+
+def insert_at_depths(sentences: list[str], inserts: list[tuple[float, str]]) -> str:
+    """Join sentences with each (depth, text) placed at the sentence boundary nearest depth * len."""
+    slots = {}
+    for depth, text in inserts:  # inserts keep their given order at a shared boundary
+        slots.setdefault(round(depth * len(sentences)), []).append(text)
+    parts = []
+    for i in range(len(sentences) + 1):
+        parts.extend(slots.get(i, []))
+        if i < len(sentences):
+            parts.append(sentences[i])
+    return " ".join(parts)
+
+
+def _fill(tokenizer, budget, build_with_n_sentences):
+    n = longest_fitting(build_with_n_sentences, tokenizer, budget)
+    return build_with_n_sentences(n)
+
+
+def _cycle(sentences, n):
+    # Haystacks shorter than the target are repeated rather than silently truncating the prompt.
+    return [sentences[i % len(sentences)] for i in range(n)]
+
+
+def _value(rng, value_type):
+    if value_type == "number":
+        return str(rng.randint(1_000_000, 9_999_999))
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def niah_sample(tokenizer, length, seed, n_keys=1, n_values=1, n_queries=1, haystack_text=None, depth=None,
+                value_type="number", max_new_tokens=128, task="niah_single") -> Sample:
+    """NIAH with n_keys keys (n_queries of them asked), n_values values per asked key.
+
+    The first needle goes at `depth` (random if None); the others at random depths.
+    """
+    rng = random.Random(f"{task}/{seed}/{length}/{depth}")
+    kind = "numbers" if value_type == "number" else "uuids"
+    keys = [f"{a}-{b}" for a, b in zip(rng.sample(ADJECTIVES, n_keys), rng.sample(NOUNS, n_keys))]
+    values = {key: [_value(rng, value_type) for _ in range(n_values)] for key in keys}
+    needles = [NEEDLE_TEMPLATE.format(kind=kind, key=k, value=v) for k in keys for v in values[k]]
+    depths = [rng.random() if depth is None else depth] + [rng.random() for _ in needles[1:]]
+    asked = keys[:n_queries]
+    query = asked[0] if n_queries == 1 else ", ".join(asked[:-1]) + ", and " + asked[-1]
+    sentences = prose_sentences(haystack_text) if haystack_text else FILLER_SENTENCES
+    if not sentences:
+        raise ValueError("empty haystack")
+
+    def build(n):
+        context = insert_at_depths(_cycle(sentences, n), list(zip(depths, needles)))
+        return NIAH_TEMPLATE.format(kind=kind, context=context, query=query)
+
+    prompt = _fill(tokenizer, length - max_new_tokens, build)
+    golds = [v for k in asked for v in values[k]]
+    return Sample(task, prompt, golds, max_new_tokens, {"depth": depths[0], "keys": asked})
+
+
+def _variable_name(rng):
+    return "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5))
+
+
+def variable_tracking_sample(tokenizer, length, seed, n_hops=4, max_new_tokens=30,
+                             task="variable_tracking") -> Sample:
+    """One chain of n_hops + 1 variables holding the same value, statements in order inside filler."""
+    rng = random.Random(f"{task}/{seed}/{length}")
+    names = []
+    while len(names) < n_hops + 1:
+        name = _variable_name(rng)
+        if name not in names:
+            names.append(name)
+    value = str(rng.randint(10_000, 99_999))
+    statements = [f"VAR {names[0]} = {value}."] + [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:])]
+    depths = sorted(rng.random() for _ in statements)  # sorted: an assignment never precedes its source
+
+    def build(n):
+        context = insert_at_depths(_cycle(FILLER_SENTENCES, n), list(zip(depths, statements)))
+        return VT_TEMPLATE.format(context=context, value=value, n=len(names))
+
+    prompt = _fill(tokenizer, length - max_new_tokens, build)
+    return Sample(task, prompt, names, max_new_tokens, {"value": value})
+
+
+def _pseudo_words(rng, count):
+    indices = rng.sample(range(len(SYLLABLES) ** 3), count)
+    return ["".join(SYLLABLES[i // len(SYLLABLES) ** p % len(SYLLABLES)] for p in range(3)) for i in indices]
+
+
+def common_words_sample(tokenizer, length, seed, n_common=10, max_new_tokens=120,
+                        task="common_words") -> Sample:
+    """Numbered list: n_common words repeated freq_common times, uncommon words 3 times each.
+
+    RULER repeats common words 30 times; short prompts (< 4K tokens) use 10 so that the list still
+    has room for uncommon words.
+    """
+    budget = length - max_new_tokens
+    freq_common, freq_uncommon = (30, 3) if length >= 4096 else (10, 3)
+    rng = random.Random(f"{task}/{seed}/{length}")
+    words = _pseudo_words(rng, n_common + budget // 2)  # every list entry costs >= 2 tokens
+    common, uncommon = words[:n_common], words[n_common:]
+
+    def build(n):
+        items = common * freq_common + uncommon[:n] * freq_uncommon
+        random.Random(f"{task}/{seed}/{length}/{n}").shuffle(items)
+        context = "\n".join(f"{i}. {w}" for i, w in enumerate(items, start=1))
+        return CWE_TEMPLATE.format(context=context)
+
+    prompt = _fill(tokenizer, budget, build)
+    return Sample(task, prompt, common, max_new_tokens, {"freq_common": freq_common})
+
+
+def make_sample(task, tokenizer, length, seed, haystack_text=None, depth=None) -> Sample:
+    """One seeded sample of a RULER task at `length` tokens (prompt + answer budget)."""
+    spec = dict(RULER_TASKS[task])
+    if task.startswith("niah"):
+        return niah_sample(tokenizer, length, seed, haystack_text=haystack_text, depth=depth, task=task, **spec)
+    if task == "variable_tracking":
+        return variable_tracking_sample(tokenizer, length, seed, **spec)
+    return common_words_sample(tokenizer, length, seed, **spec)
+
+
+def score_sample(sample: Sample, output: str) -> float:
+    return string_match_all(output, sample.golds)
+
+
+@torch.no_grad()
+def run_needle_grid(method, tokenizer, lengths, depths, trials, seed, haystack_text, max_new_tokens=32,
+                    progress=True):
+    """NIAH (single key -> 7-digit number) on real prose: accuracy per (length, depth) cell."""
+    cells, records = [], []
+    bar = tqdm(total=len(lengths) * len(depths) * trials, desc="niah", disable=not progress)
+    for length in lengths:
+        for depth in depths:
+            scores = []
+            for trial in range(trials):
+                sample = niah_sample(tokenizer, length, f"{seed}/{trial}", haystack_text=haystack_text,
+                                     depth=depth, max_new_tokens=max_new_tokens)
+                output = generate_text(method, tokenizer, sample.prompt, sample.max_new_tokens)
+                scores.append(score_sample(sample, output))
+                records.append({"length": length, "depth": depth, "trial": trial, "golds": sample.golds,
+                                "output": output, "score": scores[-1]})
+                bar.update()
+            cells.append({"length": length, "depth": depth, "trials": trials,
+                          "accuracy": sum(scores) / trials})
+    bar.close()
+    return {"cells": cells, "records": records}
+
+
+@torch.no_grad()
+def run_ruler(method, tokenizer, lengths, tasks, trials, seed, haystack_text=None, progress=True):
+    """Mean score per task and length, and the average over tasks per length."""
+    scores, records = {}, []
+    bar = tqdm(total=len(lengths) * len(tasks) * trials, desc="ruler", disable=not progress)
+    for length in lengths:
+        scores[length] = {}
+        for task in tasks:
+            task_scores = []
+            for trial in range(trials):
+                sample = make_sample(task, tokenizer, length, f"{seed}/{trial}", haystack_text)
+                output = generate_text(method, tokenizer, sample.prompt, sample.max_new_tokens)
+                task_scores.append(score_sample(sample, output))
+                records.append({"length": length, "task": task, "trial": trial, "golds": sample.golds,
+                                "output": output, "score": task_scores[-1]})
+                bar.update()
+            scores[length][task] = sum(task_scores) / trials
+        scores[length]["average"] = sum(scores[length][t] for t in tasks) / len(tasks)
+    bar.close()
+    return {"scores": scores, "records": records}
+
+
+def effective_length(average_by_length: dict[int, float], threshold: float) -> int | None:
+    """RULER's effective length: the longest length up to which every tested length scores > threshold.
+
+    `threshold` is the base model's score at its native length; None if even the shortest fails.
+    """
+    best = None
+    for length in sorted(average_by_length):
+        if average_by_length[length] <= threshold:
+            break
+        best = length
+    return best

@@ -1,0 +1,145 @@
+"""Passkey retrieval in the Landmark Attention format (used by LongLoRA, LongLLaMA, YaRN).
+
+Prompt lines: instruction / filler prefix / "The pass key is K. Remember it. K is the pass key." /
+filler rest / "What is the pass key? The pass key is". As in Landmark, the filler is a repeated
+5-sentence string cut at a character count; here the count is chosen so that the prompt has the target
+number of tokens and the needle sits at the requested depth. Correct = the first integer in at most
+~10 greedily generated tokens equals K.
+"""
+
+import random
+
+import torch
+from tqdm.auto import tqdm
+
+from .metrics import first_integer
+
+INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
+               "them. I will quiz you about the important information there.")
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+QUESTION = "What is the pass key? The pass key is"
+DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids as the model will see them (HF tokenizers add BOS here when the model expects one)."""
+    ids = tokenizer.encode(text)
+    return list(getattr(ids, "ids", ids))  # a `tokenizers.Tokenizer` returns an Encoding
+
+
+def longest_fitting(build, tokenizer, target_tokens: int) -> int:
+    """Largest n >= 0 with len(encode(build(n))) <= target_tokens (token count assumed ~monotone in n).
+
+    Doubling then bisection: about 2*log2(n) tokenizer calls.
+    """
+    fits = lambda n: len(encode(tokenizer, build(n))) <= target_tokens  # noqa: E731
+    if not fits(0):
+        raise ValueError(f"even the empty prompt is longer than {target_tokens} tokens")
+    lo, hi = 0, 1
+    while fits(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def _filler(n_chars: int) -> str:
+    repeats = n_chars // (len(FILLER) + 1) + 1
+    return " ".join([FILLER] * repeats)[:n_chars]
+
+
+def passkey_prompt(n_filler_chars: int, depth: float, key: int) -> str:
+    """The Landmark prompt with `n_filler_chars` of filler, `depth` of it before the needle."""
+    n_prefix = round(depth * n_filler_chars)
+    needle = f"The pass key is {key}. Remember it. {key} is the pass key."
+    return "\n".join([INSTRUCTION, _filler(n_prefix), needle, _filler(n_filler_chars - n_prefix), QUESTION])
+
+
+def build_passkey_prompt(tokenizer, length: int, depth: float, key: int) -> str:
+    """The longest Landmark prompt of at most `length` tokens (within a few tokens of it)."""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}")
+    n_chars = longest_fitting(lambda n: passkey_prompt(n, depth, key), tokenizer, length)
+    return passkey_prompt(n_chars, depth, key)
+
+
+def passkey_key(seed: int, length: int, depth: float, trial: int) -> int:
+    """K in 1..50000, fixed by (seed, cell, trial) so that any cell can be rerun alone."""
+    return random.Random(f"passkey/{seed}/{length}/{depth}/{trial}").randint(1, 50000)
+
+
+def passkey_correct(generated_text: str, key: int) -> bool:
+    return first_integer(generated_text) == key
+
+
+def generate_text(method, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    input_ids = torch.tensor(encode(tokenizer, prompt), dtype=torch.long)
+    new_ids = method.generate(input_ids, max_new_tokens)
+    return tokenizer.decode(torch.as_tensor(new_ids).tolist(), skip_special_tokens=True)
+
+
+@torch.no_grad()
+def run_passkey(method, tokenizer, lengths, depths=DEFAULT_DEPTHS, trials=10, seed=0, max_new_tokens=10,
+                progress=True):
+    """Accuracy per (length, depth) cell over `trials` prompts; also per length and per trial."""
+    cells, records = [], []
+    bar = tqdm(total=len(lengths) * len(depths) * trials, desc="passkey", disable=not progress)
+    for length in lengths:
+        for depth in depths:
+            correct = 0
+            for trial in range(trials):
+                key = passkey_key(seed, length, depth, trial)
+                prompt = build_passkey_prompt(tokenizer, length, depth, key)
+                output = generate_text(method, tokenizer, prompt, max_new_tokens)
+                hit = passkey_correct(output, key)
+                correct += hit
+                records.append({"length": length, "depth": depth, "trial": trial, "key": key,
+                                "prompt_tokens": len(encode(tokenizer, prompt)), "output": output,
+                                "correct": hit})
+                bar.update()
+            cells.append({"length": length, "depth": depth, "correct": correct, "trials": trials,
+                          "accuracy": correct / trials})
+    bar.close()
+    return {"cells": cells, "per_length": accuracy_per_length(cells), "records": records}
+
+
+def accuracy_per_length(cells) -> dict[int, float]:
+    """Mean accuracy over depths, per length (all cells of a length have the same number of trials)."""
+    by_length = {}
+    for cell in cells:
+        by_length.setdefault(cell["length"], []).append(cell["accuracy"])
+    return {length: sum(v) / len(v) for length, v in by_length.items()}
+
+
+def plot_heatmap(cells, path, title: str) -> None:
+    """Depth (rows) x length (columns) accuracy heatmap, annotated with percentages."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted({c["length"] for c in cells})
+    depths = sorted({c["depth"] for c in cells})
+    grid = [[float("nan")] * len(lengths) for _ in depths]
+    for c in cells:
+        grid[depths.index(c["depth"])][lengths.index(c["length"])] = 100 * c["accuracy"]
+    fig, ax = plt.subplots(figsize=(1.2 * len(lengths) + 2.5, 0.5 * len(depths) + 1.8))
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            if value == value:  # not NaN
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(lengths)), [_k(n) for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{100 * d:.0f}%" for d in depths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needle depth")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _k(n: int) -> str:
+    return f"{n // 1024}K" if n % 1024 == 0 else str(n)

@@ -1,0 +1,246 @@
+"""NIAH / RULER generators, LongBench loading and scoring, the report, and `sharedllm eval` end to end
+with fake methods (no model weights)."""
+
+import argparse
+import json
+import re
+
+import pytest
+import torch
+
+from sharedllm.evaluation import longbench, report
+from sharedllm.evaluation.needle import (RULER_TASKS, effective_length, insert_at_depths, make_sample,
+                                         niah_sample, prose_sentences, score_sample)
+
+PROSE = " ".join(
+    f"Sentence number {i} tells of a quiet village by the sea. Was the miller happy? He was, mostly!"
+    for i in range(400)
+)
+
+
+class WhitespaceTokenizer:
+    def encode(self, text):
+        return text.split()
+
+
+def char_tokenizer():
+    """A real HF fast tokenizer with one token per character (and a BOS), built in memory."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {"<unk>": 0, "<s>": 1, **{c: i + 2 for i, c in enumerate(chars)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", unk_token="<unk>")
+
+
+# ------------------------------------------------------------------------------------------------ RULER
+
+
+@pytest.mark.parametrize("task", list(RULER_TASKS))
+@pytest.mark.parametrize("haystack", [None, PROSE])
+def test_ruler_golds_are_in_the_prompt_and_length_fits(task, haystack):
+    tokenizer = WhitespaceTokenizer()
+    length = 3000
+    sample = make_sample(task, tokenizer, length, seed=3, haystack_text=haystack)
+    budget = length - sample.max_new_tokens
+    assert budget - 12 <= len(tokenizer.encode(sample.prompt)) <= budget
+    assert sample.golds and all(g.lower() in sample.prompt.lower() for g in sample.golds)
+    assert make_sample(task, tokenizer, length, seed=3, haystack_text=haystack).prompt == sample.prompt
+    assert make_sample(task, tokenizer, length, seed=4, haystack_text=haystack).prompt != sample.prompt
+    assert score_sample(sample, " ".join(sample.golds).upper()) == 1.0
+    assert score_sample(sample, "nothing useful") == 0.0
+
+
+def test_ruler_task_shapes():
+    tokenizer = WhitespaceTokenizer()
+    assert len(make_sample("niah_multivalue", tokenizer, 2000, 0).golds) == 4
+    multiquery = make_sample("niah_multiquery", tokenizer, 2000, 0)
+    assert len(multiquery.golds) == 4 and all(k in multiquery.prompt.split("\n")[-1] for k in multiquery.info["keys"])
+    assert len(make_sample("niah_multikey", tokenizer, 2000, 0).golds) == 1
+    assert make_sample("niah_multikey", tokenizer, 2000, 0).prompt.count("One of the special magic numbers") == 4
+    vt = make_sample("variable_tracking", tokenizer, 2000, 0)
+    assert len(vt.golds) == 5 and f"VAR {vt.golds[0]} = {vt.info['value']}." in vt.prompt
+    chain = [vt.prompt.index(f"VAR {b} = VAR {a}.") for a, b in zip(vt.golds, vt.golds[1:])]
+    assert chain == sorted(chain)  # every assignment comes after its source
+    cwe = make_sample("common_words", tokenizer, 5000, 0)
+    counts = {w: len(re.findall(rf"\d+\. {w}\n", cwe.prompt + "\n")) for w in cwe.golds}
+    assert len(cwe.golds) == 10 and set(counts.values()) == {30}
+    words = re.findall(r"^\d+\. (\w+)$", cwe.prompt, flags=re.M)
+    assert max(n for w, n in __import__("collections").Counter(words).items() if w not in cwe.golds) == 3
+
+
+def test_niah_needle_sits_at_a_sentence_boundary_at_its_depth():
+    tokenizer = WhitespaceTokenizer()
+    for depth in (0.0, 0.3, 1.0):
+        sample = niah_sample(tokenizer, 2000, "s", haystack_text=PROSE, depth=depth)
+        context = sample.prompt.split("\n")[1]
+        needle = re.search(r"One of the special magic numbers for [\w-]+ is: \d{7}\.", context)
+        before = context[: needle.start()]
+        assert before == "" or before.endswith((". ", "? ", "! "))
+        assert abs(len(before) / len(context) - depth) < 0.05
+
+
+def test_insert_at_depths_and_prose_sentences():
+    assert prose_sentences("One.  Two?\nThree!") == ["One.", "Two?", "Three!"]
+    assert insert_at_depths(["A.", "B.", "C.", "D."], [(0.5, "X."), (1.0, "Y."), (0.0, "W.")]) == "W. A. B. X. C. D. Y."
+
+
+def test_effective_length():
+    scores = {4096: 90.0, 8192: 85.0, 16384: 70.0, 32768: 88.0}
+    assert effective_length(scores, 80.0) == 8192  # 32K recovers, but the curve already fell below at 16K
+    assert effective_length(scores, 95.0) is None
+    assert effective_length(scores, 60.0) == 32768
+
+
+# ------------------------------------------------------------------------------------------------ LongBench
+
+
+def _write_jsonl(path, records):
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+FIXTURE = [
+    {"input": "Who wrote it?", "context": "A long story. " * 50, "answers": ["Jane Austen"], "length": 150,
+     "dataset": "narrativeqa", "all_classes": None},
+    {"input": "What is the capital?", "context": "Text.", "answers": ["Location"], "length": 2,
+     "dataset": "trec", "all_classes": ["Location", "Description"]},
+    {"input": "q", "context": "c", "answers": ["x = 1"], "length": 2, "dataset": "my_custom_set", "all_classes": None},
+]
+
+
+class ScriptedMethod:
+    """generate() returns a scripted answer per call (encoded with the tokenizer) and records input sizes."""
+
+    def __init__(self, tokenizer, answers):
+        self.tokenizer, self.answers, self.sizes = tokenizer, list(answers), []
+
+    def generate(self, input_ids, max_new_tokens):
+        self.sizes.append(len(input_ids))
+        return torch.tensor(self.tokenizer.encode(self.answers.pop(0), add_special_tokens=False))
+
+
+def test_longbench_load_prompt_truncate_and_score(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    _write_jsonl(path, FIXTURE)
+    records = longbench.load_records([path])
+    assert [r["dataset"] for r in records] == ["narrativeqa", "trec", "my_custom_set"]
+    prompt = longbench.build_prompt(records[0])
+    assert prompt.startswith("You are given a story") and prompt.endswith("Question: Who wrote it?\n\nAnswer:")
+    assert longbench.build_prompt(records[2]).startswith("c\n\n")  # generic fallback
+    assert longbench.truncate_middle(list(range(100)), 10) == [0, 1, 2, 3, 4, 95, 96, 97, 98, 99]
+    assert longbench.truncate_middle(list(range(100)), 11) == [0, 1, 2, 3, 4] + list(range(94, 100))
+    assert longbench.truncate_middle([1, 2], 10) == [1, 2]
+
+    tokenizer = char_tokenizer()
+    method = ScriptedMethod(tokenizer, ["Jane Austen wrote it", "Location\nDescription", "x = 1"])
+    result = longbench.run_longbench(method, tokenizer, records, max_input_tokens=300, progress=False)
+    # narrativeqa F1: pred {jane, austen, wrote, it} vs gold {jane, austen}: P = 1/2, R = 1 -> 2/3
+    assert result["scores"]["narrativeqa"] == pytest.approx(100 * 2 / 3)
+    assert result["scores"]["trec"] == 100.0  # only the first line counts for few-shot sets
+    assert result["scores"]["my_custom_set"] == 100.0
+    assert method.sizes[0] == 300 and result["records"][0]["prompt_tokens"] > 300
+
+
+# ------------------------------------------------------------------------------------------------ CLI + report
+
+
+class FakeBase:
+    device = torch.device("cpu")
+
+    class config:  # noqa: N801
+        max_position_embeddings = 1024
+        _attn_implementation = "sdpa"
+
+    def to(self, device):
+        return self
+
+
+class FakeMethod:
+    """NLL 1.0 per token (PPL e) for 'full', 2.0 otherwise; generation reads the pass key from the prompt."""
+
+    def __init__(self, name, tokenizer, **knobs):
+        self.name, self.tokenizer, self.knobs = name, tokenizer, knobs
+
+    def describe(self):
+        return {"method": self.name, **self.knobs}
+
+    def token_nll(self, input_ids, score_start):
+        return torch.full((len(input_ids) - score_start,), 1.0 if self.name == "full" else 2.0)
+
+    def generate(self, input_ids, max_new_tokens):
+        text = self.tokenizer.decode(input_ids.tolist())
+        key = re.search(r"The pass key is (\d+)\.", text).group(1) if self.name != "window" else "none"
+        return torch.tensor(self.tokenizer.encode(f" {key}.", add_special_tokens=False)[:max_new_tokens])
+
+
+@pytest.fixture
+def fake_stack(monkeypatch, tmp_path):
+    import sharedllm.methods
+    import sharedllm.modeling
+
+    tokenizer = char_tokenizer()
+    monkeypatch.setenv("SHAREDLLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sharedllm.modeling, "load_causal_lm", lambda path, dtype=None: (FakeBase(), tokenizer))
+    monkeypatch.setattr(sharedllm.methods, "load_method",
+                        lambda name, base, tok, **knobs: FakeMethod(name, tok, **knobs))
+    (tmp_path / "book.txt").write_text(PROSE)
+    return tmp_path
+
+
+def _parse(argv):
+    from sharedllm.evaluation import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli, parser.parse_args(argv)
+
+
+def test_parse_length():
+    from sharedllm.evaluation.cli import parse_length
+
+    assert [parse_length(t) for t in ["4K", "16k", "32768", "1M", "0.5K"]] == [4096, 16384, 32768, 1048576, 512]
+
+
+def test_eval_demo_end_to_end_writes_results_and_report(fake_stack, capsys):
+    tmp = fake_stack
+    cli, args = _parse(["demo", "--base", "fake", "--adapter", "none", "--lengths", "1K", "--data",
+                        str(tmp / "book.txt"), "--output", str(tmp / "results"), "--docs", str(tmp / "docs")])
+    cli.run(args)
+    files = sorted((tmp / "results").glob("*.json"))
+    assert len(files) == 8  # (ppl, passkey) x (full, window, streaming, sharedllm)
+    required = {"task", "protocol", "method", "model", "adapter", "data", "lengths", "counts", "scores",
+                "wall_time_s", "hardware", "command"}
+    for f in files:
+        result = json.loads(f.read_text())
+        assert required <= result.keys() and {"cpu", "threads", "dtype", "torch", "transformers"} <= result["hardware"].keys()
+        if result["task"] == "ppl":
+            assert result["protocol"] == "cepe" and result["counts"]["1024"]["windows"] == 1  # demo cap
+            assert result["counts"]["1024"]["scored_tokens"] == 256
+            expected = 2.718281828 if result["method"] == "full" else 7.389056
+            assert result["scores"]["1024"] == pytest.approx(expected, rel=1e-6)
+        else:
+            assert result["scores"]["1024"] == (0.0 if result["method"] == "window" else 1.0)
+            assert result["counts"]["trials_per_cell"] == 2
+    out = capsys.readouterr().out
+    assert "DEMO SETTINGS" in out and "PPL@1K" in out and "passkey@1K" in out
+    markdown = (tmp / "docs" / "results.md").read_text()
+    assert "| full | 2.72 (1 win) |" in markdown and "| window | 0% (n=2x1) |" in markdown
+    assert len(list((tmp / "docs" / "figures").glob("*.png"))) == 5  # one PPL plot + 4 heatmaps
+
+
+def test_eval_ppl_sliding_and_report_picks_latest(fake_stack):
+    tmp = fake_stack
+    cli, args = _parse(["ppl", "--method", "full", "--base", "fake", "--protocol", "sliding", "--lengths", "512",
+                        "1K", "--max-windows", "1000", "--data", str(tmp / "book.txt"), "--output", str(tmp / "results")])
+    cli.run(args)
+    (result_file,) = (tmp / "results").glob("*.json")
+    result = json.loads(result_file.read_text())
+    n_tokens = len(PROSE)  # one token per character; this tokenizer adds no BOS, so none is prepended
+    assert result["counts"]["512"]["scored_tokens"] == n_tokens - 1 == result["counts"]["1024"]["scored_tokens"]
+    older = dict(result, created="2000-01-01T00:00:00", scores={"512": 99.0, "1024": 99.0})
+    (tmp / "results" / "old.json").write_text(json.dumps(older))
+    markdown = report.regenerate(tmp / "results", tmp / "docs").read_text()
+    assert "sliding-window protocol" in markdown and "99.00" not in markdown and "2.72" in markdown
