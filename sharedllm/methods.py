@@ -1,0 +1,451 @@
+"""Every long-context method of the comparison behind one scoring / generation interface.
+
+All methods run on the same base causal LM (Llama / Qwen2 / Mistral family, a transformers `*ForCausalLM`):
+
+    method = load_method(name, base, tokenizer=None, **knobs)
+    nll = method.token_nll(input_ids, score_start)   # (T,) -> (T - score_start,) NLL of tokens [score_start, T)
+    new_ids = method.generate(input_ids, max_new_tokens, eos_token_id=None)   # greedy, (T,) -> (n_new,)
+    method.name, method.describe()                   # describe(): the knobs, for result JSON
+
+Methods:
+    full       the base model, full attention over all T tokens (the upper bound while T fits its training)
+    window     the base model on the last `decoder_window` tokens only (the no-context floor)
+    streaming  StreamingLLM: attention sinks + a recent window, positions taken inside the cache
+    yarn       training-free YaRN RoPE scaling with factor max(1, T / native) chosen per input
+    sharedllm  SharedLLMForCausalLM (a saved adapter, or untrained from the base)
+    cepe       the encoder-decoder variant of the same class: every layer injected, no tree, no compression
+
+Only the logits a caller needs are ever computed: at 32K tokens and a 49K vocabulary the full logits would
+take 6 GB, so scoring applies `lm_head` to the hidden states of the predicting positions, a slice at a time.
+"""
+
+import contextlib
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+METHODS = ("full", "window", "streaming", "yarn", "sharedllm", "cepe")
+
+# lm_head rows per step when turning hidden states into NLL: bounds the (rows, vocab) logits to ~200 MB in fp32.
+LOGIT_ROWS_PER_STEP = 1024
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# shared helpers
+
+
+def _check_scoring_args(input_ids: torch.Tensor, score_start: int) -> None:
+    if input_ids.dim() != 1:
+        raise ValueError(f"input_ids must be a 1-D tensor of token ids, got shape {tuple(input_ids.shape)}")
+    if not 1 <= score_start < input_ids.shape[0]:
+        raise ValueError(
+            f"score_start must be in [1, T) = [1, {input_ids.shape[0]}) (token 0 has nothing to be predicted from), "
+            f"got {score_start}"
+        )
+
+
+def _nll_from_hidden(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """NLL (n,) of `targets` (n,) under the next-token distributions of the final hidden states `hidden` (n, H)."""
+    nll = []
+    for rows in range(0, hidden.shape[0], LOGIT_ROWS_PER_STEP):
+        logits = lm_head(hidden[rows : rows + LOGIT_ROWS_PER_STEP]).float()  # (rows, V)
+        nll.append(F.cross_entropy(logits, targets[rows : rows + LOGIT_ROWS_PER_STEP], reduction="none"))
+    return torch.cat(nll)
+
+
+def _eos_set(eos_token_id: int | list[int] | None) -> set[int]:
+    if eos_token_id is None:
+        return set()
+    return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+
+
+def _greedy_decode(feed, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id) -> torch.Tensor:
+    """Greedy decoding around `feed(ids (n,)) -> logits (V,)` of the token after the last fed one.
+
+    `feed` keeps its own cache, so it is called once with the prompt and then once per new token. Like
+    `GenerationMixin.generate`, an EOS token is returned as the last new token; `eos_token_id=None` never stops early.
+    """
+    if max_new_tokens <= 0:
+        return input_ids.new_empty(0)
+    eos, new_ids = _eos_set(eos_token_id), []
+    logits = feed(input_ids)
+    while True:
+        token = int(logits.argmax())
+        new_ids.append(token)
+        if token in eos or len(new_ids) == max_new_tokens:
+            return torch.tensor(new_ids, dtype=input_ids.dtype, device=input_ids.device)
+        logits = feed(input_ids.new_tensor([token]))
+
+
+def _full_attention_nll(base, input_ids: torch.Tensor, score_start: int) -> torch.Tensor:
+    """NLL (T - score_start,) of input_ids[score_start:] under the base model reading all of input_ids (T,)."""
+    hidden = base.model(input_ids[None], use_cache=False).last_hidden_state[0]  # (T, H)
+    # position p predicts token p + 1: the scored tokens [score_start, T) come from positions [score_start - 1, T - 1)
+    return _nll_from_hidden(base.lm_head, hidden[score_start - 1 : -1], input_ids[score_start:])
+
+
+def _full_attention_generate(base, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id) -> torch.Tensor:
+    """Greedy generation with the base model's own KV cache (what `base.generate(do_sample=False)` does)."""
+    cache = DynamicCache(config=base.config)
+
+    def feed(ids: torch.Tensor) -> torch.Tensor:
+        hidden = base.model(ids[None], past_key_values=cache, use_cache=True).last_hidden_state  # (1, n, H)
+        return base.lm_head(hidden[0, -1]).float()  # (V,)
+
+    return _greedy_decode(feed, input_ids, max_new_tokens, eos_token_id)
+
+
+class Method:
+    """One long-context method on a base causal LM; subclasses implement the three calls below."""
+
+    name: str
+
+    def __init__(self, base, tokenizer=None):
+        self.base = base
+        self.tokenizer = tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    def token_nll(self, input_ids: torch.Tensor, score_start: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"method": self.name}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# full attention and the window floor
+
+
+class FullAttention(Method):
+    """The base model with full causal attention over every input token."""
+
+    name = "full"
+
+    @torch.no_grad()
+    def token_nll(self, input_ids, score_start):
+        _check_scoring_args(input_ids, score_start)
+        return _full_attention_nll(self.base, input_ids.to(self.device), score_start)
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens, eos_token_id=None):
+        return _full_attention_generate(self.base, input_ids.to(self.device), max_new_tokens, eos_token_id)
+
+
+class WindowAttention(Method):
+    """The base model on the last `decoder_window` input tokens: everything older is invisible.
+
+    This is the floor every context method must beat: what the decoder window alone gives.
+    """
+
+    name = "window"
+
+    def __init__(self, base, tokenizer=None, decoder_window: int = 1024):
+        super().__init__(base, tokenizer)
+        if decoder_window < 2:
+            raise ValueError(f"decoder_window must be >= 2, got {decoder_window}")
+        self.decoder_window = decoder_window
+
+    def describe(self):
+        return {"method": self.name, "decoder_window": self.decoder_window}
+
+    @torch.no_grad()
+    def token_nll(self, input_ids, score_start):
+        _check_scoring_args(input_ids, score_start)
+        window_start = max(0, input_ids.shape[0] - self.decoder_window)
+        if score_start <= window_start:
+            raise ValueError(
+                f"window: the scored span starts at token {score_start}, but only tokens [{window_start}, "
+                f"{input_ids.shape[0]}) are in the decoder window of {self.decoder_window}; the first scored token "
+                f"must be predicted from inside the window (score_start >= {window_start + 1})"
+            )
+        window = input_ids[window_start:].to(self.device)
+        return _full_attention_nll(self.base, window, score_start - window_start)
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens, eos_token_id=None):
+        # The prompt is cut to the window; new tokens then extend it (generations are short next to the window).
+        prompt = input_ids[-self.decoder_window :].to(self.device)
+        return _full_attention_generate(self.base, prompt, max_new_tokens, eos_token_id)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# StreamingLLM (Xiao et al. 2023): attention sinks + recent window, positions inside the cache
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """The RoPE pair swap of Llama / Qwen2 / Mistral: (x1, x2) -> (-x2, x1) over the two halves of head_dim."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def shift_rope(keys: torch.Tensor, shift: int, rotary_emb: torch.nn.Module) -> torch.Tensor:
+    """Move RoPE-rotated keys (B, H, S, D) by `shift` positions: a key rotated at p becomes the key rotated at p + shift.
+
+    Rotations compose, R(shift) R(p) = R(p + shift), so the keys need not be recomputed. cos/sin come from the model's
+    own rotary module (so any fixed-frequency RoPE variant works) with its attention scaling divided out, because
+    the cached keys already carry that scaling once. Computed in fp32: keys are re-rotated at every eviction.
+    """
+    position_ids = torch.tensor([[shift]], device=keys.device)
+    cos, sin = rotary_emb(keys.float(), position_ids)  # (1, 1, D) each
+    scaling = getattr(rotary_emb, "attention_scaling", 1.0)
+    cos, sin = cos[0, 0] / scaling, sin[0, 0] / scaling  # (D,)
+    return (keys.float() * cos + rotate_half(keys.float()) * sin).to(keys.dtype)
+
+
+class SinkCache(Cache):
+    """KV cache of StreamingLLM: the first `n_sink` tokens plus the most recent ones, at most `window` in all.
+
+    Positions are indices inside the cache, not in the text: after each eviction the kept recent keys are
+    re-rotated back by the number of evicted tokens, so cache positions stay 0..len-1 and the model never sees a
+    position >= window. transformers 5 dropped its SinkCache; this one is a `Cache` of plain `DynamicLayer`s plus
+    `make_room`, called before every forward.
+    """
+
+    def __init__(self, rotary_emb: torch.nn.Module, window: int, n_sink: int):
+        super().__init__(layer_class_to_replicate=DynamicLayer)
+        self.rotary_emb = rotary_emb
+        self.window = window
+        self.n_sink = n_sink
+
+    def make_room(self, n_new: int) -> None:
+        """Evict the oldest non-sink tokens so that the cache plus `n_new` incoming tokens fit in the window."""
+        if n_new > self.window - self.n_sink:
+            raise ValueError(f"cannot feed {n_new} tokens at once into a window of {self.window} with {self.n_sink} sinks")
+        n_evict = self.get_seq_length() + n_new - self.window
+        if n_evict <= 0:
+            return
+        for layer in self.layers:  # keys / values: (B, H_kv, S, D)
+            recent_keys = shift_rope(layer.keys[:, :, self.n_sink + n_evict :], -n_evict, self.rotary_emb)
+            layer.keys = torch.cat([layer.keys[:, :, : self.n_sink], recent_keys], dim=-2)
+            layer.values = torch.cat([layer.values[:, :, : self.n_sink], layer.values[:, :, self.n_sink + n_evict :]], dim=-2)
+
+
+class StreamingLLM(Method):
+    """StreamingLLM with `n_sink` attention sinks and a recent window, `window` key/values in all.
+
+    Input is fed in blocks of `block_size` tokens (bounded memory, cheap prefill). Before each block the cache is
+    cut to `window - block_size` entries, so a block's i-th token attends to at most `window` keys and at least
+    `window - block_size + i + 1`; `block_size=1` is exact token-by-token StreamingLLM (decoding always is).
+    """
+
+    name = "streaming"
+
+    def __init__(self, base, tokenizer=None, decoder_window: int = 1024, window: int | None = None,
+                 n_sink: int = 4, block_size: int = 256):
+        super().__init__(base, tokenizer)
+        self.window = decoder_window if window is None else window
+        self.n_sink = n_sink
+        if n_sink < 0 or self.window <= n_sink:
+            raise ValueError(f"streaming needs 0 <= n_sink < window, got n_sink={n_sink}, window={self.window}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        # a block must leave room for the sinks in the window
+        self.block_size = min(block_size, self.window - n_sink)
+
+    def describe(self):
+        return {"method": self.name, "window": self.window, "n_sink": self.n_sink, "block_size": self.block_size}
+
+    def new_cache(self) -> SinkCache:
+        return SinkCache(self.base.model.rotary_emb, self.window, self.n_sink)
+
+    def _forward_block(self, cache: SinkCache, block: torch.Tensor) -> torch.Tensor:
+        """Feed block (n,) through the base model with cache positions; returns final hidden states (n, H)."""
+        cache.make_room(block.shape[0])
+        first = cache.get_seq_length()
+        position_ids = torch.arange(first, first + block.shape[0], device=block.device)[None]  # (1, n)
+        out = self.base.model(block[None], position_ids=position_ids, past_key_values=cache, use_cache=True)
+        return out.last_hidden_state[0]
+
+    @torch.no_grad()
+    def token_nll(self, input_ids, score_start):
+        _check_scoring_args(input_ids, score_start)
+        input_ids = input_ids.to(self.device)
+        cache = self.new_cache()
+        hidden = []  # final hidden states of the predicting positions [score_start - 1, T - 1), block by block
+        # the last token predicts nothing, so it is never fed (it would only evict one more token)
+        blocks = input_ids[:-1].split(self.block_size)
+        for block_start, block in zip(range(0, input_ids.shape[0], self.block_size), blocks):
+            block_hidden = self._forward_block(cache, block)  # (n, H); row i is text position block_start + i
+            hidden.append(block_hidden[max(0, score_start - 1 - block_start) :])
+        return _nll_from_hidden(self.base.lm_head, torch.cat(hidden), input_ids[score_start:])
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens, eos_token_id=None):
+        cache = self.new_cache()
+
+        def feed(ids: torch.Tensor) -> torch.Tensor:
+            for block in ids.split(self.block_size):
+                hidden = self._forward_block(cache, block)
+            return self.base.lm_head(hidden[-1]).float()
+
+        return _greedy_decode(feed, input_ids.to(self.device), max_new_tokens, eos_token_id)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# YaRN (Peng et al. 2023), training-free
+
+
+class YaRN(Method):
+    """Full attention with YaRN-scaled RoPE; factor = max(1, T / native) for an input of T tokens unless fixed.
+
+    The scaled rotary module is swapped into `base.model` for the duration of one call and the original put back
+    (even on error), so the caller's base model is unchanged afterwards. Not safe to share one base between threads.
+    """
+
+    name = "yarn"
+
+    def __init__(self, base, tokenizer=None, factor: float | None = None, native: int | None = None):
+        super().__init__(base, tokenizer)
+        rope = base.config.rope_parameters
+        if rope.get("rope_type", "default") != "default":
+            raise ValueError(f"yarn scales plain RoPE; this base already uses rope_type={rope['rope_type']!r}")
+        if factor is not None and factor < 1:
+            raise ValueError(f"yarn factor must be >= 1, got {factor}")
+        self.factor = factor
+        self.native = native or base.config.max_position_embeddings
+
+    def describe(self):
+        return {"method": self.name, "factor": self.factor or "max(1, T / native)", "native": self.native}
+
+    def factor_for(self, n_tokens: int) -> float:
+        return self.factor or max(1.0, n_tokens / self.native)
+
+    @contextlib.contextmanager
+    def _scaled_rope(self, n_tokens: int):
+        config = copy.deepcopy(self.base.config)
+        config.rope_parameters = {
+            **self.base.config.rope_parameters,
+            "rope_type": "yarn",
+            "factor": self.factor_for(n_tokens),
+            "original_max_position_embeddings": self.native,
+        }
+        model = self.base.model
+        original = model.rotary_emb
+        model.rotary_emb = type(original)(config=config).to(self.device)
+        try:
+            yield
+        finally:
+            model.rotary_emb = original
+
+    @torch.no_grad()
+    def token_nll(self, input_ids, score_start):
+        _check_scoring_args(input_ids, score_start)
+        with self._scaled_rope(input_ids.shape[0]):
+            return _full_attention_nll(self.base, input_ids.to(self.device), score_start)
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens, eos_token_id=None):
+        with self._scaled_rope(input_ids.shape[0] + max_new_tokens):
+            return _full_attention_generate(self.base, input_ids.to(self.device), max_new_tokens, eos_token_id)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SharedLLM and its encoder-decoder (CEPE-style) variant
+
+
+class SharedLLM(Method):
+    """`SharedLLMForCausalLM` on the base: a saved adapter dir, or untrained via `from_base(base, **knobs)`.
+
+    With an adapter, knobs override its saved config (e.g. a longer decoder_window at evaluation). Scoring passes
+    `query_position = score_start - 1`, the last token before the scored span, so the tree selection never peeks
+    at a scored token; the scored span must lie inside the decoder window (the model only has logits there).
+    """
+
+    name = "sharedllm"
+    KNOBS = ("n_injected_layers", "chunk_size", "decoder_window", "tree_depth", "tokens_per_node",
+             "tree_selection", "node_compression", "node_encoding", "max_chunks_per_pass")
+
+    def __init__(self, base, tokenizer=None, adapter: str | None = None, **model_knobs):
+        super().__init__(base, tokenizer)
+        from sharedllm.modeling import SharedLLMForCausalLM  # lazy: keeps the baselines free of the model module
+
+        unknown = set(model_knobs) - set(self.KNOBS)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown knobs {sorted(unknown)}; valid: adapter, {', '.join(self.KNOBS)}")
+        if adapter is None:
+            self.model = SharedLLMForCausalLM.from_base(base, **model_knobs)
+        else:
+            self.model = SharedLLMForCausalLM.from_pretrained(adapter, base=base, config=self._adapter_config(adapter, model_knobs))
+        self.model.eval()
+        self.adapter = adapter
+
+    @staticmethod
+    def _adapter_config(adapter: str, overrides: dict):
+        from sharedllm.config import SharedLLMConfig
+
+        config = SharedLLMConfig.from_pretrained(adapter)
+        for knob, value in overrides.items():
+            setattr(config, knob, value)
+        config.validate_knobs()
+        return config
+
+    def describe(self):
+        return {"method": self.name, "adapter": self.adapter, **{k: getattr(self.model.config, k) for k in self.KNOBS}}
+
+    def context_length(self, n_tokens: int) -> int:
+        """Tokens the split rule puts into context chunks: k * C with k = ceil(max(0, L - Ld) / C)."""
+        c = self.model.config
+        return math.ceil(max(0, n_tokens - c.decoder_window) / c.chunk_size) * c.chunk_size
+
+    @torch.no_grad()
+    def token_nll(self, input_ids, score_start):
+        _check_scoring_args(input_ids, score_start)
+        n_tokens, n_context = input_ids.shape[0], self.context_length(input_ids.shape[0])
+        if score_start <= n_context:
+            raise ValueError(
+                f"{self.name}: the scored span starts at token {score_start}, but tokens [0, {n_context}) of this "
+                f"{n_tokens}-token input become context chunks; the first scored token must be predicted "
+                f"from inside the decoder window (score_start >= {n_context + 1})"
+            )
+        input_ids = input_ids.to(self.device)
+        # logits of the last n_tokens - score_start + 1 decoder positions: [score_start - 1, T), the last one unused
+        out = self.model(input_ids[None], query_position=score_start - 1, logits_to_keep=n_tokens - score_start + 1)
+        if int(out.context_lengths[0]) != n_context:
+            raise RuntimeError(f"model split {int(out.context_lengths[0])} context tokens, expected {n_context}")
+        return F.cross_entropy(out.logits[0, :-1].float(), input_ids[score_start:], reduction="none")
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens, eos_token_id=None):
+        input_ids = input_ids.to(self.device)
+        if max_new_tokens <= 0:
+            return input_ids.new_empty(0)
+        # an explicit eos_token_id=None overrides the generation config's EOS: never stop early, like the baselines
+        out = self.model.generate(input_ids[None], max_new_tokens=max_new_tokens, do_sample=False,
+                                  eos_token_id=eos_token_id)
+        return out[0, input_ids.shape[0] :]
+
+
+class CEPE(SharedLLM):
+    """Encoder-decoder context (CEPE-style) through the same class: every layer cross-attends to its own
+    encoding of every context token (tree_depth = 0, tokens_per_node = chunk_size: no tree, no compression)."""
+
+    name = "cepe"
+
+    def __init__(self, base, tokenizer=None, adapter: str | None = None, **model_knobs):
+        if adapter is None:
+            chunk_size = model_knobs.pop("chunk_size", 512)
+            model_knobs = dict(n_injected_layers=base.config.num_hidden_layers, chunk_size=chunk_size,
+                               tree_depth=0, tokens_per_node=chunk_size, **model_knobs)
+        super().__init__(base, tokenizer, adapter=adapter, **model_knobs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+_CLASSES = {cls.name: cls for cls in (FullAttention, WindowAttention, StreamingLLM, YaRN, SharedLLM, CEPE)}
+assert tuple(_CLASSES) == METHODS
+
+
+def load_method(name: str, base, tokenizer=None, **knobs) -> Method:
+    """Build method `name` (one of METHODS) on the causal LM `base`; `knobs` are the method's keyword options."""
+    if name not in _CLASSES:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+    return _CLASSES[name](base, tokenizer, **knobs)
