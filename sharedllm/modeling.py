@@ -307,6 +307,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
 
     # -- lower model: chunks -> compressed key/values -------------------------------------------------------------
 
+    @torch.no_grad()  # the lower model is the frozen base: its keys/values and node vectors take no gradient
     def _run_lower(self, input_ids, positions, n_layers):
         """Embedding + bottom `n_layers` layers over unpadded sequences.
 
@@ -319,7 +320,11 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         recorder = DynamicCache()  # collects each layer's keys/values as the attention computes them
         layer0 = None
         for index, layer in enumerate(self.decoder.layers[:n_layers]):
-            hidden = layer(
+            # the undecorated forward: with gradient checkpointing on, GradientCheckpointingLayer's wrapper drops the
+            # recorder in training mode; this pass is frozen and gradient-free, so there is nothing to checkpoint
+            forward = getattr(type(layer).forward, "__wrapped__", type(layer).forward)
+            hidden = forward(
+                layer,
                 hidden,
                 attention_mask=self._layer_mask(masks, index),
                 position_embeddings=position_embeddings,
@@ -454,6 +459,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
 
     # -- query vectors --------------------------------------------------------------------------------------------
 
+    @torch.no_grad()  # the selection is discrete: no gradient flows through the query
     def _query_vectors(self, input_ids, start, query_index) -> torch.Tensor:
         """Layer-0 state (then final norm) at each row's query token; (B, hidden).
 
