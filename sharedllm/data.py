@@ -1,0 +1,334 @@
+"""Training data: tokenise-once cache, CEPE-style sample windows, a resumable mixing sampler, user files.
+
+A training sample is `n_chunks * chunk_size` context tokens followed by `decoder_window` tokens, cut from
+one long document (method.md, "Training"). Documents are tokenised once and the token ids are cached on
+disk as uint32 `.npy` files, memory-mapped on later runs, so a 1M-token book costs nothing to reopen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+USER_FILE_SUFFIXES = (".txt", ".text", ".md", ".jsonl")
+
+
+def default_cache_dir() -> Path:
+    """Where token ids are cached: `tokens/` in the project's home (`$SHAREDLLM_HOME`, ~/.cache/sharedllm)."""
+    from sharedllm.assets import sharedllm_home
+
+    return sharedllm_home() / "tokens"
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenise once
+
+
+@dataclass
+class TokenizedDocument:
+    doc_id: str
+    domain: str
+    ids: np.ndarray  # (T,) uint32, usually a read-only memory map of the cache file
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash that changes whenever the text -> ids mapping can change (vocab, merges, normaliser)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(f"{type(tokenizer).__name__}\n{spec}".encode()).hexdigest()[:16]
+
+
+def _cache_path(cache_dir: Path, fingerprint: str, doc_id: str, text: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", doc_id)[-80:]
+    text_hash = hashlib.sha256(text.encode("utf-8", errors="replace")).hexdigest()[:16]
+    return cache_dir / fingerprint / f"{slug}-{text_hash}.npy"
+
+
+def _encode(tokenizer, text: str) -> np.ndarray:
+    # No BOS/EOS: samples are cut from the middle of documents, so a BOS would only mark one window in many.
+    # verbose=False silences the "longer than the model's maximum length" warning meant for model inputs.
+    ids = tokenizer.encode(text, add_special_tokens=False, verbose=False)
+    return np.asarray(ids, dtype=np.uint32)
+
+
+def _save_atomic(path: Path, ids: np.ndarray) -> None:
+    # Several ranks (or runs) may tokenise the same document at once: write aside, then rename.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, ids)
+    os.replace(tmp, path)
+
+
+def tokenize_documents(documents, tokenizer, cache_dir: str | Path | None = None, min_tokens: int = 1,
+                       progress: bool = True) -> list[TokenizedDocument]:
+    """Token ids of each document (cached); documents shorter than `min_tokens` are skipped and counted."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    paths = [_cache_path(cache_dir, fingerprint, doc.doc_id, doc.text) for doc in documents]
+    missing = sum(not p.exists() for p in paths)
+    bar = tqdm(total=missing, desc="tokenising (first pass, cached after)", unit="doc",
+               disable=not progress or missing == 0)
+    result, too_short = [], 0
+    for doc, path in zip(documents, paths):
+        if path.exists():
+            ids = np.load(path, mmap_mode="r")
+        else:
+            ids = _encode(tokenizer, doc.text)
+            _save_atomic(path, ids)
+            bar.update(1)
+        if len(ids) < min_tokens:
+            too_short += 1
+            logger.info("skipping document %s: %d tokens < %d (one chunk)", doc.doc_id, len(ids), min_tokens)
+            continue
+        result.append(TokenizedDocument(doc.doc_id, doc.domain, ids))
+    bar.close()
+    if too_short:
+        logger.warning("skipped %d of %d documents shorter than one chunk (%d tokens)", too_short,
+                       len(documents), min_tokens)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Sample windows
+
+
+@dataclass
+class DomainWindows:
+    """All sample windows of one domain: `index[i] = (array number, start)` into `arrays`."""
+
+    arrays: list[np.ndarray]
+    index: np.ndarray  # (n, 2) int64
+    sample_len: int
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        array, start = self.index[i]
+        return self.arrays[array][start:start + self.sample_len]
+
+
+def _window_starts(length: int, sample_len: int, stride: int) -> np.ndarray:
+    return np.arange(0, length - sample_len + 1, stride, dtype=np.int64)
+
+
+def build_windows(docs: list[TokenizedDocument], sample_len: int, stride: int | None = None,
+                  pack: bool = False, separator_id: int | None = None) -> dict[str, DomainWindows]:
+    """Windows of `sample_len` tokens every `stride` tokens (default sample_len // 2, CEPE), per domain.
+
+    By default a window never crosses a document boundary, so documents shorter than one sample are
+    skipped (and counted). With `pack=True` the documents of a domain are concatenated, separated by
+    `separator_id` (required: without a marker the model would read two texts as one), and cut as one.
+    """
+    stride = stride or sample_len // 2
+    if pack and separator_id is None:
+        raise ValueError("packing documents needs a separator token id (e.g. the tokenizer's EOS)")
+    by_domain: dict[str, list[np.ndarray]] = {}
+    for doc in docs:
+        by_domain.setdefault(doc.domain, []).append(doc.ids)
+    windows, skipped = {}, 0
+    for domain, arrays in sorted(by_domain.items()):
+        if pack:
+            separator = np.asarray([separator_id], dtype=np.uint32)
+            pieces = [piece for ids in arrays for piece in (ids, separator)][:-1]
+            arrays = [np.concatenate(pieces)]
+        index = [np.stack([np.full(len(s), a), s], axis=1)
+                 for a, ids in enumerate(arrays) if len(s := _window_starts(len(ids), sample_len, stride))]
+        skipped += sum(len(ids) < sample_len for ids in arrays)
+        if index:
+            windows[domain] = DomainWindows(arrays, np.concatenate(index), sample_len)
+    if skipped:
+        logger.warning("skipped %d documents shorter than one sample (%d tokens); pass pack=True "
+                       "(--pack-documents) to concatenate documents instead", skipped, sample_len)
+    if not windows:
+        raise ValueError(f"no document has a full sample of {sample_len} tokens")
+    return windows
+
+
+def evaluation_windows(windows: dict[str, DomainWindows], count: int) -> torch.Tensor:
+    """A fixed set of `count` windows spread evenly over all domains' windows (independent of any seed)."""
+    flat = [(domain, i) for domain in sorted(windows) for i in range(len(windows[domain]))]
+    picks = np.unique(np.linspace(0, len(flat) - 1, num=min(count, len(flat))).round().astype(np.int64))
+    return torch.stack([torch.from_numpy(windows[flat[p][0]][flat[p][1]].astype(np.int64)) for p in picks])
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampler
+
+
+class WindowSampler:
+    """Seeded, resumable sampler of training windows with per-domain mixing weights, sharded by rank.
+
+    There is one global stream of samples, the same on every rank. Sample k picks its domain with an RNG
+    seeded by (seed, k); the j-th draw from a domain is entry j mod n of that domain's permutation for
+    epoch j // n (seeded by (seed, domain, epoch)), so every window is seen once per domain epoch. Rank r
+    of w takes global samples r, r + w, ...: ranks see different windows and the state (the number of
+    samples drawn plus the per-domain draw counts) is identical everywhere, so one copy resumes all ranks.
+    """
+
+    def __init__(self, windows: dict[str, DomainWindows], weights: dict[str, float] | None = None,
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.windows = windows
+        self.domains = sorted(windows)
+        # Default: proportional to each domain's number of windows, i.e. uniform over all windows.
+        weights = weights or {d: len(windows[d]) for d in self.domains}
+        unknown = set(weights) - set(self.domains)
+        if unknown:
+            raise ValueError(f"mixing weights for domains without training windows: {sorted(unknown)}")
+        p = np.asarray([float(weights.get(d, 0.0)) for d in self.domains])
+        if (p < 0).any() or p.sum() <= 0:
+            raise ValueError(f"mixing weights must be non-negative with a positive sum, got {weights}")
+        self.cumulative = np.cumsum(p / p.sum())
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.samples_drawn = 0
+        self.domain_draws = {d: 0 for d in self.domains}
+        self._permutations: dict[tuple[str, int], np.ndarray] = {}
+
+    def _next_global(self) -> tuple[str, int]:
+        u = np.random.default_rng([self.seed, self.samples_drawn]).random()
+        domain = self.domains[min(int(np.searchsorted(self.cumulative, u, side="right")), len(self.domains) - 1)]
+        draw, n = self.domain_draws[domain], len(self.windows[domain])
+        epoch = draw // n
+        key = (domain, epoch)
+        if key not in self._permutations:
+            self._permutations = {k: v for k, v in self._permutations.items() if k[0] != domain}
+            domain_seed = self.domains.index(domain)
+            self._permutations[key] = np.random.default_rng([self.seed, domain_seed, epoch]).permutation(n)
+        self.samples_drawn += 1
+        self.domain_draws[domain] += 1
+        return domain, int(self._permutations[key][draw % n])
+
+    def next_window_ids(self, batch_size: int) -> list[tuple[str, int]]:
+        """(domain, window index) of this rank's next `batch_size` samples; advances the global stream."""
+        drawn = [self._next_global() for _ in range(batch_size * self.world_size)]
+        return drawn[self.rank::self.world_size]
+
+    def next_batch(self, batch_size: int) -> torch.Tensor:
+        """This rank's next (batch_size, sample_len) int64 token ids."""
+        rows = [self.windows[d][i].astype(np.int64) for d, i in self.next_window_ids(batch_size)]
+        return torch.from_numpy(np.stack(rows))
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "samples_drawn": self.samples_drawn, "domain_draws": dict(self.domain_draws)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"sampler state has seed {state['seed']}, this run uses {self.seed}")
+        if set(state["domain_draws"]) != set(self.domains):
+            raise ValueError("sampler state was saved for other domains; resume with the same data")
+        self.samples_drawn = state["samples_drawn"]
+        self.domain_draws = dict(state["domain_draws"])
+
+
+# --------------------------------------------------------------------------------------------------
+# User data
+
+
+def _decode(raw: bytes, name: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        logger.warning("%s is not valid UTF-8 (%s); decoding with replacement characters", name, error.reason)
+        return raw.decode("utf-8", errors="replace")
+
+
+def _documents_from_file(path: Path, name: str, domain: str, Document, skips: Counter) -> list:
+    raw = path.read_bytes()
+    if not raw.strip():
+        logger.warning("skipping empty file %s", name)
+        skips["empty file"] += 1
+        return []
+    text = _decode(raw, name)
+    if path.suffix != ".jsonl":
+        return [Document(doc_id=name, domain=domain, text=text)]
+    documents = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            body = record["text"]
+            if not isinstance(body, str):
+                raise TypeError(f"'text' is {type(body).__name__}")
+        except (ValueError, KeyError, TypeError) as error:
+            logger.warning("skipping %s line %d: no string 'text' field (%s)", name, line_number, error)
+            skips["bad JSON line"] += 1
+            continue
+        if not body.strip():
+            skips["empty document"] += 1
+            continue
+        doc_id = str(record.get("id", f"{name}:{line_number}"))
+        documents.append(Document(doc_id=doc_id, domain=str(record.get("domain", domain)), text=body))
+    return documents
+
+
+def _documents_from_dataset(dataset, domain: str, Document, skips: Counter) -> list:
+    if "text" not in dataset.column_names:
+        raise ValueError(f"the dataset has no 'text' column (columns: {dataset.column_names})")
+    documents = []
+    for i, record in enumerate(dataset):
+        body = record["text"]
+        if not isinstance(body, str) or not body.strip():
+            skips["empty document"] += 1
+            continue
+        documents.append(Document(doc_id=str(record.get("id", i)), domain=str(record.get("domain", domain)),
+                                  text=body))
+    return documents
+
+
+def load_user_documents(source, domain: str = "user") -> list:
+    """Documents from a text file, a JSON-lines file (one `{"text": ...}` per line; optional `id`,
+    `domain`), a directory of those (recursively; suffixes .txt .text .md .jsonl), or a HF
+    `datasets.Dataset` with a `text` column. Bad inputs are logged and skipped, never fatal."""
+    from sharedllm.assets import Document  # lazy: assets is a heavier module
+
+    skips: Counter = Counter()
+    if isinstance(source, (str, os.PathLike)):
+        root = Path(source)
+        if root.is_dir():
+            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in USER_FILE_SUFFIXES)
+            names = [p.relative_to(root).as_posix() for p in files]
+        elif root.is_file():
+            files, names = [root], [root.name]
+        else:
+            raise FileNotFoundError(f"no such file or directory: {root}")
+        documents = [doc for path, name in zip(files, names)
+                     for doc in _documents_from_file(path, name, domain, Document, skips)]
+    else:
+        try:
+            import datasets
+        except ImportError:
+            raise TypeError(f"cannot read documents from a {type(source).__name__}") from None
+        if not isinstance(source, datasets.Dataset):
+            raise TypeError(f"cannot read documents from a {type(source).__name__}")
+        documents = _documents_from_dataset(source, domain, Document, skips)
+    if skips:
+        logger.warning("user data: skipped %s", ", ".join(f"{n} x {what}" for what, n in sorted(skips.items())))
+    return documents
+
+
+def split_documents(documents: list, validation_fraction: float = 0.05) -> tuple[list, list]:
+    """A fixed train/validation split of user documents by a hash of the document id, not by order, so
+    adding files never moves an existing document across the split. With two or more documents the
+    validation side gets at least one (the lowest hash)."""
+    def bucket(doc) -> float:
+        return int(hashlib.sha256(doc.doc_id.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
+
+    ranked = sorted(documents, key=bucket)
+    n_validation = sum(bucket(d) < validation_fraction for d in ranked)
+    if len(ranked) >= 2:
+        n_validation = min(max(n_validation, 1), len(ranked) - 1)
+    return ranked[n_validation:], ranked[:n_validation]

@@ -1,0 +1,632 @@
+"""`sharedllm train`: train the SharedLLM adapter on long documents with accelerate (1 CPU .. many GPUs).
+
+What is trained (method.md, "Training"): by default only the cross-attention (norm, q_proj, o_proj) of the
+M injected layers; the base model, hence the lower model, stays frozen, so the result is a small adapter
+on an unchanged base. Optionally LoRA on the upper-only layers M..N-1 (never the bottom M layers, which
+are also the lower model: training them would silently change the context encoder too).
+
+Output folder:
+  model.safetensors, config.json   the adapter (`SharedLLMForCausalLM.from_pretrained(output)`)
+  upper_lora/                      LoRA on layers M..N-1, if --lora-rank > 0 (`load_upper_lora`)
+  checkpoints/step-NNNNNNN/        trainable weights, optimizer, scheduler, RNG and sampler state
+  train_log.jsonl, loss_curve.png  one record per step (train) and per evaluation (validation)
+  training_summary.json            knobs, data, steps, tokens, wall time, hardware, final ppl, command
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import random
+import shlex
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from sharedllm import data
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+KEEP_CHECKPOINTS = 2  # the newest two: if the newest is damaged by a crash mid-copy, one more remains
+LORA_DIR = "upper_lora"
+LORA_WEIGHTS = "adapter_model.safetensors"
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LOG_FILE = "train_log.jsonl"
+# Knobs that may change between an interrupted run and its resumption without changing the result.
+RESUME_FREE_KNOBS = {"resume", "eval_every", "save_every", "log_every", "command", "progress"}
+
+
+@dataclass
+class TrainConfig:
+    output: str
+    base: str | None = None  # None: assets.default_model_path()
+    # data: the offline corpora (assets) by default, or user files / a datasets.Dataset
+    domains: list[str] | None = None
+    domain_weights: dict[str, float] | None = None
+    data: object = None
+    validation_data: object = None
+    max_train_docs: int | None = None
+    stride: int | None = None  # None: half a sample (CEPE)
+    pack_documents: bool = False
+    token_cache: str | None = None
+    # model (method.md "Shapes and names")
+    n_chunks: int = 4
+    chunk_size: int = 512
+    decoder_window: int = 1024
+    n_injected_layers: int = 4
+    tree_depth: int = 3
+    tokens_per_node: int = 32
+    node_encoding: str = "chunk"
+    # optimisation
+    steps: int = 200
+    batch_size: int = 1
+    grad_accum: int = 8
+    lr: float = 1e-4
+    warmup: int = 10
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lora_rank: int = 0
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    # bookkeeping
+    eval_every: int = 50
+    eval_windows: int = 8
+    save_every: int = 50
+    log_every: int = 10
+    resume: bool = False
+    progress: bool = True
+    command: str | None = None
+
+    @property
+    def sample_len(self) -> int:
+        return self.n_chunks * self.chunk_size + self.decoder_window
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+
+
+def build_model(config: TrainConfig):
+    """The SharedLLM model on the base and its tokenizer."""
+    from sharedllm.modeling import SharedLLMForCausalLM, load_causal_lm
+
+    if config.base is None:
+        from sharedllm.assets import default_model_path
+
+        config.base = str(default_model_path())  # recorded as such in the summary
+    base, tokenizer = load_causal_lm(config.base)
+    model = SharedLLMForCausalLM.from_base(
+        base,
+        n_injected_layers=config.n_injected_layers,
+        chunk_size=config.chunk_size,
+        decoder_window=config.decoder_window,
+        tree_depth=config.tree_depth,
+        tokens_per_node=config.tokens_per_node,
+        node_encoding=config.node_encoding,
+    )
+    return model, tokenizer
+
+
+def upper_lora_config(model, rank: int):
+    from peft import LoraConfig
+
+    n_layers = model.config.text_config.num_hidden_layers
+    return LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        lora_dropout=0.0,
+        target_modules=LORA_TARGETS,
+        # Layers 0..M-1 are both the lower model and the bottom of the upper model; adapting them would
+        # change the context encoding as well, so LoRA goes on the upper-only layers.
+        layers_to_transform=list(range(model.config.n_injected_layers, n_layers)),
+        layers_pattern="layers",
+    )
+
+
+def add_upper_lora(model, rank: int) -> None:
+    from peft import inject_adapter_in_model
+
+    # In place on the base (no PeftModel wrapper), so SharedLLM keeps calling the same modules.
+    inject_adapter_in_model(upper_lora_config(model, rank), model.base)
+
+
+def lora_state_dict(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().contiguous() for name, p in model.base.named_parameters() if "lora_" in name}
+
+
+def save_upper_lora(model, directory: Path, rank: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    upper_lora_config(model, rank).save_pretrained(str(directory))
+    save_file(lora_state_dict(model), str(directory / LORA_WEIGHTS))
+
+
+def load_upper_lora(model, directory: str | Path) -> None:
+    """Put a trained upper-layer LoRA (`<output>/upper_lora`) back onto a loaded SharedLLM model."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    directory = Path(directory)
+    inject_adapter_in_model(LoraConfig.from_pretrained(str(directory)), model.base)
+    weights = load_file(str(directory / LORA_WEIGHTS), device=str(model.base.device))
+    missing, unexpected = model.base.load_state_dict(weights, strict=False)
+    missing = [name for name in missing if "lora_" in name]
+    if missing or unexpected:
+        raise ValueError(f"LoRA weights in {directory} do not match: missing {missing}, unexpected {unexpected}")
+
+
+def configure_trainable(model, config: TrainConfig) -> list[torch.nn.Parameter]:
+    """Freeze everything, then unfreeze the cross-attention (and the upper LoRA if asked)."""
+    model.requires_grad_(False)
+    for p in model.adapter_parameters():
+        p.requires_grad_(True)
+    if config.lora_rank:
+        add_upper_lora(model, config.lora_rank)
+        for name, p in model.base.named_parameters():
+            p.requires_grad_("lora_" in name)
+    if config.gradient_checkpointing:
+        # activation_checkpointing_enable is the transformers 5 name; older 5.x only has the deprecated one.
+        enable = getattr(model.base, "activation_checkpointing_enable", None) or model.base.gradient_checkpointing_enable
+        enable()
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def trainable_state_dict(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def parse_domains(entries: list[str] | None) -> tuple[list[str] | None, dict[str, float] | None]:
+    """`["books", "code:2"]` -> (["books", "code"], {"books": 1.0, "code": 2.0}); weights only if any given."""
+    if not entries:
+        return None, None
+    names, weights = [], {}
+    for entry in entries:
+        name, _, weight = entry.partition(":")
+        names.append(name)
+        weights[name] = float(weight) if weight else 1.0
+    return names, (weights if any(":" in e for e in entries) else None)
+
+
+def _interleave_domains(documents: list, limit: int | None) -> list:
+    """The first `limit` documents taking one per domain in turn, so a small limit still mixes domains."""
+    if limit is None:
+        return documents
+    queues: dict[str, list] = {}
+    for doc in documents:
+        queues.setdefault(doc.domain, []).append(doc)
+    chosen, depth = [], 0
+    while len(chosen) < limit and any(depth < len(q) for q in queues.values()):
+        chosen += [q[depth] for q in queues.values() if depth < len(q)]
+        depth += 1
+    return chosen[:limit]
+
+
+def load_training_documents(config: TrainConfig) -> tuple[list, list, str]:
+    """(train documents, validation documents, a description of the split)."""
+    if config.data is not None:
+        documents = data.load_user_documents(config.data)
+        if config.validation_data is not None:
+            train_docs, split = documents, "user data; validation from --validation-data"
+            validation_docs = data.load_user_documents(config.validation_data)
+        else:
+            train_docs, validation_docs = data.split_documents(documents)
+            split = "user data split by document-id hash (about 5% validation)"
+    else:
+        from sharedllm.assets import load_documents
+
+        train_docs = load_documents("train", config.domains)
+        validation_docs = load_documents("validation", config.domains)
+        split = "assets: train / validation splits"
+    return _interleave_domains(train_docs, config.max_train_docs), validation_docs, split
+
+
+def prepare_data(config: TrainConfig, tokenizer, accelerator) -> tuple[data.WindowSampler, torch.Tensor | None, dict]:
+    """The rank's training sampler, the fixed validation windows, and a summary of the data."""
+    train_docs, validation_docs, split = load_training_documents(config)
+    # Rank 0 tokenises and fills the cache first; the other ranks then read it.
+    with accelerator.main_process_first():
+        def tokenize(docs):
+            return data.tokenize_documents(docs, tokenizer, config.token_cache, min_tokens=config.chunk_size,
+                                           progress=config.progress and accelerator.is_main_process)
+
+        train_tokens, validation_tokens = tokenize(train_docs), tokenize(validation_docs)
+    separator = tokenizer.eos_token_id if config.pack_documents else None
+    windows = data.build_windows(train_tokens, config.sample_len, config.stride, config.pack_documents, separator)
+    sampler = data.WindowSampler(windows, config.domain_weights, config.seed,
+                                 accelerator.process_index, accelerator.num_processes)
+    try:
+        # Non-overlapping, never packed: a fixed, honest validation set.
+        validation = data.evaluation_windows(data.build_windows(validation_tokens, config.sample_len),
+                                             config.eval_windows)
+    except ValueError:
+        logger.warning("no validation document has a full sample of %d tokens: validation is off", config.sample_len)
+        validation = None
+    summary = {
+        "split": split,
+        "train_documents": len(train_tokens),
+        "validation_documents": len(validation_tokens),
+        "train_windows": {domain: len(w) for domain, w in windows.items()},
+        "validation_windows": 0 if validation is None else len(validation),
+        "sample_len": config.sample_len,
+        "stride": config.stride or config.sample_len // 2,
+        "packed": config.pack_documents,
+    }
+    return sampler, validation, summary
+
+
+# --------------------------------------------------------------------------------------------------
+# Steps
+
+
+def train_step(model, sampler, config: TrainConfig, accelerator) -> torch.Tensor:
+    """One optimiser step's forward/backward over `grad_accum` micro-batches; returns the mean loss."""
+    total = torch.zeros((), device=accelerator.device)
+    for micro in range(config.grad_accum):
+        input_ids = sampler.next_batch(config.batch_size).to(accelerator.device)
+        # Only the last micro-batch all-reduces gradients across ranks.
+        sync = micro == config.grad_accum - 1
+        with nullcontext() if sync else accelerator.no_sync(model):
+            # The tree query is the last token of the decoder window: the paper's training choice (it sees
+            # the last target token; evaluation uses the leak-free last token before the scored span).
+            loss = model(input_ids, labels=input_ids, query_position=-1).loss
+            accelerator.backward(loss / config.grad_accum)
+        total += loss.detach() / config.grad_accum
+    return total
+
+
+@torch.no_grad()
+def evaluate(model, windows: torch.Tensor, config: TrainConfig, accelerator) -> float:
+    """Mean next-token loss over the decoder windows of the fixed validation set (shared out over ranks)."""
+    model.eval()
+    shard = windows[accelerator.process_index::accelerator.num_processes]
+    total = torch.zeros(2, device=accelerator.device)  # (sum of window losses, window count)
+    for batch in shard.split(config.batch_size):
+        batch = batch.to(accelerator.device)
+        loss = model(batch, labels=batch, query_position=-1).loss  # same query choice as the train loss
+        total += torch.stack([loss.float() * len(batch), torch.tensor(float(len(batch)), device=loss.device)])
+    model.train()
+    total = accelerator.reduce(total, reduction="sum")
+    # Every window scores the same number of tokens, so the mean of window means is the token mean.
+    return (total[0] / total[1]).item()
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dirs(output: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a crash mid-write leaves only a *.tmp folder, never listed)."""
+    root = output / CHECKPOINTS
+    found = [p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")] if root.exists() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(output: Path, step: int, model, optimizer, scheduler, sampler, state: dict, accelerator) -> None:
+    """Write to step-N.tmp, then rename: a checkpoint folder either is complete or does not exist."""
+    final = output / CHECKPOINTS / f"step-{step:07d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    # Per rank: its RNG, and its optimizer state (identical under DDP, a different shard under ZeRO / FSDP).
+    torch.save(_rng_state(), tmp / f"rng-rank{accelerator.process_index}.pt")
+    torch.save(optimizer.state_dict(), tmp / f"optimizer-rank{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        save_file(trainable_state_dict(accelerator.unwrap_model(model)), str(tmp / "trainable.safetensors"))
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "sampler.json").write_text(json.dumps(sampler.state_dict()))
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoint_dirs(output)[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(directory: Path, model, optimizer, scheduler, sampler, config: TrainConfig, accelerator) -> dict:
+    state = json.loads((directory / "trainer_state.json").read_text())
+    saved = state["config"]
+    changed = {k: (saved.get(k), v) for k, v in _knobs(config).items()
+               if k not in RESUME_FREE_KNOBS and saved.get(k) != v}
+    if changed:
+        raise ValueError(f"cannot resume {directory}: these knobs differ from the interrupted run "
+                         f"(saved, now): {changed}")
+    weights = load_file(str(directory / "trainable.safetensors"))
+    params = dict(accelerator.unwrap_model(model).named_parameters())
+    if set(weights) != {n for n, p in params.items() if p.requires_grad}:
+        raise ValueError(f"{directory} holds other trainable parameters than this model")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    rank = accelerator.process_index
+    written_by = len(list(directory.glob("rng-rank*.pt")))
+    if written_by != accelerator.num_processes:
+        raise ValueError(f"{directory} was written by {written_by} processes; resume with the same number")
+    optimizer.load_state_dict(torch.load(directory / f"optimizer-rank{rank}.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
+    sampler.load_state_dict(json.loads((directory / "sampler.json").read_text()))
+    _set_rng_state(torch.load(directory / f"rng-rank{rank}.pt", weights_only=False))  # numpy's state is no tensor
+    return state
+
+
+# --------------------------------------------------------------------------------------------------
+# Logging
+
+
+def _knobs(config: TrainConfig) -> dict:
+    """The config as JSON-able values (user data objects become their description)."""
+    knobs = asdict(config)
+    for key in ("data", "validation_data"):
+        if knobs[key] is not None and not isinstance(knobs[key], (str, os.PathLike)):
+            knobs[key] = repr(knobs[key])
+        elif knobs[key] is not None:
+            knobs[key] = str(knobs[key])
+    return knobs
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """On resume, drop records of steps the interrupted run did after its last checkpoint (they are redone)."""
+    kept = [r for r in read_log(path) if r["step"] <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def append_log(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def plot_curves(log_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training machines
+    import matplotlib.pyplot as plt
+
+    records = read_log(log_path)
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    validation = [(r["step"], r["val_ppl"]) for r in records if "val_ppl" in r]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    if train:
+        left.plot(*zip(*train), lw=1)
+    left.set(xlabel="step", ylabel="train loss (decoder window)", title="training loss")
+    if validation:
+        right.plot(*zip(*validation), marker="o")
+    right.set(xlabel="step", ylabel="validation perplexity", title="validation perplexity")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+
+
+def hardware(accelerator) -> dict:
+    device = accelerator.device
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "processes": accelerator.num_processes,
+        "distributed": accelerator.distributed_type.value,
+        "mixed_precision": accelerator.mixed_precision,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+
+
+def train(config: TrainConfig) -> Path:
+    """Train the adapter; returns the output folder (loadable with `SharedLLMForCausalLM.from_pretrained`)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
+    # bf16 autocast on GPU (fp32 master weights); plain fp32 on CPU, where bf16 matmuls are slow. cpu=True
+    # is what lets several CPU processes (torchrun, tests) form a gloo process group.
+    on_gpu = torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no")
+    if not accelerator.is_main_process:
+        logging.getLogger("sharedllm").setLevel(logging.WARNING)
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    set_seed(config.seed)  # LoRA initialisation, anything random in the model
+
+    model, tokenizer = build_model(config)
+    params = configure_trainable(model, config)
+    logger.info("trainable parameters: %d (%s)", sum(p.numel() for p in params),
+                "cross-attention + upper LoRA" if config.lora_rank else "cross-attention only")
+    sampler, validation, data_summary = prepare_data(config, tokenizer, accelerator)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # The scheduler is stepped by hand once per optimiser step (accelerate's wrapper would step it once per
+    # process), so the schedule is the same for any number of processes.
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup, config.steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+
+    log_path = output / LOG_FILE
+    state = {"step": 0, "elapsed_s": 0.0}
+    checkpoints = checkpoint_dirs(output) if config.resume else []
+    if checkpoints:
+        state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler, sampler, config, accelerator)
+        if accelerator.is_main_process:
+            truncate_log(log_path, state["step"])
+        logger.info("resumed from %s (step %d)", checkpoints[-1], state["step"])
+    elif accelerator.is_main_process:
+        if config.resume:
+            logger.info("--resume: no checkpoint in %s, starting from step 0", output / CHECKPOINTS)
+        log_path.unlink(missing_ok=True)
+
+    samples_per_step = config.batch_size * config.grad_accum * accelerator.num_processes
+    start_time, elapsed_before = time.time(), state["elapsed_s"]
+    for step in range(state["step"] + 1, config.steps + 1):
+        loss = accelerator.reduce(train_step(model, sampler, config, accelerator), reduction="mean").item()
+        if config.max_grad_norm:
+            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                  "tokens": step * samples_per_step * config.sample_len,
+                  "elapsed_s": round(elapsed_before + time.time() - start_time, 2)}
+        if validation is not None and (step % config.eval_every == 0 or step == config.steps):
+            val_loss = evaluate(model, validation, config, accelerator)
+            record.update(val_loss=val_loss, val_ppl=math.exp(val_loss))
+        if accelerator.is_main_process:
+            append_log(log_path, record)
+            if step % config.log_every == 0 or "val_loss" in record or step == config.steps:
+                logger.info("step %d/%d  loss %.4f  lr %.2e%s", step, config.steps, loss, record["lr"],
+                            f"  val ppl {record['val_ppl']:.3f}" if "val_ppl" in record else "")
+        if step % config.save_every == 0 or step == config.steps:
+            state = {"step": step, "elapsed_s": record["elapsed_s"], "config": _knobs(config)}
+            save_checkpoint(output, step, model, optimizer, scheduler, sampler, state, accelerator)
+
+    if accelerator.is_main_process:
+        finish(output, accelerator.unwrap_model(model), config, data_summary, accelerator)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return output
+
+
+def finish(output: Path, model, config: TrainConfig, data_summary: dict, accelerator) -> None:
+    model.save_pretrained(output)
+    if config.lora_rank:
+        save_upper_lora(model, output / LORA_DIR, config.lora_rank)
+    log_path = output / LOG_FILE
+    plot_curves(log_path, output / "loss_curve.png")
+    records = read_log(log_path)
+    evaluations = [r for r in records if "val_loss" in r]
+    val_loss = evaluations[-1]["val_loss"] if evaluations else None
+    samples = config.steps * config.batch_size * config.grad_accum * accelerator.num_processes
+    summary = {
+        "knobs": _knobs(config),
+        "data": data_summary,
+        "steps": config.steps,
+        "samples_seen": samples,
+        "tokens_seen": samples * config.sample_len,
+        "decoder_tokens_trained": samples * (config.decoder_window - 1),
+        "wall_time_s": records[-1]["elapsed_s"] if records else None,
+        "hardware": hardware(accelerator),
+        "final_train_loss": records[-1]["loss"] if records else None,
+        "final_validation_loss": val_loss,
+        "final_validation_ppl": None if val_loss is None else math.exp(val_loss),
+        "query_position": "last token of the decoder window (paper's training choice), train and validation",
+        "trainable": "cross-attention" + (f" + LoRA r={config.lora_rank} on layers "
+                                          f"{config.n_injected_layers}..N-1" if config.lora_rank else ""),
+        "command": config.command or f"sharedllm.training.train({config!r})",
+    }
+    (output / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    logger.info("saved the adapter and training_summary.json in %s", output)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows real defaults only (a None / False default is described in the help text itself)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default in (None, False) else super()._get_help_string(action)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig(output="")
+    parser.formatter_class = _HelpFormatter
+    parser.epilog = ("Trains only the cross-attention of the M injected layers by default: the base model (and so "
+                     "the lower model, its bottom M layers) stays frozen. Multi-GPU / multi-node: "
+                     "accelerate launch --config_file sharedllm/configs/accelerate_ddp.yaml -m sharedllm train ...")
+    add = parser.add_argument
+    add("--base", default=None, help="base causal LM folder or hub id (default: the SmolLM2-135M from `sharedllm assets`)")
+    add("--output", required=True, help="output folder (adapter, checkpoints, logs, summary)")
+    add("--domains", nargs="+", default=None, metavar="NAME[:WEIGHT]",
+        help="asset corpora to train on, each with an optional mixing weight (default: all, weighted by size)")
+    add("--data", default=None, help="your own data instead of the assets: a .txt / .jsonl file or a folder of them")
+    add("--validation-data", default=None, help="validation documents for --data (default: ~5%% of --data by id hash)")
+    add("--max-train-docs", type=int, default=None, help="use at most this many training documents (round-robin over domains)")
+    add("--stride", type=int, default=None, help="tokens between sample starts (default: half a sample, as CEPE)")
+    add("--pack-documents", action="store_true",
+        help="concatenate documents (EOS between them) so short ones are used; by default samples never cross documents")
+    add("--token-cache", default=None, help="token-id cache folder (default: $SHAREDLLM_HOME/tokens, ~/.cache/sharedllm/tokens)")
+    add("--n-chunks", type=int, default=defaults.n_chunks, help="context chunks per sample (n)")
+    add("--chunk-size", type=int, default=defaults.chunk_size, help="tokens per context chunk (C)")
+    add("--decoder-window", type=int, default=defaults.decoder_window, help="decoder-window tokens per sample (Ld)")
+    add("--n-injected-layers", type=int, default=defaults.n_injected_layers, help="injected bottom layers (M)")
+    add("--tree-depth", type=int, default=defaults.tree_depth, help="context tree depth (D)")
+    add("--tokens-per-node", type=int, default=defaults.tokens_per_node, help="key/values kept per tree node (P)")
+    add("--node-encoding", choices=["chunk", "node"], default=defaults.node_encoding,
+        help="chunk: one lower-model pass per chunk; node: each kept node encoded alone (reference)")
+    add("--steps", type=int, default=defaults.steps, help="optimiser steps")
+    add("--batch-size", type=int, default=defaults.batch_size, help="samples per micro-batch per process")
+    add("--grad-accum", type=int, default=defaults.grad_accum, help="micro-batches per optimiser step")
+    add("--lr", type=float, default=defaults.lr,
+        help="peak learning rate. The paper uses 1e-5 with 128 sequences per step over many thousand steps; "
+             "a short run with a few sequences per step has far fewer updates and noisier gradients, and the "
+             "zero-initialised o_proj must first grow, so 1e-4 learns visibly in a few hundred steps")
+    add("--warmup", type=int, default=defaults.warmup, help="linear warmup steps before the cosine decay")
+    add("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay (paper: 0)")
+    add("--max-grad-norm", type=float, default=defaults.max_grad_norm, help="gradient clipping norm (0 = off)")
+    add("--lora-rank", type=int, default=defaults.lora_rank,
+        help="LoRA rank on the upper-only layers M..N-1 (0 = off). The bottom M layers are never adapted: "
+             "they are also the lower model, so the context encoder stays the frozen base")
+    add("--gradient-checkpointing", action="store_true", help="recompute base-layer activations in the backward (less memory)")
+    add("--seed", type=int, default=defaults.seed, help="seed of the sampler and of any random initialisation")
+    add("--eval-every", type=int, default=defaults.eval_every, help="steps between validation evaluations")
+    add("--eval-windows", type=int, default=defaults.eval_windows, help="fixed validation windows per evaluation")
+    add("--save-every", type=int, default=defaults.save_every, help="steps between checkpoints")
+    add("--log-every", type=int, default=defaults.log_every, help="steps between console log lines (the JSONL gets every step)")
+    add("--resume", action="store_true", help="continue from the newest checkpoint in --output (exactly: same result as no interruption)")
+    add("--no-progress", dest="progress", action="store_false", help="no progress bar while tokenising")
+
+
+def command_line() -> str:
+    """The command as typed, as far as it can be rebuilt (`python -m sharedllm` shows as such)."""
+    program = sys.argv[0]
+    program = f"python -m {Path(program).parent.name}" if program.endswith("__main__.py") else Path(program).name
+    return " ".join([program, shlex.join(sys.argv[1:])])
+
+
+def run(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
+    domains, weights = parse_domains(args.domains)
+    knobs = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    config = TrainConfig(**{**knobs, "domains": domains, "domain_weights": weights,
+                            "command": command_line()})
+    train(config)
+    return 0
