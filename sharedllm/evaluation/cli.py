@@ -61,6 +61,9 @@ def add_arguments(parser):
     parser.add_argument("--data", nargs="+",
                         help="user files instead of the corpus: text / JSON-lines documents (ppl, niah, ruler) "
                              "or LongBench-format JSON lines (longbench)")
+    parser.add_argument("--decoder-window", type=int,
+                        help="decoder window Ld of window / streaming / untrained sharedllm and cepe: the comparison "
+                             "is fair only at one Ld (default: the sharedllm adapter's, else 1024)")
     parser.add_argument("--max-windows", type=int, help="PPL window cap over all documents (ppl: 100)")
     parser.add_argument("--trials", type=int, help="trials per cell (passkey, niah, ruler: 10)")
     parser.add_argument("--depths", nargs="+", type=float, help="needle depths in [0, 1]")
@@ -102,7 +105,12 @@ class Session:
         self.base, self.tokenizer = load_causal_lm(args.base, dtype=DTYPES[args.dtype])
         self.base.to(args.device)
         self.adapter = None if str(args.adapter).lower() == "none" else args.adapter
+        self.decoder_window = args.decoder_window or self._adapter_decoder_window() or 1024
         self.command = shlex.join(["sharedllm", *sys.argv[1:]])
+
+    def _adapter_decoder_window(self) -> int | None:
+        config = Path(self.adapter or "") / "config.json"
+        return json.loads(config.read_text())["decoder_window"] if self.adapter and config.is_file() else None
 
     def methods(self):
         """Yield (name, method) one at a time so that only one method's extra weights live at once."""
@@ -110,6 +118,8 @@ class Session:
 
         for name in self.args.methods:
             knobs = {}
+            if name in ("window", "streaming") or (name in ("sharedllm", "cepe") and self.adapter is None):
+                knobs["decoder_window"] = self.decoder_window
             if name == "sharedllm":
                 if self.adapter is not None and not Path(self.adapter).is_dir():
                     raise FileNotFoundError(f"no adapter folder {self.adapter}; train one with `sharedllm train` "
