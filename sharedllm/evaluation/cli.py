@@ -37,8 +37,11 @@ DEFAULTS = {
     # The demo must finish in minutes on 2 CPU cores: one 16K length, 1 PPL window, 2 passkey trials
     # (full attention costs about 80 s per 16K forward there: 3 of them dominate the run).
     "demo": dict(methods=DEMO_METHODS, lengths=[16384], max_windows=1, trials=2, depths=(0.5,),
-                 domains=["books"]),
+                 domains=["books"], output="runs/demo/results", docs="runs/demo"),
 }
+for task_defaults in DEFAULTS.values():
+    task_defaults.setdefault("output", "results/")
+    task_defaults.setdefault("docs", "docs")
 
 
 def parse_length(text: str) -> int:
@@ -74,8 +77,9 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--output", default="results/", help="folder for result JSON")
-    parser.add_argument("--docs", default="docs", help="demo: where results.md and figures/ are regenerated")
+    parser.add_argument("--output", help="folder for result JSON (default: results/; demo: runs/demo/results)")
+    parser.add_argument("--docs", help="demo: where results.md and figures/ are regenerated (default: runs/demo, "
+                                       "so a demo never overwrites the committed docs/results.md)")
 
 
 def run(args):
