@@ -67,6 +67,11 @@ def add_arguments(parser):
     parser.add_argument("--decoder-window", type=int,
                         help="decoder window Ld of window / streaming / untrained sharedllm and cepe: the comparison "
                              "is fair only at one Ld (default: the sharedllm adapter's, else 1024)")
+    parser.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a SharedLLM knob of sharedllm/cepe at evaluation (repeatable), e.g. "
+                             "tree_selection=recent for the no-query-awareness ablation")
+    parser.add_argument("--label", help="name the (single) method's results under this label, e.g. "
+                                        "sharedllm-recent for an ablation")
     parser.add_argument("--max-windows", type=int, help="PPL window cap over all documents (ppl: 100)")
     parser.add_argument("--trials", type=int, help="trials per cell (passkey, niah, ruler: 10)")
     parser.add_argument("--depths", nargs="+", type=float, help="needle depths in [0, 1]")
@@ -110,6 +115,9 @@ class Session:
         self.base.to(args.device)
         self.adapter = None if str(args.adapter).lower() == "none" else args.adapter
         self.decoder_window = args.decoder_window or self._adapter_decoder_window() or 1024
+        self.model_knobs = dict(_parse_knob(k) for k in args.knob)
+        if args.label and len(args.methods) != 1:
+            raise SystemExit("--label names one method's results: pass a single --method with it")
         self.command = shlex.join(["sharedllm", *sys.argv[1:]])
 
     def _adapter_decoder_window(self) -> int | None:
@@ -129,7 +137,9 @@ class Session:
                     raise FileNotFoundError(f"no adapter folder {self.adapter}; train one with `sharedllm train` "
                                             "or pass --adapter none for the untrained (zero-init) model")
                 knobs["adapter"] = self.adapter
-            yield name, load_method(name, self.base, self.tokenizer, **knobs)
+            if name in ("sharedllm", "cepe"):
+                knobs.update(self.model_knobs)
+            yield self.args.label or name, load_method(name, self.base, self.tokenizer, **knobs)
 
     def documents(self, default_domains=None):
         """Tokenised documents (cached ids, no special tokens) and a description of their source."""
@@ -175,7 +185,7 @@ class Session:
         result = {
             "task": task, "protocol": protocol, "method": name,
             "method_config": method.describe() if hasattr(method, "describe") else {},
-            "model": self.args.base, "adapter": self.adapter if name in ("sharedllm", "cepe") else None,
+            "model": self.args.base, "adapter": self.adapter if getattr(method, "name", name) in ("sharedllm", "cepe") else None,
             "data": data, "lengths": self.args.lengths, "counts": counts, "scores": scores, "details": details,
             "seed": self.args.seed, "wall_time_s": wall_time_s, "hardware": self.hardware(),
             "command": self.command, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "notes": notes,
@@ -186,6 +196,17 @@ class Session:
         path.write_text(json.dumps(result, indent=1, default=str))
         print(f"wrote {path}")
         return path
+
+
+def _parse_knob(text: str) -> tuple[str, object]:
+    """'tree_depth=0' -> ('tree_depth', 0); numbers become numbers, anything else stays a string."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--knob takes KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def print_table(title: str, rows: dict[str, dict[str, str]], note: str = "") -> None:

@@ -61,10 +61,21 @@ def setting_key(result) -> tuple:
 
 
 def latest_by_method(results) -> dict[str, dict]:
-    """method -> its newest result in this setting (files are named with their timestamp too)."""
+    """method -> its newest result in this setting (files are named with their timestamp too).
+
+    Perplexity is merged per length instead: each length's score and counts come from the newest file that
+    measured that length, so runs at different lengths (or with different window caps) fill one row; every
+    contributing file is listed under `_sources` for the provenance.
+    """
     best = {}
     for r in sorted(results, key=lambda r: (r.get("created", ""), r["_file"])):
-        best[r["method"]] = r
+        previous = best.get(r["method"])
+        if r["task"] == "ppl" and previous is not None:
+            merged = {**r, "scores": {**previous["scores"], **r["scores"]}, "counts": {**previous["counts"], **r["counts"]}}
+            merged["_sources"] = [s for s in previous["_sources"] if set(s["scores"]) - set(r["scores"])] + [r]
+            best[r["method"]] = merged
+        else:
+            best[r["method"]] = {**r, "_sources": [r]}
     return best
 
 
@@ -180,7 +191,8 @@ def regenerate(results_dir="results", docs_dir="docs") -> Path:
                     plot_heatmap(result["details"]["cells"], figures / figure, f"{task}: {method}, {model}")
                     lines += [f"![{task} {method}](figures/{figure})"]
                 lines.append("")
-            lines += ["Provenance:", ""] + [p for r in by_method.values() for p in provenance(r)] + [""]
+            sources = [source for r in by_method.values() for source in r["_sources"]]
+            lines += ["Provenance:", ""] + [p for r in sources for p in provenance(r)] + [""]
     path = docs_dir / "results.md"
     path.write_text("\n".join(lines))
     return path

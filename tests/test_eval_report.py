@@ -1,0 +1,38 @@
+"""Report merging and eval CLI knob parsing."""
+
+import json
+
+from sharedllm.evaluation.cli import _parse_knob
+from sharedllm.evaluation.report import latest_by_method, regenerate
+
+
+def ppl_result(method, created, scores, windows):
+    return {
+        "task": "ppl", "protocol": "cepe", "method": method, "model": "m", "data": {"split": "test", "domains": ["books"]},
+        "scores": {str(k): v for k, v in scores.items()}, "counts": {str(k): {"windows": windows} for k in scores},
+        "created": created, "_file": f"{method}-{created}.json", "command": f"run {created}",
+    }
+
+
+def test_ppl_rows_merge_per_length_newest_wins():
+    old = ppl_result("sharedllm", "2026-01-01", {2048: 10.0, 8192: 9.0}, 8)
+    new = ppl_result("sharedllm", "2026-01-02", {8192: 8.5, 32768: 8.0}, 4)
+    merged = latest_by_method([new, old])["sharedllm"]
+    assert merged["scores"] == {"2048": 10.0, "8192": 8.5, "32768": 8.0}
+    assert merged["counts"]["8192"] == {"windows": 4} and merged["counts"]["2048"] == {"windows": 8}
+    assert [s["_file"] for s in merged["_sources"]] == [old["_file"], new["_file"]]
+
+
+def test_regenerated_page_lists_every_source(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    for r in (ppl_result("window", "2026-01-01", {2048: 12.0}, 8), ppl_result("window", "2026-01-02", {8192: 11.0}, 8)):
+        (results / r["_file"]).write_text(json.dumps(r))
+    page = regenerate(results, tmp_path / "docs").read_text()
+    assert "| window | 12.00 (8 win) | 11.00 (8 win) |" in page
+    assert "run 2026-01-01" in page and "run 2026-01-02" in page
+
+
+def test_knob_parsing():
+    assert _parse_knob("tree_depth=0") == ("tree_depth", 0)
+    assert _parse_knob("tree_selection=recent") == ("tree_selection", "recent")
