@@ -1,0 +1,163 @@
+"""`sharedllm bench` on a tiny random model: the grid runs and writes complete JSON, ratios and targets follow from
+the timings, skipped cells are recorded with their reason, the FLOP formula and the matmul peak are sane."""
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from sharedllm import benchmark
+from sharedllm.benchmark import (
+    BENCH_METHODS,
+    BenchSettings,
+    check_targets,
+    compute_ratios,
+    measure_matmul_peak,
+    parse_length,
+    prefill_flops,
+    run_benchmark,
+)
+
+# chunks of 16, a decoder window of 32: lengths 96 / 160 give 4 / 8 context chunks
+TINY_KNOBS = dict(chunk_size=16, decoder_window=32, n_injected_layers=2, tree_depth=1, tokens_per_node=4)
+CELL_FIELDS = {
+    "method", "length", "status", "reason", "repeats", "prefill_s", "prefill_s_all", "decode_s", "decode_s_mean",
+    "decode_s_max", "decode_s_amortized", "decode_steps", "peak_memory_bytes", "prefill_peak_memory_bytes",
+    "peak_memory_bytes_all", "memory_baseline_bytes", "memory_method", "prefill_flops",
+    "achieved_flops_per_s", "matmul_peak_flops_per_s", "flops_utilisation", "ratios",
+}
+META_FIELDS = {"device", "dtype", "threads", "attention_backend", "torch", "transformers", "command", "settings",
+               "matmul_peak_flops_per_s"}
+
+
+def tiny_settings(**overrides) -> BenchSettings:
+    # threads=1: the tests share a busy machine, where an oversubscribed OpenMP pool is orders of magnitude slower
+    settings = dict(lengths=(96, 160), repeats=1, decode_steps=2, isolate=False, knobs=dict(TINY_KNOBS),
+                    streaming_block=8, matmul_size=128, threads=1, target_length=96, target_long_length=160)
+    return BenchSettings(**{**settings, **overrides})
+
+
+def test_grid_writes_complete_json_and_plots(tmp_path):
+    output = tmp_path / "bench-cpu.json"
+    results = run_benchmark(tiny_model("llama"), tiny_settings(), output=output, progress=False)
+    written = json.loads(output.read_text())
+    assert written == json.loads(json.dumps(results))  # the file is the whole result
+    assert META_FIELDS <= set(written["meta"])
+    cells = {(c["method"], c["length"]): c for c in written["cells"]}
+    assert set(cells) == {(m, n) for m in BENCH_METHODS for n in (96, 160)}
+    for cell in cells.values():
+        assert cell["status"] == "ok", cell
+        assert CELL_FIELDS <= set(cell)
+        assert cell["prefill_s"] > 0 and cell["decode_s"] > 0 and cell["decode_steps"] == 2
+        assert cell["peak_memory_bytes"] >= 0 and cell["prefill_flops"] > 0
+    assert cells[("full", 96)]["ratios"]["prefill_speedup_vs_full"] == pytest.approx(1.0)
+    assert [t["name"] for t in written["targets"]][:2] == ["prefill_scaling", "memory_scaling"]
+    assert all(t["met"] in (True, False) for t in written["targets"])  # every target measurable on this grid
+    table = benchmark.format_table(written)
+    assert "targets:" in table and "sharedllm" in table
+    paths = benchmark.plot_results(written, tmp_path / "figures")
+    assert all(p.exists() and p.stat().st_size > 0 for p in paths)
+
+
+def test_skipped_cells_are_recorded_with_reason(tmp_path):
+    # any prefill takes longer than 0 s, so every method stops after its first length; window is capped at 64
+    settings = tiny_settings(methods=("full", "window"), lengths=(64, 96, 128), max_seconds=0.0,
+                             max_length={"window": 32})
+    results = run_benchmark(tiny_model("llama"), settings, progress=False)
+    by_cell = {(c["method"], c["length"]): c for c in results["cells"]}
+    assert by_cell[("full", 64)]["status"] == "ok"
+    assert by_cell[("full", 96)]["status"] == "skipped" and "--max-seconds" in by_cell[("full", 96)]["reason"]
+    assert by_cell[("full", 128)]["status"] == "skipped"
+    assert all(by_cell[("window", n)]["status"] == "skipped" for n in (64, 96, 128))
+    assert "--max-length window=32" in by_cell[("window", 64)]["reason"]
+    assert "skipped: prefill at 64 took" in benchmark.format_table(results)
+
+
+def fake_cell(method, length, prefill, decode, memory, utilisation=0.6, matmul_peak=100.0):
+    return dict(method=method, length=length, status="ok", prefill_s=prefill, decode_s=decode,
+                peak_memory_bytes=memory, flops_utilisation=utilisation, matmul_peak_flops_per_s=matmul_peak)
+
+
+def test_ratios_and_targets_from_given_timings():
+    cells = [
+        fake_cell("full", 1000, prefill=30.0, decode=0.05, memory=900, matmul_peak=50.0),  # a busier machine
+        fake_cell("streaming", 1000, prefill=8.0, decode=0.04, memory=200),
+        fake_cell("cepe", 1000, prefill=6.0, decode=0.06, memory=800),
+        fake_cell("window", 1000, prefill=0.5, decode=0.02, memory=100),
+        fake_cell("sharedllm", 1000, prefill=2.0, decode=0.025, memory=250),
+        fake_cell("sharedllm", 4000, prefill=10.0, decode=0.025, memory=300),
+        dict(method="full", length=4000, status="skipped", reason="too slow"),
+    ]
+    compute_ratios(cells)
+    shared = cells[4]["ratios"]
+    assert shared["prefill_speedup_vs_full"] == pytest.approx(15.0)
+    assert shared["prefill_speedup_vs_streaming"] == pytest.approx(4.0)
+    assert shared["decode_speedup_vs_full"] == pytest.approx(2.0)
+    assert shared["memory_fraction_of_full"] == pytest.approx(250 / 900)
+    assert shared["memory_fraction_of_streaming"] == pytest.approx(1.25)
+    assert cells[5]["ratios"]["prefill_speedup_vs_full"] is None  # full was skipped at 4000
+    assert "ratios" not in cells[6]
+
+    targets = {t["name"]: t for t in check_targets(cells, at=1000, long=4000)}
+    assert targets["prefill_scaling"]["value"] == pytest.approx(5.0)
+    assert targets["prefill_scaling"]["met"] is False
+    assert targets["prefill_scaling"]["miss_factor"] == pytest.approx(5.0 / 4.5)
+    assert targets["memory_scaling"]["met"] is True  # 300 / 250 = 1.2 <= 1.5
+    assert targets["prefill_vs_full"]["met"] is True  # 15 >= 10
+    # full ran at half the matmul speed: on an equally fast machine it would have taken 15 s, not 30 s
+    assert targets["prefill_vs_full"]["value_peak_normalised"] == pytest.approx(7.5)
+    assert targets["memory_vs_full"]["value_peak_normalised"] is None  # memory does not depend on speed
+    assert targets["prefill_vs_streaming"]["met"] is True  # exactly 4
+    assert targets["prefill_vs_cepe"]["met"] is False
+    assert targets["prefill_vs_cepe"]["miss_factor"] == pytest.approx(4 / 3)
+    assert targets["memory_vs_full"]["met"] is True  # 250 / 900 <= 1/3
+    assert targets["decode_vs_window"]["value"] == pytest.approx(1.25) and targets["decode_vs_window"]["met"] is True
+    assert targets["flops_utilisation"]["met"] is True
+
+    missing = {t["name"]: t for t in check_targets(cells, at=1000, long=8000)}
+    assert missing["prefill_scaling"]["met"] is None and "not measured" in missing["prefill_scaling"]["note"]
+
+
+def test_prefill_flops_formula():
+    config = tiny_model("llama").config  # d=64, h=64, kv=32, f=128, 4 layers, vocab 128
+    per_token_layer = 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128)
+    full = prefill_flops("full", 100, config, TINY_KNOBS)
+    assert full == 4 * (per_token_layer * 100 + 4 * 64 * 100 * 101 // 2) + 2 * 64 * 128
+    # the window floor is full attention over the window; streaming costs at least the linear part of full
+    assert prefill_flops("window", 100, config, TINY_KNOBS) == prefill_flops("full", 32, config, TINY_KNOBS)
+    assert 4 * per_token_layer * 100 < prefill_flops("streaming", 100, config, TINY_KNOBS, streaming_block=8) < full
+    # SharedLLM grows linearly: doubling the context doubles the lower model's cost, far below full's growth
+    short, long = (prefill_flops("sharedllm", n, config, TINY_KNOBS) for n in (32 + 16 * 64, 32 + 16 * 128))
+    assert long < 2 * short < prefill_flops("full", 32 + 16 * 64, config, TINY_KNOBS)
+    assert prefill_flops("cepe", 32 + 16 * 64, config, TINY_KNOBS) > short  # every layer, no compression
+
+
+def test_matmul_peak_is_positive():
+    assert measure_matmul_peak("cpu", torch.float32, size=128, repeats=3) > 0
+
+
+def test_cli_arguments_parse_lengths_and_caps(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no adapters/ folder here: the knobs are the defaults plus the given ones
+    parser = argparse.ArgumentParser()
+    benchmark.add_arguments(parser)
+    args = parser.parse_args(["--lengths", "4K", "2048", "--max-length", "full=32k", "--chunk-size", "128",
+                              "--device", "cpu"])
+    settings = benchmark.settings_from_args(args)
+    assert settings.lengths == (4096, 2048)
+    assert settings.max_length == {"full": 32768}
+    assert settings.knobs["chunk_size"] == 128 and settings.knobs["decoder_window"] == 512
+    assert parse_length("128K") == 131072
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_length("4 GB")
+
+
+@pytest.mark.slow
+def test_isolated_cell_runs_in_a_subprocess(tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path / "model")
+    settings = tiny_settings(methods=("sharedllm",), lengths=(96,), isolate=True)
+    results = run_benchmark(str(tmp_path / "model"), settings, progress=False)
+    cell = results["cells"][0]
+    assert cell["status"] == "ok", cell["reason"]
+    assert cell["peak_memory_bytes"] >= 0 and cell["memory_method"].startswith("VmHWM")
