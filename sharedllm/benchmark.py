@@ -252,7 +252,9 @@ def _sharedllm_flops(dims: dict, length: int, knobs: dict) -> int:
     n_chunks = math.ceil(max(0, length - window) / chunk)
     w = length - n_chunks * chunk
     context_keys = n_chunks * knobs["tokens_per_node"] * (knobs["tree_depth"] + 1)
-    lower = n_chunks * _decoder_flops(dims, chunk, m)
+    # the lower pass runs M - 1 whole layers; of the last one only the key/value projections (modeling._run_lower)
+    last_kv = 2 * 2 * dims["d"] * dims["kv"] * chunk if m > 1 else 0
+    lower = n_chunks * (_decoder_flops(dims, chunk, m - 1 if m > 1 else m) + last_kv)
     query = _decoder_flops(dims, w, 1)  # a cached prefill always computes it (chunks may roll in later)
     upper = _decoder_flops(dims, w, dims["n_layers"])
     cross = m * (2 * 2 * dims["d"] * dims["h"] * w + 4 * dims["h"] * w * context_keys) if n_chunks else 0

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from sharedllm.config import SharedLLMConfig
 from sharedllm.injection import ContextCrossAttention, InjectedContext
@@ -64,6 +65,24 @@ def base_fingerprint(model: nn.Module, samples_per_tensor: int = 64) -> str:
         digest.update(f"{name}:{tuple(param.shape)}".encode())
         digest.update(sample)
     return digest.hexdigest()[:16]
+
+
+def _keys_are_plain_projections(layer: nn.Module) -> bool:
+    """True where a layer's keys are k_proj(input_layernorm(h)) then RoPE (Llama, Mistral, Qwen2), so that they can
+    be computed without the rest of the layer; False for attention with extra key transforms (e.g. a k_norm)."""
+    return not hasattr(layer.self_attn, "k_norm")
+
+
+def _rotated_keys_and_values(layer: nn.Module, hidden: torch.Tensor, position_embeddings) -> tuple:
+    """(N, T, hidden) -> post-RoPE keys and values (N, Hkv, T, hd), as the layer's own attention computes them."""
+    attention = layer.self_attn
+    normed = layer.input_layernorm(hidden)
+    shape = (*hidden.shape[:-1], -1, attention.head_dim)
+    keys = attention.k_proj(normed).view(shape).transpose(1, 2)
+    values = attention.v_proj(normed).view(shape).transpose(1, 2)
+    cos, sin = position_embeddings
+    keys, _ = apply_rotary_pos_emb(keys, keys, cos, sin)
+    return keys, values
 
 
 def _check_supported(base: PreTrainedModel) -> None:
@@ -319,7 +338,10 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         masks = self._self_attention_masks(hidden, None, None, None)
         recorder = DynamicCache()  # collects each layer's keys/values as the attention computes them
         layer0 = None
-        for index, layer in enumerate(self.decoder.layers[:n_layers]):
+        # only the keys/values of the last layer are ever read: skip its attention output and MLP (not layer 0,
+        # whose output gives the node vectors)
+        full_layers = n_layers - 1 if n_layers > 1 and _keys_are_plain_projections(self.decoder.layers[n_layers - 1]) else n_layers
+        for index, layer in enumerate(self.decoder.layers[:full_layers]):
             # the undecorated forward: with gradient checkpointing on, GradientCheckpointingLayer's wrapper drops the
             # recorder in training mode; this pass is frozen and gradient-free, so there is nothing to checkpoint
             forward = getattr(type(layer).forward, "__wrapped__", type(layer).forward)
@@ -333,27 +355,12 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                 use_cache=True,
             )
             layer0 = hidden if index == 0 else layer0
+        if full_layers < n_layers:
+            layer = self.decoder.layers[n_layers - 1]
+            recorder.update(*_rotated_keys_and_values(layer, hidden, position_embeddings), n_layers - 1)
         keys = [recorder.layers[i].keys for i in range(n_layers)]
         values = [recorder.layers[i].values for i in range(n_layers)]
         return layer0, keys, values
-
-    def _encode_chunks(self, chunk_ids, chunk_index, query) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """chunk_ids (N, C), chunk_index (N,), query (N, hidden) -> compressed keys/values, (N, Hkv, K, hd) per layer.
-
-        Chunks are encoded `max_chunks_per_pass` at a time so that peak memory does not grow with the input.
-        """
-        keys, values = [], []
-        step = self.config.max_chunks_per_pass
-        for first in range(0, chunk_ids.shape[0], step):
-            part = slice(first, first + step)
-            encode = self._encode_by_chunk if self.config.node_encoding == "chunk" else self._encode_by_node
-            part_keys, part_values = encode(chunk_ids[part], chunk_index[part], query[part])
-            keys.append(part_keys)
-            values.append(part_values)
-        n_layers = self.config.n_injected_layers
-        return [torch.cat([k[i] for k in keys]) for i in range(n_layers)], [
-            torch.cat([v[i] for v in values]) for i in range(n_layers)
-        ]
 
     def _encode_by_chunk(self, chunk_ids, chunk_index, query):
         """One lower pass per whole chunk; node vectors and node key/values are read from that pass."""
@@ -401,20 +408,30 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
     def _encode_context(self, chunk_ids, chunk_valid, first_chunk_index, query) -> EncodedContext:
         """chunk_ids (B, n, C) with chunk_valid (B, n); chunk j of row b has chunk index first_chunk_index[b] + j.
 
-        Only valid chunks are encoded. Returns (B, Hkv, n * K, hd) key/values per layer (zeros in padding slots).
+        Only valid chunks are encoded, `max_chunks_per_pass` at a time so that peak memory does not grow with the
+        input, each pass written straight into one (B, Hkv, n, K, hd) buffer (no concatenation copies). Returns
+        (B, Hkv, n * K, hd) key/values per layer (zeros in padding slots).
         """
-        batch, n_max, chunk_size = chunk_ids.shape
-        per_chunk = self.config.context_tokens_per_chunk
+        batch, n_max, _ = chunk_ids.shape
         rows, slots = chunk_valid.nonzero(as_tuple=True)
         chunk_index = first_chunk_index[rows] + slots
-        keys, values = self._encode_chunks(chunk_ids[rows, slots], chunk_index, query[rows])
-
-        def scatter(flat):  # (N_valid, Hkv, K, hd) -> (B, Hkv, n * K, hd)
-            out = flat.new_zeros(batch, n_max, *flat.shape[1:])
-            out[rows, slots] = flat
-            return out.permute(0, 2, 1, 3, 4).reshape(batch, flat.shape[1], n_max * per_chunk, flat.shape[-1])
-
-        return EncodedContext([scatter(k) for k in keys], [scatter(v) for v in values], chunk_valid.sum(1), per_chunk)
+        encode = self._encode_by_chunk if self.config.node_encoding == "chunk" else self._encode_by_node
+        keys, values = None, None
+        for first in range(0, rows.shape[0], self.config.max_chunks_per_pass):
+            part = slice(first, first + self.config.max_chunks_per_pass)
+            part_keys, part_values = encode(chunk_ids[rows[part], slots[part]], chunk_index[part], query[rows[part]])
+            if keys is None:
+                allocate = torch.empty if bool(chunk_valid.all()) else torch.zeros
+                buffer = lambda kv: allocate(  # noqa: E731
+                    batch, kv.shape[1], n_max, *kv.shape[2:], dtype=kv.dtype, device=kv.device
+                )
+                keys, values = [buffer(k) for k in part_keys], [buffer(v) for v in part_values]
+            for i in range(len(keys)):  # (N_part, Hkv, K, hd) into slots (row, :, chunk)
+                keys[i][rows[part], :, slots[part]] = part_keys[i]
+                values[i][rows[part], :, slots[part]] = part_values[i]
+        flat = lambda kv: kv.view(batch, kv.shape[1], -1, kv.shape[-1])  # noqa: E731
+        per_chunk = self.config.context_tokens_per_chunk
+        return EncodedContext([flat(k) for k in keys], [flat(v) for v in values], chunk_valid.sum(1), per_chunk)
 
     def _append_chunks(self, context: EncodedContext, new: EncodedContext) -> EncodedContext:
         """Append each row's new chunks after its existing ones (rows hold different numbers of chunks)."""
@@ -422,6 +439,11 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             return new
         per_chunk = context.per_chunk
         n_total = context.n_chunks + new.n_chunks
+        if bool((context.n_chunks == context.chunk_capacity()).all()) and bool((new.n_chunks == new.chunk_capacity()).all()):
+            # every row is full (always at batch size 1): the new chunks simply follow the old ones
+            keys = [torch.cat([o, f], dim=2) for o, f in zip(context.keys, new.keys)]
+            values = [torch.cat([o, f], dim=2) for o, f in zip(context.values, new.values)]
+            return EncodedContext(keys, values, n_total, per_chunk)
         capacity = int(n_total.max())
         batch = n_total.shape[0]
         slot = torch.arange(capacity, device=n_total.device)[None, :]

@@ -210,7 +210,7 @@ def test_chunk_rotary_offsets_are_applied():
     model = wrap(tiny_model("llama"), tree_depth=0, tokens_per_node=16)  # keep every token: no compression
     chunk = torch.randint(3, 128, (16,))
     with torch.no_grad():
-        keys = model._encode_chunks(torch.stack([chunk, chunk]), torch.tensor([0, 1]), torch.zeros(2, 64))[0]
+        keys = model._encode_by_chunk(torch.stack([chunk, chunk]), torch.tensor([0, 1]), torch.zeros(2, 64))[0]
         first, second = keys[0][0:1], keys[0][1:2]  # layer 0, (1, Hkv, 16, hd)
         cos, sin = model.decoder.rotary_emb(first, torch.ones(1, 16, dtype=torch.long))
         shifted, _ = apply_rotary_pos_emb(first, first, cos, sin)
@@ -287,3 +287,23 @@ def test_config_roundtrip_keeps_text_config(tmp_path):
     config = SharedLLMConfig.from_pretrained(tmp_path)
     assert config.text_config.model_type == "mistral"
     assert config.chunk_size == 16 and config.base_fingerprint == model.config.base_fingerprint
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "qwen2"])
+def test_last_lower_layer_shortcut_gives_the_layers_own_keys(arch_name):
+    """The lower pass computes only keys/values in its last layer; they must equal the full layer's."""
+    from transformers import DynamicCache
+
+    model = wrap(tiny_model(arch_name), n_injected_layers=3)
+    ids = torch.randint(3, 128, (2, 16))
+    positions = torch.arange(16)[None].expand(2, -1) + 1
+    with torch.no_grad():
+        _, keys, values = model._run_lower(ids, positions, 3)
+        hidden = model.decoder.embed_tokens(ids)
+        rope = model.decoder.rotary_emb(hidden, positions)
+        cache = DynamicCache()
+        for layer in model.decoder.layers[:3]:
+            hidden = layer(hidden, position_embeddings=rope, position_ids=positions, past_key_values=cache, use_cache=True)
+    for i in range(3):
+        assert torch.allclose(keys[i], cache.layers[i].keys, atol=1e-5)
+        assert torch.allclose(values[i], cache.layers[i].values, atol=1e-5)
