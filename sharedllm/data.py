@@ -237,21 +237,15 @@ class WindowSampler:
 # User data
 
 
-def _decode(raw: bytes, name: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        logger.warning("%s is not valid UTF-8 (%s); decoding with replacement characters", name, error.reason)
-        return raw.decode("utf-8", errors="replace")
-
-
 def _documents_from_file(path: Path, name: str, domain: str, Document, skips: Counter) -> list:
     raw = path.read_bytes()
     if not raw.strip():
         logger.warning("skipping empty file %s", name)
         skips["empty file"] += 1
         return []
-    text = _decode(raw, name)
+    from sharedllm.assets import decode_text
+
+    text = decode_text(raw, name)
     if path.suffix != ".jsonl":
         return [Document(doc_id=name, domain=domain, text=text)]
     documents = []
