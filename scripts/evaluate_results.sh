@@ -34,6 +34,12 @@ adapter() {
   eval_ ppl --method sharedllm --adapter "$ADAPTER" --knob node_encoding=node --label ablation-node-encoding \
     --lengths 8K --domains books --max-windows 8
   eval_ passkey --method sharedllm --adapter "$ADAPTER" --lengths 4K 16K 64K --depths 0.25 0.75 --trials 5
+  # the same 2 / 1 windows that full, streaming and yarn were scored on (their cells are not comparable with the
+  # 8-window rows: different windows of different difficulty)
+  eval_ ppl --method sharedllm --adapter "$ADAPTER" --label sharedllm-on-2-windows --lengths 2K 8K --domains books --max-windows 2
+  eval_ ppl --method window --decoder-window $LD --label window-on-2-windows --lengths 2K 8K --domains books --max-windows 2
+  eval_ ppl --method sharedllm --adapter "$ADAPTER" --label sharedllm-on-1-window --lengths 2K 8K 16K --domains books --max-windows 1
+  eval_ ppl --method window --decoder-window $LD --label window-on-1-window --lengths 2K 8K 16K --domains books --max-windows 1
 }
 
 "${1:?usage: $0 baselines|adapter}"
