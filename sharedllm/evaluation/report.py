@@ -137,7 +137,7 @@ def plot_ppl(task_results, path, title) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for method, result in task_results.items():
         points = sorted((int(n), v) for n, v in result["scores"].items() if v is not None)
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
@@ -147,7 +147,7 @@ def plot_ppl(task_results, path, title) -> None:
     ax.set_ylabel("perplexity")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)  # outside: many rows, points overlap
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
