@@ -227,7 +227,7 @@ def test_eval_demo_end_to_end_writes_results_and_report(fake_stack, capsys):
     out = capsys.readouterr().out
     assert "DEMO SETTINGS" in out and "PPL@1K" in out and "passkey@1K" in out
     markdown = (tmp / "docs" / "results.md").read_text()
-    assert "| full | 2.72 (1 win) |" in markdown and "| window | 0% (n=2x1) |" in markdown
+    assert "| full | 2.72 (1 win) |" in markdown and "| window | 0% (n=1x1) |" in markdown
     assert len(list((tmp / "docs" / "figures").glob("*.png"))) == 5  # one PPL plot + 4 heatmaps
 
 
