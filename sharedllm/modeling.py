@@ -154,6 +154,11 @@ def gather_tokens(
     return ids, mask.long()
 
 
+def mask_positions(mask: torch.Tensor) -> torch.LongTensor:
+    """(B, W) 0/1 mask -> position ids 0.. of each row's real tokens (padding gets 0)."""
+    return (mask.cumsum(1) - 1).clamp(min=0)
+
+
 def left_align(ids: torch.LongTensor, keep: torch.Tensor) -> tuple[torch.LongTensor, torch.LongTensor]:
     """Keep the marked tokens of each row (order preserved), packed to the right: (B, W') ids and mask."""
     count = keep.sum(dim=1)
@@ -424,14 +429,18 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                 values[i].append(compress_node(node_values[i], zero, length, cfg.tokens_per_node, cfg.node_compression))
         return [torch.cat(k, dim=2) for k in keys], [torch.cat(v, dim=2) for v in values]
 
-    def _encode_context(self, chunk_ids, chunk_valid, first_chunk_index, query) -> EncodedContext:
-        """chunk_ids (B, n, C) with chunk_valid (B, n); chunk j of row b has chunk index first_chunk_index[b] + j.
+    def _encode_context(self, input_ids, start, n_chunks, first_chunk_index, query) -> EncodedContext:
+        """Encode the first n_chunks[b] whole chunks of row b's real tokens (which begin at start[b]); chunk j of
+        row b has chunk index first_chunk_index[b] + j.
 
-        Only valid chunks are encoded, `max_chunks_per_pass` at a time so that peak memory does not grow with the
+        Only real chunks are encoded, `max_chunks_per_pass` at a time so that peak memory does not grow with the
         input, each pass written straight into one (B, Hkv, n, K, hd) buffer (no concatenation copies). Returns
-        (B, Hkv, n * K, hd) key/values per layer (zeros in padding slots).
+        (B, Hkv, n * K, hd) key/values per layer (zeros in padding slots), n = max chunks of a row.
         """
-        batch, n_max, _ = chunk_ids.shape
+        batch, n_max, chunk_size = n_chunks.shape[0], int(n_chunks.max()), self.config.chunk_size
+        chunk_ids, _ = gather_tokens(input_ids, start, n_chunks * chunk_size, n_max * chunk_size, left_pad=False)
+        chunk_ids = chunk_ids.view(batch, n_max, chunk_size)
+        chunk_valid = torch.arange(n_max, device=input_ids.device)[None, :] < n_chunks[:, None]  # (B, n)
         rows, slots = chunk_valid.nonzero(as_tuple=True)
         chunk_index = first_chunk_index[rows] + slots
         encode = self._encode_by_chunk if self.config.node_encoding == "chunk" else self._encode_by_node
@@ -450,7 +459,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                 values[i][rows[part], :, slots[part]] = part_values[i]
         flat = lambda kv: kv.view(batch, kv.shape[1], -1, kv.shape[-1])  # noqa: E731
         per_chunk = self.config.context_tokens_per_chunk
-        return EncodedContext([flat(k) for k in keys], [flat(v) for v in values], chunk_valid.sum(1), per_chunk)
+        return EncodedContext([flat(k) for k in keys], [flat(v) for v in values], n_chunks, per_chunk)
 
     def _append_chunks(self, context: EncodedContext, new: EncodedContext) -> EncodedContext:
         """Append each row's new chunks after its existing ones (rows hold different numbers of chunks)."""
@@ -483,11 +492,12 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         values = [merge(o, f) for o, f in zip(context.values, new.values)]
         return EncodedContext(keys, values, n_total, per_chunk)
 
-    def _injected_context(self, context: EncodedContext, reference: torch.Tensor) -> InjectedContext | None:
+    def _injected_context(self, context: EncodedContext | None) -> InjectedContext | None:
         """What the upper model's injected layers read: keys/values, padding mask, and the query rotation."""
         if context is None or int(context.n_chunks.max()) == 0:
             return None
-        slots = context.keys[0].shape[2]
+        reference = context.keys[0]  # dtype and device of everything below
+        slots = reference.shape[2]
         valid = torch.arange(slots, device=reference.device)[None, :] < (context.n_chunks * context.per_chunk)[:, None]
         mask = None
         if not valid.all():
@@ -514,7 +524,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         count = query_index + 1 - first
         ids, mask = gather_tokens(input_ids, start + first, count, int(count.max()), left_pad=True)
         hidden = self.decoder.embed_tokens(ids)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        positions = mask_positions(mask)
         masks = self._self_attention_masks(hidden, mask, None, positions)
         hidden = self.decoder.layers[0](
             hidden,
@@ -622,20 +632,15 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         if int(n_chunks.max()) > 0 or cached:  # a cached prefill keeps the query for chunks that roll in later
             query = self._query_vectors(input_ids, start, query_index)
         if int(n_chunks.max()) > 0:
-            n_max = int(n_chunks.max())
-            chunk_ids, _ = gather_tokens(input_ids, start, context_length, n_max * cfg.chunk_size, left_pad=False)
-            chunk_valid = torch.arange(n_max, device=input_ids.device)[None, :] < n_chunks[:, None]
-            context = self._encode_context(
-                chunk_ids.view(-1, n_max, cfg.chunk_size), chunk_valid, torch.zeros_like(n_chunks), query
-            )
+            context = self._encode_context(input_ids, start, n_chunks, torch.zeros_like(n_chunks), query)
 
         cache = None
         if cached:
             empty = EncodedContext([], [], torch.zeros_like(n_chunks), cfg.context_tokens_per_chunk)
             cache = SharedLLMCache(cfg.text_config, context or empty, query, decoder_ids, decoder_mask)
-        positions = (decoder_mask.cumsum(1) - 1).clamp(min=0)
+        positions = mask_positions(decoder_mask)
         hidden = self._decoder_forward(
-            decoder_ids, decoder_mask, positions, self._injected_context(context, self._dtype_reference()), cache
+            decoder_ids, decoder_mask, positions, self._injected_context(context), cache
         )
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -650,10 +655,6 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             )
         return SharedLLMOutput(loss=loss, logits=logits, past_key_values=cache, context_lengths=context_length)
 
-    def _dtype_reference(self) -> torch.Tensor:
-        weight = self.decoder.embed_tokens.weight
-        return torch.empty(0, dtype=weight.dtype, device=weight.device)
-
     # -- generation -----------------------------------------------------------------------------------------------
 
     def _decode_step(self, new_ids, cache: SharedLLMCache, logits_to_keep) -> SharedLLMOutput:
@@ -664,32 +665,26 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         mask = torch.cat([cache.decoder_mask, torch.ones_like(new_ids)], dim=1)
         decoder_length = mask.sum(1)
         rolled = context_chunk_counts(decoder_length, cfg.chunk_size, cfg.decoder_window)  # new chunks per row
-        injected_reference = self._dtype_reference()
         if int(rolled.max()) == 0:  # the common step: extend the window's cache
             cache.decoder_ids, cache.decoder_mask = ids, mask
-            positions = (mask.cumsum(1) - 1)[:, -n_new:]
+            positions = mask_positions(mask)[:, -n_new:]
             hidden = self._decoder_forward(
-                new_ids, mask, positions, self._injected_context(cache.context, injected_reference), cache
+                new_ids, mask, positions, self._injected_context(cache.context), cache
             )
         else:
             start, _ = real_token_spans(mask)
-            n_max = int(rolled.max())
-            chunk_ids, _ = gather_tokens(ids, start, rolled * cfg.chunk_size, n_max * cfg.chunk_size, left_pad=False)
-            chunk_valid = torch.arange(n_max, device=ids.device)[None, :] < rolled[:, None]
-            new_context = self._encode_context(
-                chunk_ids.view(-1, n_max, cfg.chunk_size), chunk_valid, cache.context.n_chunks, cache.query
-            )
+            new_context = self._encode_context(ids, start, rolled, cache.context.n_chunks, cache.query)
             cache.context = self._append_chunks(cache.context, new_context)
             positions_kept = torch.arange(ids.shape[1], device=ids.device)[None, :]
             keep = mask.bool() & (positions_kept >= (start + rolled * cfg.chunk_size)[:, None])
             cache.decoder_ids, cache.decoder_mask = left_align(ids, keep)
             cache.reset()  # the window moved: rebuild its self-attention cache over the tokens that remain
-            positions = (cache.decoder_mask.cumsum(1) - 1).clamp(min=0)
+            positions = mask_positions(cache.decoder_mask)
             hidden = self._decoder_forward(
                 cache.decoder_ids,
                 cache.decoder_mask,
                 positions,
-                self._injected_context(cache.context, injected_reference),
+                self._injected_context(cache.context),
                 cache,
             )[:, -n_new:]
         if logits_to_keep:
