@@ -326,3 +326,63 @@ def split_documents(documents: list, validation_fraction: float = 0.05) -> tuple
     if len(ranked) >= 2:
         n_validation = min(max(n_validation, 1), len(ranked) - 1)
     return ranked[n_validation:], ranked[:n_validation]
+
+
+# --------------------------------------------------------------------------------------------------
+# Synthetic retrieval samples
+
+
+# Training-only vocabulary and wording: different from the passkey ("The pass key is K") and RULER ("One of the
+# special magic numbers for <key> is: <value>.") templates, so those evaluations stay unseen formats.
+RETRIEVAL_NAMES = ("Alma Bruno Carla Dmitri Elena Farid Greta Hiro Ines Jonas Kira Luca Maya Nils Olga Pablo "
+                   "Quinn Rosa Sami Tara Umar Vera Wim Xena Yusuf Zora").split()
+RETRIEVAL_THINGS = ("locker safe bike lock suitcase gate mailbox door vault cabinet garage alarm").split()
+RETRIEVAL_FACT = " Note: the code of {key} is {value}."
+RETRIEVAL_QUESTION = "\nQuestion: what is the code of {key}? Answer: the code of {key} is"
+
+
+@dataclass
+class RetrievalSample:
+    ids: np.ndarray  # (sample_len,) the window with facts planted in its context and questions at its end
+    labels: np.ndarray  # (sample_len,) the answers' tokens, -100 elsewhere
+    query_index: int  # the token before the first answer: the tree's query, as at evaluation
+
+
+def plant_retrieval_facts(ids: np.ndarray, context_len: int, tokenizer, rng: np.random.Generator,
+                          max_facts: int = 4, max_questions: int = 2) -> RetrievalSample:
+    """Key-value facts written over random spots of the context, questions on some of them at the very end.
+
+    The facts lie only in the first `context_len` tokens (the chunks), so the answers can only come through the
+    cross-attention; the decoder window keeps its own text up to the questions. Only the answers are scored.
+    """
+    encode = lambda text: _encode(tokenizer, text).astype(ids.dtype)  # noqa: E731
+    n_facts = int(rng.integers(1, max_facts + 1))
+    people = rng.choice(len(RETRIEVAL_NAMES), size=n_facts, replace=False)
+    keys = [f"{RETRIEVAL_NAMES[p]}'s {RETRIEVAL_THINGS[rng.integers(len(RETRIEVAL_THINGS))]}" for p in people]
+    values = [str(int(rng.integers(100, 10_000_000))) for _ in keys]
+    facts = [encode(RETRIEVAL_FACT.format(key=k, value=v)) for k, v in zip(keys, values)]
+
+    ids, labels = ids.copy(), np.full(len(ids), -100, dtype=np.int64)
+    # one fact per equal slice of the context, at a random offset inside it: facts never overlap
+    slice_len = context_len // n_facts
+    for i, fact in enumerate(facts):
+        if len(fact) > slice_len:
+            raise ValueError(f"a {len(fact)}-token fact does not fit a {slice_len}-token slice of the context")
+        start = i * slice_len + int(rng.integers(0, slice_len - len(fact) + 1))
+        ids[start:start + len(fact)] = fact
+
+    asked = rng.choice(n_facts, size=min(max_questions, n_facts), replace=False)
+    tail, answer_spans = [], []
+    for i in asked:
+        question = encode(RETRIEVAL_QUESTION.format(key=keys[i]))
+        answer = encode(f" {values[i]}.")
+        answer_spans.append((sum(map(len, tail)) + len(question), len(answer)))
+        tail += [question, answer]
+    tail = np.concatenate(tail)
+    if len(tail) > len(ids) - context_len:
+        raise ValueError("the questions do not fit the decoder window")
+    offset = len(ids) - len(tail)
+    ids[offset:] = tail
+    for start, length in answer_spans:
+        labels[offset + start:offset + start + length] = ids[offset + start:offset + start + length]
+    return RetrievalSample(ids, labels, offset + answer_spans[0][0] - 1)

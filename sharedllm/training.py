@@ -79,6 +79,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     lora_rank: int = 0
     gradient_checkpointing: bool = False
+    retrieval_fraction: float = 0.0  # share of samples with key-value facts planted in context (data.py)
+    init_adapter: str | None = None  # start from this adapter's weights instead of the zero-initialised ones
     seed: int = 0
     # bookkeeping
     eval_every: int = 50
@@ -116,6 +118,13 @@ def build_model(config: TrainConfig):
         tokens_per_node=config.tokens_per_node,
         node_encoding=config.node_encoding,
     )
+    if config.init_adapter:
+        # from_pretrained checks that the adapter was trained on this very base (weight fingerprint)
+        start = SharedLLMForCausalLM.from_pretrained(config.init_adapter, base=base)
+        if start.config.n_injected_layers != config.n_injected_layers:
+            raise ValueError(f"--init-adapter {config.init_adapter} has {start.config.n_injected_layers} injected "
+                             f"layers, this run {config.n_injected_layers}")
+        model.cross_attention.load_state_dict(start.cross_attention.state_dict())
     return model, tokenizer
 
 
@@ -272,17 +281,36 @@ def prepare_data(config: TrainConfig, tokenizer, accelerator) -> tuple[data.Wind
 # Steps
 
 
-def train_step(model, sampler, config: TrainConfig, accelerator) -> torch.Tensor:
+def next_micro_batch(sampler, config: TrainConfig, tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's next (ids, labels, tree query index), each (batch_size, ...).
+
+    Plain rows are language modelling with the tree query on the last token (the paper's training choice: it sees
+    the last target token; evaluation uses the leak-free last token before the scored span). A
+    `retrieval_fraction` of rows, chosen by a generator seeded with the sample's global index (so resuming
+    replays them exactly), get facts planted in their context and only the answers scored
+    (`data.plant_retrieval_facts`).
+    """
+    first = sampler.samples_drawn
+    ids = sampler.next_batch(config.batch_size)
+    labels, query = ids.clone(), torch.full((len(ids),), -1, dtype=torch.long)
+    for row in range(len(ids)) if config.retrieval_fraction else ():
+        rng = np.random.default_rng([config.seed, first, sampler.rank, row])
+        if rng.random() < config.retrieval_fraction:
+            planted = data.plant_retrieval_facts(ids[row].numpy(), config.n_chunks * config.chunk_size, tokenizer, rng)
+            ids[row], labels[row] = torch.from_numpy(planted.ids), torch.from_numpy(planted.labels)
+            query[row] = planted.query_index
+    return ids, labels, query
+
+
+def train_step(model, sampler, config: TrainConfig, accelerator, tokenizer) -> torch.Tensor:
     """One optimiser step's forward/backward over `grad_accum` micro-batches; returns the mean loss."""
     total = torch.zeros((), device=accelerator.device)
     for micro in range(config.grad_accum):
-        input_ids = sampler.next_batch(config.batch_size).to(accelerator.device)
+        ids, labels, query = (t.to(accelerator.device) for t in next_micro_batch(sampler, config, tokenizer))
         # Only the last micro-batch all-reduces gradients across ranks.
         sync = micro == config.grad_accum - 1
         with nullcontext() if sync else accelerator.no_sync(model):
-            # The tree query is the last token of the decoder window: the paper's training choice (it sees
-            # the last target token; evaluation uses the leak-free last token before the scored span).
-            loss = model(input_ids, labels=input_ids, query_position=-1).loss
+            loss = model(ids, labels=labels, query_position=query).loss
             accelerator.backward(loss / config.grad_accum)
         total += loss.detach() / config.grad_accum
     return total
@@ -301,6 +329,28 @@ def evaluate(model, windows: torch.Tensor, config: TrainConfig, accelerator) -> 
     model.train()
     total = accelerator.reduce(total, reduction="sum")
     # Every window scores the same number of tokens, so the mean of window means is the token mean.
+    return (total[0] / total[1]).item()
+
+
+@torch.no_grad()
+def evaluate_retrieval(model, windows: torch.Tensor, config: TrainConfig, tokenizer, accelerator) -> float:
+    """Share of validation windows, with facts planted by a fixed seed, whose scored answers the model gets
+    exactly right by greedy next-token prediction (teacher-forced): is the retrieval mix being learned?"""
+    model.eval()
+    context_len = config.n_chunks * config.chunk_size
+    indices = range(accelerator.process_index, len(windows), accelerator.num_processes)
+    total = torch.zeros(2, device=accelerator.device)  # (windows right, windows)
+    for i in indices:
+        rng = np.random.default_rng([config.seed, len(windows), i, 1])  # the same facts at every evaluation
+        planted = data.plant_retrieval_facts(windows[i].numpy(), context_len, tokenizer, rng)
+        ids = torch.from_numpy(planted.ids.astype(np.int64))[None].to(accelerator.device)
+        logits = model(ids, query_position=planted.query_index).logits[0]  # (decoder window, vocab)
+        labels = torch.from_numpy(planted.labels[context_len:]).to(accelerator.device)  # the window's own tokens
+        scored = labels[1:] != -100  # logits[t] predicts window token t + 1
+        right = bool((logits[:-1].argmax(-1)[scored] == labels[1:][scored]).all())
+        total += torch.tensor([float(right), 1.0], device=accelerator.device)
+    model.train()
+    total = accelerator.reduce(total, reduction="sum")
     return (total[0] / total[1]).item()
 
 
@@ -462,6 +512,8 @@ def train(config: TrainConfig) -> Path:
     accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no")
     if not accelerator.is_main_process:
         logging.getLogger("sharedllm").setLevel(logging.WARNING)
+    if not 0.0 <= config.retrieval_fraction <= 1.0:
+        raise ValueError(f"--retrieval-fraction must be in [0, 1], got {config.retrieval_fraction}")
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     set_seed(config.seed)  # LoRA initialisation, anything random in the model
@@ -494,7 +546,7 @@ def train(config: TrainConfig) -> Path:
     samples_per_step = config.batch_size * config.grad_accum * accelerator.num_processes
     start_time, elapsed_before = time.time(), state["elapsed_s"]
     for step in range(state["step"] + 1, config.steps + 1):
-        loss = accelerator.reduce(train_step(model, sampler, config, accelerator), reduction="mean").item()
+        loss = accelerator.reduce(train_step(model, sampler, config, accelerator, tokenizer), reduction="mean").item()
         if config.max_grad_norm:
             accelerator.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
@@ -507,11 +559,14 @@ def train(config: TrainConfig) -> Path:
         if validation is not None and (step % config.eval_every == 0 or step == config.steps):
             val_loss = evaluate(model, validation, config, accelerator)
             record.update(val_loss=val_loss, val_ppl=math.exp(val_loss))
+            if config.retrieval_fraction:
+                record["val_retrieval_acc"] = evaluate_retrieval(model, validation, config, tokenizer, accelerator)
         if accelerator.is_main_process:
             append_log(log_path, record)
             if step % config.log_every == 0 or "val_loss" in record or step == config.steps:
-                logger.info("step %d/%d  loss %.4f  lr %.2e%s", step, config.steps, loss, record["lr"],
-                            f"  val ppl {record['val_ppl']:.3f}" if "val_ppl" in record else "")
+                logger.info("step %d/%d  loss %.4f  lr %.2e%s%s", step, config.steps, loss, record["lr"],
+                            f"  val ppl {record['val_ppl']:.3f}" if "val_ppl" in record else "",
+                            f"  val retrieval {record['val_retrieval_acc']:.0%}" if "val_retrieval_acc" in record else "")
         if step % config.save_every == 0 or step == config.steps:
             state = {"step": step, "elapsed_s": record["elapsed_s"], "config": _knobs(config)}
             save_checkpoint(output, step, model, optimizer, scheduler, sampler, state, accelerator)
@@ -605,6 +660,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="LoRA rank on the upper-only layers M..N-1 (0 = off). The bottom M layers are never adapted: "
              "they are also the lower model, so the context encoder stays the frozen base")
     add("--gradient-checkpointing", action="store_true", help="recompute base-layer activations in the backward (less memory)")
+    add("--retrieval-fraction", type=float, default=defaults.retrieval_fraction,
+        help="share of samples turned into retrieval exercises: key-value facts planted in the context, questions "
+             "at the end of the decoder window, only the answers scored (teaches reading back exact tokens)")
+    add("--init-adapter", default=None, help="start from this adapter's cross-attention weights (e.g. continue "
+        "training the shipped adapter on your data); the knobs of this run apply")
     add("--seed", type=int, default=defaults.seed, help="seed of the sampler and of any random initialisation")
     add("--eval-every", type=int, default=defaults.eval_every, help="steps between validation evaluations")
     add("--eval-windows", type=int, default=defaults.eval_windows, help="fixed validation windows per evaluation")

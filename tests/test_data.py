@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -201,3 +202,37 @@ def test_user_split_is_fixed_by_document_id():
     shuffled_train, shuffled_validation = data.split_documents(docs[::-1] + [Document("new.txt", "user", "t")])
     assert {d.doc_id for d in validation} <= {d.doc_id for d in shuffled_validation}  # stable when files are added
     assert [len(part) for part in data.split_documents(docs[:2])] == [1, 1]
+
+
+# --- synthetic retrieval samples -------------------------------------------------------------------
+
+
+def test_planted_facts_sit_in_the_context_and_only_the_asked_answers_are_scored():
+    tokenizer = CharTokenizer()
+    text_of = {tokenizer.encode(chr(c))[0]: chr(c) for c in range(32, 127)}
+    decode = lambda ids: "".join(text_of.get(int(i), "_") for i in ids)  # noqa: E731  token 0: the document
+    context_len = 2000
+    for seed in range(5):
+        window = np.zeros(3000, dtype=np.uint32)
+        planted = data.plant_retrieval_facts(window, context_len, tokenizer, np.random.default_rng(seed))
+        again = data.plant_retrieval_facts(window, context_len, tokenizer, np.random.default_rng(seed))
+        assert np.array_equal(planted.ids, again.ids) and not window.any()  # seeded, and the input is untouched
+        context = decode(planted.ids[:context_len])
+        facts = dict(re.findall(r"Note: the code of (.+?) is (\d+)\.", context))
+        assert 1 <= len(facts) <= 4 and len(re.findall("Note:", context)) == len(facts)
+        tail = decode(planted.ids[context_len:]).strip("_")
+        assert not set(decode(planted.ids[context_len:len(planted.ids) - len(tail)])) - {"_"}  # the window's text
+        asked = re.findall(r"Question: what is the code of (.+?)\? Answer: the code of \1 is (\d+)\.", tail)
+        assert 1 <= len(asked) <= 2 and all(facts[key] == value for key, value in asked)
+        scored = planted.labels != -100
+        assert np.array_equal(planted.labels[scored], planted.ids[scored].astype(np.int64))
+        assert decode(planted.ids[scored]) == "".join(f" {value}." for _, value in asked)
+        assert not scored[:planted.query_index + 1].any() and scored[planted.query_index + 1]
+        assert decode(planted.ids[planted.query_index - 2:planted.query_index + 1]) == " is"
+
+
+def test_planted_facts_that_cannot_fit_fail_clearly():
+    with pytest.raises(ValueError, match="does not fit"):
+        data.plant_retrieval_facts(np.zeros(300, np.uint32), 40, CharTokenizer(), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="questions do not fit"):
+        data.plant_retrieval_facts(np.zeros(2100, np.uint32), 2000, CharTokenizer(), np.random.default_rng(0))

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_model
@@ -17,7 +18,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from sharedllm import training
+from sharedllm import data, training
 from sharedllm.modeling import SharedLLMForCausalLM
 
 # Sample = 2 chunks of 16 + a decoder window of 32 = 64 tokens (one character = one token).
@@ -149,6 +150,54 @@ def test_gradient_checkpointing_trains_the_same(workspace, tmp_path):
         runs[name].update(load_file(str(tmp_path / name / "model.safetensors")))
     for key, value in runs["plain"].items():
         assert torch.allclose(value, runs["checkpointed"][key], atol=1e-6), key
+
+
+def test_retrieval_rows_are_planted_scored_and_replayed_on_resume():
+    tokenizer = char_tokenizer()
+    rng = np.random.default_rng(0)
+    docs = [data.TokenizedDocument(f"doc{i}", "books", rng.integers(4, 100, 2000).astype(np.uint32)) for i in range(3)]
+    config = training.TrainConfig(output="", n_chunks=2, chunk_size=128, decoder_window=256, batch_size=4,
+                                  retrieval_fraction=0.5)
+    sampler = data.WindowSampler(data.build_windows(docs, config.sample_len), seed=0)
+    state = sampler.state_dict()
+    ids, labels, query = training.next_micro_batch(sampler, config, tokenizer)
+    planted = query >= 0
+    assert 0 < planted.sum() < len(ids)  # both kinds in one batch of 4 at this seed
+    assert torch.equal(labels[~planted], ids[~planted]) and (query[~planted] == -1).all()
+    for row in planted.nonzero()[:, 0]:
+        scored = (labels[row] != -100).nonzero()[:, 0]
+        assert scored.min() == query[row] + 1 and scored.min() >= config.n_chunks * config.chunk_size
+        assert torch.equal(labels[row, scored], ids[row, scored])
+
+    replay = data.WindowSampler(data.build_windows(docs, config.sample_len), seed=0)
+    replay.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip((ids, labels, query), training.next_micro_batch(replay, config, tokenizer)))
+
+    model = SharedLLMForCausalLM.from_base(tiny_model("llama"), chunk_size=128, decoder_window=256,
+                                           n_injected_layers=2, tree_depth=1, tokens_per_node=16)
+    training.configure_trainable(model, config)
+    model(ids, labels=labels, query_position=query).loss.backward()
+    assert model.cross_attention[0].o_proj.weight.grad.abs().sum() > 0  # o_proj starts at zero: its grad flows first
+    from accelerate import Accelerator
+
+    windows = torch.stack([torch.from_numpy(sampler.windows["books"][i].astype(np.int64)) for i in range(3)])
+    accuracy = training.evaluate_retrieval(model, windows, config, tokenizer, Accelerator(cpu=True))
+    assert accuracy == training.evaluate_retrieval(model, windows, config, tokenizer, Accelerator(cpu=True))
+    assert 0.0 <= accuracy <= 1.0
+
+
+def test_init_adapter_starts_from_its_weights_and_checks_layers(workspace, tmp_path):
+    run_cli(train_args(workspace, tmp_path / "first", "--steps", "2", "--eval-every", "2", "--save-every", "2"))
+    run_cli(train_args(workspace, tmp_path / "again", "--steps", "1", "--lr", "0", "--eval-every", "1",
+                       "--save-every", "1", "--init-adapter", str(tmp_path / "first")))
+    first, again = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("first", "again"))
+    assert first["cross_attention.0.o_proj.weight"].abs().sum() > 0
+    assert all(torch.equal(value, again[key]) for key, value in first.items())  # lr 0: nothing moved
+    with pytest.raises(ValueError, match="injected layers"):
+        run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--n-injected-layers", "1",
+                           "--init-adapter", str(tmp_path / "first")))
+    with pytest.raises(ValueError, match="retrieval-fraction"):
+        run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--retrieval-fraction", "1.5"))
 
 
 def test_help_names_the_upper_only_lora_and_lr_choice(capsys):
