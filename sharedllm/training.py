@@ -470,13 +470,18 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
     records = read_log(log_path)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     validation = [(r["step"], r["val_ppl"]) for r in records if "val_ppl" in r]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    retrieval = [(r["step"], 100 * r["val_retrieval_acc"]) for r in records if "val_retrieval_acc" in r]
+    fig, axes = plt.subplots(1, 3 if retrieval else 2, figsize=(15 if retrieval else 10, 4))
     if train:
-        left.plot(*zip(*train), lw=1)
-    left.set(xlabel="step", ylabel="train loss (decoder window)", title="training loss")
+        axes[0].plot(*zip(*train), lw=1)
+    axes[0].set(xlabel="step", ylabel="train loss (decoder window)", title="training loss")
     if validation:
-        right.plot(*zip(*validation), marker="o")
-    right.set(xlabel="step", ylabel="validation perplexity", title="validation perplexity")
+        axes[1].plot(*zip(*validation), marker="o")
+    axes[1].set(xlabel="step", ylabel="validation perplexity", title="validation perplexity")
+    if retrieval:
+        axes[2].plot(*zip(*retrieval), marker="o")
+        axes[2].set(xlabel="step", ylabel="answers exactly right (%)", ylim=(-5, 105),
+                    title="validation retrieval (planted facts)")
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     plt.close(fig)

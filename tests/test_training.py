@@ -186,6 +186,19 @@ def test_retrieval_rows_are_planted_scored_and_replayed_on_resume():
     assert 0.0 <= accuracy <= 1.0
 
 
+def test_loss_curve_gets_a_retrieval_panel_when_logged(tmp_path):
+    import matplotlib.image
+
+    log = tmp_path / training.LOG_FILE
+    for record in [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.9, "val_ppl": 9.0, "val_retrieval_acc": 0.5}]:
+        training.append_log(log, record)
+    training.plot_curves(log, tmp_path / "with.png")
+    log.write_text(log.read_text().replace(', "val_retrieval_acc": 0.5', ""))
+    training.plot_curves(log, tmp_path / "without.png")
+    widths = [matplotlib.image.imread(tmp_path / f"{name}.png").shape[1] for name in ("with", "without")]
+    assert widths[0] > widths[1]  # three panels against two
+
+
 def test_init_adapter_starts_from_its_weights_and_checks_layers(workspace, tmp_path):
     run_cli(train_args(workspace, tmp_path / "first", "--steps", "2", "--eval-every", "2", "--save-every", "2"))
     run_cli(train_args(workspace, tmp_path / "again", "--steps", "1", "--lr", "0", "--eval-every", "1",
