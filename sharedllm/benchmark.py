@@ -296,9 +296,7 @@ class StreamingRunner(BaseRunner):
         self.method = method
 
     def _feed(self, ids):
-        for block in ids.split(self.method.block_size):
-            hidden = self.method._forward_block(self.cache, block)
-        return self.base.lm_head(hidden[-1])
+        return self.method.feed(self.cache, ids)
 
     def prefill(self, ids):
         self.cache = self.method.new_cache()

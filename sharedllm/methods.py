@@ -257,7 +257,7 @@ class StreamingLLM(Method):
     def new_cache(self) -> SinkCache:
         return SinkCache(self.base.model.rotary_emb, self.window, self.n_sink)
 
-    def _forward_block(self, cache: SinkCache, block: torch.Tensor) -> torch.Tensor:
+    def forward_block(self, cache: SinkCache, block: torch.Tensor) -> torch.Tensor:
         """Feed block (n,) through the base model with cache positions; returns final hidden states (n, H)."""
         cache.make_room(block.shape[0])
         first = cache.get_seq_length()
@@ -274,19 +274,20 @@ class StreamingLLM(Method):
         # the last token predicts nothing, so it is never fed (it would only evict one more token)
         blocks = input_ids[:-1].split(self.block_size)
         for block_start, block in zip(range(0, input_ids.shape[0], self.block_size), blocks):
-            block_hidden = self._forward_block(cache, block)  # (n, H); row i is text position block_start + i
+            block_hidden = self.forward_block(cache, block)  # (n, H); row i is text position block_start + i
             hidden.append(block_hidden[max(0, score_start - 1 - block_start) :])
         return _nll_from_hidden(self.base.lm_head, torch.cat(hidden), input_ids[score_start:])
+
+    def feed(self, cache: SinkCache, ids: torch.Tensor) -> torch.Tensor:
+        """Feed ids (n,) block by block into the cache; returns the next-token logits of the last one (V,)."""
+        for block in ids.split(self.block_size):
+            hidden = self.forward_block(cache, block)
+        return self.base.lm_head(hidden[-1])
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens, eos_token_id=None):
         cache = self.new_cache()
-
-        def feed(ids: torch.Tensor) -> torch.Tensor:
-            for block in ids.split(self.block_size):
-                hidden = self._forward_block(cache, block)
-            return self.base.lm_head(hidden[-1]).float()
-
+        feed = lambda ids: self.feed(cache, ids).float()  # noqa: E731
         return _greedy_decode(feed, input_ids.to(self.device), max_new_tokens, eos_token_id)
 
 
