@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from sharedllm import SharedLLMConfig, SharedLLMForCausalLM
 from sharedllm.modeling import load_causal_lm, portable_base_name
+from sharedllm.lora import LORA_DIR
 from sharedllm.training import LOG_FILE, plot_curves, read_log
 
 KNOBS = ("n_injected_layers", "chunk_size", "decoder_window", "tree_depth", "tokens_per_node", "tree_selection",
@@ -40,10 +41,15 @@ def main() -> None:
     if checkpoint is None and model.config.base_fingerprint != config.base_fingerprint:
         raise SystemExit("the base found now is not the base the run trained on (fingerprints differ)")
     state = load_file(str(checkpoint / "trainable.safetensors" if checkpoint else args.run / "model.safetensors"))
+    if any("lora_" in name for name in state):
+        raise SystemExit("this checkpoint holds an upper-layer LoRA: package the finished run instead "
+                         "(its upper_lora/ folder is copied with the adapter)")
     model.cross_attention.load_state_dict({k.removeprefix("cross_attention."): v for k, v in state.items()})
 
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
+    if checkpoint is None and (args.run / LORA_DIR).is_dir():
+        shutil.copytree(args.run / LORA_DIR, args.out / LORA_DIR, dirs_exist_ok=True)
     records = read_log(args.run / LOG_FILE)
     if args.checkpoint:
         step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]

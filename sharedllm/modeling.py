@@ -270,18 +270,24 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         return {f"cross_attention.{k}": v.detach().contiguous() for k, v in self.cross_attention.state_dict().items()}
 
     def save_pretrained(self, save_directory, **kwargs):
-        """Write the adapter only (safetensors) and a config recording the base model and its fingerprint."""
+        """Write the adapter only (safetensors), a config recording the base model and its fingerprint, and the
+        upper-layer LoRA in `upper_lora/` if one was trained (`sharedllm.lora`)."""
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save_pretrained(directory)
         save_file(self.adapter_state_dict(), str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        if hasattr(self.base, "peft_config"):  # an upper-layer LoRA was trained with the adapter: keep it
+            from sharedllm.lora import LORA_DIR, save_upper_lora
+
+            save_upper_lora(self, directory / LORA_DIR)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, base=None, dtype=None, config=None, **kwargs):
         """Load base + adapter from a folder written by `save_pretrained`.
 
         `base` overrides where the base model comes from (a loaded model or a path); by default it is the recorded
-        `config.base_model`. The base's weight fingerprint must match the one the adapter was trained on.
+        `config.base_model`. The base's weight fingerprint must match the one the adapter was trained on. An
+        `upper_lora/` folder (trained with `--lora-rank`) is injected into the base in place.
         """
         directory = Path(pretrained_model_name_or_path)
         config = config if isinstance(config, SharedLLMConfig) else SharedLLMConfig.from_pretrained(directory)
@@ -306,6 +312,10 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         if missing or unexpected or len(state) != len(weights):
             raise ValueError(f"adapter weights in {directory} do not match: missing {missing}, unexpected {unexpected}")
         model.cross_attention.to(dtype=base.dtype)
+        from sharedllm.lora import LORA_DIR, load_upper_lora
+
+        if (directory / LORA_DIR).is_dir():  # injected into the base in place, as it was trained
+            load_upper_lora(model, directory / LORA_DIR)
         return model.eval()
 
     # -- shortcuts ------------------------------------------------------------------------------------------------

@@ -35,14 +35,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sharedllm import data
+from sharedllm.lora import LORA_DIR, LORA_WEIGHTS, add_upper_lora, load_upper_lora  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2  # the newest two: if the newest is damaged by a crash mid-copy, one more remains
-LORA_DIR = "upper_lora"
-LORA_WEIGHTS = "adapter_model.safetensors"
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LOG_FILE = "train_log.jsonl"
 # Knobs that may change between an interrupted run and its resumption without changing the result.
 RESUME_FREE_KNOBS = {"resume", "eval_every", "save_every", "log_every", "command", "progress"}
@@ -126,52 +124,6 @@ def build_model(config: TrainConfig):
                              f"layers, this run {config.n_injected_layers}")
         model.cross_attention.load_state_dict(start.cross_attention.state_dict())
     return model, tokenizer
-
-
-def upper_lora_config(model, rank: int):
-    from peft import LoraConfig
-
-    n_layers = model.config.text_config.num_hidden_layers
-    return LoraConfig(
-        r=rank,
-        lora_alpha=2 * rank,
-        lora_dropout=0.0,
-        target_modules=LORA_TARGETS,
-        # Layers 0..M-1 are both the lower model and the bottom of the upper model; adapting them would
-        # change the context encoding as well, so LoRA goes on the upper-only layers.
-        layers_to_transform=list(range(model.config.n_injected_layers, n_layers)),
-        layers_pattern="layers",
-    )
-
-
-def add_upper_lora(model, rank: int) -> None:
-    from peft import inject_adapter_in_model
-
-    # In place on the base (no PeftModel wrapper), so SharedLLM keeps calling the same modules.
-    inject_adapter_in_model(upper_lora_config(model, rank), model.base)
-
-
-def lora_state_dict(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().contiguous() for name, p in model.base.named_parameters() if "lora_" in name}
-
-
-def save_upper_lora(model, directory: Path, rank: int) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    upper_lora_config(model, rank).save_pretrained(str(directory))
-    save_file(lora_state_dict(model), str(directory / LORA_WEIGHTS))
-
-
-def load_upper_lora(model, directory: str | Path) -> None:
-    """Put a trained upper-layer LoRA (`<output>/upper_lora`) back onto a loaded SharedLLM model."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    directory = Path(directory)
-    inject_adapter_in_model(LoraConfig.from_pretrained(str(directory)), model.base)
-    weights = load_file(str(directory / LORA_WEIGHTS), device=str(model.base.device))
-    missing, unexpected = model.base.load_state_dict(weights, strict=False)
-    missing = [name for name in missing if "lora_" in name]
-    if missing or unexpected:
-        raise ValueError(f"LoRA weights in {directory} do not match: missing {missing}, unexpected {unexpected}")
 
 
 def configure_trainable(model, config: TrainConfig) -> list[torch.nn.Parameter]:
@@ -584,9 +536,7 @@ def train(config: TrainConfig) -> Path:
 
 
 def finish(output: Path, model, config: TrainConfig, data_summary: dict, accelerator) -> None:
-    model.save_pretrained(output)
-    if config.lora_rank:
-        save_upper_lora(model, output / LORA_DIR, config.lora_rank)
+    model.save_pretrained(output)  # with the upper LoRA in upper_lora/ when the run trained one
     log_path = output / LOG_FILE
     plot_curves(log_path, output / "loss_curve.png")
     records = read_log(log_path)

@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,13 +133,17 @@ def test_lora_goes_on_upper_only_layers_and_round_trips(workspace, tmp_path):
     assert layers == {2, 3}  # 4 layers, M = 2: the bottom two are the lower model and stay frozen
     assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)  # B starts at zero: it trained
 
-    model = SharedLLMForCausalLM.from_pretrained(out)
-    ids = torch.randint(4, 100, (1, 64))
-    plain = model(ids).logits
-    training.load_upper_lora(model, out / training.LORA_DIR)
-    assert not torch.allclose(model(ids).logits, plain)
+    model = SharedLLMForCausalLM.from_pretrained(out)  # the LoRA comes back with the adapter
     loaded = {k: v for k, v in model.base.state_dict().items() if "lora_" in k}
-    assert all(torch.equal(loaded[k], v) for k, v in weights.items())
+    assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], v) for k, v in weights.items())
+    ids = torch.randint(4, 100, (1, 64))
+    with_lora = model(ids).logits
+    shutil.copytree(out, tmp_path / "no_lora", ignore=shutil.ignore_patterns(training.LORA_DIR, "checkpoints"))
+    assert not torch.allclose(SharedLLMForCausalLM.from_pretrained(tmp_path / "no_lora")(ids).logits, with_lora)
+
+    model.save_pretrained(tmp_path / "again")  # saving a loaded LoRA model keeps its LoRA
+    again = SharedLLMForCausalLM.from_pretrained(tmp_path / "again")
+    assert torch.equal(again(ids).logits, with_lora)
 
 
 def test_gradient_checkpointing_trains_the_same(workspace, tmp_path):

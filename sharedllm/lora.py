@@ -1,0 +1,61 @@
+"""Optional LoRA on the upper-only layers M..N-1, saved next to the adapter in `upper_lora/`.
+
+The bottom M layers are both the lower model (the context encoder) and the bottom of the upper model: adapting
+them would change the context encoding too, so LoRA never goes there. The LoRA is injected in place into the
+base (no PeftModel wrapper), so SharedLLM keeps calling the same modules. `SharedLLMForCausalLM.save_pretrained`
+writes it when present and `from_pretrained` puts it back, so a LoRA-trained adapter is never loaded without it.
+"""
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+LORA_DIR = "upper_lora"
+LORA_WEIGHTS = "adapter_model.safetensors"
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def upper_lora_config(model, rank: int):
+    from peft import LoraConfig
+
+    n_layers = model.config.text_config.num_hidden_layers
+    return LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        lora_dropout=0.0,
+        target_modules=LORA_TARGETS,
+        layers_to_transform=list(range(model.config.n_injected_layers, n_layers)),
+        layers_pattern="layers",
+    )
+
+
+def add_upper_lora(model, rank: int) -> None:
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(upper_lora_config(model, rank), model.base)
+
+
+def lora_state_dict(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().contiguous() for name, p in model.base.named_parameters() if "lora_" in name}
+
+
+def save_upper_lora(model, directory: str | Path) -> None:
+    """Write the base's injected LoRA (config + safetensors) into `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.base.peft_config["default"].save_pretrained(str(directory))
+    save_file(lora_state_dict(model), str(directory / LORA_WEIGHTS))
+
+
+def load_upper_lora(model, directory: str | Path) -> None:
+    """Put a trained upper-layer LoRA (`<adapter>/upper_lora`) onto a loaded SharedLLM model's base."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    directory = Path(directory)
+    inject_adapter_in_model(LoraConfig.from_pretrained(str(directory)), model.base)
+    weights = load_file(str(directory / LORA_WEIGHTS), device=str(model.base.device))
+    missing, unexpected = model.base.load_state_dict(weights, strict=False)
+    missing = [name for name in missing if "lora_" in name]
+    if missing or unexpected:
+        raise ValueError(f"LoRA weights in {directory} do not match: missing {missing}, unexpected {unexpected}")
