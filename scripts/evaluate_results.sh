@@ -2,7 +2,10 @@
 # The commands behind docs/results.md (CPU, 2 cores, fp32). Window / trial counts are sized to this machine's
 # budget and every result file records them; raise --max-windows / --trials on a GPU.
 #   scripts/evaluate_results.sh baselines   # methods that need no adapter
-#   scripts/evaluate_results.sh adapter     # the shipped adapter, its untrained twin, ablations, passkey
+#   scripts/evaluate_results.sh adapter     # the shipped adapter, its untrained twin, ablations
+#   scripts/evaluate_results.sh passkey     # passkey (10 trials per cell) for sharedllm, window, and full inside 8K
+#   scripts/evaluate_results.sh ruler       # RULER-style tasks at 4K for sharedllm, window and full
+#   scripts/evaluate_results.sh longer      # streaming / yarn at 32K-64K on 1 window, with sharedllm and window there
 #   sharedllm report                        # regenerate docs/results.md and docs/figures/
 set -euo pipefail
 export HF_HUB_OFFLINE=1
@@ -17,7 +20,6 @@ baselines() {
   eval_ ppl --method full --lengths 16K --domains books --max-windows 1
   eval_ ppl --method streaming --decoder-window $LD --lengths 2K 8K 16K --domains books --max-windows 1
   eval_ ppl --method yarn --lengths 16K --domains books --max-windows 1
-  eval_ passkey --method window --decoder-window $LD --lengths 4K 16K 64K --depths 0.25 0.75 --trials 5
 }
 
 adapter() {
@@ -33,7 +35,6 @@ adapter() {
     --label ablation-no-tree --lengths 8K --domains books --max-windows 8
   eval_ ppl --method sharedllm --adapter "$ADAPTER" --knob node_encoding=node --label ablation-node-encoding \
     --lengths 8K --domains books --max-windows 8
-  eval_ passkey --method sharedllm --adapter "$ADAPTER" --lengths 4K 16K 64K --depths 0.25 0.75 --trials 5
   # the same 2 / 1 windows that full, streaming and yarn were scored on (their cells are not comparable with the
   # 8-window rows: different windows of different difficulty)
   eval_ ppl --method sharedllm --adapter "$ADAPTER" --label sharedllm-on-2-windows --lengths 2K 8K --domains books --max-windows 2
@@ -42,4 +43,24 @@ adapter() {
   eval_ ppl --method window --decoder-window $LD --label window-on-1-window --lengths 2K 8K 16K --domains books --max-windows 1
 }
 
-"${1:?usage: $0 baselines|adapter}"
+passkey() {
+  eval_ passkey --method sharedllm --adapter "$ADAPTER" --lengths 4K 16K 64K --depths 0.25 0.75 --trials 10
+  eval_ passkey --method window --decoder-window $LD --lengths 4K 16K 64K --depths 0.25 0.75 --trials 10
+  # the reference: can the base read the key back when it sees all of it (full attention inside its native 8K)?
+  eval_ passkey --method full --lengths 1K 4K --depths 0.25 0.75 --trials 10
+}
+
+ruler() {
+  eval_ ruler --method sharedllm --adapter "$ADAPTER" --lengths 4K --trials 2
+  eval_ ruler --method window --decoder-window $LD --lengths 4K --trials 2
+  eval_ ruler --method full --lengths 4K --trials 2
+}
+
+longer() {
+  eval_ ppl --method streaming --decoder-window $LD --lengths 32K 64K --domains books --max-windows 1
+  eval_ ppl --method yarn --lengths 8K 32K --domains books --max-windows 1
+  eval_ ppl --method sharedllm --adapter "$ADAPTER" --label sharedllm-on-1-window --lengths 32K 64K --domains books --max-windows 1
+  eval_ ppl --method window --decoder-window $LD --label window-on-1-window --lengths 32K 64K --domains books --max-windows 1
+}
+
+"${1:?usage: $0 baselines|adapter|passkey|ruler|longer}"
