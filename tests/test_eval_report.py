@@ -31,6 +31,10 @@ def test_regenerated_page_lists_every_source(tmp_path):
     page = regenerate(results, tmp_path / "docs").read_text()
     assert "| window | 12.00 (8 win) | 11.00 (8 win) |" in page
     assert "run 2026-01-01" in page and "run 2026-01-02" in page
+    assert "## Targets" not in page
+    (results / "NOTES.md").write_text("## Targets and gaps\n\nhand-written reading\n")
+    page = regenerate(results, tmp_path / "docs").read_text()
+    assert page.index("hand-written reading") < page.index("| window |")  # the notes come first, verbatim
 
 
 def test_knob_parsing():
