@@ -43,7 +43,7 @@ CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2  # the newest two: if the newest is damaged by a crash mid-copy, one more remains
 LOG_FILE = "train_log.jsonl"
 # Knobs that may change between an interrupted run and its resumption without changing the result.
-RESUME_FREE_KNOBS = {"resume", "eval_every", "save_every", "log_every", "command", "progress"}
+RESUME_FREE_KNOBS = {"resume", "eval_every", "save_every", "log_every", "command", "progress", "stop_after"}
 
 
 @dataclass
@@ -79,6 +79,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     retrieval_fraction: float = 0.0  # share of samples with key-value facts planted in context (data.py)
     init_adapter: str | None = None  # start from this adapter's weights instead of the zero-initialised ones
+    stop_after: int | None = None  # end the run after this step (checkpoint + adapter), schedule unchanged
     seed: int = 0
     # bookkeeping
     eval_every: int = 50
@@ -502,7 +503,8 @@ def train(config: TrainConfig) -> Path:
 
     samples_per_step = config.batch_size * config.grad_accum * accelerator.num_processes
     start_time, elapsed_before = time.time(), state["elapsed_s"]
-    for step in range(state["step"] + 1, config.steps + 1):
+    last_step = min(config.steps, config.stop_after or config.steps)
+    for step in range(state["step"] + 1, last_step + 1):
         loss = accelerator.reduce(train_step(model, sampler, config, accelerator, tokenizer), reduction="mean").item()
         if config.max_grad_norm:
             accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -524,29 +526,32 @@ def train(config: TrainConfig) -> Path:
                 logger.info("step %d/%d  loss %.4f  lr %.2e%s%s", step, config.steps, loss, record["lr"],
                             f"  val ppl {record['val_ppl']:.3f}" if "val_ppl" in record else "",
                             f"  val retrieval {record['val_retrieval_acc']:.0%}" if "val_retrieval_acc" in record else "")
-        if step % config.save_every == 0 or step == config.steps:
+        if step % config.save_every == 0 or step == last_step:
             state = {"step": step, "elapsed_s": record["elapsed_s"], "config": _knobs(config)}
             save_checkpoint(output, step, model, optimizer, scheduler, sampler, state, accelerator)
 
     if accelerator.is_main_process:
-        finish(output, accelerator.unwrap_model(model), config, data_summary, accelerator)
+        finish(output, accelerator.unwrap_model(model), config, data_summary, accelerator, last_step)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return output
 
 
-def finish(output: Path, model, config: TrainConfig, data_summary: dict, accelerator) -> None:
+def finish(output: Path, model, config: TrainConfig, data_summary: dict, accelerator, steps_done: int) -> None:
     model.save_pretrained(output)  # with the upper LoRA in upper_lora/ when the run trained one
     log_path = output / LOG_FILE
     plot_curves(log_path, output / "loss_curve.png")
     records = read_log(log_path)
     evaluations = [r for r in records if "val_loss" in r]
     val_loss = evaluations[-1]["val_loss"] if evaluations else None
-    samples = config.steps * config.batch_size * config.grad_accum * accelerator.num_processes
+    samples = steps_done * config.batch_size * config.grad_accum * accelerator.num_processes
     summary = {
         "knobs": _knobs(config),
         "data": data_summary,
-        "steps": config.steps,
+        "steps": steps_done,
+        **({"stopped_early": f"--stop-after {steps_done} of a {config.steps}-step schedule (learning rate "
+                             f"{records[-1]['lr']:.2e} there); --resume without it continues"}
+           if steps_done < config.steps else {}),
         "samples_seen": samples,
         "tokens_seen": samples * config.sample_len,
         "decoder_tokens_trained": samples * (config.decoder_window - 1),
@@ -625,6 +630,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--eval-windows", type=int, default=defaults.eval_windows, help="fixed validation windows per evaluation")
     add("--save-every", type=int, default=defaults.save_every, help="steps between checkpoints")
     add("--log-every", type=int, default=defaults.log_every, help="steps between console log lines (the JSONL gets every step)")
+    add("--stop-after", type=int, default=None, help="end the run after this step with a checkpoint and the adapter "
+        "saved; the learning-rate schedule stays that of --steps, and --resume continues it later")
     add("--resume", action="store_true", help="continue from the newest checkpoint in --output (exactly: same result as no interruption)")
     add("--no-progress", dest="progress", action="store_false", help="no progress bar while tokenising")
 

@@ -125,6 +125,18 @@ def test_resume_after_interruption_is_exact(workspace, tmp_path, monkeypatch):
         run_cli(train_args(workspace, tmp_path / "resumed", *steps, "--resume", "--lr", "5e-3"))
 
 
+def test_stop_after_then_resume_matches_a_straight_run(workspace, tmp_path):
+    steps = ["--steps", "4", "--save-every", "2", "--eval-every", "2"]
+    run_cli(train_args(workspace, tmp_path / "straight", *steps))
+    run_cli(train_args(workspace, tmp_path / "stopped", *steps, "--stop-after", "3"))
+    summary = json.loads((tmp_path / "stopped" / "training_summary.json").read_text())
+    assert summary["steps"] == 3 and "--stop-after 3 of a 4-step schedule" in summary["stopped_early"]
+    assert training.checkpoint_dirs(tmp_path / "stopped")[-1].name == "step-0000003"
+    run_cli(train_args(workspace, tmp_path / "stopped", *steps, "--resume"))
+    straight, resumed = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("straight", "stopped"))
+    assert all(torch.equal(value, resumed[key]) for key, value in straight.items())
+
+
 def test_lora_goes_on_upper_only_layers_and_round_trips(workspace, tmp_path):
     out = tmp_path / "lora"
     run_cli(train_args(workspace, out, "--steps", "2", "--lora-rank", "4", "--eval-every", "2", "--save-every", "2"))
