@@ -6,6 +6,7 @@
 #   scripts/evaluate_results.sh passkey     # passkey (10 trials per cell) for sharedllm, window, and full inside 8K
 #   scripts/evaluate_results.sh ruler       # RULER-style tasks at 4K for sharedllm, window and full
 #   scripts/evaluate_results.sh longer      # streaming / yarn at 32K-64K on 1 window, with sharedllm and window there
+#   scripts/evaluate_results.sh cepe        # the CEPE-style adapter of `STOP_AT=40 scripts/train_cepe_adapter.sh`
 #   sharedllm report                        # regenerate docs/results.md and docs/figures/
 set -euo pipefail
 export HF_HUB_OFFLINE=1
@@ -63,4 +64,9 @@ longer() {
   eval_ ppl --method window --decoder-window $LD --label window-on-1-window --lengths 32K 64K --domains books --max-windows 1
 }
 
-"${1:?usage: $0 baselines|adapter|passkey|ruler|longer}"
+cepe() {
+  eval_ ppl --method cepe --adapter "${CEPE:-runs/cepe-smollm2-135m}" --label cepe-40-steps --lengths 2K 8K \
+    --domains books --max-windows 8
+}
+
+"${1:?usage: $0 baselines|adapter|passkey|ruler|longer|cepe}"
