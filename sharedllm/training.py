@@ -622,7 +622,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--gradient-checkpointing", action="store_true", help="recompute base-layer activations in the backward (less memory)")
     add("--retrieval-fraction", type=float, default=defaults.retrieval_fraction,
         help="share of samples turned into retrieval exercises: key-value facts planted in the context, questions "
-             "at the end of the decoder window, only the answers scored (teaches reading back exact tokens)")
+             "at the end of the decoder window, only the answers scored (teaches reading back exact tokens). The "
+             "loss averages over a micro-batch's scored tokens: with --batch-size 1 an exercise weighs like any "
+             "sample, in larger micro-batches its few answer tokens are outweighed by the other rows' text")
     add("--init-adapter", default=None, help="start from this adapter's cross-attention weights (e.g. continue "
         "training the shipped adapter on your data); the knobs of this run apply")
     add("--seed", type=int, default=defaults.seed, help="seed of the sampler and of any random initialisation")
