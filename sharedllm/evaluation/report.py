@@ -138,10 +138,17 @@ def plot_ppl(task_results, path, title) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def windows(result) -> int:
+        return min((c.get("windows", 0) for c in result.get("counts", {}).values()), default=0)
+
+    most = max((windows(r) for r in task_results.values()), default=0)
+    colours = plt.get_cmap("tab20").colors  # one colour per row: the default cycle repeats after 10
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    for method, result in task_results.items():
+    for i, (method, result) in enumerate(task_results.items()):
         points = sorted((int(n), v) for n, v in result["scores"].items() if v is not None)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        few = windows(result) < most  # rows scored on fewer windows: dashed, only comparable with each other
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colours[i % len(colours)],
+                linestyle="--" if few else "-", label=f"{method} ({windows(result)} win)" if few else method)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("context length T (tokens)")
