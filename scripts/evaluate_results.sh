@@ -60,6 +60,7 @@ ruler() {
 longer() {
   eval_ ppl --method streaming --decoder-window $LD --lengths 4K 32K 64K --domains books --max-windows 1
   eval_ ppl --method yarn --lengths 8K 32K --domains books --max-windows 1
+  eval_ ppl --method yarn --lengths 4K 64K --domains books --max-windows 1  # 64K: about 30 minutes on the CPU
   eval_ ppl --method full --lengths 4K --domains books --max-windows 2
   eval_ ppl --method sharedllm --adapter "$ADAPTER" --label sharedllm-on-1-window --lengths 4K 32K 64K --domains books --max-windows 1
   eval_ ppl --method window --decoder-window $LD --label window-on-1-window --lengths 4K 32K 64K --domains books --max-windows 1
@@ -85,6 +86,7 @@ fill() {
   eval_ ppl --method window --decoder-window $LD --label window-on-2-windows --lengths 4K --domains books --max-windows 2
   eval_ ppl --method cepe --adapter "${CEPE:-runs/cepe-smollm2-135m}" --label cepe-40-steps-on-1-window \
     --lengths 2K 4K 8K 16K 32K 64K --domains books --max-windows 1
+  eval_ ppl --method yarn --lengths 4K 64K --domains books --max-windows 1
 }
 
 "${1:?usage: $0 baselines|adapter|passkey|ruler|longer|cepe|fill}"
