@@ -4,7 +4,7 @@
 
 Each argument is an adapter folder or a training checkpoint folder (`trainable.safetensors`; the knobs are the
 shipped adapter's). The windows are the validation windows `sharedllm train` evaluates (4 x 256 + 512 tokens),
-with facts planted exactly as `evaluate_retrieval` plants them. Chance is 10% accuracy and ln 10 = 2.303 NLL.
+with facts planted by `training.planted_validation_answers`, as `sharedllm train` validates them. Chance is 10% accuracy and ln 10 = 2.303 NLL.
 """
 
 import argparse
@@ -34,15 +34,11 @@ def load(path: Path, base):
 
 
 @torch.no_grad()
-def probe(model, windows, tokenizer, context_len: int) -> dict:
+def probe(model, windows, tokenizer, config) -> dict:
     right = total = 0
     nll = []
     for i in range(len(windows)):
-        planted = data.plant_retrieval_facts(windows[i].numpy(), context_len, tokenizer,
-                                             np.random.default_rng([0, len(windows), i, 1]))
-        ids = torch.from_numpy(planted.ids.astype(np.int64))[None]
-        logits = model(ids, query_position=planted.query_index).logits[0, :-1]  # predicts window tokens 1..
-        targets = torch.from_numpy(planted.labels[context_len + 1:])
+        logits, targets = training.planted_validation_answers(model, windows, i, config, tokenizer, "cpu")
         is_digit = torch.tensor([t >= 0 and tokenizer.decode(int(t)).strip().isdigit() for t in targets.tolist()])
         right += int((logits[is_digit].argmax(-1) == targets[is_digit]).sum())
         total += int(is_digit.sum())
@@ -62,7 +58,7 @@ def main() -> None:
         data.build_windows(data.tokenize_documents(validation_docs, tokenizer, progress=False), config.sample_len), 8)
     results = {}
     for path in args.models:
-        results[str(path)] = probe(load(path, base), windows, tokenizer, config.n_chunks * config.chunk_size)
+        results[str(path)] = probe(load(path, base), windows, tokenizer, config)
         r = results[str(path)]
         print(f"{path}: digit accuracy {r['digit_accuracy']:.1%} of {r['digits']}, digit NLL {r['digit_nll']:.3f} "
               f"(chance: 10%, {math.log(10):.3f})")

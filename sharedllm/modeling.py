@@ -31,6 +31,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from sharedllm.config import SharedLLMConfig
 from sharedllm.injection import ContextCrossAttention, InjectedContext
+from sharedllm.lora import LORA_DIR, load_upper_lora, save_upper_lora
 from sharedllm.tree import compress_node, search_tree
 
 ADAPTER_WEIGHTS = "model.safetensors"
@@ -277,8 +278,6 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         self.config.save_pretrained(directory)
         save_file(self.adapter_state_dict(), str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         if hasattr(self.base, "peft_config"):  # an upper-layer LoRA was trained with the adapter: keep it
-            from sharedllm.lora import LORA_DIR, save_upper_lora
-
             save_upper_lora(self, directory / LORA_DIR)
 
     @classmethod
@@ -312,8 +311,6 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         if missing or unexpected or len(state) != len(weights):
             raise ValueError(f"adapter weights in {directory} do not match: missing {missing}, unexpected {unexpected}")
         model.cross_attention.to(dtype=base.dtype)
-        from sharedllm.lora import LORA_DIR, load_upper_lora
-
         if (directory / LORA_DIR).is_dir():  # injected into the base in place, as it was trained
             load_upper_lora(model, directory / LORA_DIR)
         return model.eval()

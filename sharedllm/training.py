@@ -285,22 +285,27 @@ def evaluate(model, windows: torch.Tensor, config: TrainConfig, accelerator) -> 
     return (total[0] / total[1]).item()
 
 
+def planted_validation_answers(model, windows: torch.Tensor, i: int, config: TrainConfig, tokenizer, device):
+    """Validation window i with facts planted by a fixed seed (the same facts at every call): the model's
+    next-token logits over the decoder window, (Ld - 1, V), and their targets, (Ld - 1,), -100 but the answers."""
+    context_len = config.n_chunks * config.chunk_size
+    rng = np.random.default_rng([config.seed, len(windows), i, 1])
+    planted = data.plant_retrieval_facts(windows[i].numpy(), context_len, tokenizer, rng)
+    ids = torch.from_numpy(planted.ids.astype(np.int64))[None].to(device)
+    logits = model(ids, query_position=planted.query_index).logits[0, :-1]  # logits[t] predicts window token t + 1
+    return logits, torch.from_numpy(planted.labels[context_len + 1:]).to(device)
+
+
 @torch.no_grad()
 def evaluate_retrieval(model, windows: torch.Tensor, config: TrainConfig, tokenizer, accelerator) -> float:
     """Share of validation windows, with facts planted by a fixed seed, whose scored answers the model gets
     exactly right by greedy next-token prediction (teacher-forced): is the retrieval mix being learned?"""
     model.eval()
-    context_len = config.n_chunks * config.chunk_size
-    indices = range(accelerator.process_index, len(windows), accelerator.num_processes)
     total = torch.zeros(2, device=accelerator.device)  # (windows right, windows)
-    for i in indices:
-        rng = np.random.default_rng([config.seed, len(windows), i, 1])  # the same facts at every evaluation
-        planted = data.plant_retrieval_facts(windows[i].numpy(), context_len, tokenizer, rng)
-        ids = torch.from_numpy(planted.ids.astype(np.int64))[None].to(accelerator.device)
-        logits = model(ids, query_position=planted.query_index).logits[0]  # (decoder window, vocab)
-        labels = torch.from_numpy(planted.labels[context_len:]).to(accelerator.device)  # the window's own tokens
-        scored = labels[1:] != -100  # logits[t] predicts window token t + 1
-        right = bool((logits[:-1].argmax(-1)[scored] == labels[1:][scored]).all())
+    for i in range(accelerator.process_index, len(windows), accelerator.num_processes):
+        logits, targets = planted_validation_answers(model, windows, i, config, tokenizer, accelerator.device)
+        scored = targets != -100
+        right = bool((logits.argmax(-1)[scored] == targets[scored]).all())
         total += torch.tensor([float(right), 1.0], device=accelerator.device)
     model.train()
     total = accelerator.reduce(total, reduction="sum")
