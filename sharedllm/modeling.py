@@ -483,7 +483,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         batch = n_total.shape[0]
         slot = torch.arange(capacity, device=n_total.device)[None, :]
         from_new = slot >= context.n_chunks[:, None]  # (B, capacity)
-        old_index = slot.clamp(max=max(context.chunk_capacity() - 1, 0))
+        # one index row per batch row: a (1, capacity) index would gather row 0's old chunks for every row
+        old_index = slot.clamp(max=max(context.chunk_capacity() - 1, 0)).expand(batch, -1)
         new_index = (slot - context.n_chunks[:, None]).clamp(0, max(new.chunk_capacity() - 1, 0))
 
         def merge(old, fresh):
