@@ -804,26 +804,120 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         past_key_values: DynamicCache | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        full_logits: bool | None = None,
         **kwargs,
     ) -> SharedLLMOutput:
         r"""
         input_ids (B, L): any length; attention_mask (B, L): 1 for real tokens (left or right padding).
-        labels (B, L): next-token targets as in transformers (-100 ignored); the loss covers the decoder window.
+        labels (B, L): next-token targets as in transformers (-100 ignored); the loss covers the positions that get
+            logits (the decoder window, or every position with full_logits).
         query_position: index of the tree's query token among each row's real tokens (int or (B,), negative from
             the end). Default: with labels, the last token before the first scored label; else the last token.
+            Ignored with full_logits, where each span's query is the token before the span.
         past_key_values: during `generate`, the cache; an empty one starts a cached prefill.
         logits_to_keep: if > 0, only the last that many positions get logits (generation needs 1).
+        full_logits: logits for every input position, (B, L, V) in the input's layout, as harnesses expect
+            (default: `config.full_logits`). Position p's logits then depend on tokens 0..p only; see `_all_logits`.
         """
-        if input_ids is None or input_ids.numel() == 0:
-            raise ValueError("SharedLLM needs a non-empty input_ids tensor of shape (batch, length)")
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-        if isinstance(past_key_values, SharedLLMCache):
+        decoding = isinstance(past_key_values, SharedLLMCache)
+        # while decoding, generate's attention_mask covers the whole sequence and input_ids only the new tokens
+        self._check_inputs(input_ids, None if decoding else attention_mask, labels, kwargs)
+        if decoding:
             return self._decode_step(input_ids, past_key_values, logits_to_keep)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         cached = past_key_values is not None  # an empty cache from generate(): a cached prefill
+        if not cached and (self.config.full_logits if full_logits is None else full_logits):
+            if query_position is not None:
+                raise ValueError(
+                    "query_position does not apply with full_logits (each span's query is the token before the span "
+                    "it scores); pass full_logits=False to read one decoder window with that query"
+                )
+            return self._all_logits(input_ids, attention_mask, labels, logits_to_keep)
         return self._full_forward(input_ids, attention_mask, labels, query_position, cached, logits_to_keep)
+
+    def _check_inputs(self, input_ids, attention_mask, labels, kwargs) -> None:
+        """Refuse what would otherwise fail deep inside torch or, worse, give a quietly wrong answer."""
+        for name in ("output_hidden_states", "output_attentions"):
+            if kwargs.get(name):
+                raise ValueError(
+                    f"{name}=True is not supported: SharedLLM runs the base model over a decoder window with "
+                    "injected context, so per-layer states of the input do not exist as one tensor; use logits"
+                )
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError("SharedLLM needs input_ids (the context is re-encoded from token ids); inputs_embeds is not supported")
+        if not isinstance(input_ids, torch.Tensor) or input_ids.numel() == 0:
+            raise ValueError("SharedLLM needs a non-empty input_ids tensor of shape (batch, length)")
+        if input_ids.dim() != 2:
+            raise ValueError(
+                f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}; for one sequence pass ids[None]"
+            )
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.is_complex():
+            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}; use ids.long()")
+        vocab = self.get_input_embeddings().num_embeddings
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= vocab:
+            raise ValueError(
+                f"input_ids hold token ids in [{low}, {high}], outside the base model's vocabulary [0, {vocab}); "
+                "was the text tokenized with another model's tokenizer?"
+            )
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}; they "
+                "must be equal (one 0/1 flag per token)"
+            )
+        if labels is not None and tuple(labels.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"labels have shape {tuple(labels.shape)}, input_ids {tuple(input_ids.shape)}; they must be equal "
+                "(labels[b, t] is the target of token t, shifted inside the model as in transformers)"
+            )
+
+    def _all_logits(self, input_ids, attention_mask, labels, logits_to_keep) -> SharedLLMOutput:
+        """Logits for every input position: each span scored by the decoder with the context before it compressed.
+
+        Spans follow the targets the positions predict, C at a time after the first window: span 0 is positions
+        [0, Ld - 1), span j >= 1 is [Ld + (j-1)C - 1, Ld + jC - 1). Span j is read from one forward over the row's
+        first Ld + jC tokens (filled up with token 0 past the row's end, after every position it scores), whose
+        split rule gives exactly j context chunks, a decoder window [jC, Ld + jC) that holds the span, and the tree's
+        query at the span's first position (never a token the span predicts). That forward is what the evaluation's
+        `token_nll(ids[:Ld + jC], Ld + (j-1)C)` runs, and position p's logits depend on tokens 0..p only (not on
+        the row's length, padding or batch). Cost: 1 + ceil((L - Ld + 1) / C) forwards for L positions, the j-th
+        encoding j chunks; the logits themselves take B * L * V floats.
+        """
+        cfg = self.config
+        window, chunk = cfg.decoder_window, cfg.chunk_size
+        if chunk >= window:
+            raise ValueError(
+                f"full_logits needs chunk_size ({chunk}) < decoder_window ({window}): a span of C positions and the "
+                "token before it must fit in the decoder window that reads it"
+            )
+        start, length = real_token_spans(attention_mask)
+        batch, width = input_ids.shape
+        logits = None
+        n_spans = 1 + int((length.max() - window).clamp(min=-1).add(chunk).div(chunk, rounding_mode="floor"))
+        for span in range(n_spans):
+            first = 0 if span == 0 else window + (span - 1) * chunk - 1  # first position of the span
+            end = window - 1 if span == 0 else first + chunk  # one past its last position
+            rows = (length > first).nonzero(as_tuple=True)[0]  # rows with positions in this span
+            prefix = min(window, int(length.max())) if span == 0 else window + span * chunk
+            ids, _ = gather_tokens(input_ids[rows], start[rows], length[rows].clamp(max=prefix), prefix, left_pad=False)
+            query = torch.full_like(rows, max(first, 0))
+            out = self._full_forward(ids, torch.ones_like(ids), None, query, False, prefix - first)
+            span_logits = out.logits[:, : min(end, prefix) - first]  # positions [first, end) of every row
+            if logits is None:
+                logits = span_logits.new_zeros(batch, width, span_logits.shape[-1])
+            position = first + torch.arange(span_logits.shape[1], device=input_ids.device)[None, :]  # (1, S)
+            keep = position < length[rows][:, None]  # (rows, S): real positions only
+            target_rows = rows[:, None].expand_as(keep)[keep]
+            logits[target_rows, (start[rows][:, None] + position)[keep]] = span_logits[keep]
+        loss = None
+        if labels is not None:
+            targets = labels[:, 1:].masked_fill(~attention_mask.bool()[:, :-1], -100)  # padding predicts nothing
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
+        if logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
+        # context_lengths = 0: logits[b, i] belong to input token i (every position has logits)
+        return SharedLLMOutput(loss=loss, logits=logits, context_lengths=torch.zeros_like(length))
 
     def _resolve_query_index(self, query_position, labels, start, length, context_length) -> torch.LongTensor:
         if query_position is None and labels is not None:
