@@ -928,7 +928,13 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             return first - start - 1
         if query_position is None:
             query_position = -1
-        query = torch.as_tensor(query_position, device=length.device).long().expand_as(length)
+        query = torch.as_tensor(query_position, device=length.device)
+        if query.dtype.is_floating_point or query.dtype == torch.bool or query.shape not in ((), length.shape):
+            raise ValueError(
+                f"query_position must be an int or a (batch,) = {tuple(length.shape)} integer tensor, got "
+                f"{query_position!r}"
+            )
+        query = query.long().expand_as(length)
         query = torch.where(query < 0, query + length, query)
         if ((query < 0) | (query >= length)).any():
             raise ValueError(f"query_position {query_position} is outside the rows' real tokens (lengths {length.tolist()})")
