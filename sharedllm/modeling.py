@@ -487,9 +487,11 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         if any(value not in (None, False) for value in hub.values()):
             raise ValueError(f"SharedLLM adapters load from a local folder; hub options {sorted(hub)} do not apply")
         _check_knob_names(kwargs, "from_pretrained")
-        options = _base_loading_options(dtype, torch_dtype, attn_implementation, device_map)
         if not isinstance(config, SharedLLMConfig):
             config = _load_adapter_config(directory)
+        # AutoModelForCausalLM.from_pretrained hands attn_implementation over inside the config it loaded
+        attn_implementation = attn_implementation or getattr(config, "_attn_implementation_internal", None)
+        options = _base_loading_options(dtype, torch_dtype, attn_implementation, device_map)
         for knob, value in kwargs.items():
             setattr(config, knob, value)
         config.validate_knobs()  # overrides, and knobs AutoConfig set on its own way here, are checked as well

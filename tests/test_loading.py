@@ -99,3 +99,5 @@ def test_attn_implementation_and_knob_overrides_are_honoured(tmp_path, empty_hom
     assert eager.cross_attention[0].attn_implementation == "eager"
     longer = AutoModelForCausalLM.from_pretrained(tmp_path / "adapter", decoder_window=48, device_map="cpu")
     assert longer.config.decoder_window == 48
+    auto = AutoModelForCausalLM.from_pretrained(tmp_path / "adapter", attn_implementation="eager")
+    assert auto.base.config._attn_implementation == "eager"
