@@ -110,7 +110,14 @@ def load_causal_lm(
     `AutoModelForCausalLM.from_pretrained` (e.g. attn_implementation, device_map)."""
     path = resolve_base_path(base)
     dtype = torch.float32 if dtype is None else dtype  # not the checkpoint's dtype: fp32 unless asked
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).eval()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).eval()
+    except OSError as error:
+        if Path(path).is_dir():
+            raise
+        raise FileNotFoundError(
+            f"{path!r} is neither a local model folder nor a hub model that could be fetched ({error})"
+        ) from None
     return model, load_tokenizer(path, required=tokenizer_required)
 
 

@@ -106,13 +106,19 @@ def test_from_base_refuses_a_non_llama_model(tmp_path):
         SharedLLMForCausalLM.from_base(str(tmp_path / "gpt2"), **KNOBS)
 
 
-@pytest.mark.parametrize("where", ["missing", "not a model"])
-def test_from_base_refuses_a_missing_path(tmp_path, where):
-    path = tmp_path / "nowhere"
+@pytest.mark.parametrize("where", ["missing", "not a model", "relative, hub-like"])
+def test_from_base_refuses_a_missing_path(tmp_path, where, monkeypatch):
+    path = str(tmp_path / "nowhere")
+    message = "no model folder at"
     if where == "not a model":
-        path.mkdir()
-    with pytest.raises(FileNotFoundError, match="no model folder at" if where == "missing" else "has no config.json"):
-        SharedLLMForCausalLM.from_base(str(path), **KNOBS)
+        (tmp_path / "nowhere").mkdir()
+        message = "has no config.json"
+    elif where == "relative, hub-like":  # "runs/model" may be a hub id: tried there (offline here), then refused
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        path, message = "runs/model", "'runs/model' is neither a local model folder nor a hub model"
+    with pytest.raises(FileNotFoundError, match=message):
+        SharedLLMForCausalLM.from_base(path, **KNOBS)
 
 
 # -- adapter folders ----------------------------------------------------------------------------------------------
