@@ -9,6 +9,8 @@ Forward path for a batch of rows (see docs/method.md for the why):
      rotary offset), the context tree picks the nodes, and each node becomes P key/value positions per layer.
   4. upper model: the whole base model reads the decoder window (positions 0..); in layers 0..M-1 a
      cross-attention between self-attention and MLP reads the layer's compressed context.
+With `full_logits`, every input position gets logits: each C-token span is read by its own such pass over the
+prefix that ends with it (`SharedLLMForCausalLM._all_logits`).
 Generation keeps the context key/values and a stock DynamicCache for the decoder window; when the window would
 exceed Ld, its oldest C tokens roll into a new context chunk (encoded once) and the window's cache is rebuilt.
 """
@@ -335,7 +337,8 @@ def left_align(ids: torch.LongTensor, keep: torch.Tensor) -> tuple[torch.LongTen
 class SharedLLMOutput(CausalLMOutputWithPast):
     """`logits` (B, W, V) cover the decoder-window tokens only, padded on the input's padding side.
     `context_lengths` (B,) = tokens of each row that went into context (k * C): logits[b, i] of an unpadded row
-    belong to input token context_lengths[b] + i."""
+    belong to input token context_lengths[b] + i. With full_logits, logits are (B, L, V) in the input's layout
+    and context_lengths are 0."""
 
     context_lengths: torch.LongTensor | None = None
 
