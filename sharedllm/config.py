@@ -5,6 +5,19 @@ from transformers import AutoConfig, PretrainedConfig
 TREE_SELECTIONS = ("query", "recent")
 NODE_COMPRESSIONS = ("stride", "stride_last", "mean")
 NODE_ENCODINGS = ("chunk", "node")
+# the method's knobs (what `from_base(base, **knobs)` and `from_pretrained(folder, **knobs)` accept), with their type
+KNOBS = {
+    "n_injected_layers": int,
+    "chunk_size": int,
+    "decoder_window": int,
+    "tree_depth": int,
+    "tokens_per_node": int,
+    "tree_selection": str,
+    "node_compression": str,
+    "node_encoding": str,
+    "max_chunks_per_pass": int,
+    "full_logits": bool,
+}
 
 
 class SharedLLMConfig(PretrainedConfig):
@@ -31,6 +44,11 @@ class SharedLLMConfig(PretrainedConfig):
             (cheaper; a new query only changes which nodes are gathered); "node" encodes every node alone with
             local positions (the reference).
         max_chunks_per_pass: chunks encoded by one lower-model call; bounds peak memory on long inputs.
+        full_logits: forward returns logits for every input position, as harnesses built on transformers expect
+            (lm-eval's HFLM); each C-token span is scored by its own decoder pass with the context before it
+            compressed (see `SharedLLMForCausalLM.forward` and docs/architecture.md for the cost). False: logits
+            cover the decoder window only (one pass).
+        adapter_sha256: digest of the saved adapter weights file, written by `save_pretrained`, checked at load.
     """
 
     model_type = "sharedllm"
@@ -50,6 +68,8 @@ class SharedLLMConfig(PretrainedConfig):
         node_compression: str = "stride",
         node_encoding: str = "chunk",
         max_chunks_per_pass: int = 16,
+        full_logits: bool = False,
+        adapter_sha256: str | None = None,
         **kwargs,
     ):
         if isinstance(text_config, dict):
@@ -66,6 +86,8 @@ class SharedLLMConfig(PretrainedConfig):
         self.node_compression = node_compression
         self.node_encoding = node_encoding
         self.max_chunks_per_pass = max_chunks_per_pass
+        self.full_logits = full_logits
+        self.adapter_sha256 = adapter_sha256
         if text_config is not None:
             # PretrainedConfig pushes its attention implementation down into text_config, which may be the base
             # model's own config object: default it to the base's so building this config never changes the base
@@ -80,6 +102,11 @@ class SharedLLMConfig(PretrainedConfig):
 
     def validate_knobs(self) -> None:
         """Fail at config time, saying what to change, instead of deep inside a forward pass."""
+        for knob, kind in KNOBS.items():
+            value = getattr(self, knob)
+            # bool is an int subclass: reject True as a chunk size, and 1 as a flag
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"{knob} must be of type {kind.__name__}, got {value!r} ({type(value).__name__})")
         checks = [
             (self.tree_selection in TREE_SELECTIONS, f"tree_selection must be one of {TREE_SELECTIONS}, got {self.tree_selection!r}"),
             (self.node_compression in NODE_COMPRESSIONS, f"node_compression must be one of {NODE_COMPRESSIONS}, got {self.node_compression!r}"),

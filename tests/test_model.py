@@ -133,6 +133,60 @@ def test_generate_batch_left_padded_matches_single():
             assert torch.equal(batched[i], single), f"row {i}"
 
 
+def strong_context_model(arch_name="llama", scale=8.0):
+    """A trained-looking adapter whose cross-attention dominates the residual stream: the context decides the argmax."""
+    model = randomise_adapter(wrap(tiny_model(arch_name)))
+    with torch.no_grad():
+        for attention in model.cross_attention:
+            attention.o_proj.weight.mul_(scale)
+    return model
+
+
+def generate_with_logits(model, ids, mask, n_new):
+    out = model.generate(
+        ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+        output_logits=True, return_dict_in_generate=True, pad_token_id=0,
+    )
+    return out.sequences[:, ids.shape[1] :], torch.stack(out.logits, dim=1)  # (B, n_new), (B, n_new, V)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_generate_batch_rows_roll_over_at_different_steps(side):
+    """Rows of 30, 40 and 50 tokens (0, 1, 2 chunks; Ld = 32, C = 16): in 12 steps row 0 rolls over at step 3,
+    row 1 at step 9, row 2 never. Every row's tokens and logits equal its single-row run, step by step."""
+    model = strong_context_model()
+    torch.manual_seed(0)
+    rows = [torch.randint(3, 128, (n,)) for n in (30, 40, 50)]
+    ids, mask = pad_batch(rows, side)
+    n_new = 12
+    with torch.no_grad():
+        # the planted context really decides: changing only row 2's context changes its greedy tokens
+        other = rows[2].clone()
+        other[:16] = torch.randint(3, 128, (16,))
+        assert not torch.equal(generate_with_logits(model, rows[2][None], None, n_new)[0],
+                               generate_with_logits(model, other[None], None, n_new)[0])
+        tokens, logits = generate_with_logits(model, ids, mask, n_new)
+        for i, row in enumerate(rows):
+            single_tokens, single_logits = generate_with_logits(model, row[None], None, n_new)
+            assert torch.equal(tokens[i], single_tokens[0]), f"row {i} tokens"
+            assert torch.allclose(logits[i], single_logits[0], atol=1e-4), f"row {i} logits"
+
+
+def test_append_chunks_keeps_each_rows_old_chunks():
+    """Row 0 holds no chunk and gains one, row 1 holds three and gains none (the issue-14 repro)."""
+    from sharedllm.modeling import EncodedContext
+
+    old = torch.zeros(2, 1, 6, 1)
+    old[1, 0, :, 0] = torch.tensor([1.0, 1, 2, 2, 3, 3])
+    new = torch.full((2, 1, 2, 1), 9.0)
+    merged = SharedLLMForCausalLM._append_chunks(
+        None, EncodedContext([old], [old], torch.tensor([0, 3]), 2), EncodedContext([new], [new], torch.tensor([1, 0]), 2)
+    )
+    assert merged.n_chunks.tolist() == [1, 3]
+    assert merged.keys[0][1, 0, :, 0].tolist() == [1, 1, 2, 2, 3, 3]
+    assert merged.keys[0][0, 0, :2, 0].tolist() == [9, 9]
+
+
 def test_lower_model_is_the_base_model():
     base = tiny_model("llama")
     model = wrap(base)

@@ -1,0 +1,85 @@
+"""full_logits: logits for every input position, each span read by the decoder with the context before it compressed.
+
+The contract harnesses rely on: logits.shape[1] == input length, position p's logits depend on tokens 0..p only,
+whatever the row's length, padding side (with or without an attention mask) or the other rows of the batch.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_model
+from test_model import KNOBS, pad_batch, randomise_adapter, strong_context_model, wrap
+
+LD, C = KNOBS["decoder_window"], KNOBS["chunk_size"]
+
+
+def span_reference(model, ids: torch.Tensor) -> torch.Tensor:
+    """(L, V) logits built by hand from ordinary decoder-window forwards: the first Ld - 1 positions from the
+    first window, then every C positions from the prefix of Ld + jC tokens (filled with token 0 past the row)
+    with the query at the span's first position."""
+    n, rows = len(ids), []
+    with torch.no_grad():
+        rows.append(model(ids[None, : min(LD, n)]).logits[0, : LD - 1])
+        j = 1
+        while LD + (j - 1) * C - 1 < n:
+            first = LD + (j - 1) * C - 1
+            prefix = torch.zeros(LD + j * C, dtype=torch.long)
+            prefix[: min(n, len(prefix))] = ids[: len(prefix)]
+            out = model(prefix[None], query_position=first)
+            assert out.context_lengths[0] == j * C
+            rows.append(out.logits[0, first - j * C : first - j * C + C])
+            j += 1
+    return torch.cat(rows)[:n]
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "qwen2"])
+@pytest.mark.parametrize("n", [20, 31, 32, 33, 47, 48, 49, 100])
+def test_full_logits_are_the_span_by_span_decoder_logits(arch_name, n):
+    model = randomise_adapter(wrap(tiny_model(arch_name)))
+    ids = torch.randint(3, 128, (n,), generator=torch.Generator().manual_seed(n))
+    with torch.no_grad():
+        out = model(ids[None], full_logits=True)
+    assert out.logits.shape == (1, n, 128)
+    assert torch.allclose(out.logits[0], span_reference(model, ids), atol=1e-5)
+
+
+def test_full_logits_are_causal_and_cover_the_context():
+    """Logits of a prefix equal the first positions of the whole input's; the context part is not zero."""
+    model = strong_context_model()
+    ids = torch.randint(3, 128, (1, 120), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = model(ids, full_logits=True).logits
+        for n in (31, 32, 33, 48, 49, 64, 65, 119):
+            assert torch.allclose(model(ids[:, :n], full_logits=True).logits, whole[:, :n], atol=1e-5), n
+    assert (whole.abs().sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize("side", ["left", "right", "right-no-mask"])
+def test_full_logits_do_not_depend_on_batch_or_padding(side):
+    model = strong_context_model()
+    generator = torch.Generator().manual_seed(3)
+    rows = [torch.randint(3, 128, (n,), generator=generator) for n in (150, 97, 40, 3)]
+    ids, mask = pad_batch(rows, "left" if side == "left" else "right")
+    with torch.no_grad():
+        if side == "right-no-mask":  # as lm-eval calls a causal LM: pads are ordinary tokens after the row
+            batched = model(ids, full_logits=True).logits
+        else:
+            batched = model(ids, attention_mask=mask, full_logits=True).logits
+        for i, row in enumerate(rows):
+            single = model(row[None], full_logits=True).logits[0]
+            got = batched[i, -len(row) :] if side == "left" else batched[i, : len(row)]
+            assert torch.allclose(got, single, atol=1e-5), f"row {i}"
+
+
+def test_full_logits_loss_covers_every_position_and_config_switch():
+    model = randomise_adapter(wrap(tiny_model("llama")))
+    ids = torch.randint(3, 128, (2, 90), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        out = model(ids, labels=ids, full_logits=True)
+        expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, 128), ids[:, 1:].reshape(-1))
+        assert torch.allclose(out.loss, expected, atol=1e-6)
+        model.config.full_logits = True  # what a harness that only calls model(ids) is told to set
+        assert torch.equal(model(ids).logits, out.logits)
+        assert model(ids, full_logits=False).logits.shape[1] == 90 - model(ids, full_logits=False).context_lengths[0]
+        with pytest.raises(ValueError, match="query_position does not apply with full_logits"):
+            model(ids, query_position=5)
