@@ -59,6 +59,7 @@ def test_heldout_grid_same_windows_resumable_and_not_run(corpus, capsys):
     assert "| method | 512 (4 win) | 1K (4 win) |" in page
     assert "| full | 2.72 [2.72, 2.72] (1,024 tok) | 2.72 [2.72, 2.72] (1,024 tok) |" in page
     assert "| streaming | 7.39 [7.39, 7.39] (1,024 tok) | not run: past --max-length 512 |" in page
+    assert "PPL relative to sharedllm" not in page  # no sharedllm cells: no paired table
     assert (tmp / "docs" / "figures" / "headline-ppl-books.png").stat().st_size > 0
 
 
@@ -84,3 +85,18 @@ def test_headline_table_flags_other_windows_and_partial_cells():
     partial = dict(_cell("window", 4096, not_run="time budget"), summary={
         "complete": False, "ppl": 10.0, "n_windows": 3, "n_planned": 16, "not_run": "time budget"})
     assert report.heldout_cell_text(partial["summary"]) == "not run: time budget (3 of 16 windows ran)"
+
+
+def test_paired_table_uses_the_shared_windows():
+    def cell(method, nlls):
+        windows = [{"doc": "a", "start": 256 * i, "mean_nll": v, "scored_tokens": 256} for i, v in enumerate(nlls)]
+        from sharedllm.evaluation.heldout import summarise
+
+        return {**_cell(method, 4096, 1.0), "windows": windows, "summary": summarise(windows)}
+
+    cells = [cell("sharedllm", [1.0, 3.0, 2.0, 4.0]), cell("window", [1.2, 3.2, 2.2, 4.2]),
+             {**_cell("full", 4096, not_run="past --max-length 2K")}]
+    lines = report.paired_table(cells)
+    assert lines[0] == "| method | 4K / sharedllm |"
+    assert lines[2] == "| window | 1.221 [1.221, 1.221] |"  # exp(0.2) on every window
+    assert lines[3] == "| full | – |"

@@ -95,3 +95,11 @@ def test_summary_counts_tokens_and_takes_ppl_over_window_means():
     assert summary["complete"] and summary["scored_tokens"] == 768 and summary["n_windows"] == 3
     assert summary["ppl"] == pytest.approx(math.exp(2.0))
     assert summary["ci_low"] <= summary["ppl"] <= summary["ci_high"]
+
+
+def test_paired_ratio_cancels_window_difficulty():
+    hard_and_easy = np.array([1.0, 5.0] * 8)  # very different windows
+    ratio, low, high = heldout.paired_ratio(hard_and_easy + 0.1, hard_and_easy)  # always 0.1 nats worse
+    assert ratio == pytest.approx(math.exp(0.1)) and low == pytest.approx(math.exp(0.1)) and high == pytest.approx(math.exp(0.1))
+    unpaired = heldout.bootstrap_interval(hard_and_easy)
+    assert unpaired[1] / unpaired[0] > 2  # each method's own interval is wide

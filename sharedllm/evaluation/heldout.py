@@ -101,6 +101,16 @@ def bootstrap_interval(window_nlls, n_resamples: int = N_RESAMPLES, seed: int = 
     return math.exp(low), math.exp(high)
 
 
+def paired_ratio(window_nlls, reference_nlls, n_resamples: int = N_RESAMPLES, seed: int = 0,
+                 level: float = CI_LEVEL) -> tuple[float, float, float]:
+    """PPL of one method over another's on the same windows, exp(mean NLL difference), and its percentile bootstrap
+    interval resampling windows as pairs: how hard a window is cancels, so the interval is far narrower than the
+    two cells' own intervals."""
+    differences = np.asarray(window_nlls, dtype=np.float64) - np.asarray(reference_nlls, dtype=np.float64)
+    low, high = bootstrap_interval(differences, n_resamples, seed, level)
+    return math.exp(differences.mean()), low, high
+
+
 def summarise(records: list[dict], seed: int = 0) -> dict:
     """The cell's numbers: PPL and its interval over the scored windows, counts, and why any window was not run.
 

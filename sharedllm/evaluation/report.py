@@ -212,6 +212,38 @@ def headline_table(cells: list[dict]) -> list[str]:
     return lines
 
 
+def paired_table(cells: list[dict], reference: str = "sharedllm") -> list[str]:
+    """PPL of each method / PPL of `reference`, on the windows both scored (the column's plan), with the paired
+    bootstrap interval (`heldout.paired_ratio`): > 1 means the reference is better. Empty without the reference."""
+    from .heldout import paired_ratio
+
+    plans, lengths = _column_plans(cells), sorted({int(c["length"]) for c in cells})
+
+    def usable(c):
+        return c is not None and c["plan"]["windows_id"] == plans[int(c["length"])] and c["summary"].get("complete")
+
+    by_key = {(c["method"], int(c["length"])): c for c in cells}
+    if not any(usable(by_key.get((reference, n))) for n in lengths):
+        return []
+    lines = ["| method | " + " | ".join(f"{length_label(n)} / {reference}" for n in lengths) + " |",
+             "|---" * (len(lengths) + 1) + "|"]
+    for method in _method_order({c["method"] for c in cells}):
+        if method == reference:
+            continue
+        row = []
+        for n in lengths:
+            mine, ref = by_key.get((method, n)), by_key.get((reference, n))
+            if not (usable(mine) and usable(ref)):
+                row.append("–")
+                continue
+            nll = lambda c: {(w["doc"], w["start"]): w["mean_nll"] for w in c["windows"]}  # noqa: E731
+            a, b = nll(mine), nll(ref)
+            ratio, low, high = paired_ratio([a[k] for k in a], [b[k] for k in a])
+            row.append(f"{ratio:.3f} [{low:.3f}, {high:.3f}]")
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return lines
+
+
 def plot_heldout(cells: list[dict], path, title) -> None:
     """PPL vs length per method with the bootstrap intervals as error bars; only complete cells on the column's
     windows are drawn, so every point of a length comes from the same windows."""
@@ -220,16 +252,20 @@ def plot_heldout(cells: list[dict], path, title) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import ScalarFormatter
+
     plans = _column_plans(cells)
     colours = plt.get_cmap("tab10").colors
+    methods = _method_order({c["method"] for c in cells})
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    for i, method in enumerate(_method_order({c["method"] for c in cells})):
+    for i, method in enumerate(methods):
         points = sorted((int(c["length"]), c["summary"]) for c in cells if c["method"] == method
                         and c["plan"]["windows_id"] == plans[int(c["length"])]
                         and c["summary"].get("complete") and c["summary"].get("ppl") is not None)
         if not points:
             continue
-        xs = [n for n, _ in points]
+        dodge = 2 ** (0.025 * (i - (len(methods) - 1) / 2))  # side by side at each length: bars stay readable
+        xs = [n * dodge for n, _ in points]
         ys = [s["ppl"] for _, s in points]
         errors = [[s["ppl"] - s["ci_low"] for _, s in points], [s["ci_high"] - s["ppl"] for _, s in points]]
         ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, color=colours[i % len(colours)], label=method)
@@ -240,6 +276,8 @@ def plot_heldout(cells: list[dict], path, title) -> None:
     ax.set_xticks(lengths, [length_label(n) for n in lengths])
     ax.minorticks_off()
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel("context length T (tokens)")
     ax.set_ylabel("perplexity (95% bootstrap interval)")
     ax.set_title(title, fontsize=9)
@@ -265,6 +303,11 @@ def headline_section(results_dir, figures: Path) -> list[str]:
         lines += [f"### {domain} — model `{', '.join(models)}`, {len(docs)} test documents "
                   f"({', '.join(f'{d} {n:,} tok' for d, n in docs.items())})", ""]
         lines += headline_table(domain_cells) + [""]
+        paired = paired_table(domain_cells)
+        if paired:
+            lines += ["PPL relative to sharedllm on the same windows, with the 95% paired bootstrap interval "
+                      "(window pairs resampled together, so how hard a window is cancels out; > 1: sharedllm is better):",
+                      ""] + paired + [""]
         figure = f"headline-ppl-{slug(domain)}.png"
         plot_heldout(domain_cells, figures / figure, f"held-out {domain}: PPL vs length, same windows per length")
         lines += [f"![perplexity vs length, {domain}](figures/{figure})", ""]
