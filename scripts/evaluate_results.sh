@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (The previous results below; the headline grid of every method on the same held-out windows is scripts/evaluate_grid.sh.)
 # The commands behind docs/results.md (CPU, 2 cores, fp32). Window / trial counts are sized to this machine's
 # budget and every result file records them; raise --max-windows / --trials on a GPU.
 #   scripts/evaluate_results.sh baselines   # methods that need no adapter
