@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
-# (The previous results below; the headline grid of every method on the same held-out windows is scripts/evaluate_grid.sh.)
 # The commands behind docs/results.md (CPU, 2 cores, fp32). Window / trial counts are sized to this machine's
 # budget and every result file records them; raise --max-windows / --trials on a GPU.
 #   scripts/evaluate_results.sh baselines   # methods that need no adapter
@@ -9,6 +8,8 @@
 #   scripts/evaluate_results.sh longer      # streaming / yarn at 32K-64K on 1 window, with sharedllm and window there
 #   scripts/evaluate_results.sh cepe        # the CEPE-style adapter of `STOP_AT=40 scripts/train_cepe_adapter.sh`
 #   sharedllm report                        # regenerate docs/results.md and docs/figures/
+# These are the previous results; the headline grid (every method on the same held-out windows) is
+# scripts/evaluate_grid.sh.
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 ADAPTER=${ADAPTER:-adapters/smollm2-135m}

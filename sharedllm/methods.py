@@ -302,7 +302,8 @@ class InfLLM(Method):
     The retrieval lives in sharedllm/infllm.py (cache, block selection, attention). Input is fed in chunks of
     `chunk_size` tokens; each chunk (and each decode step) retrieves its own blocks. The local window defaults to
     the decoder window of the comparison. Every attended distance stays below `attended_tokens`, which must fit the
-    base's trained window.
+    base's trained window. Every key and value stays in the cache on the model's device (InfLLM offloads them to
+    CPU memory), so memory grows like full attention's: 46 KB per token for SmolLM2-135M in fp32.
     """
 
     name = "infllm"
