@@ -17,13 +17,14 @@ cached rotated at their text positions and re-rotated when attended (RoPE rotati
 are stored un-rotated and the queries are rotated to a fixed distance `local_window` for scoring, so a block's
 relevance does not depend on how far back it lies.
 
-How it plugs into a transformers model: `InfLLMCache` is a Cache of plain `DynamicLayer`s (all keys and values, as
-transformers stores them) plus each layer's representative keys; `infllm_attention` is registered as an attention
+How it plugs into a transformers model: `InfLLMCache` is a Cache of `GrowingLayer`s (DynamicLayers: all keys and
+values, as transformers stores them, appended without re-copying) plus each layer's representative keys; `infllm_attention` is registered as an attention
 implementation, and `methods.InfLLM` switches the base's `config._attn_implementation` to it for the duration of a
 forward, handing it the cache through the forward's keyword arguments (`infllm_cache=`).
 """
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -67,12 +68,41 @@ def select_blocks(query: torch.Tensor, rep_keys: torch.Tensor, n_rep: int, topk:
     return relevance.topk(k, dim=-1).indices.sort(dim=-1).values
 
 
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer that appends into preallocated buffers instead of `torch.cat`-ing the whole cache per chunk,
+    which copies O(S) every chunk: O(S^2 / chunk) in all, terabytes at 128K. The buffers start at `reserve` tokens
+    and double when full; `keys` / `values` are views of the filled part, so the rest of DynamicLayer is unchanged."""
+
+    def __init__(self, reserve: int = 0):
+        super().__init__()
+        self.reserve = reserve
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self._buffers = None
+        length, n = self.get_seq_length(), key_states.shape[-2]
+        if self._buffers is None or length + n > self._buffers[0].shape[-2]:
+            capacity = max(self.reserve, 2 * (length + n))
+            grown = tuple(s.new_empty((*s.shape[:-2], capacity, s.shape[-1])) for s in (key_states, value_states))
+            if length:
+                grown[0][..., :length, :], grown[1][..., :length, :] = self.keys, self.values
+            self._buffers = grown
+        self._buffers[0][..., length : length + n, :] = key_states
+        self._buffers[1][..., length : length + n, :] = value_states
+        self.keys, self.values = (b[..., : length + n, :] for b in self._buffers)
+        return self.keys, self.values
+
+
 class InfLLMCache(Cache):
-    """All keys and values (rotated at their text positions) plus, per layer, the closed blocks' representative keys."""
+    """All keys and values (rotated at their text positions) plus, per layer, the closed blocks' representative keys.
+
+    `reserve`: tokens to preallocate per layer (the input length when known), so nothing is copied as it grows.
+    """
 
     def __init__(self, rotary_emb: torch.nn.Module, n_sink: int, local_window: int, block_size: int, n_rep: int,
-                 topk: int):
-        super().__init__(layer_class_to_replicate=DynamicLayer)
+                 topk: int, reserve: int = 0):
+        super().__init__(layer_class_to_replicate=functools.partial(GrowingLayer, reserve))
         self.rotary_emb = rotary_emb
         self.n_sink, self.local_window, self.block_size, self.n_rep, self.topk = n_sink, local_window, block_size, n_rep, topk
         self.rep_keys: dict[int, torch.Tensor] = {}  # layer -> (B, H_kv, n_closed_blocks * n_rep, D), un-rotated

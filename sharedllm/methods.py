@@ -331,11 +331,12 @@ class InfLLM(Method):
         return {"method": self.name, "local_window": self.local_window, "n_sink": self.n_sink,
                 "block_size": self.block_size, "n_rep": self.n_rep, "topk": self.topk, "chunk_size": self.chunk_size}
 
-    def new_cache(self):
+    def new_cache(self, reserve: int = 0):
+        """An empty InfLLMCache; `reserve` = tokens it will hold, preallocated (it still grows past them)."""
         from sharedllm.infllm import InfLLMCache
 
         return InfLLMCache(self.base.model.rotary_emb, self.n_sink, self.local_window, self.block_size, self.n_rep,
-                           self.topk)
+                           self.topk, reserve)
 
     def forward_chunk(self, cache, chunk: torch.Tensor) -> torch.Tensor:
         """Feed chunk (n,) through the base model with retrieval; returns final hidden states (n, H)."""
@@ -349,7 +350,7 @@ class InfLLM(Method):
     def token_nll(self, input_ids, score_start):
         _check_scoring_args(input_ids, score_start)
         input_ids = input_ids.to(self.device)
-        cache = self.new_cache()
+        cache = self.new_cache(reserve=input_ids.shape[0] - 1)
         hidden = []  # final hidden states of the predicting positions [score_start - 1, T - 1), chunk by chunk
         for chunk_start in range(0, input_ids.shape[0] - 1, self.chunk_size):
             chunk = input_ids[chunk_start : min(chunk_start + self.chunk_size, input_ids.shape[0] - 1)]

@@ -353,3 +353,20 @@ def test_infllm_rejects_distances_past_the_trained_window():
     described = load_method("infllm", tiny_model("llama"), topk=2, **TINY_INFLLM).describe()
     assert described == {"method": "infllm", "local_window": 32, "n_sink": 8, "block_size": 16, "n_rep": 2,
                          "topk": 2, "chunk_size": 24}
+
+
+def test_infllm_cache_layer_appends_without_recopying():
+    from sharedllm.infllm import GrowingLayer
+
+    layer, chunks = GrowingLayer(reserve=8), [torch.randn(1, 2, n, 4) for n in (3, 5, 6, 1)]
+    for i, chunk in enumerate(chunks):
+        keys, values = layer.update(chunk, -chunk)
+        expected = torch.cat(chunks[: i + 1], dim=2)
+        torch.testing.assert_close(keys, expected, rtol=0, atol=0)
+        torch.testing.assert_close(values, -expected, rtol=0, atol=0)
+        assert layer.get_seq_length() == expected.shape[2]
+    assert layer._buffers[0].shape[2] == 2 * 14  # outgrew the reserve of 8 at 14 tokens: doubled once
+    reserved = GrowingLayer(reserve=20)
+    first = reserved.update(chunks[0], chunks[0])[0]
+    reserved.update(chunks[1], chunks[1])
+    assert reserved.keys.data_ptr() == first.data_ptr()  # the same buffer: nothing copied within the reserve
