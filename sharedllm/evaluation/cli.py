@@ -283,8 +283,7 @@ def run_ppl(session):
 def run_heldout(session):
     """Every method on the same seeded held-out windows per (domain, length): one JSON per cell, cells already
     written are skipped (a grid resumes where it stopped), windows a method cannot run are recorded as not run."""
-    from sharedllm.assets import DEFAULT_DOMAINS, load_documents
-    from sharedllm.data import tokenize_documents
+    from sharedllm.assets import DEFAULT_DOMAINS
 
     from . import heldout
 
@@ -292,8 +291,7 @@ def run_heldout(session):
     if a.data:
         raise SystemExit("heldout scores the test split of sharedllm/splits.json; score user files with `eval ppl --data`")
     domains = a.domains or list(DEFAULT_DOMAINS)
-    docs = {domain: {d.doc_id: d.ids for d in tokenize_documents(load_documents(a.split, [domain]), session.tokenizer)}
-            for domain in domains}
+    docs = {domain: heldout.heldout_documents(domain, session.tokenizer, a.split) for domain in domains}
     out, rows = Path(a.output), {}
     for name, method in session.methods():
         for domain in domains:

@@ -26,6 +26,14 @@ N_RESAMPLES = 1000
 CI_LEVEL = 0.95
 
 
+def heldout_documents(domain: str, tokenizer, split: str = "test") -> dict[str, np.ndarray]:
+    """{doc_id: token ids} of a domain's held-out documents, in splits.json order (the split is fixed there)."""
+    from sharedllm.assets import load_documents
+    from sharedllm.data import tokenize_documents
+
+    return {d.doc_id: d.ids for d in tokenize_documents(load_documents(split, [domain]), tokenizer)}
+
+
 def plan_windows(doc_lengths: dict[str, int], length: int, n_windows: int, seed: int = 0,
                  stride: int = STRIDE) -> list[dict]:
     """`n_windows` windows {"doc", "start"} of `length` tokens from documents {doc_id: n_tokens}, or all there are.
