@@ -100,3 +100,13 @@ def test_paired_table_uses_the_shared_windows():
     assert lines[0] == "| method | 4K / sharedllm |"
     assert lines[2] == "| window | 1.221 [1.221, 1.221] |"  # exp(0.2) on every window
     assert lines[3] == "| full | – |"
+
+
+def test_domain_with_no_complete_cell_gets_no_plot(tmp_path):
+    heldout_dir = tmp_path / "results" / "heldout"
+    heldout_dir.mkdir(parents=True)
+    cell = {**_cell("sharedllm", 32768, not_run="no code test document has 32768 tokens", n=0), "domain": "code"}
+    (heldout_dir / "heldout_code_32768_sharedllm.json").write_text(json.dumps(cell))
+    page = report.regenerate(tmp_path / "results", tmp_path / "docs").read_text()
+    assert "| sharedllm | not run: no code test document has 32768 tokens |" in page
+    assert "headline-ppl-code" not in page and not (tmp_path / "docs" / "figures" / "headline-ppl-code.png").exists()

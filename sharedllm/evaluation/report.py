@@ -244,9 +244,9 @@ def paired_table(cells: list[dict], reference: str = "sharedllm") -> list[str]:
     return lines
 
 
-def plot_heldout(cells: list[dict], path, title) -> None:
+def plot_heldout(cells: list[dict], path, title) -> bool:
     """PPL vs length per method with the bootstrap intervals as error bars; only complete cells on the column's
-    windows are drawn, so every point of a length comes from the same windows."""
+    windows are drawn, so every point of a length comes from the same windows. False (no file) if none is."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,11 +257,15 @@ def plot_heldout(cells: list[dict], path, title) -> None:
     plans = _column_plans(cells)
     colours = plt.get_cmap("tab10").colors
     methods = _method_order({c["method"] for c in cells})
+    series = {method: sorted((int(c["length"]), c["summary"]) for c in cells if c["method"] == method
+                             and c["plan"]["windows_id"] == plans[int(c["length"])]
+                             and c["summary"].get("complete") and c["summary"].get("ppl") is not None)
+              for method in methods}
+    if not any(series.values()):
+        return False
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for i, method in enumerate(methods):
-        points = sorted((int(c["length"]), c["summary"]) for c in cells if c["method"] == method
-                        and c["plan"]["windows_id"] == plans[int(c["length"])]
-                        and c["summary"].get("complete") and c["summary"].get("ppl") is not None)
+        points = series[method]
         if not points:
             continue
         dodge = 2 ** (0.025 * (i - (len(methods) - 1) / 2))  # side by side at each length: bars stay readable
@@ -286,6 +290,7 @@ def plot_heldout(cells: list[dict], path, title) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 def headline_section(results_dir, figures: Path) -> list[str]:
@@ -309,8 +314,8 @@ def headline_section(results_dir, figures: Path) -> list[str]:
                       "(window pairs resampled together, so how hard a window is cancels out; > 1: sharedllm is better):",
                       ""] + paired + [""]
         figure = f"headline-ppl-{slug(domain)}.png"
-        plot_heldout(domain_cells, figures / figure, f"held-out {domain}: PPL vs length, same windows per length")
-        lines += [f"![perplexity vs length, {domain}](figures/{figure})", ""]
+        if plot_heldout(domain_cells, figures / figure, f"held-out {domain}: PPL vs length, same windows per length"):
+            lines += [f"![perplexity vs length, {domain}](figures/{figure})", ""]
         lines += ["Provenance (per method: its knobs, cell files and command):", ""]
         for method in _method_order({c["method"] for c in domain_cells}):
             mine = sorted((c for c in domain_cells if c["method"] == method), key=lambda c: int(c["length"]))
