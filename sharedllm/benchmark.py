@@ -232,7 +232,8 @@ def _infllm_attention_keys(length: int, infllm: dict) -> int:
     for first in range(0, length, chunk):
         n = min(chunk, length - first)
         memory_end = n_sink + max(0, (first - local - n_sink) // bs) * bs
-        past = first if memory_end == n_sink else n_sink + min(infllm["topk"], (memory_end - n_sink) // bs) * bs + first - memory_end
+        retrieved = min(infllm["topk"], (memory_end - n_sink) // bs) * bs
+        past = first if memory_end == n_sink else n_sink + retrieved + first - memory_end  # sinks, blocks, local
         total += n * past + n * (n + 1) // 2
     return total
 

@@ -18,9 +18,10 @@ are stored un-rotated and the queries are rotated to a fixed distance `local_win
 relevance does not depend on how far back it lies.
 
 How it plugs into a transformers model: `InfLLMCache` is a Cache of `GrowingLayer`s (DynamicLayers: all keys and
-values, as transformers stores them, appended without re-copying) plus each layer's representative keys; `infllm_attention` is registered as an attention
-implementation, and `methods.InfLLM` switches the base's `config._attn_implementation` to it for the duration of a
-forward, handing it the cache through the forward's keyword arguments (`infllm_cache=`).
+values, as transformers stores them, appended without re-copying) plus each layer's representative keys;
+`infllm_attention` is registered as an attention implementation, and `methods.InfLLM` switches the base's
+`config._attn_implementation` to it for the duration of a forward, handing it the cache through the forward's
+keyword arguments (`infllm_cache=`).
 """
 
 import contextlib
@@ -104,7 +105,8 @@ class InfLLMCache(Cache):
                  topk: int, reserve: int = 0):
         super().__init__(layer_class_to_replicate=functools.partial(GrowingLayer, reserve))
         self.rotary_emb = rotary_emb
-        self.n_sink, self.local_window, self.block_size, self.n_rep, self.topk = n_sink, local_window, block_size, n_rep, topk
+        self.n_sink, self.local_window, self.block_size = n_sink, local_window, block_size
+        self.n_rep, self.topk = n_rep, topk
         self.rep_keys: dict[int, torch.Tensor] = {}  # layer -> (B, H_kv, n_closed_blocks * n_rep, D), un-rotated
         self.selected: dict[int, torch.Tensor] = {}  # layer -> (B, k) blocks the last chunk attended (inspection)
 

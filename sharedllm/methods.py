@@ -312,7 +312,8 @@ class InfLLM(Method):
                  n_sink: int = 64, block_size: int = 128, n_rep: int = 4, topk: int = 4, chunk_size: int = 256):
         super().__init__(base, tokenizer)
         self.local_window = decoder_window if local_window is None else local_window
-        self.n_sink, self.block_size, self.n_rep, self.topk, self.chunk_size = n_sink, block_size, n_rep, topk, chunk_size
+        self.n_sink, self.block_size, self.n_rep = n_sink, block_size, n_rep
+        self.topk, self.chunk_size = topk, chunk_size
         if min(self.local_window, block_size, chunk_size) < 1 or n_sink < 0 or topk < 0:
             raise ValueError("infllm needs local_window, block_size, chunk_size >= 1 and n_sink, topk >= 0")
         if not 1 <= n_rep <= block_size:

@@ -1,10 +1,10 @@
 """`sharedllm eval <task>`: run the field's protocols on one or several methods and write result JSON.
 
 Tasks: ppl (CEPE or sliding protocol), heldout (the headline grid: every method on the same seeded held-out
-windows per domain and length, a bootstrap interval per cell, one JSON per cell), passkey (Landmark format), niah (needle in real prose), ruler
-(synthetic RULER-style tasks), longbench (user-provided LongBench / InfiniteBench JSON lines), and demo
-(the newcomer run: PPL and passkey beyond the base model's 8K window for full / window / streaming /
-sharedllm, in a few minutes on a laptop CPU). Each (task, method) writes one JSON under --output with the
+windows per domain and length, a bootstrap interval per cell, one JSON per cell), passkey (Landmark format),
+niah (needle in real prose), ruler (synthetic RULER-style tasks), longbench (user-provided LongBench /
+InfiniteBench JSON lines), and demo (the newcomer run: PPL and passkey beyond the base model's 8K window for
+full / window / streaming / sharedllm, in a few minutes on a laptop CPU). Each (task, method) writes one JSON under --output with the
 protocol, data, counts, scores, hardware and command; `sharedllm report` turns them into docs/results.md.
 """
 
@@ -289,7 +289,8 @@ def run_heldout(session):
 
     a = session.args
     if a.data:
-        raise SystemExit("heldout scores the test split of sharedllm/splits.json; score user files with `eval ppl --data`")
+        raise SystemExit("heldout scores the test split of sharedllm/splits.json; "
+                         "score user files with `eval ppl --data`")
     domains = a.domains or list(DEFAULT_DOMAINS)
     docs = {domain: heldout.heldout_documents(domain, session.tokenizer, a.split) for domain in domains}
     out, rows = Path(a.output), {}

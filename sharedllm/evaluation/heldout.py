@@ -82,7 +82,8 @@ def score_windows(method, docs: dict[str, np.ndarray], plan: list[dict], length:
         if not_run is not None:
             records.append({**spec, "not_run": not_run})
             continue
-        ids = torch.from_numpy(np.array(docs[window["doc"]][window["start"] : window["start"] + length], dtype=np.int64))
+        text = docs[window["doc"]][window["start"] : window["start"] + length]
+        ids = torch.from_numpy(np.array(text, dtype=np.int64))  # a copy: cached ids are read-only memory maps
         tic = time.perf_counter()
         try:
             nll = torch.as_tensor(method.token_nll(ids, length - SCORED), dtype=torch.float64)
@@ -127,7 +128,8 @@ def summarise(records: list[dict], seed: int = 0) -> dict:
     """
     scored = [r for r in records if "mean_nll" in r]
     reasons = list(dict.fromkeys(r["not_run"] for r in records if "not_run" in r))
-    summary = {"n_planned": len(records), "n_windows": len(scored), "scored_tokens": sum(r["scored_tokens"] for r in scored),
+    summary = {"n_planned": len(records), "n_windows": len(scored),
+               "scored_tokens": sum(r["scored_tokens"] for r in scored),
                "complete": bool(records) and len(scored) == len(records), "not_run": "; ".join(reasons) or None,
                "ppl": None, "ci_low": None, "ci_high": None, "mean_nll": None,
                "bootstrap": {"resamples": N_RESAMPLES, "level": CI_LEVEL, "seed": seed, "over": "windows"}}
