@@ -8,6 +8,8 @@
 #   scripts/evaluate_results.sh longer      # streaming / yarn at 32K-64K on 1 window, with sharedllm and window there
 #   scripts/evaluate_results.sh cepe        # the CEPE-style adapter of `STOP_AT=40 scripts/train_cepe_adapter.sh`
 #   sharedllm report                        # regenerate docs/results.md and docs/figures/
+# These are the previous results; the headline grid (every method on the same held-out windows) is
+# scripts/evaluate_grid.sh.
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 ADAPTER=${ADAPTER:-adapters/smollm2-135m}

@@ -5,6 +5,7 @@ One base model, every method of the efficiency comparison, one run (docs/benchma
     sharedllm  SharedLLM (a trained adapter, or untrained: the cost is the same)
     full       the base model with full attention over the whole prompt
     streaming  StreamingLLM (sinks + recent window), the prompt fed in blocks
+    infllm     InfLLM (sinks + local window + top-k retrieved context blocks), the prompt fed in chunks
     cepe       the encoder-decoder variant: every layer cross-attends to an uncompressed full-depth encoding
     window     the base model on the last decoder_window tokens only (the floor)
 
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-BENCH_METHODS = ("sharedllm", "full", "streaming", "cepe", "window")
+BENCH_METHODS = ("sharedllm", "full", "streaming", "infllm", "cepe", "window")
 DEFAULT_ADAPTER = Path("adapters/smollm2-135m")
 # SharedLLM knobs used when no adapter dir is given (an adapter's own config wins unless a knob is passed)
 DEFAULT_KNOBS = dict(chunk_size=256, decoder_window=512, n_injected_layers=4, tree_depth=3, tokens_per_node=16)
@@ -85,6 +86,8 @@ class BenchSettings:
     knobs: dict = field(default_factory=lambda: dict(DEFAULT_KNOBS))
     streaming_block: int = 256
     n_sink: int = 4
+    # InfLLM knobs over methods.InfLLM's defaults (its local window is knobs["decoder_window"]), e.g. {"topk": 8}
+    infllm: dict = field(default_factory=dict)
     matmul_size: int = 2048
     seed: int = 0
     target_length: int = 32768
@@ -221,8 +224,24 @@ def _streaming_attention_keys(length: int, block: int, window: int) -> int:
     return total
 
 
-def prefill_flops(method: str, length: int, text_config, knobs: dict, streaming_block=256, n_sink=4) -> int:
-    """Useful FLOPs of one prefill of `length` tokens (matmuls and attention; norms, RoPE, softmax left out)."""
+def _infllm_attention_keys(length: int, infllm: dict) -> int:
+    """Sum over fed tokens of the keys each attends to under methods.InfLLM's knobs (`describe()`): per chunk, the
+    sinks, min(topk, closed blocks) blocks and the local window (as infllm.InfLLMCache.memory_end cuts it)."""
+    n_sink, local, bs, chunk = infllm["n_sink"], infllm["local_window"], infllm["block_size"], infllm["chunk_size"]
+    total = 0
+    for first in range(0, length, chunk):
+        n = min(chunk, length - first)
+        memory_end = n_sink + max(0, (first - local - n_sink) // bs) * bs
+        retrieved = min(infllm["topk"], (memory_end - n_sink) // bs) * bs
+        past = first if memory_end == n_sink else n_sink + retrieved + first - memory_end  # sinks, blocks, local
+        total += n * past + n * (n + 1) // 2
+    return total
+
+
+def prefill_flops(method: str, length: int, text_config, knobs: dict, streaming_block=256, n_sink=4,
+                  infllm: dict | None = None) -> int:
+    """Useful FLOPs of one prefill of `length` tokens (matmuls and attention; norms, RoPE, softmax left out, and
+    InfLLM's block scoring, a few representative keys per block). `infllm`: methods.InfLLM.describe()."""
     dims = _layer_dims(text_config)
     head = 2 * dims["d"] * dims["vocab"]  # lm_head on the last position only
     n_layers, window = dims["n_layers"], knobs["decoder_window"]
@@ -233,6 +252,9 @@ def prefill_flops(method: str, length: int, text_config, knobs: dict, streaming_
     if method == "streaming":
         block = min(streaming_block, window - n_sink)  # as methods.StreamingLLM clamps it
         keys = _streaming_attention_keys(length, block, window)
+        return n_layers * (_linear_flops_per_token(dims) * length + 4 * dims["h"] * keys) + head
+    if method == "infllm":
+        keys = _infllm_attention_keys(length, infllm)
         return n_layers * (_linear_flops_per_token(dims) * length + 4 * dims["h"] * keys) + head
     if method in ("sharedllm", "cepe"):
         return _sharedllm_flops(dims, length, _method_knobs(method, knobs, n_layers)) + head
@@ -289,7 +311,7 @@ class BaseRunner:
 
 
 class StreamingRunner(BaseRunner):
-    """methods.StreamingLLM: blocks of `block_size` tokens into a sink + recent-window cache."""
+    """methods.StreamingLLM or methods.InfLLM: the prompt fed block by block (chunk by chunk) into the method's cache."""
 
     def __init__(self, method):
         super().__init__(method.base)
@@ -334,6 +356,8 @@ def build_runner(method: str, base, settings: BenchSettings):
         streaming = load_method("streaming", base, decoder_window=knobs["decoder_window"], n_sink=settings.n_sink,
                                 block_size=settings.streaming_block)
         return StreamingRunner(streaming)
+    if method == "infllm":
+        return StreamingRunner(load_method("infllm", base, decoder_window=knobs["decoder_window"], **settings.infllm))
     if method == "sharedllm":
         return SharedLLMRunner(load_method("sharedllm", base, adapter=settings.adapter, **knobs).model)
     if method == "cepe":
@@ -384,12 +408,16 @@ def measure_cell(base, method: str, length: int, settings: BenchSettings) -> dic
             break  # a slow cell gets fewer repeats rather than stalling the grid
     runner.reset()
     matmul_peak = measure_matmul_peak(device, settings.torch_dtype, settings.matmul_size)
-    return _cell_record(method, length, settings, base.config, prefill_times, step_times, peaks, memory, matmul_peak)
+    described = runner.method.describe() if method == "infllm" else None
+    return _cell_record(method, length, settings, base.config, prefill_times, step_times, peaks, memory, matmul_peak,
+                        described)
 
 
-def _cell_record(method, length, settings, text_config, prefill_times, step_times, peaks, memory, matmul_peak) -> dict:
+def _cell_record(method, length, settings, text_config, prefill_times, step_times, peaks, memory, matmul_peak,
+                 infllm=None) -> dict:
     prefill = statistics.median(prefill_times)
-    flops = prefill_flops(method, length, text_config, settings.knobs, settings.streaming_block, settings.n_sink)
+    flops = prefill_flops(method, length, text_config, settings.knobs, settings.streaming_block, settings.n_sink,
+                          infllm)
     return dict(
         method=method,
         length=length,
@@ -827,6 +855,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help=f"default {DEFAULT_KNOBS.get(name, 'the model config')}")
     parser.add_argument("--streaming-block", type=int, default=256, help="StreamingLLM prefill block size (tokens)")
     parser.add_argument("--n-sink", type=int, default=4, help="StreamingLLM attention sinks")
+    parser.add_argument("--infllm", nargs="+", default=[], metavar="KNOB=VALUE",
+                        help="InfLLM knobs (n_sink, block_size, n_rep, topk, chunk_size, local_window) over its "
+                             "defaults; its local window defaults to --decoder-window")
     parser.add_argument("--no-isolate", dest="isolate", action="store_false",
                         help="run every cell in this process (faster, but peak memory is less reliable)")
     parser.add_argument("--output", default=None, help="result JSON (default: results/bench-<device>.json)")
@@ -848,8 +879,14 @@ def settings_from_args(args) -> BenchSettings:
         if method not in BENCH_METHODS or not length:
             raise SystemExit(f"--max-length wants METHOD=LENGTH with METHOD in {BENCH_METHODS}, got {item!r}")
         caps[method] = parse_length(length)
+    infllm = {}
+    for item in args.infllm:
+        knob, _, value = item.partition("=")
+        if not value.isdigit():
+            raise SystemExit(f"--infllm wants KNOB=INTEGER, got {item!r}")
+        infllm[knob] = int(value)
     return BenchSettings(
-        methods=tuple(args.methods), lengths=tuple(lengths), repeats=args.repeats, decode_steps=args.decode_steps,
+        methods=tuple(args.methods), infllm=infllm, lengths=tuple(lengths), repeats=args.repeats, decode_steps=args.decode_steps,
         max_seconds=args.max_seconds, cell_seconds=args.cell_seconds, max_length=caps, device=args.device,
         dtype=args.dtype, threads=args.threads,
         isolate=args.isolate, adapter=adapter, knobs=resolve_knobs(adapter, {k: getattr(args, k) for k in KNOB_NAMES}),

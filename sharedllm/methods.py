@@ -11,6 +11,7 @@ Methods:
     full       the base model, full attention over all T tokens (the upper bound while T fits its training)
     window     the base model on the last `decoder_window` tokens only (the no-context floor)
     streaming  StreamingLLM: attention sinks + a recent window, positions taken inside the cache
+    infllm     InfLLM: sinks + local window + the top-k context blocks retrieved per chunk (sharedllm/infllm.py)
     yarn       training-free YaRN RoPE scaling with factor max(1, T / native) chosen per input
     sharedllm  SharedLLMForCausalLM (a saved adapter, or untrained from the base)
     cepe       the encoder-decoder variant of the same class: every layer injected, no tree, no compression
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-METHODS = ("full", "window", "streaming", "yarn", "sharedllm", "cepe")
+METHODS = ("full", "window", "streaming", "infllm", "yarn", "sharedllm", "cepe")
 
 # lm_head rows per step when turning hidden states into NLL: bounds the (rows, vocab) logits to ~200 MB in fp32.
 LOGIT_ROWS_PER_STEP = 1024
@@ -292,6 +293,85 @@ class StreamingLLM(Method):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# InfLLM (Xiao et al. 2024): block retrieval over the KV cache, training-free
+
+
+class InfLLM(Method):
+    """InfLLM on the base model: sinks + local window + the `topk` most relevant memory blocks, per chunk.
+
+    The retrieval lives in sharedllm/infllm.py (cache, block selection, attention). Input is fed in chunks of
+    `chunk_size` tokens; each chunk (and each decode step) retrieves its own blocks. The local window defaults to
+    the decoder window of the comparison. Every attended distance stays below `attended_tokens`, which must fit the
+    base's trained window. Every key and value stays in the cache on the model's device (InfLLM offloads them to
+    CPU memory), so memory grows like full attention's: 46 KB per token for SmolLM2-135M in fp32.
+    """
+
+    name = "infllm"
+
+    def __init__(self, base, tokenizer=None, decoder_window: int = 1024, local_window: int | None = None,
+                 n_sink: int = 64, block_size: int = 128, n_rep: int = 4, topk: int = 4, chunk_size: int = 256):
+        super().__init__(base, tokenizer)
+        self.local_window = decoder_window if local_window is None else local_window
+        self.n_sink, self.block_size, self.n_rep = n_sink, block_size, n_rep
+        self.topk, self.chunk_size = topk, chunk_size
+        if min(self.local_window, block_size, chunk_size) < 1 or n_sink < 0 or topk < 0:
+            raise ValueError("infllm needs local_window, block_size, chunk_size >= 1 and n_sink, topk >= 0")
+        if not 1 <= n_rep <= block_size:
+            raise ValueError(f"infllm needs 1 <= n_rep <= block_size, got n_rep={n_rep}, block_size={block_size}")
+        native = getattr(base.config, "max_position_embeddings", None)
+        if native is not None and self.attended_tokens > native:
+            raise ValueError(f"infllm attends up to {self.attended_tokens} tokens (n_sink + topk * block_size + "
+                             f"local_window + block_size + chunk_size), past the base's trained {native}")
+
+    @property
+    def attended_tokens(self) -> int:
+        """The most keys a query sees, hence the largest distance (the local window holds < local + block tokens)."""
+        return self.n_sink + self.topk * self.block_size + self.local_window + self.block_size + self.chunk_size
+
+    def describe(self):
+        return {"method": self.name, "local_window": self.local_window, "n_sink": self.n_sink,
+                "block_size": self.block_size, "n_rep": self.n_rep, "topk": self.topk, "chunk_size": self.chunk_size}
+
+    def new_cache(self, reserve: int = 0):
+        """An empty InfLLMCache; `reserve` = tokens it will hold, preallocated (it still grows past them)."""
+        from sharedllm.infllm import InfLLMCache
+
+        return InfLLMCache(self.base.model.rotary_emb, self.n_sink, self.local_window, self.block_size, self.n_rep,
+                           self.topk, reserve)
+
+    def forward_chunk(self, cache, chunk: torch.Tensor) -> torch.Tensor:
+        """Feed chunk (n,) through the base model with retrieval; returns final hidden states (n, H)."""
+        from sharedllm.infllm import infllm_attention_on
+
+        with infllm_attention_on(self.base.config):
+            out = self.base.model(chunk[None], past_key_values=cache, use_cache=True, infllm_cache=cache)
+        return out.last_hidden_state[0]
+
+    @torch.no_grad()
+    def token_nll(self, input_ids, score_start):
+        _check_scoring_args(input_ids, score_start)
+        input_ids = input_ids.to(self.device)
+        cache = self.new_cache(reserve=input_ids.shape[0] - 1)
+        hidden = []  # final hidden states of the predicting positions [score_start - 1, T - 1), chunk by chunk
+        for chunk_start in range(0, input_ids.shape[0] - 1, self.chunk_size):
+            chunk = input_ids[chunk_start : min(chunk_start + self.chunk_size, input_ids.shape[0] - 1)]
+            hidden.append(self.forward_chunk(cache, chunk)[max(0, score_start - 1 - chunk_start) :])
+        return _nll_from_hidden(self.base.lm_head, torch.cat(hidden), input_ids[score_start:])
+
+    def feed(self, cache, ids: torch.Tensor) -> torch.Tensor:
+        """Feed ids (n,) chunk by chunk into the cache; returns the next-token logits of the last one (V,)."""
+        for chunk in ids.split(self.chunk_size):
+            hidden = self.forward_chunk(cache, chunk)
+        return self.base.lm_head(hidden[-1])
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens, eos_token_id=None):
+        cache = self.new_cache()
+        feed = lambda ids: self.feed(cache, ids).float()  # noqa: E731
+        return _greedy_decode(feed, input_ids.to(self.device), max_new_tokens, eos_token_id)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # YaRN (Peng et al. 2023), training-free
 
 
@@ -441,7 +521,7 @@ class CEPE(SharedLLM):
 
 # ----------------------------------------------------------------------------------------------------------------
 
-_CLASSES = {cls.name: cls for cls in (FullAttention, WindowAttention, StreamingLLM, YaRN, SharedLLM, CEPE)}
+_CLASSES = {cls.name: cls for cls in (FullAttention, WindowAttention, StreamingLLM, InfLLM, YaRN, SharedLLM, CEPE)}
 assert tuple(_CLASSES) == METHODS
 
 

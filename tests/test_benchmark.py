@@ -22,6 +22,7 @@ from sharedllm.benchmark import (
 
 # chunks of 16, a decoder window of 32: lengths 96 / 160 give 4 / 8 context chunks
 TINY_KNOBS = dict(chunk_size=16, decoder_window=32, n_injected_layers=2, tree_depth=1, tokens_per_node=4)
+TINY_INFLLM = dict(n_sink=4, block_size=8, n_rep=2, topk=2, chunk_size=8)
 CELL_FIELDS = {
     "method", "length", "status", "reason", "repeats", "prefill_s", "prefill_s_all", "decode_s", "decode_s_mean",
     "decode_s_max", "decode_s_amortized", "decode_steps", "peak_memory_bytes", "prefill_peak_memory_bytes",
@@ -35,7 +36,8 @@ META_FIELDS = {"device", "dtype", "threads", "attention_backend", "torch", "tran
 def tiny_settings(**overrides) -> BenchSettings:
     # threads=1: the tests share a busy machine, where an oversubscribed OpenMP pool is orders of magnitude slower
     settings = dict(lengths=(96, 160), repeats=1, decode_steps=2, isolate=False, knobs=dict(TINY_KNOBS),
-                    streaming_block=8, matmul_size=128, threads=1, target_length=96, target_long_length=160)
+                    streaming_block=8, matmul_size=128, threads=1, target_length=96, target_long_length=160,
+                    infllm=TINY_INFLLM)
     return BenchSettings(**{**settings, **overrides})
 
 
@@ -161,3 +163,27 @@ def test_isolated_cell_runs_in_a_subprocess(tmp_path):
     cell = results["cells"][0]
     assert cell["status"] == "ok", cell["reason"]
     assert cell["peak_memory_bytes"] >= 0 and cell["memory_method"].startswith("VmHWM")
+
+
+def test_infllm_flops_count_the_keys_it_attends(monkeypatch):
+    """The analytic key count equals what infllm_attention attends to, summed over the fed tokens of one layer."""
+    from sharedllm import infllm as module
+    from sharedllm.methods import load_method
+
+    attended = module.InfLLMCache.attended
+    counts = []
+
+    def recording(self, layer, query, keys, values):
+        out = attended(self, layer, query, keys, values)
+        if layer == 0:
+            n, seen = query.shape[2], out[0].shape[2]
+            counts.append(n * (seen - n) + n * (n + 1) // 2)
+        return out
+
+    monkeypatch.setattr(module.InfLLMCache, "attended", recording)
+    method = load_method("infllm", tiny_model("llama"), decoder_window=32, **TINY_INFLLM)
+    method.feed(method.new_cache(), torch.randint(3, 100, (200,)))
+    assert sum(counts) == benchmark._infllm_attention_keys(200, method.describe())
+    config = tiny_model("llama").config
+    full, infllm = (prefill_flops(m, 200, config, TINY_KNOBS, infllm=method.describe()) for m in ("full", "infllm"))
+    assert prefill_flops("window", 200, config, TINY_KNOBS) < infllm < full

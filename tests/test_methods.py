@@ -187,7 +187,7 @@ def test_generate_stops_at_eos():
 def test_load_method_rejects_unknown_names():
     with pytest.raises(ValueError, match="streaming"):
         load_method("nope", tiny_model("llama"))
-    assert set(METHODS) == {"full", "window", "streaming", "yarn", "sharedllm", "cepe"}
+    assert set(METHODS) == {"full", "window", "streaming", "infllm", "yarn", "sharedllm", "cepe"}
 
 
 def test_describe_reports_knobs():
@@ -255,3 +255,118 @@ def test_sharedllm_loads_a_saved_adapter_and_overrides_knobs(tmp_path):
     assert load_method("sharedllm", base, adapter=str(tmp_path), decoder_window=64).describe()["decoder_window"] == 64
     with pytest.raises(ValueError, match="unknown knobs"):
         load_method("sharedllm", base, adapter=str(tmp_path), window=64)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# infllm
+
+TINY_INFLLM = dict(local_window=32, n_sink=8, block_size=16, n_rep=2, chunk_size=24)
+
+
+def test_infllm_equals_full_when_every_block_is_retrieved(arch):
+    """topk >= number of memory blocks: the retrieval machinery runs (blocks closed, scored, re-rotated in place)
+    but every token is attended at its own position, so the result is full attention."""
+    base = tiny_model(arch)
+    ids = random_ids(300)  # memory blocks of 16 up to 300 - 32: at most 17 blocks
+    infllm = load_method("infllm", base, topk=20, **TINY_INFLLM)
+    torch.testing.assert_close(infllm.token_nll(ids, 200), reference_nll(base, ids, 200), atol=1e-4, rtol=0)
+    assert base.config._attn_implementation == "sdpa"  # the base is left as it was
+
+
+def test_infllm_attends_sinks_topk_blocks_and_local_window(monkeypatch):
+    from sharedllm import infllm as module
+
+    base = tiny_model("llama")
+    sizes = []
+    attended = module.InfLLMCache.attended
+
+    def recording(self, layer, query, keys, values):
+        out = attended(self, layer, query, keys, values)
+        sizes.append((keys.shape[2], query.shape[2], out[0].shape[2]))
+        return out
+
+    monkeypatch.setattr(module.InfLLMCache, "attended", recording)
+    infllm = load_method("infllm", base, topk=2, **TINY_INFLLM)
+    nll = infllm.token_nll(random_ids(300), 200)
+    assert (nll - reference_nll(base, random_ids(300), 200)).abs().max() > 1e-3  # tokens were left out
+    for total, n, seen in sizes:
+        memory_end = 8 + max(0, (total - n - 32 - 8) // 16) * 16
+        blocks = min(2, (memory_end - 8) // 16)
+        assert seen == (total if memory_end == 8 else 8 + 16 * blocks + total - memory_end)
+        assert seen <= 8 + 2 * 16 + 32 + 16 + 24  # sinks + topk blocks + local (< 32 + 16) + chunk
+
+
+def test_select_blocks_picks_a_planted_block():
+    torch.manual_seed(0)
+    query = torch.randn(1, 4, 6, 8)  # (B, H, n, D), 2 query heads per key/value head
+    reps = torch.randn(1, 2, 10 * 3, 8)  # 10 blocks of 3 representative keys
+    summed = query.view(1, 2, 2, 6, 8).sum(dim=(2, 3))  # (B, H_kv, D)
+    reps[:, :, 7 * 3 : 8 * 3] = 5 * summed[:, :, None]  # block 7's keys point where the queries point
+    from sharedllm.infllm import select_blocks
+
+    chosen = select_blocks(query, reps, n_rep=3, topk=3)
+    assert chosen.shape == (1, 3) and 7 in chosen.tolist()[0]
+    assert chosen.tolist()[0] == sorted(chosen.tolist()[0])  # text order
+    assert select_blocks(-query, reps, n_rep=3, topk=1).tolist() != [[7]]  # opposite queries: least relevant
+
+
+def test_infllm_retrieves_a_planted_block_in_the_model():
+    """Plant one block's representative keys along the next chunk's (layer-0) queries at the scoring distance:
+    the model's own retrieval must pick it, and did not without the plant."""
+    import copy
+
+    from sharedllm.infllm import rotate
+
+    base = tiny_model("llama")
+    infllm = load_method("infllm", base, topk=2, **TINY_INFLLM)
+    ids = random_ids(264)
+    cache = infllm.new_cache()
+    with torch.no_grad():
+        for chunk in ids[:240].split(24):
+            infllm.forward_chunk(cache, chunk)
+        chunk = ids[240:]  # the next chunk: 24 tokens at positions 240..263
+        dry = copy.deepcopy(cache)
+        infllm.forward_chunk(dry, chunk)
+        n_blocks = cache.rep_keys[0].shape[2] // 2
+        planted = next(b for b in range(n_blocks) if b not in dry.selected[0].tolist()[0])
+
+        layer = base.model.layers[0]
+        q = layer.self_attn.q_proj(layer.input_layernorm(base.model.embed_tokens(chunk[None])))
+        q = q.view(1, 24, 4, 16).transpose(1, 2)  # (B, H, n, D), not rotated yet
+        q = rotate(q, torch.full((1, 24), 32), base.model.rotary_emb)  # at the scoring distance local_window
+        direction = q.view(1, 2, 2, 24, 16).sum(dim=(2, 3))  # (B, H_kv, D)
+        cache.rep_keys[0][:, :, planted * 2 : planted * 2 + 2] = 10 * direction[:, :, None] / direction.norm()
+        infllm.forward_chunk(cache, chunk)
+    assert planted in cache.selected[0].tolist()[0]
+
+
+def test_infllm_generates_like_full_when_every_block_is_retrieved():
+    base = tiny_model("llama", initializer_range=0.3)
+    ids = random_ids(120)
+    expected = load_method("full", base).generate(ids, 12)
+    assert load_method("infllm", base, topk=20, **TINY_INFLLM).generate(ids, 12).tolist() == expected.tolist()
+
+
+def test_infllm_rejects_distances_past_the_trained_window():
+    with pytest.raises(ValueError, match="trained"):
+        load_method("infllm", tiny_model("llama"), decoder_window=256, topk=4)  # 64 + 512 + 256 + 128 + 256 > 512
+    described = load_method("infllm", tiny_model("llama"), topk=2, **TINY_INFLLM).describe()
+    assert described == {"method": "infllm", "local_window": 32, "n_sink": 8, "block_size": 16, "n_rep": 2,
+                         "topk": 2, "chunk_size": 24}
+
+
+def test_infllm_cache_layer_appends_without_recopying():
+    from sharedllm.infllm import GrowingLayer
+
+    layer, chunks = GrowingLayer(reserve=8), [torch.randn(1, 2, n, 4) for n in (3, 5, 6, 1)]
+    for i, chunk in enumerate(chunks):
+        keys, values = layer.update(chunk, -chunk)
+        expected = torch.cat(chunks[: i + 1], dim=2)
+        torch.testing.assert_close(keys, expected, rtol=0, atol=0)
+        torch.testing.assert_close(values, -expected, rtol=0, atol=0)
+        assert layer.get_seq_length() == expected.shape[2]
+    assert layer._buffers[0].shape[2] == 2 * 14  # outgrew the reserve of 8 at 14 tokens: doubled once
+    reserved = GrowingLayer(reserve=20)
+    first = reserved.update(chunks[0], chunks[0])[0]
+    reserved.update(chunks[1], chunks[1])
+    assert reserved.keys.data_ptr() == first.data_ptr()  # the same buffer: nothing copied within the reserve

@@ -1,9 +1,10 @@
 """`sharedllm eval <task>`: run the field's protocols on one or several methods and write result JSON.
 
-Tasks: ppl (CEPE or sliding protocol), passkey (Landmark format), niah (needle in real prose), ruler
-(synthetic RULER-style tasks), longbench (user-provided LongBench / InfiniteBench JSON lines), and demo
-(the newcomer run: PPL and passkey beyond the base model's 8K window for full / window / streaming /
-sharedllm, in a few minutes on a laptop CPU). Each (task, method) writes one JSON under --output with the
+Tasks: ppl (CEPE or sliding protocol), heldout (the headline grid: every method on the same seeded held-out
+windows per domain and length, a bootstrap interval per cell, one JSON per cell), passkey (Landmark format),
+niah (needle in real prose), ruler (synthetic RULER-style tasks), longbench (user-provided LongBench /
+InfiniteBench JSON lines), and demo (the newcomer run: PPL and passkey beyond the base model's 8K window for
+full / window / streaming / sharedllm, in a few minutes on a laptop CPU). Each (task, method) writes one JSON under --output with the
 protocol, data, counts, scores, hardware and command; `sharedllm report` turns them into docs/results.md.
 """
 
@@ -22,7 +23,7 @@ from .needle import RULER_TASKS, effective_length, load_haystack, run_needle_gri
 from .passkey import DEFAULT_DEPTHS, run_passkey
 from .ppl import PROTOCOLS, perplexity
 
-TASKS = ("ppl", "passkey", "niah", "ruler", "longbench", "demo")
+TASKS = ("ppl", "heldout", "passkey", "niah", "ruler", "longbench", "demo")
 DEFAULT_ADAPTER = "adapters/smollm2-135m"
 DEMO_METHODS = ["full", "window", "streaming", "sharedllm"]
 SYNTHETIC = {"source": "synthetic", "split": None, "n_docs": 0}  # passkey needs no corpus
@@ -30,6 +31,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # Per-task defaults for options whose sensible value depends on the task (None on the command line).
 DEFAULTS = {
     "ppl": dict(methods=["sharedllm"], lengths=[4096, 8192, 16384], max_windows=100),
+    # one JSON per (method, domain, length) cell under results/heldout/: a rerun skips cells already there
+    "heldout": dict(methods=["sharedllm"], lengths=[4096, 8192, 16384], max_windows=16, output="results/heldout"),
     "passkey": dict(methods=["sharedllm"], lengths=[4096, 8192, 16384], trials=10, depths=DEFAULT_DEPTHS),
     "niah": dict(methods=["sharedllm"], lengths=[4096, 8192, 16384], trials=10, depths=DEFAULT_DEPTHS),
     "ruler": dict(methods=["sharedllm"], lengths=[4096, 8192, 16384], trials=10),
@@ -53,7 +56,8 @@ def parse_length(text: str) -> int:
 
 def add_arguments(parser):
     parser.add_argument("task", choices=TASKS)
-    parser.add_argument("--method", nargs="+", dest="methods", help="full window streaming yarn cepe sharedllm")
+    parser.add_argument("--method", nargs="+", dest="methods",
+                        help="full window streaming infllm yarn cepe sharedllm")
     parser.add_argument("--base", help="base causal LM folder or hub id (default: the shipped SmolLM2-135M)")
     parser.add_argument("--adapter", default=DEFAULT_ADAPTER,
                         help="SharedLLM adapter folder for --method sharedllm; 'none' = untrained (zero-init)")
@@ -65,14 +69,22 @@ def add_arguments(parser):
                         help="user files instead of the corpus: text / JSON-lines documents (ppl, niah, ruler) "
                              "or LongBench-format JSON lines (longbench)")
     parser.add_argument("--decoder-window", type=int,
-                        help="decoder window Ld of window / streaming / untrained sharedllm and cepe: the comparison "
+                        help="decoder window Ld of window / streaming / infllm (its local window) / untrained sharedllm "
+                             "and cepe: the comparison "
                              "is fair only at one Ld (default: the sharedllm adapter's, else 1024)")
     parser.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a SharedLLM knob of sharedllm/cepe at evaluation (repeatable), e.g. "
+                        help="override a knob of sharedllm/cepe (SharedLLM knobs) or infllm (n_sink, block_size, "
+                             "n_rep, topk, chunk_size, local_window) at evaluation (repeatable), e.g. "
                              "tree_selection=recent for the no-query-awareness ablation")
     parser.add_argument("--label", help="name the (single) method's results under this label, e.g. "
                                         "sharedllm-recent for an ablation")
-    parser.add_argument("--max-windows", type=int, help="PPL window cap over all documents (ppl: 100)")
+    parser.add_argument("--max-windows", type=int,
+                        help="PPL window cap over all documents (ppl: 100); heldout: windows per cell (16)")
+    parser.add_argument("--max-length", type=parse_length,
+                        help="heldout: longer cells are written with every window 'not run: past --max-length'")
+    parser.add_argument("--max-seconds", type=float,
+                        help="heldout: time budget per cell; the windows left are written as not run")
+    parser.add_argument("--overwrite", action="store_true", help="heldout: rerun cells whose JSON exists")
     parser.add_argument("--trials", type=int, help="trials per cell (passkey, niah, ruler: 10)")
     parser.add_argument("--depths", nargs="+", type=float, help="needle depths in [0, 1]")
     parser.add_argument("--tasks", nargs="+", choices=list(RULER_TASKS), help="RULER tasks (default: all)")
@@ -92,7 +104,7 @@ def run(args):
         if getattr(args, key, None) is None:
             setattr(args, key, list(value) if isinstance(value, (list, tuple)) else value)
     session = Session(args)
-    return {"ppl": run_ppl, "passkey": run_passkey_task, "niah": run_niah, "ruler": run_ruler_task,
+    return {"ppl": run_ppl, "heldout": run_heldout, "passkey": run_passkey_task, "niah": run_niah, "ruler": run_ruler_task,
             "longbench": run_longbench_task, "demo": run_demo}[args.task](session)
 
 
@@ -130,14 +142,14 @@ class Session:
 
         for name in self.args.methods:
             knobs = {}
-            if name in ("window", "streaming") or (name in ("sharedllm", "cepe") and self.adapter is None):
+            if name in ("window", "streaming", "infllm") or (name in ("sharedllm", "cepe") and self.adapter is None):
                 knobs["decoder_window"] = self.decoder_window
             if name == "sharedllm":
                 if self.adapter is not None and not Path(self.adapter).is_dir():
                     raise FileNotFoundError(f"no adapter folder {self.adapter}; train one with `sharedllm train` "
                                             "or pass --adapter none for the untrained (zero-init) model")
                 knobs["adapter"] = self.adapter
-            if name in ("sharedllm", "cepe"):
+            if name in ("sharedllm", "cepe", "infllm"):
                 knobs.update(self.model_knobs)
             yield self.args.label or name, load_method(name, self.base, self.tokenizer, **knobs)
 
@@ -266,6 +278,58 @@ def run_ppl(session):
     rows, data = ppl_results(session, args.protocol, args.lengths, args.max_windows)
     print_table(f"perplexity, {args.protocol} protocol, model {args.base}, data {data}", rows,
                 f"window cap: {args.max_windows} per length over all documents")
+
+
+def run_heldout(session):
+    """Every method on the same seeded held-out windows per (domain, length): one JSON per cell, cells already
+    written are skipped (a grid resumes where it stopped), windows a method cannot run are recorded as not run."""
+    from sharedllm.assets import DEFAULT_DOMAINS
+
+    from . import heldout
+
+    a = session.args
+    if a.data:
+        raise SystemExit("heldout scores the test split of sharedllm/splits.json; "
+                         "score user files with `eval ppl --data`")
+    domains = a.domains or list(DEFAULT_DOMAINS)
+    docs = {domain: heldout.heldout_documents(domain, session.tokenizer, a.split) for domain in domains}
+    out, rows = Path(a.output), {}
+    for name, method in session.methods():
+        for domain in domains:
+            doc_lengths = {doc_id: len(ids) for doc_id, ids in docs[domain].items()}
+            for length in a.lengths:
+                path = out / heldout.cell_filename(name, domain, length)
+                if path.exists() and not a.overwrite:
+                    print(f"exists, skipped: {path}")
+                    continue
+                plan = heldout.plan_windows(doc_lengths, length, a.max_windows, a.seed)
+                not_run = f"past --max-length {_k(a.max_length)}" if a.max_length and length > a.max_length else None
+                start = time.time()
+                records = heldout.score_windows(method, docs[domain], plan, length, not_run, a.max_seconds)
+                summary = heldout.summarise(records, a.seed)
+                if not plan:
+                    summary["not_run"] = f"no {domain} test document has {length} tokens"
+                result = {
+                    "task": "heldout", "protocol": "cepe-heldout", "method": name, "method_config": method.describe(),
+                    "model": a.base, "adapter": session.adapter if method.name in ("sharedllm", "cepe") else None,
+                    "domain": domain, "length": length,
+                    "data": {"split": a.split, "domain": domain, "docs": doc_lengths,
+                             "windows_available": heldout.count_windows(doc_lengths, length)},
+                    "plan": {"seed": a.seed, "budget": a.max_windows, "stride": heldout.STRIDE, "scored": heldout.SCORED,
+                             "windows_id": heldout.windows_id(plan, length)},
+                    "summary": summary, "windows": records, "wall_time_s": time.time() - start,
+                    "hardware": session.hardware(), "command": session.command,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                }
+                out.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(result, indent=1, default=str))
+                print(f"wrote {path}")
+                rows.setdefault(name, {})[f"{domain}@{_k(length)}"] = report.heldout_cell_text(summary)
+        del method
+    if not rows:
+        return
+    print_table(f"held-out perplexity (CEPE windows, last 256 tokens scored), model {a.base}, "
+                f"{a.max_windows} windows per cell, seed {a.seed}", rows)
 
 
 def passkey_results(session, lengths, depths, trials, notes=""):

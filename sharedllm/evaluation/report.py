@@ -1,5 +1,10 @@
 """`sharedllm report`: regenerate docs/results.md and docs/figures/ from every results/*.json.
 
+docs/results.md opens with the headline: per domain, one table of every method on the same held-out windows
+(results/heldout/*.json, written by `sharedllm eval heldout`): PPL [95% bootstrap interval] (scored tokens), or
+"not run: reason"; and one perplexity-vs-length plot with the intervals. Then, as "Previous results", the
+hand-written results/NOTES.md and the older tables, built as follows.
+
 A table is one setting (task, protocol, model, adapter, data); rows are methods, columns lengths. When a
 cell was measured more than once, the newest result wins. Below each table: the counts behind every
 row and the exact command that produced it, so that no number stands without its protocol.
@@ -29,6 +34,16 @@ PROTOCOL_NOTES = {
 def add_arguments(parser):
     parser.add_argument("--results", default="results", help="folder of result JSON files")
     parser.add_argument("--docs", default="docs", help="writes DOCS/results.md and DOCS/figures/*.png")
+
+
+HEADLINE_DIR = "heldout"  # under the results folder: one JSON per (method, domain, length) cell
+# row order of the headline tables; other methods (labels, ablations) follow alphabetically
+HEADLINE_ORDER = ("sharedllm", "window", "streaming", "infllm", "full", "yarn", "cepe")
+HEADLINE_PROTOCOL = ("windows of T tokens drawn once per (domain, T) with a fixed seed from the CEPE window "
+                     "positions (every 256 tokens) of the test documents >= T; every method of a column is scored on "
+                     "exactly those windows; the last 256 tokens of each window are scored; PPL = exp(mean over "
+                     "windows of the window's mean token NLL); [low, high] = 95% percentile bootstrap interval over "
+                     "windows (1000 resamples, seed 0); the count in parentheses is the scored tokens")
 
 
 def run(args):
@@ -132,6 +147,188 @@ def provenance(result) -> list[str]:
     ]
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# headline: every method on the same held-out windows
+
+
+def load_heldout(results_dir) -> list[dict]:
+    """The cell files of `sharedllm eval heldout` under RESULTS/heldout/ (newest file per cell wins)."""
+    cells = {}
+    for path in sorted(Path(results_dir, HEADLINE_DIR).glob("*.json")):
+        result = json.loads(path.read_text())
+        if result.get("task") == "heldout" and isinstance(result.get("summary"), dict):
+            result["_file"] = f"{HEADLINE_DIR}/{path.name}"
+            key = (result["domain"], int(result["length"]), result["method"])
+            if key not in cells or result.get("created", "") >= cells[key].get("created", ""):
+                cells[key] = result
+    return list(cells.values())
+
+
+def heldout_cell_text(summary: dict) -> str:
+    """'PPL [low, high] (n tok)' of a complete cell, else 'not run: reason' (and how many windows did run)."""
+    if not summary.get("complete") or summary.get("ppl") is None:
+        ran = summary.get("n_windows") or 0
+        partial = f" ({ran} of {summary.get('n_planned')} windows ran)" if ran else ""
+        return f"not run: {summary.get('not_run') or 'no windows'}{partial}"
+    return (f"{summary['ppl']:.2f} [{summary['ci_low']:.2f}, {summary['ci_high']:.2f}] "
+            f"({summary['scored_tokens']:,} tok)")
+
+
+def _method_order(methods) -> list[str]:
+    known = [m for m in HEADLINE_ORDER if m in methods]
+    return known + sorted(set(methods) - set(known))
+
+
+def _column_plans(cells: list[dict]) -> dict[int, str]:
+    """length -> the window plan of that column: the plan most of its cells used (ties: the larger budget)."""
+    votes = defaultdict(lambda: defaultdict(int))
+    budget = {}
+    for c in cells:
+        plan = c["plan"]["windows_id"]
+        votes[int(c["length"])][plan] += 1
+        budget[plan] = max(budget.get(plan, 0), c["summary"].get("n_planned") or 0)
+    return {n: max(v, key=lambda p: (v[p], budget[p])) for n, v in votes.items()}
+
+
+def headline_table(cells: list[dict]) -> list[str]:
+    """Rows methods, columns lengths; a cell scored on other windows than its column's is flagged, not shown."""
+    plans, lengths = _column_plans(cells), sorted({int(c["length"]) for c in cells})
+    by_key = {(c["method"], int(c["length"])): c for c in cells}
+    planned = {n: max((c["summary"].get("n_planned") or 0) for c in cells if int(c["length"]) == n
+                      and c["plan"]["windows_id"] == plans[n]) for n in lengths}
+    lines = ["| method | " + " | ".join(f"{length_label(n)} ({planned[n]} win)" for n in lengths) + " |",
+             "|---" * (len(lengths) + 1) + "|"]
+    for method in _method_order({c["method"] for c in cells}):
+        row = []
+        for n in lengths:
+            c = by_key.get((method, n))
+            if c is None:
+                row.append("–")
+            elif c["plan"]["windows_id"] != plans[n]:
+                row.append(f"other windows ({c['plan']['windows_id']}): not comparable")
+            else:
+                row.append(heldout_cell_text(c["summary"]))
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return lines
+
+
+def paired_table(cells: list[dict], reference: str = "sharedllm") -> list[str]:
+    """PPL of each method / PPL of `reference`, on the windows both scored (the column's plan), with the paired
+    bootstrap interval (`heldout.paired_ratio`): > 1 means the reference is better. Empty without the reference."""
+    from .heldout import paired_ratio
+
+    plans, lengths = _column_plans(cells), sorted({int(c["length"]) for c in cells})
+
+    def usable(c):
+        return c is not None and c["plan"]["windows_id"] == plans[int(c["length"])] and c["summary"].get("complete")
+
+    by_key = {(c["method"], int(c["length"])): c for c in cells}
+    if not any(usable(by_key.get((reference, n))) for n in lengths):
+        return []
+    lines = ["| method | " + " | ".join(f"{length_label(n)} / {reference}" for n in lengths) + " |",
+             "|---" * (len(lengths) + 1) + "|"]
+    for method in _method_order({c["method"] for c in cells}):
+        if method == reference:
+            continue
+        row = []
+        for n in lengths:
+            mine, ref = by_key.get((method, n)), by_key.get((reference, n))
+            if not (usable(mine) and usable(ref)):
+                row.append("–")
+                continue
+            nll = lambda c: {(w["doc"], w["start"]): w["mean_nll"] for w in c["windows"]}  # noqa: E731
+            a, b = nll(mine), nll(ref)
+            ratio, low, high = paired_ratio([a[k] for k in a], [b[k] for k in a])
+            row.append(f"{ratio:.3f} [{low:.3f}, {high:.3f}]")
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return lines
+
+
+def plot_heldout(cells: list[dict], path, title) -> bool:
+    """PPL vs length per method with the bootstrap intervals as error bars; only complete cells on the column's
+    windows are drawn, so every point of a length comes from the same windows. False (no file) if none is."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from matplotlib.ticker import ScalarFormatter
+
+    plans = _column_plans(cells)
+    colours = plt.get_cmap("tab10").colors
+    methods = _method_order({c["method"] for c in cells})
+    series = {method: sorted((int(c["length"]), c["summary"]) for c in cells if c["method"] == method
+                             and c["plan"]["windows_id"] == plans[int(c["length"])]
+                             and c["summary"].get("complete") and c["summary"].get("ppl") is not None)
+              for method in methods}
+    if not any(series.values()):
+        return False
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for i, method in enumerate(methods):
+        points = series[method]
+        if not points:
+            continue
+        dodge = 2 ** (0.025 * (i - (len(methods) - 1) / 2))  # side by side at each length: bars stay readable
+        xs = [n * dodge for n, _ in points]
+        ys = [s["ppl"] for _, s in points]
+        errors = [[s["ppl"] - s["ci_low"] for _, s in points], [s["ci_high"] - s["ppl"] for _, s in points]]
+        ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, color=colours[i % len(colours)], label=method)
+        ax.fill_between(xs, [s["ci_low"] for _, s in points], [s["ci_high"] for _, s in points],
+                        color=colours[i % len(colours)], alpha=0.12, linewidth=0)
+    lengths = sorted({int(c["length"]) for c in cells})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [length_label(n) for n in lengths])
+    ax.minorticks_off()
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_xlabel("context length T (tokens)")
+    ax.set_ylabel("perplexity (95% bootstrap interval)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def headline_section(results_dir, figures: Path) -> list[str]:
+    cells = load_heldout(results_dir)
+    lines = ["## Headline: perplexity per domain, every method on the same held-out windows", ""]
+    if not cells:
+        return lines + [f"No held-out cells yet in `{results_dir}/{HEADLINE_DIR}/`: `scripts/evaluate_grid.sh` "
+                        "runs the grid (`sharedllm eval heldout`).", ""]
+    lines += [f"Protocol: {HEADLINE_PROTOCOL}. A cell a method could not run says why (\"not run: ...\"); no "
+              "window is ever replaced by another. Test documents: `sharedllm/splits.json`.", ""]
+    for domain in sorted({c["domain"] for c in cells}):
+        domain_cells = [c for c in cells if c["domain"] == domain]
+        models = sorted({Path(str(c.get("model", ""))).name for c in domain_cells})
+        docs = max((c["data"]["docs"] for c in domain_cells), key=len)
+        lines += [f"### {domain} — model `{', '.join(models)}`, {len(docs)} test documents "
+                  f"({', '.join(f'{d} {n:,} tok' for d, n in docs.items())})", ""]
+        lines += headline_table(domain_cells) + [""]
+        paired = paired_table(domain_cells)
+        if paired:
+            lines += ["PPL relative to sharedllm on the same windows, with the 95% paired bootstrap interval "
+                      "(window pairs resampled together, so how hard a window is cancels out; > 1: sharedllm is better):",
+                      ""] + paired + [""]
+        figure = f"headline-ppl-{slug(domain)}.png"
+        if plot_heldout(domain_cells, figures / figure, f"held-out {domain}: PPL vs length, same windows per length"):
+            lines += [f"![perplexity vs length, {domain}](figures/{figure})", ""]
+        lines += ["Provenance (per method: its knobs, cell files and command):", ""]
+        for method in _method_order({c["method"] for c in domain_cells}):
+            mine = sorted((c for c in domain_cells if c["method"] == method), key=lambda c: int(c["length"]))
+            hw = mine[-1].get("hardware", {})
+            lines += [f"- **{method}**: adapter `{mine[-1].get('adapter')}`, config "
+                      f"`{json.dumps(mine[-1].get('method_config', {}))}`; files "
+                      + ", ".join(f"`{c['_file']}` ({c.get('wall_time_s', 0):.0f} s)" for c in mine)
+                      + f"; {hw.get('gpu') or hw.get('cpu')} ({hw.get('threads')} threads, {hw.get('dtype')})"]
+            lines += [f"  `{command}`" for command in dict.fromkeys(c.get("command", "") for c in mine)]
+        lines.append("")
+    return lines
+
+
 def plot_ppl(task_results, path, title) -> None:
     import matplotlib
 
@@ -174,21 +371,26 @@ def regenerate(results_dir="results", docs_dir="docs") -> Path:
         groups[setting_key(result)].append(result)
 
     lines = ["# Results", "",
-             f"Generated by `sharedllm report` from `{results_dir}/*.json`; do not edit by hand. Every table "
-             "names its protocol, model and data; the counts and the command behind each row follow it.", ""]
+             f"Generated by `sharedllm report` from `{results_dir}/*.json` and `{results_dir}/{HEADLINE_DIR}/*.json`; "
+             "do not edit by hand. Every table names its protocol, model and data; the counts and the command behind "
+             "each row follow it.", ""]
+    lines += headline_section(results_dir, figures)
+    lines += ["## Previous results", "",
+              "The runs before the held-out grid: fewer windows (8, 2 or 1 per cell) of the two test books, rows "
+              "compared only where the counts say they share windows.", ""]
     notes = Path(results_dir) / NOTES_FILE  # the hand-written reading of the numbers: targets, gaps, causes
-    if notes.exists():
-        lines += [notes.read_text().strip(), ""]
+    if notes.exists():  # one heading level down: it sits inside "Previous results"
+        lines += [re.sub(r"^(#+) ", r"#\1 ", notes.read_text().strip(), flags=re.M), ""]
     for task in TASK_TITLES:
         keys = sorted(k for k in groups if k[0] == task)
         if keys:
-            lines += [f"## {TASK_TITLES[task]}", ""]
+            lines += [f"### {TASK_TITLES[task]}", ""]
         for key in keys:
             _, protocol, model, split, data = key
             by_method = latest_by_method(groups[key])
             name = slug("-".join(key))
             where = f"data `{data or '?'}`" + (f" ({split} split)" if split else "")
-            lines += [f"### {protocol or task} — model `{model}`, {where}", ""]
+            lines += [f"#### {protocol or task} — model `{model}`, {where}", ""]
             if protocol in PROTOCOL_NOTES:
                 lines += [f"Protocol: {PROTOCOL_NOTES[protocol]}.", ""]
             lines += table(task, by_method) + [""]

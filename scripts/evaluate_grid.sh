@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The headline grid of docs/results.md (issue 11): every method scored on the same held-out windows per domain and
+# length (`sharedllm eval heldout`, one JSON per cell in $RESULTS/heldout/), then passkey and RULER at 128K for
+# sharedllm. Resumable: a cell whose JSON exists is skipped, so after an interruption run the same command again
+# (pass --overwrite through EXTRA to redo cells). Nothing is replaced silently: a window a method does not run is
+# written as "not run: <reason>" (past its --max-length, out of its --max-seconds budget, or an error).
+#   scripts/evaluate_grid.sh            # everything below, in order
+#   scripts/evaluate_grid.sh ppl        # the perplexity grid: domains x lengths x methods
+#   scripts/evaluate_grid.sh retrieval  # passkey and RULER at 128K for sharedllm
+#   scripts/evaluate_grid.sh smoke      # 2 windows at 2K on books for every method, into runs/grid-smoke/ (minutes)
+#   sharedllm report                    # regenerate docs/results.md and docs/figures/
+# Settings (environment): ADAPTER, LD (decoder window of window / streaming / infllm's local window: the adapter's),
+# WINDOWS per cell, LENGTHS, DOMAINS, FULL_MAX / YARN_MAX (longest length full attention / YaRN run: quadratic cost;
+# on the 2-core CPU full attention takes ~400 s per 32K window), MAX_SECONDS (time budget per cell), RESULTS.
+# Cost on the 2-core CPU (estimates from measured windows; a GPU takes a small fraction): per 128K window sharedllm
+# ~0.5 min, streaming ~5 min, infllm ~8 min (it attends ~3x streaming's keys); full ~7 min per 32K window, yarn ~30
+# min per 64K window (so MAX_SECONDS stops its 64K cells partway: recorded as not run). With 16 windows per cell
+# the whole grid is on the order of 30 CPU-hours, most of it streaming and infllm on books and math.
+set -euo pipefail
+export HF_HUB_OFFLINE=1
+ADAPTER=${ADAPTER:-adapters/smollm2-135m}
+LD=${LD:-512}
+WINDOWS=${WINDOWS:-16}
+LENGTHS=${LENGTHS:-"4K 8K 16K 32K 64K 128K"}
+DOMAINS=${DOMAINS:-"books math code"}
+FULL_MAX=${FULL_MAX:-32K}
+YARN_MAX=${YARN_MAX:-64K}
+MAX_SECONDS=${MAX_SECONDS:-7200}
+RESULTS=${RESULTS:-results}
+EXTRA=${EXTRA:-}
+eval_() { echo "+ sharedllm eval $*"; python -m sharedllm eval "$@"; }
+
+# one length at a time, shortest first, every method of it: a stopped grid leaves whole columns behind
+ppl() {
+  local common length
+  for length in $LENGTHS; do
+    common=(--domains $DOMAINS --lengths "$length" --max-windows "$WINDOWS" --max-seconds "$MAX_SECONDS"
+            --output "$RESULTS/heldout" $EXTRA)
+    eval_ heldout --method sharedllm --adapter "$ADAPTER" "${common[@]}"
+    eval_ heldout --method window streaming infllm --decoder-window "$LD" "${common[@]}"
+    eval_ heldout --method full --max-length "$FULL_MAX" "${common[@]}"
+    eval_ heldout --method yarn --max-length "$YARN_MAX" "${common[@]}"
+  done
+}
+
+# has_result TASK METHOD LENGTH: a result JSON of that task and method measured that length exists in $RESULTS/
+has_result() {
+  python - "$RESULTS" "$@" <<'EOF'
+import json, pathlib, sys
+from sharedllm.evaluation.cli import parse_length
+results, task, method, length = sys.argv[1], sys.argv[2], sys.argv[3], parse_length(sys.argv[4])
+found = any(length in json.loads(p.read_text()).get("lengths", []) for p in pathlib.Path(results).glob(f"{task}_{method}_*.json"))
+sys.exit(0 if found else 1)
+EOF
+}
+
+retrieval() {
+  has_result passkey sharedllm 128K || eval_ passkey --method sharedllm --adapter "$ADAPTER" --lengths 128K \
+    --depths 0.1 0.5 0.9 --trials 10 --output "$RESULTS"
+  has_result ruler sharedllm 128K || eval_ ruler --method sharedllm --adapter "$ADAPTER" --lengths 128K --trials 2 \
+    --output "$RESULTS"
+}
+
+smoke() {
+  RESULTS=runs/grid-smoke WINDOWS=2 LENGTHS=2K DOMAINS=books ppl
+  python -m sharedllm report --results runs/grid-smoke --docs runs/grid-smoke/docs
+}
+
+all() {
+  ppl
+  retrieval
+}
+
+"${1:-all}"

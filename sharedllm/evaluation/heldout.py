@@ -1,0 +1,146 @@
+"""The headline perplexity protocol: every method scored on the same held-out windows, with a bootstrap interval.
+
+A *cell* is (domain, window length T, method). For a domain and a length, `plan_windows` draws a fixed list
+of windows (document, start) once, from a seeded permutation of every CEPE window position of the test split
+(starts every 256 tokens of each test document >= T; sharedllm/splits.json fixes which documents are test).
+The plan depends only on the documents, T, the budget and the seed, never on the method, so every method of a
+column is scored on exactly the same windows. A larger budget extends the plan: the first N windows of a
+budget-M plan (M > N) are the budget-N plan.
+
+Each window is scored as in the CEPE protocol: only its last 256 tokens, each predicted with all the window
+before it. PPL of a cell = exp(mean over windows of the window's mean token NLL), with a 95% percentile
+bootstrap interval over windows (1000 resamples, fixed seed). A window a method cannot run (past its length
+limit, out of its time budget, an error) is recorded as `not_run` with the reason, never replaced by another.
+"""
+
+import hashlib
+import math
+import time
+
+import numpy as np
+import torch
+
+STRIDE = 256  # window starts lie on this grid (protocols.md, CEPE protocol)
+SCORED = 256  # tokens scored at the end of each window
+N_RESAMPLES = 1000
+CI_LEVEL = 0.95
+
+
+def heldout_documents(domain: str, tokenizer, split: str = "test") -> dict[str, np.ndarray]:
+    """{doc_id: token ids} of a domain's held-out documents, in splits.json order (the split is fixed there)."""
+    from sharedllm.assets import load_documents
+    from sharedllm.data import tokenize_documents
+
+    return {d.doc_id: d.ids for d in tokenize_documents(load_documents(split, [domain]), tokenizer)}
+
+
+def plan_windows(doc_lengths: dict[str, int], length: int, n_windows: int, seed: int = 0,
+                 stride: int = STRIDE) -> list[dict]:
+    """`n_windows` windows {"doc", "start"} of `length` tokens from documents {doc_id: n_tokens}, or all there are.
+
+    Drawn without replacement, uniformly over every stride-grid start of every document >= length (a longer
+    document offers more windows), then sorted by (document order, start). The scored spans (last 256 tokens)
+    of two windows never overlap: starts differ by >= stride = 256.
+    """
+    if length < SCORED:
+        raise ValueError(f"a window of {length} tokens cannot have its last {SCORED} tokens scored")
+    candidates = [(doc, start) for doc, n in doc_lengths.items() for start in range(0, n - length + 1, stride)]
+    # the seed and the length both key the draw: each column gets its own fixed sample
+    order = np.random.default_rng([seed, length]).permutation(len(candidates))[:n_windows]
+    rank = {doc: i for i, doc in enumerate(doc_lengths)}
+    chosen = sorted((candidates[i] for i in order), key=lambda c: (rank[c[0]], c[1]))
+    return [{"doc": doc, "start": start} for doc, start in chosen]
+
+
+def count_windows(doc_lengths: dict[str, int], length: int, stride: int = STRIDE) -> int:
+    """How many windows of `length` the documents offer (the plan's ceiling)."""
+    return sum(len(range(0, n - length + 1, stride)) for n in doc_lengths.values())
+
+
+def windows_id(plan: list[dict], length: int) -> str:
+    """A short fingerprint of a plan: two cells are comparable iff their ids match."""
+    text = ";".join(f"{w['doc']}@{w['start']}" for w in plan) + f"|T={length}|scored={SCORED}"
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+@torch.no_grad()
+def score_windows(method, docs: dict[str, np.ndarray], plan: list[dict], length: int, not_run: str | None = None,
+                  max_seconds: float | None = None, progress: bool = True) -> list[dict]:
+    """Per window of `plan`: {"doc", "start", "mean_nll", "scored_tokens", "seconds"} or {"doc", "start", "not_run"}.
+
+    `not_run` marks every window as not run with that reason (e.g. the method's length limit). After
+    `max_seconds` of scoring, the remaining windows are not run ("time budget"). A window that raises marks
+    itself and every later one: a method that fails once (out of memory, a limit) fails the same way again.
+    """
+    from tqdm.auto import tqdm
+
+    records, started = [], time.perf_counter()
+    for window in tqdm(plan, desc=f"{getattr(method, 'name', 'method')} T={length}", disable=not progress):
+        spec = {"doc": window["doc"], "start": window["start"]}
+        if not_run is None and max_seconds is not None and time.perf_counter() - started > max_seconds:
+            not_run = f"time budget of {max_seconds:g} s used up after {len(records)} windows"
+        if not_run is not None:
+            records.append({**spec, "not_run": not_run})
+            continue
+        text = docs[window["doc"]][window["start"] : window["start"] + length]
+        ids = torch.from_numpy(np.array(text, dtype=np.int64))  # a copy: cached ids are read-only memory maps
+        tic = time.perf_counter()
+        try:
+            nll = torch.as_tensor(method.token_nll(ids, length - SCORED), dtype=torch.float64)
+        except (RuntimeError, ValueError, MemoryError) as error:
+            not_run = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            records.append({**spec, "not_run": not_run})
+            continue
+        if nll.numel() != SCORED:
+            raise ValueError(f"token_nll returned {nll.numel()} values for {SCORED} scored tokens")
+        records.append({**spec, "mean_nll": nll.mean().item(), "scored_tokens": SCORED,
+                        "seconds": time.perf_counter() - tic})
+    return records
+
+
+def bootstrap_interval(window_nlls, n_resamples: int = N_RESAMPLES, seed: int = 0,
+                       level: float = CI_LEVEL) -> tuple[float, float]:
+    """Percentile bootstrap interval of PPL = exp(mean of window NLLs), resampling windows with replacement."""
+    values = np.asarray(window_nlls, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no windows to resample")
+    draws = np.random.default_rng(seed).integers(0, values.size, size=(n_resamples, values.size))
+    means = values[draws].mean(axis=1)  # (n_resamples,)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return math.exp(low), math.exp(high)
+
+
+def paired_ratio(window_nlls, reference_nlls, n_resamples: int = N_RESAMPLES, seed: int = 0,
+                 level: float = CI_LEVEL) -> tuple[float, float, float]:
+    """PPL of one method over another's on the same windows, exp(mean NLL difference), and its percentile bootstrap
+    interval resampling windows as pairs: how hard a window is cancels, so the interval is far narrower than the
+    two cells' own intervals."""
+    differences = np.asarray(window_nlls, dtype=np.float64) - np.asarray(reference_nlls, dtype=np.float64)
+    low, high = bootstrap_interval(differences, n_resamples, seed, level)
+    return math.exp(differences.mean()), low, high
+
+
+def summarise(records: list[dict], seed: int = 0) -> dict:
+    """The cell's numbers: PPL and its interval over the scored windows, counts, and why any window was not run.
+
+    A cell is `complete` only when every planned window was scored; an incomplete cell keeps its partial
+    numbers for the record, but the headline table shows it as not run.
+    """
+    scored = [r for r in records if "mean_nll" in r]
+    reasons = list(dict.fromkeys(r["not_run"] for r in records if "not_run" in r))
+    summary = {"n_planned": len(records), "n_windows": len(scored),
+               "scored_tokens": sum(r["scored_tokens"] for r in scored),
+               "complete": bool(records) and len(scored) == len(records), "not_run": "; ".join(reasons) or None,
+               "ppl": None, "ci_low": None, "ci_high": None, "mean_nll": None,
+               "bootstrap": {"resamples": N_RESAMPLES, "level": CI_LEVEL, "seed": seed, "over": "windows"}}
+    if scored:
+        nlls = [r["mean_nll"] for r in scored]
+        summary["mean_nll"] = float(np.mean(nlls))
+        summary["ppl"] = math.exp(summary["mean_nll"])
+        summary["ci_low"], summary["ci_high"] = bootstrap_interval(nlls, seed=seed)
+    return summary
+
+
+def cell_filename(method: str, domain: str, length: int) -> str:
+    """One JSON per cell, named by the cell: a grid run skips cells whose file exists (resumable)."""
+    return f"heldout_{domain}_{length}_{method}.json"

@@ -1,0 +1,112 @@
+"""`sharedllm eval heldout` end to end with fake methods (no weights) and the headline section of the report:
+the same windows for every method, resumable cells, "not run" cells, intervals and token counts."""
+
+import json
+
+import pytest
+from test_eval_tasks import PROSE, _parse, fake_stack  # noqa: F401  (fake_stack is a fixture)
+
+from sharedllm.evaluation import report
+
+DOCS = {"the_adventures_of_sherlock_holmes": PROSE[:3000], "plrabn12": PROSE[:2000]}  # the books test split
+
+
+@pytest.fixture
+def corpus(fake_stack, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("SHAREDLLM_HOME", str(fake_stack / "home"))
+    books = fake_stack / "home" / "corpora" / "books"
+    books.mkdir(parents=True)
+    for doc_id, text in DOCS.items():  # one token per character
+        (books / f"{doc_id}.txt").write_text(text)
+    return fake_stack
+
+
+def _heldout(cli, tmp, *argv):
+    _, args = _parse(["heldout", "--base", "fake", "--adapter", "none", "--domains", "books", "--lengths", "512", "1K",
+                      "--max-windows", "4", "--output", str(tmp / "results" / "heldout"), *argv])
+    cli.run(args)
+
+
+def test_heldout_grid_same_windows_resumable_and_not_run(corpus, capsys):
+    from sharedllm.evaluation import cli
+
+    tmp = corpus
+    _heldout(cli, tmp, "--method", "full", "window")
+    _heldout(cli, tmp, "--method", "streaming", "--max-length", "512")
+    cells = {p.name: json.loads(p.read_text()) for p in (tmp / "results" / "heldout").glob("*.json")}
+    assert len(cells) == 6  # 3 methods x 2 lengths
+    for length in (512, 1024):
+        column = [c for c in cells.values() if c["length"] == length]
+        windows = {c["method"]: [(w["doc"], w["start"]) for w in c["windows"]] for c in column}
+        assert len(windows["full"]) == 4 and windows["full"] == windows["window"] == windows["streaming"]
+        assert len({c["plan"]["windows_id"] for c in column}) == 1
+    full = cells["heldout_books_1024_full.json"]["summary"]
+    assert full["complete"] and full["scored_tokens"] == 4 * 256
+    assert full["ppl"] == pytest.approx(2.718281828) and full["ci_low"] == pytest.approx(full["ci_high"])
+    streaming = cells["heldout_books_1024_streaming.json"]
+    assert not streaming["summary"]["complete"] and streaming["summary"]["ppl"] is None
+    assert all(w["not_run"] == "past --max-length 512" for w in streaming["windows"])
+    assert cells["heldout_books_512_streaming.json"]["summary"]["complete"]
+
+    before = {p: p.stat().st_mtime_ns for p in (tmp / "results" / "heldout").glob("*.json")}
+    _heldout(cli, tmp, "--method", "full", "window", "streaming")
+    assert "exists, skipped" in capsys.readouterr().out
+    assert before == {p: p.stat().st_mtime_ns for p in (tmp / "results" / "heldout").glob("*.json")}
+
+    (tmp / "results" / "NOTES.md").write_text("## Targets\n\nhand-written reading\n")
+    page = report.regenerate(tmp / "results", tmp / "docs").read_text()
+    assert page.index("## Headline") < page.index("## Previous results") < page.index("### Targets")
+    assert "| method | 512 (4 win) | 1K (4 win) |" in page
+    assert "| full | 2.72 [2.72, 2.72] (1,024 tok) | 2.72 [2.72, 2.72] (1,024 tok) |" in page
+    assert "| streaming | 7.39 [7.39, 7.39] (1,024 tok) | not run: past --max-length 512 |" in page
+    assert "PPL relative to sharedllm" not in page  # no sharedllm cells: no paired table
+    assert (tmp / "docs" / "figures" / "headline-ppl-books.png").stat().st_size > 0
+
+
+def _cell(method, length, ppl=None, windows_id="p1", not_run=None, n=16):
+    summary = {"complete": ppl is not None, "ppl": ppl, "ci_low": ppl and ppl * 0.9, "ci_high": ppl and ppl * 1.1,
+               "scored_tokens": 256 * n if ppl else 0, "n_windows": n if ppl else 0, "n_planned": n, "not_run": not_run}
+    return {"task": "heldout", "method": method, "domain": "math", "length": length, "summary": summary,
+            "plan": {"windows_id": windows_id}, "data": {"docs": {"a": 200000}}, "model": "m", "_file": "x.json"}
+
+
+def test_headline_table_flags_other_windows_and_partial_cells():
+    cells = [_cell("window", 4096, 10.0), _cell("sharedllm", 4096, 9.0), _cell("full", 4096, 8.0, windows_id="p2"),
+             _cell("yarn", 4096, not_run="time budget of 60 s used up after 3 windows"),
+             _cell("sharedllm", 131072, 7.0), _cell("infllm", 131072, not_run="RuntimeError: out of memory")]
+    lines = report.headline_table(cells)
+    assert lines[0] == "| method | 4K (16 win) | 128K (16 win) |"
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines[2:]}
+    assert list(rows) == ["sharedllm", "window", "infllm", "full", "yarn"]  # the headline order
+    assert rows["sharedllm"] == "| sharedllm | 9.00 [8.10, 9.90] (4,096 tok) | 7.00 [6.30, 7.70] (4,096 tok) |"
+    assert "other windows (p2): not comparable" in rows["full"]
+    assert "not run: time budget of 60 s used up after 3 windows" in rows["yarn"]
+    assert rows["infllm"] == "| infllm | – | not run: RuntimeError: out of memory |"
+    partial = dict(_cell("window", 4096, not_run="time budget"), summary={
+        "complete": False, "ppl": 10.0, "n_windows": 3, "n_planned": 16, "not_run": "time budget"})
+    assert report.heldout_cell_text(partial["summary"]) == "not run: time budget (3 of 16 windows ran)"
+
+
+def test_paired_table_uses_the_shared_windows():
+    def cell(method, nlls):
+        windows = [{"doc": "a", "start": 256 * i, "mean_nll": v, "scored_tokens": 256} for i, v in enumerate(nlls)]
+        from sharedllm.evaluation.heldout import summarise
+
+        return {**_cell(method, 4096, 1.0), "windows": windows, "summary": summarise(windows)}
+
+    cells = [cell("sharedllm", [1.0, 3.0, 2.0, 4.0]), cell("window", [1.2, 3.2, 2.2, 4.2]),
+             {**_cell("full", 4096, not_run="past --max-length 2K")}]
+    lines = report.paired_table(cells)
+    assert lines[0] == "| method | 4K / sharedllm |"
+    assert lines[2] == "| window | 1.221 [1.221, 1.221] |"  # exp(0.2) on every window
+    assert lines[3] == "| full | – |"
+
+
+def test_domain_with_no_complete_cell_gets_no_plot(tmp_path):
+    heldout_dir = tmp_path / "results" / "heldout"
+    heldout_dir.mkdir(parents=True)
+    cell = {**_cell("sharedllm", 32768, not_run="no code test document has 32768 tokens", n=0), "domain": "code"}
+    (heldout_dir / "heldout_code_32768_sharedllm.json").write_text(json.dumps(cell))
+    page = report.regenerate(tmp_path / "results", tmp_path / "docs").read_text()
+    assert "| sharedllm | not run: no code test document has 32768 tokens |" in page
+    assert "headline-ppl-code" not in page and not (tmp_path / "docs" / "figures" / "headline-ppl-code.png").exists()

@@ -1,0 +1,105 @@
+"""The headline protocol: one fixed window plan per (domain, length) for every method, per-window results, the
+bootstrap interval over windows, and "not run" windows that are recorded, never replaced."""
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import tiny_model
+from sharedllm.evaluation import heldout
+from sharedllm.methods import load_method
+
+DOCS = {"a": 3000, "b": 900, "c": 5000}  # token counts
+
+
+def test_plan_is_fixed_sorted_and_on_the_grid():
+    plan = heldout.plan_windows(DOCS, 1024, n_windows=8, seed=0)
+    assert plan == heldout.plan_windows(dict(DOCS), 1024, n_windows=8, seed=0)  # the same every call
+    assert plan != heldout.plan_windows(DOCS, 1024, n_windows=8, seed=1)
+    assert len(plan) == 8 and len({(w["doc"], w["start"]) for w in plan}) == 8
+    assert all(w["doc"] != "b" for w in plan)  # 900 < 1024 tokens: no window
+    assert all(w["start"] % 256 == 0 and w["start"] + 1024 <= DOCS[w["doc"]] for w in plan)
+    order = {"a": 0, "c": 2}
+    assert plan == sorted(plan, key=lambda w: (order[w["doc"]], w["start"]))
+
+
+def test_plan_takes_every_window_when_the_budget_exceeds_them_and_grows_by_extension():
+    available = heldout.count_windows(DOCS, 2048)
+    assert available == len(range(0, 3000 - 2048 + 1, 256)) + len(range(0, 5000 - 2048 + 1, 256))
+    assert len(heldout.plan_windows(DOCS, 2048, n_windows=100)) == available
+    small, large = heldout.plan_windows(DOCS, 1024, 4), heldout.plan_windows(DOCS, 1024, 12)
+    assert all(w in large for w in small)  # a bigger budget keeps the smaller plan's windows
+
+
+def test_every_method_is_scored_on_the_same_windows():
+    base = tiny_model("llama")
+    rng = np.random.default_rng(0)
+    docs = {"a": rng.integers(3, 128, 700), "b": rng.integers(3, 128, 500)}
+    plan = heldout.plan_windows({k: len(v) for k, v in docs.items()}, 384, n_windows=5)
+    methods = [load_method("full", base), load_method("window", base, decoder_window=300),
+               load_method("streaming", base, window=300, block_size=64),
+               load_method("infllm", base, local_window=64, n_sink=8, block_size=32, n_rep=4, topk=2, chunk_size=64)]
+    records = {m.name: heldout.score_windows(m, docs, plan, 384, progress=False) for m in methods}
+    windows = {name: [(r["doc"], r["start"]) for r in rs] for name, rs in records.items()}
+    assert all(w == [(p["doc"], p["start"]) for p in plan] for w in windows.values())
+    assert all(r["scored_tokens"] == 256 for rs in records.values() for r in rs)
+    # the per-window numbers are the method's own: full attention's window NLL equals its token_nll mean
+    first = plan[0]
+    ids = __import__("torch").from_numpy(docs[first["doc"]][first["start"] : first["start"] + 384].astype(np.int64))
+    assert records["full"][0]["mean_nll"] == pytest.approx(methods[0].token_nll(ids, 128).double().mean().item(), abs=1e-6)
+    assert records["full"][0]["mean_nll"] != pytest.approx(records["window"][0]["mean_nll"], abs=1e-4)
+
+
+def test_windows_not_run_are_recorded_with_their_reason():
+    class Failing:
+        name = "failing"
+
+        def token_nll(self, ids, score_start):
+            raise RuntimeError("out of memory\nmore detail")
+
+    docs = {"a": np.arange(3, 1503) % 100}
+    plan = heldout.plan_windows({"a": 1500}, 512, 3)
+    records = heldout.score_windows(Failing(), docs, plan, 512, progress=False)
+    assert [r["not_run"] for r in records] == ["RuntimeError: out of memory"] * 3
+    limited = heldout.score_windows(Failing(), docs, plan, 512, not_run="past --max-length 256", progress=False)
+    assert [(r["doc"], r["start"]) for r in limited] == [(w["doc"], w["start"]) for w in plan]
+    summary = heldout.summarise(limited)
+    assert summary["ppl"] is None and not summary["complete"] and summary["not_run"] == "past --max-length 256"
+    partial = heldout.summarise([{"doc": "a", "start": 0, "mean_nll": 1.0, "scored_tokens": 256},
+                                 {"doc": "a", "start": 256, "not_run": "time budget"}])
+    assert not partial["complete"] and partial["n_windows"] == 1 and partial["n_planned"] == 2
+
+
+def test_bootstrap_of_constant_windows_has_zero_width():
+    low, high = heldout.bootstrap_interval([2.0] * 16)
+    assert low == pytest.approx(math.exp(2.0)) and high == pytest.approx(math.exp(2.0))
+
+
+def test_bootstrap_of_two_values_spans_both():
+    # resampled means of {0, 1} are 0, 0.5 or 1 with probability 1/4, 1/2, 1/4: the 2.5% / 97.5% quantiles are 0 and 1
+    low, high = heldout.bootstrap_interval([0.0, 1.0])
+    assert (low, high) == (pytest.approx(1.0), pytest.approx(math.e))
+
+
+def test_bootstrap_matches_the_normal_interval_for_many_windows():
+    values = np.array([1.0, 3.0] * 50)  # mean 2, sd 1: 95% of the mean within 1.96 / sqrt(100)
+    low, high = heldout.bootstrap_interval(values, seed=3)
+    assert math.log(low) == pytest.approx(2 - 0.196, abs=0.03) and math.log(high) == pytest.approx(2 + 0.196, abs=0.03)
+    assert heldout.bootstrap_interval(values, seed=3) == (low, high)  # fixed seed: reproducible
+
+
+def test_summary_counts_tokens_and_takes_ppl_over_window_means():
+    records = [{"doc": "a", "start": 256 * i, "mean_nll": v, "scored_tokens": 256} for i, v in enumerate([1.0, 2.0, 3.0])]
+    summary = heldout.summarise(records)
+    assert summary["complete"] and summary["scored_tokens"] == 768 and summary["n_windows"] == 3
+    assert summary["ppl"] == pytest.approx(math.exp(2.0))
+    assert summary["ci_low"] <= summary["ppl"] <= summary["ci_high"]
+
+
+def test_paired_ratio_cancels_window_difficulty():
+    hard_and_easy = np.array([1.0, 5.0] * 8)  # very different windows
+    ratio, low, high = heldout.paired_ratio(hard_and_easy + 0.1, hard_and_easy)  # always 0.1 nats worse
+    assert ratio == pytest.approx(math.exp(0.1)) and low == pytest.approx(math.exp(0.1)) and high == pytest.approx(math.exp(0.1))
+    unpaired = heldout.bootstrap_interval(hard_and_easy)
+    assert unpaired[1] / unpaired[0] > 2  # each method's own interval is wide
