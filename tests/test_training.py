@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from sharedllm import data, training
+from sharedllm.cli import InputError
 from sharedllm.modeling import SharedLLMForCausalLM
 
 # Sample = 2 chunks of 16 + a decoder window of 32 = 64 tokens (one character = one token).
@@ -135,6 +137,130 @@ def test_stop_after_then_resume_matches_a_straight_run(workspace, tmp_path):
     run_cli(train_args(workspace, tmp_path / "stopped", *steps, "--resume"))
     straight, resumed = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("straight", "stopped"))
     assert all(torch.equal(value, resumed[key]) for key, value in straight.items())
+
+
+def test_train_refuses_a_folder_that_is_not_a_run_unless_told_to_overwrite(workspace, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"precious": true}')
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not empty and holds no training run"):
+        run_cli(train_args(workspace, out, "--steps", "1"))
+    with pytest.raises(InputError, match="holds no training run"):
+        run_cli(train_args(workspace, out, "--steps", "1", "--resume"))
+    assert (out / "config.json").read_text() == '{"precious": true}'  # untouched
+    run_cli(train_args(workspace, out, "--steps", "1", "--overwrite"))
+    assert json.loads((out / "config.json").read_text())["model_type"] == "sharedllm"
+    assert (out / "notes.txt").read_text() == "keep me"  # --overwrite replaces only what train writes
+
+
+def _checkpoint_files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "checkpoints").rglob("*")) if p.is_file()}
+
+
+def test_a_new_run_never_destroys_or_resumes_another_runs_checkpoints(workspace, tmp_path):
+    """The repro of issue 14.2: a second run into a finished run's folder."""
+    out, steps = tmp_path / "out", ["--steps", "6", "--save-every", "2", "--eval-every", "6"]
+    run_cli(train_args(workspace, out, *steps))
+    first = _checkpoint_files(out)
+    assert [p.name for p in training.checkpoint_dirs(out)] == ["step-0000004", "step-0000006"]
+    with pytest.raises(InputError, match="holds another training run"):
+        run_cli(train_args(workspace, out, *steps, "--seed", "1", "--stop-after", "3"))
+    with pytest.raises(InputError, match=r"knobs differ from it \(run, now\): \{'seed': \(0, 1\)\}"):
+        run_cli(train_args(workspace, out, *steps, "--seed", "1", "--resume"))
+    assert _checkpoint_files(out) == first  # refused before anything was written
+
+    run_cli(train_args(workspace, out, *steps, "--seed", "1", "--stop-after", "3", "--overwrite"))
+    assert [p.name for p in training.checkpoint_dirs(out)] == ["step-0000002", "step-0000003"]  # its own, kept
+    run_cli(train_args(workspace, out, *steps, "--seed", "1", "--resume"))
+    run_cli(train_args(workspace, tmp_path / "straight", *steps, "--seed", "1"))
+    resumed, straight = (load_file(str(p / "model.safetensors")) for p in (out, tmp_path / "straight"))
+    assert all(torch.equal(value, resumed[key]) for key, value in straight.items())
+
+
+def test_resume_and_pruning_skip_checkpoints_of_another_run(workspace, tmp_path):
+    out, steps = tmp_path / "out", ["--steps", "6", "--save-every", "2", "--eval-every", "6"]
+    run_cli(train_args(workspace, out, *steps, "--stop-after", "2"))
+    foreign = out / "checkpoints" / "step-0000009"  # e.g. copied from elsewhere: newer by name, not ours
+    shutil.copytree(out / "checkpoints" / "step-0000002", foreign)
+    state = json.loads((foreign / "trainer_state.json").read_text())
+    (foreign / "trainer_state.json").write_text(json.dumps({**state, "step": 9, "run_id": "another-run"}))
+    run_cli(train_args(workspace, out, *steps, "--resume"))
+    assert [r["step"] for r in training.read_log(out / "train_log.jsonl")] == [1, 2, 3, 4, 5, 6]  # from our step 2
+    assert [p.name for p in training.checkpoint_dirs(out, json.loads((out / "run.json").read_text())["run_id"])] == [
+        "step-0000004", "step-0000006"]
+    assert foreign.is_dir()  # never deleted
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_one_loadable(workspace, tmp_path, monkeypatch):
+    steps = ["--steps", "4", "--save-every", "2", "--eval-every", "4"]
+    run_cli(train_args(workspace, tmp_path / "straight", *steps))
+    out = tmp_path / "killed"
+    real_save, saves = training.save_file, []
+
+    def killed_mid_write(tensors, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 2:  # the step-4 checkpoint: die with half its weights on disk
+            Path(path).write_bytes(b"\0" * 100)
+            raise KeyboardInterrupt("simulated kill during the checkpoint write")
+        return real_save(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(training, "save_file", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(train_args(workspace, out, *steps))
+    monkeypatch.setattr(training, "save_file", real_save)
+    with open(out / "train_log.jsonl", "a") as log:
+        log.write('{"step": 5, "lo')  # a log line cut short by the same kill
+    assert [p.name for p in training.checkpoint_dirs(out)] == ["step-0000002"]
+    run_cli(train_args(workspace, out, *steps, "--resume"))
+    straight, resumed = (load_file(str(p / "model.safetensors")) for p in (tmp_path / "straight", out))
+    assert all(torch.equal(value, resumed[key]) for key, value in straight.items())
+    assert [r["step"] for r in training.read_log(out / "train_log.jsonl")] == [1, 2, 3, 4]
+
+
+SIGINT_SCRIPT = """
+import sys
+from sharedllm import training
+
+real_step = training.train_step
+def slow_step(*args, **kwargs):
+    import time
+    time.sleep(0.5)  # time for the test to see the log and interrupt between steps
+    return real_step(*args, **kwargs)
+training.train_step = slow_step
+from sharedllm.cli import main
+main(["train", *sys.argv[1:]])
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch
+def test_ctrl_c_saves_a_checkpoint_and_resume_loses_nothing(workspace, tmp_path):
+    steps = ["--steps", "12", "--save-every", "100", "--eval-every", "100"]
+    out = tmp_path / "interrupted"
+    script = tmp_path / "train_slowly.py"
+    script.write_text(SIGINT_SCRIPT)
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, str(script), *train_args(workspace, out, *steps)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while len(training.read_log(out / "train_log.jsonl")) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=240)
+    finally:
+        process.kill()
+    assert process.returncode == 130, output[-3000:]
+    assert "sharedllm train: interrupted" in output and "Traceback" not in output
+    stopped = training.checkpoint_dirs(out)
+    assert len(stopped) == 1 and 2 <= int(stopped[0].name.split("-")[1]) < 12  # saved where it stopped
+    run_cli(train_args(workspace, out, *steps, "--resume"))
+    run_cli(train_args(workspace, tmp_path / "straight", *steps))
+    straight, resumed = (load_file(str(p / "model.safetensors")) for p in (tmp_path / "straight", out))
+    assert all(torch.equal(value, resumed[key]) for key, value in straight.items())
+    logs = [training.read_log(p / "train_log.jsonl") for p in (tmp_path / "straight", out)]
+    assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
 
 
 def test_lora_goes_on_upper_only_layers_and_round_trips(workspace, tmp_path):
