@@ -335,9 +335,10 @@ def load_training_documents(config: TrainConfig) -> tuple[list, list, str]:
     return _interleave_domains(train_docs, config.max_train_docs), validation_docs, split
 
 
-def prepare_data(config: TrainConfig, tokenizer, accelerator) -> tuple[data.WindowSampler, torch.Tensor | None, dict]:
+def prepare_data(config: TrainConfig, documents: tuple[list, list, str], tokenizer,
+                 accelerator) -> tuple[data.WindowSampler, torch.Tensor | None, dict]:
     """The rank's training sampler, the fixed validation windows, and a summary of the data."""
-    train_docs, validation_docs, split = load_training_documents(config)
+    train_docs, validation_docs, split = documents
     # Rank 0 tokenises and fills the cache first; the other ranks then read it.
     with accelerator.main_process_first():
         def tokenize(docs):
@@ -346,7 +347,11 @@ def prepare_data(config: TrainConfig, tokenizer, accelerator) -> tuple[data.Wind
 
         train_tokens, validation_tokens = tokenize(train_docs), tokenize(validation_docs)
     separator = tokenizer.eos_token_id if config.pack_documents else None
-    windows = data.build_windows(train_tokens, config.sample_len, config.stride, config.pack_documents, separator)
+    try:
+        windows = data.build_windows(train_tokens, config.sample_len, config.stride, config.pack_documents, separator)
+    except ValueError as err:  # no training document holds one sample
+        raise InputError(f"{err} (--n-chunks x --chunk-size + --decoder-window): use longer documents, smaller "
+                         "knobs" + ("" if config.pack_documents else ", or --pack-documents")) from err
     sampler = data.WindowSampler(windows, config.domain_weights, config.seed,
                                  accelerator.process_index, accelerator.num_processes)
     try:
@@ -635,6 +640,10 @@ def train(config: TrainConfig) -> Path:
     if not accelerator.is_main_process:
         logging.getLogger("sharedllm").setLevel(logging.WARNING)
     output = Path(config.output)
+    try:  # the documents before the model: a bad --data fails in a second, not after loading
+        documents = load_training_documents(config)
+    except (ValueError, FileNotFoundError) as err:
+        raise InputError(f"{'--data' if config.data is not None else 'training corpora'}: {err}") from err
     run_id = start_run(config, accelerator)
     set_seed(config.seed)  # LoRA initialisation, anything random in the model
 
@@ -642,7 +651,7 @@ def train(config: TrainConfig) -> Path:
     params = configure_trainable(model, config)
     logger.info("trainable parameters: %d (%s)", sum(p.numel() for p in params),
                 "cross-attention + upper LoRA" if config.lora_rank else "cross-attention only")
-    sampler, validation, data_summary = prepare_data(config, tokenizer, accelerator)
+    sampler, validation, data_summary = prepare_data(config, documents, tokenizer, accelerator)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     # The scheduler is stepped by hand once per optimiser step (accelerate's wrapper would step it once per
     # process), so the schedule is the same for any number of processes.
