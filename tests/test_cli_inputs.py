@@ -2,9 +2,6 @@
 nothing loaded (the model loaders fail the test if they are reached)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -165,14 +162,3 @@ def test_train_into_a_folder_that_is_not_a_run(no_model, capsys):
     (no_model / "mine" / "notes.txt").write_text("keep")
     line = error_line(capsys, ["train", "--output", "mine", "--data", "book.txt"])
     assert line.startswith("sharedllm train: error: --output mine is not empty and holds no training run (notes.txt)")
-
-
-def test_help_imports_no_torch():
-    code = "import sys; from sharedllm.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n" \
-           "assert 'torch' not in sys.modules, 'sharedllm --help imported torch'\nimport sharedllm\n" \
-           "assert 'torch' not in sys.modules, 'import sharedllm imported torch'"
-    repo = str(Path(__file__).resolve().parents[1])
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": repo})
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "train" in result.stdout and "eval" in result.stdout
