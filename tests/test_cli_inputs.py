@@ -162,3 +162,16 @@ def test_train_into_a_folder_that_is_not_a_run(no_model, capsys):
     (no_model / "mine" / "notes.txt").write_text("keep")
     line = error_line(capsys, ["train", "--output", "mine", "--data", "book.txt"])
     assert line.startswith("sharedllm train: error: --output mine is not empty and holds no training run (notes.txt)")
+
+
+def test_report_refuses_to_replace_the_page_with_nothing(no_model, capsys):
+    (no_model / "docs").mkdir()
+    (no_model / "docs" / "results.md").write_text("committed")
+    line = error_line(capsys, ["report", "--results", "nowhere", "--docs", "docs"])
+    assert line == "sharedllm report: error: no results folder nowhere"
+    (no_model / "results").mkdir()
+    line = error_line(capsys, ["report", "--results", "results", "--docs", "docs"])
+    assert "no result JSON in results: nothing to report (docs/results.md left as it is)" in line
+    (no_model / "results" / "half.json").write_text('{"task": "ppl", "sco')  # e.g. a copy cut short
+    assert "results/half.json is not a result file (not JSON" in error_line(capsys, ["report", "--docs", "docs"])
+    assert (no_model / "docs" / "results.md").read_text() == "committed"

@@ -32,14 +32,27 @@ def add_arguments(parser):
 
 
 def run(args):
+    from sharedllm.cli import InputError
+
+    if not load_results(args.results):  # an empty page would replace the committed one
+        raise InputError(f"no result JSON in {args.results}: nothing to report ({args.docs}/results.md left as it is)")
     path = regenerate(args.results, args.docs)
     print(f"wrote {path}")
 
 
 def load_results(results_dir) -> list[dict]:
+    from sharedllm.cli import InputError
+
+    if not Path(results_dir).is_dir():
+        raise InputError(f"no results folder {results_dir}")
     results = []
     for path in sorted(Path(results_dir).glob("*.json")):
-        result = json.loads(path.read_text())
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputError(f"{path} is not a result file (not JSON: {err}); move it out of {results_dir}") from None
+        if not isinstance(result, dict):
+            continue
         if "task" in result and "scores" in result:  # other JSON (e.g. bench output) is not ours
             result["_file"] = path.name
             results.append(result)
