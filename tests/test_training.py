@@ -154,6 +154,19 @@ def test_train_refuses_a_folder_that_is_not_a_run_unless_told_to_overwrite(works
     assert (out / "notes.txt").read_text() == "keep me"  # --overwrite replaces only what train writes
 
 
+def test_documents_shorter_than_a_sample_fail_clearly_and_leave_the_folder_reusable(workspace, tmp_path):
+    (tmp_path / "short.txt").write_text("far too short for one sample")
+    out = tmp_path / "run"
+    argv = train_args(workspace, out, "--steps", "1")
+    argv[argv.index("--data") + 1] = str(tmp_path / "short.txt")
+    argv[argv.index("--validation-data"):argv.index("--validation-data") + 2] = []
+    with pytest.raises(InputError, match=r"no document has a full sample of 64 tokens .*or --pack-documents"):
+        run_cli(argv)
+    assert [p.name for p in out.iterdir()] == ["run.json"]  # nothing to lose: the next run may take the folder
+    run_cli(train_args(workspace, out, "--steps", "1"))
+    assert (out / "model.safetensors").exists()
+
+
 def _checkpoint_files(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "checkpoints").rglob("*")) if p.is_file()}
 
