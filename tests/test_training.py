@@ -205,6 +205,22 @@ def test_resume_and_pruning_skip_checkpoints_of_another_run(workspace, tmp_path)
     assert foreign.is_dir()  # never deleted
 
 
+def test_a_run_from_before_run_identities_is_refused_or_resumed(workspace, tmp_path):
+    """Folders written before run.json existed (checkpoints without a run id) still resume, and are still protected."""
+    out, steps = tmp_path / "old", ["--steps", "4", "--save-every", "2", "--eval-every", "4"]
+    run_cli(train_args(workspace, out, *steps, "--stop-after", "2"))
+    (out / "run.json").unlink()
+    state_file = out / "checkpoints" / "step-0000002" / "trainer_state.json"
+    state_file.write_text(json.dumps({k: v for k, v in json.loads(state_file.read_text()).items() if k != "run_id"}))
+    with pytest.raises(InputError, match="holds another training run"):
+        run_cli(train_args(workspace, out, *steps))
+    run_cli(train_args(workspace, out, *steps, "--resume"))
+    run_cli(train_args(workspace, tmp_path / "straight", *steps))
+    straight, resumed = (load_file(str(p / "model.safetensors")) for p in (tmp_path / "straight", out))
+    assert all(torch.equal(value, resumed[key]) for key, value in straight.items())
+    assert json.loads((out / "run.json").read_text())["run_id"] == training.LEGACY_RUN_ID
+
+
 def test_an_interrupted_checkpoint_write_leaves_the_previous_one_loadable(workspace, tmp_path, monkeypatch):
     steps = ["--steps", "4", "--save-every", "2", "--eval-every", "4"]
     run_cli(train_args(workspace, tmp_path / "straight", *steps))
