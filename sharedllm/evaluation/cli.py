@@ -150,10 +150,11 @@ def validate_args(args) -> None:
     elif args.data:
         documents = _user_documents(args.data)
         if args.task in ("ppl", "demo") and (args.task == "demo" or args.protocol == "cepe"):
-            # A token is at least one byte (byte-level BPE, SentencePiece with byte fallback): a document of fewer
-            # bytes than T has no T-token window. The exact check, on token counts, follows once the tokenizer loads.
+            # A token covers at least one byte (byte-level BPE; SentencePiece with byte fallback may add one prefix
+            # token): a document of fewer than T - 1 bytes has no T-token window. The exact check, on token counts,
+            # follows once the tokenizer loads.
             longest = max(len(d.text.encode("utf-8")) for d in documents)
-            _require_windows(args.lengths, longest, "bytes")
+            _require_windows(args.lengths, longest, "bytes", slack=1)
 
 
 def _user_documents(paths) -> list:
@@ -165,9 +166,9 @@ def _user_documents(paths) -> list:
         raise InputError(f"--data: {err}") from err
 
 
-def _require_windows(lengths, longest: int, unit: str) -> None:
+def _require_windows(lengths, longest: int, unit: str, slack: int = 0) -> None:
     """CEPE windows are T tokens of one document: a length no document reaches would report no score at all."""
-    if too_long := [n for n in lengths if n > longest]:
+    if too_long := [n for n in lengths if n > longest + slack]:
         raise InputError(f"no document is long enough for a window of {', '.join(map(_k, too_long))} tokens (the "
                          f"longest has {longest:,} {unit}): pass shorter --lengths or longer documents")
 
