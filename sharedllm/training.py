@@ -53,6 +53,8 @@ LEGACY_RUN_ID = "legacy"  # checkpoints written before runs had an identity
 # Everything `train` writes into --output: what --overwrite removes before a new run (other files are left alone).
 RUN_OUTPUTS = (RUN_FILE, CHECKPOINTS, LOG_FILE, "loss_curve.png", "training_summary.json", "model.safetensors",
                "config.json", "generation_config.json", LORA_DIR)
+# The knobs of TrainConfig that are SharedLLMConfig's (method.md "Shapes and names").
+MODEL_KNOBS = ("n_injected_layers", "chunk_size", "decoder_window", "tree_depth", "tokens_per_node", "node_encoding")
 # Knobs that may change between an interrupted run and its resumption without changing the result.
 RESUME_FREE_KNOBS = {"resume", "overwrite", "eval_every", "save_every", "log_every", "command", "progress",
                      "stop_after"}
@@ -114,12 +116,17 @@ class TrainConfig:
 
 def validate_config(config: TrainConfig) -> None:
     """Refuse knobs that would train nothing, crash later, or be silently ignored (one message each)."""
-    at_least = {"steps": 1, "batch_size": 1, "grad_accum": 1, "n_chunks": 1, "chunk_size": 1, "decoder_window": 2,
-                "n_injected_layers": 1, "tree_depth": 0, "tokens_per_node": 1, "warmup": 0, "lora_rank": 0,
-                "eval_every": 1, "eval_windows": 1, "save_every": 1, "log_every": 1}
+    from sharedllm.config import SharedLLMConfig
+
+    at_least = {"steps": 1, "batch_size": 1, "grad_accum": 1, "n_chunks": 1, "decoder_window": 2, "warmup": 0,
+                "lora_rank": 0, "eval_every": 1, "eval_windows": 1, "save_every": 1, "log_every": 1}
     for knob, low in at_least.items():
         if getattr(config, knob) < low:
             raise InputError(f"--{knob.replace('_', '-')} must be at least {low}, got {getattr(config, knob)}")
+    try:  # the model's knobs, checked by their owner now rather than after the base model has loaded
+        SharedLLMConfig(**{knob: getattr(config, knob) for knob in MODEL_KNOBS})
+    except ValueError as err:
+        raise InputError(str(err)) from err
     for knob in ("lr", "weight_decay", "max_grad_norm"):
         if not getattr(config, knob) >= 0:  # also refuses NaN
             raise InputError(f"--{knob.replace('_', '-')} must be >= 0, got {getattr(config, knob)}")
@@ -247,15 +254,7 @@ def build_model(config: TrainConfig):
 
         config.base = str(default_model_path())  # recorded as such in the summary
     base, tokenizer = load_causal_lm(config.base)
-    model = SharedLLMForCausalLM.from_base(
-        base,
-        n_injected_layers=config.n_injected_layers,
-        chunk_size=config.chunk_size,
-        decoder_window=config.decoder_window,
-        tree_depth=config.tree_depth,
-        tokens_per_node=config.tokens_per_node,
-        node_encoding=config.node_encoding,
-    )
+    model = SharedLLMForCausalLM.from_base(base, **{knob: getattr(config, knob) for knob in MODEL_KNOBS})
     if config.init_adapter:
         # from_pretrained checks that the adapter was trained on this very base (weight fingerprint)
         start = SharedLLMForCausalLM.from_pretrained(config.init_adapter, base=base)
