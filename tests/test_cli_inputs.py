@@ -51,6 +51,9 @@ EVAL_CASES = [
     (["--tasks", "niah_single"], "--tasks applies to ruler, not ppl"),
     (["--method", "full", "window", "--label", "x"], "--label names one method's results"),
     (["--adapter", "no/such/adapter"], "no adapter in no/such/adapter (no config.json)"),
+    (["--knob", "decoder_windw=128"], "--knob decoder_windw: not a SharedLLM knob; valid: n_injected_layers"),
+    (["--knob", "tree_depth=5"], "--knob: a leaf of the context tree has chunk_size / 2**tree_depth = 8 tokens"),
+    (["--adapter", "none", "--knob", "tree_selection=best"], "--knob: tree_selection must be one of ('query'"),
     (["--max-windows", "0"], "--max-windows must be at least 1, got 0"),
     (["--method", "full", "--data", "book.txt", "--domains", "books"], "--domains chooses corpus domains"),
 ]

@@ -137,10 +137,8 @@ def validate_args(args) -> None:
             raise InputError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     if args.depths and not all(0.0 <= d <= 1.0 for d in args.depths):
         raise InputError(f"--depths must lie in [0, 1], got {args.depths}")
-    if "sharedllm" in args.methods and str(args.adapter).lower() != "none":
-        if not (Path(args.adapter) / "config.json").is_file():
-            raise InputError(f"no adapter in {args.adapter} (no config.json); train one with `sharedllm train`, pass "
-                             "--adapter PATH, or --adapter none for the untrained (zero-init) model")
+    if "sharedllm" in args.methods:
+        _check_sharedllm_knobs(args)
     if args.task == "longbench":
         if not args.data:
             raise InputError("longbench needs --data FILE.jsonl ... (LongBench cannot be downloaded here)")
@@ -155,6 +153,28 @@ def validate_args(args) -> None:
             # follows once the tokenizer loads.
             longest = max(len(d.text.encode("utf-8")) for d in documents)
             _require_windows(args.lengths, longest, "bytes", slack=1)
+
+
+def _check_sharedllm_knobs(args) -> None:
+    """The adapter exists and its config, with --knob / --decoder-window applied as `methods.SharedLLM` will apply
+    them, passes SharedLLMConfig's checks (the base's own limits are checked once it loads)."""
+    from sharedllm.config import SharedLLMConfig
+    from sharedllm.methods import SharedLLM
+
+    adapter = None if str(args.adapter).lower() == "none" else args.adapter
+    if adapter is not None and not (Path(adapter) / "config.json").is_file():
+        raise InputError(f"no adapter in {adapter} (no config.json); train one with `sharedllm train`, pass "
+                         "--adapter PATH, or --adapter none for the untrained (zero-init) model")
+    knobs = dict(_parse_knob(k) for k in args.knob)
+    if unknown := sorted(set(knobs) - set(SharedLLM.KNOBS)):
+        raise InputError(f"--knob {', '.join(unknown)}: not a SharedLLM knob; valid: {', '.join(SharedLLM.KNOBS)}")
+    try:
+        if adapter is None:
+            SharedLLMConfig(**{"decoder_window": args.decoder_window or 1024, **knobs})
+        else:
+            SharedLLM._adapter_config(adapter, knobs)
+    except (ValueError, TypeError) as err:  # TypeError: a knob of the wrong type, e.g. tree_depth=abc
+        raise InputError(f"--knob: {err}") from err
 
 
 def _user_documents(paths) -> list:
