@@ -11,8 +11,13 @@ install:
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[test]"
 
+# The suite runs as on a fresh machine: HOME and SHAREDLLM_HOME are new empty folders, so no test can lean on
+# this machine's caches (~/.cache/sharedllm, pip's, matplotlib's); the integration tests fetch the default model
+# through `sharedllm.assets` as a user would. PYTHONUSERBASE keeps packages installed with `pip --user` visible.
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs
+	fresh=$$(mktemp -d) && mkdir -p "$$fresh/home" "$$fresh/sharedllm" && \
+	PYTHONUSERBASE="$$($(PY) -m site --user-base)" HOME="$$fresh/home" SHAREDLLM_HOME="$$fresh/sharedllm" \
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs; status=$$?; rm -rf "$$fresh"; exit $$status
 
 demo: install
 	$(PY) -m sharedllm assets

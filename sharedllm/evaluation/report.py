@@ -47,14 +47,27 @@ HEADLINE_PROTOCOL = ("windows of T tokens drawn once per (domain, T) with a fixe
 
 
 def run(args):
+    from sharedllm.cli import InputError
+
+    if not load_results(args.results):  # an empty page would replace the committed one
+        raise InputError(f"no result JSON in {args.results}: nothing to report ({args.docs}/results.md left as it is)")
     path = regenerate(args.results, args.docs)
     print(f"wrote {path}")
 
 
 def load_results(results_dir) -> list[dict]:
+    from sharedllm.cli import InputError
+
+    if not Path(results_dir).is_dir():
+        raise InputError(f"no results folder {results_dir}")
     results = []
     for path in sorted(Path(results_dir).glob("*.json")):
-        result = json.loads(path.read_text())
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputError(f"{path} is not a result file (not JSON: {err}); move it out of {results_dir}") from None
+        if not isinstance(result, dict):
+            continue
         if "task" in result and "scores" in result:  # other JSON (e.g. bench output) is not ours
             result["_file"] = path.name
             results.append(result)
@@ -97,8 +110,8 @@ def latest_by_method(results) -> dict[str, dict]:
 
 def cell(task, result, length) -> str:
     score = result["scores"].get(str(length))
-    if score is None:
-        return "–"
+    if score is None:  # not measured, or measured without a single window (older runs wrote a null score)
+        return "– (no window)" if result.get("counts", {}).get(str(length), {}).get("windows") == 0 else "–"
     counts = result.get("counts", {})
     if task == "ppl":
         c = counts.get(str(length), {})
@@ -329,7 +342,10 @@ def headline_section(results_dir, figures: Path) -> list[str]:
     return lines
 
 
-def plot_ppl(task_results, path, title) -> None:
+def plot_ppl(task_results, path, title) -> bool:
+    """Perplexity against length, one line per method; False (and no file) when no cell has a score."""
+    if not any(v is not None for r in task_results.values() for v in r["scores"].values()):
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
@@ -343,6 +359,8 @@ def plot_ppl(task_results, path, title) -> None:
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for i, (method, result) in enumerate(task_results.items()):
         points = sorted((int(n), v) for n, v in result["scores"].items() if v is not None)
+        if not points:
+            continue
         few = windows(result) < most  # rows scored on fewer windows: dashed, only comparable with each other
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colours[i % len(colours)],
                 linestyle="--" if few else "-", label=f"{method} ({windows(result)} win)" if few else method)
@@ -356,6 +374,7 @@ def plot_ppl(task_results, path, title) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 def regenerate(results_dir="results", docs_dir="docs") -> Path:
@@ -396,8 +415,7 @@ def regenerate(results_dir="results", docs_dir="docs") -> Path:
             lines += table(task, by_method) + [""]
             if task in ("ruler", "longbench"):
                 lines += breakdown(task, by_method) + [""]
-            if task == "ppl":
-                plot_ppl(by_method, figures / f"{name}.png", f"{protocol} PPL, {model}, {data}")
+            if task == "ppl" and plot_ppl(by_method, figures / f"{name}.png", f"{protocol} PPL, {model}, {data}"):
                 lines += [f"![perplexity vs length](figures/{name}.png)", ""]
             if task in ("passkey", "niah"):
                 for method, result in by_method.items():

@@ -1,0 +1,182 @@
+"""Bad input through the real entry point `sharedllm.cli.main`: one line naming what to change, a non-zero exit, and
+nothing loaded (the model loaders fail the test if they are reached)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from test_eval_tasks import PROSE, FakeBase, char_tokenizer
+
+import sharedllm.modeling
+from sharedllm import training
+from sharedllm.cli import main
+from sharedllm.evaluation import report
+
+
+@pytest.fixture
+def no_model(monkeypatch, tmp_path):
+    """Loading a model or building a method fails the test: every error below must come before."""
+    def refuse(*args, **kwargs):
+        pytest.fail("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(sharedllm.modeling, "load_causal_lm", refuse)
+    monkeypatch.setattr(training, "build_model", refuse)
+    monkeypatch.setenv("SHAREDLLM_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "book.txt").write_text(PROSE)
+    (tmp_path / "short.txt").write_text("A short note.\n")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait ".encode("latin-1") * 100)
+    return tmp_path
+
+
+def error_line(capsys, argv, code=2) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return err.splitlines()[-1]
+
+
+EVAL_CASES = [
+    (["--method", "foo"], "sharedllm eval: error: unknown method 'foo'; valid methods: full, window"),
+    (["--data", "latin1.txt"], "latin1.txt is not UTF-8 text (byte 0xe9 at offset 3); convert it first"),
+    (["--data", "empty.txt"], "--data: no usable document in empty.txt (skipped 1 x empty file)"),
+    (["--data", "missing.txt"], "--data: no such file or directory: missing.txt"),
+    (["--data", "short.txt", "--lengths", "4K"],
+     "no document is long enough for a window of 4K tokens (the longest has 14 bytes): pass shorter --lengths"),
+    (["--knob", "tree_depth"], "--knob takes KEY=VALUE, got 'tree_depth'"),
+    (["--method", "full", "--knob", "tree_depth=1"], "--knob sets method knobs: it needs --method sharedllm, cepe or infllm"),
+    (["--tasks", "niah_single"], "--tasks applies to ruler, not ppl"),
+    (["--method", "full", "window", "--label", "x"], "--label names one method's results"),
+    (["--adapter", "no/such/adapter"], "no adapter in no/such/adapter (no config.json)"),
+    (["--knob", "decoder_windw=128"], "--knob decoder_windw: not a SharedLLM knob; valid: n_injected_layers"),
+    (["--knob", "tree_depth=5"], "--knob: a leaf of the context tree has chunk_size / 2**tree_depth = 8 tokens"),
+    (["--adapter", "none", "--knob", "tree_selection=best"], "--knob: tree_selection must be one of ('query'"),
+    (["--max-windows", "0"], "--max-windows must be at least 1, got 0"),
+    (["--method", "full", "--data", "book.txt", "--domains", "books"], "--domains chooses corpus domains"),
+]
+
+
+@pytest.mark.parametrize("extra, expected", EVAL_CASES, ids=[" ".join(c[0]) for c in EVAL_CASES])
+def test_eval_ppl_bad_input_is_one_line_before_loading(no_model, capsys, extra, expected):
+    argv = ["eval", "ppl", "--base", "fake", "--data", "book.txt", "--lengths", "1K", *extra]
+    assert expected in error_line(capsys, argv)
+
+
+@pytest.mark.parametrize("lengths, shown", [("4Q", "'4Q'"), ("0", "'0'"), ("-4096", "'-4096'"), ("4.5", "'4.5'"),
+                                            ("K", "'K'")])
+def test_bad_length_strings(no_model, capsys, lengths, shown):
+    line = error_line(capsys, ["eval", "ppl", "--base", "fake", "--lengths", lengths])
+    assert f"argument --lengths: {shown} is not a length in tokens: use e.g. 4096, 4K" in line
+
+
+def test_eval_depths_out_of_range(no_model, capsys):
+    line = error_line(capsys, ["eval", "passkey", "--base", "fake", "--method", "full", "--depths", "1.5"])
+    assert line == "sharedllm eval: error: --depths must lie in [0, 1], got [1.5]"
+
+
+LONGBENCH_CASES = [
+    ("", "empty.jsonl holds no record (one JSON object per line, LongBench format)"),
+    ('{"input": "q", "context": "c", "answers": ["a"]}\n{"input": "q", "context\n',
+     "bad.jsonl line 2: not JSON (Unterminated string"),
+    ('["a list"]\n', "bad.jsonl line 1: a JSON list, not a record (object)"),
+    ('\n\n{"input": "q", "answers": ["a"]}\n', "bad.jsonl line 3: record without ['context']"),
+]
+
+
+@pytest.mark.parametrize("content, expected", LONGBENCH_CASES)
+def test_longbench_bad_files_name_file_and_line(no_model, capsys, content, expected):
+    name = "empty.jsonl" if not content else "bad.jsonl"
+    (no_model / name).write_text(content)
+    line = error_line(capsys, ["eval", "longbench", "--base", "fake", "--method", "full", "--data", name])
+    assert expected in line and line.startswith("sharedllm eval: error: ")
+
+
+def test_longbench_without_data_or_with_a_missing_file(no_model, capsys):
+    assert "longbench needs --data" in error_line(capsys, ["eval", "longbench", "--base", "fake", "--method", "full"])
+    line = error_line(capsys, ["eval", "longbench", "--base", "fake", "--method", "full", "--data", "nope.jsonl"])
+    assert line == "sharedllm eval: error: nope.jsonl: no such file"
+
+
+def test_default_adapter_is_found_from_any_folder(no_model):
+    from sharedllm.evaluation import cli
+
+    assert Path.cwd() == no_model  # not the repository
+    assert (Path(cli.DEFAULT_ADAPTER) / "config.json").is_file()
+    assert cli._repo_relative(str(cli.DEFAULT_ADAPTER)) == "adapters/smollm2-135m"  # results name no machine path
+
+
+def test_no_window_in_tokens_is_caught_before_any_method_runs(no_model, monkeypatch, capsys):
+    """More bytes than T but fewer tokens than T (a 2-byte character is one token): caught once tokenised."""
+    import sharedllm.methods
+
+    (no_model / "accents.txt").write_text("\u00e9" * 600)  # 1200 bytes, 600 tokens
+    monkeypatch.setattr(sharedllm.modeling, "load_causal_lm", lambda path, dtype=None: (FakeBase(), char_tokenizer()))
+    monkeypatch.setattr(sharedllm.methods, "load_method", lambda *a, **k: pytest.fail("a method was built"))
+    line = error_line(capsys, ["eval", "ppl", "--base", "fake", "--method", "full", "--data", "accents.txt",
+                               "--lengths", "1K", "--output", "results"])
+    assert "window of 1K tokens (the longest has 600 tokens)" in line
+    assert not (no_model / "results").exists()  # no result with a null score
+
+
+def test_report_marks_cells_without_a_window_instead_of_crashing(tmp_path):
+    """Older runs wrote a null score for a length without any window; the report must not try to plot it."""
+    results = tmp_path / "results"
+    results.mkdir()
+    result = {"task": "ppl", "protocol": "cepe", "method": "full", "model": "m", "data": {"source": "short.txt"},
+              "scores": {"4096": None}, "counts": {"4096": {"windows": 0}}, "created": "2026-01-01"}
+    (results / "ppl_full.json").write_text(json.dumps(result))
+    page = report.regenerate(results, tmp_path / "docs").read_text()
+    assert "| full | – (no window) |" in page and "![perplexity" not in page
+    result.update(method="window", scores={"4096": 12.0}, counts={"4096": {"windows": 3}})
+    (results / "ppl_window.json").write_text(json.dumps(result))
+    page = report.regenerate(results, tmp_path / "docs").read_text()
+    assert "| window | 12.00 (3 win) |" in page and "![perplexity" in page
+
+
+DATA = ["--data", "book.txt"]
+TRAIN_CASES = [
+    ([*DATA, "--steps", "0"], "--steps must be at least 1, got 0"),
+    ([*DATA, "--steps", "-3"], "--steps must be at least 1, got -3"),
+    ([*DATA, "--grad-accum", "0"], "--grad-accum must be at least 1, got 0"),
+    ([*DATA, "--chunk-size", "100", "--tree-depth", "3"], "chunk_size (100) must be divisible by 2**tree_depth (8)"),
+    ([*DATA, "--tokens-per-node", "0"], "tokens_per_node must be >= 1, got 0"),
+    ([*DATA, "--lr", "nan"], "--lr must be >= 0, got nan"),
+    ([*DATA, "--stop-after", "9", "--steps", "5"], "--stop-after must be in [1, --steps = 5], got 9"),
+    ([*DATA, "--retrieval-fraction", "1.5"], "--retrieval-fraction must be in [0, 1], got 1.5"),
+    ([*DATA, "--resume", "--overwrite"], "--resume continues the run in --output, --overwrite replaces it: pass one"),
+    (["--validation-data", "book.txt"], "--validation-data goes with --data"),
+    ([*DATA, "--domains", "books"], "--domains chooses asset corpora; with --data your files are the training data"),
+    (["--data", "missing.txt"], "--data: no such file or directory: missing.txt"),
+    (["--data", "empty.txt"], "--data: no usable document in empty.txt"),
+    (["--data", "latin1.txt"], "--data: latin1.txt is not UTF-8 text"),
+    ([], "training corpora: the books corpus is not in"),  # the assets were never fetched
+]
+
+
+@pytest.mark.parametrize("extra, expected", TRAIN_CASES, ids=[" ".join(c[0]) for c in TRAIN_CASES])
+def test_train_bad_input_is_one_line_before_loading(no_model, capsys, extra, expected):
+    assert expected in error_line(capsys, ["train", "--output", "run", *extra])
+    assert not (no_model / "run").exists()  # nothing written
+
+
+def test_train_into_a_folder_that_is_not_a_run(no_model, capsys):
+    (no_model / "mine").mkdir()
+    (no_model / "mine" / "notes.txt").write_text("keep")
+    line = error_line(capsys, ["train", "--output", "mine", "--data", "book.txt"])
+    assert line.startswith("sharedllm train: error: --output mine is not empty and holds no training run (notes.txt)")
+
+
+def test_report_refuses_to_replace_the_page_with_nothing(no_model, capsys):
+    (no_model / "docs").mkdir()
+    (no_model / "docs" / "results.md").write_text("committed")
+    line = error_line(capsys, ["report", "--results", "nowhere", "--docs", "docs"])
+    assert line == "sharedllm report: error: no results folder nowhere"
+    (no_model / "results").mkdir()
+    line = error_line(capsys, ["report", "--results", "results", "--docs", "docs"])
+    assert "no result JSON in results: nothing to report (docs/results.md left as it is)" in line
+    (no_model / "results" / "half.json").write_text('{"task": "ppl", "sco')  # e.g. a copy cut short
+    assert "results/half.json is not a result file (not JSON" in error_line(capsys, ["report", "--docs", "docs"])
+    assert (no_model / "docs" / "results.md").read_text() == "committed"
