@@ -53,7 +53,7 @@ for task_defaults in DEFAULTS.values():
 
 
 # Options that only some tasks read: given to another task they would be ignored without a word.
-TASK_OPTIONS = {"protocol": {"ppl"}, "max_windows": {"ppl", "demo"}, "trials": {"passkey", "niah", "ruler", "demo"},
+TASK_OPTIONS = {"protocol": {"ppl"}, "max_windows": {"ppl", "heldout", "demo"}, "trials": {"passkey", "niah", "ruler", "demo"},
                 "depths": {"passkey", "niah", "demo"}, "tasks": {"ruler"}, "threshold": {"ruler"},
                 "limit": {"longbench"}, "docs": {"demo"}}
 
