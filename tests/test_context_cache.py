@@ -153,3 +153,106 @@ def test_cache_is_stored_in_the_base_dtype():
     float_model = model.to(torch.float32)
     with pytest.raises(ValueError, match="dtype='bfloat16' \\(model: 'float32'\\)"):
         float_model(torch.tensor([[5, 6]]), past_key_values=context)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `sharedllm ask` on a tiny model and a character-level tokenizer (the command logic; model loading is patched)
+
+
+def char_tokenizer(chat_template=True):
+    """Token i is chr(i) (0-2 are <pad>, <s>, </s>): every random id decodes, and text tokenizes the same in parts."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = {0: "<pad>", 1: "<s>", 2: "</s>"}
+    backend = Tokenizer(models.WordLevel({specials.get(i, chr(i)): i for i in range(128)}, unk_token="?"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    if chat_template:
+        tokenizer.chat_template = (
+            "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
+        )
+    return tokenizer
+
+
+def expected_answer(model, tokenizer, document: str, question: str, max_new_tokens: int) -> str:
+    """From scratch: the whole chat prompt (document and question in one user message) through generate()."""
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": f"{document}\n\nQuestion: {question}"}],
+                                           tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=2, pad_token_id=0)
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+@pytest.fixture
+def ask_setup(tmp_path, monkeypatch):
+    """A tiny model behind `sharedllm ask`, and two text files (one with a byte that is not UTF-8)."""
+    from sharedllm import ask
+
+    model, tokenizer = randomise_adapter(wrap(tiny_model("llama"))), char_tokenizer()
+    monkeypatch.setattr(ask, "load_model", lambda adapter, device: (model, tokenizer))
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_text("The cat sat on the mat. " * 6)
+    second.write_bytes(b"A second file, a bad byte \xff here, and the end of it.\n")
+    document = f"first.txt:\n{first.read_text().strip()}\n\nsecond.txt:\nA second file, a bad byte \ufffd here, and the end of it."
+    return model, tokenizer, [str(first), str(second)], document
+
+
+def run_cli(argv):
+    from sharedllm.cli import build_parser
+
+    args = build_parser().parse_args(["ask", *argv])
+    return args.run(args)
+
+
+def test_ask_streams_answers_equal_to_from_scratch(ask_setup, capsys):
+    model, tokenizer, files, document = ask_setup
+    questions = ["Where did the cat sit?", "What is in the second file?"]
+    assert run_cli([*files, "--question", questions[0], "-q", questions[1], "--max-new-tokens", "12"]) == 0
+    out, err = capsys.readouterr()
+    expected = [expected_answer(model, tokenizer, document, q, 12) for q in questions]
+    assert out == "".join(answer + "\n" for answer in expected)
+    assert "encoded once in" in err and err.count("tokens in context") == 2 and "answered in" in err
+
+
+def test_ask_interactive_answers_stdin_until_empty_line(ask_setup, capsys, monkeypatch):
+    import io
+
+    model, tokenizer, files, document = ask_setup
+    monkeypatch.setattr("sys.stdin", io.StringIO("Who sat?\nWhat mat?\n\nnever asked\n"))
+    assert run_cli([*files, "-q", "First?", "--interactive", "--max-new-tokens", "6"]) == 0
+    out, err = capsys.readouterr()
+    expected = [expected_answer(model, tokenizer, document, q, 6) for q in ("First?", "Who sat?", "What mat?")]
+    assert out == "".join(answer + "\n" for answer in expected)
+    assert err.count("encoded once in") == 1  # the files are encoded once for every question
+
+
+def test_ask_without_questions_reads_stdin(ask_setup, capsys, monkeypatch):
+    import io
+
+    model, tokenizer, files, document = ask_setup
+    monkeypatch.setattr("sys.stdin", io.StringIO("Who sat?\n"))  # ends at end of input
+    assert run_cli([files[0], "--max-new-tokens", "5"]) == 0
+    single = "The cat sat on the mat. " * 6
+    assert capsys.readouterr().out == expected_answer(model, tokenizer, single.strip(), "Who sat?", 5) + "\n"
+
+
+def test_ask_missing_or_empty_file_fails_in_one_line(tmp_path, capsys, monkeypatch):
+    from sharedllm import ask
+
+    monkeypatch.setattr(ask, "load_model", lambda *a: pytest.fail("the model is loaded after the files are read"))
+    assert run_cli([str(tmp_path / "nope.txt"), "-q", "x"]) == 2
+    assert capsys.readouterr().err == f"sharedllm ask: no such file: {tmp_path / 'nope.txt'}\n"
+    (tmp_path / "blank.txt").write_text(" \n\n")
+    assert run_cli([str(tmp_path / "blank.txt"), "-q", "x"]) == 2
+    assert capsys.readouterr().err == f"sharedllm ask: {tmp_path / 'blank.txt'} is empty\n"
+
+
+def test_ask_prompt_without_chat_template_and_default_adapter():
+    from sharedllm.ask import DEFAULT_ADAPTER, prompt_parts
+
+    assert prompt_parts(char_tokenizer(chat_template=False)) == ("", "\n\nQuestion: ", "\nAnswer:")
+    assert prompt_parts(char_tokenizer()) == ("<u>", "\n\nQuestion: ", "</u><a>")
+    assert DEFAULT_ADAPTER.is_absolute() and (DEFAULT_ADAPTER / "config.json").is_file()
