@@ -125,7 +125,9 @@ class ContextCache(DynamicCache):
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         if metadata.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a sharedllm context cache (format {metadata.get('format')!r}, expected {FORMAT!r})")
+            raise ValueError(
+                f"{path} is not a sharedllm context cache (format {metadata.get('format')!r}, expected {FORMAT!r})"
+            )
         signature = json.loads(metadata["signature"])
         _check_signature(signature, model, f"the context cache {path}")
         tensors = load_file(str(path), device=str(model.device))
@@ -168,7 +170,8 @@ class ContextCache(DynamicCache):
         if not bool(stored.any()):
             return fresh
         out = self.lowered.select(chunk_index.clamp(max=self.n_chunks - 1))  # a copy: the fresh rows are overwritten
-        for target, new in zip([*out.keys, *out.values, out.node_vectors], [*fresh.keys, *fresh.values, fresh.node_vectors]):
+        targets, news = [*out.keys, *out.values, out.node_vectors], [*fresh.keys, *fresh.values, fresh.node_vectors]
+        for target, new in zip(targets, news):
             target[~stored] = new
         return out
 
@@ -191,7 +194,8 @@ def _check_signature(signature: dict, model, what: str) -> None:
     if "base_fingerprint" in differ:
         raise ValueError(
             f"{what} was encoded by a base model with weight fingerprint {signature.get('base_fingerprint')}, but "
-            f"this model's base has fingerprint {expected['base_fingerprint']}; encode the document again with this model"
+            f"this model's base has fingerprint {expected['base_fingerprint']}; encode the document again with this "
+            "model"
         )
     if differ:
         found = ", ".join(f"{name}={signature.get(name)!r} (model: {expected[name]!r})" for name in differ)
