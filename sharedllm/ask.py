@@ -67,13 +67,12 @@ def _token_ids(tokenizer, text: str, special: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"]
 
 
-def read_questions(stream, prompt: str = "question> ") -> Iterator[str]:
-    """Questions from a stream, one per line, until end of file or an empty line."""
+def read_questions(stream, prompt: str = "") -> Iterator[str]:
+    """Questions from a stream, one per line, until end of file or an empty line (`prompt` shown on stderr)."""
     while True:
         print(prompt, end="", file=sys.stderr, flush=True)
         line = stream.readline()
         if not line.strip():
-            print(file=sys.stderr)
             return
         yield line.strip()
 
@@ -174,8 +173,10 @@ def run(args) -> int:
         _log(f"question: {question}")
         asker.answer(question, args.max_new_tokens)
     if args.interactive or not args.question:
+        prompt = ""
         if sys.stdin.isatty():
             _log("type a question and press enter; an empty line or end of input (Ctrl-D) quits")
-        for question in read_questions(sys.stdin):
+            prompt = "question> "
+        for question in read_questions(sys.stdin, prompt):
             asker.answer(question, args.max_new_tokens)
     return 0
