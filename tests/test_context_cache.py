@@ -78,6 +78,23 @@ def test_batched_questions_equal_from_scratch():
             assert torch.equal(row, scratch_generate(model, document, question)[0])
 
 
+def test_beam_search_and_sampling_with_the_cache_equal_from_scratch():
+    """generate() expands the question rows (beams, several samples); each is still read after the document."""
+    model, document, questions = setup()
+    with torch.no_grad():
+        context = ContextCache.encode(model, document)
+        for question in (questions[0], questions[-1]):  # window-only and extra-chunk cases
+            full = torch.cat([document, question])[None]
+            beams = dict(max_new_tokens=12, min_new_tokens=12, num_beams=3, do_sample=False, pad_token_id=0)
+            cached = model.generate(question[None], past_key_values=context, **beams)[0, len(question) :]
+            assert torch.equal(cached, model.generate(full, **beams)[0, full.shape[1] :])
+            samples = dict(max_new_tokens=12, do_sample=True, top_k=0, num_return_sequences=2, pad_token_id=0)
+            torch.manual_seed(3)
+            cached = model.generate(question[None], past_key_values=context, **samples)[:, len(question) :]
+            torch.manual_seed(3)
+            assert torch.equal(cached, model.generate(full, **samples)[:, full.shape[1] :])
+
+
 def test_one_cache_serves_models_that_differ_in_question_time_knobs():
     """The stored pass does not depend on tree_selection, decoder_window, tokens_per_node or compression."""
     query_model, document, questions = setup("query")
