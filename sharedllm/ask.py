@@ -131,7 +131,9 @@ def load_model(adapter: str | Path | None = None, device: str | None = None):
 
     adapter = Path(adapter) if adapter else DEFAULT_ADAPTER
     if not (adapter / "config.json").is_file():
-        raise AskError(f"no adapter in {adapter} (a folder written by `sharedllm train` or save_pretrained)")
+        raise AskError(
+            f"no adapter in {adapter}; pass --adapter DIR (a folder written by `sharedllm train` or save_pretrained)"
+        )
     config = SharedLLMConfig.from_pretrained(adapter)
     base, tokenizer = load_causal_lm(config.base_model)
     model = SharedLLMForCausalLM.from_pretrained(adapter, base=base, config=config)
