@@ -15,6 +15,7 @@ COMMANDS = {
     "eval": ("sharedllm.evaluation.cli", "evaluate a method with the field's protocols (ppl, passkey, niah, ruler, longbench)"),
     "report": ("sharedllm.evaluation.report", "regenerate docs/results.md and plots from result JSON files"),
     "bench": ("sharedllm.benchmark", "measure prefill / decode time and peak memory against input length"),
+    "ask": ("sharedllm.ask", "read long text files once, then answer questions about them"),
 }
 
 

@@ -361,6 +361,19 @@ class EncodedContext:
         )
 
 
+@dataclass
+class LowerChunks:
+    """The lower model's pass over N whole chunks, before any query: all that a question's tree search and node
+    compression read (with node_encoding="chunk"), so a document's chunks can be encoded once and kept."""
+
+    keys: list[torch.Tensor]  # per injected layer (N, Hkv, C, hd), post-RoPE at positions c + 0..C-1
+    values: list[torch.Tensor]  # per injected layer (N, Hkv, C, hd)
+    node_vectors: torch.Tensor  # (N, 2**(D-1), hidden): normed layer-0 state at the end of every shortest compared node
+
+    def select(self, index: torch.LongTensor) -> "LowerChunks":
+        return LowerChunks([k[index] for k in self.keys], [v[index] for v in self.values], self.node_vectors[index])
+
+
 class SharedLLMCache(DynamicCache):
     """A stock DynamicCache for the decoder window's self-attention, plus what SharedLLM keeps across steps: the
     compressed context, the tree query vectors, and the decoder window's tokens (to rebuild after a roll-over)."""
@@ -621,23 +634,44 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         values = [recorder.layers[i].values for i in range(n_layers)]
         return layer0, keys, values
 
-    def _encode_by_chunk(self, chunk_ids, chunk_index, query):
-        """One lower pass per whole chunk; node vectors and node key/values are read from that pass."""
+    def _encode_by_chunk(self, chunk_ids, chunk_index, query, lower=None):
+        """One lower pass per whole chunk; node vectors and node key/values are read from that pass.
+
+        `lower(chunk_ids, chunk_index) -> LowerChunks` replaces that pass (a context cache hands back stored ones)."""
+        return self._select_nodes((lower or self._lower_chunks)(chunk_ids, chunk_index), query)
+
+    def _lower_chunks(self, chunk_ids, chunk_index) -> LowerChunks:
+        """The question-independent half of `_encode_by_chunk`: the lower model over (N, C) chunks, chunk index as
+        the rotary offset. Only the node vectors the tree can compare are kept: the ends of nodes of C / 2**(D-1)
+        tokens and their multiples (none when D < 2: no level makes a choice)."""
         cfg = self.config
         n, chunk_size = chunk_ids.shape
         positions = chunk_index[:, None] + torch.arange(chunk_size, device=chunk_ids.device)[None, :]
         layer0, keys, values = self._run_lower(chunk_ids, positions, cfg.n_injected_layers)
+        if cfg.tree_depth >= 2:
+            shortest = chunk_size // 2 ** (cfg.tree_depth - 1)
+            node_vectors = self.decoder.norm(layer0[:, shortest - 1 :: shortest])
+        else:
+            node_vectors = layer0.new_empty(n, 0, layer0.shape[-1])
+        return LowerChunks(keys, values, node_vectors)
 
-        def node_vectors(starts, length):  # (N, 2) -> (N, 2, hidden): layer-0 state at each node's last token
-            last = (starts + length - 1)[:, :, None].expand(-1, -1, layer0.shape[-1])
-            return self.decoder.norm(layer0.gather(1, last))
+    def _select_nodes(self, lowered: LowerChunks, query):
+        """The question-dependent half: search each chunk's tree with its row's query (N, hidden), then compress the
+        kept nodes. Returns per injected layer (N, Hkv, K, hd) keys and values."""
+        cfg = self.config
+        n, chunk_size = lowered.keys[0].shape[0], cfg.chunk_size
+        table = lowered.node_vectors
 
-        kept = search_tree(node_vectors, query, n, chunk_size, cfg.tree_depth, cfg.tree_selection, chunk_ids.device)
+        def node_vectors(starts, length):  # (N, 2) -> (N, 2, hidden): the stored vector at each node's last token
+            slot = (starts + length) // (chunk_size // table.shape[1]) - 1
+            return table.gather(1, slot[:, :, None].expand(-1, -1, table.shape[-1]))
+
+        kept = search_tree(node_vectors, query, n, chunk_size, cfg.tree_depth, cfg.tree_selection, table.device)
         compress = lambda kv: torch.cat(  # noqa: E731
             [compress_node(kv, start, length, cfg.tokens_per_node, cfg.node_compression) for start, length in kept],
             dim=2,
         )
-        return [compress(k) for k in keys], [compress(v) for v in values]
+        return [compress(k) for k in lowered.keys], [compress(v) for v in lowered.values]
 
     def _encode_by_node(self, chunk_ids, chunk_index, query):
         """The reference encoding: every candidate and kept node is encoded alone, with local positions."""
@@ -664,9 +698,9 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                 values[i].append(compress_node(node_values[i], zero, length, cfg.tokens_per_node, cfg.node_compression))
         return [torch.cat(k, dim=2) for k in keys], [torch.cat(v, dim=2) for v in values]
 
-    def _encode_context(self, input_ids, start, n_chunks, first_chunk_index, query) -> EncodedContext:
+    def _encode_context(self, input_ids, start, n_chunks, first_chunk_index, query, lower=None) -> EncodedContext:
         """Encode the first n_chunks[b] whole chunks of row b's real tokens (which begin at start[b]); chunk j of
-        row b has chunk index first_chunk_index[b] + j.
+        row b has chunk index first_chunk_index[b] + j. `lower`: see `_encode_by_chunk`.
 
         Only real chunks are encoded, `max_chunks_per_pass` at a time so that peak memory does not grow with the
         input, each pass written straight into one (B, Hkv, n, K, hd) buffer (no concatenation copies). Returns
@@ -678,7 +712,10 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         chunk_valid = torch.arange(n_max, device=input_ids.device)[None, :] < n_chunks[:, None]  # (B, n)
         rows, slots = chunk_valid.nonzero(as_tuple=True)
         chunk_index = first_chunk_index[rows] + slots
-        encode = self._encode_by_chunk if self.config.node_encoding == "chunk" else self._encode_by_node
+        if self.config.node_encoding == "chunk":
+            encode = lambda ids, index, q: self._encode_by_chunk(ids, index, q, lower)  # noqa: E731
+        else:
+            encode = self._encode_by_node
         keys, values = None, None
         for first in range(0, rows.shape[0], self.config.max_chunks_per_pass):
             part = slice(first, first + self.config.max_chunks_per_pass)
@@ -826,7 +863,9 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         query_position: index of the tree's query token among each row's real tokens (int or (B,), negative from
             the end). Default: with labels, the last token before the first scored label; else the last token.
             Ignored with full_logits, where each span's query is the token before the span.
-        past_key_values: during `generate`, the cache; an empty one starts a cached prefill.
+        past_key_values: during `generate`, the cache; an empty one starts a cached prefill. A
+            `sharedllm.context_cache.ContextCache` (a document encoded once) is read as a prefix of every row: the
+            rows are the questions, answered as if each were appended to the document.
         logits_to_keep: if > 0, only the last that many positions get logits (generation needs 1).
         full_logits: logits for every input position, (B, L, V) in the input's layout, as harnesses expect
             (default: `config.full_logits`). Position p's logits then depend on tokens 0..p only; see `_all_logits`.
@@ -836,6 +875,14 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         self._check_inputs(input_ids, None if decoding else attention_mask, labels, kwargs)
         if decoding:
             return self._decode_step(input_ids, past_key_values, logits_to_keep)
+        from sharedllm.context_cache import ContextCache  # here, not at the top: that module builds on this one
+
+        if isinstance(past_key_values, ContextCache):
+            input_ids, attention_mask, labels, query_position = past_key_values.prepend_document(
+                self, input_ids, attention_mask, labels, query_position
+            )
+            lower = lambda ids, index: past_key_values.lower_chunks(self, ids, index)  # noqa: E731
+            return self._full_forward(input_ids, attention_mask, labels, query_position, True, logits_to_keep, lower)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         cached = past_key_values is not None  # an empty cache from generate(): a cached prefill
@@ -952,7 +999,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError(f"query_position {query_position} is outside the rows' real tokens (lengths {length.tolist()})")
         return query
 
-    def _full_forward(self, input_ids, attention_mask, labels, query_position, cached, logits_to_keep):
+    def _full_forward(self, input_ids, attention_mask, labels, query_position, cached, logits_to_keep, lower=None):
         cfg = self.config
         start, length = real_token_spans(attention_mask)
         n_chunks = context_chunk_counts(length, cfg.chunk_size, cfg.decoder_window)
@@ -968,7 +1015,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         if int(n_chunks.max()) > 0 or cached:  # a cached prefill keeps the query for chunks that roll in later
             query = self._query_vectors(input_ids, start, query_index)
         if int(n_chunks.max()) > 0:
-            context = self._encode_context(input_ids, start, n_chunks, torch.zeros_like(n_chunks), query)
+            context = self._encode_context(input_ids, start, n_chunks, torch.zeros_like(n_chunks), query, lower)
 
         cache = None
         if cached:
