@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sharedllm import data
+from sharedllm.distillation import teacher_window_logits, topk_distillation_loss
 from sharedllm.lora import LORA_DIR, LORA_WEIGHTS, add_upper_lora, load_upper_lora  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class TrainConfig:
     n_injected_layers: int = 4
     tree_depth: int = 3
     tokens_per_node: int = 32
+    leaf_tokens_per_node: int | None = None
+    tree_selection: str = "query"
     node_encoding: str = "chunk"
     # optimisation
     steps: int = 200
@@ -78,6 +81,9 @@ class TrainConfig:
     lora_rank: int = 0
     gradient_checkpointing: bool = False
     retrieval_fraction: float = 0.0  # share of samples with key-value facts planted in context (data.py)
+    copy_fraction: float = 0.0  # share of samples whose decoder window repeats a context span (data.copy_sample)
+    distill_weight: float = 0.0  # weight of the KL to the full-attention base on the decoder window (distillation.py)
+    distill_top_k: int = 50
     init_adapter: str | None = None  # start from this adapter's weights instead of the zero-initialised ones
     stop_after: int | None = None  # end the run after this step (checkpoint + adapter), schedule unchanged
     seed: int = 0
@@ -115,6 +121,8 @@ def build_model(config: TrainConfig):
         decoder_window=config.decoder_window,
         tree_depth=config.tree_depth,
         tokens_per_node=config.tokens_per_node,
+        leaf_tokens_per_node=config.leaf_tokens_per_node,
+        tree_selection=config.tree_selection,
         node_encoding=config.node_encoding,
     )
     if config.init_adapter:
@@ -246,12 +254,16 @@ def next_micro_batch(sampler, config: TrainConfig, tokenizer) -> tuple[torch.Ten
     first = sampler.samples_drawn
     ids = sampler.next_batch(config.batch_size)
     labels, query = ids.clone(), torch.full((len(ids),), -1, dtype=torch.long)
-    for row in range(len(ids)) if config.retrieval_fraction else ():
+    context_len = config.n_chunks * config.chunk_size
+    for row in range(len(ids)) if config.retrieval_fraction or config.copy_fraction else ():
         rng = np.random.default_rng([config.seed, first, sampler.rank, row])
-        if rng.random() < config.retrieval_fraction:
-            planted = data.plant_retrieval_facts(ids[row].numpy(), config.n_chunks * config.chunk_size, tokenizer, rng)
+        draw = rng.random()
+        if draw < config.retrieval_fraction:
+            planted = data.plant_retrieval_facts(ids[row].numpy(), context_len, tokenizer, rng)
             ids[row], labels[row] = torch.from_numpy(planted.ids), torch.from_numpy(planted.labels)
             query[row] = planted.query_index
+        elif draw < config.retrieval_fraction + config.copy_fraction:
+            ids[row] = labels[row] = torch.from_numpy(data.copy_sample(ids[row].numpy(), context_len, rng))
     return ids, labels, query
 
 
@@ -263,7 +275,11 @@ def train_step(model, sampler, config: TrainConfig, accelerator, tokenizer) -> t
         # Only the last micro-batch all-reduces gradients across ranks.
         sync = micro == config.grad_accum - 1
         with nullcontext() if sync else accelerator.no_sync(model):
-            loss = model(ids, labels=labels, query_position=query).loss
+            output = model(ids, labels=labels, query_position=query)
+            loss = output.loss
+            if config.distill_weight:
+                teacher = teacher_window_logits(accelerator.unwrap_model(model).base, ids, output.logits.shape[1])
+                loss = loss + config.distill_weight * topk_distillation_loss(output.logits, teacher, config.distill_top_k)
             accelerator.backward(loss / config.grad_accum)
         total += loss.detach() / config.grad_accum
     return total
@@ -477,6 +493,12 @@ def train(config: TrainConfig) -> Path:
         logging.getLogger("sharedllm").setLevel(logging.WARNING)
     if not 0.0 <= config.retrieval_fraction <= 1.0:
         raise ValueError(f"--retrieval-fraction must be in [0, 1], got {config.retrieval_fraction}")
+    if not 0.0 <= config.copy_fraction <= 1.0 - config.retrieval_fraction:
+        raise ValueError(f"--copy-fraction must be in [0, 1 - retrieval fraction], got {config.copy_fraction}")
+    if config.copy_fraction and config.decoder_window > config.n_chunks * config.chunk_size:
+        raise ValueError("--copy-fraction needs a decoder window no longer than the context (n_chunks * chunk_size)")
+    if config.distill_weight < 0 or config.distill_top_k < 1:
+        raise ValueError("--distill-weight must be >= 0 and --distill-top-k >= 1")
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     set_seed(config.seed)  # LoRA initialisation, anything random in the model
@@ -609,6 +631,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--n-injected-layers", type=int, default=defaults.n_injected_layers, help="injected bottom layers (M)")
     add("--tree-depth", type=int, default=defaults.tree_depth, help="context tree depth (D)")
     add("--tokens-per-node", type=int, default=defaults.tokens_per_node, help="key/values kept per tree node (P)")
+    add("--leaf-tokens-per-node", type=int, default=None,
+        help="key/values kept per node of the finest tree level (default: P); the leaf length keeps it exact")
+    add("--tree-selection", choices=["query", "attention", "recent"], default=defaults.tree_selection,
+        help="query: cosine of node vectors (paper); attention: the last injected layer's attention logits; "
+             "recent: always the most recent half (ablation)")
     add("--node-encoding", choices=["chunk", "node"], default=defaults.node_encoding,
         help="chunk: one lower-model pass per chunk; node: each kept node encoded alone (reference)")
     add("--steps", type=int, default=defaults.steps, help="optimiser steps")
@@ -630,6 +657,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "at the end of the decoder window, only the answers scored (teaches reading back exact tokens). The "
              "loss averages over a micro-batch's scored tokens: with --batch-size 1 an exercise weighs like any "
              "sample, in larger micro-batches its few answer tokens are outweighed by the other rows' text")
+    add("--copy-fraction", type=float, default=defaults.copy_fraction,
+        help="share of samples turned into copy exercises (CEPE's duplicate warm-up): the decoder window repeats a "
+             "span of the context, so every window token can be predicted by finding and copying it")
+    add("--distill-weight", type=float, default=defaults.distill_weight,
+        help="weight of a KL term to the base model with full attention over the whole sample (it must fit the "
+             "base's native window), on the teacher's top-k tokens at every decoder position; CEPE's distilled "
+             "variant uses 2 (with the LM loss at 1)")
+    add("--distill-top-k", type=int, default=defaults.distill_top_k, help="teacher tokens the KL term keeps per position")
     add("--init-adapter", default=None, help="start from this adapter's cross-attention weights (e.g. continue "
         "training the shipped adapter on your data); the knobs of this run apply")
     add("--seed", type=int, default=defaults.seed, help="seed of the sampler and of any random initialisation")
