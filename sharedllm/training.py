@@ -44,7 +44,8 @@ CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2  # the newest two: if the newest is damaged by a crash mid-copy, one more remains
 LOG_FILE = "train_log.jsonl"
 # Knobs that may change between an interrupted run and its resumption without changing the result.
-RESUME_FREE_KNOBS = {"resume", "eval_every", "save_every", "log_every", "command", "progress", "stop_after"}
+RESUME_FREE_KNOBS = {"resume", "eval_every", "save_every", "log_every", "command", "progress", "stop_after",
+                     "eval_retrieval"}
 
 
 @dataclass
@@ -84,6 +85,7 @@ class TrainConfig:
     copy_fraction: float = 0.0  # share of samples whose decoder window repeats a context span (data.copy_sample)
     distill_weight: float = 0.0  # weight of the KL to the full-attention base on the decoder window (distillation.py)
     distill_top_k: int = 50
+    eval_retrieval: bool = False  # log val_retrieval_acc even without retrieval exercises (a baseline's curve)
     init_adapter: str | None = None  # start from this adapter's weights instead of the zero-initialised ones
     stop_after: int | None = None  # end the run after this step (checkpoint + adapter), schedule unchanged
     seed: int = 0
@@ -545,7 +547,7 @@ def train(config: TrainConfig) -> Path:
         if validation is not None and (step % config.eval_every == 0 or step == config.steps):
             val_loss = evaluate(model, validation, config, accelerator)
             record.update(val_loss=val_loss, val_ppl=math.exp(val_loss))
-            if config.retrieval_fraction:
+            if config.retrieval_fraction or config.eval_retrieval:
                 record["val_retrieval_acc"] = evaluate_retrieval(model, validation, config, tokenizer, accelerator)
         if accelerator.is_main_process:
             append_log(log_path, record)
@@ -665,6 +667,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "base's native window), on the teacher's top-k tokens at every decoder position; CEPE's distilled "
              "variant uses 2 (with the LM loss at 1)")
     add("--distill-top-k", type=int, default=defaults.distill_top_k, help="teacher tokens the KL term keeps per position")
+    add("--eval-retrieval", action="store_true",
+        help="also log val_retrieval_acc (planted facts, exact answers) without training on exercises")
     add("--init-adapter", default=None, help="start from this adapter's cross-attention weights (e.g. continue "
         "training the shipped adapter on your data); the knobs of this run apply")
     add("--seed", type=int, default=defaults.seed, help="seed of the sampler and of any random initialisation")
