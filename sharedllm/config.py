@@ -2,7 +2,7 @@
 
 from transformers import AutoConfig, PretrainedConfig
 
-TREE_SELECTIONS = ("query", "recent")
+TREE_SELECTIONS = ("query", "attention", "recent")
 NODE_COMPRESSIONS = ("stride", "stride_last", "mean")
 NODE_ENCODINGS = ("chunk", "node")
 # the method's knobs (what `from_base(base, **knobs)` and `from_pretrained(folder, **knobs)` accept), with their type
@@ -12,12 +12,14 @@ KNOBS = {
     "decoder_window": int,
     "tree_depth": int,
     "tokens_per_node": int,
+    "leaf_tokens_per_node": int,
     "tree_selection": str,
     "node_compression": str,
     "node_encoding": str,
     "max_chunks_per_pass": int,
     "full_logits": bool,
 }
+OPTIONAL_KNOBS = {"leaf_tokens_per_node"}  # None: follow another knob (see the docstring)
 
 
 class SharedLLMConfig(PretrainedConfig):
@@ -35,8 +37,14 @@ class SharedLLMConfig(PretrainedConfig):
         decoder_window (Ld): the most tokens the upper model reads; older tokens become context chunks.
         tree_depth (D): levels of the context tree; 0 means no tree (the whole chunk is one node).
         tokens_per_node (P): key/value positions kept per tree node and injected layer.
-        tree_selection: "query" expands the half most similar to the query; "recent" always expands the most
-            recent half (ablation without query awareness).
+        leaf_tokens_per_node: positions kept per node of the finest level (the two leaves of the expanded path);
+            None = P. Setting it to the leaf length C / 2**D keeps the finest level exact, token for token, which
+            is what copying an exact string (a passkey, a number) out of the context needs.
+        tree_selection: "query" expands the half whose node vector is most similar (cosine) to the query vector
+            (the paper); "attention" expands the half holding the token with the highest attention logit of the
+            last injected layer's cross-attention query (Quest / InfLLM score blocks this way; needs
+            node_encoding="chunk"); "recent" always expands the most recent half (ablation without query
+            awareness).
         node_compression: how a node's keys/values become P positions: "stride" (uniform stride from the node's
             first token, the reference), "stride_last" (stride ending at the node's last token), "mean" (mean
             pooling of P equal groups).
@@ -64,6 +72,7 @@ class SharedLLMConfig(PretrainedConfig):
         decoder_window: int = 1024,
         tree_depth: int = 3,
         tokens_per_node: int = 32,
+        leaf_tokens_per_node: int | None = None,
         tree_selection: str = "query",
         node_compression: str = "stride",
         node_encoding: str = "chunk",
@@ -82,6 +91,7 @@ class SharedLLMConfig(PretrainedConfig):
         self.decoder_window = decoder_window
         self.tree_depth = tree_depth
         self.tokens_per_node = tokens_per_node
+        self.leaf_tokens_per_node = leaf_tokens_per_node
         self.tree_selection = tree_selection
         self.node_compression = node_compression
         self.node_encoding = node_encoding
@@ -96,14 +106,29 @@ class SharedLLMConfig(PretrainedConfig):
         self.validate_knobs()
 
     @property
+    def leaf_length(self) -> int:
+        return self.chunk_size // 2**self.tree_depth
+
+    def node_budget(self, length: int) -> int:
+        """Key/value positions a kept node of `length` tokens is compressed to: P, or the leaf budget on the
+        finest level."""
+        leaf_budget = self.tokens_per_node if self.leaf_tokens_per_node is None else self.leaf_tokens_per_node
+        return leaf_budget if length == self.leaf_length else self.tokens_per_node
+
+    @property
     def context_tokens_per_chunk(self) -> int:
-        """Key/value positions one chunk contributes per injected layer: P * (D + 1)."""
-        return self.tokens_per_node * (self.tree_depth + 1)
+        """Key/value positions one chunk contributes per injected layer: P * (D - 1) coarse + 2 leaves (P*(D+1)
+        when the leaves keep P too); one node of the leaf budget without a tree."""
+        if self.tree_depth == 0:
+            return self.node_budget(self.chunk_size)
+        return self.tokens_per_node * (self.tree_depth - 1) + 2 * self.node_budget(self.leaf_length)
 
     def validate_knobs(self) -> None:
         """Fail at config time, saying what to change, instead of deep inside a forward pass."""
         for knob, kind in KNOBS.items():
             value = getattr(self, knob)
+            if value is None and knob in OPTIONAL_KNOBS:
+                continue
             # bool is an int subclass: reject True as a chunk size, and 1 as a flag
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise ValueError(f"{knob} must be of type {kind.__name__}, got {value!r} ({type(value).__name__})")
@@ -111,6 +136,15 @@ class SharedLLMConfig(PretrainedConfig):
             (self.tree_selection in TREE_SELECTIONS, f"tree_selection must be one of {TREE_SELECTIONS}, got {self.tree_selection!r}"),
             (self.node_compression in NODE_COMPRESSIONS, f"node_compression must be one of {NODE_COMPRESSIONS}, got {self.node_compression!r}"),
             (self.node_encoding in NODE_ENCODINGS, f"node_encoding must be one of {NODE_ENCODINGS}, got {self.node_encoding!r}"),
+            (
+                self.tree_selection != "attention" or self.node_encoding == "chunk",
+                "tree_selection='attention' scores tokens of the whole-chunk pass: it needs node_encoding='chunk'",
+            ),
+            (
+                self.leaf_tokens_per_node is None or 1 <= self.leaf_tokens_per_node <= self.chunk_size // 2**max(self.tree_depth, 0),
+                f"leaf_tokens_per_node must be between 1 and the leaf length chunk_size / 2**tree_depth, got "
+                f"{self.leaf_tokens_per_node}",
+            ),
             (self.n_injected_layers >= 1, f"n_injected_layers must be >= 1, got {self.n_injected_layers}"),
             (self.tree_depth >= 0, f"tree_depth must be >= 0, got {self.tree_depth}"),
             (self.tokens_per_node >= 1, f"tokens_per_node must be >= 1, got {self.tokens_per_node}"),
@@ -133,10 +167,10 @@ class SharedLLMConfig(PretrainedConfig):
                 f"tokens_per_node = {self.tokens_per_node}; lower tokens_per_node to at most {leaf}, lower "
                 "tree_depth, or raise chunk_size"
             )
-        if self.node_compression == "mean" and leaf % self.tokens_per_node != 0:
+        if self.node_compression == "mean" and (leaf % self.tokens_per_node or leaf % self.node_budget(leaf)):
             raise ValueError(
                 f"node_compression='mean' needs every node length (down to the leaf, {leaf}) to be divisible "
-                f"by tokens_per_node = {self.tokens_per_node}; pick tokens_per_node dividing {leaf}"
+                f"by its budget (tokens_per_node {self.tokens_per_node}, leaf {self.node_budget(leaf)}); pick budgets dividing {leaf}"
             )
         if self.text_config is not None:
             n_layers = self.text_config.num_hidden_layers

@@ -399,3 +399,19 @@ def plant_retrieval_facts(ids: np.ndarray, context_len: int, tokenizer, rng: np.
     for start, length in answer_spans:
         labels[offset + start:offset + start + length] = ids[offset + start:offset + start + length]
     return RetrievalSample(ids, labels, offset + answer_spans[0][0] - 1)
+
+
+def copy_sample(ids: np.ndarray, context_len: int, rng: np.random.Generator) -> np.ndarray:
+    """A copy warm-up sample (CEPE's "duplicate" warm-up): the decoder window repeats a span of the context.
+
+    The first `context_len` tokens (the chunks) are kept; the decoder window is overwritten with the context span
+    starting at a random offset, so the source lies only in the context and every window token after the first
+    can be predicted by finding the span there and copying.
+    """
+    window = len(ids) - context_len
+    if window > context_len:
+        raise ValueError(f"a {window}-token decoder window cannot copy from {context_len} context tokens")
+    start = int(rng.integers(0, context_len - window + 1))
+    ids = ids.copy()
+    ids[context_len:] = ids[start:start + window]
+    return ids

@@ -34,7 +34,13 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from sharedllm.config import KNOBS, SharedLLMConfig
 from sharedllm.injection import ContextCrossAttention, InjectedContext
 from sharedllm.lora import LORA_DIR, load_upper_lora, save_upper_lora
-from sharedllm.tree import compress_node, search_tree
+from sharedllm.tree import (
+    attention_half_scores,
+    attention_token_scores,
+    compress_node,
+    cosine_half_scores,
+    search_tree,
+)
 
 ADAPTER_WEIGHTS = "model.safetensors"
 CROSS_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")  # others get sdpa: they take no additive padding mask
@@ -638,7 +644,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         """One lower pass per whole chunk; node vectors and node key/values are read from that pass.
 
         `lower(chunk_ids, chunk_index) -> LowerChunks` replaces that pass (a context cache hands back stored ones)."""
-        return self._select_nodes((lower or self._lower_chunks)(chunk_ids, chunk_index), query)
+        return self._select_nodes((lower or self._lower_chunks)(chunk_ids, chunk_index), query, chunk_index)
 
     def _lower_chunks(self, chunk_ids, chunk_index) -> LowerChunks:
         """The question-independent half of `_encode_by_chunk`: the lower model over (N, C) chunks, chunk index as
@@ -655,9 +661,10 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             node_vectors = layer0.new_empty(n, 0, layer0.shape[-1])
         return LowerChunks(keys, values, node_vectors)
 
-    def _select_nodes(self, lowered: LowerChunks, query):
+    def _select_nodes(self, lowered: LowerChunks, query, chunk_index):
         """The question-dependent half: search each chunk's tree with its row's query (N, hidden), then compress the
-        kept nodes. Returns per injected layer (N, Hkv, K, hd) keys and values."""
+        kept nodes (chunk_index (N,) is each chunk's rotary offset). Returns per injected layer (N, Hkv, K, hd) keys
+        and values."""
         cfg = self.config
         n, chunk_size = lowered.keys[0].shape[0], cfg.chunk_size
         table = lowered.node_vectors
@@ -666,12 +673,31 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             slot = (starts + length) // (chunk_size // table.shape[1]) - 1
             return table.gather(1, slot[:, :, None].expand(-1, -1, table.shape[-1]))
 
-        kept = search_tree(node_vectors, query, n, chunk_size, cfg.tree_depth, cfg.tree_selection, table.device)
+        if cfg.tree_selection == "attention":
+            half_scores = attention_half_scores(self._attention_token_scores(query, lowered.keys[-1], chunk_index))
+        elif cfg.tree_selection == "query":
+            half_scores = cosine_half_scores(node_vectors, query)
+        else:
+            half_scores = None
+        kept = search_tree(half_scores, n, chunk_size, cfg.tree_depth, table.device)
         compress = lambda kv: torch.cat(  # noqa: E731
-            [compress_node(kv, start, length, cfg.tokens_per_node, cfg.node_compression) for start, length in kept],
+            [compress_node(kv, start, length, cfg.node_budget(length), cfg.node_compression) for start, length in kept],
             dim=2,
         )
         return [compress(k) for k in lowered.keys], [compress(v) for v in lowered.values]
+
+    @torch.no_grad()
+    def _attention_token_scores(self, query_hidden, keys, chunk_index) -> torch.Tensor:
+        """(N, C) attention logits of the last injected layer's cross-attention query (from the query token's hidden
+        state, (N, hidden)) against each chunk token's key of that layer. The query is rotated to sit just after the
+        chunk it scores, so a chunk's selection depends on its own tokens only, never on how many chunks precede
+        the query (forward and cached generation then select alike)."""
+        attention = self.cross_attention[self.config.n_injected_layers - 1]
+        n, n_kv, chunk_size, head_dim = keys.shape
+        query = attention.q_proj(attention.norm(query_hidden)).view(n, -1, 1, head_dim)  # (N, H, 1, hd)
+        cos, sin = self.decoder.rotary_emb(query, (chunk_index + chunk_size)[:, None])
+        query, _ = apply_rotary_pos_emb(query, query, cos, sin)
+        return attention_token_scores(query[:, :, 0], keys)
 
     def _encode_by_node(self, chunk_ids, chunk_index, query):
         """The reference encoding: every candidate and kept node is encoded alone, with local positions."""
@@ -688,14 +714,16 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             layer0, _, _ = self._run_lower(*node_tokens(starts, length), n_layers=1)
             return self.decoder.norm(layer0[:, -1]).view(n, 2, -1)
 
-        kept = search_tree(node_vectors, query, n, chunk_size, cfg.tree_depth, cfg.tree_selection, chunk_ids.device)
+        half_scores = cosine_half_scores(node_vectors, query) if cfg.tree_selection == "query" else None
+        kept = search_tree(half_scores, n, chunk_size, cfg.tree_depth, chunk_ids.device)
         keys, values = [[] for _ in range(cfg.n_injected_layers)], [[] for _ in range(cfg.n_injected_layers)]
         for start, length in kept:  # one batched call per kept level
             _, node_keys, node_values = self._run_lower(*node_tokens(start[:, None], length), cfg.n_injected_layers)
             zero = torch.zeros_like(start)
             for i in range(cfg.n_injected_layers):
-                keys[i].append(compress_node(node_keys[i], zero, length, cfg.tokens_per_node, cfg.node_compression))
-                values[i].append(compress_node(node_values[i], zero, length, cfg.tokens_per_node, cfg.node_compression))
+                budget = cfg.node_budget(length)
+                keys[i].append(compress_node(node_keys[i], zero, length, budget, cfg.node_compression))
+                values[i].append(compress_node(node_values[i], zero, length, budget, cfg.node_compression))
         return [torch.cat(k, dim=2) for k in keys], [torch.cat(v, dim=2) for v in values]
 
     def _encode_context(self, input_ids, start, n_chunks, first_chunk_index, query, lower=None) -> EncodedContext:
@@ -785,7 +813,9 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
 
     @torch.no_grad()  # the selection is discrete: no gradient flows through the query
     def _query_vectors(self, input_ids, start, query_index) -> torch.Tensor:
-        """Layer-0 state (then final norm) at each row's query token; (B, hidden).
+        """The tree query of each row, (B, hidden): for "query" selection the layer-0 state (then final norm) at the
+        query token (the paper); for "attention" selection the hidden state entering the last injected layer
+        (layers 0..M-2, without injection), from which that layer's cross-attention computes its query.
 
         The query token q (index among the row's real tokens) is encoded over the decoder window that the prefix
         ending at q would have, so the vector depends only on the tokens and q: a forward of a longer sequence with
@@ -799,13 +829,16 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         hidden = self.decoder.embed_tokens(ids)
         positions = mask_positions(mask)
         masks = self._self_attention_masks(hidden, mask, None, positions)
-        hidden = self.decoder.layers[0](
-            hidden,
-            attention_mask=self._layer_mask(masks, 0),
-            position_embeddings=self.decoder.rotary_emb(hidden, positions),
-            position_ids=positions,
-        )
-        return self.decoder.norm(hidden[:, -1])
+        n_layers = cfg.n_injected_layers - 1 if cfg.tree_selection == "attention" else 1
+        position_embeddings = self.decoder.rotary_emb(hidden, positions)
+        for index, layer in enumerate(self.decoder.layers[:n_layers]):
+            hidden = layer(
+                hidden,
+                attention_mask=self._layer_mask(masks, index),
+                position_embeddings=position_embeddings,
+                position_ids=positions,
+            )
+        return hidden[:, -1] if cfg.tree_selection == "attention" else self.decoder.norm(hidden[:, -1])
 
     # -- upper model ----------------------------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 
 from sharedllm import data
 from sharedllm.cli import InputError
+from sharedllm.distillation import teacher_window_logits, topk_distillation_loss
 from sharedllm.lora import LORA_DIR, LORA_WEIGHTS, add_upper_lora, load_upper_lora  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -52,12 +53,15 @@ RUN_FILE = "run.json"
 LEGACY_RUN_ID = "legacy"  # checkpoints written before runs had an identity
 # Everything `train` writes into --output: what --overwrite removes before a new run (other files are left alone).
 RUN_OUTPUTS = (RUN_FILE, CHECKPOINTS, LOG_FILE, "loss_curve.png", "training_summary.json", "model.safetensors",
-               "config.json", "generation_config.json", LORA_DIR)
+               "config.json", "generation_config.json", LORA_DIR,
+               # the tokenizer save_pretrained writes beside the adapter
+               "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 # The knobs of TrainConfig that are SharedLLMConfig's (method.md "Shapes and names").
-MODEL_KNOBS = ("n_injected_layers", "chunk_size", "decoder_window", "tree_depth", "tokens_per_node", "node_encoding")
+MODEL_KNOBS = ("n_injected_layers", "chunk_size", "decoder_window", "tree_depth", "tokens_per_node",
+               "leaf_tokens_per_node", "tree_selection", "node_encoding")
 # Knobs that may change between an interrupted run and its resumption without changing the result.
 RESUME_FREE_KNOBS = {"resume", "overwrite", "eval_every", "save_every", "log_every", "command", "progress",
-                     "stop_after"}
+                     "stop_after", "eval_retrieval"}
 
 
 @dataclass
@@ -80,6 +84,8 @@ class TrainConfig:
     n_injected_layers: int = 4
     tree_depth: int = 3
     tokens_per_node: int = 32
+    leaf_tokens_per_node: int | None = None
+    tree_selection: str = "query"
     node_encoding: str = "chunk"
     # optimisation
     steps: int = 200
@@ -92,6 +98,10 @@ class TrainConfig:
     lora_rank: int = 0
     gradient_checkpointing: bool = False
     retrieval_fraction: float = 0.0  # share of samples with key-value facts planted in context (data.py)
+    copy_fraction: float = 0.0  # share of samples whose decoder window repeats a context span (data.copy_sample)
+    distill_weight: float = 0.0  # weight of the KL to the full-attention base on the decoder window (distillation.py)
+    distill_top_k: int = 50
+    eval_retrieval: bool = False  # log val_retrieval_acc even without retrieval exercises (a baseline's curve)
     init_adapter: str | None = None  # start from this adapter's weights instead of the zero-initialised ones
     stop_after: int | None = None  # end the run after this step (checkpoint + adapter), schedule unchanged
     seed: int = 0
@@ -137,6 +147,13 @@ def validate_config(config: TrainConfig) -> None:
         raise InputError(f"--stop-after must be in [1, --steps = {config.steps}], got {config.stop_after}")
     if not 0.0 <= config.retrieval_fraction <= 1.0:
         raise InputError(f"--retrieval-fraction must be in [0, 1], got {config.retrieval_fraction}")
+    if not 0.0 <= config.copy_fraction <= 1.0 - config.retrieval_fraction:
+        raise InputError(f"--copy-fraction must be in [0, 1 - retrieval fraction], got {config.copy_fraction}")
+    if config.copy_fraction and config.decoder_window > config.n_chunks * config.chunk_size:
+        raise InputError("--copy-fraction needs a decoder window no longer than the context (n-chunks x chunk-size)")
+    if not (config.distill_weight >= 0 and config.distill_top_k >= 1):
+        raise InputError(f"--distill-weight must be >= 0 and --distill-top-k >= 1, got {config.distill_weight}, "
+                         f"{config.distill_top_k}")
     if config.resume and config.overwrite:
         raise InputError("--resume continues the run in --output, --overwrite replaces it: pass one of them")
     if config.data is None and config.validation_data is not None:
@@ -389,12 +406,16 @@ def next_micro_batch(sampler, config: TrainConfig, tokenizer) -> tuple[torch.Ten
     first = sampler.samples_drawn
     ids = sampler.next_batch(config.batch_size)
     labels, query = ids.clone(), torch.full((len(ids),), -1, dtype=torch.long)
-    for row in range(len(ids)) if config.retrieval_fraction else ():
+    context_len = config.n_chunks * config.chunk_size
+    for row in range(len(ids)) if config.retrieval_fraction or config.copy_fraction else ():
         rng = np.random.default_rng([config.seed, first, sampler.rank, row])
-        if rng.random() < config.retrieval_fraction:
-            planted = data.plant_retrieval_facts(ids[row].numpy(), config.n_chunks * config.chunk_size, tokenizer, rng)
+        draw = rng.random()
+        if draw < config.retrieval_fraction:
+            planted = data.plant_retrieval_facts(ids[row].numpy(), context_len, tokenizer, rng)
             ids[row], labels[row] = torch.from_numpy(planted.ids), torch.from_numpy(planted.labels)
             query[row] = planted.query_index
+        elif draw < config.retrieval_fraction + config.copy_fraction:
+            ids[row] = labels[row] = torch.from_numpy(data.copy_sample(ids[row].numpy(), context_len, rng))
     return ids, labels, query
 
 
@@ -406,7 +427,11 @@ def train_step(model, sampler, config: TrainConfig, accelerator, tokenizer) -> t
         # Only the last micro-batch all-reduces gradients across ranks.
         sync = micro == config.grad_accum - 1
         with nullcontext() if sync else accelerator.no_sync(model):
-            loss = model(ids, labels=labels, query_position=query).loss
+            output = model(ids, labels=labels, query_position=query)
+            loss = output.loss
+            if config.distill_weight:
+                teacher = teacher_window_logits(accelerator.unwrap_model(model).base, ids, output.logits.shape[1])
+                loss = loss + config.distill_weight * topk_distillation_loss(output.logits, teacher, config.distill_top_k)
             accelerator.backward(loss / config.grad_accum)
         total += loss.detach() / config.grad_accum
     return total
@@ -718,7 +743,7 @@ def run_step(step: int, model, optimizer, scheduler, sampler, params, validation
     if validation is not None and (step % config.eval_every == 0 or step == config.steps):
         val_loss = evaluate(model, validation, config, accelerator)
         record.update(val_loss=val_loss, val_ppl=math.exp(val_loss))
-        if config.retrieval_fraction:
+        if config.retrieval_fraction or config.eval_retrieval:
             record["val_retrieval_acc"] = evaluate_retrieval(model, validation, config, tokenizer, accelerator)
     return record
 
@@ -791,6 +816,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--n-injected-layers", type=int, default=defaults.n_injected_layers, help="injected bottom layers (M)")
     add("--tree-depth", type=int, default=defaults.tree_depth, help="context tree depth (D)")
     add("--tokens-per-node", type=int, default=defaults.tokens_per_node, help="key/values kept per tree node (P)")
+    add("--leaf-tokens-per-node", type=int, default=None,
+        help="key/values kept per node of the finest tree level (default: P); the leaf length keeps it exact")
+    add("--tree-selection", choices=["query", "attention", "recent"], default=defaults.tree_selection,
+        help="query: cosine of node vectors (paper); attention: the last injected layer's attention logits; "
+             "recent: always the most recent half (ablation)")
     add("--node-encoding", choices=["chunk", "node"], default=defaults.node_encoding,
         help="chunk: one lower-model pass per chunk; node: each kept node encoded alone (reference)")
     add("--steps", type=int, default=defaults.steps, help="optimiser steps")
@@ -812,6 +842,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "at the end of the decoder window, only the answers scored (teaches reading back exact tokens). The "
              "loss averages over a micro-batch's scored tokens: with --batch-size 1 an exercise weighs like any "
              "sample, in larger micro-batches its few answer tokens are outweighed by the other rows' text")
+    add("--copy-fraction", type=float, default=defaults.copy_fraction,
+        help="share of samples turned into copy exercises (CEPE's duplicate warm-up): the decoder window repeats a "
+             "span of the context, so every window token can be predicted by finding and copying it")
+    add("--distill-weight", type=float, default=defaults.distill_weight,
+        help="weight of a KL term to the base model with full attention over the whole sample (it must fit the "
+             "base's native window), on the teacher's top-k tokens at every decoder position; CEPE's distilled "
+             "variant uses 2 (with the LM loss at 1)")
+    add("--distill-top-k", type=int, default=defaults.distill_top_k, help="teacher tokens the KL term keeps per position")
+    add("--eval-retrieval", action="store_true",
+        help="also log val_retrieval_acc (planted facts, exact answers) without training on exercises")
     add("--init-adapter", default=None, help="start from this adapter's cross-attention weights (e.g. continue "
         "training the shipped adapter on your data); the knobs of this run apply")
     add("--seed", type=int, default=defaults.seed, help="seed of the sampler and of any random initialisation")

@@ -1,7 +1,8 @@
 """The query-aware context tree, vectorised over all chunks of a batch.
 
 A chunk of C tokens is the root. At each level above the last, it is split into contiguous halves; the half
-whose node vector is closer (cosine) to the query is expanded (split again) and the other half is kept at this
+that scores higher against the query is expanded (paper: cosine of node vectors; or the injected layer's own
+attention logits, as Quest / InfLLM score blocks) (split again) and the other half is kept at this
 level's granularity. At the last level both halves are kept. Pairing is always within one chunk: the chunk
 axis N is a batch axis here and halves of different chunks never meet. Per chunk the kept nodes are one of
 C/2, one of C/4, ..., and two of C/2**D: they tile the chunk. Each kept node becomes P key/value positions.
@@ -14,23 +15,43 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-# node_vectors(starts (N, 2), length) -> (N, 2, hidden): vectors of the left and right half at one level.
-NodeVectorFn = Callable[[torch.LongTensor, int], torch.Tensor]
+# half_scores(starts (N, 2), length) -> (N, 2): how strongly each half of every chunk matches the query at one level.
+HalfScoreFn = Callable[[torch.LongTensor, int], torch.Tensor]
+
+
+def cosine_half_scores(node_vectors: Callable[[torch.LongTensor, int], torch.Tensor], query: torch.Tensor) -> HalfScoreFn:
+    """The paper's score: cosine between each half's node vector (N, 2, hidden) and the query vector (N, hidden)."""
+    return lambda starts, length: F.cosine_similarity(  # noqa: E731
+        node_vectors(starts, length).float(), query.float()[:, None, :], dim=-1
+    )
+
+
+def attention_half_scores(token_scores: torch.Tensor) -> HalfScoreFn:
+    """Score a half by its best token: max over the half of (N, C) per-token attention scores (Quest / InfLLM style)."""
+
+    def scores(starts: torch.LongTensor, length: int) -> torch.Tensor:
+        n, chunk_size = token_scores.shape
+        per_node = token_scores.view(n, chunk_size // length, length).amax(dim=-1)  # (N, C / length)
+        return per_node.gather(1, starts // length)
+
+    return scores
+
+
+def attention_token_scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """query (N, H, hd) and post-RoPE keys (N, Hkv, C, hd) -> (N, C): each token's best attention logit over heads."""
+    n, n_heads, head_dim = query.shape
+    grouped = query.view(n, keys.shape[1], n_heads // keys.shape[1], head_dim)  # (N, Hkv, G, hd): GQA groups
+    logits = torch.einsum("nkgd,nktd->nkgt", grouped.float(), keys.float())
+    return logits.amax(dim=(1, 2))
 
 
 def search_tree(
-    node_vectors: NodeVectorFn,
-    query: torch.Tensor | None,
-    n_chunks: int,
-    chunk_size: int,
-    depth: int,
-    selection: str,
-    device: torch.device,
+    half_scores: HalfScoreFn | None, n_chunks: int, chunk_size: int, depth: int, device: torch.device
 ) -> list[tuple[torch.LongTensor, int]]:
     """Walk the tree of every chunk at once. Returns the kept nodes as (start (N,), length) pairs, D+1 of them.
 
-    `query` is (N, hidden): the query vector repeated for each chunk of its row. `node_vectors` is only called
-    for the levels where a choice is made (selection == "query" and level < depth).
+    `half_scores` is only called for the levels where a choice is made (level < depth): the higher-scoring half is
+    expanded. None always expands the most recent half (the "recent" ablation, no query awareness).
     """
     parent_start = torch.zeros(n_chunks, dtype=torch.long, device=device)
     if depth == 0:
@@ -43,12 +64,11 @@ def search_tree(
         if level == depth:
             kept += [(starts[:, 0], length), (starts[:, 1], length)]
             break
-        if selection == "query":
-            vectors = node_vectors(starts, length)  # (N, 2, hidden)
-            similarity = F.cosine_similarity(vectors.float(), query.float()[:, None, :], dim=-1)  # (N, 2)
-            expand_right = similarity[:, 1] > similarity[:, 0]
-        else:  # "recent": always expand the most recent half
+        if half_scores is None:
             expand_right = torch.ones(n_chunks, dtype=torch.bool, device=device)
+        else:
+            score = half_scores(starts, length)  # (N, 2)
+            expand_right = score[:, 1] > score[:, 0]
         kept.append((torch.where(expand_right, starts[:, 0], starts[:, 1]), length))
         parent_start = torch.where(expand_right, starts[:, 1], starts[:, 0])
     return kept

@@ -33,7 +33,7 @@ def scratch_generate(model, document, question, **kwargs):
     return out.sequences[0, DOCUMENT_LENGTH + len(question) :], torch.stack(out.logits)
 
 
-@pytest.mark.parametrize("selection", ["query", "recent"])
+@pytest.mark.parametrize("selection", ["query", "attention", "recent"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_cached_generate_equals_from_scratch(selection, arch):
     model, document, questions = setup(selection, arch)

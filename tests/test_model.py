@@ -6,7 +6,7 @@ from conftest import tiny_model
 from transformers import AutoModelForCausalLM
 
 from sharedllm import SharedLLMConfig, SharedLLMForCausalLM
-from sharedllm.tree import node_tiling, search_tree
+from sharedllm.tree import cosine_half_scores, node_tiling, search_tree
 
 KNOBS = dict(n_injected_layers=2, chunk_size=16, decoder_window=32, tree_depth=2, tokens_per_node=2)
 
@@ -218,7 +218,7 @@ def test_tree_picks_planted_half_per_chunk():
         left_vec = torch.where(right[:, None], -query, query)
         return torch.stack([left_vec, -left_vec], dim=1)
 
-    kept = search_tree(node_vectors, query, n_chunks, chunk_size, depth, "query", torch.device("cpu"))
+    kept = search_tree(cosine_half_scores(node_vectors, query), n_chunks, chunk_size, depth, torch.device("cpu"))
     for chunk in range(n_chunks):
         start = 0
         for level, (kept_start, length) in enumerate(kept[: depth - 1]):
@@ -231,7 +231,7 @@ def test_tree_picks_planted_half_per_chunk():
 
 
 def test_recent_selection_expands_most_recent_half():
-    kept = search_tree(None, None, 3, 64, 3, "recent", torch.device("cpu"))
+    kept = search_tree(None, 3, 64, 3, torch.device("cpu"))
     assert [(int(s[0]), n) for s, n in kept] == [(0, 32), (32, 16), (48, 8), (56, 8)]
 
 

@@ -478,3 +478,29 @@ def test_two_process_ddp_ranks_end_identical(workspace, tmp_path):
             difference = (value - ranks[0][name]).abs()
             assert difference.max() <= 2 * 1.01 * lr_sum, name
             assert (difference > 1e-3 * lr_sum).float().mean() <= 0.01, (name, difference.max())
+
+
+def test_copy_and_distill_run_trains_and_records_its_knobs(workspace, tmp_path):
+    """A run with copy exercises, the distillation term, exact leaves and attention selection trains the adapter."""
+    out = tmp_path / "copy-distill"
+    run_cli(train_args(workspace, out, "--steps", "2", "--eval-every", "2", "--save-every", "2",
+                       "--copy-fraction", "0.5", "--distill-weight", "2", "--distill-top-k", "5",
+                       "--leaf-tokens-per-node", "8", "--tree-selection", "attention"))
+    model = SharedLLMForCausalLM.from_pretrained(out)
+    assert model.config.leaf_tokens_per_node == 8 and model.config.tree_selection == "attention"
+    assert model.cross_attention[0].o_proj.weight.abs().sum() > 0
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["knobs"]["distill_weight"] == 2 and summary["knobs"]["copy_fraction"] == 0.5
+
+
+def test_copy_rows_repeat_their_context():
+    rng = np.random.default_rng(0)
+    docs = [data.TokenizedDocument(f"doc{i}", "books", rng.integers(4, 100, 2000).astype(np.uint32)) for i in range(3)]
+    config = training.TrainConfig(output="", n_chunks=2, chunk_size=64, decoder_window=64, batch_size=8,
+                                  copy_fraction=0.5)
+    sampler = data.WindowSampler(data.build_windows(docs, config.sample_len), seed=0)
+    ids, labels, query = training.next_micro_batch(sampler, config, char_tokenizer())
+    context = config.n_chunks * config.chunk_size
+    copied = [row for row in range(len(ids)) if any(
+        torch.equal(ids[row, context:], ids[row, s:s + 64]) for s in range(context - 64 + 1))]
+    assert 0 < len(copied) < len(ids) and torch.equal(labels, ids)
