@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from transformers import TextStreamer
 
+from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.context_cache import ContextCache
 from sharedllm.modeling import context_chunk_counts
 
-DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "adapters" / "smollm2-135m"  # the repo's, not the cwd's
 DEFAULT_MAX_NEW_TOKENS = 256
 QUESTION_SEPARATOR = "\n\nQuestion: "
 PLAIN_TAIL = "\nAnswer:"  # for a tokenizer without a chat template

@@ -41,8 +41,9 @@ from pathlib import Path
 
 import torch
 
+from sharedllm.assets import DEFAULT_ADAPTER
+
 BENCH_METHODS = ("sharedllm", "full", "streaming", "infllm", "cepe", "window")
-DEFAULT_ADAPTER = Path("adapters/smollm2-135m")
 # SharedLLM knobs used when no adapter dir is given (an adapter's own config wins unless a knob is passed)
 DEFAULT_KNOBS = dict(chunk_size=256, decoder_window=512, n_injected_layers=4, tree_depth=3, tokens_per_node=16)
 KNOB_NAMES = (*DEFAULT_KNOBS, "max_chunks_per_pass")

@@ -443,7 +443,7 @@ class SharedLLM(Method):
 
     name = "sharedllm"
     KNOBS = ("n_injected_layers", "chunk_size", "decoder_window", "tree_depth", "tokens_per_node",
-             "tree_selection", "node_compression", "node_encoding", "max_chunks_per_pass")
+             "leaf_tokens_per_node", "tree_selection", "node_compression", "node_encoding", "max_chunks_per_pass")
 
     def __init__(self, base, tokenizer=None, adapter: str | None = None, **model_knobs):
         super().__init__(base, tokenizer)
@@ -489,7 +489,8 @@ class SharedLLM(Method):
             )
         input_ids = input_ids.to(self.device)
         # logits of the last n_tokens - score_start + 1 decoder positions: [score_start - 1, T), the last one unused
-        out = self.model(input_ids[None], query_position=score_start - 1, logits_to_keep=n_tokens - score_start + 1)
+        out = self.model(input_ids[None], query_position=score_start - 1, logits_to_keep=n_tokens - score_start + 1,
+                         full_logits=False)  # one decoder window with this query, whatever the adapter's default
         if int(out.context_lengths[0]) != n_context:
             raise RuntimeError(f"model split {int(out.context_lengths[0])} context tokens, expected {n_context}")
         return F.cross_entropy(out.logits[0, :-1].float(), input_ids[score_start:], reduction="none")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.cli import InputError
 
 from . import report
@@ -28,8 +29,6 @@ from .ppl import PROTOCOLS, perplexity
 
 TASKS = ("ppl", "heldout", "passkey", "niah", "ruler", "longbench", "demo")
 REPO = Path(__file__).resolve().parents[2]
-# The shipped adapter lives in the repository (not in an installed wheel): found from any current folder.
-DEFAULT_ADAPTER = REPO / "adapters" / "smollm2-135m"
 DEMO_METHODS = ["full", "window", "streaming", "sharedllm"]
 SYNTHETIC = {"source": "synthetic", "split": None, "n_docs": 0}  # passkey needs no corpus
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
