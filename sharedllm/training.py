@@ -420,20 +420,22 @@ def next_micro_batch(sampler, config: TrainConfig, tokenizer) -> tuple[torch.Ten
 
 
 def train_step(model, sampler, config: TrainConfig, accelerator, tokenizer) -> torch.Tensor:
-    """One optimiser step's forward/backward over `grad_accum` micro-batches; returns the mean loss."""
-    total = torch.zeros((), device=accelerator.device)
+    """One optimiser step's forward/backward over `grad_accum` micro-batches; returns the mean (loss, distillation
+    KL) as a (2,) tensor: the loss is the LM loss plus the weighted KL when distilling, the KL is 0 otherwise."""
+    total = torch.zeros(2, device=accelerator.device)
     for micro in range(config.grad_accum):
         ids, labels, query = (t.to(accelerator.device) for t in next_micro_batch(sampler, config, tokenizer))
         # Only the last micro-batch all-reduces gradients across ranks.
         sync = micro == config.grad_accum - 1
         with nullcontext() if sync else accelerator.no_sync(model):
             output = model(ids, labels=labels, query_position=query)
-            loss = output.loss
+            kl = torch.zeros((), device=accelerator.device)
             if config.distill_weight:
                 teacher = teacher_window_logits(accelerator.unwrap_model(model).base, ids, output.logits.shape[1])
-                loss = loss + config.distill_weight * topk_distillation_loss(output.logits, teacher, config.distill_top_k)
+                kl = topk_distillation_loss(output.logits, teacher, config.distill_top_k)
+            loss = output.loss + config.distill_weight * kl
             accelerator.backward(loss / config.grad_accum)
-        total += loss.detach() / config.grad_accum
+        total += torch.stack([loss.detach(), kl.detach()]) / config.grad_accum
     return total
 
 
@@ -618,7 +620,7 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
     fig, axes = plt.subplots(1, 3 if retrieval else 2, figsize=(15 if retrieval else 10, 4))
     if train:
         axes[0].plot(*zip(*train), lw=1)
-    axes[0].set(xlabel="step", ylabel="train loss (decoder window)", title="training loss")
+    axes[0].set(xlabel="step", ylabel="train loss (decoder window; + weighted KL when distilling)", title="training loss")
     if validation:
         axes[1].plot(*zip(*validation), marker="o")
     axes[1].set(xlabel="step", ylabel="validation perplexity", title="validation perplexity")
@@ -733,13 +735,15 @@ def train(config: TrainConfig) -> Path:
 def run_step(step: int, model, optimizer, scheduler, sampler, params, validation, config: TrainConfig,
              accelerator, tokenizer) -> dict:
     """One optimiser step (and the validation due at it); returns its log record."""
-    loss = accelerator.reduce(train_step(model, sampler, config, accelerator, tokenizer), reduction="mean").item()
+    loss, kl = accelerator.reduce(train_step(model, sampler, config, accelerator, tokenizer), reduction="mean").tolist()
     if config.max_grad_norm:
         accelerator.clip_grad_norm_(params, config.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0]}
+    if config.distill_weight:
+        record["distill_kl"] = kl
     if validation is not None and (step % config.eval_every == 0 or step == config.steps):
         val_loss = evaluate(model, validation, config, accelerator)
         record.update(val_loss=val_loss, val_ppl=math.exp(val_loss))

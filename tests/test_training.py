@@ -491,6 +491,8 @@ def test_copy_and_distill_run_trains_and_records_its_knobs(workspace, tmp_path):
     assert model.cross_attention[0].o_proj.weight.abs().sum() > 0
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["knobs"]["distill_weight"] == 2 and summary["knobs"]["copy_fraction"] == 0.5
+    log = training.read_log(out / "train_log.jsonl")
+    assert all(r["distill_kl"] >= 0 for r in log) and all(r["loss"] > 2 * r["distill_kl"] for r in log)
 
 
 def test_copy_rows_repeat_their_context():
