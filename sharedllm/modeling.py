@@ -527,14 +527,13 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         weights_file = directory / ADAPTER_WEIGHTS
         if not weights_file.is_file():
             raise FileNotFoundError(f"{directory} has no {ADAPTER_WEIGHTS}: it is not a saved SharedLLM adapter")
-        base_path = None
+        base_tokenizer = None
         if base is None:
             if not config.base_model:
                 raise ValueError(f"{directory} records no base model path; pass base=<model or path>")
             base = config.base_model
         if isinstance(base, (str, os.PathLike)):
-            base_path = str(base)
-            base, _ = load_causal_lm(base_path, tokenizer_required=False, **options)
+            base, base_tokenizer = load_causal_lm(str(base), tokenizer_required=False, **options)
         else:
             _check_loaded_base(base, options)
         found = base_fingerprint(base)
@@ -555,10 +554,9 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         model.cross_attention.to(dtype=base.dtype)
         if (directory / LORA_DIR).is_dir():  # injected into the base in place, as it was trained
             load_upper_lora(model, directory / LORA_DIR)
-        if tokenizer is None:  # the one saved with the adapter, else the base's
+        if tokenizer is None:  # the one saved with the adapter, else the base's (read when the base was loaded)
             tokenizer = load_tokenizer(directory, required=False)
-        if tokenizer is None and base_path is not None:
-            tokenizer = load_tokenizer(base_path, required=False)
+            tokenizer = base_tokenizer if tokenizer is None else tokenizer
         model.tokenizer = tokenizer
         return model.eval()
 

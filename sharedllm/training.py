@@ -271,7 +271,7 @@ def build_model(config: TrainConfig):
 
         config.base = str(default_model_path())  # recorded as such in the summary
     base, tokenizer = load_causal_lm(config.base)
-    model = SharedLLMForCausalLM.from_base(base, **{knob: getattr(config, knob) for knob in MODEL_KNOBS})
+    model = SharedLLMForCausalLM.from_base(base, tokenizer=tokenizer, **{knob: getattr(config, knob) for knob in MODEL_KNOBS})
     if config.init_adapter:
         # from_pretrained checks that the adapter was trained on this very base (weight fingerprint)
         start = SharedLLMForCausalLM.from_pretrained(config.init_adapter, base=base)
@@ -796,6 +796,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sharedllm.config import NODE_ENCODINGS, TREE_SELECTIONS  # the config owns the valid values
+
     defaults = TrainConfig(output="")
     parser.formatter_class = _HelpFormatter
     parser.epilog = ("Trains only the cross-attention of the M injected layers by default: the base model (and so "
@@ -822,10 +824,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tokens-per-node", type=int, default=defaults.tokens_per_node, help="key/values kept per tree node (P)")
     add("--leaf-tokens-per-node", type=int, default=None,
         help="key/values kept per node of the finest tree level (default: P); the leaf length keeps it exact")
-    add("--tree-selection", choices=["query", "attention", "recent"], default=defaults.tree_selection,
+    add("--tree-selection", choices=TREE_SELECTIONS, default=defaults.tree_selection,
         help="query: cosine of node vectors (paper); attention: the last injected layer's attention logits; "
              "recent: always the most recent half (ablation)")
-    add("--node-encoding", choices=["chunk", "node"], default=defaults.node_encoding,
+    add("--node-encoding", choices=NODE_ENCODINGS, default=defaults.node_encoding,
         help="chunk: one lower-model pass per chunk; node: each kept node encoded alone (reference)")
     add("--steps", type=int, default=defaults.steps, help="optimiser steps")
     add("--batch-size", type=int, default=defaults.batch_size, help="samples per micro-batch per process")
