@@ -60,6 +60,9 @@ def _model_class():
 def _register_config() -> None:
     from transformers.models.auto.configuration_auto import AutoConfig
 
+    config_module = sys.modules.get("sharedllm.config")
+    if config_module is not None and not hasattr(config_module, "SharedLLMConfig"):
+        return  # sharedllm.config is importing transformers right now: it registers itself once defined
     from sharedllm.config import SharedLLMConfig
 
     AutoConfig.register("sharedllm", SharedLLMConfig, exist_ok=True)

@@ -1,25 +1,57 @@
-"""SharedLLMConfig: the method's knobs, validated when the config is built."""
+"""SharedLLMConfig and the table of the method's knobs (`KNOBS`), validated when the config is built."""
+
+from dataclasses import dataclass
 
 from transformers import AutoConfig, PretrainedConfig
 
 TREE_SELECTIONS = ("query", "attention", "recent")
 NODE_COMPRESSIONS = ("stride", "stride_last", "mean")
 NODE_ENCODINGS = ("chunk", "node")
-# the method's knobs (what `from_base(base, **knobs)` and `from_pretrained(folder, **knobs)` accept), with their type
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob of the method: its type, default, valid values and help. Every command's flags, the config's
+    defaults and validation, and the packaging script read this one table (`KNOBS`)."""
+
+    type: type
+    default: object
+    help: str
+    choices: tuple | None = None
+    optional: bool = False  # None is allowed: the knob then follows another one (see its help)
+
+
+# the method's knobs: what `from_base(base, **knobs)` and `from_pretrained(folder, **knobs)` accept
 KNOBS = {
-    "n_injected_layers": int,
-    "chunk_size": int,
-    "decoder_window": int,
-    "tree_depth": int,
-    "tokens_per_node": int,
-    "leaf_tokens_per_node": int,
-    "tree_selection": str,
-    "node_compression": str,
-    "node_encoding": str,
-    "max_chunks_per_pass": int,
-    "full_logits": bool,
+    "n_injected_layers": Knob(int, 4, "M: bottom layers that take part in self-injection"),
+    "chunk_size": Knob(int, 512, "C: context tokens per chunk"),
+    "decoder_window": Knob(int, 1024, "Ld: the most tokens the upper model reads; older tokens become context chunks"),
+    "tree_depth": Knob(int, 3, "D: levels of the context tree; 0 = no tree (the whole chunk is one node)"),
+    "tokens_per_node": Knob(int, 32, "P: key/value positions kept per tree node and injected layer"),
+    "leaf_tokens_per_node": Knob(
+        int, None, "positions kept per node of the finest level; default P; the leaf length C / 2**D keeps the "
+        "finest level exact", optional=True,
+    ),
+    "tree_selection": Knob(
+        str, "query", "query: cosine of node vectors to the query (the paper); attention: the last injected "
+        "layer's cross-attention logits (needs node_encoding chunk); recent: always the most recent half (ablation)",
+        choices=TREE_SELECTIONS,
+    ),
+    "node_compression": Knob(
+        str, "stride", "how a node's keys/values become its budget: stride (from the node's first token, the "
+        "reference), stride_last (ending at its last token), mean (pooling)", choices=NODE_COMPRESSIONS,
+    ),
+    "node_encoding": Knob(
+        str, "chunk", "chunk: one lower-model pass per chunk, nodes read from it; node: every node encoded alone "
+        "(the reference)", choices=NODE_ENCODINGS,
+    ),
+    "max_chunks_per_pass": Knob(int, 16, "chunks encoded by one lower-model call; bounds peak memory"),
+    "full_logits": Knob(
+        bool, False, "logits for every input position (harnesses such as lm-eval); each chunk-sized span is then "
+        "scored by its own decoder pass",
+    ),
 }
-OPTIONAL_KNOBS = {"leaf_tokens_per_node"}  # None: follow another knob (see the docstring)
+KNOB_DEFAULTS = {name: knob.default for name, knob in KNOBS.items()}
 
 
 class SharedLLMConfig(PretrainedConfig):
@@ -32,30 +64,9 @@ class SharedLLMConfig(PretrainedConfig):
         text_config: config of the base causal LM (Llama, Mistral, Qwen2, ...).
         base_model: local path or hub id the base weights are loaded from by `from_pretrained`.
         base_fingerprint: digest of the base weights (see `modeling.base_fingerprint`), checked at load time.
-        n_injected_layers (M): bottom layers that take part in self-injection.
-        chunk_size (C): context tokens per chunk.
-        decoder_window (Ld): the most tokens the upper model reads; older tokens become context chunks.
-        tree_depth (D): levels of the context tree; 0 means no tree (the whole chunk is one node).
-        tokens_per_node (P): key/value positions kept per tree node and injected layer.
-        leaf_tokens_per_node: positions kept per node of the finest level (the two leaves of the expanded path);
-            None = P. Setting it to the leaf length C / 2**D keeps the finest level exact, token for token, which
-            is what copying an exact string (a passkey, a number) out of the context needs.
-        tree_selection: "query" expands the half whose node vector is most similar (cosine) to the query vector
-            (the paper); "attention" expands the half holding the token with the highest attention logit of the
-            last injected layer's cross-attention query (Quest / InfLLM score blocks this way; needs
-            node_encoding="chunk"); "recent" always expands the most recent half (ablation without query
-            awareness).
-        node_compression: how a node's keys/values become P positions: "stride" (uniform stride from the node's
-            first token, the reference), "stride_last" (stride ending at the node's last token), "mean" (mean
-            pooling of P equal groups).
-        node_encoding: "chunk" runs the lower model once per chunk and reads every node from that pass
-            (cheaper; a new query only changes which nodes are gathered); "node" encodes every node alone with
-            local positions (the reference).
-        max_chunks_per_pass: chunks encoded by one lower-model call; bounds peak memory on long inputs.
-        full_logits: forward returns logits for every input position, as harnesses built on transformers expect
-            (lm-eval's HFLM); each C-token span is scored by its own decoder pass with the context before it
-            compressed (see `SharedLLMForCausalLM.forward` and docs/architecture.md for the cost). False: logits
-            cover the decoder window only (one pass).
+        **knobs: the method's knobs (`n_injected_layers` = M, `chunk_size` = C, `decoder_window` = Ld, `tree_depth`
+            = D, `tokens_per_node` = P, ...): their types, defaults, valid values and meaning are the `KNOBS` table
+            above, the one place every command's flags are derived from (`sharedllm.flags`).
         adapter_sha256: digest of the saved adapter weights file, written by `save_pretrained`, checked at load.
     """
 
@@ -67,17 +78,6 @@ class SharedLLMConfig(PretrainedConfig):
         text_config=None,
         base_model: str | None = None,
         base_fingerprint: str | None = None,
-        n_injected_layers: int = 4,
-        chunk_size: int = 512,
-        decoder_window: int = 1024,
-        tree_depth: int = 3,
-        tokens_per_node: int = 32,
-        leaf_tokens_per_node: int | None = None,
-        tree_selection: str = "query",
-        node_compression: str = "stride",
-        node_encoding: str = "chunk",
-        max_chunks_per_pass: int = 16,
-        full_logits: bool = False,
         adapter_sha256: str | None = None,
         **kwargs,
     ):
@@ -86,17 +86,8 @@ class SharedLLMConfig(PretrainedConfig):
         self.text_config = text_config
         self.base_model = base_model
         self.base_fingerprint = base_fingerprint
-        self.n_injected_layers = n_injected_layers
-        self.chunk_size = chunk_size
-        self.decoder_window = decoder_window
-        self.tree_depth = tree_depth
-        self.tokens_per_node = tokens_per_node
-        self.leaf_tokens_per_node = leaf_tokens_per_node
-        self.tree_selection = tree_selection
-        self.node_compression = node_compression
-        self.node_encoding = node_encoding
-        self.max_chunks_per_pass = max_chunks_per_pass
-        self.full_logits = full_logits
+        for name, knob in KNOBS.items():  # defaults come from the one table
+            setattr(self, name, kwargs.pop(name, knob.default))
         self.adapter_sha256 = adapter_sha256
         if text_config is not None:
             # PretrainedConfig pushes its attention implementation down into text_config, which may be the base
@@ -125,17 +116,16 @@ class SharedLLMConfig(PretrainedConfig):
 
     def validate_knobs(self) -> None:
         """Fail at config time, saying what to change, instead of deep inside a forward pass."""
-        for knob, kind in KNOBS.items():
-            value = getattr(self, knob)
-            if value is None and knob in OPTIONAL_KNOBS:
+        for name, knob in KNOBS.items():
+            value = getattr(self, name)
+            if value is None and knob.optional:
                 continue
             # bool is an int subclass: reject True as a chunk size, and 1 as a flag
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise ValueError(f"{knob} must be of type {kind.__name__}, got {value!r} ({type(value).__name__})")
+            if not isinstance(value, knob.type) or (knob.type is int and isinstance(value, bool)):
+                raise ValueError(f"{name} must be of type {knob.type.__name__}, got {value!r} ({type(value).__name__})")
+            if knob.choices is not None and value not in knob.choices:
+                raise ValueError(f"{name} must be one of {knob.choices}, got {value!r}")
         checks = [
-            (self.tree_selection in TREE_SELECTIONS, f"tree_selection must be one of {TREE_SELECTIONS}, got {self.tree_selection!r}"),
-            (self.node_compression in NODE_COMPRESSIONS, f"node_compression must be one of {NODE_COMPRESSIONS}, got {self.node_compression!r}"),
-            (self.node_encoding in NODE_ENCODINGS, f"node_encoding must be one of {NODE_ENCODINGS}, got {self.node_encoding!r}"),
             (
                 self.tree_selection != "attention" or self.node_encoding == "chunk",
                 "tree_selection='attention' scores tokens of the whole-chunk pass: it needs node_encoding='chunk'",
@@ -183,3 +173,8 @@ class SharedLLMConfig(PretrainedConfig):
     def get_text_config(self, decoder=None, encoder=None) -> PretrainedConfig:
         # The upper model's self-attention cache and generation settings are the base model's.
         return self.text_config
+
+
+# when this module is the first to import transformers' auto classes, the import hook in sharedllm/__init__.py
+# finds it half-initialised and leaves the registration to it
+AutoConfig.register("sharedllm", SharedLLMConfig, exist_ok=True)

@@ -1,0 +1,68 @@
+"""One command-line vocabulary for every command (litgpt-style): the SharedLLM knob flags derived from
+`config.KNOBS`, token lengths parsed and printed one way, and the flags several commands share.
+
+Commands import this module while building their parser, so it imports no torch or transformers (`sharedllm
+--help` stays fast); `config` is read lazily for the same reason.
+"""
+
+import argparse
+import re
+
+_LENGTH = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
+_SCALE = {"": 1, "k": 1024, "m": 1024 * 1024}
+
+
+def parse_length(text: str | int) -> int:
+    """Token count from "8192", "8K"/"8k" (x1024) or "1M" (x1024^2); argparse `type=` for every length flag."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = _LENGTH.match(str(text))
+        if match is None:
+            raise argparse.ArgumentTypeError(f"not a token length: {text!r} (use e.g. 8192, 8K or 128K)")
+        value = int(match.group(1)) * _SCALE[match.group(2).lower()]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a token length must be >= 1, got {text!r}")
+    return value
+
+
+def format_length(n: int) -> str:
+    """The inverse used in tables, file names and plots: 8192 -> "8K", 131072 -> "128K", 1000 -> "1000"."""
+    n = int(n)
+    for suffix, scale in (("M", 1024 * 1024), ("K", 1024)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{suffix}"
+    return str(n)
+
+
+def knob_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_knob_arguments(parser: argparse.ArgumentParser, title: str | None = None) -> None:
+    """Add one flag per `config.KNOBS` entry (`--chunk-size`, `--tree-selection`, ...) with the knob's type,
+    choices and help. Every flag defaults to None, meaning "not given": the command then keeps the adapter's
+    saved value or the config default (`knobs_from_args` returns only the given ones)."""
+    from sharedllm.config import KNOBS
+
+    group = parser.add_argument_group(title or "SharedLLM knobs (default: the adapter's saved value, else the config default)")
+    for name, knob in KNOBS.items():
+        default_note = "follows P" if knob.default is None else knob.default
+        if knob.type is bool:
+            group.add_argument(knob_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{knob.help} (default {default_note})")
+            continue
+        kind = parse_length if name in LENGTH_KNOBS else knob.type
+        group.add_argument(knob_flag(name), dest=name, type=kind, choices=knob.choices, default=None,
+                           help=f"{knob.help} (default {default_note})")
+
+
+# knobs counted in tokens accept the length spelling (`--decoder-window 2K`)
+LENGTH_KNOBS = ("chunk_size", "decoder_window")
+
+
+def knobs_from_args(args: argparse.Namespace) -> dict:
+    """The knobs given on the command line (flags left at None are not given)."""
+    from sharedllm.config import KNOBS
+
+    return {name: getattr(args, name) for name in KNOBS if getattr(args, name, None) is not None}

@@ -1,0 +1,58 @@
+"""The shared command-line vocabulary: knob flags derived from config.KNOBS, one length spelling."""
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from sharedllm.config import KNOBS, SharedLLMConfig
+from sharedllm.flags import add_knob_arguments, format_length, knob_flag, knobs_from_args, parse_length
+
+
+@pytest.mark.parametrize("text, tokens", [("8192", 8192), ("8K", 8192), ("128k", 131072), ("1M", 1048576), (512, 512)])
+def test_parse_length(text, tokens):
+    assert parse_length(text) == tokens
+
+
+@pytest.mark.parametrize("text", ["8KB", "", "-3", "0", "1.5K", "K"])
+def test_parse_length_refuses(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_length(text)
+
+
+@pytest.mark.parametrize("tokens", [1, 1000, 1024, 3072, 8192, 131072, 1048576])
+def test_format_length_round_trips(tokens):
+    assert parse_length(format_length(tokens)) == tokens
+    assert format_length(131072) == "128K"
+
+
+def test_every_knob_is_a_flag_with_the_configs_type_and_choices():
+    parser = argparse.ArgumentParser()
+    add_knob_arguments(parser)
+    assert knobs_from_args(parser.parse_args([])) == {}  # nothing given: the adapter's or the config's values
+    given = parser.parse_args(["--decoder-window", "2K", "--tree-selection", "recent", "--full-logits",
+                               "--leaf-tokens-per-node", "64", "--n-injected-layers", "2"])
+    knobs = knobs_from_args(given)
+    assert knobs == {"decoder_window": 2048, "tree_selection": "recent", "full_logits": True,
+                     "leaf_tokens_per_node": 64, "n_injected_layers": 2}
+    SharedLLMConfig(**knobs)  # what the flags produce is what the config accepts
+    help_text = parser.format_help()
+    assert all(knob_flag(name) in help_text for name in KNOBS)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--tree-selection", "random"])
+
+
+def test_config_defaults_come_from_the_table():
+    config = SharedLLMConfig()
+    assert {name: getattr(config, name) for name in KNOBS} == {name: knob.default for name, knob in KNOBS.items()}
+    with pytest.raises(ValueError, match="tree_selection must be one of"):
+        SharedLLMConfig(tree_selection="random")
+
+
+def test_importing_the_config_first_registers_it_without_a_warning():
+    code = ("import sharedllm.config; from transformers import AutoConfig; "
+            "print(type(AutoConfig.for_model('sharedllm')).__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "SharedLLMConfig"
+    assert "could not register" not in done.stderr
