@@ -7,6 +7,7 @@ from transformers import AutoConfig, PretrainedConfig
 TREE_SELECTIONS = ("query", "attention", "recent")
 NODE_COMPRESSIONS = ("stride", "stride_last", "mean")
 NODE_ENCODINGS = ("chunk", "node")
+INJECTIONS = ("cross", "joint")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,12 @@ KNOBS = {
     "node_encoding": Knob(
         str, "chunk", "chunk: one lower-model pass per chunk, nodes read from it; node: every node encoded alone "
         "(the reference)", choices=NODE_ENCODINGS,
+    ),
+    "injection": Knob(
+        str, "cross", "cross: a new cross-attention over the context after the self-attention of each injected layer "
+        "(the paper); joint: the context keys/values join the layer's own self-attention softmax (no new "
+        "parameters; the untrained base reads its context, best with every layer injected, see docs/method.md)",
+        choices=INJECTIONS,
     ),
     "max_chunks_per_pass": Knob(int, 16, "chunks encoded by one lower-model call; bounds peak memory"),
     "full_logits": Knob(
@@ -129,6 +136,10 @@ class SharedLLMConfig(PretrainedConfig):
             (
                 self.tree_selection != "attention" or self.node_encoding == "chunk",
                 "tree_selection='attention' scores tokens of the whole-chunk pass: it needs node_encoding='chunk'",
+            ),
+            (
+                self.injection != "joint" or self.node_encoding == "chunk",
+                "injection='joint' reads its context from the whole-chunk pass: it needs node_encoding='chunk'",
             ),
             (
                 self.leaf_tokens_per_node is None or 1 <= self.leaf_tokens_per_node <= self.chunk_size // 2**max(self.tree_depth, 0),

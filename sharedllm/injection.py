@@ -1,7 +1,12 @@
-"""Self-injection: the cross-attention an injected upper layer adds between its self-attention and its MLP.
+"""Self-injection: how an injected upper layer reads the lower model's context keys/values.
 
-The keys and values are the lower model's own (the same layer of the same weights, run over the context), so
-no key/value projection is needed: only a norm, a query projection and an output projection are new.
+The keys and values are the lower model's own (the same layer of the same weights, run over the context), so no
+key/value projection is needed. Two ways to read them (`config.injection`):
+- "cross" (the paper): a new cross-attention between the layer's self-attention and its MLP; only a norm, a
+  query projection and an output projection are new (`ContextCrossAttention`).
+- "joint": the context keys/values join the layer's own self-attention softmax, as a prefix of the window's keys
+  (`joint_self_attention`); nothing is new, so the untrained base already attends to its context the way it
+  attends to earlier tokens of one long sequence.
 """
 
 from dataclasses import dataclass
@@ -16,10 +21,12 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager
 class InjectedContext:
     """Compressed context of one batch, as the upper model's injected layers read it.
 
-    keys / values: one (B, Hkv, S, hd) tensor per injected layer; S = chunks * P * (D + 1), post-RoPE.
+    keys / values: one (B, Hkv, S, hd) tensor per injected layer; S = chunks * (kept positions per chunk), post-RoPE.
     attention_mask: (B, 1, 1, S) additive float mask (0 = attend, dtype min = padding), or None if no padding.
-    query_cos / query_sin: (B, 1, hd) rotation of the cross-attention queries (chunk-level position n_b).
+    query_cos / query_sin: (B, 1, hd) rotation of the cross-attention queries (chunk-level position n_b); unused
+        by joint injection, whose queries keep the window's own positions.
     has_context: (B, 1, 1) 1.0 where the row has at least one chunk; rows without one get no injection.
+    window_mask: joint injection only: (B, 1, T, W) additive causal mask of the decoder window's own keys.
     """
 
     keys: list[torch.Tensor]
@@ -28,6 +35,7 @@ class InjectedContext:
     query_cos: torch.Tensor
     query_sin: torch.Tensor
     has_context: torch.Tensor
+    window_mask: torch.Tensor | None = None
 
 
 class ContextCrossAttention(nn.Module):
@@ -77,3 +85,54 @@ class ContextCrossAttention(nn.Module):
         )  # (B, T, H, hd)
         output = self.o_proj(output.reshape(batch, length, -1))
         return output * context.has_context
+
+
+def window_attention_mask(window_mask: torch.Tensor, n_queries: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, W) real-token mask of the whole decoder window (cached tokens included) -> (B, 1, T, W) additive causal
+    mask for its last T = n_queries tokens (0 = attend, dtype min = masked). Explicit, because with a context
+    prefix the keys outnumber the queries and a bare is_causal would align the diagonal to the wrong corner."""
+    width = window_mask.shape[1]
+    key_index = torch.arange(width, device=window_mask.device)
+    query_index = torch.arange(width - n_queries, width, device=window_mask.device)
+    allowed = (key_index[None, :] <= query_index[:, None])[None] & window_mask.bool()[:, None, :]  # (B, T, W)
+    return torch.zeros(allowed.shape, dtype=dtype, device=window_mask.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )[:, None]
+
+
+def joint_self_attention(
+    self_attn: nn.Module,
+    hidden_states: torch.Tensor,
+    context: InjectedContext,
+    layer: int,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    window_mask: torch.Tensor,
+    cache=None,
+) -> torch.Tensor:
+    """The layer's own attention, its queries over [context keys] + [window keys] in one softmax.
+
+    hidden_states: (B, T, hidden), already through the layer's input norm; window_mask: (B, 1, T, W) from
+    `window_attention_mask`; cache: the window's self-attention cache (updated with the T new keys/values as the
+    stock layer would). Returns the attention output after o_proj, (B, T, hidden).
+    """
+    batch, length, _ = hidden_states.shape
+    shape = (batch, length, -1, self_attn.head_dim)
+    query = self_attn.q_proj(hidden_states).view(shape).transpose(1, 2)  # (B, H, T, hd)
+    key = self_attn.k_proj(hidden_states).view(shape).transpose(1, 2)  # (B, Hkv, T, hd)
+    value = self_attn.v_proj(hidden_states).view(shape).transpose(1, 2)
+    cos, sin = position_embeddings
+    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    if cache is not None:
+        key, value = cache.update(key, value, self_attn.layer_idx)  # (B, Hkv, W, hd)
+    keys = torch.cat([context.keys[layer], key], dim=2)  # (B, Hkv, S + W, hd)
+    values = torch.cat([context.values[layer], value], dim=2)
+    context_mask = context.attention_mask
+    if context_mask is None:
+        context_mask = window_mask.new_zeros(batch, 1, 1, context.keys[layer].shape[2])
+    mask = torch.cat([context_mask.expand(-1, -1, length, -1), window_mask], dim=-1)  # (B, 1, T, S + W)
+    implementation = self_attn.config._attn_implementation
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(
+        implementation if implementation in ("eager", "sdpa") else "sdpa", eager_attention_forward
+    )
+    output, _ = attention(self_attn, query, keys, values, mask, scaling=self_attn.scaling, dropout=0.0)
+    return self_attn.o_proj(output.reshape(batch, length, -1))

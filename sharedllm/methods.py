@@ -443,7 +443,8 @@ class SharedLLM(Method):
 
     name = "sharedllm"
     KNOBS = ("n_injected_layers", "chunk_size", "decoder_window", "tree_depth", "tokens_per_node",
-             "leaf_tokens_per_node", "tree_selection", "node_compression", "node_encoding", "max_chunks_per_pass")
+             "leaf_tokens_per_node", "tree_selection", "node_compression", "node_encoding", "injection",
+             "max_chunks_per_pass")
 
     def __init__(self, base, tokenizer=None, adapter: str | None = None, **model_knobs):
         super().__init__(base, tokenizer)

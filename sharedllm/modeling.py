@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from sharedllm.config import KNOBS, SharedLLMConfig
-from sharedllm.injection import ContextCrossAttention, InjectedContext
+from sharedllm.injection import ContextCrossAttention, InjectedContext, joint_self_attention, window_attention_mask
 from sharedllm.lora import LORA_DIR, load_upper_lora, save_upper_lora
 from sharedllm.tree import (
     attention_half_scores,
@@ -421,9 +421,9 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         self.base = base
         self.tokenizer = None  # optional: set by from_base / from_pretrained, written by save_pretrained
         implementation = implementation if implementation in CROSS_ATTENTION_IMPLEMENTATIONS else "sdpa"
-        self.cross_attention = nn.ModuleList(
-            [ContextCrossAttention(layer, implementation) for layer in self.decoder.layers[: config.n_injected_layers]]
-        )
+        injected = self.decoder.layers[: config.n_injected_layers] if config.injection == "cross" else []
+        # joint injection reads the context with the layers' own attention: it adds no module
+        self.cross_attention = nn.ModuleList([ContextCrossAttention(layer, implementation) for layer in injected])
         self.post_init()
 
     # -- construction, saving, loading ---------------------------------------------------------------------------
@@ -650,14 +650,39 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         tokens and their multiples (none when D < 2: no level makes a choice)."""
         cfg = self.config
         n, chunk_size = chunk_ids.shape
-        positions = chunk_index[:, None] + torch.arange(chunk_size, device=chunk_ids.device)[None, :]
-        layer0, keys, values = self._run_lower(chunk_ids, positions, cfg.n_injected_layers)
+        positions = self._chunk_offsets(chunk_index)[:, None] + torch.arange(chunk_size, device=chunk_ids.device)[None, :]
+        if cfg.injection == "joint":
+            # a shared sink token before every chunk, left out of the context: a chunk encoded alone would make its
+            # own first token the sink, and that key would soak up the window's attention (joint-injection probe)
+            sink = torch.full((n, 1), self._sink_token_id(), dtype=chunk_ids.dtype, device=chunk_ids.device)
+            layer0, keys, values = self._run_lower(
+                torch.cat([sink, chunk_ids], dim=1), torch.cat([positions[:, :1] - 1, positions], dim=1), cfg.n_injected_layers
+            )
+            layer0, keys, values = layer0[:, 1:], [k[:, :, 1:] for k in keys], [v[:, :, 1:] for v in values]
+        else:
+            layer0, keys, values = self._run_lower(chunk_ids, positions, cfg.n_injected_layers)
         if cfg.tree_depth >= 2:
             shortest = chunk_size // 2 ** (cfg.tree_depth - 1)
             node_vectors = self.decoder.norm(layer0[:, shortest - 1 :: shortest])
         else:
             node_vectors = layer0.new_empty(n, 0, layer0.shape[-1])
         return LowerChunks(keys, values, node_vectors)
+
+    def _chunk_offsets(self, chunk_index: torch.LongTensor) -> torch.LongTensor:
+        """(N,) rotary position of each chunk's first token. Cross injection: the chunk index (the paper's
+        chunk-level positions). Joint injection: -C for every chunk, so that all chunks sit just before the decoder
+        window (positions 0..) within the base's trained range at any input length, as InfLLM places its blocks."""
+        if self.config.injection == "joint":
+            return torch.full_like(chunk_index, -self.config.chunk_size)
+        return chunk_index
+
+    def _sink_token_id(self) -> int:
+        text_config = self.config.text_config
+        for token_id in (text_config.bos_token_id, text_config.eos_token_id, 0):
+            if isinstance(token_id, list):
+                token_id = token_id[0] if token_id else None
+            if token_id is not None:
+                return int(token_id)
 
     def _select_nodes(self, lowered: LowerChunks, query, chunk_index):
         """The question-dependent half: search each chunk's tree with its row's query (N, hidden), then compress the
@@ -690,10 +715,14 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         state, (N, hidden)) against each chunk token's key of that layer. The query is rotated to sit just after the
         chunk it scores, so a chunk's selection depends on its own tokens only, never on how many chunks precede
         the query (forward and cached generation then select alike)."""
-        attention = self.cross_attention[self.config.n_injected_layers - 1]
+        last = self.config.n_injected_layers - 1
+        if self.config.injection == "cross":
+            norm, q_proj = self.cross_attention[last].norm, self.cross_attention[last].q_proj
+        else:  # joint: the layer's own query
+            norm, q_proj = self.decoder.layers[last].input_layernorm, self.decoder.layers[last].self_attn.q_proj
         n, n_kv, chunk_size, head_dim = keys.shape
-        query = attention.q_proj(attention.norm(query_hidden)).view(n, -1, 1, head_dim)  # (N, H, 1, hd)
-        cos, sin = self.decoder.rotary_emb(query, (chunk_index + chunk_size)[:, None])
+        query = q_proj(norm(query_hidden)).view(n, -1, 1, head_dim)  # (N, H, 1, hd)
+        cos, sin = self.decoder.rotary_emb(query, (self._chunk_offsets(chunk_index) + chunk_size)[:, None])
         query, _ = apply_rotary_pos_emb(query, query, cos, sin)
         return attention_token_scores(query[:, :, 0], keys)
 
@@ -845,6 +874,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         hidden = self.decoder.embed_tokens(ids)
         position_embeddings = self.decoder.rotary_emb(hidden, positions)
         masks = self._self_attention_masks(hidden, mask, cache, positions)
+        if injected is not None and self.config.injection == "joint":
+            injected = replace(injected, window_mask=window_attention_mask(mask, ids.shape[1], hidden.dtype))
         for index, layer in enumerate(self.decoder.layers):
             layer_kwargs = dict(
                 attention_mask=self._layer_mask(masks, index),
@@ -860,13 +891,20 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         return self.decoder.norm(hidden)
 
     def _injected_layer(self, index, layer, hidden, injected, layer_kwargs):
-        """Self-attention -> cross-attention -> MLP, each with its residual (the base layer's own modules)."""
+        """Cross: self-attention -> cross-attention -> MLP, each with its residual (the base layer's own modules).
+        Joint: the layer's self-attention reads context + window in one softmax, then its MLP."""
 
         def block(hidden):
             residual = hidden
-            attended, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden), **layer_kwargs)
-            hidden = residual + attended
-            hidden = hidden + self.cross_attention[index](hidden, injected, index)
+            if self.config.injection == "joint":
+                hidden = residual + joint_self_attention(
+                    layer.self_attn, layer.input_layernorm(hidden), injected, index,
+                    layer_kwargs["position_embeddings"], injected.window_mask, layer_kwargs["past_key_values"],
+                )
+            else:
+                attended, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden), **layer_kwargs)
+                hidden = residual + attended
+                hidden = hidden + self.cross_attention[index](hidden, injected, index)
             return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
         if self.training and getattr(self.decoder, "gradient_checkpointing", False):

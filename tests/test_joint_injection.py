@@ -1,0 +1,107 @@
+"""Joint injection (config.injection = "joint"): the context keys/values join each injected layer's own
+self-attention softmax. Checked against the base model itself, and for generation and the context cache."""
+
+import pytest
+import torch
+from conftest import tiny_model
+from test_context_cache import DOCUMENT_LENGTH, GENERATE, scratch_generate
+from test_context_cache import setup as cache_setup
+from test_model import pad_batch, wrap
+
+from sharedllm.context_cache import ContextCache
+
+CHUNK, WINDOW = 16, 24
+
+
+def joint(base, **overrides):
+    knobs = dict(injection="joint", n_injected_layers=base.config.num_hidden_layers, chunk_size=CHUNK,
+                 decoder_window=WINDOW, tree_depth=0, tokens_per_node=CHUNK)
+    return wrap(base, **{**knobs, **overrides})
+
+
+def reference_logits(base, ids, n_chunks):
+    """The base over [sink, chunk_0, ..., sink, chunk_{n-1}, window] with a mask: each chunk sees its own sink and
+    itself; the window sees every chunk token (no sink) and itself causally. Every chunk sits at the positions just
+    before the window. This is what joint injection with nothing compressed must compute."""
+    sink = base.config.bos_token_id
+    chunks, window = ids[: n_chunks * CHUNK].view(n_chunks, CHUNK), ids[n_chunks * CHUNK :]
+    pieces, positions, groups = [], [], []
+    for c in range(n_chunks):
+        pieces += [torch.tensor([sink]), chunks[c]]
+        positions += [torch.arange(-CHUNK - 1, 0)]
+        groups += [torch.full((CHUNK + 1,), c)]
+    sequence = torch.cat(pieces + [window])
+    position_ids = torch.cat(positions + [torch.arange(len(window))]) + CHUNK + 1
+    group = torch.cat(groups + [torch.full((len(window),), n_chunks)])
+    is_sink = torch.zeros(len(sequence), dtype=torch.bool)
+    is_sink[torch.arange(n_chunks) * (CHUNK + 1)] = True
+    index = torch.arange(len(sequence))
+    causal = index[None, :] <= index[:, None]
+    same_chunk = group[None, :] == group[:, None]
+    window_row = (group == n_chunks)[:, None]
+    allowed = causal & (same_chunk | (window_row & ~is_sink[None, :]))
+    mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
+    logits = base(sequence[None], attention_mask=mask, position_ids=position_ids[None]).logits[0]
+    return logits[-len(window) :]
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "qwen2"])
+@pytest.mark.parametrize("n_chunks", [1, 3])
+def test_uncompressed_joint_injection_is_the_base_over_its_chunks(arch_name, n_chunks):
+    base = tiny_model(arch_name)
+    base.set_attn_implementation("eager")  # the reference passes a custom 4-D float mask
+    model = joint(base)
+    ids = torch.randint(3, 128, (n_chunks * CHUNK + WINDOW,), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(ids[None])
+        expected = reference_logits(base, ids, n_chunks)
+    assert out.context_lengths.tolist() == [n_chunks * CHUNK]
+    assert torch.allclose(out.logits[0], expected, atol=1e-4), (out.logits[0] - expected).abs().max()
+    # the context matters: the window alone gives other logits
+    with torch.no_grad():
+        window_only = base(ids[None, n_chunks * CHUNK :]).logits[0]
+    assert not torch.allclose(out.logits[0], window_only, atol=1e-2)
+
+
+def test_joint_injection_adds_no_parameters_and_saves(tmp_path):
+    model = joint(tiny_model())
+    assert list(model.adapter_parameters()) == []
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path, base=model.base)
+    ids = torch.randint(3, 128, (1, 60))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_joint_batched_generation_equals_single_rows(side):
+    """Rows of different lengths roll chunks into context at different steps; padding must not leak."""
+    model = joint(tiny_model(), tree_depth=1, tokens_per_node=4, leaf_tokens_per_node=8)
+    generator = torch.Generator().manual_seed(3)
+    rows = [torch.randint(3, 128, (n,), generator=generator) for n in (70, 41)]
+    ids, mask = pad_batch(rows, side)
+    settings = dict(max_new_tokens=30, min_new_tokens=30, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        batched = model.generate(ids, attention_mask=mask, **settings)[:, ids.shape[1] :]
+        for i, row in enumerate(rows):
+            single = model.generate(row[None], **settings)[0, len(row) :]
+            assert torch.equal(batched[i], single), i
+
+
+@pytest.mark.parametrize("selection", ["query", "attention"])
+def test_joint_context_cache_answers_equal_from_scratch(selection):
+    model, document, questions = cache_setup(selection, injection="joint", n_injected_layers=4)
+    with torch.no_grad():
+        context = ContextCache.encode(model, document)
+        for question in questions:
+            out = model.generate(question[None], past_key_values=context, output_logits=True,
+                                 return_dict_in_generate=True, **GENERATE)
+            expected_tokens, expected_logits = scratch_generate(model, document, question)
+            assert torch.equal(out.sequences[0, len(question) :], expected_tokens), f"question of {len(question)}"
+            assert torch.allclose(torch.stack(out.logits), expected_logits, atol=1e-4)
+    assert DOCUMENT_LENGTH // 16 == context.n_chunks
+
+
+def test_joint_needs_whole_chunk_encoding():
+    with pytest.raises(ValueError, match="injection='joint'.*node_encoding='chunk'"):
+        joint(tiny_model(), node_encoding="node")
