@@ -47,7 +47,7 @@ ppl() {
 has_result() {
   python - "$RESULTS" "$@" <<'EOF'
 import json, pathlib, sys
-from sharedllm.evaluation.cli import parse_length
+from sharedllm.flags import parse_length
 results, task, method, length = sys.argv[1], sys.argv[2], sys.argv[3], parse_length(sys.argv[4])
 found = any(length in json.loads(p.read_text()).get("lengths", []) for p in pathlib.Path(results).glob(f"{task}_{method}_*.json"))
 sys.exit(0 if found else 1)
