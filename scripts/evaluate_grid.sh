@@ -36,10 +36,10 @@ ppl() {
   for length in $LENGTHS; do
     common=(--domains $DOMAINS --lengths "$length" --max-windows "$WINDOWS" --max-seconds "$MAX_SECONDS"
             --output "$RESULTS/heldout" $EXTRA)
-    eval_ heldout --method sharedllm --adapter "$ADAPTER" "${common[@]}"
-    eval_ heldout --method window streaming infllm --decoder-window "$LD" "${common[@]}"
-    eval_ heldout --method full --max-length "$FULL_MAX" "${common[@]}"
-    eval_ heldout --method yarn --max-length "$YARN_MAX" "${common[@]}"
+    eval_ heldout --methods sharedllm --adapter "$ADAPTER" "${common[@]}"
+    eval_ heldout --methods window streaming infllm --decoder-window "$LD" "${common[@]}"
+    eval_ heldout --methods full --max-length "$FULL_MAX" "${common[@]}"
+    eval_ heldout --methods yarn --max-length "$YARN_MAX" "${common[@]}"
   done
 }
 
@@ -55,9 +55,9 @@ EOF
 }
 
 retrieval() {
-  has_result passkey sharedllm 128K || eval_ passkey --method sharedllm --adapter "$ADAPTER" --lengths 128K \
+  has_result passkey sharedllm 128K || eval_ passkey --methods sharedllm --adapter "$ADAPTER" --lengths 128K \
     --depths 0.1 0.5 0.9 --trials 10 --output "$RESULTS"
-  has_result ruler sharedllm 128K || eval_ ruler --method sharedllm --adapter "$ADAPTER" --lengths 128K --trials 2 \
+  has_result ruler sharedllm 128K || eval_ ruler --methods sharedllm --adapter "$ADAPTER" --lengths 128K --trials 2 \
     --output "$RESULTS"
 }
 

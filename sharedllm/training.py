@@ -43,7 +43,7 @@ from sharedllm import data
 from sharedllm.cli import InputError
 from sharedllm.config import KNOB_DEFAULTS, KNOBS, SharedLLMConfig
 from sharedllm.distillation import teacher_window_logits, topk_distillation_loss
-from sharedllm.flags import add_base_argument, add_knob_arguments, knobs_from_args
+from sharedllm.flags import add_base_argument, add_knob_arguments, knobs_from_args, parse_length
 from sharedllm.lora import LORA_DIR, LORA_WEIGHTS, add_upper_lora, load_upper_lora  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -825,7 +825,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--data", default=None, help="your own data instead of the assets: a .txt / .jsonl file or a folder of them")
     add("--validation-data", default=None, help="validation documents for --data (default: ~5%% of --data by id hash)")
     add("--max-train-docs", type=int, default=None, help="use at most this many training documents (round-robin over domains)")
-    add("--stride", type=int, default=None, help="tokens between sample starts (default: half a sample, as CEPE)")
+    add("--stride", type=parse_length, default=None, help="tokens between sample starts (default: half a sample, as CEPE)")
     add("--pack-documents", action="store_true",
         help="concatenate documents (EOS between them) so short ones are used; by default samples never cross documents")
     add("--token-cache", default=None, help="token-id cache folder (default: $SHAREDLLM_HOME/tokens, ~/.cache/sharedllm/tokens)")
