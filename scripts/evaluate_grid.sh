@@ -36,10 +36,10 @@ ppl() {
   for length in $LENGTHS; do
     common=(--domains $DOMAINS --lengths "$length" --max-windows "$WINDOWS" --max-seconds "$MAX_SECONDS"
             --output "$RESULTS/heldout" $EXTRA)
-    eval_ heldout --method sharedllm --adapter "$ADAPTER" "${common[@]}"
-    eval_ heldout --method window streaming infllm --decoder-window "$LD" "${common[@]}"
-    eval_ heldout --method full --max-length "$FULL_MAX" "${common[@]}"
-    eval_ heldout --method yarn --max-length "$YARN_MAX" "${common[@]}"
+    eval_ heldout --methods sharedllm --adapter "$ADAPTER" "${common[@]}"
+    eval_ heldout --methods window streaming infllm --decoder-window "$LD" "${common[@]}"
+    eval_ heldout --methods full --max-length "$FULL_MAX" "${common[@]}"
+    eval_ heldout --methods yarn --max-length "$YARN_MAX" "${common[@]}"
   done
 }
 
@@ -47,7 +47,7 @@ ppl() {
 has_result() {
   python - "$RESULTS" "$@" <<'EOF'
 import json, pathlib, sys
-from sharedllm.evaluation.cli import parse_length
+from sharedllm.flags import parse_length
 results, task, method, length = sys.argv[1], sys.argv[2], sys.argv[3], parse_length(sys.argv[4])
 found = any(length in json.loads(p.read_text()).get("lengths", []) for p in pathlib.Path(results).glob(f"{task}_{method}_*.json"))
 sys.exit(0 if found else 1)
@@ -55,9 +55,9 @@ EOF
 }
 
 retrieval() {
-  has_result passkey sharedllm 128K || eval_ passkey --method sharedllm --adapter "$ADAPTER" --lengths 128K \
+  has_result passkey sharedllm 128K || eval_ passkey --methods sharedllm --adapter "$ADAPTER" --lengths 128K \
     --depths 0.1 0.5 0.9 --trials 10 --output "$RESULTS"
-  has_result ruler sharedllm 128K || eval_ ruler --method sharedllm --adapter "$ADAPTER" --lengths 128K --trials 2 \
+  has_result ruler sharedllm 128K || eval_ ruler --methods sharedllm --adapter "$ADAPTER" --lengths 128K --trials 2 \
     --output "$RESULTS"
 }
 

@@ -17,78 +17,78 @@ LD=512  # the adapter's decoder window: window / streaming get the same one so t
 eval_() { echo "+ sharedllm eval $*"; python -m sharedllm eval "$@"; }
 
 baselines() {
-  eval_ ppl --method window --decoder-window $LD --lengths 2K 4K 8K 16K 32K 64K --domains books --max-windows 8
+  eval_ ppl --methods window --decoder-window $LD --lengths 2K 4K 8K 16K 32K 64K --domains books --max-windows 8
   # full attention, streaming and yarn cost all N layers over every token: fewer windows on this CPU
-  eval_ ppl --method full --lengths 2K 8K --domains books --max-windows 2
-  eval_ ppl --method full --lengths 16K --domains books --max-windows 1
-  eval_ ppl --method streaming --decoder-window $LD --lengths 2K 8K 16K --domains books --max-windows 1
-  eval_ ppl --method yarn --lengths 16K --domains books --max-windows 1
+  eval_ ppl --methods full --lengths 2K 8K --domains books --max-windows 2
+  eval_ ppl --methods full --lengths 16K --domains books --max-windows 1
+  eval_ ppl --methods streaming --decoder-window $LD --lengths 2K 8K 16K --domains books --max-windows 1
+  eval_ ppl --methods yarn --lengths 16K --domains books --max-windows 1
 }
 
 adapter() {
-  eval_ ppl --method sharedllm --adapter "$ADAPTER" --lengths 2K 4K 8K 16K 32K 64K --domains books --max-windows 8
+  eval_ ppl --methods sharedllm --adapter "$ADAPTER" --lengths 2K 4K 8K 16K 32K 64K --domains books --max-windows 8
   # (a) of issue 3: the same model untrained (o_proj = 0), i.e. the decoder window alone through SharedLLM
-  eval_ ppl --method sharedllm --adapter none --label sharedllm-untrained --decoder-window $LD \
-    --knob chunk_size=256 --knob tokens_per_node=16 --lengths 2K 8K --domains books --max-windows 8
+  eval_ ppl --methods sharedllm --adapter none --label sharedllm-untrained --decoder-window $LD \
+    --chunk-size 256 --tokens-per-node 16 --lengths 2K 8K --domains books --max-windows 8
   # ablations on the same trained adapter: no query awareness, no tree (uniform compression, same budget),
   # and the reference's node-by-node encoding
-  eval_ ppl --method sharedllm --adapter "$ADAPTER" --knob tree_selection=recent --label ablation-recent-half \
+  eval_ ppl --methods sharedllm --adapter "$ADAPTER" --tree-selection recent --label ablation-recent-half \
     --lengths 8K --domains books --max-windows 8
-  eval_ ppl --method sharedllm --adapter "$ADAPTER" --knob tree_depth=0 --knob tokens_per_node=64 \
+  eval_ ppl --methods sharedllm --adapter "$ADAPTER" --tree-depth 0 --tokens-per-node 64 \
     --label ablation-no-tree --lengths 8K --domains books --max-windows 8
-  eval_ ppl --method sharedllm --adapter "$ADAPTER" --knob node_encoding=node --label ablation-node-encoding \
+  eval_ ppl --methods sharedllm --adapter "$ADAPTER" --node-encoding node --label ablation-node-encoding \
     --lengths 8K --domains books --max-windows 8
   # the same 2 / 1 windows that full, streaming and yarn were scored on (their cells are not comparable with the
   # 8-window rows: different windows of different difficulty)
-  eval_ ppl --method sharedllm --adapter "$ADAPTER" --label sharedllm-on-2-windows --lengths 2K 8K --domains books --max-windows 2
-  eval_ ppl --method window --decoder-window $LD --label window-on-2-windows --lengths 2K 8K --domains books --max-windows 2
-  eval_ ppl --method sharedllm --adapter "$ADAPTER" --label sharedllm-on-1-window --lengths 2K 8K 16K --domains books --max-windows 1
-  eval_ ppl --method window --decoder-window $LD --label window-on-1-window --lengths 2K 8K 16K --domains books --max-windows 1
+  eval_ ppl --methods sharedllm --adapter "$ADAPTER" --label sharedllm-on-2-windows --lengths 2K 8K --domains books --max-windows 2
+  eval_ ppl --methods window --decoder-window $LD --label window-on-2-windows --lengths 2K 8K --domains books --max-windows 2
+  eval_ ppl --methods sharedllm --adapter "$ADAPTER" --label sharedllm-on-1-window --lengths 2K 8K 16K --domains books --max-windows 1
+  eval_ ppl --methods window --decoder-window $LD --label window-on-1-window --lengths 2K 8K 16K --domains books --max-windows 1
 }
 
 passkey() {
-  eval_ passkey --method sharedllm --adapter "$ADAPTER" --lengths 4K 16K 64K --depths 0.25 0.75 --trials 10
-  eval_ passkey --method window --decoder-window $LD --lengths 4K 16K 64K --depths 0.25 0.75 --trials 10
+  eval_ passkey --methods sharedllm --adapter "$ADAPTER" --lengths 4K 16K 64K --depths 0.25 0.75 --trials 10
+  eval_ passkey --methods window --decoder-window $LD --lengths 4K 16K 64K --depths 0.25 0.75 --trials 10
   # the reference: can the base read the key back when it sees all of it (full attention inside its native 8K)?
-  eval_ passkey --method full --lengths 1K 4K --depths 0.25 0.75 --trials 10
+  eval_ passkey --methods full --lengths 1K 4K --depths 0.25 0.75 --trials 10
 }
 
 ruler() {
-  eval_ ruler --method sharedllm --adapter "$ADAPTER" --lengths 4K --trials 2
-  eval_ ruler --method window --decoder-window $LD --lengths 4K --trials 2
-  eval_ ruler --method full --lengths 4K --trials 2
+  eval_ ruler --methods sharedllm --adapter "$ADAPTER" --lengths 4K --trials 2
+  eval_ ruler --methods window --decoder-window $LD --lengths 4K --trials 2
+  eval_ ruler --methods full --lengths 4K --trials 2
 }
 
 longer() {
-  eval_ ppl --method streaming --decoder-window $LD --lengths 4K 32K 64K --domains books --max-windows 1
-  eval_ ppl --method yarn --lengths 8K 32K --domains books --max-windows 1
-  eval_ ppl --method yarn --lengths 4K 64K --domains books --max-windows 1  # 64K: about 30 minutes on the CPU
-  eval_ ppl --method full --lengths 4K --domains books --max-windows 2
-  eval_ ppl --method sharedllm --adapter "$ADAPTER" --label sharedllm-on-1-window --lengths 4K 32K 64K --domains books --max-windows 1
-  eval_ ppl --method window --decoder-window $LD --label window-on-1-window --lengths 4K 32K 64K --domains books --max-windows 1
-  eval_ ppl --method sharedllm --adapter "$ADAPTER" --label sharedllm-on-2-windows --lengths 4K --domains books --max-windows 2
-  eval_ ppl --method window --decoder-window $LD --label window-on-2-windows --lengths 4K --domains books --max-windows 2
+  eval_ ppl --methods streaming --decoder-window $LD --lengths 4K 32K 64K --domains books --max-windows 1
+  eval_ ppl --methods yarn --lengths 8K 32K --domains books --max-windows 1
+  eval_ ppl --methods yarn --lengths 4K 64K --domains books --max-windows 1  # 64K: about 30 minutes on the CPU
+  eval_ ppl --methods full --lengths 4K --domains books --max-windows 2
+  eval_ ppl --methods sharedllm --adapter "$ADAPTER" --label sharedllm-on-1-window --lengths 4K 32K 64K --domains books --max-windows 1
+  eval_ ppl --methods window --decoder-window $LD --label window-on-1-window --lengths 4K 32K 64K --domains books --max-windows 1
+  eval_ ppl --methods sharedllm --adapter "$ADAPTER" --label sharedllm-on-2-windows --lengths 4K --domains books --max-windows 2
+  eval_ ppl --methods window --decoder-window $LD --label window-on-2-windows --lengths 4K --domains books --max-windows 2
 }
 
 cepe() {
   local CEPE=${CEPE:-runs/cepe-smollm2-135m}
-  eval_ ppl --method cepe --adapter "$CEPE" --label cepe-40-steps --lengths 2K 8K --domains books --max-windows 8
+  eval_ ppl --methods cepe --adapter "$CEPE" --label cepe-40-steps --lengths 2K 8K --domains books --max-windows 8
   # every length on the single windows the other 1-window rows use
-  eval_ ppl --method cepe --adapter "$CEPE" --label cepe-40-steps-on-1-window --lengths 2K 4K 8K 16K 32K 64K \
+  eval_ ppl --methods cepe --adapter "$CEPE" --label cepe-40-steps-on-1-window --lengths 2K 4K 8K 16K 32K 64K \
     --domains books --max-windows 1
 }
 
 # the runs added last, in the order they were made (each command also sits in its function above)
 fill() {
-  eval_ ppl --method streaming --decoder-window $LD --lengths 4K --domains books --max-windows 1
-  eval_ ppl --method full --lengths 4K --domains books --max-windows 2
-  eval_ ppl --method sharedllm --adapter "$ADAPTER" --label sharedllm-on-1-window --lengths 4K --domains books --max-windows 1
-  eval_ ppl --method window --decoder-window $LD --label window-on-1-window --lengths 4K --domains books --max-windows 1
-  eval_ ppl --method sharedllm --adapter "$ADAPTER" --label sharedllm-on-2-windows --lengths 4K --domains books --max-windows 2
-  eval_ ppl --method window --decoder-window $LD --label window-on-2-windows --lengths 4K --domains books --max-windows 2
-  eval_ ppl --method cepe --adapter "${CEPE:-runs/cepe-smollm2-135m}" --label cepe-40-steps-on-1-window \
+  eval_ ppl --methods streaming --decoder-window $LD --lengths 4K --domains books --max-windows 1
+  eval_ ppl --methods full --lengths 4K --domains books --max-windows 2
+  eval_ ppl --methods sharedllm --adapter "$ADAPTER" --label sharedllm-on-1-window --lengths 4K --domains books --max-windows 1
+  eval_ ppl --methods window --decoder-window $LD --label window-on-1-window --lengths 4K --domains books --max-windows 1
+  eval_ ppl --methods sharedllm --adapter "$ADAPTER" --label sharedllm-on-2-windows --lengths 4K --domains books --max-windows 2
+  eval_ ppl --methods window --decoder-window $LD --label window-on-2-windows --lengths 4K --domains books --max-windows 2
+  eval_ ppl --methods cepe --adapter "${CEPE:-runs/cepe-smollm2-135m}" --label cepe-40-steps-on-1-window \
     --lengths 2K 4K 8K 16K 32K 64K --domains books --max-windows 1
-  eval_ ppl --method yarn --lengths 4K 64K --domains books --max-windows 1
+  eval_ ppl --methods yarn --lengths 4K 64K --domains books --max-windows 1
 }
 
 "${1:?usage: $0 baselines|adapter|passkey|ruler|longer|cepe|fill}"

@@ -14,12 +14,10 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from sharedllm import SharedLLMConfig, SharedLLMForCausalLM
-from sharedllm.modeling import load_causal_lm, portable_base_name
+from sharedllm.config import KNOBS
 from sharedllm.lora import LORA_DIR
+from sharedllm.modeling import load_causal_lm, portable_base_name
 from sharedllm.training import LOG_FILE, plot_curves, read_log
-
-KNOBS = ("n_injected_layers", "chunk_size", "decoder_window", "tree_depth", "tokens_per_node", "tree_selection",
-         "node_compression", "node_encoding", "max_chunks_per_pass")
 
 
 def main() -> None:
@@ -33,7 +31,7 @@ def main() -> None:
     if checkpoint is None:  # a finished run: its saved config
         config = SharedLLMConfig.from_pretrained(args.run)
         base_path, knobs = config.base_model, {k: getattr(config, k) for k in KNOBS}
-    else:  # a checkpoint: the run's own training config
+    else:  # a checkpoint: the run's own training config (a knob an older run did not record keeps its default)
         config = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
         base_path, knobs = config["base"], {k: config[k] for k in KNOBS if k in config}
     base, _ = load_causal_lm(portable_base_name(base_path) or base_path)

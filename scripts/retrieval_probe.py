@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     base, tokenizer = load_causal_lm(default_model_path())
-    config = training.TrainConfig(output="", n_chunks=4, chunk_size=256, decoder_window=512, eval_windows=8)
+    config = training.TrainConfig(output="", n_chunks=4, knobs=dict(chunk_size=256, decoder_window=512), eval_windows=8)
     _, validation_docs, _ = training.load_training_documents(config)
     windows = data.evaluation_windows(
         data.build_windows(data.tokenize_documents(validation_docs, tokenizer, progress=False), config.sample_len), 8)

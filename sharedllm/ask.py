@@ -17,6 +17,7 @@ from transformers import TextStreamer
 
 from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.context_cache import ContextCache
+from sharedllm.flags import add_base_argument, add_knob_arguments, knobs_from_args
 from sharedllm.modeling import context_chunk_counts
 
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -124,8 +125,9 @@ class Asker:
         return tokenizer.decode(new, skip_special_tokens=True)
 
 
-def load_model(adapter: str | Path | None = None, device: str | None = None):
-    """The adapter (default: the shipped one) on its recorded base, with that base's tokenizer."""
+def load_model(adapter: str | Path | None = None, device: str | None = None, base: str | None = None, **knobs):
+    """The adapter (default: the shipped one) on `base` (default: the one it records), with that base's tokenizer;
+    `knobs` (config.KNOBS) override the adapter's saved values."""
     from sharedllm.config import SharedLLMConfig
     from sharedllm.modeling import SharedLLMForCausalLM, load_causal_lm
 
@@ -135,8 +137,11 @@ def load_model(adapter: str | Path | None = None, device: str | None = None):
             f"no adapter in {adapter}; pass --adapter DIR (a folder written by `sharedllm train` or save_pretrained)"
         )
     config = SharedLLMConfig.from_pretrained(adapter)
-    base, tokenizer = load_causal_lm(config.base_model)
-    model = SharedLLMForCausalLM.from_pretrained(adapter, base=base, config=config)
+    base_model, tokenizer = load_causal_lm(base or config.base_model)
+    try:  # a knob the adapter cannot take, or a base it was not trained on
+        model = SharedLLMForCausalLM.from_pretrained(adapter, base=base_model, config=config, **knobs)
+    except ValueError as err:
+        raise AskError(str(err)) from err
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), tokenizer
 
 
@@ -159,14 +164,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "input or an empty line; the files are encoded once")
     parser.add_argument("--adapter", type=Path, default=None,
                         help="adapter folder (default: the shipped adapters/smollm2-135m on its base, SmolLM2-135M)")
+    add_base_argument(parser, default="the base the adapter records")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="longest answer, in tokens")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_knob_arguments(parser, "SharedLLM knobs (default: the adapter's saved value)")
+
+
+def check_knobs(knobs: dict) -> None:
+    """The knobs ask cannot honour, refused before anything loads."""
+    if knobs.get("full_logits"):
+        raise AskError("--full-logits does not apply to ask: an answer is generated from the last position's logits")
+    if knobs.get("node_encoding") == "node":
+        raise AskError("--node-encoding node does not apply to ask: the files are encoded once into a context cache, "
+                       "which needs node_encoding chunk")
 
 
 def run(args) -> int:
+    knobs = knobs_from_args(args)
     try:
+        check_knobs(knobs)
         document = read_files(args.files)  # before loading the model: a typo fails at once
-        model, tokenizer = load_model(args.adapter, args.device)
+        model, tokenizer = load_model(args.adapter, args.device, args.base, **knobs)
     except AskError as err:
         print(f"sharedllm ask: {err}", file=sys.stderr)
         return 2

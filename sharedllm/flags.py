@@ -7,6 +7,7 @@ Commands import this module while building their parser, so it imports no torch 
 
 import argparse
 import re
+import sys
 
 _LENGTH = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
 _SCALE = {"": 1, "k": 1024, "m": 1024 * 1024}
@@ -39,22 +40,24 @@ def knob_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_knob_arguments(parser: argparse.ArgumentParser, title: str | None = None) -> None:
+def add_knob_arguments(parser: argparse.ArgumentParser, title: str | None = None,
+                       notes: dict[str, str] | None = None) -> None:
     """Add one flag per `config.KNOBS` entry (`--chunk-size`, `--tree-selection`, ...) with the knob's type,
     choices and help. Every flag defaults to None, meaning "not given": the command then keeps the adapter's
-    saved value or the config default (`knobs_from_args` returns only the given ones)."""
+    saved value or the config default (`knobs_from_args` returns only the given ones). `notes` appends what a
+    knob means to this command in particular (knob name -> text) to its help."""
     from sharedllm.config import KNOBS
 
     group = parser.add_argument_group(title or "SharedLLM knobs (default: the adapter's saved value, else the config default)")
     for name, knob in KNOBS.items():
         default_note = "follows P" if knob.default is None else knob.default
+        text = f"{knob.help} (default {default_note})" + (f"; {notes[name]}" if notes and name in notes else "")
         if knob.type is bool:
             group.add_argument(knob_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
-                               help=f"{knob.help} (default {default_note})")
+                               help=text)
             continue
         kind = parse_length if name in LENGTH_KNOBS else knob.type
-        group.add_argument(knob_flag(name), dest=name, type=kind, choices=knob.choices, default=None,
-                           help=f"{knob.help} (default {default_note})")
+        group.add_argument(knob_flag(name), dest=name, type=kind, choices=knob.choices, default=None, help=text)
 
 
 # knobs counted in tokens accept the length spelling (`--decoder-window 2K`)
@@ -66,3 +69,30 @@ def knobs_from_args(args: argparse.Namespace) -> dict:
     from sharedllm.config import KNOBS
 
     return {name: getattr(args, name) for name in KNOBS if getattr(args, name, None) is not None}
+
+
+def add_deprecated_alias(parser, old: str, new: str, **kwargs) -> None:
+    """Accept `old` (an earlier spelling of `new`, kept for one release) into `new`'s destination, with a warning;
+    hidden from --help, where `new`'s help names it."""
+    parser.add_argument(old, dest=new.lstrip("-").replace("-", "_"), action=_Deprecated, new=new,
+                        help=argparse.SUPPRESS, **kwargs)
+
+
+class _Deprecated(argparse.Action):
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warn_deprecated(option_string, self.new)
+        setattr(namespace, self.dest, values)
+
+
+def warn_deprecated(old: str, new: str) -> None:
+    """One stderr line per use of an old spelling (a command line, not a library call: no warnings machinery)."""
+    print(f"warning: {old} is deprecated and will be removed in the next release: use {new}", file=sys.stderr)
+
+
+def add_base_argument(parser, default: str = "the SmolLM2-135M from `sharedllm assets`") -> None:
+    """`--base`: the base causal LM, the same flag in every command that loads one."""
+    parser.add_argument("--base", default=None, help=f"base causal LM folder or hub id (default: {default})")

@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,9 @@ from safetensors.torch import load_file, save_file
 
 from sharedllm import data
 from sharedllm.cli import InputError
+from sharedllm.config import KNOB_DEFAULTS, KNOBS, SharedLLMConfig
 from sharedllm.distillation import teacher_window_logits, topk_distillation_loss
+from sharedllm.flags import add_base_argument, add_knob_arguments, knobs_from_args, parse_length
 from sharedllm.lora import LORA_DIR, LORA_WEIGHTS, add_upper_lora, load_upper_lora  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -56,9 +58,6 @@ RUN_OUTPUTS = (RUN_FILE, CHECKPOINTS, LOG_FILE, "loss_curve.png", "training_summ
                "config.json", "generation_config.json", LORA_DIR,
                # the tokenizer save_pretrained writes beside the adapter
                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-# The knobs of TrainConfig that are SharedLLMConfig's (method.md "Shapes and names").
-MODEL_KNOBS = ("n_injected_layers", "chunk_size", "decoder_window", "tree_depth", "tokens_per_node",
-               "leaf_tokens_per_node", "tree_selection", "node_encoding")
 # Knobs that may change between an interrupted run and its resumption without changing the result.
 RESUME_FREE_KNOBS = {"resume", "overwrite", "eval_every", "save_every", "log_every", "command", "progress",
                      "stop_after", "eval_retrieval"}
@@ -77,16 +76,10 @@ class TrainConfig:
     stride: int | None = None  # None: half a sample (CEPE)
     pack_documents: bool = False
     token_cache: str | None = None
-    # model (method.md "Shapes and names")
+    # samples: n context chunks of C tokens + a decoder window of Ld tokens
     n_chunks: int = 4
-    chunk_size: int = 512
-    decoder_window: int = 1024
-    n_injected_layers: int = 4
-    tree_depth: int = 3
-    tokens_per_node: int = 32
-    leaf_tokens_per_node: int | None = None
-    tree_selection: str = "query"
-    node_encoding: str = "chunk"
+    # the SharedLLM knobs (config.KNOBS) given; the others keep the table's defaults (filled in at construction)
+    knobs: dict = field(default_factory=dict)
     # optimisation
     steps: int = 200
     batch_size: int = 1
@@ -115,9 +108,26 @@ class TrainConfig:
     progress: bool = True
     command: str | None = None
 
+    def __post_init__(self):
+        if unknown := sorted(set(self.knobs) - set(KNOBS)):
+            raise ValueError(f"not a SharedLLM knob: {', '.join(unknown)}; valid: {', '.join(KNOBS)}")
+        self.knobs = {**KNOB_DEFAULTS, **self.knobs}
+
+    @property
+    def chunk_size(self) -> int:
+        return self.knobs["chunk_size"]
+
+    @property
+    def decoder_window(self) -> int:
+        return self.knobs["decoder_window"]
+
+    @property
+    def context_len(self) -> int:
+        return self.n_chunks * self.chunk_size
+
     @property
     def sample_len(self) -> int:
-        return self.n_chunks * self.chunk_size + self.decoder_window
+        return self.context_len + self.decoder_window
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,15 +136,16 @@ class TrainConfig:
 
 def validate_config(config: TrainConfig) -> None:
     """Refuse knobs that would train nothing, crash later, or be silently ignored (one message each)."""
-    from sharedllm.config import SharedLLMConfig
-
     at_least = {"steps": 1, "batch_size": 1, "grad_accum": 1, "n_chunks": 1, "decoder_window": 2, "warmup": 0,
                 "lora_rank": 0, "eval_every": 1, "eval_windows": 1, "save_every": 1, "log_every": 1}
     for knob, low in at_least.items():
         if getattr(config, knob) < low:
             raise InputError(f"--{knob.replace('_', '-')} must be at least {low}, got {getattr(config, knob)}")
+    if config.knobs["full_logits"]:
+        raise InputError("--full-logits does not apply to training (the loss reads one decoder window, queried at its "
+                         "last token); switch it on when loading the adapter: from_pretrained(..., full_logits=True)")
     try:  # the model's knobs, checked by their owner now rather than after the base model has loaded
-        SharedLLMConfig(**{knob: getattr(config, knob) for knob in MODEL_KNOBS})
+        SharedLLMConfig(**config.knobs)
     except ValueError as err:
         raise InputError(str(err)) from err
     for knob in ("lr", "weight_decay", "max_grad_norm"):
@@ -149,7 +160,7 @@ def validate_config(config: TrainConfig) -> None:
         raise InputError(f"--retrieval-fraction must be in [0, 1], got {config.retrieval_fraction}")
     if not 0.0 <= config.copy_fraction <= 1.0 - config.retrieval_fraction:
         raise InputError(f"--copy-fraction must be in [0, 1 - retrieval fraction], got {config.copy_fraction}")
-    if config.copy_fraction and config.decoder_window > config.n_chunks * config.chunk_size:
+    if config.copy_fraction and config.decoder_window > config.context_len:
         raise InputError("--copy-fraction needs a decoder window no longer than the context (n-chunks x chunk-size)")
     if not (config.distill_weight >= 0 and config.distill_top_k >= 1):
         raise InputError(f"--distill-weight must be >= 0 and --distill-top-k >= 1, got {config.distill_weight}, "
@@ -204,6 +215,8 @@ def check_output(config: TrainConfig) -> None:
 
 
 def _changed_knobs(saved: dict, config: TrainConfig) -> dict:
+    # a SharedLLM knob that train did not expose yet when the run was recorded ran at the table's default
+    saved = {**{k: v for k, v in KNOB_DEFAULTS.items() if k not in saved}, **saved}
     return {k: (saved.get(k), v) for k, v in _knobs(config).items() if k not in RESUME_FREE_KNOBS and saved.get(k) != v}
 
 
@@ -271,13 +284,13 @@ def build_model(config: TrainConfig):
 
         config.base = str(default_model_path())  # recorded as such in the summary
     base, tokenizer = load_causal_lm(config.base)
-    model = SharedLLMForCausalLM.from_base(base, tokenizer=tokenizer, **{knob: getattr(config, knob) for knob in MODEL_KNOBS})
+    model = SharedLLMForCausalLM.from_base(base, tokenizer=tokenizer, **config.knobs)
     if config.init_adapter:
         # from_pretrained checks that the adapter was trained on this very base (weight fingerprint)
         start = SharedLLMForCausalLM.from_pretrained(config.init_adapter, base=base)
-        if start.config.n_injected_layers != config.n_injected_layers:
+        if start.config.n_injected_layers != config.knobs["n_injected_layers"]:
             raise ValueError(f"--init-adapter {config.init_adapter} has {start.config.n_injected_layers} injected "
-                             f"layers, this run {config.n_injected_layers}")
+                             f"layers, this run {config.knobs['n_injected_layers']}")
         model.cross_attention.load_state_dict(start.cross_attention.state_dict())
     return model, tokenizer
 
@@ -406,7 +419,7 @@ def next_micro_batch(sampler, config: TrainConfig, tokenizer) -> tuple[torch.Ten
     first = sampler.samples_drawn
     ids = sampler.next_batch(config.batch_size)
     labels, query = ids.clone(), torch.full((len(ids),), -1, dtype=torch.long)
-    context_len = config.n_chunks * config.chunk_size
+    context_len = config.context_len
     for row in range(len(ids)) if config.retrieval_fraction or config.copy_fraction else ():
         rng = np.random.default_rng([config.seed, first, sampler.rank, row])
         draw = rng.random()
@@ -458,7 +471,7 @@ def evaluate(model, windows: torch.Tensor, config: TrainConfig, accelerator) -> 
 def planted_validation_answers(model, windows: torch.Tensor, i: int, config: TrainConfig, tokenizer, device):
     """Validation window i with facts planted by a fixed seed (the same facts at every call): the model's
     next-token logits over the decoder window, (Ld - 1, V), and their targets, (Ld - 1,), -100 but the answers."""
-    context_len = config.n_chunks * config.chunk_size
+    context_len = config.context_len
     rng = np.random.default_rng([config.seed, len(windows), i, 1])
     planted = data.plant_retrieval_facts(windows[i].numpy(), context_len, tokenizer, rng)
     ids = torch.from_numpy(planted.ids.astype(np.int64))[None].to(device)
@@ -572,8 +585,10 @@ def load_checkpoint(directory: Path, model, optimizer, scheduler, sampler, confi
 
 
 def _knobs(config: TrainConfig) -> dict:
-    """The config as JSON-able values (user data objects become their description)."""
+    """The config as flat JSON-able values, the SharedLLM knobs beside the training options (user data objects
+    become their description): what run.json, checkpoints and the summary record."""
     knobs = asdict(config)
+    knobs.update(knobs.pop("knobs"))
     for key in ("data", "validation_data"):
         if knobs[key] is not None and not isinstance(knobs[key], (str, os.PathLike)):
             knobs[key] = repr(knobs[key])
@@ -777,7 +792,7 @@ def finish(output: Path, model, config: TrainConfig, data_summary: dict, acceler
         "final_validation_ppl": None if val_loss is None else math.exp(val_loss),
         "query_position": "last token of the decoder window (paper's training choice), train and validation",
         "trainable": "cross-attention" + (f" + LoRA r={config.lora_rank} on layers "
-                                          f"{config.n_injected_layers}..N-1" if config.lora_rank else ""),
+                                          f"{config.knobs['n_injected_layers']}..N-1" if config.lora_rank else ""),
         "command": config.command or f"sharedllm.training.train({config!r})",
     }
     (output / "training_summary.json").write_text(json.dumps(summary, indent=2))
@@ -796,15 +811,13 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sharedllm.config import NODE_ENCODINGS, TREE_SELECTIONS  # the config owns the valid values
-
     defaults = TrainConfig(output="")
     parser.formatter_class = _HelpFormatter
     parser.epilog = ("Trains only the cross-attention of the M injected layers by default: the base model (and so "
                      "the lower model, its bottom M layers) stays frozen. Multi-GPU / multi-node: "
                      "accelerate launch --config_file sharedllm/configs/accelerate_ddp.yaml -m sharedllm train ...")
     add = parser.add_argument
-    add("--base", default=None, help="base causal LM folder or hub id (default: the SmolLM2-135M from `sharedllm assets`)")
+    add_base_argument(parser)
     add("--output", required=True, help="output folder (adapter, checkpoints, logs, summary): new or empty, or "
         "the run's own folder with --resume")
     add("--domains", nargs="+", default=None, metavar="NAME[:WEIGHT]",
@@ -812,23 +825,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--data", default=None, help="your own data instead of the assets: a .txt / .jsonl file or a folder of them")
     add("--validation-data", default=None, help="validation documents for --data (default: ~5%% of --data by id hash)")
     add("--max-train-docs", type=int, default=None, help="use at most this many training documents (round-robin over domains)")
-    add("--stride", type=int, default=None, help="tokens between sample starts (default: half a sample, as CEPE)")
+    add("--stride", type=parse_length, default=None, help="tokens between sample starts (default: half a sample, as CEPE)")
     add("--pack-documents", action="store_true",
         help="concatenate documents (EOS between them) so short ones are used; by default samples never cross documents")
     add("--token-cache", default=None, help="token-id cache folder (default: $SHAREDLLM_HOME/tokens, ~/.cache/sharedllm/tokens)")
-    add("--n-chunks", type=int, default=defaults.n_chunks, help="context chunks per sample (n)")
-    add("--chunk-size", type=int, default=defaults.chunk_size, help="tokens per context chunk (C)")
-    add("--decoder-window", type=int, default=defaults.decoder_window, help="decoder-window tokens per sample (Ld)")
-    add("--n-injected-layers", type=int, default=defaults.n_injected_layers, help="injected bottom layers (M)")
-    add("--tree-depth", type=int, default=defaults.tree_depth, help="context tree depth (D)")
-    add("--tokens-per-node", type=int, default=defaults.tokens_per_node, help="key/values kept per tree node (P)")
-    add("--leaf-tokens-per-node", type=int, default=None,
-        help="key/values kept per node of the finest tree level (default: P); the leaf length keeps it exact")
-    add("--tree-selection", choices=TREE_SELECTIONS, default=defaults.tree_selection,
-        help="query: cosine of node vectors (paper); attention: the last injected layer's attention logits; "
-             "recent: always the most recent half (ablation)")
-    add("--node-encoding", choices=NODE_ENCODINGS, default=defaults.node_encoding,
-        help="chunk: one lower-model pass per chunk; node: each kept node encoded alone (reference)")
+    add("--n-chunks", type=int, default=defaults.n_chunks, help="context chunks per sample (n): a sample is n x "
+        "--chunk-size context tokens + --decoder-window tokens")
     add("--steps", type=int, default=defaults.steps, help="optimiser steps")
     add("--batch-size", type=int, default=defaults.batch_size, help="samples per micro-batch per process")
     add("--grad-accum", type=int, default=defaults.grad_accum, help="micro-batches per optimiser step")
@@ -872,6 +874,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--overwrite", action="store_true", help="start a new run in an --output that is not empty: deletes a previous "
         "run's checkpoints, log and adapter there (without it, train refuses such a folder)")
     add("--no-progress", dest="progress", action="store_false", help="no progress bar while tokenising")
+    add_knob_arguments(parser, "SharedLLM knobs of the trained model (method.md \"Shapes and names\"; saved with "
+                               "the adapter)", notes={"decoder_window": "also the decoder-window tokens of a sample"})
 
 
 def command_line() -> str:
@@ -885,8 +889,8 @@ def run(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     domains, weights = parse_domains(args.domains)
-    knobs = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    config = TrainConfig(**{**knobs, "domains": domains, "domain_weights": weights,
+    options = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    config = TrainConfig(**{**options, "knobs": knobs_from_args(args), "domains": domains, "domain_weights": weights,
                             "command": command_line()})
     train(config)
     return 0

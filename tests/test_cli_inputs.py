@@ -40,22 +40,27 @@ def error_line(capsys, argv, code=2) -> str:
 
 
 EVAL_CASES = [
-    (["--method", "foo"], "sharedllm eval: error: unknown method 'foo'; valid methods: full, window"),
+    (["--methods", "foo"], "sharedllm eval: error: unknown method 'foo'; valid methods: full, window"),
     (["--data", "latin1.txt"], "latin1.txt is not UTF-8 text (byte 0xe9 at offset 3); convert it first"),
     (["--data", "empty.txt"], "--data: no usable document in empty.txt (skipped 1 x empty file)"),
     (["--data", "missing.txt"], "--data: no such file or directory: missing.txt"),
     (["--data", "short.txt", "--lengths", "4K"],
      "no document is long enough for a window of 4K tokens (the longest has 14 bytes): pass shorter --lengths"),
     (["--knob", "tree_depth"], "--knob takes KEY=VALUE, got 'tree_depth'"),
-    (["--method", "full", "--knob", "tree_depth=1"], "--knob sets method knobs: it needs --method sharedllm, cepe or infllm"),
+    (["--methods", "full", "--knob", "tree_depth=1"], "--knob sets method options: it needs --methods sharedllm, cepe or infllm"),
+    (["--methods", "full", "--tree-depth", "1"], "--tree-depth is a knob of sharedllm / cepe, not of full"),
+    (["--methods", "full", "yarn", "--decoder-window", "512"],
+     "--decoder-window is a knob of window / streaming / infllm / sharedllm / cepe, not of full, yarn"),
+    (["--full-logits"], "--full-logits does not apply to sharedllm eval"),
     (["--tasks", "niah_single"], "--tasks applies to ruler, not ppl"),
-    (["--method", "full", "window", "--label", "x"], "--label names one method's results"),
+    (["--methods", "full", "window", "--label", "x"], "--label names one method's results"),
     (["--adapter", "no/such/adapter"], "no adapter in no/such/adapter (no config.json)"),
     (["--knob", "decoder_windw=128"], "--knob decoder_windw: not a SharedLLM knob; valid: n_injected_layers"),
-    (["--knob", "tree_depth=5"], "--knob: a leaf of the context tree has chunk_size / 2**tree_depth = 8 tokens"),
-    (["--adapter", "none", "--knob", "tree_selection=best"], "--knob: tree_selection must be one of ('query'"),
+    (["--tree-depth", "5"], "SharedLLM knobs: a leaf of the context tree has chunk_size / 2**tree_depth = 8 tokens"),
+    (["--adapter", "none", "--knob", "tree_selection=best"], "SharedLLM knobs: tree_selection must be one of ('query'"),
+    (["--adapter", "none", "--tree-selection", "best"], "argument --tree-selection: invalid choice: 'best'"),
     (["--max-windows", "0"], "--max-windows must be at least 1, got 0"),
-    (["--method", "full", "--data", "book.txt", "--domains", "books"], "--domains chooses corpus domains"),
+    (["--methods", "full", "--data", "book.txt", "--domains", "books"], "--domains chooses corpus domains"),
 ]
 
 
@@ -67,13 +72,15 @@ def test_eval_ppl_bad_input_is_one_line_before_loading(no_model, capsys, extra, 
 
 @pytest.mark.parametrize("lengths, shown", [("4Q", "'4Q'"), ("0", "'0'"), ("-4096", "'-4096'"), ("4.5", "'4.5'"),
                                             ("K", "'K'")])
-def test_bad_length_strings(no_model, capsys, lengths, shown):
-    line = error_line(capsys, ["eval", "ppl", "--base", "fake", "--lengths", lengths])
-    assert f"argument --lengths: {shown} is not a length in tokens: use e.g. 4096, 4K" in line
+@pytest.mark.parametrize("option", ["--lengths", "--max-length", "--decoder-window"])
+def test_bad_length_strings(no_model, capsys, lengths, shown, option):
+    line = error_line(capsys, ["eval", "heldout", "--base", "fake", option, lengths])
+    assert line.startswith(f"sharedllm eval: error: argument {option}: ") and shown in line
+    assert "token length" in line
 
 
 def test_eval_depths_out_of_range(no_model, capsys):
-    line = error_line(capsys, ["eval", "passkey", "--base", "fake", "--method", "full", "--depths", "1.5"])
+    line = error_line(capsys, ["eval", "passkey", "--base", "fake", "--methods", "full", "--depths", "1.5"])
     assert line == "sharedllm eval: error: --depths must lie in [0, 1], got [1.5]"
 
 
@@ -90,13 +97,13 @@ LONGBENCH_CASES = [
 def test_longbench_bad_files_name_file_and_line(no_model, capsys, content, expected):
     name = "empty.jsonl" if not content else "bad.jsonl"
     (no_model / name).write_text(content)
-    line = error_line(capsys, ["eval", "longbench", "--base", "fake", "--method", "full", "--data", name])
+    line = error_line(capsys, ["eval", "longbench", "--base", "fake", "--methods", "full", "--data", name])
     assert expected in line and line.startswith("sharedllm eval: error: ")
 
 
 def test_longbench_without_data_or_with_a_missing_file(no_model, capsys):
-    assert "longbench needs --data" in error_line(capsys, ["eval", "longbench", "--base", "fake", "--method", "full"])
-    line = error_line(capsys, ["eval", "longbench", "--base", "fake", "--method", "full", "--data", "nope.jsonl"])
+    assert "longbench needs --data" in error_line(capsys, ["eval", "longbench", "--base", "fake", "--methods", "full"])
+    line = error_line(capsys, ["eval", "longbench", "--base", "fake", "--methods", "full", "--data", "nope.jsonl"])
     assert line == "sharedllm eval: error: nope.jsonl: no such file"
 
 
@@ -115,7 +122,7 @@ def test_no_window_in_tokens_is_caught_before_any_method_runs(no_model, monkeypa
     (no_model / "accents.txt").write_text("\u00e9" * 600)  # 1200 bytes, 600 tokens
     monkeypatch.setattr(sharedllm.modeling, "load_causal_lm", lambda path, dtype=None: (FakeBase(), char_tokenizer()))
     monkeypatch.setattr(sharedllm.methods, "load_method", lambda *a, **k: pytest.fail("a method was built"))
-    line = error_line(capsys, ["eval", "ppl", "--base", "fake", "--method", "full", "--data", "accents.txt",
+    line = error_line(capsys, ["eval", "ppl", "--base", "fake", "--methods", "full", "--data", "accents.txt",
                                "--lengths", "1K", "--output", "results"])
     assert "window of 1K tokens (the longest has 600 tokens)" in line
     assert not (no_model / "results").exists()  # no result with a null score
@@ -143,6 +150,7 @@ TRAIN_CASES = [
     ([*DATA, "--grad-accum", "0"], "--grad-accum must be at least 1, got 0"),
     ([*DATA, "--chunk-size", "100", "--tree-depth", "3"], "chunk_size (100) must be divisible by 2**tree_depth (8)"),
     ([*DATA, "--tokens-per-node", "0"], "tokens_per_node must be >= 1, got 0"),
+    ([*DATA, "--full-logits"], "--full-logits does not apply to training"),
     ([*DATA, "--lr", "nan"], "--lr must be >= 0, got nan"),
     ([*DATA, "--stop-after", "9", "--steps", "5"], "--stop-after must be in [1, --steps = 5], got 9"),
     ([*DATA, "--retrieval-fraction", "1.5"], "--retrieval-fraction must be in [0, 1], got 1.5"),

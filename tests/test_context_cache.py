@@ -209,7 +209,7 @@ def ask_setup(tmp_path, monkeypatch):
     from sharedllm import ask
 
     model, tokenizer = randomise_adapter(wrap(tiny_model("llama"))), char_tokenizer()
-    monkeypatch.setattr(ask, "load_model", lambda adapter, device: (model, tokenizer))
+    monkeypatch.setattr(ask, "load_model", lambda adapter, device, base=None, **knobs: (model, tokenizer))
     first, second = tmp_path / "first.txt", tmp_path / "second.txt"
     first.write_text("The cat sat on the mat. " * 6)
     second.write_bytes(b"A second file, a bad byte \xff here, and the end of it.\n")

@@ -31,8 +31,8 @@ def test_heldout_grid_same_windows_resumable_and_not_run(corpus, capsys):
     from sharedllm.evaluation import cli
 
     tmp = corpus
-    _heldout(cli, tmp, "--method", "full", "window")
-    _heldout(cli, tmp, "--method", "streaming", "--max-length", "512")
+    _heldout(cli, tmp, "--methods", "full", "window")
+    _heldout(cli, tmp, "--methods", "streaming", "--max-length", "512")
     cells = {p.name: json.loads(p.read_text()) for p in (tmp / "results" / "heldout").glob("*.json")}
     assert len(cells) == 6  # 3 methods x 2 lengths
     for length in (512, 1024):
@@ -49,7 +49,7 @@ def test_heldout_grid_same_windows_resumable_and_not_run(corpus, capsys):
     assert cells["heldout_books_512_streaming.json"]["summary"]["complete"]
 
     before = {p: p.stat().st_mtime_ns for p in (tmp / "results" / "heldout").glob("*.json")}
-    _heldout(cli, tmp, "--method", "full", "window", "streaming")
+    _heldout(cli, tmp, "--methods", "full", "window", "streaming")
     assert "exists, skipped" in capsys.readouterr().out
     assert before == {p: p.stat().st_mtime_ns for p in (tmp / "results" / "heldout").glob("*.json")}
 

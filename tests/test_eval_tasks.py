@@ -198,12 +198,6 @@ def _parse(argv):
     return cli, parser.parse_args(argv)
 
 
-def test_parse_length():
-    from sharedllm.evaluation.cli import parse_length
-
-    assert [parse_length(t) for t in ["4K", "16k", "32768", "1M", "0.5K"]] == [4096, 16384, 32768, 1048576, 512]
-
-
 def test_eval_demo_end_to_end_writes_results_and_report(fake_stack, capsys):
     tmp = fake_stack
     cli, args = _parse(["demo", "--base", "fake", "--adapter", "none", "--lengths", "1K", "--data",
@@ -233,7 +227,7 @@ def test_eval_demo_end_to_end_writes_results_and_report(fake_stack, capsys):
 
 def test_eval_ppl_sliding_and_report_picks_latest(fake_stack):
     tmp = fake_stack
-    cli, args = _parse(["ppl", "--method", "full", "--base", "fake", "--protocol", "sliding", "--lengths", "512",
+    cli, args = _parse(["ppl", "--methods", "full", "--base", "fake", "--protocol", "sliding", "--lengths", "512",
                         "1K", "--max-windows", "1000", "--data", str(tmp / "book.txt"), "--output", str(tmp / "results")])
     cli.run(args)
     (result_file,) = (tmp / "results").glob("*.json")

@@ -328,7 +328,7 @@ def test_retrieval_rows_are_planted_scored_and_replayed_on_resume():
     tokenizer = char_tokenizer()
     rng = np.random.default_rng(0)
     docs = [data.TokenizedDocument(f"doc{i}", "books", rng.integers(4, 100, 2000).astype(np.uint32)) for i in range(3)]
-    config = training.TrainConfig(output="", n_chunks=2, chunk_size=128, decoder_window=256, batch_size=4,
+    config = training.TrainConfig(output="", n_chunks=2, knobs=dict(chunk_size=128, decoder_window=256), batch_size=4,
                                   retrieval_fraction=0.5)
     sampler = data.WindowSampler(data.build_windows(docs, config.sample_len), seed=0)
     state = sampler.state_dict()
@@ -498,7 +498,7 @@ def test_copy_and_distill_run_trains_and_records_its_knobs(workspace, tmp_path):
 def test_copy_rows_repeat_their_context():
     rng = np.random.default_rng(0)
     docs = [data.TokenizedDocument(f"doc{i}", "books", rng.integers(4, 100, 2000).astype(np.uint32)) for i in range(3)]
-    config = training.TrainConfig(output="", n_chunks=2, chunk_size=64, decoder_window=64, batch_size=8,
+    config = training.TrainConfig(output="", n_chunks=2, knobs=dict(chunk_size=64, decoder_window=64), batch_size=8,
                                   copy_fraction=0.5)
     sampler = data.WindowSampler(data.build_windows(docs, config.sample_len), seed=0)
     ids, labels, query = training.next_micro_batch(sampler, config, char_tokenizer())
@@ -506,3 +506,29 @@ def test_copy_rows_repeat_their_context():
     copied = [row for row in range(len(ids)) if any(
         torch.equal(ids[row, context:], ids[row, s:s + 64]) for s in range(context - 64 + 1))]
     assert 0 < len(copied) < len(ids) and torch.equal(labels, ids)
+
+
+def test_every_knob_is_trainable_and_saved_with_the_adapter(workspace, tmp_path):
+    """The knobs train did not expose before (the recent-half ablation, mean pooling, the chunk batch) reach the model."""
+    out = tmp_path / "ablation"
+    run_cli(train_args(workspace, out, "--steps", "1", "--eval-every", "1", "--save-every", "1",
+                       "--tree-selection", "recent", "--node-compression", "mean", "--max-chunks-per-pass", "1"))
+    config = SharedLLMForCausalLM.from_pretrained(out).config
+    assert (config.tree_selection, config.node_compression, config.max_chunks_per_pass) == ("recent", "mean", 1)
+    assert json.loads((out / "run.json").read_text())["knobs"]["tree_selection"] == "recent"
+
+
+def test_a_run_recorded_before_every_knob_was_a_flag_resumes_at_the_defaults(workspace, tmp_path):
+    out, steps = tmp_path / "older", ["--steps", "2", "--save-every", "1", "--eval-every", "2"]
+    run_cli(train_args(workspace, out, *steps, "--stop-after", "1"))
+    newer = ("node_compression", "max_chunks_per_pass", "full_logits")  # not recorded by train before
+    for path in [out / "run.json", *out.glob("checkpoints/*/trainer_state.json")]:
+        record = json.loads(path.read_text())
+        knobs = record["knobs" if path.name == "run.json" else "config"]
+        for name in newer:
+            del knobs[name]
+        path.write_text(json.dumps(record))
+    with pytest.raises(InputError, match="node_compression.*'stride', 'mean'"):
+        run_cli(train_args(workspace, out, *steps, "--resume", "--node-compression", "mean"))
+    run_cli(train_args(workspace, out, *steps, "--resume"))
+    assert json.loads((out / "training_summary.json").read_text())["steps"] == 2

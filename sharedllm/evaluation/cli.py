@@ -8,7 +8,6 @@ full / window / streaming / sharedllm, in a few minutes on a laptop CPU). Each (
 protocol, data, counts, scores, hardware and command; `sharedllm report` turns them into docs/results.md.
 """
 
-import argparse
 import json
 import platform
 import shlex
@@ -21,6 +20,17 @@ import torch
 
 from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.cli import InputError
+from sharedllm.config import KNOBS
+from sharedllm.flags import (
+    add_base_argument,
+    add_deprecated_alias,
+    add_knob_arguments,
+    format_length,
+    knob_flag,
+    knobs_from_args,
+    parse_length,
+    warn_deprecated,
+)
 
 from . import report
 from .needle import RULER_TASKS, effective_length, load_haystack, run_needle_grid, run_ruler
@@ -57,26 +67,19 @@ TASK_OPTIONS = {"protocol": {"ppl"}, "max_windows": {"ppl", "heldout", "demo"}, 
                 "limit": {"longbench"}, "docs": {"demo"}}
 
 
-def parse_length(text: str) -> int:
-    """'4K' -> 4096, '16k' -> 16384, '1M' -> 1048576, '32768' -> 32768 (a whole, positive number of tokens)."""
-    text = text.strip().upper()
-    scale = {"K": 1024, "M": 1024 ** 2}.get(text[-1:], 1)
-    try:
-        tokens = float(text[:-1] if scale > 1 else text) * scale
-    except ValueError:
-        tokens = float("nan")
-    if not (tokens >= 1 and tokens == int(tokens)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a length in tokens: use e.g. 4096, 4K, 16k or 1M")
-    return int(tokens)
+# methods that read a decoder window (the local window of infllm): --decoder-window sets it for all of them
+WINDOWED = ("window", "streaming", "infllm", "sharedllm", "cepe")
+SHAREDLLM_METHODS = ("sharedllm", "cepe")  # the methods the SharedLLM knob flags configure
 
 
 def add_arguments(parser):
     parser.add_argument("task", choices=TASKS)
-    parser.add_argument("--method", nargs="+", dest="methods",
-                        help="full window streaming infllm yarn cepe sharedllm")
-    parser.add_argument("--base", help="base causal LM folder or hub id (default: the shipped SmolLM2-135M)")
+    parser.add_argument("--methods", nargs="+",
+                        help="full window streaming infllm yarn cepe sharedllm (--method: deprecated spelling)")
+    add_deprecated_alias(parser, "--method", "--methods", nargs="+")
+    add_base_argument(parser)
     parser.add_argument("--adapter", default=str(DEFAULT_ADAPTER),
-                        help="SharedLLM adapter folder for --method sharedllm; 'none' = untrained (zero-init); "
+                        help="SharedLLM adapter folder for --methods sharedllm; 'none' = untrained (zero-init); "
                              "default: the repository's adapters/smollm2-135m")
     parser.add_argument("--lengths", nargs="+", type=parse_length, help="e.g. 4K 16K 32768")
     parser.add_argument("--protocol", choices=PROTOCOLS, help="perplexity protocol (default: cepe)")
@@ -85,14 +88,10 @@ def add_arguments(parser):
     parser.add_argument("--data", nargs="+",
                         help="user files instead of the corpus: text / JSON-lines documents (ppl, niah, ruler) "
                              "or LongBench-format JSON lines (longbench)")
-    parser.add_argument("--decoder-window", type=int,
-                        help="decoder window Ld of window / streaming / infllm (its local window) / untrained sharedllm "
-                             "and cepe: the comparison "
-                             "is fair only at one Ld (default: the sharedllm adapter's, else 1024)")
     parser.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a knob of sharedllm/cepe (SharedLLM knobs) or infllm (n_sink, block_size, "
-                             "n_rep, topk, chunk_size, local_window) at evaluation (repeatable), e.g. "
-                             "tree_selection=recent for the no-query-awareness ablation")
+                        help="an option of infllm (n_sink, block_size, n_rep, topk, chunk_size, local_window), "
+                             "repeatable, e.g. topk=8; a SharedLLM knob given this way is deprecated: use its flag "
+                             "below (e.g. --tree-selection recent)")
     parser.add_argument("--label", help="name the (single) method's results under this label, e.g. "
                                         "sharedllm-recent for an ablation")
     parser.add_argument("--max-windows", type=int,
@@ -114,6 +113,12 @@ def add_arguments(parser):
     parser.add_argument("--output", help="folder for result JSON (default: results/; demo: runs/demo/results)")
     parser.add_argument("--docs", help="demo: where results.md and figures/ are regenerated (default: runs/demo, "
                                        "so a demo never overwrites the committed docs/results.md)")
+    add_knob_arguments(
+        parser, "SharedLLM knobs of --methods sharedllm / cepe (default: the adapter's saved value, else the config "
+                "default)",
+        notes={"decoder_window": "also the window of window / streaming / infllm (its local window): the comparison "
+                                 "is fair only at one Ld (default there: the sharedllm adapter's, else 1024)"},
+    )
 
 
 def run(args):
@@ -138,18 +143,25 @@ def validate_args(args) -> None:
     if unknown := [m for m in args.methods if m not in METHODS]:
         raise InputError(f"unknown method {', '.join(map(repr, unknown))}; valid methods: {', '.join(METHODS)}")
     if args.label and len(args.methods) != 1:
-        raise InputError("--label names one method's results: pass a single --method with it")
-    for text in args.knob:
-        _parse_knob(text)
+        raise InputError("--label names one method's results: pass a single method in --methods with it")
+    options = dict(_parse_knob(text) for text in args.knob)
     if args.knob and not {"sharedllm", "cepe", "infllm"} & set(args.methods):
-        raise InputError("--knob sets method knobs: it needs --method sharedllm, cepe or infllm")
-    for option in ("max_windows", "trials", "limit", "decoder_window"):
+        raise InputError("--knob sets method options: it needs --methods sharedllm, cepe or infllm")
+    if set(SHAREDLLM_METHODS) & set(args.methods):
+        for key, value in options.items():
+            if key in KNOBS:
+                warn_deprecated(f"--knob {key}={value}", f"{knob_flag(key)} {value}")
+    for name in knobs_from_args(args):
+        readers = WINDOWED if name == "decoder_window" else SHAREDLLM_METHODS
+        if not set(readers) & set(args.methods):
+            raise InputError(f"{knob_flag(name)} is a knob of {' / '.join(readers)}, not of {', '.join(args.methods)}")
+    for option in ("max_windows", "trials", "limit"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             raise InputError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     if args.depths and not all(0.0 <= d <= 1.0 for d in args.depths):
         raise InputError(f"--depths must lie in [0, 1], got {args.depths}")
     if "sharedllm" in args.methods:
-        _check_sharedllm_knobs(args)
+        _check_sharedllm_knobs(args, options)
     if args.task == "longbench":
         if not args.data:
             raise InputError("longbench needs --data FILE.jsonl ... (LongBench cannot be downloaded here)")
@@ -166,8 +178,8 @@ def validate_args(args) -> None:
             _require_windows(args.lengths, longest, "bytes", slack=1)
 
 
-def _check_sharedllm_knobs(args) -> None:
-    """The adapter exists and its config, with --knob / --decoder-window applied as `methods.SharedLLM` will apply
+def _check_sharedllm_knobs(args, options: dict) -> None:
+    """The adapter exists and its config, with the knob flags and --knob applied as `methods.SharedLLM` will apply
     them, passes SharedLLMConfig's checks (the base's own limits are checked once it loads)."""
     from sharedllm.config import SharedLLMConfig
     from sharedllm.methods import SharedLLM
@@ -176,16 +188,18 @@ def _check_sharedllm_knobs(args) -> None:
     if adapter is not None and not (Path(adapter) / "config.json").is_file():
         raise InputError(f"no adapter in {adapter} (no config.json); train one with `sharedllm train`, pass "
                          "--adapter PATH, or --adapter none for the untrained (zero-init) model")
-    knobs = dict(_parse_knob(k) for k in args.knob)
-    if unknown := sorted(set(knobs) - set(SharedLLM.KNOBS)):
+    if unknown := sorted(set(options) - set(SharedLLM.KNOBS)):
         raise InputError(f"--knob {', '.join(unknown)}: not a SharedLLM knob; valid: {', '.join(SharedLLM.KNOBS)}")
+    knobs = {**options, **knobs_from_args(args)}
+    if unused := sorted(set(knobs) - set(SharedLLM.KNOBS)):  # full_logits: eval scores decoder windows only
+        raise InputError(f"{', '.join(map(knob_flag, unused))} does not apply to sharedllm eval")
     try:
         if adapter is None:
-            SharedLLMConfig(**{"decoder_window": args.decoder_window or 1024, **knobs})
+            SharedLLMConfig(**{"decoder_window": 1024, **knobs})
         else:
             SharedLLM._adapter_config(adapter, knobs)
-    except (ValueError, TypeError) as err:  # TypeError: a knob of the wrong type, e.g. tree_depth=abc
-        raise InputError(f"--knob: {err}") from err
+    except (ValueError, TypeError) as err:  # TypeError: a knob of the wrong type, e.g. --knob tree_depth=abc
+        raise InputError(f"SharedLLM knobs: {err}") from err
 
 
 def _user_documents(paths) -> list:
@@ -200,7 +214,7 @@ def _user_documents(paths) -> list:
 def _require_windows(lengths, longest: int, unit: str, slack: int = 0) -> None:
     """CEPE windows are T tokens of one document: a length no document reaches would report no score at all."""
     if too_long := [n for n in lengths if n > longest + slack]:
-        raise InputError(f"no document is long enough for a window of {', '.join(map(_k, too_long))} tokens (the "
+        raise InputError(f"no document is long enough for a window of {', '.join(map(format_length, too_long))} tokens (the "
                          f"longest has {longest:,} {unit}): pass shorter --lengths or longer documents")
 
 
@@ -223,7 +237,8 @@ class Session:
         self.base.to(args.device)
         self.adapter = None if str(args.adapter).lower() == "none" else args.adapter
         self.decoder_window = args.decoder_window or self._adapter_decoder_window() or 1024
-        self.model_knobs = dict(_parse_knob(k) for k in args.knob)
+        self.knobs = knobs_from_args(args)  # the SharedLLM knob flags, for sharedllm and cepe
+        self.options = dict(_parse_knob(k) for k in args.knob)  # infllm's options (and deprecated SharedLLM knobs)
         self.command = shlex.join(["sharedllm", *sys.argv[1:]])
 
     def _adapter_decoder_window(self) -> int | None:
@@ -236,12 +251,14 @@ class Session:
 
         for name in self.args.methods:
             knobs = {}
-            if name in ("window", "streaming", "infllm") or (name in ("sharedllm", "cepe") and self.adapter is None):
+            if name in ("window", "streaming", "infllm") or (name in SHAREDLLM_METHODS and self.adapter is None):
                 knobs["decoder_window"] = self.decoder_window
             if name == "sharedllm":
                 knobs["adapter"] = self.adapter  # checked by validate_args
             if name in ("sharedllm", "cepe", "infllm"):
-                knobs.update(self.model_knobs)
+                knobs.update(self.options)
+            if name in SHAREDLLM_METHODS:
+                knobs.update(self.knobs)  # a flag wins over the same knob given with --knob
             yield self.args.label or name, load_method(name, self.base, self.tokenizer, **knobs)
 
     def documents(self, default_domains=None):
@@ -333,10 +350,6 @@ def print_table(title: str, rows: dict[str, dict[str, str]], note: str = "") -> 
         print(note)
 
 
-def _k(n) -> str:
-    return report.length_label(n)
-
-
 def _with_bos(tokenizer, docs):
     """Prepend BOS to each document when the tokenizer itself adds one (the base model expects it)."""
     bos = tokenizer.bos_token_id
@@ -365,8 +378,8 @@ def ppl_results(session, protocol, lengths, max_windows, default_domains=None, n
             counts[str(length)] = {"docs": r["n_docs"], "docs_too_short": r["n_docs_skipped"],
                                    "windows": r["n_windows"], "scored_tokens": r["scored_tokens"]}
             details[str(length)] = r
-            rows.setdefault(name, {})[_k(length)] = (f"{r['ppl']:.2f} ({r['n_windows']} win, {r['scored_tokens']} tok)"
-                                                    if r["ppl"] else "no doc >= T")
+            rows.setdefault(name, {})[format_length(length)] = (
+                f"{r['ppl']:.2f} ({r['n_windows']} win, {r['scored_tokens']} tok)" if r["ppl"] else "no doc >= T")
         session.write("ppl", name, method, protocol, data, scores, counts, details, time.time() - start, notes)
         del method
     return rows, data
@@ -402,7 +415,8 @@ def run_heldout(session):
                     print(f"exists, skipped: {path}")
                     continue
                 plan = heldout.plan_windows(doc_lengths, length, a.max_windows, a.seed)
-                not_run = f"past --max-length {_k(a.max_length)}" if a.max_length and length > a.max_length else None
+                too_long = a.max_length and length > a.max_length
+                not_run = f"past --max-length {format_length(a.max_length)}" if too_long else None
                 start = time.time()
                 records = heldout.score_windows(method, docs[domain], plan, length, not_run, a.max_seconds)
                 summary = heldout.summarise(records, a.seed)
@@ -423,7 +437,7 @@ def run_heldout(session):
                 out.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(result, indent=1, default=str))
                 print(f"wrote {path}")
-                rows.setdefault(name, {})[f"{domain}@{_k(length)}"] = report.heldout_cell_text(summary)
+                rows.setdefault(name, {})[f"{domain}@{format_length(length)}"] = report.heldout_cell_text(summary)
         del method
     if not rows:
         return
@@ -440,7 +454,7 @@ def passkey_results(session, lengths, depths, trials, notes=""):
         counts = {"trials_per_cell": trials, "depths": len(depths), "total_trials": len(r["records"])}
         session.write("passkey", name, method, "landmark", SYNTHETIC, scores, counts, r,
                       time.time() - start, notes)
-        rows[name] = {_k(n): f"{100 * acc:.0f}% of {trials * len(depths)}" for n, acc in r["per_length"].items()}
+        rows[name] = {format_length(n): f"{100 * acc:.0f}% of {trials * len(depths)}" for n, acc in r["per_length"].items()}
     return rows
 
 
@@ -463,7 +477,7 @@ def run_niah(session):
         scores = {str(n): sum(v) / len(v) for n, v in per_length.items()}
         counts = {"trials_per_cell": a.trials, "depths": len(a.depths), "total_trials": len(r["records"])}
         session.write("niah", name, method, "niah-prose", data, scores, counts, r, time.time() - start)
-        rows[name] = {_k(n): f"{100 * s:.0f}%" for n, s in scores.items()}
+        rows[name] = {format_length(n): f"{100 * s:.0f}%" for n, s in scores.items()}
     print_table(f"needle in a haystack (prose), model {a.base}, depths {a.depths}, {a.trials} trials/cell", rows)
 
 
@@ -489,10 +503,10 @@ def run_ruler_task(session):
         details = {**r, "threshold": threshold, "effective_length": eff, "tasks": tasks}
         counts = {"trials_per_task": a.trials, "tasks": len(tasks)}
         session.write("ruler", name, _Described(config), "ruler", data, scores, counts, details, wall)
-        rows[name] = {**{_k(n): f"{v:.1f}" for n, v in average.items()},
-                      "effective": _k(eff) if eff else "–"}
+        rows[name] = {**{format_length(n): f"{v:.1f}" for n, v in average.items()},
+                      "effective": format_length(eff) if eff else "–"}
     note = (f"threshold {threshold:.1f} (full attention at {native})" if threshold is not None
-            else "no threshold: pass --threshold or include --method full at the native length")
+            else "no threshold: pass --threshold or include full in --methods at the native length")
     print_table(f"RULER average over {tasks}, model {a.base}", rows, note)
 
 
@@ -525,7 +539,7 @@ def run_longbench_task(session):
         for budget in a.lengths:
             r = run_longbench(method, session.tokenizer, records, budget)
             scores[str(budget)], counts[str(budget)], details[str(budget)] = r["scores"], r["counts"], r
-            rows.setdefault(name, {}).update({f"{d}@{_k(budget)}": f"{s:.1f}" for d, s in r["scores"].items()})
+            rows.setdefault(name, {}).update({f"{d}@{format_length(budget)}": f"{s:.1f}" for d, s in r["scores"].items()})
         session.write("longbench", name, method, "longbench", data, scores, counts, details, time.time() - start)
     print_table(f"LongBench-format scores (x100), model {a.base}, data {data['source']}", rows)
 

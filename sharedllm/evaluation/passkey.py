@@ -12,6 +12,8 @@ import random
 import torch
 from tqdm.auto import tqdm
 
+from sharedllm.flags import format_length
+
 from .metrics import first_integer
 
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
@@ -130,7 +132,7 @@ def plot_heatmap(cells, path, title: str) -> None:
         for j, value in enumerate(row):
             if value == value:  # not NaN
                 ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(lengths)), [_k(n) for n in lengths])
+    ax.set_xticks(range(len(lengths)), [format_length(n) for n in lengths])
     ax.set_yticks(range(len(depths)), [f"{100 * d:.0f}%" for d in depths])
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("needle depth")
@@ -139,7 +141,3 @@ def plot_heatmap(cells, path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _k(n: int) -> str:
-    return f"{n // 1024}K" if n % 1024 == 0 else str(n)

@@ -15,6 +15,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from sharedllm.flags import format_length
+
 TASK_TITLES = {
     "ppl": "Perplexity",
     "passkey": "Passkey retrieval (Landmark format)",
@@ -74,11 +76,6 @@ def load_results(results_dir) -> list[dict]:
     return results
 
 
-def length_label(n) -> str:
-    n = int(n)
-    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
-
-
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:80]
 
@@ -125,7 +122,7 @@ def cell(task, result, length) -> str:
 
 def table(task, by_method) -> list[str]:
     lengths = sorted({int(n) for r in by_method.values() for n in r["scores"]})
-    lines = ["| method | " + " | ".join(length_label(n) for n in lengths) + " |",
+    lines = ["| method | " + " | ".join(format_length(n) for n in lengths) + " |",
              "|---" * (len(lengths) + 1) + "|"]
     for method, result in by_method.items():
         lines.append(f"| {method} | " + " | ".join(cell(task, result, n) for n in lengths) + " |")
@@ -138,11 +135,11 @@ def breakdown(task, by_method) -> list[str]:
     for method, result in by_method.items():
         for length, scores in sorted(result["scores"].items(), key=lambda kv: int(kv[0])):
             parts = ", ".join(f"{k} {v:.1f}" for k, v in scores.items() if k != "average")
-            lines.append(f"- {method} @ {length_label(length)}: {parts}")
+            lines.append(f"- {method} @ {format_length(length)}: {parts}")
         extra = result.get("details", {})
         if task == "ruler" and extra.get("threshold") is not None:
             eff = extra.get("effective_length")
-            lines.append(f"- {method}: effective length {length_label(eff) if eff else 'none'} "
+            lines.append(f"- {method}: effective length {format_length(eff) if eff else 'none'} "
                          f"(threshold {extra['threshold']:.1f})")
     return lines
 
@@ -209,7 +206,7 @@ def headline_table(cells: list[dict]) -> list[str]:
     by_key = {(c["method"], int(c["length"])): c for c in cells}
     planned = {n: max((c["summary"].get("n_planned") or 0) for c in cells if int(c["length"]) == n
                       and c["plan"]["windows_id"] == plans[n]) for n in lengths}
-    lines = ["| method | " + " | ".join(f"{length_label(n)} ({planned[n]} win)" for n in lengths) + " |",
+    lines = ["| method | " + " | ".join(f"{format_length(n)} ({planned[n]} win)" for n in lengths) + " |",
              "|---" * (len(lengths) + 1) + "|"]
     for method in _method_order({c["method"] for c in cells}):
         row = []
@@ -238,7 +235,7 @@ def paired_table(cells: list[dict], reference: str = "sharedllm") -> list[str]:
     by_key = {(c["method"], int(c["length"])): c for c in cells}
     if not any(usable(by_key.get((reference, n))) for n in lengths):
         return []
-    lines = ["| method | " + " | ".join(f"{length_label(n)} / {reference}" for n in lengths) + " |",
+    lines = ["| method | " + " | ".join(f"{format_length(n)} / {reference}" for n in lengths) + " |",
              "|---" * (len(lengths) + 1) + "|"]
     for method in _method_order({c["method"] for c in cells}):
         if method == reference:
@@ -290,7 +287,7 @@ def plot_heldout(cells: list[dict], path, title) -> bool:
                         color=colours[i % len(colours)], alpha=0.12, linewidth=0)
     lengths = sorted({int(c["length"]) for c in cells})
     ax.set_xscale("log", base=2)
-    ax.set_xticks(lengths, [length_label(n) for n in lengths])
+    ax.set_xticks(lengths, [format_length(n) for n in lengths])
     ax.minorticks_off()
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ScalarFormatter())

@@ -1,0 +1,117 @@
+"""One command-line vocabulary: every command that builds or loads a SharedLLM model lists every config.KNOBS knob
+under the same flag, the same way, and old spellings still work for one release, with a warning. The parsers are
+built in-process, as `sharedllm.cli` builds them (no subprocess: no torch import per command)."""
+
+import re
+
+import pytest
+from test_eval_tasks import FakeMethod, fake_stack  # noqa: F401 (fixture)
+
+from sharedllm.cli import build_parser
+from sharedllm.config import KNOBS
+from sharedllm.evaluation.cli import TASKS
+from sharedllm.flags import knob_flag
+
+KNOB_COMMANDS = [["train"], ["ask"], *(["eval", task] for task in TASKS)]
+
+
+def help_text(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser(argv[0]).parse_args([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", KNOB_COMMANDS, ids=" ".join)
+def test_every_knob_is_listed_under_its_one_flag(argv, capsys):
+    text = help_text(argv, capsys)
+    listed = set(re.findall(r"^  (--[a-z-]+)", text, flags=re.MULTILINE))  # the options' lines, not the usage
+    missing = [knob_flag(name) for name in KNOBS if knob_flag(name) not in listed]
+    assert not missing, f"sharedllm {' '.join(argv)} --help lacks {missing}"
+    assert "  --base BASE " in text
+
+
+@pytest.mark.parametrize("argv", KNOB_COMMANDS, ids=" ".join)
+def test_knob_flags_parse_to_the_same_values_everywhere(argv):
+    given = ["--decoder-window", "2K", "--tree-selection", "recent", "--leaf-tokens-per-node", "8", "--full-logits"]
+    positional = ["notes.txt"] if argv == ["ask"] else []
+    required = ["--output", "run"] if argv == ["train"] else []
+    args = build_parser(argv[0]).parse_args([*argv, *positional, *required, *given])
+    assert (args.decoder_window, args.tree_selection, args.leaf_tokens_per_node, args.full_logits) == (
+        2048, "recent", 8, True)
+    untouched = build_parser(argv[0]).parse_args([*argv, *positional, *required])
+    assert all(getattr(untouched, name) is None for name in KNOBS)  # not given: the adapter's or the config's
+
+
+def test_old_eval_spellings_still_work_and_warn(capsys):
+    args = build_parser("eval").parse_args(["eval", "ppl", "--method", "full", "window"])
+    assert args.methods == ["full", "window"]
+    assert capsys.readouterr().err.strip() == (
+        "warning: --method is deprecated and will be removed in the next release: use --methods")
+    args = build_parser("eval").parse_args(["eval", "ppl", "--methods", "full"])
+    assert args.methods == ["full"] and capsys.readouterr().err == ""
+
+
+def test_eval_passes_knob_flags_to_sharedllm_and_knob_options_to_infllm(fake_stack, monkeypatch, capsys):  # noqa: F811
+    import sharedllm.methods
+    from sharedllm.evaluation import cli
+
+    built = {}
+    monkeypatch.setattr(sharedllm.methods, "load_method", lambda name, base, tok, **knobs: built.setdefault(name, knobs))
+
+    def methods(*argv):
+        built.clear()
+        args = build_parser("eval").parse_args(["eval", "ppl", "--base", "fake", *argv])
+        list(cli.Session(args).methods())
+        return dict(built)
+
+    assert methods("--methods", "window", "infllm", "--decoder-window", "2K", "--knob", "topk=8") == {
+        "window": {"decoder_window": 2048}, "infllm": {"decoder_window": 2048, "topk": 8}}
+    assert methods("--methods", "sharedllm", "--adapter", "none", "--tree-selection", "recent", "--chunk-size", "256") == {
+        "sharedllm": {"decoder_window": 1024, "adapter": None, "tree_selection": "recent", "chunk_size": 256}}
+    # with an adapter, --decoder-window is the knob: it overrides the adapter's, as --knob decoder_window=N did
+    assert methods("--methods", "sharedllm", "--adapter", "my-adapter", "--decoder-window", "768") == {
+        "sharedllm": {"adapter": "my-adapter", "decoder_window": 768}}
+
+
+def test_eval_knob_given_the_old_way_warns_and_still_reaches_the_method(fake_stack, monkeypatch, capsys):  # noqa: F811
+    import sharedllm.methods
+
+    built = {}
+
+    def load_method(name, base, tokenizer, **knobs):
+        built[name] = knobs
+        return FakeMethod(name, tokenizer, **knobs)
+
+    monkeypatch.setattr(sharedllm.methods, "load_method", load_method)
+    monkeypatch.chdir(fake_stack)
+    argv = ["eval", "ppl", "--base", "fake", "--methods", "sharedllm", "--adapter", "none", "--knob",
+            "tree_selection=recent", "--data", "book.txt", "--lengths", "512", "--max-windows", "1", "--output", "out"]
+    args = build_parser("eval").parse_args(argv)
+    args.run(args)
+    assert built["sharedllm"]["tree_selection"] == "recent"
+    assert ("warning: --knob tree_selection=recent is deprecated and will be removed in the next release: use "
+            "--tree-selection recent") in capsys.readouterr().err
+
+
+def test_ask_hands_its_knobs_and_base_to_the_loader_and_refuses_what_it_cannot_honour(tmp_path, monkeypatch, capsys):
+    from sharedllm import ask
+
+    (tmp_path / "notes.txt").write_text("Some notes.")
+    seen = {}
+
+    def loader(adapter, device, base=None, **knobs):
+        seen.update(base=base, **knobs)
+        raise ask.AskError("stop here")
+
+    monkeypatch.setattr(ask, "load_model", loader)
+    args = build_parser("ask").parse_args(["ask", str(tmp_path / "notes.txt"), "--base", "my-base",
+                                           "--decoder-window", "4K", "--tree-selection", "recent"])
+    assert args.run(args) == 2
+    assert seen == {"base": "my-base", "decoder_window": 4096, "tree_selection": "recent"}
+    capsys.readouterr()
+    for flag in (["--node-encoding", "node"], ["--full-logits"]):
+        seen.clear()
+        args = build_parser("ask").parse_args(["ask", str(tmp_path / "notes.txt"), *flag])
+        assert args.run(args) == 2 and not seen  # refused before anything loads
+        assert f"sharedllm ask: {flag[0]}" in capsys.readouterr().err
