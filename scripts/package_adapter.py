@@ -14,7 +14,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from sharedllm import SharedLLMConfig, SharedLLMForCausalLM
-from sharedllm.modeling import load_causal_lm, portable_base_name
+from sharedllm.loading import load_causal_lm, portable_base_name
 from sharedllm.lora import LORA_DIR
 from sharedllm.training import LOG_FILE, plot_curves, read_log
 

@@ -127,7 +127,8 @@ class Asker:
 def load_model(adapter: str | Path | None = None, device: str | None = None):
     """The adapter (default: the shipped one) on its recorded base, with that base's tokenizer."""
     from sharedllm.config import SharedLLMConfig
-    from sharedllm.modeling import SharedLLMForCausalLM, load_causal_lm
+    from sharedllm.loading import load_causal_lm
+    from sharedllm.modeling import SharedLLMForCausalLM
 
     adapter = Path(adapter) if adapter else DEFAULT_ADAPTER
     if not (adapter / "config.json").is_file():

@@ -179,11 +179,11 @@ class FakeMethod:
 @pytest.fixture
 def fake_stack(monkeypatch, tmp_path):
     import sharedllm.methods
-    import sharedllm.modeling
+    import sharedllm.loading
 
     tokenizer = char_tokenizer()
     monkeypatch.setenv("SHAREDLLM_HOME", str(tmp_path / "home"))  # token cache: never the real home
-    monkeypatch.setattr(sharedllm.modeling, "load_causal_lm", lambda path, dtype=None: (FakeBase(), tokenizer))
+    monkeypatch.setattr(sharedllm.loading, "load_causal_lm", lambda path, dtype=None: (FakeBase(), tokenizer))
     monkeypatch.setattr(sharedllm.methods, "load_method",
                         lambda name, base, tok, **knobs: FakeMethod(name, tok, **knobs))
     (tmp_path / "book.txt").write_text(PROSE)

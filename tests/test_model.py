@@ -174,13 +174,13 @@ def test_generate_batch_rows_roll_over_at_different_steps(side):
 
 def test_append_chunks_keeps_each_rows_old_chunks():
     """Row 0 holds no chunk and gains one, row 1 holds three and gains none (the issue-14 repro)."""
-    from sharedllm.modeling import EncodedContext
+    from sharedllm.context_encoder import EncodedContext, append_chunks
 
     old = torch.zeros(2, 1, 6, 1)
     old[1, 0, :, 0] = torch.tensor([1.0, 1, 2, 2, 3, 3])
     new = torch.full((2, 1, 2, 1), 9.0)
-    merged = SharedLLMForCausalLM._append_chunks(
-        None, EncodedContext([old], [old], torch.tensor([0, 3]), 2), EncodedContext([new], [new], torch.tensor([1, 0]), 2)
+    merged = append_chunks(
+        EncodedContext([old], [old], torch.tensor([0, 3]), 2), EncodedContext([new], [new], torch.tensor([1, 0]), 2)
     )
     assert merged.n_chunks.tolist() == [1, 3]
     assert merged.keys[0][1, 0, :, 0].tolist() == [1, 1, 2, 2, 3, 3]
@@ -240,13 +240,13 @@ def test_context_shapes_and_compression(depth, per_node):
     model = wrap(tiny_model("llama"), tree_depth=depth, tokens_per_node=per_node)
     ids = torch.randint(3, 128, (2, 100))
     cache_holder = {}
-    original = model._encode_context
+    original = model.context_encoder.encode
 
     def spy(*args, **kwargs):
         cache_holder["context"] = original(*args, **kwargs)
         return cache_holder["context"]
 
-    model._encode_context = spy
+    model.context_encoder.encode = spy
     with torch.no_grad():
         model(ids)
     context = cache_holder["context"]
@@ -264,7 +264,7 @@ def test_chunk_rotary_offsets_are_applied():
     model = wrap(tiny_model("llama"), tree_depth=0, tokens_per_node=16)  # keep every token: no compression
     chunk = torch.randint(3, 128, (16,))
     with torch.no_grad():
-        keys = model._encode_by_chunk(torch.stack([chunk, chunk]), torch.tensor([0, 1]), torch.zeros(2, 64))[0]
+        keys = model.context_encoder.encode_by_chunk(torch.stack([chunk, chunk]), torch.tensor([0, 1]), torch.zeros(2, 64))[0]
         first, second = keys[0][0:1], keys[0][1:2]  # layer 0, (1, Hkv, 16, hd)
         cos, sin = model.decoder.rotary_emb(first, torch.ones(1, 16, dtype=torch.long))
         shifted, _ = apply_rotary_pos_emb(first, first, cos, sin)
@@ -352,7 +352,7 @@ def test_last_lower_layer_shortcut_gives_the_layers_own_keys(arch_name):
     ids = torch.randint(3, 128, (2, 16))
     positions = torch.arange(16)[None].expand(2, -1) + 1
     with torch.no_grad():
-        _, keys, values = model._run_lower(ids, positions, 3)
+        _, keys, values = model.context_encoder.run_lower(ids, positions, 3)
         hidden = model.decoder.embed_tokens(ids)
         rope = model.decoder.rotary_emb(hidden, positions)
         cache = DynamicCache()

@@ -44,8 +44,9 @@ def test_exact_leaves_keep_every_leaf_token(selection):
     model = wrap(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=8, tree_selection=selection)
     assert model.config.context_tokens_per_chunk == 4 * 1 + 2 * 8
     ids = torch.randint(3, 128, (1, 48 + 64))
-    context = model._encode_context(ids, torch.zeros(1, dtype=torch.long), torch.tensor([2]), torch.zeros(1, dtype=torch.long),
-                                    model._query_vectors(ids, torch.zeros(1, dtype=torch.long), torch.tensor([111])))
+    zero = torch.zeros(1, dtype=torch.long)
+    query = model._query_vectors(ids, zero, torch.tensor([111]))
+    context = model.context_encoder.encode(ids, zero, torch.tensor([2]), zero, query)
     assert context.keys[0].shape[2] == 2 * 20
 
 
