@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_eval_tasks import PROSE, FakeBase, char_tokenizer
+from fakes import PROSE, FakeBase, char_tokenizer
 
 import sharedllm.loading
 from sharedllm import training
