@@ -17,7 +17,7 @@ from transformers import TextStreamer
 
 from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.context_cache import ContextCache
-from sharedllm.modeling import context_chunk_counts
+from sharedllm.rows import context_chunk_counts
 
 DEFAULT_MAX_NEW_TOKENS = 256
 QUESTION_SEPARATOR = "\n\nQuestion: "

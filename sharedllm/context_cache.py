@@ -28,7 +28,7 @@ from transformers import DynamicCache
 
 from sharedllm.context_encoder import LowerChunks
 from sharedllm.loading import base_fingerprint
-from sharedllm.modeling import left_align, real_token_spans
+from sharedllm.rows import left_align, real_token_spans
 
 FORMAT = "sharedllm-context-cache/1"
 # the knobs that shape the stored tensors; the others (decoder_window, tree_selection, tokens_per_node,
@@ -161,8 +161,9 @@ class ContextCache(DynamicCache):
         return ids, mask, labels, query_position
 
     def lower_chunks(self, model, chunk_ids, chunk_index) -> LowerChunks:
-        """`lower` for `ContextEncoder.encode_by_chunk`: chunks 0..n-1 are the document's, read from the cache; later chunks
-        (the document's last partial chunk with the question's start) are encoded now."""
+        """`lower` for `ContextEncoder.encode_by_chunk`: chunks 0..n-1 are the document's, read from the cache;
+        later chunks (the document's last partial chunk with the question's start) are encoded now, with node
+        vectors whatever this model's selection, as the stored chunks have them."""
         stored = chunk_index < self.n_chunks  # (N,)
         if bool(stored.all()):
             return self.lowered.select(chunk_index)

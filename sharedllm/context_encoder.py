@@ -20,6 +20,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from sharedllm.config import SharedLLMConfig
+from sharedllm.rows import gather_tokens
 from sharedllm.tree import attention_half_scores, attention_token_scores, compress_node, cosine_half_scores, search_tree
 
 
@@ -58,23 +59,8 @@ class LowerChunks:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Helpers shared with the upper model
+# The base model's own masks (shared with the upper model), and its last lower layer's keys
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def gather_tokens(
-    input_ids: torch.LongTensor, first: torch.LongTensor, count: torch.LongTensor, width: int, left_pad: bool
-) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """Take count[b] tokens of row b starting at first[b] into a (B, width) tensor padded on one side.
-
-    Returns (ids (B, width), mask (B, width)); padding ids are 0.
-    """
-    slots = torch.arange(width, device=input_ids.device)[None, :]  # (1, W)
-    offset = slots - (width - count[:, None]) if left_pad else slots  # slot -> index within the taken span
-    mask = (offset >= 0) & (offset < count[:, None])
-    index = (first[:, None] + offset).clamp(0, input_ids.shape[1] - 1)
-    ids = torch.where(mask, input_ids.gather(1, index), torch.zeros_like(index))
-    return ids, mask.long()
 
 
 def self_attention_masks(text_config, inputs_embeds, attention_mask, past_key_values, position_ids) -> dict:
@@ -171,7 +157,8 @@ class ContextEncoder:
                 keys[i][rows[part], :, slots[part]] = part_keys[i]
                 values[i][rows[part], :, slots[part]] = part_values[i]
         flat = lambda kv: kv.view(batch, kv.shape[1], -1, kv.shape[-1])  # noqa: E731
-        return EncodedContext([flat(k) for k in keys], [flat(v) for v in values], n_chunks, cfg.context_tokens_per_chunk)
+        per_chunk = cfg.context_tokens_per_chunk
+        return EncodedContext([flat(k) for k in keys], [flat(v) for v in values], n_chunks, per_chunk)
 
     # -- node_encoding="chunk": one lower pass per chunk, then the question's selection -------------------------
 

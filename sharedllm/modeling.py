@@ -27,14 +27,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, Generat
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from sharedllm.config import SharedLLMConfig
-from sharedllm.context_encoder import (
-    ContextEncoder,
-    EncodedContext,
-    append_chunks,
-    gather_tokens,
-    layer_mask,
-    self_attention_masks,
-)
+from sharedllm.context_cache import ContextCache
+from sharedllm.context_encoder import ContextEncoder, EncodedContext, append_chunks, layer_mask, self_attention_masks
 from sharedllm.injection import ContextCrossAttention, InjectedContext
 from sharedllm.loading import (
     ADAPTER_WEIGHTS,
@@ -53,48 +47,9 @@ from sharedllm.loading import (
     read_adapter_weights,
 )
 from sharedllm.lora import LORA_DIR, load_upper_lora, save_upper_lora
+from sharedllm.rows import context_chunk_counts, gather_tokens, left_align, mask_positions, real_token_spans
 
 CROSS_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")  # others get sdpa: they take no additive padding mask
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Row bookkeeping: where each row's real tokens are, and how they split into context chunks and decoder window
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def real_token_spans(attention_mask: torch.Tensor) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """(B, L) 0/1 mask -> start (B,), length (B,) of each row's contiguous real tokens (left or right padding)."""
-    mask = attention_mask.bool()
-    length = mask.sum(dim=1)
-    if (length == 0).any():
-        raise ValueError("every row needs at least one real token (attention_mask has an all-zero row)")
-    start = mask.long().argmax(dim=1)
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    contiguous = (mask == ((positions >= start[:, None]) & (positions < (start + length)[:, None]))).all()
-    if not contiguous:
-        raise ValueError("attention_mask must mark one contiguous run of real tokens per row (left or right padding)")
-    return start, length
-
-
-def context_chunk_counts(length: torch.LongTensor, chunk_size: int, decoder_window: int) -> torch.LongTensor:
-    """k = ceil(max(0, L - Ld) / C) whole chunks of context for a row of L tokens."""
-    return (length - decoder_window).clamp(min=0).add(chunk_size - 1).div(chunk_size, rounding_mode="floor")
-
-
-def mask_positions(mask: torch.Tensor) -> torch.LongTensor:
-    """(B, W) 0/1 mask -> position ids 0.. of each row's real tokens (padding gets 0)."""
-    return (mask.cumsum(1) - 1).clamp(min=0)
-
-
-def left_align(ids: torch.LongTensor, keep: torch.Tensor) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """Keep the marked tokens of each row (order preserved), packed to the right: (B, W') ids and mask."""
-    count = keep.sum(dim=1)
-    width = int(count.max())
-    # stable sort puts dropped tokens first and kept tokens last, in their original order
-    order = torch.sort(keep.long(), dim=1, stable=True).indices[:, -width:]
-    packed = ids.gather(1, order)
-    mask = torch.arange(width, device=ids.device)[None, :] >= (width - count)[:, None]
-    return torch.where(mask, packed, torch.zeros_like(packed)), mask.long()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -426,8 +381,6 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         self._check_inputs(input_ids, None if decoding else attention_mask, labels, kwargs)
         if decoding:
             return self._decode_step(input_ids, past_key_values, logits_to_keep)
-        from sharedllm.context_cache import ContextCache  # here, not at the top: that module builds on this one
-
         if isinstance(past_key_values, ContextCache):
             input_ids, attention_mask, labels, query_position = past_key_values.prepend_document(
                 self, input_ids, attention_mask, labels, query_position

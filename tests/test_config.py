@@ -6,7 +6,7 @@ from test_model import wrap
 
 from sharedllm import SharedLLMConfig, SharedLLMForCausalLM
 
-SELECTION_KNOBS = dict(n_injected_layers=2, chunk_size=32, decoder_window=48)  # room for a two-level tree of 8-token leaves
+SELECTION_KNOBS = dict(n_injected_layers=2, chunk_size=32, decoder_window=48)  # two tree levels: 8-token leaves
 
 
 def wrap_selection(**knobs):

@@ -1,6 +1,6 @@
 """SharedLLMForCausalLM on tiny random Llama / Qwen2 / Mistral models: equality, exactness, the query, I/O.
 
-The lower model has its own file (test_context_encoder.py), so do the tree (test_tree.py) and config (test_config.py)."""
+The lower model, the tree and the config have their own files: test_context_encoder.py, test_tree.py, test_config.py."""
 
 import pytest
 import torch

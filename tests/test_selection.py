@@ -1,4 +1,4 @@
-"""Attention-scored tree selection and the exact finest level on the model (issue #10 levers; the tree itself: test_tree.py)."""
+"""Attention-scored tree selection and the exact finest level, on the model (issue #10 levers; tree: test_tree.py)."""
 
 import pytest
 import torch
