@@ -1,12 +1,14 @@
 """SharedLLM on transformers 5: one base causal LM used as both the lower (context) and upper (decoder) model.
 
-Forward path for a batch of rows (see docs/method.md for the why):
-  1. split: a row of L real tokens gives k = ceil(max(0, L - Ld) / C) whole context chunks from its start; the
-     remaining L - k*C tokens (between Ld - C + 1 and Ld when there is context) are its decoder window.
+This module is the upper model, `SharedLLMForCausalLM`, which holds the lower one (`context_encoder.py`); loading
+the base and the adapter's files is `loading.py`. Forward path for a batch of rows (see docs/method.md for the why):
+  1. split (`rows.py`): a row of L real tokens gives k = ceil(max(0, L - Ld) / C) whole context chunks from its
+     start; the remaining L - k*C tokens (between Ld - C + 1 and Ld when there is context) are its decoder window.
   2. query: the base model's layer 0 (then the final norm) at the query token, computed over the decoder window
      that the prefix ending at the query token would have (a pure function of the tokens and the query index).
-  3. lower model: the embedding and bottom M layers of the base model encode each chunk (chunk index c as a
-     rotary offset), the context tree picks the nodes, and each node becomes P key/value positions per layer.
+  3. lower model (`ContextEncoder`): the embedding and bottom M layers of the base model encode each chunk (chunk
+     index c as a rotary offset), the context tree picks the nodes, and each node becomes P key/value positions
+     per layer.
   4. upper model: the whole base model reads the decoder window (positions 0..); in layers 0..M-1 a
      cross-attention between self-attention and MLP reads the layer's compressed context.
 With `full_logits`, every input position gets logits: each C-token span is read by its own such pass over the
