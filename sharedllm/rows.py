@@ -43,7 +43,8 @@ def gather_tokens(
 
 
 def mask_positions(mask: torch.Tensor) -> torch.LongTensor:
-    """(B, W) 0/1 mask -> position ids 0.. of each row's real tokens (padding gets 0)."""
+    """(B, W) 0/1 mask -> position ids 0.. of each row's real tokens (padding, which is masked, gets 0 before them
+    and the last position after them)."""
     return (mask.cumsum(1) - 1).clamp(min=0)
 
 
