@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from sharedllm import SharedLLMConfig, SharedLLMForCausalLM
 from sharedllm.config import KNOBS
+from sharedllm.loading import load_causal_lm, portable_base_name
 from sharedllm.lora import LORA_DIR
-from sharedllm.modeling import load_causal_lm, portable_base_name
 from sharedllm.training import LOG_FILE, plot_curves, read_log
 
 

@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 
 from sharedllm import data, training
 from sharedllm.assets import default_model_path
-from sharedllm.modeling import SharedLLMForCausalLM, load_causal_lm
+from sharedllm.loading import load_causal_lm
+from sharedllm.modeling import SharedLLMForCausalLM
 
 SHIPPED = "adapters/smollm2-135m"
 

@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 
 # public name -> module defining it, imported on first access
 _EXPORTS = {"SharedLLMConfig": "sharedllm.config", "SharedLLMForCausalLM": "sharedllm.modeling",
-            "SharedLLMCache": "sharedllm.modeling", "base_fingerprint": "sharedllm.modeling",
-            "load_causal_lm": "sharedllm.modeling", "register_auto_classes": "sharedllm.modeling"}
+            "SharedLLMCache": "sharedllm.modeling", "base_fingerprint": "sharedllm.loading",
+            "load_causal_lm": "sharedllm.loading", "register_auto_classes": "sharedllm.modeling"}
 
 
 def __getattr__(name: str):

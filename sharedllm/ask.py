@@ -18,7 +18,7 @@ from transformers import TextStreamer
 from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.context_cache import ContextCache
 from sharedllm.flags import add_base_argument, add_knob_arguments, knobs_from_args
-from sharedllm.modeling import context_chunk_counts
+from sharedllm.rows import context_chunk_counts
 
 DEFAULT_MAX_NEW_TOKENS = 256
 QUESTION_SEPARATOR = "\n\nQuestion: "
@@ -129,7 +129,8 @@ def load_model(adapter: str | Path | None = None, device: str | None = None, bas
     """The adapter (default: the shipped one) on `base` (default: the one it records), with that base's tokenizer;
     `knobs` (config.KNOBS) override the adapter's saved values."""
     from sharedllm.config import SharedLLMConfig
-    from sharedllm.modeling import SharedLLMForCausalLM, load_causal_lm
+    from sharedllm.loading import load_causal_lm
+    from sharedllm.modeling import SharedLLMForCausalLM
 
     adapter = Path(adapter) if adapter else DEFAULT_ADAPTER
     if not (adapter / "config.json").is_file():

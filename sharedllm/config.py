@@ -70,7 +70,7 @@ class SharedLLMConfig(PretrainedConfig):
     Args:
         text_config: config of the base causal LM (Llama, Mistral, Qwen2, ...).
         base_model: local path or hub id the base weights are loaded from by `from_pretrained`.
-        base_fingerprint: digest of the base weights (see `modeling.base_fingerprint`), checked at load time.
+        base_fingerprint: digest of the base weights (see `loading.base_fingerprint`), checked at load time.
         **knobs: the method's knobs (`n_injected_layers` = M, `chunk_size` = C, `decoder_window` = Ld, `tree_depth`
             = D, `tokens_per_node` = P, ...): their types, defaults, valid values and meaning are the `KNOBS` table
             above, the one place every command's flags are derived from (`sharedllm.flags`).

@@ -26,7 +26,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from sharedllm.modeling import LowerChunks, base_fingerprint, left_align
+from sharedllm.context_encoder import LowerChunks
+from sharedllm.loading import base_fingerprint
+from sharedllm.rows import left_align, real_token_spans
 
 FORMAT = "sharedllm-context-cache/1"
 # the knobs that shape the stored tensors; the others (decoder_window, tree_selection, tokens_per_node,
@@ -96,7 +98,7 @@ class ContextCache(DynamicCache):
             for first in range(0, n, cfg.max_chunks_per_pass):
                 part = slice(first, first + cfg.max_chunks_per_pass)
                 index = torch.arange(first, min(first + cfg.max_chunks_per_pass, n), device=ids.device)
-                out = model._lower_chunks(chunks[part], index)
+                out = model.context_encoder.lower_chunks(chunks[part], index, node_vectors=True)
                 if lowered is None:
                     buffer = lambda t: t.new_empty(n, *t.shape[1:])  # noqa: E731
                     lowered = LowerChunks([buffer(k) for k in out.keys], [buffer(v) for v in out.values],
@@ -143,8 +145,6 @@ class ContextCache(DynamicCache):
 
         labels get -100 over the document; a non-negative query_position counted in the question moves by L_doc."""
         _check_signature(self.signature, model, "this context cache")
-        from sharedllm.modeling import real_token_spans
-
         batch, n_doc = input_ids.shape[0], self.document_ids.shape[0]
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -161,12 +161,13 @@ class ContextCache(DynamicCache):
         return ids, mask, labels, query_position
 
     def lower_chunks(self, model, chunk_ids, chunk_index) -> LowerChunks:
-        """`lower` for `_encode_by_chunk`: chunks 0..n-1 are the document's, read from the cache; later chunks
-        (the document's last partial chunk with the question's start) are encoded now."""
+        """`lower` for `ContextEncoder.encode_by_chunk`: chunks 0..n-1 are the document's, read from the cache;
+        later chunks (the document's last partial chunk with the question's start) are encoded now, with node
+        vectors whatever this model's selection, as the stored chunks have them."""
         stored = chunk_index < self.n_chunks  # (N,)
         if bool(stored.all()):
             return self.lowered.select(chunk_index)
-        fresh = model._lower_chunks(chunk_ids[~stored], chunk_index[~stored])
+        fresh = model.context_encoder.lower_chunks(chunk_ids[~stored], chunk_index[~stored], node_vectors=True)
         if not bool(stored.any()):
             return fresh
         out = self.lowered.select(chunk_index.clamp(max=self.n_chunks - 1))  # a copy: the fresh rows are overwritten
@@ -177,7 +178,7 @@ class ContextCache(DynamicCache):
 
 
 def _no_chunks(model) -> LowerChunks:
-    """Zero chunks, shaped as `_lower_chunks` output."""
+    """Zero chunks, shaped as `ContextEncoder.lower_chunks` output."""
     cfg, text = model.config, model.config.text_config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     like = dict(dtype=model.base.dtype, device=model.device)

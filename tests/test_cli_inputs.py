@@ -5,9 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
-from test_eval_tasks import PROSE, FakeBase, char_tokenizer
+from fakes import PROSE, FakeBase, char_tokenizer
 
-import sharedllm.modeling
+import sharedllm.loading
 from sharedllm import training
 from sharedllm.cli import main
 from sharedllm.evaluation import report
@@ -19,7 +19,7 @@ def no_model(monkeypatch, tmp_path):
     def refuse(*args, **kwargs):
         pytest.fail("a model was loaded before the input was checked")
 
-    monkeypatch.setattr(sharedllm.modeling, "load_causal_lm", refuse)
+    monkeypatch.setattr(sharedllm.loading, "load_causal_lm", refuse)
     monkeypatch.setattr(training, "build_model", refuse)
     monkeypatch.setenv("SHAREDLLM_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
@@ -120,7 +120,7 @@ def test_no_window_in_tokens_is_caught_before_any_method_runs(no_model, monkeypa
     import sharedllm.methods
 
     (no_model / "accents.txt").write_text("\u00e9" * 600)  # 1200 bytes, 600 tokens
-    monkeypatch.setattr(sharedllm.modeling, "load_causal_lm", lambda path, dtype=None: (FakeBase(), char_tokenizer()))
+    monkeypatch.setattr(sharedllm.loading, "load_causal_lm", lambda path, dtype=None: (FakeBase(), char_tokenizer()))
     monkeypatch.setattr(sharedllm.methods, "load_method", lambda *a, **k: pytest.fail("a method was built"))
     line = error_line(capsys, ["eval", "ppl", "--base", "fake", "--methods", "full", "--data", "accents.txt",
                                "--lengths", "1K", "--output", "results"])

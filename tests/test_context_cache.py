@@ -273,3 +273,17 @@ def test_ask_prompt_without_chat_template_and_default_adapter():
     assert prompt_parts(char_tokenizer(chat_template=False)) == ("", "\n\nQuestion: ", "\nAnswer:")
     assert prompt_parts(char_tokenizer()) == ("<u>", "\n\nQuestion: ", "</u><a>")
     assert DEFAULT_ADAPTER.is_absolute() and (DEFAULT_ADAPTER / "config.json").is_file()
+
+
+def test_a_cache_encoded_under_another_selection_keeps_the_node_vectors():
+    """A "recent" model computes no node vectors for itself, but its cache stores them: a "query" model answers
+    from it exactly as from scratch (including the chunks encoded per question)."""
+    query_model, document, questions = setup("query")
+    recent = wrap(query_model.base, tree_selection="recent")
+    recent.cross_attention.load_state_dict(query_model.cross_attention.state_dict())
+    with torch.no_grad():
+        context = ContextCache.encode(recent, document)
+        assert context.lowered.node_vectors.shape == (DOCUMENT_LENGTH // 16, 2, 64)
+        for question in questions:
+            cached = query_model.generate(question[None], past_key_values=context, **GENERATE)[0, len(question) :]
+            assert torch.equal(cached, scratch_generate(query_model, document, question)[0])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sharedllm import SharedLLMForCausalLM, load_causal_lm
-from sharedllm.modeling import DEFAULT_BASE
+from sharedllm.loading import DEFAULT_BASE
 
 pytestmark = pytest.mark.integration
 

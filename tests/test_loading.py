@@ -9,7 +9,7 @@ from tiny_tokenizer import tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sharedllm import SharedLLMForCausalLM
-from sharedllm.modeling import DEFAULT_BASE, portable_base_name
+from sharedllm.loading import DEFAULT_BASE, portable_base_name
 
 KNOBS = dict(n_injected_layers=2, chunk_size=16, decoder_window=32, tree_depth=2, tokens_per_node=2)
 

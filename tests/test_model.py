@@ -1,12 +1,13 @@
-"""SharedLLMForCausalLM on tiny random Llama / Qwen2 / Mistral models: equality, exactness, tree, shapes, I/O."""
+"""SharedLLMForCausalLM on tiny random Llama / Qwen2 / Mistral models: equality, exactness, the query, I/O.
+
+The lower model, the tree and the config have their own files: test_context_encoder.py, test_tree.py, test_config.py."""
 
 import pytest
 import torch
 from conftest import tiny_model
 from transformers import AutoModelForCausalLM
 
-from sharedllm import SharedLLMConfig, SharedLLMForCausalLM
-from sharedllm.tree import cosine_half_scores, node_tiling, search_tree
+from sharedllm import SharedLLMForCausalLM
 
 KNOBS = dict(n_injected_layers=2, chunk_size=16, decoder_window=32, tree_depth=2, tokens_per_node=2)
 
@@ -172,21 +173,6 @@ def test_generate_batch_rows_roll_over_at_different_steps(side):
             assert torch.allclose(logits[i], single_logits[0], atol=1e-4), f"row {i} logits"
 
 
-def test_append_chunks_keeps_each_rows_old_chunks():
-    """Row 0 holds no chunk and gains one, row 1 holds three and gains none (the issue-14 repro)."""
-    from sharedllm.modeling import EncodedContext
-
-    old = torch.zeros(2, 1, 6, 1)
-    old[1, 0, :, 0] = torch.tensor([1.0, 1, 2, 2, 3, 3])
-    new = torch.full((2, 1, 2, 1), 9.0)
-    merged = SharedLLMForCausalLM._append_chunks(
-        None, EncodedContext([old], [old], torch.tensor([0, 3]), 2), EncodedContext([new], [new], torch.tensor([1, 0]), 2)
-    )
-    assert merged.n_chunks.tolist() == [1, 3]
-    assert merged.keys[0][1, 0, :, 0].tolist() == [1, 1, 2, 2, 3, 3]
-    assert merged.keys[0][0, 0, :2, 0].tolist() == [9, 9]
-
-
 def test_lower_model_is_the_base_model():
     base = tiny_model("llama")
     model = wrap(base)
@@ -201,75 +187,7 @@ def test_lower_model_is_the_base_model():
     assert all((attn.o_proj.weight == 0).all() for attn in model.cross_attention)
 
 
-# -- tree ---------------------------------------------------------------------------------------------------------
-
-
-def test_tree_picks_planted_half_per_chunk():
-    """Per chunk, plant a path: at every level the half on the path has the query as its vector, the other half
-    the query's negation. Chunks get different paths, so pairing halves across chunks would be caught."""
-    n_chunks, chunk_size, depth, hidden = 6, 64, 4, 8
-    torch.manual_seed(0)
-    query = torch.randn(n_chunks, hidden)
-    paths = torch.randint(0, 2, (n_chunks, depth - 1))  # 1 = expand the right half at that level
-
-    def node_vectors(starts, length):
-        level = {32: 0, 16: 1, 8: 2}[length]
-        right = paths[:, level].bool()
-        left_vec = torch.where(right[:, None], -query, query)
-        return torch.stack([left_vec, -left_vec], dim=1)
-
-    kept = search_tree(cosine_half_scores(node_vectors, query), n_chunks, chunk_size, depth, torch.device("cpu"))
-    for chunk in range(n_chunks):
-        start = 0
-        for level, (kept_start, length) in enumerate(kept[: depth - 1]):
-            expand_right = bool(paths[chunk, level])
-            assert kept_start[chunk] == (start if expand_right else start + length)  # the other half is kept
-            start = start + length if expand_right else start
-        assert kept[-2][0][chunk] == start and kept[-1][0][chunk] == start + kept[-1][1]
-    assert (node_tiling(kept) == 1).all()
-    assert [length for _, length in kept] == [32, 16, 8, 4, 4]
-
-
-def test_recent_selection_expands_most_recent_half():
-    kept = search_tree(None, 3, 64, 3, torch.device("cpu"))
-    assert [(int(s[0]), n) for s, n in kept] == [(0, 32), (32, 16), (48, 8), (56, 8)]
-
-
-@pytest.mark.parametrize("depth,per_node", [(2, 2), (3, 2), (0, 4)])
-def test_context_shapes_and_compression(depth, per_node):
-    model = wrap(tiny_model("llama"), tree_depth=depth, tokens_per_node=per_node)
-    ids = torch.randint(3, 128, (2, 100))
-    cache_holder = {}
-    original = model._encode_context
-
-    def spy(*args, **kwargs):
-        cache_holder["context"] = original(*args, **kwargs)
-        return cache_holder["context"]
-
-    model._encode_context = spy
-    with torch.no_grad():
-        model(ids)
-    context = cache_holder["context"]
-    per_chunk = per_node * (depth + 1)
-    assert context.per_chunk == per_chunk == model.config.context_tokens_per_chunk
-    assert len(context.keys) == model.config.n_injected_layers
-    for keys in context.keys:
-        assert keys.shape == (2, 2, 5 * per_chunk, 16)  # (B, Hkv, chunks * P * (D + 1), head_dim)
-
-
-def test_chunk_rotary_offsets_are_applied():
-    """Two identical chunks: the second's keys are the first's rotated by one more position (offset c = 1)."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-    model = wrap(tiny_model("llama"), tree_depth=0, tokens_per_node=16)  # keep every token: no compression
-    chunk = torch.randint(3, 128, (16,))
-    with torch.no_grad():
-        keys = model._encode_by_chunk(torch.stack([chunk, chunk]), torch.tensor([0, 1]), torch.zeros(2, 64))[0]
-        first, second = keys[0][0:1], keys[0][1:2]  # layer 0, (1, Hkv, 16, hd)
-        cos, sin = model.decoder.rotary_emb(first, torch.ones(1, 16, dtype=torch.long))
-        shifted, _ = apply_rotary_pos_emb(first, first, cos, sin)
-    assert not torch.allclose(first, second, atol=1e-4)
-    assert torch.allclose(shifted, second, atol=1e-4)
+# -- the tree's query ---------------------------------------------------------------------------------------------
 
 
 def test_default_query_is_last_token_before_scored_span():
@@ -308,21 +226,6 @@ def test_save_reload_identical_and_wrong_base_fails(tmp_path):
         SharedLLMForCausalLM.from_pretrained(tmp_path / "adapter", base=tiny_model("qwen2", seed=5))
 
 
-@pytest.mark.parametrize(
-    "overrides,message",
-    [
-        (dict(chunk_size=16, tree_depth=2, tokens_per_node=8), "fewer than tokens_per_node"),
-        (dict(n_injected_layers=9), "exceeds the base model's depth"),
-        (dict(chunk_size=20, tree_depth=3), "divisible by 2\\*\\*tree_depth"),
-        (dict(tree_selection="random"), "tree_selection must be one of"),
-        (dict(node_compression="mean", chunk_size=24, tree_depth=1, tokens_per_node=5), "divisible"),
-    ],
-)
-def test_bad_knobs_fail_at_config_time(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        wrap(tiny_model("llama"), **overrides)
-
-
 def test_empty_and_malformed_inputs_fail_clearly():
     model = wrap(tiny_model("llama"))
     with pytest.raises(ValueError, match="non-empty"):
@@ -333,31 +236,3 @@ def test_empty_and_malformed_inputs_fail_clearly():
         model(torch.ones(1, 5, dtype=torch.long), attention_mask=torch.tensor([[1, 0, 1, 1, 1]]))
     with pytest.raises(ValueError, match="query_position"):
         model(torch.ones(1, 5, dtype=torch.long), query_position=7)
-
-
-def test_config_roundtrip_keeps_text_config(tmp_path):
-    model = wrap(tiny_model("mistral"))
-    model.config.save_pretrained(tmp_path)
-    config = SharedLLMConfig.from_pretrained(tmp_path)
-    assert config.text_config.model_type == "mistral"
-    assert config.chunk_size == 16 and config.base_fingerprint == model.config.base_fingerprint
-
-
-@pytest.mark.parametrize("arch_name", ["llama", "qwen2"])
-def test_last_lower_layer_shortcut_gives_the_layers_own_keys(arch_name):
-    """The lower pass computes only keys/values in its last layer; they must equal the full layer's."""
-    from transformers import DynamicCache
-
-    model = wrap(tiny_model(arch_name), n_injected_layers=3)
-    ids = torch.randint(3, 128, (2, 16))
-    positions = torch.arange(16)[None].expand(2, -1) + 1
-    with torch.no_grad():
-        _, keys, values = model._run_lower(ids, positions, 3)
-        hidden = model.decoder.embed_tokens(ids)
-        rope = model.decoder.rotary_emb(hidden, positions)
-        cache = DynamicCache()
-        for layer in model.decoder.layers[:3]:
-            hidden = layer(hidden, position_embeddings=rope, position_ids=positions, past_key_values=cache, use_cache=True)
-    for i in range(3):
-        assert torch.allclose(keys[i], cache.layers[i].keys, atol=1e-5)
-        assert torch.allclose(values[i], cache.layers[i].values, atol=1e-5)

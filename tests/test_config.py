@@ -1,0 +1,46 @@
+"""SharedLLMConfig: knobs refused at construction, and the config's round trip with its base's text config."""
+
+import pytest
+from conftest import tiny_model
+from test_model import wrap
+
+from sharedllm import SharedLLMConfig, SharedLLMForCausalLM
+
+SELECTION_KNOBS = dict(n_injected_layers=2, chunk_size=32, decoder_window=48)  # two tree levels: 8-token leaves
+
+
+def wrap_selection(**knobs):
+    return SharedLLMForCausalLM.from_base(tiny_model("llama"), **SELECTION_KNOBS, **knobs)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(chunk_size=16, tree_depth=2, tokens_per_node=8), "fewer than tokens_per_node"),
+        (dict(n_injected_layers=9), "exceeds the base model's depth"),
+        (dict(chunk_size=20, tree_depth=3), "divisible by 2\\*\\*tree_depth"),
+        (dict(tree_selection="random"), "tree_selection must be one of"),
+        (dict(node_compression="mean", chunk_size=24, tree_depth=1, tokens_per_node=5), "divisible"),
+    ],
+)
+def test_bad_knobs_fail_at_config_time(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        wrap(tiny_model("llama"), **overrides)
+
+
+def test_config_roundtrip_keeps_text_config(tmp_path):
+    model = wrap(tiny_model("mistral"))
+    model.config.save_pretrained(tmp_path)
+    config = SharedLLMConfig.from_pretrained(tmp_path)
+    assert config.text_config.model_type == "mistral"
+    assert config.chunk_size == 16 and config.base_fingerprint == model.config.base_fingerprint
+
+
+def test_attention_selection_needs_chunk_encoding():
+    with pytest.raises(ValueError, match="needs node_encoding='chunk'"):
+        wrap_selection(tree_depth=2, tokens_per_node=4, tree_selection="attention", node_encoding="node")
+
+
+def test_leaf_budget_must_fit_the_leaf():
+    with pytest.raises(ValueError, match="leaf_tokens_per_node must be between 1 and the leaf length"):
+        wrap_selection(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=9)

@@ -1,0 +1,105 @@
+"""The lower model (`sharedllm.context_encoder`): shapes, rotary offsets, the last layer's shortcut, appending
+chunks, and what it keeps (no state of its own; node vectors only where the tree compares them)."""
+
+import pytest
+import torch
+from conftest import tiny_model
+from test_model import wrap
+
+
+def test_append_chunks_keeps_each_rows_old_chunks():
+    """Row 0 holds no chunk and gains one, row 1 holds three and gains none (the issue-14 repro)."""
+    from sharedllm.context_encoder import EncodedContext, append_chunks
+
+    old = torch.zeros(2, 1, 6, 1)
+    old[1, 0, :, 0] = torch.tensor([1.0, 1, 2, 2, 3, 3])
+    new = torch.full((2, 1, 2, 1), 9.0)
+    merged = append_chunks(
+        EncodedContext([old], [old], torch.tensor([0, 3]), 2), EncodedContext([new], [new], torch.tensor([1, 0]), 2)
+    )
+    assert merged.n_chunks.tolist() == [1, 3]
+    assert merged.keys[0][1, 0, :, 0].tolist() == [1, 1, 2, 2, 3, 3]
+    assert merged.keys[0][0, 0, :2, 0].tolist() == [9, 9]
+
+
+@pytest.mark.parametrize("depth,per_node", [(2, 2), (3, 2), (0, 4)])
+def test_context_shapes_and_compression(depth, per_node):
+    model = wrap(tiny_model("llama"), tree_depth=depth, tokens_per_node=per_node)
+    ids = torch.randint(3, 128, (2, 100))
+    cache_holder = {}
+    original = model.context_encoder.encode
+
+    def spy(*args, **kwargs):
+        cache_holder["context"] = original(*args, **kwargs)
+        return cache_holder["context"]
+
+    model.context_encoder.encode = spy
+    with torch.no_grad():
+        model(ids)
+    context = cache_holder["context"]
+    per_chunk = per_node * (depth + 1)
+    assert context.per_chunk == per_chunk == model.config.context_tokens_per_chunk
+    assert len(context.keys) == model.config.n_injected_layers
+    for keys in context.keys:
+        assert keys.shape == (2, 2, 5 * per_chunk, 16)  # (B, Hkv, chunks * P * (D + 1), head_dim)
+
+
+def test_chunk_rotary_offsets_are_applied():
+    """Two identical chunks: the second's keys are the first's rotated by one more position (offset c = 1)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    model = wrap(tiny_model("llama"), tree_depth=0, tokens_per_node=16)  # keep every token: no compression
+    chunk = torch.randint(3, 128, (16,))
+    with torch.no_grad():
+        keys = model.context_encoder.encode_by_chunk(torch.stack([chunk, chunk]), torch.tensor([0, 1]), torch.zeros(2, 64))[0]
+        first, second = keys[0][0:1], keys[0][1:2]  # layer 0, (1, Hkv, 16, hd)
+        cos, sin = model.decoder.rotary_emb(first, torch.ones(1, 16, dtype=torch.long))
+        shifted, _ = apply_rotary_pos_emb(first, first, cos, sin)
+    assert not torch.allclose(first, second, atol=1e-4)
+    assert torch.allclose(shifted, second, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "qwen2"])
+def test_last_lower_layer_shortcut_gives_the_layers_own_keys(arch_name):
+    """The lower pass computes only keys/values in its last layer; they must equal the full layer's."""
+    from transformers import DynamicCache
+
+    model = wrap(tiny_model(arch_name), n_injected_layers=3)
+    ids = torch.randint(3, 128, (2, 16))
+    positions = torch.arange(16)[None].expand(2, -1) + 1
+    with torch.no_grad():
+        _, keys, values = model.context_encoder.run_lower(ids, positions, 3)
+        hidden = model.decoder.embed_tokens(ids)
+        rope = model.decoder.rotary_emb(hidden, positions)
+        cache = DynamicCache()
+        for layer in model.decoder.layers[:3]:
+            hidden = layer(hidden, position_embeddings=rope, position_ids=positions, past_key_values=cache, use_cache=True)
+    for i in range(3):
+        assert torch.allclose(keys[i], cache.layers[i].keys, atol=1e-5)
+        assert torch.allclose(values[i], cache.layers[i].values, atol=1e-5)
+
+
+def test_the_encoder_owns_no_state():
+    """The encoder reads the model's own modules and config: no parameter, buffer or state-dict key of its own."""
+    model = wrap(tiny_model("llama"))
+    encoder = model.context_encoder
+    assert encoder.decoder is model.decoder and encoder.config is model.config
+    assert encoder.scoring_q_proj is model.cross_attention[-1].q_proj
+    assert {name.split(".")[0] for name in model.state_dict()} == {"base", "cross_attention"}
+
+
+@pytest.mark.parametrize("selection", ["query", "attention", "recent"])
+def test_node_vectors_only_where_the_selection_compares_them(selection):
+    """Only "query" selection compares node vectors: the others skip them and select exactly the same nodes."""
+    model = wrap(tiny_model("llama"), tree_selection=selection)  # C = 16, D = 2: two 8-token halves per chunk
+    encoder = model.context_encoder
+    chunks, index = torch.randint(3, 128, (3, 16)), torch.arange(3)
+    with torch.no_grad():
+        lowered = encoder.lower_chunks(chunks, index)
+        asked = encoder.lower_chunks(chunks, index, node_vectors=True)
+        assert (lowered.node_vectors is not None) == (selection == "query")
+        assert asked.node_vectors.shape == (3, 2, 64)
+        query = torch.randn(3, 64)
+        keys, values = encoder.select_nodes(lowered, query, index)
+        asked_keys, asked_values = encoder.select_nodes(asked, query, index)
+    assert all(torch.equal(a, b) for a, b in zip([*keys, *values], [*asked_keys, *asked_values]))

@@ -1,0 +1,62 @@
+"""The context tree (`sharedllm.tree`) on planted scores: which halves are expanded, and the attention scores."""
+
+import torch
+
+from sharedllm.tree import attention_half_scores, attention_token_scores, cosine_half_scores, node_tiling, search_tree
+
+
+def test_tree_picks_planted_half_per_chunk():
+    """Per chunk, plant a path: at every level the half on the path has the query as its vector, the other half
+    the query's negation. Chunks get different paths, so pairing halves across chunks would be caught."""
+    n_chunks, chunk_size, depth, hidden = 6, 64, 4, 8
+    torch.manual_seed(0)
+    query = torch.randn(n_chunks, hidden)
+    paths = torch.randint(0, 2, (n_chunks, depth - 1))  # 1 = expand the right half at that level
+
+    def node_vectors(starts, length):
+        level = {32: 0, 16: 1, 8: 2}[length]
+        right = paths[:, level].bool()
+        left_vec = torch.where(right[:, None], -query, query)
+        return torch.stack([left_vec, -left_vec], dim=1)
+
+    kept = search_tree(cosine_half_scores(node_vectors, query), n_chunks, chunk_size, depth, torch.device("cpu"))
+    for chunk in range(n_chunks):
+        start = 0
+        for level, (kept_start, length) in enumerate(kept[: depth - 1]):
+            expand_right = bool(paths[chunk, level])
+            assert kept_start[chunk] == (start if expand_right else start + length)  # the other half is kept
+            start = start + length if expand_right else start
+        assert kept[-2][0][chunk] == start and kept[-1][0][chunk] == start + kept[-1][1]
+    assert (node_tiling(kept) == 1).all()
+    assert [length for _, length in kept] == [32, 16, 8, 4, 4]
+
+
+def test_recent_selection_expands_most_recent_half():
+    kept = search_tree(None, 3, 64, 3, torch.device("cpu"))
+    assert [(int(s[0]), n) for s, n in kept] == [(0, 32), (32, 16), (48, 8), (56, 8)]
+
+
+def test_attention_selection_expands_toward_a_planted_key():
+    """One token per chunk has a key aligned with the query: every level expands the half that holds it, and the
+    planted token ends up in a leaf."""
+    torch.manual_seed(0)
+    n, n_heads, n_kv, chunk_size, head_dim, depth = 5, 4, 2, 64, 8, 3
+    query = torch.randn(n, n_heads, head_dim)
+    keys = 0.1 * torch.randn(n, n_kv, chunk_size, head_dim)
+    planted = torch.tensor([0, 17, 33, 50, 63])
+    for chunk, token in enumerate(planted.tolist()):
+        keys[chunk, 1, token] = 10 * query[chunk, 2]  # head 2 is in kv group 1 (GQA: 2 query heads per kv head)
+    kept = search_tree(attention_half_scores(attention_token_scores(query, keys)), n, chunk_size, depth, torch.device("cpu"))
+    assert (node_tiling(kept) == 1).all()
+    leaf_starts = torch.stack([kept[-2][0], kept[-1][0]], dim=1)  # (N, 2)
+    leaf = kept[-1][1]
+    in_leaf = ((planted[:, None] >= leaf_starts) & (planted[:, None] < leaf_starts + leaf)).any(dim=1)
+    assert in_leaf.all()
+
+
+def test_attention_token_scores_are_the_best_head_logit():
+    query, keys = torch.randn(2, 4, 8), torch.randn(2, 2, 16, 8)
+    expected = torch.stack(
+        [torch.stack([query[b, h] @ keys[b, h // 2].T for h in range(4)]).amax(0) for b in range(2)]
+    )
+    torch.testing.assert_close(attention_token_scores(query, keys), expected)
