@@ -22,7 +22,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from sharedllm.assets import default_model_path
 from sharedllm.evaluation.passkey import build_passkey_prompt, encode, passkey_correct, passkey_key
-from sharedllm.modeling import load_causal_lm
+from sharedllm.loading import load_causal_lm
 
 
 @torch.no_grad()

@@ -1,0 +1,90 @@
+"""Teacher-forced passkey through the library's own joint injection (one forward per trial, no generation): a
+trial counts when greedy argmax predicts every key token, the same event as greedy generation emitting the key
+(results/experiments/joint-injection/probe.py scores the same way). Prompts, keys and depths as the probe.
+
+    python results/experiments/joint-library/teacher_forced.py --lengths 4096 --variants sink=1 sink=0 \
+        --knobs chunk_size=512 decoder_window=512 tree_depth=0 tokens_per_node=512
+"""
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from sharedllm.assets import default_model_path
+from sharedllm.context_encoder import ContextEncoder
+from sharedllm.evaluation.passkey import build_passkey_prompt, encode, passkey_key
+from sharedllm.loading import load_causal_lm
+from sharedllm.modeling import SharedLLMForCausalLM
+
+
+def parse_value(text):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"none": None, "true": True, "false": False}.get(text.lower(), text)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--lengths", type=int, nargs="+", default=[4096])
+    p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    p.add_argument("--knobs", nargs="*", default=[], help="K=V shared by every variant")
+    p.add_argument("--variants", nargs="+", default=["base"],
+                   help="K=V[,K=V] per variant; 'sink=ID' sets the chunk sink token; 'base' = knobs only")
+    p.add_argument("--output", default=None)
+    args = p.parse_args()
+    torch.set_grad_enabled(False)
+    base, tok = load_causal_lm(default_model_path())
+    shared = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.knobs)}
+    rows = []
+    for length in args.lengths:
+        prompts = []
+        for t in range(args.trials):
+            depth = args.depths[t % len(args.depths)]
+            key = passkey_key(0, length, depth, t)
+            prompt = build_passkey_prompt(tok, length, depth, key)
+            ids, full = encode(tok, prompt), encode(tok, prompt + " " + str(key))
+            prompts.append((depth, full, len(full) - len(ids)))
+        for variant in args.variants:
+            knobs = dict(shared, injection="joint", n_injected_layers=base.config.num_hidden_layers)
+            sink = None
+            for item in [] if variant == "base" else variant.split(","):
+                k, v = item.split("=", 1)
+                if k == "sink":
+                    sink = int(v)
+                else:
+                    knobs[k] = parse_value(v)
+            model = SharedLLMForCausalLM.from_base(base, **knobs).eval()
+            if sink is not None:
+                model.context_encoder.sink_token_id = lambda: sink
+            start, hits, nll, by_depth = time.time(), 0, 0.0, {}
+            for depth, ids, n_key in prompts:
+                # as generation splits it: a cached prefill of the prompt (window and query from the prompt alone),
+                # then the key tokens fed as one decode step
+                prefill = model(torch.tensor([ids[:-n_key]]), past_key_values=DynamicCache(), use_cache=True)
+                step = model(torch.tensor([ids[-n_key:]]), past_key_values=prefill.past_key_values)
+                target = torch.tensor(ids[-n_key:])
+                pred = torch.cat([prefill.logits[0, -1:], step.logits[0, :-1]])
+                hit = bool((pred.argmax(-1) == target).all())
+                hits += hit
+                nll += float(F.cross_entropy(pred.float(), target))
+                by_depth.setdefault(depth, []).append(hit)
+            row = dict(length=length, variant=variant, knobs=knobs, accuracy=hits / len(prompts),
+                       key_nll=round(nll / len(prompts), 3), trials=len(prompts),
+                       by_depth={str(d): sum(h) / len(h) for d, h in sorted(by_depth.items())},
+                       seconds=round(time.time() - start, 1))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.output:
+        json.dump(dict(args=vars(args), rows=rows), open(args.output, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
