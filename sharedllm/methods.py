@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from sharedllm.config import KNOBS as CONFIG_KNOBS
+
 METHODS = ("full", "window", "streaming", "infllm", "yarn", "sharedllm", "cepe")
 
 # lm_head rows per step when turning hidden states into NLL: bounds the (rows, vocab) logits to ~200 MB in fp32.
@@ -223,6 +225,53 @@ class WindowAttention(FullAttention):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# methods that read their input a piece at a time (StreamingLLM, InfLLM)
+
+
+class PieceFedMethod(Method):
+    """A method that reads its input a piece at a time into its own cache: StreamingLLM (blocks) and InfLLM
+    (chunks). Subclasses give the piece length, the cache and the forward of one piece; scoring and decoding
+    feed pieces the same way, so a prompt of whole pieces followed by a step is fed exactly as scoring feeds it."""
+
+    piece_size: int
+
+    def new_cache(self, reserve: int = 0) -> Cache:
+        """An empty cache; `reserve`: tokens it will hold, where preallocating them helps."""
+        raise NotImplementedError
+
+    def forward_piece(self, cache: Cache, piece: torch.Tensor) -> torch.Tensor:
+        """Feed piece (n,) through the base model into the cache; returns final hidden states (n, H)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def token_nll(self, input_ids, score_start):
+        _check_scoring_args(input_ids, score_start)
+        input_ids = input_ids.to(self.device)
+        cache = self.new_cache(reserve=input_ids.shape[0] - 1)
+        hidden = []  # final hidden states of the predicting positions [score_start - 1, T - 1), piece by piece
+        # the last token predicts nothing, so it is never fed
+        for piece_start, piece in zip(range(0, input_ids.shape[0], self.piece_size), input_ids[:-1].split(self.piece_size)):
+            piece_hidden = self.forward_piece(cache, piece)  # (n, H); row i is text position piece_start + i
+            hidden.append(piece_hidden[max(0, score_start - 1 - piece_start) :])
+        return _nll_from_hidden(self.base.lm_head, torch.cat(hidden), input_ids[score_start:])
+
+    def _feed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Feed ids (n,) piece by piece into the decoding cache; the next-token logits of the last one (V,)."""
+        for piece in ids.split(self.piece_size):
+            hidden = self.forward_piece(self.state, piece)
+        return self.base.lm_head(hidden[-1]).float()
+
+    @torch.no_grad()
+    def prefill(self, input_ids, max_new_tokens=0):
+        self.state = self.new_cache()
+        return self._feed(input_ids.to(self.device))
+
+    @torch.no_grad()
+    def step(self, token):
+        return self._feed(token.to(self.device).view(1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # StreamingLLM (Xiao et al. 2023): attention sinks + recent window, positions inside the cache
 
 
@@ -272,49 +321,6 @@ class SinkCache(Cache):
             recent_keys = shift_rope(layer.keys[:, :, self.n_sink + n_evict :], -n_evict, self.rotary_emb)
             layer.keys = torch.cat([layer.keys[:, :, : self.n_sink], recent_keys], dim=-2)
             layer.values = torch.cat([layer.values[:, :, : self.n_sink], layer.values[:, :, self.n_sink + n_evict :]], dim=-2)
-
-
-class PieceFedMethod(Method):
-    """A method that reads its input a piece at a time into its own cache: StreamingLLM (blocks) and InfLLM
-    (chunks). Subclasses give the piece length, the cache and the forward of one piece; scoring and decoding
-    feed pieces the same way, so a prompt of whole pieces followed by a step is fed exactly as scoring feeds it."""
-
-    piece_size: int
-
-    def new_cache(self, reserve: int = 0) -> Cache:
-        """An empty cache; `reserve`: tokens it will hold, where preallocating them helps."""
-        raise NotImplementedError
-
-    def forward_piece(self, cache: Cache, piece: torch.Tensor) -> torch.Tensor:
-        """Feed piece (n,) through the base model into the cache; returns final hidden states (n, H)."""
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def token_nll(self, input_ids, score_start):
-        _check_scoring_args(input_ids, score_start)
-        input_ids = input_ids.to(self.device)
-        cache = self.new_cache(reserve=input_ids.shape[0] - 1)
-        hidden = []  # final hidden states of the predicting positions [score_start - 1, T - 1), piece by piece
-        # the last token predicts nothing, so it is never fed
-        for piece_start, piece in zip(range(0, input_ids.shape[0], self.piece_size), input_ids[:-1].split(self.piece_size)):
-            piece_hidden = self.forward_piece(cache, piece)  # (n, H); row i is text position piece_start + i
-            hidden.append(piece_hidden[max(0, score_start - 1 - piece_start) :])
-        return _nll_from_hidden(self.base.lm_head, torch.cat(hidden), input_ids[score_start:])
-
-    def _feed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Feed ids (n,) piece by piece into the decoding cache; the next-token logits of the last one (V,)."""
-        for piece in ids.split(self.piece_size):
-            hidden = self.forward_piece(self.state, piece)
-        return self.base.lm_head(hidden[-1]).float()
-
-    @torch.no_grad()
-    def prefill(self, input_ids, max_new_tokens=0):
-        self.state = self.new_cache()
-        return self._feed(input_ids.to(self.device))
-
-    @torch.no_grad()
-    def step(self, token):
-        return self._feed(token.to(self.device).view(1))
 
 
 class StreamingLLM(PieceFedMethod):
@@ -497,8 +503,8 @@ class SharedLLM(Method):
     """
 
     name = "sharedllm"
-    KNOBS = ("n_injected_layers", "chunk_size", "decoder_window", "tree_depth", "tokens_per_node",
-             "leaf_tokens_per_node", "tree_selection", "node_compression", "node_encoding", "max_chunks_per_pass")
+    # the model's knobs, but full_logits: scoring asks for the decoder window's logits itself, whatever it says
+    KNOBS = tuple(name for name in CONFIG_KNOBS if name != "full_logits")
     shared_knobs = KNOBS
     reads_adapter = True
 
