@@ -180,6 +180,16 @@ def test_bench_help_lists_every_knob_flag():
     assert not missing, missing
 
 
+def test_model_is_a_deprecated_alias_of_base():
+    parser = argparse.ArgumentParser()
+    benchmark.add_arguments(parser)
+    assert benchmark.cli.base_from_args(parser.parse_args(["--base", "/m"])) == "/m"
+    with pytest.warns(FutureWarning, match="--base"):
+        assert benchmark.cli.base_from_args(parser.parse_args(["--model", "/m"])) == "/m"
+    with pytest.raises(benchmark.cli.InputError), pytest.warns(FutureWarning):
+        benchmark.cli.base_from_args(parser.parse_args(["--model", "/m", "--base", "/other"]))
+
+
 def test_output_is_a_folder_and_the_old_file_spelling_still_works(tmp_path):
     assert benchmark.cli.output_file(str(tmp_path), "cpu") == tmp_path / "bench-cpu.json"
     with pytest.warns(FutureWarning, match="folder"):

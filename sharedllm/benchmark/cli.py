@@ -92,6 +92,21 @@ def settings_from_args(args) -> BenchSettings:
     )
 
 
+def base_from_args(args) -> str:
+    """--base, or --model (its old name, with a warning), or the project's default model."""
+    base = args.base
+    if args.model_deprecated is not None:
+        warnings.warn("--model is deprecated: use --base", FutureWarning, stacklevel=2)
+        if base is not None and base != args.model_deprecated:
+            raise InputError("--model (deprecated) and --base name different models: give only --base")
+        base = args.model_deprecated
+    if base is None:
+        from sharedllm.assets import default_model_path
+
+        base = str(default_model_path())
+    return base
+
+
 def output_file(output: str, device: str) -> Path:
     """The result JSON: --output is a folder, as in train and eval; a path ending in .json, the spelling before,
     still names the file itself (with a warning)."""
@@ -114,16 +129,7 @@ def run(args) -> int:
         results["targets"] = check_targets(results["cells"], args.target_length, args.target_long_length)
     else:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        base = args.base
-        if args.model_deprecated is not None:
-            warnings.warn("--model is deprecated: use --base", FutureWarning, stacklevel=2)
-            if base is not None and base != args.model_deprecated:
-                raise InputError("--model (deprecated) and --base name different models: give only --base")
-            base = args.model_deprecated
-        if base is None:
-            from sharedllm.assets import default_model_path
-
-            base = str(default_model_path())
+        base = base_from_args(args)
         settings = settings_from_args(args)
         output = output_file(args.output, args.device)
         results = run_benchmark(base, settings, output=output)
