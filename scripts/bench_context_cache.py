@@ -17,14 +17,13 @@ It also checks that the cached and from-scratch answers are the same tokens, and
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
+from sharedllm import provenance
 from sharedllm.ask import DEFAULT_ADAPTER, load_model, prompt_parts
 from sharedllm.assets import load_documents, load_splits
 from sharedllm.context_cache import ContextCache
@@ -116,22 +115,12 @@ def main() -> None:
         "cached_over_scratch_answer": cached_answer / scratch_answer,
         "cached_over_scratch_first_token": median("cached_first_token_s") / median("scratch_first_token_s"),
         "all_same_tokens": all(r["same_tokens"] for r in rows),
-        "environment": {
-            "device": device,
-            "dtype": str(model.base.dtype).removeprefix("torch."),
-            "torch_threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(),
-            "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
-            "torch": torch.__version__,
-            "adapter": str(args.adapter),
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        },
+        "adapter": str(args.adapter),
+        **provenance.record(device, str(model.base.dtype).removeprefix("torch.")),
     }
     print(json.dumps({k: v for k, v in results.items() if k != "questions"}, indent=1))
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(results, indent=1) + "\n")
+        provenance.write_json(args.output, results)
 
 
 if __name__ == "__main__":

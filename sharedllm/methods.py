@@ -2,10 +2,17 @@
 
 All methods run on the same base causal LM (Llama / Qwen2 / Mistral family, a transformers `*ForCausalLM`):
 
-    method = load_method(name, base, tokenizer=None, **knobs)
+    method = load_method(name, base, tokenizer=None, shared=None, **options)
     nll = method.token_nll(input_ids, score_start)   # (T,) -> (T - score_start,) NLL of tokens [score_start, T)
-    new_ids = method.generate(input_ids, max_new_tokens, eos_token_id=None)   # greedy, (T,) -> (n_new,)
+    logits = method.prefill(input_ids)               # (T,) -> (V,) next-token logits; keeps the method's cache
+    logits = method.step(token)                      # one more token (a 0-d or (1,) tensor) -> (V,)
+    new_ids = method.generate(input_ids, max_new_tokens, eos_token_id=None)   # greedy over prefill / step
     method.name, method.describe()                   # describe(): the knobs, for result JSON
+
+`shared` holds the settings of a whole comparison: `adapter` (a SharedLLM adapter folder) and SharedLLM knobs
+(`config.KNOBS` names such as `decoder_window`). Each method class takes from it what it declares
+(`Method.shared_knobs`, `Method.reads_adapter`) and ignores the rest, so a caller never asks which method takes
+what; `options` are the method's own keyword options (`n_sink=`, `topk=`, ...) and win over `shared`.
 
 Methods:
     full       the base model, full attention over all T tokens (the upper bound while T fits its training)
@@ -27,6 +34,8 @@ import math
 import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from sharedllm.config import KNOBS as CONFIG_KNOBS
 
 METHODS = ("full", "window", "streaming", "infllm", "yarn", "sharedllm", "cepe")
 
@@ -63,22 +72,22 @@ def _eos_set(eos_token_id: int | list[int] | None) -> set[int]:
     return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
 
 
-def _greedy_decode(feed, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id) -> torch.Tensor:
-    """Greedy decoding around `feed(ids (n,)) -> logits (V,)` of the token after the last fed one.
+def _greedy_decode(prefill, step, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id) -> torch.Tensor:
+    """Greedy decoding around `prefill(ids (T,)) -> logits (V,)` and `step(token) -> logits (V,)` of the next token.
 
-    `feed` keeps its own cache, so it is called once with the prompt and then once per new token. Like
-    `GenerationMixin.generate`, an EOS token is returned as the last new token; `eos_token_id=None` never stops early.
+    Like `GenerationMixin.generate`, an EOS token is returned as the last new token; `eos_token_id=None` never stops
+    early.
     """
     if max_new_tokens <= 0:
         return input_ids.new_empty(0)
     eos, new_ids = _eos_set(eos_token_id), []
-    logits = feed(input_ids)
+    logits = prefill(input_ids)
     while True:
         token = int(logits.argmax())
         new_ids.append(token)
         if token in eos or len(new_ids) == max_new_tokens:
             return torch.tensor(new_ids, dtype=input_ids.dtype, device=input_ids.device)
-        logits = feed(input_ids.new_tensor([token]))
+        logits = step(input_ids.new_tensor([token]))
 
 
 def _full_attention_nll(base, input_ids: torch.Tensor, score_start: int) -> torch.Tensor:
@@ -88,25 +97,38 @@ def _full_attention_nll(base, input_ids: torch.Tensor, score_start: int) -> torc
     return _nll_from_hidden(base.lm_head, hidden[score_start - 1 : -1], input_ids[score_start:])
 
 
-def _full_attention_generate(base, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id) -> torch.Tensor:
-    """Greedy generation with the base model's own KV cache (what `base.generate(do_sample=False)` does)."""
-    cache = DynamicCache(config=base.config)
-
-    def feed(ids: torch.Tensor) -> torch.Tensor:
-        hidden = base.model(ids[None], past_key_values=cache, use_cache=True).last_hidden_state  # (1, n, H)
-        return base.lm_head(hidden[0, -1]).float()  # (V,)
-
-    return _greedy_decode(feed, input_ids, max_new_tokens, eos_token_id)
+def _base_logits(base, cache: DynamicCache, ids: torch.Tensor) -> torch.Tensor:
+    """Feed ids (n,) into the base model's own KV cache; next-token logits (V,) of the last one, in fp32."""
+    hidden = base.model(ids[None], past_key_values=cache, use_cache=True).last_hidden_state  # (1, n, H)
+    return base.lm_head(hidden[0, -1]).float()
 
 
 class Method:
-    """One long-context method on a base causal LM; subclasses implement the three calls below."""
+    """One long-context method on a base causal LM.
+
+    Subclasses implement `token_nll` (scoring) and `prefill` / `step` (decoding with the method's own cache, kept in
+    `self.state` between the calls); `generate` is greedy decoding over the pair, the same for every method, and
+    the benchmark times the same two calls. Every method is built alike, `cls(base, tokenizer, **options)`, or from
+    a comparison's shared settings with `cls.build(base, tokenizer, shared=..., **options)`.
+    """
 
     name: str
+    shared_knobs: tuple[str, ...] = ()  # the SharedLLM knobs (config.KNOBS names) of a comparison this method reads
+    reads_adapter = False  # whether a comparison's SharedLLM adapter is this method's
 
     def __init__(self, base, tokenizer=None):
         self.base = base
         self.tokenizer = tokenizer
+        self.state = None  # the decoding cache between prefill and step
+
+    @classmethod
+    def build(cls, base, tokenizer=None, shared: dict | None = None, **options) -> "Method":
+        """The method with the knobs of `shared` it reads (and its adapter, if it reads one); `options` win."""
+        shared = shared or {}
+        taken = {k: v for k, v in shared.items() if k in cls.shared_knobs and v is not None}
+        if cls.reads_adapter and shared.get("adapter") is not None:
+            taken["adapter"] = shared["adapter"]
+        return cls(base, tokenizer, **{**taken, **options})
 
     @property
     def device(self) -> torch.device:
@@ -115,8 +137,28 @@ class Method:
     def token_nll(self, input_ids: torch.Tensor, score_start: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id=None) -> torch.Tensor:
+    def prefill(self, input_ids: torch.Tensor, max_new_tokens: int = 0) -> torch.Tensor:
+        """Read the prompt input_ids (T,) into a fresh cache; returns the next-token logits (V,) in fp32.
+        `max_new_tokens`: how many `step`s may follow (YaRN sizes its RoPE factor to the whole sequence)."""
         raise NotImplementedError
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """Append one token (a (1,) tensor) after `prefill` or the previous step; returns its next-token logits (V,)."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Drop the decoding cache (it can hold every key and value of a long prompt)."""
+        self.state = None
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id=None) -> torch.Tensor:
+        """Greedy generation (T,) -> (n_new,) over `prefill` / `step`; the cache is dropped afterwards."""
+        input_ids = input_ids.to(self.device)
+        try:
+            prefill = lambda ids: self.prefill(ids, max_new_tokens)  # noqa: E731
+            return _greedy_decode(prefill, self.step, input_ids, max_new_tokens, eos_token_id)
+        finally:
+            self.reset()
 
     def describe(self) -> dict:
         return {"method": self.name}
@@ -137,17 +179,23 @@ class FullAttention(Method):
         return _full_attention_nll(self.base, input_ids.to(self.device), score_start)
 
     @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens, eos_token_id=None):
-        return _full_attention_generate(self.base, input_ids.to(self.device), max_new_tokens, eos_token_id)
+    def prefill(self, input_ids, max_new_tokens=0):
+        self.state = DynamicCache(config=self.base.config)
+        return _base_logits(self.base, self.state, input_ids.to(self.device))
+
+    @torch.no_grad()
+    def step(self, token):
+        return _base_logits(self.base, self.state, token.to(self.device).view(1))
 
 
-class WindowAttention(Method):
+class WindowAttention(FullAttention):
     """The base model on the last `decoder_window` input tokens: everything older is invisible.
 
     This is the floor every context method must beat: what the decoder window alone gives.
     """
 
     name = "window"
+    shared_knobs = ("decoder_window",)
 
     def __init__(self, base, tokenizer=None, decoder_window: int = 1024):
         super().__init__(base, tokenizer)
@@ -171,11 +219,56 @@ class WindowAttention(Method):
         window = input_ids[window_start:].to(self.device)
         return _full_attention_nll(self.base, window, score_start - window_start)
 
-    @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens, eos_token_id=None):
+    def prefill(self, input_ids, max_new_tokens=0):
         # The prompt is cut to the window; new tokens then extend it (generations are short next to the window).
-        prompt = input_ids[-self.decoder_window :].to(self.device)
-        return _full_attention_generate(self.base, prompt, max_new_tokens, eos_token_id)
+        return super().prefill(input_ids[-self.decoder_window :], max_new_tokens)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# methods that read their input a piece at a time (StreamingLLM, InfLLM)
+
+
+class PieceFedMethod(Method):
+    """A method that reads its input a piece at a time into its own cache: StreamingLLM (blocks) and InfLLM
+    (chunks). Subclasses give the piece length, the cache and the forward of one piece; scoring and decoding
+    feed pieces the same way, so a prompt of whole pieces followed by a step is fed exactly as scoring feeds it."""
+
+    piece_size: int
+
+    def new_cache(self, reserve: int = 0) -> Cache:
+        """An empty cache; `reserve`: tokens it will hold, where preallocating them helps."""
+        raise NotImplementedError
+
+    def forward_piece(self, cache: Cache, piece: torch.Tensor) -> torch.Tensor:
+        """Feed piece (n,) through the base model into the cache; returns final hidden states (n, H)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def token_nll(self, input_ids, score_start):
+        _check_scoring_args(input_ids, score_start)
+        input_ids = input_ids.to(self.device)
+        cache = self.new_cache(reserve=input_ids.shape[0] - 1)
+        hidden = []  # final hidden states of the predicting positions [score_start - 1, T - 1), piece by piece
+        # the last token predicts nothing, so it is never fed
+        for piece_start, piece in zip(range(0, input_ids.shape[0], self.piece_size), input_ids[:-1].split(self.piece_size)):
+            piece_hidden = self.forward_piece(cache, piece)  # (n, H); row i is text position piece_start + i
+            hidden.append(piece_hidden[max(0, score_start - 1 - piece_start) :])
+        return _nll_from_hidden(self.base.lm_head, torch.cat(hidden), input_ids[score_start:])
+
+    def _feed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Feed ids (n,) piece by piece into the decoding cache; the next-token logits of the last one (V,)."""
+        for piece in ids.split(self.piece_size):
+            hidden = self.forward_piece(self.state, piece)
+        return self.base.lm_head(hidden[-1]).float()
+
+    @torch.no_grad()
+    def prefill(self, input_ids, max_new_tokens=0):
+        self.state = self.new_cache()
+        return self._feed(input_ids.to(self.device))
+
+    @torch.no_grad()
+    def step(self, token):
+        return self._feed(token.to(self.device).view(1))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -230,7 +323,7 @@ class SinkCache(Cache):
             layer.values = torch.cat([layer.values[:, :, : self.n_sink], layer.values[:, :, self.n_sink + n_evict :]], dim=-2)
 
 
-class StreamingLLM(Method):
+class StreamingLLM(PieceFedMethod):
     """StreamingLLM with `n_sink` attention sinks and a recent window, `window` key/values in all.
 
     Input is fed in blocks of `block_size` tokens (bounded memory, cheap prefill). Before each block the cache is
@@ -239,6 +332,7 @@ class StreamingLLM(Method):
     """
 
     name = "streaming"
+    shared_knobs = ("decoder_window",)
 
     def __init__(self, base, tokenizer=None, decoder_window: int = 1024, window: int | None = None,
                  n_sink: int = 4, block_size: int = 256):
@@ -250,15 +344,15 @@ class StreamingLLM(Method):
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         # a block must leave room for the sinks in the window
-        self.block_size = min(block_size, self.window - n_sink)
+        self.block_size = self.piece_size = min(block_size, self.window - n_sink)
 
     def describe(self):
         return {"method": self.name, "window": self.window, "n_sink": self.n_sink, "block_size": self.block_size}
 
-    def new_cache(self) -> SinkCache:
+    def new_cache(self, reserve: int = 0) -> SinkCache:
         return SinkCache(self.base.model.rotary_emb, self.window, self.n_sink)
 
-    def forward_block(self, cache: SinkCache, block: torch.Tensor) -> torch.Tensor:
+    def forward_piece(self, cache: SinkCache, block: torch.Tensor) -> torch.Tensor:
         """Feed block (n,) through the base model with cache positions; returns final hidden states (n, H)."""
         cache.make_room(block.shape[0])
         first = cache.get_seq_length()
@@ -266,37 +360,12 @@ class StreamingLLM(Method):
         out = self.base.model(block[None], position_ids=position_ids, past_key_values=cache, use_cache=True)
         return out.last_hidden_state[0]
 
-    @torch.no_grad()
-    def token_nll(self, input_ids, score_start):
-        _check_scoring_args(input_ids, score_start)
-        input_ids = input_ids.to(self.device)
-        cache = self.new_cache()
-        hidden = []  # final hidden states of the predicting positions [score_start - 1, T - 1), block by block
-        # the last token predicts nothing, so it is never fed (it would only evict one more token)
-        blocks = input_ids[:-1].split(self.block_size)
-        for block_start, block in zip(range(0, input_ids.shape[0], self.block_size), blocks):
-            block_hidden = self.forward_block(cache, block)  # (n, H); row i is text position block_start + i
-            hidden.append(block_hidden[max(0, score_start - 1 - block_start) :])
-        return _nll_from_hidden(self.base.lm_head, torch.cat(hidden), input_ids[score_start:])
-
-    def feed(self, cache: SinkCache, ids: torch.Tensor) -> torch.Tensor:
-        """Feed ids (n,) block by block into the cache; returns the next-token logits of the last one (V,)."""
-        for block in ids.split(self.block_size):
-            hidden = self.forward_block(cache, block)
-        return self.base.lm_head(hidden[-1])
-
-    @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens, eos_token_id=None):
-        cache = self.new_cache()
-        feed = lambda ids: self.feed(cache, ids).float()  # noqa: E731
-        return _greedy_decode(feed, input_ids.to(self.device), max_new_tokens, eos_token_id)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # InfLLM (Xiao et al. 2024): block retrieval over the KV cache, training-free
 
 
-class InfLLM(Method):
+class InfLLM(PieceFedMethod):
     """InfLLM on the base model: sinks + local window + the `topk` most relevant memory blocks, per chunk.
 
     The retrieval lives in sharedllm/infllm.py (cache, block selection, attention). Input is fed in chunks of
@@ -307,13 +376,14 @@ class InfLLM(Method):
     """
 
     name = "infllm"
+    shared_knobs = ("decoder_window",)
 
     def __init__(self, base, tokenizer=None, decoder_window: int = 1024, local_window: int | None = None,
                  n_sink: int = 64, block_size: int = 128, n_rep: int = 4, topk: int = 4, chunk_size: int = 256):
         super().__init__(base, tokenizer)
         self.local_window = decoder_window if local_window is None else local_window
         self.n_sink, self.block_size, self.n_rep = n_sink, block_size, n_rep
-        self.topk, self.chunk_size = topk, chunk_size
+        self.topk, self.chunk_size, self.piece_size = topk, chunk_size, chunk_size
         if min(self.local_window, block_size, chunk_size) < 1 or n_sink < 0 or topk < 0:
             raise ValueError("infllm needs local_window, block_size, chunk_size >= 1 and n_sink, topk >= 0")
         if not 1 <= n_rep <= block_size:
@@ -339,7 +409,7 @@ class InfLLM(Method):
         return InfLLMCache(self.base.model.rotary_emb, self.n_sink, self.local_window, self.block_size, self.n_rep,
                            self.topk, reserve)
 
-    def forward_chunk(self, cache, chunk: torch.Tensor) -> torch.Tensor:
+    def forward_piece(self, cache, chunk: torch.Tensor) -> torch.Tensor:
         """Feed chunk (n,) through the base model with retrieval; returns final hidden states (n, H)."""
         from sharedllm.infllm import infllm_attention_on
 
@@ -347,36 +417,14 @@ class InfLLM(Method):
             out = self.base.model(chunk[None], past_key_values=cache, use_cache=True, infllm_cache=cache)
         return out.last_hidden_state[0]
 
-    @torch.no_grad()
-    def token_nll(self, input_ids, score_start):
-        _check_scoring_args(input_ids, score_start)
-        input_ids = input_ids.to(self.device)
-        cache = self.new_cache(reserve=input_ids.shape[0] - 1)
-        hidden = []  # final hidden states of the predicting positions [score_start - 1, T - 1), chunk by chunk
-        for chunk_start in range(0, input_ids.shape[0] - 1, self.chunk_size):
-            chunk = input_ids[chunk_start : min(chunk_start + self.chunk_size, input_ids.shape[0] - 1)]
-            hidden.append(self.forward_chunk(cache, chunk)[max(0, score_start - 1 - chunk_start) :])
-        return _nll_from_hidden(self.base.lm_head, torch.cat(hidden), input_ids[score_start:])
-
-    def feed(self, cache, ids: torch.Tensor) -> torch.Tensor:
-        """Feed ids (n,) chunk by chunk into the cache; returns the next-token logits of the last one (V,)."""
-        for chunk in ids.split(self.chunk_size):
-            hidden = self.forward_chunk(cache, chunk)
-        return self.base.lm_head(hidden[-1])
-
-    @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens, eos_token_id=None):
-        cache = self.new_cache()
-        feed = lambda ids: self.feed(cache, ids).float()  # noqa: E731
-        return _greedy_decode(feed, input_ids.to(self.device), max_new_tokens, eos_token_id)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # YaRN (Peng et al. 2023), training-free
 
 
 class YaRN(Method):
-    """Full attention with YaRN-scaled RoPE; factor = max(1, T / native) for an input of T tokens unless fixed.
+    """Full attention with YaRN-scaled RoPE; factor = max(1, T / native) for an input of T tokens unless fixed
+    (for decoding, T counts the prompt and the `max_new_tokens` that `prefill` is told may follow).
 
     The scaled rotary module is swapped into `base.model` for the duration of one call and the original put back
     (even on error), so the caller's base model is unchanged afterwards. Not safe to share one base between threads.
@@ -400,8 +448,8 @@ class YaRN(Method):
     def factor_for(self, n_tokens: int) -> float:
         return self.factor or max(1.0, n_tokens / self.native)
 
-    @contextlib.contextmanager
-    def _scaled_rope(self, n_tokens: int):
+    def _scaled_rotary(self, n_tokens: int) -> torch.nn.Module:
+        """The base's rotary module rebuilt with the YaRN factor for a sequence of n_tokens."""
         config = copy.deepcopy(self.base.config)
         config.rope_parameters = {
             **self.base.config.rope_parameters,
@@ -409,9 +457,13 @@ class YaRN(Method):
             "factor": self.factor_for(n_tokens),
             "original_max_position_embeddings": self.native,
         }
+        return type(self.base.model.rotary_emb)(config=config).to(self.device)
+
+    @contextlib.contextmanager
+    def _swapped_in(self, rotary_emb: torch.nn.Module):
         model = self.base.model
         original = model.rotary_emb
-        model.rotary_emb = type(original)(config=config).to(self.device)
+        model.rotary_emb = rotary_emb
         try:
             yield
         finally:
@@ -420,13 +472,22 @@ class YaRN(Method):
     @torch.no_grad()
     def token_nll(self, input_ids, score_start):
         _check_scoring_args(input_ids, score_start)
-        with self._scaled_rope(input_ids.shape[0]):
+        with self._swapped_in(self._scaled_rotary(input_ids.shape[0])):
             return _full_attention_nll(self.base, input_ids.to(self.device), score_start)
 
     @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens, eos_token_id=None):
-        with self._scaled_rope(input_ids.shape[0] + max_new_tokens):
-            return _full_attention_generate(self.base, input_ids.to(self.device), max_new_tokens, eos_token_id)
+    def prefill(self, input_ids, max_new_tokens=0):
+        # one factor for the prompt and every step after it: the cached keys were rotated with it
+        rotary_emb = self._scaled_rotary(input_ids.shape[0] + max_new_tokens)
+        self.state = (DynamicCache(config=self.base.config), rotary_emb)
+        with self._swapped_in(rotary_emb):
+            return _base_logits(self.base, self.state[0], input_ids.to(self.device))
+
+    @torch.no_grad()
+    def step(self, token):
+        cache, rotary_emb = self.state
+        with self._swapped_in(rotary_emb):
+            return _base_logits(self.base, cache, token.to(self.device).view(1))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -442,9 +503,10 @@ class SharedLLM(Method):
     """
 
     name = "sharedllm"
-    KNOBS = ("n_injected_layers", "chunk_size", "decoder_window", "tree_depth", "tokens_per_node",
-             "leaf_tokens_per_node", "tree_selection", "node_compression", "node_encoding", "injection",
-             "max_chunks_per_pass")
+    # the model's knobs, but full_logits: scoring asks for the decoder window's logits itself, whatever it says
+    KNOBS = tuple(name for name in CONFIG_KNOBS if name != "full_logits")
+    shared_knobs = KNOBS
+    reads_adapter = True
 
     def __init__(self, base, tokenizer=None, adapter: str | None = None, **model_knobs):
         super().__init__(base, tokenizer)
@@ -497,14 +559,19 @@ class SharedLLM(Method):
         return F.cross_entropy(out.logits[0, :-1].float(), input_ids[score_start:], reduction="none")
 
     @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens, eos_token_id=None):
-        input_ids = input_ids.to(self.device)
-        if max_new_tokens <= 0:
-            return input_ids.new_empty(0)
-        # an explicit eos_token_id=None overrides the generation config's EOS: never stop early, like the baselines
-        out = self.model.generate(input_ids[None], max_new_tokens=max_new_tokens, do_sample=False,
-                                  eos_token_id=eos_token_id)
-        return out[0, input_ids.shape[0] :]
+    def prefill(self, input_ids, max_new_tokens=0):
+        # an empty cache starts the cached prefill that `generate` drives; only the last position gets logits
+        out = self.model(input_ids.to(self.device)[None], past_key_values=DynamicCache(), use_cache=True,
+                         logits_to_keep=1)
+        self.state = out.past_key_values
+        return out.logits[0, -1].float()
+
+    @torch.no_grad()
+    def step(self, token):
+        # a chunk rolls into context whenever the decoder window would exceed decoder_window
+        out = self.model(token.to(self.device).view(1, 1), past_key_values=self.state, use_cache=True,
+                         logits_to_keep=1)
+        return out.logits[0, -1].float()
 
 
 class CEPE(SharedLLM):
@@ -512,6 +579,9 @@ class CEPE(SharedLLM):
     encoding of every context token (tree_depth = 0, tokens_per_node = chunk_size: no tree, no compression)."""
 
     name = "cepe"
+    # a comparison's adapter is a SharedLLM one, not an encoder-decoder one: pass a CEPE adapter as `adapter=`
+    shared_knobs = ("chunk_size", "decoder_window", "max_chunks_per_pass")
+    reads_adapter = False
 
     def __init__(self, base, tokenizer=None, adapter: str | None = None, **model_knobs):
         if adapter is None:
@@ -527,8 +597,9 @@ _CLASSES = {cls.name: cls for cls in (FullAttention, WindowAttention, StreamingL
 assert tuple(_CLASSES) == METHODS
 
 
-def load_method(name: str, base, tokenizer=None, **knobs) -> Method:
-    """Build method `name` (one of METHODS) on the causal LM `base`; `knobs` are the method's keyword options."""
+def load_method(name: str, base, tokenizer=None, shared: dict | None = None, **options) -> Method:
+    """Build method `name` (one of METHODS) on the causal LM `base`: `shared` = a comparison's adapter and SharedLLM
+    knobs, of which the method takes what it reads; `options` = the method's own keyword options (they win)."""
     if name not in _CLASSES:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
-    return _CLASSES[name](base, tokenizer, **knobs)
+    return _CLASSES[name].build(base, tokenizer, shared, **options)

@@ -12,7 +12,7 @@ Output folder (a new run needs an empty or new folder, or --overwrite; --resume 
   upper_lora/                      LoRA on layers M..N-1, if --lora-rank > 0 (`load_upper_lora`)
   checkpoints/step-NNNNNNN/        trainable weights, optimizer, scheduler, RNG and sampler state
   train_log.jsonl, loss_curve.png  one record per step (train) and per evaluation (validation)
-  training_summary.json            knobs, data, steps, tokens, wall time, hardware, final ppl, command
+  training_summary.json            knobs, data, steps, tokens, wall time, final ppl, provenance (hardware, command, commit)
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ import json
 import logging
 import math
 import os
-import platform
 import random
-import shlex
 import shutil
 import signal
 import sys
@@ -39,7 +37,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from sharedllm import data
+from sharedllm import data, provenance
 from sharedllm.cli import InputError
 from sharedllm.config import KNOB_DEFAULTS, KNOBS, SharedLLMConfig
 from sharedllm.distillation import teacher_window_logits, topk_distillation_loss
@@ -242,9 +240,7 @@ def start_run(config: TrainConfig, accelerator) -> str:
 
 
 def _write_json_atomic(path: Path, value) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+    provenance.write_json(path, value)
 
 
 class StopOnInterrupt:
@@ -649,20 +645,6 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
-def hardware(accelerator) -> dict:
-    device = accelerator.device
-    return {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "processes": accelerator.num_processes,
-        "distributed": accelerator.distributed_type.value,
-        "mixed_precision": accelerator.mixed_precision,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-
-
 # --------------------------------------------------------------------------------------------------
 # Training
 
@@ -787,16 +769,17 @@ def finish(output: Path, model, config: TrainConfig, data_summary: dict, acceler
         "tokens_seen": samples * config.sample_len,
         "decoder_tokens_trained": samples * (config.decoder_window - 1),
         "wall_time_s": records[-1]["elapsed_s"] if records else None,
-        "hardware": hardware(accelerator),
+        **provenance.record(accelerator.device, command=config.command or f"sharedllm.training.train({config!r})",
+                            processes=accelerator.num_processes, distributed=accelerator.distributed_type.value,
+                            mixed_precision=accelerator.mixed_precision),
         "final_train_loss": records[-1]["loss"] if records else None,
         "final_validation_loss": val_loss,
         "final_validation_ppl": None if val_loss is None else math.exp(val_loss),
         "query_position": "last token of the decoder window (paper's training choice), train and validation",
         "trainable": "cross-attention" + (f" + LoRA r={config.lora_rank} on layers "
                                           f"{config.knobs['n_injected_layers']}..N-1" if config.lora_rank else ""),
-        "command": config.command or f"sharedllm.training.train({config!r})",
     }
-    (output / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    provenance.write_json(output / "training_summary.json", summary, indent=2)
     logger.info("saved the adapter and training_summary.json in %s", output)
 
 
@@ -879,19 +862,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                "the adapter)", notes={"decoder_window": "also the decoder-window tokens of a sample"})
 
 
-def command_line() -> str:
-    """The command as typed, as far as it can be rebuilt (`python -m sharedllm` shows as such)."""
-    program = sys.argv[0]
-    program = f"python -m {Path(program).parent.name}" if program.endswith("__main__.py") else Path(program).name
-    return " ".join([program, shlex.join(sys.argv[1:])])
-
-
 def run(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     domains, weights = parse_domains(args.domains)
     options = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     config = TrainConfig(**{**options, "knobs": knobs_from_args(args), "domains": domains, "domain_weights": weights,
-                            "command": command_line()})
+                            "command": provenance.command_line()})
     train(config)
     return 0

@@ -15,10 +15,12 @@ from sharedllm.benchmark import (
     check_targets,
     compute_ratios,
     measure_matmul_peak,
-    parse_length,
     prefill_flops,
     run_benchmark,
 )
+from sharedllm.benchmark.flops import _infllm_attention_keys
+from sharedllm.config import KNOBS
+from sharedllm.flags import knob_flag
 
 # chunks of 16, a decoder window of 32: lengths 96 / 160 give 4 / 8 context chunks
 TINY_KNOBS = dict(chunk_size=16, decoder_window=32, n_injected_layers=2, tree_depth=1, tokens_per_node=4)
@@ -29,8 +31,8 @@ CELL_FIELDS = {
     "peak_memory_bytes_all", "memory_baseline_bytes", "memory_method", "prefill_flops",
     "achieved_flops_per_s", "matmul_peak_flops_per_s", "flops_utilisation", "ratios",
 }
-META_FIELDS = {"device", "dtype", "threads", "attention_backend", "torch", "transformers", "command", "settings",
-               "matmul_peak_flops_per_s"}
+META_FIELDS = {"hardware", "command", "git_commit", "created", "base_model", "settings", "matmul_peak_flops_per_s"}
+HARDWARE_FIELDS = {"device", "cpu", "gpu", "threads", "dtype", "attention", "torch", "transformers", "python"}
 
 
 def tiny_settings(**overrides) -> BenchSettings:
@@ -46,7 +48,7 @@ def test_grid_writes_complete_json_and_plots(tmp_path):
     results = run_benchmark(tiny_model("llama"), tiny_settings(), output=output, progress=False)
     written = json.loads(output.read_text())
     assert written == json.loads(json.dumps(results))  # the file is the whole result
-    assert META_FIELDS <= set(written["meta"])
+    assert META_FIELDS <= set(written["meta"]) and HARDWARE_FIELDS <= set(written["meta"]["hardware"])
     cells = {(c["method"], c["length"]): c for c in written["cells"]}
     assert set(cells) == {(m, n) for m in BENCH_METHODS for n in (96, 160)}
     for cell in cells.values():
@@ -129,7 +131,8 @@ def test_prefill_flops_formula():
     assert full == 4 * (per_token_layer * 100 + 4 * 64 * 100 * 101 // 2) + 2 * 64 * 128
     # the window floor is full attention over the window; streaming costs at least the linear part of full
     assert prefill_flops("window", 100, config, TINY_KNOBS) == prefill_flops("full", 32, config, TINY_KNOBS)
-    assert 4 * per_token_layer * 100 < prefill_flops("streaming", 100, config, TINY_KNOBS, streaming_block=8) < full
+    streaming = dict(window=32, n_sink=4, block_size=8)  # methods.StreamingLLM.describe()
+    assert 4 * per_token_layer * 100 < prefill_flops("streaming", 100, config, TINY_KNOBS, streaming) < full
     # SharedLLM grows linearly: doubling the context doubles the lower model's cost, far below full's growth
     short, long = (prefill_flops("sharedllm", n, config, TINY_KNOBS) for n in (32 + 16 * 64, 32 + 16 * 128))
     assert long < 2 * short < prefill_flops("full", 32 + 16 * 64, config, TINY_KNOBS)
@@ -141,18 +144,65 @@ def test_matmul_peak_is_positive():
 
 
 def test_cli_arguments_parse_lengths_and_caps(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # no adapters/ folder here: the knobs are the defaults plus the given ones
+    monkeypatch.setattr(benchmark.cli, "DEFAULT_ADAPTER", tmp_path / "none")  # no adapter: the config defaults
     parser = argparse.ArgumentParser()
     benchmark.add_arguments(parser)
-    args = parser.parse_args(["--lengths", "4K", "2048", "--max-length", "full=32k", "--chunk-size", "128",
-                              "--device", "cpu"])
+    args = parser.parse_args(["--lengths", "4K", "2048", "--max-length", "full=32k", "--chunk-size", "1K",
+                              "--device", "cpu", "--tree-selection", "recent"])
     settings = benchmark.settings_from_args(args)
     assert settings.lengths == (4096, 2048)
     assert settings.max_length == {"full": 32768}
-    assert settings.knobs["chunk_size"] == 128 and settings.knobs["decoder_window"] == 512
-    assert parse_length("128K") == 131072
-    with pytest.raises(argparse.ArgumentTypeError):
-        parse_length("4 GB")
+    assert settings.knobs["chunk_size"] == 1024 and settings.knobs["tree_selection"] == "recent"
+    assert settings.knobs["decoder_window"] == KNOBS["decoder_window"].default
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--lengths", "4 GB"])
+
+
+def test_knobs_resolve_given_then_adapter_then_defaults(tmp_path):
+    from sharedllm.config import SharedLLMConfig
+
+    SharedLLMConfig(chunk_size=128, decoder_window=256, tokens_per_node=8).save_pretrained(tmp_path)
+    knobs = benchmark.resolve_knobs(str(tmp_path), {"decoder_window": 384, "tree_depth": None})
+    assert knobs["decoder_window"] == 384  # given
+    assert knobs["chunk_size"] == 128 and knobs["tokens_per_node"] == 8  # the adapter's
+    assert knobs["tree_depth"] == KNOBS["tree_depth"].default  # not given, not saved differently: the default
+    with pytest.raises(ValueError, match="tokens_per_node"):
+        benchmark.resolve_knobs(None, {"chunk_size": 16, "tree_depth": 3, "tokens_per_node": 32})
+
+
+def test_bench_help_lists_every_knob_flag():
+    from sharedllm.cli import build_parser
+
+    parser = build_parser("bench")
+    bench = parser._subparsers._group_actions[0].choices["bench"]
+    help_text = bench.format_help()
+    missing = [knob_flag(name) for name in KNOBS if knob_flag(name) not in help_text]
+    assert not missing, missing
+
+
+def test_model_is_a_deprecated_alias_of_base():
+    parser = argparse.ArgumentParser()
+    benchmark.add_arguments(parser)
+    assert benchmark.cli.base_from_args(parser.parse_args(["--base", "/m"])) == "/m"
+    with pytest.warns(FutureWarning, match="--base"):
+        assert benchmark.cli.base_from_args(parser.parse_args(["--model", "/m"])) == "/m"
+    with pytest.raises(benchmark.cli.InputError), pytest.warns(FutureWarning):
+        benchmark.cli.base_from_args(parser.parse_args(["--model", "/m", "--base", "/other"]))
+
+
+def test_output_is_a_folder_and_the_old_file_spelling_still_works(tmp_path):
+    assert benchmark.cli.output_file(str(tmp_path), "cpu") == tmp_path / "bench-cpu.json"
+    with pytest.warns(FutureWarning, match="folder"):
+        assert benchmark.cli.output_file(str(tmp_path / "mine.json"), "cpu") == tmp_path / "mine.json"
+
+
+def test_old_result_files_still_make_a_table():
+    """results/bench-cpu.json was written before the provenance block (flat hardware keys)."""
+    from pathlib import Path
+
+    results = json.loads((Path(__file__).resolve().parents[1] / "results" / "bench-cpu.json").read_text())
+    assert "hardware" not in results["meta"]
+    assert "AMD EPYC" in benchmark.format_table(results)
 
 
 @pytest.mark.slow
@@ -182,8 +232,8 @@ def test_infllm_flops_count_the_keys_it_attends(monkeypatch):
 
     monkeypatch.setattr(module.InfLLMCache, "attended", recording)
     method = load_method("infllm", tiny_model("llama"), decoder_window=32, **TINY_INFLLM)
-    method.feed(method.new_cache(), torch.randint(3, 100, (200,)))
-    assert sum(counts) == benchmark._infllm_attention_keys(200, method.describe())
+    method.prefill(torch.randint(3, 100, (200,)))
+    assert sum(counts) == _infllm_attention_keys(200, method.describe())
     config = tiny_model("llama").config
-    full, infllm = (prefill_flops(m, 200, config, TINY_KNOBS, infllm=method.describe()) for m in ("full", "infllm"))
+    full, infllm = (prefill_flops(m, 200, config, TINY_KNOBS, method.describe()) for m in ("full", "infllm"))
     assert prefill_flops("window", 200, config, TINY_KNOBS) < infllm < full

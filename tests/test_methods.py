@@ -323,10 +323,10 @@ def test_infllm_retrieves_a_planted_block_in_the_model():
     cache = infllm.new_cache()
     with torch.no_grad():
         for chunk in ids[:240].split(24):
-            infllm.forward_chunk(cache, chunk)
+            infllm.forward_piece(cache, chunk)
         chunk = ids[240:]  # the next chunk: 24 tokens at positions 240..263
         dry = copy.deepcopy(cache)
-        infllm.forward_chunk(dry, chunk)
+        infllm.forward_piece(dry, chunk)
         n_blocks = cache.rep_keys[0].shape[2] // 2
         planted = next(b for b in range(n_blocks) if b not in dry.selected[0].tolist()[0])
 
@@ -336,7 +336,7 @@ def test_infllm_retrieves_a_planted_block_in_the_model():
         q = rotate(q, torch.full((1, 24), 32), base.model.rotary_emb)  # at the scoring distance local_window
         direction = q.view(1, 2, 2, 24, 16).sum(dim=(2, 3))  # (B, H_kv, D)
         cache.rep_keys[0][:, :, planted * 2 : planted * 2 + 2] = 10 * direction[:, :, None] / direction.norm()
-        infllm.forward_chunk(cache, chunk)
+        infllm.forward_piece(cache, chunk)
     assert planted in cache.selected[0].tolist()[0]
 
 

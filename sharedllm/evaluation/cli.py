@@ -9,7 +9,6 @@ protocol, data, counts, scores, hardware and command; `sharedllm report` turns t
 """
 
 import json
-import platform
 import shlex
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sharedllm import provenance
 from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.cli import InputError
 from sharedllm.config import KNOBS
@@ -285,19 +285,10 @@ class Session:
         domains = args.domains or ["books"]
         return load_haystack(args.split, domains), {"split": args.split, "domains": domains}
 
-    def hardware(self) -> dict:
-        import transformers
-
-        cpu = platform.processor() or platform.machine()
-        try:
-            cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-        on_gpu = self.base.device.type == "cuda"
-        return {"cpu": cpu, "gpu": torch.cuda.get_device_name(self.base.device) if on_gpu else None,
-                "device": str(self.base.device), "threads": torch.get_num_threads(), "dtype": self.args.dtype,
-                "attention": getattr(self.base.config, "_attn_implementation", None),
-                "torch": torch.__version__, "transformers": transformers.__version__}
+    def provenance(self) -> dict:
+        """hardware, command, git commit and time of a result (sharedllm.provenance, as train and bench write them)."""
+        return provenance.record(self.base.device, self.args.dtype, command=self.command,
+                                 attention=getattr(self.base.config, "_attn_implementation", None))
 
     def write(self, task, name, method, protocol, data, scores, counts, details, wall_time_s, notes=""):
         result = {
@@ -306,13 +297,10 @@ class Session:
             "model": self.args.base,
             "adapter": _repo_relative(self.adapter) if getattr(method, "name", name) in ("sharedllm", "cepe") else None,
             "data": data, "lengths": self.args.lengths, "counts": counts, "scores": scores, "details": details,
-            "seed": self.args.seed, "wall_time_s": wall_time_s, "hardware": self.hardware(),
-            "command": self.command, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "notes": notes,
+            "seed": self.args.seed, "wall_time_s": wall_time_s, **self.provenance(), "notes": notes,
         }
-        out = Path(self.args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"{task}_{name}_{protocol}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps(result, indent=1, default=str))
+        path = Path(self.args.output) / f"{task}_{name}_{protocol}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+        provenance.write_json(path, result)
         print(f"wrote {path}")
         return path
 
@@ -431,11 +419,9 @@ def run_heldout(session):
                     "plan": {"seed": a.seed, "budget": a.max_windows, "stride": heldout.STRIDE, "scored": heldout.SCORED,
                              "windows_id": heldout.windows_id(plan, length)},
                     "summary": summary, "windows": records, "wall_time_s": time.time() - start,
-                    "hardware": session.hardware(), "command": session.command,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    **session.provenance(),
                 }
-                out.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(result, indent=1, default=str))
+                provenance.write_json(path, result)
                 print(f"wrote {path}")
                 rows.setdefault(name, {})[f"{domain}@{format_length(length)}"] = report.heldout_cell_text(summary)
         del method

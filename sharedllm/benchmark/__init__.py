@@ -1,0 +1,42 @@
+"""`sharedllm bench`: prefill time, per-token decode time and peak memory against input length.
+
+One base model, every method of the efficiency comparison, one run (docs/benchmark.md says how to read it):
+
+    sharedllm  SharedLLM (a trained adapter, or untrained: the cost is the same)
+    full       the base model with full attention over the whole prompt
+    streaming  StreamingLLM (sinks + recent window), the prompt fed in blocks
+    infllm     InfLLM (sinks + local window + top-k retrieved context blocks), the prompt fed in chunks
+    cepe       the encoder-decoder variant: every layer cross-attends to an uncompressed full-depth encoding
+    window     the base model on the last decoder_window tokens only (the floor)
+
+Per (method, length) cell: prefill time (prompt in, first next-token logits out: the method's `prefill`), time
+per greedy decode step after the prompt (its `step`), peak memory over prefill + decode (CPU: peak RSS above the
+pre-run RSS, in a fresh subprocess per cell; CUDA: max_memory_allocated above the pre-run allocation), and the
+achieved FLOP/s of the prefill against a matmul peak measured in the same process.
+
+    settings.py   BenchSettings, the knob resolution (given > adapter > config.KNOBS defaults)
+    measure.py    clocks, peak memory, matmul peak, one cell over the method's prefill / step
+    flops.py      the analytic prefill FLOPs per method
+    grid.py       the grid of cells, each in a fresh subprocess (or in-process), the JSON after every cell
+    report.py     ratios, targets, table, plots (also from a saved JSON)
+    cli.py        the `sharedllm bench` flags
+
+Python API:
+
+    settings = BenchSettings(lengths=(4096, 8192), repeats=1)
+    results = run_benchmark(model_path_or_loaded_model, settings, output="results/bench-cpu.json")
+    print(format_table(results)); plot_results(results, "docs/figures")
+"""
+
+from .cli import add_arguments, run, settings_from_args
+from .flops import prefill_flops
+from .grid import run_benchmark
+from .measure import measure_cell, measure_matmul_peak
+from .report import check_targets, compute_ratios, finish, format_table, plot_results
+from .settings import BENCH_METHODS, BenchSettings, resolve_knobs
+
+__all__ = [
+    "BENCH_METHODS", "BenchSettings", "add_arguments", "check_targets", "compute_ratios", "finish", "format_table",
+    "measure_cell", "measure_matmul_peak", "plot_results", "prefill_flops", "resolve_knobs", "run", "run_benchmark",
+    "settings_from_args",
+]

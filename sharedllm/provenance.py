@@ -1,0 +1,96 @@
+"""Where a result came from, written the same way into every result JSON (`sharedllm train`, `eval`, `bench`):
+
+    {"hardware": {"device", "cpu", "gpu", "cpu_count", "threads", "dtype", "torch", "transformers", "python",
+                  "platform", ...command-specific extras},
+     "command": the command line, "git_commit": the checkout's commit (None outside a git checkout),
+     "git_dirty": uncommitted changes to tracked files, "created": local time}
+
+and `write_json`, the atomic write every result file goes through (a reader never sees half a file).
+"""
+
+import contextlib
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def hardware(device, dtype: str | None = None, **extra) -> dict:
+    """The machine and software a result was measured with; `extra`: what only one command knows (attention
+    backend, distributed processes, ...)."""
+    import torch
+    import transformers
+
+    device = torch.device(device)
+    return {
+        "device": str(device),
+        "cpu": cpu_name(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "dtype": dtype,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        **extra,
+    }
+
+
+def command_line() -> str:
+    """The command as typed, as far as it can be rebuilt (`python -m sharedllm ...` shows as such)."""
+    program = sys.argv[0]
+    program = f"python -m {Path(program).parent.name}" if program.endswith("__main__.py") else Path(program).name
+    return " ".join([program, shlex.join(sys.argv[1:])])
+
+
+def git_commit(repo: Path = REPO) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout the package runs from; (None, None) when it is not one (an installed wheel)."""
+    def git(*args) -> str | None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+            if done.returncode == 0:
+                return done.stdout.strip()
+        return None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None, None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return commit, None if status is None else bool(status)
+
+
+def record(device, dtype: str | None = None, command: str | None = None, **hardware_extra) -> dict:
+    """The provenance keys of a result JSON (see the module docstring); merge them into the result."""
+    commit, dirty = git_commit()
+    return {
+        "hardware": hardware(device, dtype, **hardware_extra),
+        "command": command or command_line(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def write_json(path, value, indent: int = 1) -> Path:
+    """Write `value` as JSON to `path` atomically (a temporary file, then a rename), creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=indent, default=str))
+    os.replace(tmp, path)
+    return path
