@@ -33,7 +33,7 @@ from sharedllm.rows import left_align, real_token_spans
 FORMAT = "sharedllm-context-cache/1"
 # the knobs that shape the stored tensors; the others (decoder_window, tree_selection, tokens_per_node,
 # node_compression, max_chunks_per_pass) act when a question is answered and may differ between questions
-STORED_KNOBS = ("chunk_size", "n_injected_layers", "tree_depth", "node_encoding")
+STORED_KNOBS = ("chunk_size", "n_injected_layers", "tree_depth", "node_encoding", "injection")
 
 
 def model_signature(model) -> dict:
@@ -93,12 +93,13 @@ class ContextCache(DynamicCache):
             raise ValueError(f"encode one document: (L,) or (1, L) token ids with L >= 1, got shape {tuple(ids.shape)}")
         n = ids.shape[0] // cfg.chunk_size
         chunks = ids[: n * cfg.chunk_size].view(n, cfg.chunk_size)
+        before = model.context_encoder.tokens_before(chunks, None)  # (n,) the token before each chunk
         lowered = None
         with tqdm(total=n, desc="encoding", unit="chunk", disable=not progress) as bar:
             for first in range(0, n, cfg.max_chunks_per_pass):
                 part = slice(first, first + cfg.max_chunks_per_pass)
                 index = torch.arange(first, min(first + cfg.max_chunks_per_pass, n), device=ids.device)
-                out = model.context_encoder.lower_chunks(chunks[part], index, node_vectors=True)
+                out = model.context_encoder.lower_chunks(chunks[part], index, before[part], node_vectors=True)
                 if lowered is None:
                     buffer = lambda t: t.new_empty(n, *t.shape[1:])  # noqa: E731
                     lowered = LowerChunks([buffer(k) for k in out.keys], [buffer(v) for v in out.values],
@@ -160,14 +161,15 @@ class ContextCache(DynamicCache):
             query_position = torch.where(query_position >= 0, query_position + n_doc, query_position)
         return ids, mask, labels, query_position
 
-    def lower_chunks(self, model, chunk_ids, chunk_index) -> LowerChunks:
+    def lower_chunks(self, model, chunk_ids, chunk_index, before) -> LowerChunks:
         """`lower` for `ContextEncoder.encode_by_chunk`: chunks 0..n-1 are the document's, read from the cache;
         later chunks (the document's last partial chunk with the question's start) are encoded now, with node
         vectors whatever this model's selection, as the stored chunks have them."""
         stored = chunk_index < self.n_chunks  # (N,)
         if bool(stored.all()):
             return self.lowered.select(chunk_index)
-        fresh = model.context_encoder.lower_chunks(chunk_ids[~stored], chunk_index[~stored], node_vectors=True)
+        fresh = model.context_encoder.lower_chunks(chunk_ids[~stored], chunk_index[~stored], before[~stored],
+                                                   node_vectors=True)
         if not bool(stored.any()):
             return fresh
         out = self.lowered.select(chunk_index.clamp(max=self.n_chunks - 1))  # a copy: the fresh rows are overwritten

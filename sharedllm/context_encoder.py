@@ -129,10 +129,11 @@ class ContextEncoder:
             layer = self.decoder.layers[last]
             self.scoring_norm, self.scoring_q_proj = layer.input_layernorm, layer.self_attn.q_proj
 
-    def encode(self, input_ids, start, n_chunks, first_chunk_index, query, lower=None) -> EncodedContext:
+    def encode(self, input_ids, start, n_chunks, first_chunk_index, query, lower=None, previous=None) -> EncodedContext:
         """Encode the first n_chunks[b] whole chunks of row b's real tokens (which begin at start[b]); chunk j of
         row b has chunk index first_chunk_index[b] + j; query (B, hidden) is each row's tree query. `lower`: see
-        `encode_by_chunk`.
+        `encode_by_chunk`. previous (B,): the token before each row's first chunk (None: the row starts there),
+        read by joint injection (`tokens_before`).
 
         Only real chunks are encoded, `max_chunks_per_pass` at a time so that peak memory does not grow with the
         input, each pass written straight into one (B, Hkv, n, K, hd) buffer (no concatenation copies). Returns
@@ -145,14 +146,18 @@ class ContextEncoder:
         chunk_valid = torch.arange(n_max, device=input_ids.device)[None, :] < n_chunks[:, None]  # (B, n)
         rows, slots = chunk_valid.nonzero(as_tuple=True)
         chunk_index = first_chunk_index[rows] + slots
+        before = self.tokens_before(chunk_ids.view(batch * n_max, chunk_size), previous, n_max).view(batch, n_max)
         if cfg.node_encoding == "chunk":
-            encode = lambda ids, index, q: self.encode_by_chunk(ids, index, q, lower)  # noqa: E731
+            encode = lambda ids, index, q, prev: self.encode_by_chunk(ids, index, q, prev, lower)  # noqa: E731
         else:
-            encode = self.encode_by_node
+            encode = lambda ids, index, q, prev: self.encode_by_node(ids, index, q)  # noqa: E731
         keys, values = None, None
         for first in range(0, rows.shape[0], cfg.max_chunks_per_pass):
             part = slice(first, first + cfg.max_chunks_per_pass)
-            part_keys, part_values = encode(chunk_ids[rows[part], slots[part]], chunk_index[part], query[rows[part]])
+            part_rows, part_slots = rows[part], slots[part]
+            part_keys, part_values = encode(
+                chunk_ids[part_rows, part_slots], chunk_index[part], query[part_rows], before[part_rows, part_slots]
+            )
             if keys is None:
                 allocate = torch.empty if bool(chunk_valid.all()) else torch.zeros
                 buffer = lambda kv: allocate(  # noqa: E731
@@ -168,27 +173,32 @@ class ContextEncoder:
 
     # -- node_encoding="chunk": one lower pass per chunk, then the question's selection -------------------------
 
-    def encode_by_chunk(self, chunk_ids, chunk_index, query, lower=None):
+    def encode_by_chunk(self, chunk_ids, chunk_index, query, before=None, lower=None):
         """One lower pass per whole chunk; node vectors and node key/values are read from that pass.
 
-        `lower(chunk_ids, chunk_index) -> LowerChunks` replaces that pass (a context cache hands back stored ones)."""
-        return self.select_nodes((lower or self.lower_chunks)(chunk_ids, chunk_index), query, chunk_index)
+        `lower(chunk_ids, chunk_index, before) -> LowerChunks` replaces that pass (a context cache hands back
+        stored ones)."""
+        return self.select_nodes((lower or self.lower_chunks)(chunk_ids, chunk_index, before), query, chunk_index)
 
-    def lower_chunks(self, chunk_ids, chunk_index, node_vectors: bool | None = None) -> LowerChunks:
+    def lower_chunks(self, chunk_ids, chunk_index, before=None, node_vectors: bool | None = None) -> LowerChunks:
         """The question-independent half of `encode_by_chunk`: the lower model over (N, C) chunks, chunk index as
         the rotary offset. Only the node vectors the tree can compare are kept: the ends of nodes of C / 2**(D-1)
         tokens and their multiples (none when D < 2: no level makes a choice). `node_vectors` (default: whether
         this config's selection compares them, i.e. tree_selection="query") asks for them; a context cache always
-        does, since it may answer questions under another selection."""
+        does, since it may answer questions under another selection. before (N,): the token before each chunk in
+        the text (`tokens_before`), read by joint injection only."""
         cfg = self.config
         n, chunk_size = chunk_ids.shape
         positions = self.chunk_offsets(chunk_index)[:, None] + torch.arange(chunk_size, device=chunk_ids.device)[None, :]
         if cfg.injection == "joint":
-            # a shared sink token before every chunk, left out of the context: a chunk encoded alone would make its
-            # own first token the sink, and that key would soak up the window's attention (joint-injection probe)
-            sink = torch.full((n, 1), self.sink_token_id(), dtype=chunk_ids.dtype, device=chunk_ids.device)
+            # each chunk is read after the token before it in the text, which takes the attention sink's part and is
+            # then left out: a chunk encoded alone makes its own first token the sink, and that key would soak up
+            # the window's attention (joint-injection probe: 0/4 kept; a fixed BOS sink: 5/10, this: 8/10 at 4K)
+            if before is None:
+                before = self.tokens_before(chunk_ids, None)
             layer0, keys, values = self.run_lower(
-                torch.cat([sink, chunk_ids], dim=1), torch.cat([positions[:, :1] - 1, positions], dim=1), cfg.n_injected_layers
+                torch.cat([before[:, None], chunk_ids], dim=1), torch.cat([positions[:, :1] - 1, positions], dim=1),
+                cfg.n_injected_layers,
             )
             layer0, keys, values = layer0[:, 1:], [k[:, :, 1:] for k in keys], [v[:, :, 1:] for v in values]
         else:
@@ -212,14 +222,25 @@ class ContextEncoder:
             return torch.full_like(chunk_index, -self.config.chunk_size)
         return chunk_index
 
-    def sink_token_id(self) -> int:
-        """The token put before every chunk under joint injection: the base's BOS (else EOS, else 0)."""
+    def text_start_token(self) -> int:
+        """What joint injection reads before a text's first chunk: the base's BOS (else EOS, else 0)."""
         text_config = self.config.text_config
         for token_id in (text_config.bos_token_id, text_config.eos_token_id, 0):
-            if isinstance(token_id, list):
-                token_id = token_id[0] if token_id else None
+            token_id = (token_id[0] if token_id else None) if isinstance(token_id, list) else token_id
             if token_id is not None:
                 return int(token_id)
+
+    def tokens_before(self, chunk_ids: torch.LongTensor, previous, chunks_per_row: int | None = None) -> torch.LongTensor:
+        """(N, C) consecutive chunks (rows of `chunks_per_row`, default all N in one row) -> (N,) the token before
+        each in the text: the previous chunk's last token; for a row's first chunk `previous` (that row's token
+        before it, (rows,)), or where that is None `text_start_token()`."""
+        n = chunk_ids.shape[0]
+        if n == 0:
+            return chunk_ids.new_empty(0)
+        last = chunk_ids[:, -1].view(-1, chunks_per_row or n)  # (rows, per_row)
+        if previous is None:
+            previous = torch.full_like(last[:, 0], self.text_start_token())
+        return torch.cat([previous[:, None].to(last), last[:, :-1]], dim=1).reshape(n)
 
     def select_nodes(self, lowered: LowerChunks, query, chunk_index):
         """The question-dependent half: search each chunk's tree with its row's query (N, hidden), then compress the

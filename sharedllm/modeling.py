@@ -71,20 +71,22 @@ class SharedLLMOutput(CausalLMOutputWithPast):
 
 class SharedLLMCache(DynamicCache):
     """A stock DynamicCache for the decoder window's self-attention, plus what SharedLLM keeps across steps: the
-    compressed context, the tree query vectors, and the decoder window's tokens (to rebuild after a roll-over)."""
+    compressed context, the tree query vectors, the decoder window's tokens (to rebuild after a roll-over) and the
+    token before the window (joint injection reads the next chunk after it)."""
 
-    def __init__(self, config, context: EncodedContext, query: torch.Tensor, decoder_ids, decoder_mask):
+    def __init__(self, config, context: EncodedContext, query: torch.Tensor, decoder_ids, decoder_mask, previous):
         super().__init__(config=config)
         self.context = context
         self.query = query  # (B, hidden)
         self.decoder_ids = decoder_ids  # (B, W) left-padded
         self.decoder_mask = decoder_mask  # (B, W)
+        self.previous = previous  # (B,) the token before the window
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
         super().reorder_cache(beam_idx)
         self.context = self.context.select(beam_idx)
-        self.query, self.decoder_ids, self.decoder_mask = (
-            self.query[beam_idx], self.decoder_ids[beam_idx], self.decoder_mask[beam_idx]
+        self.query, self.decoder_ids, self.decoder_mask, self.previous = (
+            self.query[beam_idx], self.decoder_ids[beam_idx], self.decoder_mask[beam_idx], self.previous[beam_idx]
         )
 
 
@@ -396,7 +398,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             input_ids, attention_mask, labels, query_position = past_key_values.prepend_document(
                 self, input_ids, attention_mask, labels, query_position
             )
-            lower = lambda ids, index: past_key_values.lower_chunks(self, ids, index)  # noqa: E731
+            lower = lambda ids, index, before: past_key_values.lower_chunks(self, ids, index, before)  # noqa: E731
             return self._full_forward(input_ids, attention_mask, labels, query_position, True, logits_to_keep, lower)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -535,7 +537,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         cache = None
         if cached:
             empty = EncodedContext([], [], torch.zeros_like(n_chunks), cfg.context_tokens_per_chunk)
-            cache = SharedLLMCache(cfg.text_config, context or empty, query, decoder_ids, decoder_mask)
+            previous = self._token_before(input_ids, start + context_length, context_length > 0)
+            cache = SharedLLMCache(cfg.text_config, context or empty, query, decoder_ids, decoder_mask, previous)
         positions = mask_positions(decoder_mask)
         hidden = self._decoder_forward(
             decoder_ids, decoder_mask, positions, self._injected_context(context), cache
@@ -552,6 +555,11 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                 logits[:, :-1].reshape(-1, logits.shape[-1]).float(), decoder_labels[:, 1:].reshape(-1), ignore_index=-100
             )
         return SharedLLMOutput(loss=loss, logits=logits, past_key_values=cache, context_lengths=context_length)
+
+    def _token_before(self, ids, index, has_one) -> torch.LongTensor:
+        """(B,) ids[b, index[b] - 1] where has_one[b], else the text-start token (what chunk encoding reads first)."""
+        before = ids.gather(1, (index - 1).clamp(min=0)[:, None])[:, 0]
+        return torch.where(has_one, before, self.context_encoder.text_start_token())
 
     # -- generation -----------------------------------------------------------------------------------------------
 
@@ -571,8 +579,13 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             )
         else:
             start, _ = real_token_spans(mask)
-            new_context = self.context_encoder.encode(ids, start, rolled, cache.context.n_chunks, cache.query)
+            new_context = self.context_encoder.encode(
+                ids, start, rolled, cache.context.n_chunks, cache.query, previous=cache.previous
+            )
             cache.context = append_chunks(cache.context, new_context)
+            cache.previous = torch.where(
+                rolled > 0, self._token_before(ids, start + rolled * cfg.chunk_size, rolled > 0), cache.previous
+            )
             positions_kept = torch.arange(ids.shape[1], device=ids.device)[None, :]
             keep = mask.bool() & (positions_kept >= (start + rolled * cfg.chunk_size)[:, None])
             cache.decoder_ids, cache.decoder_mask = left_align(ids, keep)

@@ -20,13 +20,14 @@ def joint(base, **overrides):
 
 
 def reference_logits(base, ids, n_chunks):
-    """The base over [sink, chunk_0, ..., sink, chunk_{n-1}, window] with a mask: each chunk sees its own sink and
-    itself; the window sees every chunk token (no sink) and itself causally. Every chunk sits at the positions just
-    before the window. This is what joint injection with nothing compressed must compute."""
-    sink = base.config.bos_token_id
+    """The base over [sink_0, chunk_0, ..., sink_{n-1}, chunk_{n-1}, window] with a mask: each chunk sees its own
+    sink and itself; the window sees every chunk token (no sink) and itself causally. A chunk's sink is the token
+    before it in the text (BOS for the first). Every chunk sits at the positions just before the window. This is
+    what joint injection with nothing compressed must compute."""
     chunks, window = ids[: n_chunks * CHUNK].view(n_chunks, CHUNK), ids[n_chunks * CHUNK :]
     pieces, positions, groups = [], [], []
     for c in range(n_chunks):
+        sink = base.config.bos_token_id if c == 0 else int(chunks[c - 1, -1])
         pieces += [torch.tensor([sink]), chunks[c]]
         positions += [torch.arange(-CHUNK - 1, 0)]
         groups += [torch.full((CHUNK + 1,), c)]
@@ -105,3 +106,16 @@ def test_joint_context_cache_answers_equal_from_scratch(selection):
 def test_joint_needs_whole_chunk_encoding():
     with pytest.raises(ValueError, match="injection='joint'.*node_encoding='chunk'"):
         joint(tiny_model(), node_encoding="node")
+
+
+def test_generation_across_roll_overs_equals_a_forward_from_scratch():
+    """A chunk that rolls out of the window during generation is read after the token before it, as a forward
+    over the whole sequence reads it: step logits equal the from-scratch forward's (no tree: no query to differ)."""
+    model = joint(tiny_model())
+    prompt = torch.randint(3, 128, (1, 50), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=40, min_new_tokens=40, do_sample=False, pad_token_id=0,
+                             output_logits=True, return_dict_in_generate=True)
+        for step in (0, 9, 10, 25, 39):  # the window (Ld 24, C 16) rolls a chunk every 16 tokens
+            expected = model(out.sequences[:, : prompt.shape[1] + step]).logits[0, -1]
+            assert torch.allclose(out.logits[step][0], expected, atol=1e-4), step

@@ -69,9 +69,14 @@ def window_logits(base, window_ids, ctx_keys, ctx_values, n_joint):
     return base.lm_head(decoder.norm(hidden[:, -16:]))[0]  # (16, V): the key's positions are at the end
 
 
-def split_and_encode(base, ids, chunk, window):
+def split_and_encode(base, ids, chunk, window, previous=False):
+    """previous=True: each chunk is encoded after the token before it (the first chunk after BOS), which then
+    plays the sink and is dropped (`--drop-sinks 2`)."""
     n = max(0, -(-(len(ids) - window) // chunk))
     chunks = torch.tensor(ids[: n * chunk]).view(n, chunk)
+    if previous and n:
+        before = torch.tensor([base.config.bos_token_id] + [ids[c * chunk - 1] for c in range(1, n)])
+        chunks = torch.cat([before[:, None], chunks], dim=1)
     return encode_chunks(base, chunks) if n else (None, None), ids[n * chunk:], n
 
 
@@ -79,8 +84,9 @@ def context_kv(base, encoded, n, chunk, positions, drop_sinks):
     keys, values = encoded
     if n == 0:
         return None, None
-    shift = torch.full((n,), -chunk) if positions == "stacked" else (torch.arange(n) - n) * chunk
-    keep = slice(1 if drop_sinks else 0, chunk)
+    width = keys[0].shape[2]  # chunk, or chunk + 1 with the previous token in front
+    shift = torch.full((n,), -width) if positions == "stacked" else (torch.arange(n) - n) * chunk - (width - chunk)
+    keep = slice(1 if drop_sinks else 0, width)
     flat = lambda t: t[:, :, keep].permute(1, 0, 2, 3).reshape(1, t.shape[1], -1, t.shape[-1])  # noqa: E731
     keys = [flat(rotate(k, shift, base.model.rotary_emb)) for k in keys]
     values = [flat(v) for v in values]
@@ -100,7 +106,9 @@ def main():
     p.add_argument("--lengths", type=int, nargs="+", default=[4096])
     p.add_argument("--layers", type=int, nargs="+", default=[4, 8, 16, 30])
     p.add_argument("--positions", nargs="+", default=["stacked"])
-    p.add_argument("--drop-sinks", type=int, nargs="+", default=[0])
+    p.add_argument("--drop-sinks", type=int, nargs="+", default=[0],
+                   help="0: keep each chunk's first token; 1: drop it; 2: encode each chunk after the token before it "
+                        "and drop that one")
     p.add_argument("--chunk", type=int, default=512)
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--trials", type=int, default=10)
@@ -128,9 +136,10 @@ def main():
                 correct += hit; nll += lp
             row = dict(length=length, method="full", accuracy=correct / len(prompts), key_nll=nll / len(prompts))
             rows.append(row); print(json.dumps(row), flush=True)
-        encoded = [split_and_encode(base, ids[:-n_key], args.chunk, args.window) for _, ids, n_key in prompts]
-        for positions in args.positions:
-            for drop in args.drop_sinks:
+        for drop in args.drop_sinks:
+            encoded = [split_and_encode(base, ids[:-n_key], args.chunk, args.window, previous=drop == 2)
+                       for _, ids, n_key in prompts]
+            for positions in args.positions:
                 cache = [context_kv(base, enc, n, args.chunk, positions, drop) + (window_ids, ids[-n_key:])
                          for (_, ids, n_key), (enc, window_ids, n) in zip(prompts, encoded)]
                 for m in args.layers:

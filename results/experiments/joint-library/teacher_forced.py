@@ -2,7 +2,7 @@
 trial counts when greedy argmax predicts every key token, the same event as greedy generation emitting the key
 (results/experiments/joint-injection/probe.py scores the same way). Prompts, keys and depths as the probe.
 
-    python results/experiments/joint-library/teacher_forced.py --lengths 4096 --variants sink=1 sink=0 \
+    python results/experiments/joint-library/teacher_forced.py --lengths 4096 --variants base \
         --knobs chunk_size=512 decoder_window=512 tree_depth=0 tokens_per_node=512
 """
 
@@ -37,7 +37,7 @@ def main():
     p.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
     p.add_argument("--knobs", nargs="*", default=[], help="K=V shared by every variant")
     p.add_argument("--variants", nargs="+", default=["base"],
-                   help="K=V[,K=V] per variant; 'sink=ID' sets the chunk sink token; 'base' = knobs only")
+                   help="K=V[,K=V] per variant; 'base' = the shared knobs only")
     p.add_argument("--output", default=None)
     args = p.parse_args()
     torch.set_grad_enabled(False)
@@ -54,16 +54,10 @@ def main():
             prompts.append((depth, full, len(full) - len(ids)))
         for variant in args.variants:
             knobs = dict(shared, injection="joint", n_injected_layers=base.config.num_hidden_layers)
-            sink = None
             for item in [] if variant == "base" else variant.split(","):
                 k, v = item.split("=", 1)
-                if k == "sink":
-                    sink = int(v)
-                else:
-                    knobs[k] = parse_value(v)
+                knobs[k] = parse_value(v)
             model = SharedLLMForCausalLM.from_base(base, **knobs).eval()
-            if sink is not None:
-                model.context_encoder.sink_token_id = lambda: sink
             start, hits, nll, by_depth = time.time(), 0, 0.0, {}
             for depth, ids, n_key in prompts:
                 # as generation splits it: a cached prefill of the prompt (window and query from the prompt alone),
