@@ -29,6 +29,7 @@ take 6 GB, so scoring applies `lm_head` to the hidden states of the predicting p
 
 import contextlib
 import copy
+import inspect
 import math
 
 import torch
@@ -124,11 +125,23 @@ class Method:
     @classmethod
     def build(cls, base, tokenizer=None, shared: dict | None = None, **options) -> "Method":
         """The method with the knobs of `shared` it reads (and its adapter, if it reads one); `options` win."""
+        return cls(base, tokenizer, **cls.settings(shared, **options))
+
+    @classmethod
+    def settings(cls, shared: dict | None = None, **options) -> dict:
+        """The constructor keywords `build` passes: what this method reads of `shared`, then `options`."""
         shared = shared or {}
         taken = {k: v for k, v in shared.items() if k in cls.shared_knobs and v is not None}
         if cls.reads_adapter and shared.get("adapter") is not None:
             taken["adapter"] = shared["adapter"]
-        return cls(base, tokenizer, **{**taken, **options})
+        return {**taken, **options}
+
+    @classmethod
+    def own_options(cls, options: dict) -> dict:
+        """The entries of `options` (one command line's method options, e.g. infllm's topk=) this method's
+        constructor takes, so that a caller can hand the same options to every method."""
+        parameters = inspect.signature(cls.__init__).parameters
+        return {k: v for k, v in options.items() if k in parameters and k not in ("self", "base", "tokenizer")}
 
     @property
     def device(self) -> torch.device:
@@ -593,13 +606,13 @@ class CEPE(SharedLLM):
 
 # ----------------------------------------------------------------------------------------------------------------
 
-_CLASSES = {cls.name: cls for cls in (FullAttention, WindowAttention, StreamingLLM, InfLLM, YaRN, SharedLLM, CEPE)}
-assert tuple(_CLASSES) == METHODS
+METHOD_CLASSES = {cls.name: cls for cls in (FullAttention, WindowAttention, StreamingLLM, InfLLM, YaRN, SharedLLM, CEPE)}
+assert tuple(METHOD_CLASSES) == METHODS
 
 
 def load_method(name: str, base, tokenizer=None, shared: dict | None = None, **options) -> Method:
     """Build method `name` (one of METHODS) on the causal LM `base`: `shared` = a comparison's adapter and SharedLLM
     knobs, of which the method takes what it reads; `options` = the method's own keyword options (they win)."""
-    if name not in _CLASSES:
+    if name not in METHOD_CLASSES:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
-    return _CLASSES[name].build(base, tokenizer, shared, **options)
+    return METHOD_CLASSES[name].build(base, tokenizer, shared, **options)

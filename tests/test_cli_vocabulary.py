@@ -5,7 +5,7 @@ built in-process, as `sharedllm.cli` builds them (no subprocess: no torch import
 import re
 
 import pytest
-from test_eval_tasks import FakeMethod, fake_stack  # noqa: F401 (fixture)
+from fakes import FakeMethod, fake_stack  # noqa: F401 (fixture)
 
 from sharedllm.cli import build_parser
 from sharedllm.config import KNOBS
@@ -57,7 +57,8 @@ def test_eval_passes_knob_flags_to_sharedllm_and_knob_options_to_infllm(fake_sta
     from sharedllm.evaluation import cli
 
     built = {}
-    monkeypatch.setattr(sharedllm.methods, "load_method", lambda name, base, tok, **knobs: built.setdefault(name, knobs))
+    monkeypatch.setattr(sharedllm.methods, "load_method", lambda name, base, tok, shared=None, **options: built.setdefault(
+        name, sharedllm.methods.METHOD_CLASSES[name].settings(shared, **options)))  # what Method.build passes
 
     def methods(*argv):
         built.clear()
@@ -68,7 +69,7 @@ def test_eval_passes_knob_flags_to_sharedllm_and_knob_options_to_infllm(fake_sta
     assert methods("--methods", "window", "infllm", "--decoder-window", "2K", "--knob", "topk=8") == {
         "window": {"decoder_window": 2048}, "infllm": {"decoder_window": 2048, "topk": 8}}
     assert methods("--methods", "sharedllm", "--adapter", "none", "--tree-selection", "recent", "--chunk-size", "256") == {
-        "sharedllm": {"decoder_window": 1024, "adapter": None, "tree_selection": "recent", "chunk_size": 256}}
+        "sharedllm": {"decoder_window": 1024, "tree_selection": "recent", "chunk_size": 256}}  # no adapter: untrained
     # with an adapter, --decoder-window is the knob: it overrides the adapter's, as --knob decoder_window=N did
     assert methods("--methods", "sharedllm", "--adapter", "my-adapter", "--decoder-window", "768") == {
         "sharedllm": {"adapter": "my-adapter", "decoder_window": 768}}
@@ -79,8 +80,8 @@ def test_eval_knob_given_the_old_way_warns_and_still_reaches_the_method(fake_sta
 
     built = {}
 
-    def load_method(name, base, tokenizer, **knobs):
-        built[name] = knobs
+    def load_method(name, base, tokenizer, shared=None, **options):
+        built[name] = knobs = sharedllm.methods.METHOD_CLASSES[name].settings(shared, **options)
         return FakeMethod(name, tokenizer, **knobs)
 
     monkeypatch.setattr(sharedllm.methods, "load_method", load_method)

@@ -151,8 +151,12 @@ def validate_args(args) -> None:
         for key, value in options.items():
             if key in KNOBS:
                 warn_deprecated(f"--knob {key}={value}", f"{knob_flag(key)} {value}")
-    for name in knobs_from_args(args):
-        readers = WINDOWED if name == "decoder_window" else SHAREDLLM_METHODS
+    from sharedllm.methods import METHOD_CLASSES
+
+    for name in knobs_from_args(args):  # a knob no chosen method reads would be silently ignored
+        readers = [m for m in METHODS if name in METHOD_CLASSES[m].shared_knobs]
+        if not readers:  # full_logits: eval scores decoder windows itself
+            raise InputError(f"{knob_flag(name)} does not apply to sharedllm eval")
         if not set(readers) & set(args.methods):
             raise InputError(f"{knob_flag(name)} is a knob of {' / '.join(readers)}, not of {', '.join(args.methods)}")
     for option in ("max_windows", "trials", "limit"):
@@ -247,19 +251,16 @@ class Session:
 
     def methods(self):
         """Yield (name, method) one at a time so that only one method's extra weights live at once."""
-        from sharedllm.methods import load_method
+        from sharedllm.methods import METHOD_CLASSES, load_method
 
+        # one comparison: every method takes what it reads of the shared settings (Method.build), and of --knob
+        # the options its constructor has (infllm's topk=...); a SharedLLM knob given with --knob is a shared one
+        shared = {"adapter": self.adapter, "decoder_window": self.decoder_window,
+                  **{k: v for k, v in self.options.items() if k in KNOBS}, **self.knobs}  # a flag wins over --knob
+        own = {k: v for k, v in self.options.items() if k not in KNOBS}
         for name in self.args.methods:
-            knobs = {}
-            if name in ("window", "streaming", "infllm") or (name in SHAREDLLM_METHODS and self.adapter is None):
-                knobs["decoder_window"] = self.decoder_window
-            if name == "sharedllm":
-                knobs["adapter"] = self.adapter  # checked by validate_args
-            if name in ("sharedllm", "cepe", "infllm"):
-                knobs.update(self.options)
-            if name in SHAREDLLM_METHODS:
-                knobs.update(self.knobs)  # a flag wins over the same knob given with --knob
-            yield self.args.label or name, load_method(name, self.base, self.tokenizer, **knobs)
+            options = METHOD_CLASSES[name].own_options(own)
+            yield self.args.label or name, load_method(name, self.base, self.tokenizer, shared=shared, **options)
 
     def documents(self, default_domains=None):
         """Tokenised documents (cached ids, no special tokens) and a description of their source."""

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from fakes import PROSE, FakeBase, char_tokenizer
+from fakes import PROSE, FakeBase, FakeMethod, char_tokenizer, fake_stack  # noqa: F401 (fixture)
 
 from sharedllm.evaluation import longbench, report
 from sharedllm.evaluation.needle import (RULER_TASKS, effective_length, insert_at_depths, make_sample,
@@ -128,38 +128,6 @@ def test_longbench_load_prompt_truncate_and_score(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ CLI + report
-
-
-class FakeMethod:
-    """NLL 1.0 per token (PPL e) for 'full', 2.0 otherwise; generation reads the pass key from the prompt."""
-
-    def __init__(self, name, tokenizer, **knobs):
-        self.name, self.tokenizer, self.knobs = name, tokenizer, knobs
-
-    def describe(self):
-        return {"method": self.name, **self.knobs}
-
-    def token_nll(self, input_ids, score_start):
-        return torch.full((len(input_ids) - score_start,), 1.0 if self.name == "full" else 2.0)
-
-    def generate(self, input_ids, max_new_tokens):
-        text = self.tokenizer.decode(input_ids.tolist())
-        key = re.search(r"The pass key is (\d+)\.", text).group(1) if self.name != "window" else "none"
-        return torch.tensor(self.tokenizer.encode(f" {key}.", add_special_tokens=False)[:max_new_tokens])
-
-
-@pytest.fixture
-def fake_stack(monkeypatch, tmp_path):
-    import sharedllm.loading
-    import sharedllm.methods
-
-    tokenizer = char_tokenizer()
-    monkeypatch.setenv("SHAREDLLM_HOME", str(tmp_path / "home"))  # token cache: never the real home
-    monkeypatch.setattr(sharedllm.loading, "load_causal_lm", lambda path, dtype=None: (FakeBase(), tokenizer))
-    monkeypatch.setattr(sharedllm.methods, "load_method",
-                        lambda name, base, tok, **knobs: FakeMethod(name, tok, **knobs))
-    (tmp_path / "book.txt").write_text(PROSE)
-    return tmp_path
 
 
 def _parse(argv):
