@@ -116,7 +116,7 @@ def add_arguments(parser):
     add_knob_arguments(
         parser, "SharedLLM knobs of --methods sharedllm / cepe (default: the adapter's saved value, else the config "
                 "default)",
-        notes={"decoder_window": "also the window of window / streaming / infllm (its local window): the comparison "
+        notes={"decoder_window": "also the window of window / streaming / infllm (its local window) / cepe: the comparison "
                                  "is fair only at one Ld (default there: the sharedllm adapter's, else 1024)"},
     )
 
