@@ -142,6 +142,9 @@ def validate_config(config: TrainConfig) -> None:
     if config.knobs["full_logits"]:
         raise InputError("--full-logits does not apply to training (the loss reads one decoder window, queried at its "
                          "last token); switch it on when loading the adapter: from_pretrained(..., full_logits=True)")
+    if config.knobs["injection"] == "joint":
+        raise InputError("--injection joint adds no parameters, so there is nothing to train yet; evaluate it "
+                         "untrained: sharedllm eval ... --adapter none --injection joint --n-injected-layers N")
     try:  # the model's knobs, checked by their owner now rather than after the base model has loaded
         SharedLLMConfig(**config.knobs)
     except ValueError as err:
