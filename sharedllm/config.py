@@ -59,6 +59,17 @@ KNOBS = {
     ),
 }
 KNOB_DEFAULTS = {name: knob.default for name, knob in KNOBS.items()}
+ADAPTER_SHAPE_KNOBS = ("n_injected_layers", "injection")  # they lay out a trained adapter's weights
+
+
+def check_adapter_overrides(saved: "SharedLLMConfig", overrides: dict) -> None:
+    """Knob overrides on a saved adapter may change how it reads (windows, tree, budgets), not which weights it has."""
+    for knob in ADAPTER_SHAPE_KNOBS:
+        if knob in overrides and overrides[knob] != getattr(saved, knob):
+            fix = ("joint injection needs no adapter: use the untrained model (from_base, or --adapter none)"
+                   if knob == "injection" else "train an adapter with that value")
+            raise ValueError(f"this adapter was trained with {knob}={getattr(saved, knob)!r}; its weights do not fit "
+                             f"{knob}={overrides[knob]!r}: {fix}")
 
 
 class SharedLLMConfig(PretrainedConfig):

@@ -537,9 +537,10 @@ class SharedLLM(Method):
 
     @staticmethod
     def _adapter_config(adapter: str, overrides: dict):
-        from sharedllm.config import SharedLLMConfig
+        from sharedllm.config import SharedLLMConfig, check_adapter_overrides
 
         config = SharedLLMConfig.from_pretrained(adapter)
+        check_adapter_overrides(config, overrides)
         for knob, value in overrides.items():
             setattr(config, knob, value)
         config.validate_knobs()

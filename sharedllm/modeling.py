@@ -28,7 +28,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from sharedllm.config import SharedLLMConfig
+from sharedllm.config import SharedLLMConfig, check_adapter_overrides
 from sharedllm.context_cache import ContextCache
 from sharedllm.context_encoder import ContextEncoder, EncodedContext, append_chunks, layer_mask, self_attention_masks
 from sharedllm.injection import ContextCrossAttention, InjectedContext, joint_self_attention, window_attention_mask
@@ -211,6 +211,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         check_knob_names(kwargs, "from_pretrained")
         if not isinstance(config, SharedLLMConfig):
             config = load_adapter_config(directory)
+        check_adapter_overrides(config, kwargs)
         # AutoModelForCausalLM.from_pretrained hands attn_implementation over inside the config it loaded
         attn_implementation = attn_implementation or getattr(config, "_attn_implementation_internal", None)
         options = base_loading_options(dtype, torch_dtype, attn_implementation, device_map)

@@ -49,6 +49,7 @@ EVAL_CASES = [
     (["--knob", "tree_depth"], "--knob takes KEY=VALUE, got 'tree_depth'"),
     (["--methods", "full", "--knob", "tree_depth=1"], "--knob sets method options: it needs --methods sharedllm, cepe or infllm"),
     (["--methods", "full", "--tree-depth", "1"], "--tree-depth is a knob of sharedllm, not of full"),
+    (["--methods", "sharedllm", "--injection", "joint"], "its weights do not fit injection='joint'"),
     (["--methods", "full", "yarn", "--decoder-window", "512"],
      "--decoder-window is a knob of window / streaming / infllm / sharedllm / cepe, not of full, yarn"),
     (["--full-logits"], "--full-logits does not apply to sharedllm eval"),

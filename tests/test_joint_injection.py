@@ -119,3 +119,13 @@ def test_generation_across_roll_overs_equals_a_forward_from_scratch():
         for step in (0, 9, 10, 25, 39):  # the window (Ld 24, C 16) rolls a chunk every 16 tokens
             expected = model(out.sequences[:, : prompt.shape[1] + step]).logits[0, -1]
             assert torch.allclose(out.logits[step][0], expected, atol=1e-4), step
+
+
+def test_a_cross_adapter_is_not_read_with_joint_injection(tmp_path):
+    """Overrides may change how an adapter reads, not which weights it has: one message, not a key mismatch."""
+    cross = wrap(tiny_model())
+    cross.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="trained with injection='cross'; its weights do not fit injection='joint'"):
+        type(cross).from_pretrained(tmp_path, base=cross.base, injection="joint")
+    with pytest.raises(ValueError, match="trained with n_injected_layers=2"):
+        type(cross).from_pretrained(tmp_path, base=cross.base, n_injected_layers=3)
