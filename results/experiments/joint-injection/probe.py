@@ -69,24 +69,39 @@ def window_logits(base, window_ids, ctx_keys, ctx_values, n_joint):
     return base.lm_head(decoder.norm(hidden[:, -16:]))[0]  # (16, V): the key's positions are at the end
 
 
-def split_and_encode(base, ids, chunk, window, previous=False):
-    """previous=True: each chunk is encoded after the token before it (the first chunk after BOS), which then
-    plays the sink and is dropped (`--drop-sinks 2`)."""
+def split_and_encode(base, ids, chunk, window, previous=0):
+    """previous=S >= 1: each chunk is encoded after the S tokens before it (the first chunk after BOS alone); they
+    play the sink and the chunk's left context and are dropped (`--drop-sinks 2 --overlap S`). Returns per layer
+    keys/values of the chunks' own tokens only, at positions 0..C-1 (+ the kept prefix, removed in context_kv)."""
     n = max(0, -(-(len(ids) - window) // chunk))
+    if not n:
+        return (None, None), ids, n
     chunks = torch.tensor(ids[: n * chunk]).view(n, chunk)
-    if previous and n:
-        before = torch.tensor([base.config.bos_token_id] + [ids[c * chunk - 1] for c in range(1, n)])
-        chunks = torch.cat([before[:, None], chunks], dim=1)
-    return encode_chunks(base, chunks) if n else (None, None), ids[n * chunk:], n
+    if not previous:
+        return encode_chunks(base, chunks), ids[n * chunk:], n
+    first = encode_chunks(base, torch.cat([torch.tensor([base.config.bos_token_id]), chunks[0]])[None])
+    parts = [tuple([t[:, :, 1:] for t in kv] for kv in first)]
+    if n > 1:
+        before = torch.stack([torch.tensor(ids[c * chunk - previous : c * chunk]) for c in range(1, n)])
+        rest = encode_chunks(base, torch.cat([before, chunks[1:]], dim=1))
+        parts.append(tuple([t[:, :, previous:] for t in kv] for kv in rest))
+    keys = [torch.cat([p[0][i] for p in parts]) for i in range(len(parts[0][0]))]
+    values = [torch.cat([p[1][i] for p in parts]) for i in range(len(parts[0][1]))]
+    return (keys, values), ids[n * chunk:], n
 
 
-def context_kv(base, encoded, n, chunk, positions, drop_sinks):
+def prefix_length(c, overlap):
+    return 0 if not overlap else (1 if c == 0 else overlap)
+
+
+def context_kv(base, encoded, n, chunk, positions, drop_sinks, overlap=0):
     keys, values = encoded
     if n == 0:
         return None, None
-    width = keys[0].shape[2]  # chunk, or chunk + 1 with the previous token in front
-    shift = torch.full((n,), -width) if positions == "stacked" else (torch.arange(n) - n) * chunk - (width - chunk)
-    keep = slice(1 if drop_sinks else 0, width)
+    # with a prefix of S tokens the chunk's keys sit at positions S..S+C-1 (chunk 0: 1..C); shift them to -C..-1
+    offset = torch.tensor([prefix_length(c, overlap) for c in range(n)])
+    shift = (-chunk - offset) if positions == "stacked" else (torch.arange(n) - n) * chunk - offset
+    keep = slice(1 if drop_sinks == 1 else 0, chunk)
     flat = lambda t: t[:, :, keep].permute(1, 0, 2, 3).reshape(1, t.shape[1], -1, t.shape[-1])  # noqa: E731
     keys = [flat(rotate(k, shift, base.model.rotary_emb)) for k in keys]
     values = [flat(v) for v in values]
@@ -109,6 +124,7 @@ def main():
     p.add_argument("--drop-sinks", type=int, nargs="+", default=[0],
                    help="0: keep each chunk's first token; 1: drop it; 2: encode each chunk after the token before it "
                         "and drop that one")
+    p.add_argument("--overlap", type=int, default=1, help="with --drop-sinks 2: tokens read before each chunk")
     p.add_argument("--chunk", type=int, default=512)
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--trials", type=int, default=10)
@@ -137,10 +153,11 @@ def main():
             row = dict(length=length, method="full", accuracy=correct / len(prompts), key_nll=nll / len(prompts))
             rows.append(row); print(json.dumps(row), flush=True)
         for drop in args.drop_sinks:
-            encoded = [split_and_encode(base, ids[:-n_key], args.chunk, args.window, previous=drop == 2)
+            overlap = args.overlap if drop == 2 else 0
+            encoded = [split_and_encode(base, ids[:-n_key], args.chunk, args.window, previous=overlap)
                        for _, ids, n_key in prompts]
             for positions in args.positions:
-                cache = [context_kv(base, enc, n, args.chunk, positions, drop) + (window_ids, ids[-n_key:])
+                cache = [context_kv(base, enc, n, args.chunk, positions, drop, overlap) + (window_ids, ids[-n_key:])
                          for (_, ids, n_key), (enc, window_ids, n) in zip(prompts, encoded)]
                 for m in args.layers:
                     start, correct, nll = time.time(), 0, 0.0
@@ -149,7 +166,7 @@ def main():
                         logits = window_logits(base, torch.tensor([ids]), ck, cv, m)
                         hit, lp = score(logits, ids, n_key)
                         correct += hit; nll += lp
-                    row = dict(length=length, positions=positions, drop_sinks=drop, joint_layers=m,
+                    row = dict(length=length, positions=positions, drop_sinks=drop, overlap=overlap, joint_layers=m,
                                accuracy=correct / len(prompts), key_nll=round(nll / len(prompts), 3),
                                trials=len(prompts), seconds=round(time.time() - start, 1))
                     rows.append(row)
