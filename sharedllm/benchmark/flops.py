@@ -93,7 +93,7 @@ def _sharedllm_flops(dims: dict, length: int, knobs: dict) -> int:
     n_chunks = math.ceil(max(0, length - window) / chunk)
     w = length - n_chunks * chunk
     context_keys = n_chunks * _context_tokens_per_chunk(knobs)
-    # the lower pass runs M - 1 whole layers; of the last one only the key/value projections (modeling._run_lower)
+    # the lower pass runs M - 1 whole layers; of the last one only the key/value projections (ContextEncoder.run_lower)
     last_kv = 2 * 2 * dims["d"] * dims["kv"] * chunk if m > 1 else 0
     lower = n_chunks * (_decoder_flops(dims, chunk, m - 1 if m > 1 else m) + last_kv)
     query = _decoder_flops(dims, w, 1)  # a cached prefill always computes it (chunks may roll in later)
