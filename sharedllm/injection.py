@@ -17,6 +17,14 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
 
 
+MASKED_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")  # others get sdpa: they take no additive padding mask
+
+
+def masked_attention_implementation(implementation: str) -> str:
+    """The attention implementation that reads the context: the base's own where it takes an additive mask."""
+    return implementation if implementation in MASKED_ATTENTION_IMPLEMENTATIONS else "sdpa"
+
+
 @dataclass
 class InjectedContext:
     """Compressed context of one batch, as the upper model's injected layers read it.
@@ -130,9 +138,8 @@ def joint_self_attention(
     if context_mask is None:
         context_mask = window_mask.new_zeros(batch, 1, 1, context.keys[layer].shape[2])
     mask = torch.cat([context_mask.expand(-1, -1, length, -1), window_mask], dim=-1)  # (B, 1, T, S + W)
-    implementation = self_attn.config._attn_implementation
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(
-        implementation if implementation in ("eager", "sdpa") else "sdpa", eager_attention_forward
+        masked_attention_implementation(self_attn.config._attn_implementation), eager_attention_forward
     )
     output, _ = attention(self_attn, query, keys, values, mask, scaling=self_attn.scaling, dropout=0.0)
     return self_attn.o_proj(output.reshape(batch, length, -1))

@@ -31,7 +31,13 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from sharedllm.config import SharedLLMConfig, check_adapter_overrides
 from sharedllm.context_cache import ContextCache
 from sharedllm.context_encoder import ContextEncoder, EncodedContext, append_chunks, layer_mask, self_attention_masks
-from sharedllm.injection import ContextCrossAttention, InjectedContext, joint_self_attention, window_attention_mask
+from sharedllm.injection import (
+    ContextCrossAttention,
+    InjectedContext,
+    joint_self_attention,
+    masked_attention_implementation,
+    window_attention_mask,
+)
 from sharedllm.loading import (
     ADAPTER_WEIGHTS,
     AUTO_PLUMBING,
@@ -51,7 +57,6 @@ from sharedllm.loading import (
 from sharedllm.lora import LORA_DIR, load_upper_lora, save_upper_lora
 from sharedllm.rows import context_chunk_counts, gather_tokens, left_align, mask_positions, real_token_spans
 
-CROSS_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")  # others get sdpa: they take no additive padding mask
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -111,7 +116,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.base = base
         self.tokenizer = None  # optional: set by from_base / from_pretrained, written by save_pretrained
-        implementation = implementation if implementation in CROSS_ATTENTION_IMPLEMENTATIONS else "sdpa"
+        implementation = masked_attention_implementation(implementation)
         injected = self.decoder.layers[: config.n_injected_layers] if config.injection == "cross" else []
         # joint injection reads the context with the layers' own attention: it adds no module
         self.cross_attention = nn.ModuleList([ContextCrossAttention(layer, implementation) for layer in injected])
@@ -538,7 +543,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         cache = None
         if cached:
             empty = EncodedContext([], [], torch.zeros_like(n_chunks), cfg.context_tokens_per_chunk)
-            previous = self._token_before(input_ids, start + context_length, context_length > 0)
+            previous = self._token_before(input_ids, start + context_length, context_length > 0,
+                                          self.context_encoder.text_start_token())
             cache = SharedLLMCache(cfg.text_config, context or empty, query, decoder_ids, decoder_mask, previous)
         positions = mask_positions(decoder_mask)
         hidden = self._decoder_forward(
@@ -557,10 +563,11 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             )
         return SharedLLMOutput(loss=loss, logits=logits, past_key_values=cache, context_lengths=context_length)
 
-    def _token_before(self, ids, index, has_one) -> torch.LongTensor:
-        """(B,) ids[b, index[b] - 1] where has_one[b], else the text-start token (what chunk encoding reads first)."""
+    @staticmethod
+    def _token_before(ids, index, has_one, otherwise) -> torch.LongTensor:
+        """(B,) ids[b, index[b] - 1] where has_one[b], else `otherwise` (a token id, or one per row)."""
         before = ids.gather(1, (index - 1).clamp(min=0)[:, None])[:, 0]
-        return torch.where(has_one, before, self.context_encoder.text_start_token())
+        return torch.where(has_one, before, otherwise)
 
     # -- generation -----------------------------------------------------------------------------------------------
 
@@ -584,9 +591,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                 ids, start, rolled, cache.context.n_chunks, cache.query, previous=cache.previous
             )
             cache.context = append_chunks(cache.context, new_context)
-            cache.previous = torch.where(
-                rolled > 0, self._token_before(ids, start + rolled * cfg.chunk_size, rolled > 0), cache.previous
-            )
+            cache.previous = self._token_before(ids, start + rolled * cfg.chunk_size, rolled > 0, cache.previous)
             positions_kept = torch.arange(ids.shape[1], device=ids.device)[None, :]
             keep = mask.bool() & (positions_kept >= (start + rolled * cfg.chunk_size)[:, None])
             cache.decoder_ids, cache.decoder_mask = left_align(ids, keep)

@@ -68,7 +68,6 @@ TASK_OPTIONS = {"protocol": {"ppl"}, "max_windows": {"ppl", "heldout", "demo"}, 
 
 
 # methods that read a decoder window (the local window of infllm): --decoder-window sets it for all of them
-WINDOWED = ("window", "streaming", "infllm", "sharedllm", "cepe")
 SHAREDLLM_METHODS = ("sharedllm", "cepe")  # the methods the SharedLLM knob flags configure
 
 

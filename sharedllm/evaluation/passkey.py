@@ -71,6 +71,22 @@ def passkey_key(seed: int, length: int, depth: float, trial: int) -> int:
     return random.Random(f"passkey/{seed}/{length}/{depth}/{trial}").randint(1, 50000)
 
 
+def teacher_forced_trials(tokenizer, length: int, depths, trials: int, seed: int = 0) -> list[tuple[float, list[int], int]]:
+    """Inputs of teacher-forced passkey scoring (a trial counts when argmax predicts every key token, the event of
+    greedy generation emitting the key): per trial t, at depth depths[t % len(depths)], (depth, the prompt's ids
+    followed by those of " KEY", the number of key tokens)."""
+    out = []
+    for trial in range(trials):
+        depth = depths[trial % len(depths)]
+        key = passkey_key(seed, length, depth, trial)
+        prompt = build_passkey_prompt(tokenizer, length, depth, key)
+        ids, full = encode(tokenizer, prompt), encode(tokenizer, f"{prompt} {key}")
+        if full[: len(ids)] != ids:
+            raise ValueError("the tokenizer merges the prompt's end with the key: the key tokens are not a suffix")
+        out.append((depth, full, len(full) - len(ids)))
+    return out
+
+
 def passkey_correct(generated_text: str, key: int) -> bool:
     return first_integer(generated_text) == key
 

@@ -7,8 +7,9 @@ from collections import Counter
 import pytest
 import torch
 
-from sharedllm.evaluation.passkey import (FILLER, INSTRUCTION, QUESTION, build_passkey_prompt, passkey_correct,
-                                          passkey_key, plot_heatmap, run_passkey)
+from sharedllm.evaluation.passkey import (FILLER, INSTRUCTION, QUESTION, build_passkey_prompt, encode,
+                                          passkey_correct, passkey_key, plot_heatmap, run_passkey,
+                                          teacher_forced_trials)
 from sharedllm.evaluation.ppl import cepe_windows, perplexity, plan_windows, sliding_windows
 
 DOC_B_OFFSET = 1_000_000  # token ids of the second fake document start here
@@ -155,6 +156,16 @@ def test_passkey_prompt_format_and_length(length, depth):
     prefix, suffix = len(lines[1]), len(lines[3])
     assert FILLER.startswith(lines[1][:50]) and FILLER.startswith(lines[3][:50])
     assert abs(prefix / (prefix + suffix) - depth) < 0.01
+
+
+def test_teacher_forced_trials_end_with_their_key_tokens():
+    tokenizer = WhitespaceTokenizer()
+    trials = teacher_forced_trials(tokenizer, 300, [0.2, 0.8], trials=3)
+    assert [depth for depth, _, _ in trials] == [0.2, 0.8, 0.2]  # depths cycle over the trials
+    for trial, (depth, ids, n_key) in enumerate(trials):
+        key = passkey_key(0, 300, depth, trial)
+        prompt = build_passkey_prompt(tokenizer, 300, depth, key)
+        assert ids[:-n_key] == encode(tokenizer, prompt) and tokenizer.decode(ids[-n_key:]).strip() == str(key)
 
 
 def test_passkey_keys_are_seeded_and_in_range():

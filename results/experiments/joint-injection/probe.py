@@ -13,7 +13,6 @@ concatenated text; only within the native window for short inputs).
 
 import argparse
 import json
-import sys
 import time
 
 import torch
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from sharedllm.assets import default_model_path
-from sharedllm.evaluation.passkey import build_passkey_prompt, encode, passkey_correct, passkey_key
+from sharedllm.evaluation.passkey import teacher_forced_trials
 from sharedllm.loading import load_causal_lm
 
 
@@ -35,7 +34,7 @@ def encode_chunks(base, chunk_ids):
 
 def rotate(keys, shift_positions, rotary_emb):
     """Rotate post-RoPE keys (n, H, C, hd) by a per-chunk position shift (n,)."""
-    cos, sin = rotary_emb(keys, shift_positions[:, None].float().long() if False else shift_positions[:, None])
+    cos, sin = rotary_emb(keys, shift_positions[:, None])
     rotated, _ = apply_rotary_pos_emb(keys, keys, cos, sin)  # cos/sin (n, 1, hd) broadcast over heads and tokens
     return rotated
 
@@ -136,17 +135,10 @@ def main():
     base, tok = load_causal_lm(default_model_path())
     rows = []
     for length in args.lengths:
-        prompts = []
-        for t in range(args.trials):
-            depth = args.depths[t % len(args.depths)]
-            key = passkey_key(0, length, depth, t)
-            prompt = build_passkey_prompt(tok, length, depth, key)
-            ids, full = encode(tok, prompt), encode(tok, prompt + " " + str(key))
-            assert full[: len(ids)] == ids
-            prompts.append((key, full, len(full) - len(ids)))
+        prompts = teacher_forced_trials(tok, length, args.depths, args.trials)  # (depth, ids + key ids, n_key)
         if args.full:
             correct, nll = 0, 0.0
-            for key, ids, n_key in prompts:
+            for _, ids, n_key in prompts:
                 logits = base(torch.tensor([ids])).logits[0]
                 hit, lp = score(logits, ids, n_key)
                 correct += hit; nll += lp
@@ -161,7 +153,7 @@ def main():
                          for (_, ids, n_key), (enc, window_ids, n) in zip(prompts, encoded)]
                 for m in args.layers:
                     start, correct, nll = time.time(), 0, 0.0
-                    for (key, _, n_key), (ck, cv, window_ids, key_ids) in zip(prompts, cache):
+                    for (_, _, n_key), (ck, cv, window_ids, key_ids) in zip(prompts, cache):
                         ids = list(window_ids) + list(key_ids)
                         logits = window_logits(base, torch.tensor([ids]), ck, cv, m)
                         hit, lp = score(logits, ids, n_key)

@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from sharedllm.assets import default_model_path
-from sharedllm.context_encoder import ContextEncoder
-from sharedllm.evaluation.passkey import build_passkey_prompt, encode, passkey_key
+from sharedllm.evaluation.passkey import teacher_forced_trials
 from sharedllm.loading import load_causal_lm
 from sharedllm.modeling import SharedLLMForCausalLM
 
@@ -45,13 +44,7 @@ def main():
     shared = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.knobs)}
     rows = []
     for length in args.lengths:
-        prompts = []
-        for t in range(args.trials):
-            depth = args.depths[t % len(args.depths)]
-            key = passkey_key(0, length, depth, t)
-            prompt = build_passkey_prompt(tok, length, depth, key)
-            ids, full = encode(tok, prompt), encode(tok, prompt + " " + str(key))
-            prompts.append((depth, full, len(full) - len(ids)))
+        prompts = teacher_forced_trials(tok, length, args.depths, args.trials)
         for variant in args.variants:
             knobs = dict(shared, injection="joint", n_injected_layers=base.config.num_hidden_layers)
             for item in [] if variant == "base" else variant.split(","):
