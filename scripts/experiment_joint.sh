@@ -5,7 +5,7 @@
 set -euo pipefail
 OUT=${1:-results/experiments/joint-library}
 RUN="python results/experiments/joint-library/teacher_forced.py --trials 10"
-SHARED="chunk_size=512 decoder_window=1024"  # Ld = 2C: a roll-over during generation keeps > C tokens of the window
+SHARED="chunk_size=512 decoder_window=1024 chunk_overlap=1"  # S = 1: the library before chunk_overlap; Ld = 2C: a roll-over during generation keeps > C tokens of the window
 FULL="tree_depth=0,tokens_per_node=512"  # no compression: every context token
 TREE="tree_depth=3,tokens_per_node=32,leaf_tokens_per_node=64"  # 2*32 coarse + 2*64 exact = 192 of 512 per chunk
 $RUN --lengths 4096 --knobs $SHARED --variants $FULL --output "$OUT/passkey-4k.json"

@@ -38,6 +38,10 @@ KNOBS = {
         "layer's cross-attention logits (needs node_encoding chunk); recent: always the most recent half (ablation)",
         choices=TREE_SELECTIONS,
     ),
+    "selection_layer": Knob(
+        int, None, "tree_selection attention: the injected layer whose query scores the tokens (0-based); default the "
+        "last injected layer. The base's retrieval heads may sit lower: calibrate it (docs/method.md)", optional=True,
+    ),
     "node_compression": Knob(
         str, "stride", "how a node's keys/values become its budget: stride (from the node's first token, the "
         "reference), stride_last (ending at its last token), mean (pooling)", choices=NODE_COMPRESSIONS,
@@ -51,6 +55,11 @@ KNOBS = {
         "(the paper); joint: the context keys/values join the layer's own self-attention softmax (no new "
         "parameters; the untrained base reads its context, best with every layer injected, see docs/method.md)",
         choices=INJECTIONS,
+    ),
+    "chunk_overlap": Knob(
+        int, 64, "S, joint injection: each chunk is read after the S tokens before it in the text (at most C; its left context "
+        "and attention sink; the text's first chunk after BOS), which are then left out; 0 = every chunk alone. "
+        "Cross injection reads chunks alone, as the paper does",
     ),
     "max_chunks_per_pass": Knob(int, 16, "chunks encoded by one lower-model call; bounds peak memory"),
     "full_logits": Knob(
@@ -115,6 +124,16 @@ class SharedLLMConfig(PretrainedConfig):
         self.validate_knobs()
 
     @property
+    def scoring_layer(self) -> int:
+        """The injected layer whose query scores tokens for tree_selection="attention"."""
+        return self.n_injected_layers - 1 if self.selection_layer is None else self.selection_layer
+
+    @property
+    def overlap_length(self) -> int:
+        """Tokens joint injection reads before each chunk: chunk_overlap, at most one chunk (the previous one)."""
+        return min(self.chunk_overlap, self.chunk_size)
+
+    @property
     def leaf_length(self) -> int:
         return self.chunk_size // 2**self.tree_depth
 
@@ -158,9 +177,15 @@ class SharedLLMConfig(PretrainedConfig):
                 f"{self.leaf_tokens_per_node}",
             ),
             (self.n_injected_layers >= 1, f"n_injected_layers must be >= 1, got {self.n_injected_layers}"),
+            (
+                self.selection_layer is None or 0 <= self.selection_layer < self.n_injected_layers,
+                f"selection_layer must be an injected layer, 0..{self.n_injected_layers - 1} (n_injected_layers - 1), "
+                f"got {self.selection_layer}",
+            ),
             (self.tree_depth >= 0, f"tree_depth must be >= 0, got {self.tree_depth}"),
             (self.tokens_per_node >= 1, f"tokens_per_node must be >= 1, got {self.tokens_per_node}"),
             (self.decoder_window >= 1, f"decoder_window must be >= 1, got {self.decoder_window}"),
+            (self.chunk_overlap >= 0, f"chunk_overlap must be >= 0, got {self.chunk_overlap}"),
             (self.max_chunks_per_pass >= 1, f"max_chunks_per_pass must be >= 1, got {self.max_chunks_per_pass}"),
             (
                 self.chunk_size >= 1 and self.chunk_size % 2**self.tree_depth == 0,

@@ -33,7 +33,7 @@ from sharedllm.rows import left_align, real_token_spans
 FORMAT = "sharedllm-context-cache/1"
 # the knobs that shape the stored tensors; the others (decoder_window, tree_selection, tokens_per_node,
 # node_compression, max_chunks_per_pass) act when a question is answered and may differ between questions
-STORED_KNOBS = ("chunk_size", "n_injected_layers", "tree_depth", "node_encoding", "injection")
+STORED_KNOBS = ("chunk_size", "n_injected_layers", "tree_depth", "node_encoding", "injection", "chunk_overlap")
 
 
 def model_signature(model) -> dict:
@@ -93,7 +93,7 @@ class ContextCache(DynamicCache):
             raise ValueError(f"encode one document: (L,) or (1, L) token ids with L >= 1, got shape {tuple(ids.shape)}")
         n = ids.shape[0] // cfg.chunk_size
         chunks = ids[: n * cfg.chunk_size].view(n, cfg.chunk_size)
-        before = model.context_encoder.tokens_before(chunks, None)  # (n,) the token before each chunk
+        before = model.context_encoder.tokens_before(chunks, None)  # (n, S) the tokens before each chunk
         lowered = None
         with tqdm(total=n, desc="encoding", unit="chunk", disable=not progress) as bar:
             for first in range(0, n, cfg.max_chunks_per_pass):

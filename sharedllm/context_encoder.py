@@ -120,20 +120,24 @@ class ContextEncoder:
     def __init__(self, config: SharedLLMConfig, base: PreTrainedModel, cross_attention: nn.ModuleList):
         self.config = config
         self.decoder = base.model  # embed_tokens, layers, norm, rotary_emb
-        # "attention" selection scores tokens with the query of the last injected layer: its cross-attention's
-        # (injection "cross"), or its own self-attention's (injection "joint", which reads the context with it)
-        last = config.n_injected_layers - 1
-        if config.injection == "cross":
-            self.scoring_norm, self.scoring_q_proj = cross_attention[last].norm, cross_attention[last].q_proj
-        else:
-            layer = self.decoder.layers[last]
-            self.scoring_norm, self.scoring_q_proj = layer.input_layernorm, layer.self_attn.q_proj
+        # "attention" selection scores tokens with the query of one injected layer (`config.scoring_layer`): its
+        # cross-attention's (injection "cross"), or its own self-attention's (injection "joint", which reads the
+        # context with it). Read from the config at call time: the knob may change after construction.
+        self.cross_attention = cross_attention
+
+    def scoring_projections(self) -> tuple[nn.Module, nn.Module]:
+        """(norm, q_proj) that turn the query token's hidden state entering the scoring layer into its query."""
+        index = self.config.scoring_layer
+        if self.config.injection == "cross":
+            return self.cross_attention[index].norm, self.cross_attention[index].q_proj
+        layer = self.decoder.layers[index]
+        return layer.input_layernorm, layer.self_attn.q_proj
 
     def encode(self, input_ids, start, n_chunks, first_chunk_index, query, lower=None, previous=None) -> EncodedContext:
         """Encode the first n_chunks[b] whole chunks of row b's real tokens (which begin at start[b]); chunk j of
         row b has chunk index first_chunk_index[b] + j; query (B, hidden) is each row's tree query. `lower`: see
-        `encode_by_chunk`. previous (B,): the token before each row's first chunk (None: the row starts there),
-        read by joint injection (`tokens_before`).
+        `encode_by_chunk`. previous (B, S): the S = chunk_overlap tokens before each row's first chunk (None: the
+        row starts there), read by joint injection (`tokens_before`).
 
         Only real chunks are encoded, `max_chunks_per_pass` at a time so that peak memory does not grow with the
         input, each pass written straight into one (B, Hkv, n, K, hd) buffer (no concatenation copies). Returns
@@ -146,7 +150,8 @@ class ContextEncoder:
         chunk_valid = torch.arange(n_max, device=input_ids.device)[None, :] < n_chunks[:, None]  # (B, n)
         rows, slots = chunk_valid.nonzero(as_tuple=True)
         chunk_index = first_chunk_index[rows] + slots
-        before = self.tokens_before(chunk_ids.view(batch * n_max, chunk_size), previous, n_max).view(batch, n_max)
+        before = self.tokens_before(chunk_ids.view(batch * n_max, chunk_size), previous, n_max)
+        before = before.view(batch, n_max, before.shape[-1])
         if cfg.node_encoding == "chunk":
             encode = lambda ids, index, q, prev: self.encode_by_chunk(ids, index, q, prev, lower)  # noqa: E731
         else:
@@ -186,21 +191,12 @@ class ContextEncoder:
         tokens and their multiples (none when D < 2: no level makes a choice). `node_vectors` (default: whether
         this config's selection compares them, i.e. tree_selection="query") asks for them; a context cache always
         does, since it may answer questions under another selection. before (N,): the token before each chunk in
-        the text (`tokens_before`), read by joint injection only."""
+        the text (`tokens_before`, (N, S)), read by joint injection only."""
         cfg = self.config
         n, chunk_size = chunk_ids.shape
         positions = self.chunk_offsets(chunk_index)[:, None] + torch.arange(chunk_size, device=chunk_ids.device)[None, :]
         if cfg.injection == "joint":
-            # each chunk is read after the token before it in the text, which takes the attention sink's part and is
-            # then left out: a chunk encoded alone makes its own first token the sink, and that key would soak up
-            # the window's attention (joint-injection probe: 0/4 kept; a fixed BOS sink: 5/10, this: 8/10 at 4K)
-            if before is None:
-                before = self.tokens_before(chunk_ids, None)
-            layer0, keys, values = self.run_lower(
-                torch.cat([before[:, None], chunk_ids], dim=1), torch.cat([positions[:, :1] - 1, positions], dim=1),
-                cfg.n_injected_layers,
-            )
-            layer0, keys, values = layer0[:, 1:], [k[:, :, 1:] for k in keys], [v[:, :, 1:] for v in values]
+            layer0, keys, values = self.run_lower_after(chunk_ids, positions, before)
         else:
             layer0, keys, values = self.run_lower(chunk_ids, positions, cfg.n_injected_layers)
         if node_vectors is None:
@@ -222,6 +218,40 @@ class ContextEncoder:
             return torch.full_like(chunk_index, -self.config.chunk_size)
         return chunk_index
 
+    def run_lower_after(self, chunk_ids, positions, before):
+        """Joint injection's lower pass: each (N, C) chunk read after its prefix `before` (N, S) (default
+        `tokens_before`), whose tokens then leave the output. The prefix takes the attention sink's part and gives
+        the chunk's first tokens their left context; a chunk encoded alone makes its own first token the sink, and
+        that key soaks up the window's attention (joint-injection probe, passkey at 8K: alone 0/4, after the one
+        token before it 8/10, after the 64 before it 10/10). Prefixes are left-padded with -1 (a text's first chunk
+        has only BOS before it); chunks with prefixes of equal length are run together, without padding."""
+        if before is None:
+            before = self.tokens_before(chunk_ids, None)
+        n_layers = self.config.n_injected_layers
+        prefix_lengths = (before >= 0).sum(1)  # (N,)
+        lengths = prefix_lengths.unique().tolist() or [0]
+        if len(lengths) == 1:
+            groups = [(slice(None), lengths[0])]
+        else:
+            groups = [((prefix_lengths == n).nonzero()[:, 0], n) for n in lengths]
+        layer0 = keys = values = None
+        for rows, n_prefix in groups:
+            ids = torch.cat([before[rows, before.shape[1] - n_prefix :], chunk_ids[rows]], dim=1)
+            prefix_positions = positions[rows, :1] - torch.arange(n_prefix, 0, -1, device=positions.device)
+            part = self.run_lower(ids, torch.cat([prefix_positions, positions[rows]], dim=1), n_layers)
+            part0, part_keys, part_values = part[0][:, n_prefix:], [k[:, :, n_prefix:] for k in part[1]], [
+                v[:, :, n_prefix:] for v in part[2]]
+            if len(groups) == 1:
+                return part0, part_keys, part_values
+            if layer0 is None:
+                layer0 = part0.new_empty(chunk_ids.shape[0], *part0.shape[1:])
+                keys = [k.new_empty(chunk_ids.shape[0], *k.shape[1:]) for k in part_keys]
+                values = [v.new_empty(chunk_ids.shape[0], *v.shape[1:]) for v in part_values]
+            layer0[rows] = part0
+            for stored, new in zip([*keys, *values], [*part_keys, *part_values]):
+                stored[rows] = new
+        return layer0, keys, values
+
     def text_start_token(self) -> int:
         """What joint injection reads before a text's first chunk: the base's BOS (else EOS, else 0)."""
         text_config = self.config.text_config
@@ -230,17 +260,24 @@ class ContextEncoder:
             if token_id is not None:
                 return int(token_id)
 
+    def text_start_prefix(self, rows: int, device) -> torch.LongTensor:
+        """(rows, S) what joint injection reads before a text's first chunk: BOS, left-padded with -1."""
+        prefix = torch.full((rows, self.config.overlap_length), -1, dtype=torch.long, device=device)
+        prefix[:, -1:] = self.text_start_token()
+        return prefix
+
     def tokens_before(self, chunk_ids: torch.LongTensor, previous, chunks_per_row: int | None = None) -> torch.LongTensor:
-        """(N, C) consecutive chunks (rows of `chunks_per_row`, default all N in one row) -> (N,) the token before
-        each in the text: the previous chunk's last token; for a row's first chunk `previous` (that row's token
-        before it, (rows,)), or where that is None `text_start_token()`."""
-        n = chunk_ids.shape[0]
-        if n == 0:
-            return chunk_ids.new_empty(0)
-        last = chunk_ids[:, -1].view(-1, chunks_per_row or n)  # (rows, per_row)
+        """(N, C) consecutive chunks (rows of `chunks_per_row`, default all N in one row) -> (N, S) the S =
+        chunk_overlap tokens before each in the text: the previous chunk's last S tokens; for a row's first chunk
+        `previous` ((rows, S), that row's tokens before it), or where that is None `text_start_prefix`."""
+        n, chunk_size = chunk_ids.shape
+        overlap = self.config.overlap_length
+        if n == 0 or overlap == 0:
+            return chunk_ids.new_empty(n, overlap)
+        tails = chunk_ids[:, chunk_size - overlap :].reshape(-1, chunks_per_row or n, overlap)  # (rows, per_row, S)
         if previous is None:
-            previous = torch.full_like(last[:, 0], self.text_start_token())
-        return torch.cat([previous[:, None].to(last), last[:, :-1]], dim=1).reshape(n)
+            previous = self.text_start_prefix(tails.shape[0], chunk_ids.device)
+        return torch.cat([previous[:, None].to(tails), tails[:, :-1]], dim=1).reshape(n, overlap)
 
     def select_nodes(self, lowered: LowerChunks, query, chunk_index):
         """The question-dependent half: search each chunk's tree with its row's query (N, hidden), then compress the
@@ -255,7 +292,8 @@ class ContextEncoder:
             return table.gather(1, slot[:, :, None].expand(-1, -1, table.shape[-1]))
 
         if cfg.tree_selection == "attention":
-            half_scores = attention_half_scores(self.attention_token_scores(query, lowered.keys[-1], chunk_index))
+            keys = lowered.keys[cfg.scoring_layer]
+            half_scores = attention_half_scores(self.attention_token_scores(query, keys, chunk_index))
         elif cfg.tree_selection == "query":
             half_scores = cosine_half_scores(node_vectors, query)
         else:
@@ -269,12 +307,13 @@ class ContextEncoder:
 
     @torch.no_grad()
     def attention_token_scores(self, query_hidden, keys, chunk_index) -> torch.Tensor:
-        """(N, C) attention logits of the last injected layer's cross-attention query (from the query token's hidden
-        state, (N, hidden)) against each chunk token's key of that layer. The query is rotated to sit just after the
+        """(N, C) attention logits of the scoring layer's query (from the query token's hidden state entering that
+        layer, (N, hidden)) against each chunk token's key of that layer. The query is rotated to sit just after the
         chunk it scores, so a chunk's selection depends on its own tokens only, never on how many chunks precede
         the query (forward and cached generation then select alike)."""
         n, n_kv, chunk_size, head_dim = keys.shape
-        query = self.scoring_q_proj(self.scoring_norm(query_hidden)).view(n, -1, 1, head_dim)  # (N, H, 1, hd)
+        norm, q_proj = self.scoring_projections()
+        query = q_proj(norm(query_hidden)).view(n, -1, 1, head_dim)  # (N, H, 1, hd)
         cos, sin = self.decoder.rotary_emb(query, (self.chunk_offsets(chunk_index) + chunk_size)[:, None])
         query, _ = apply_rotary_pos_emb(query, query, cos, sin)
         return attention_token_scores(query[:, :, 0], keys)

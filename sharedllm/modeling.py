@@ -85,7 +85,7 @@ class SharedLLMCache(DynamicCache):
         self.query = query  # (B, hidden)
         self.decoder_ids = decoder_ids  # (B, W) left-padded
         self.decoder_mask = decoder_mask  # (B, W)
-        self.previous = previous  # (B,) the token before the window
+        self.previous = previous  # (B, S) the chunk_overlap tokens before the window (joint injection)
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
         super().reorder_cache(beam_idx)
@@ -296,8 +296,9 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
     @torch.no_grad()  # the selection is discrete: no gradient flows through the query
     def _query_vectors(self, input_ids, start, query_index) -> torch.Tensor:
         """The tree query of each row, (B, hidden): for "query" selection the layer-0 state (then final norm) at the
-        query token (the paper); for "attention" selection the hidden state entering the last injected layer
-        (layers 0..M-2, without injection), from which that layer's cross-attention computes its query.
+        query token (the paper); for "attention" selection the hidden state entering the scoring layer
+        (`config.scoring_layer`, default the last injected one; the layers below it run without injection), from
+        which that layer's query is computed.
 
         The query token q (index among the row's real tokens) is encoded over the decoder window that the prefix
         ending at q would have, so the vector depends only on the tokens and q: a forward of a longer sequence with
@@ -311,7 +312,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         hidden = self.decoder.embed_tokens(ids)
         positions = mask_positions(mask)
         masks = self_attention_masks(cfg.text_config, hidden, mask, None, positions)
-        n_layers = cfg.n_injected_layers - 1 if cfg.tree_selection == "attention" else 1
+        n_layers = cfg.scoring_layer if cfg.tree_selection == "attention" else 1
         position_embeddings = self.decoder.rotary_emb(hidden, positions)
         for index, layer in enumerate(self.decoder.layers[:n_layers]):
             hidden = layer(
@@ -543,8 +544,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         cache = None
         if cached:
             empty = EncodedContext([], [], torch.zeros_like(n_chunks), cfg.context_tokens_per_chunk)
-            previous = self._token_before(input_ids, start + context_length, context_length > 0,
-                                          self.context_encoder.text_start_token())
+            previous = self._tokens_before(input_ids, start + context_length, context_length > 0,
+                                           self.context_encoder.text_start_prefix(input_ids.shape[0], input_ids.device))
             cache = SharedLLMCache(cfg.text_config, context or empty, query, decoder_ids, decoder_mask, previous)
         positions = mask_positions(decoder_mask)
         hidden = self._decoder_forward(
@@ -563,11 +564,12 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             )
         return SharedLLMOutput(loss=loss, logits=logits, past_key_values=cache, context_lengths=context_length)
 
-    @staticmethod
-    def _token_before(ids, index, has_one, otherwise) -> torch.LongTensor:
-        """(B,) ids[b, index[b] - 1] where has_one[b], else `otherwise` (a token id, or one per row)."""
-        before = ids.gather(1, (index - 1).clamp(min=0)[:, None])[:, 0]
-        return torch.where(has_one, before, otherwise)
+    def _tokens_before(self, ids, index, has_them, otherwise) -> torch.LongTensor:
+        """(B, S) ids[b, index[b] - S : index[b]] (S = chunk_overlap) where has_them[b] (a whole chunk of C >= S
+        tokens ends at index[b]), else the row of `otherwise` (B, S)."""
+        offsets = torch.arange(-self.config.overlap_length, 0, device=ids.device)
+        before = ids.gather(1, (index[:, None] + offsets[None, :]).clamp(min=0))
+        return torch.where(has_them[:, None], before, otherwise)
 
     # -- generation -----------------------------------------------------------------------------------------------
 
@@ -591,7 +593,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                 ids, start, rolled, cache.context.n_chunks, cache.query, previous=cache.previous
             )
             cache.context = append_chunks(cache.context, new_context)
-            cache.previous = self._token_before(ids, start + rolled * cfg.chunk_size, rolled > 0, cache.previous)
+            cache.previous = self._tokens_before(ids, start + rolled * cfg.chunk_size, rolled > 0, cache.previous)
             positions_kept = torch.arange(ids.shape[1], device=ids.device)[None, :]
             keep = mask.bool() & (positions_kept >= (start + rolled * cfg.chunk_size)[:, None])
             cache.decoder_ids, cache.decoder_mask = left_align(ids, keep)

@@ -84,7 +84,7 @@ def test_the_encoder_owns_no_state():
     model = wrap(tiny_model("llama"))
     encoder = model.context_encoder
     assert encoder.decoder is model.decoder and encoder.config is model.config
-    assert encoder.scoring_q_proj is model.cross_attention[-1].q_proj
+    assert encoder.scoring_projections()[1] is model.cross_attention[-1].q_proj
     assert {name.split(".")[0] for name in model.state_dict()} == {"base", "cross_attention"}
 
 

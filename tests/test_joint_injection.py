@@ -19,28 +19,28 @@ def joint(base, **overrides):
     return wrap(base, **{**knobs, **overrides})
 
 
-def reference_logits(base, ids, n_chunks):
-    """The base over [sink_0, chunk_0, ..., sink_{n-1}, chunk_{n-1}, window] with a mask: each chunk sees its own
-    sink and itself; the window sees every chunk token (no sink) and itself causally. A chunk's sink is the token
-    before it in the text (BOS for the first). Every chunk sits at the positions just before the window. This is
-    what joint injection with nothing compressed must compute."""
+def reference_logits(base, ids, n_chunks, overlap):
+    """The base over [prefix_0, chunk_0, ..., prefix_{n-1}, chunk_{n-1}, window] with a mask: each chunk sees its
+    own prefix and itself; the window sees every chunk token (no prefix) and itself causally. A chunk's prefix is
+    the `overlap` tokens before it in the text (BOS alone for the first; nothing with overlap 0). Every chunk sits at
+    the positions just before the window. This is what joint injection with nothing compressed must compute."""
     chunks, window = ids[: n_chunks * CHUNK].view(n_chunks, CHUNK), ids[n_chunks * CHUNK :]
-    pieces, positions, groups = [], [], []
+    pieces, positions, groups, is_prefix = [], [], [], []
     for c in range(n_chunks):
-        sink = base.config.bos_token_id if c == 0 else int(chunks[c - 1, -1])
-        pieces += [torch.tensor([sink]), chunks[c]]
-        positions += [torch.arange(-CHUNK - 1, 0)]
-        groups += [torch.full((CHUNK + 1,), c)]
+        prefix = chunks[c - 1, CHUNK - overlap :] if c else torch.tensor([base.config.bos_token_id])[:overlap]
+        pieces += [prefix, chunks[c]]
+        positions += [torch.arange(-CHUNK - len(prefix), 0)]
+        groups += [torch.full((len(prefix) + CHUNK,), c)]
+        is_prefix += [torch.ones(len(prefix), dtype=torch.bool), torch.zeros(CHUNK, dtype=torch.bool)]
     sequence = torch.cat(pieces + [window])
-    position_ids = torch.cat(positions + [torch.arange(len(window))]) + CHUNK + 1
+    position_ids = torch.cat(positions + [torch.arange(len(window))]) + 2 * CHUNK
     group = torch.cat(groups + [torch.full((len(window),), n_chunks)])
-    is_sink = torch.zeros(len(sequence), dtype=torch.bool)
-    is_sink[torch.arange(n_chunks) * (CHUNK + 1)] = True
+    is_prefix = torch.cat(is_prefix + [torch.zeros(len(window), dtype=torch.bool)])
     index = torch.arange(len(sequence))
     causal = index[None, :] <= index[:, None]
     same_chunk = group[None, :] == group[:, None]
     window_row = (group == n_chunks)[:, None]
-    allowed = causal & (same_chunk | (window_row & ~is_sink[None, :]))
+    allowed = causal & (same_chunk | (window_row & ~is_prefix[None, :]))
     mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
     logits = base(sequence[None], attention_mask=mask, position_ids=position_ids[None]).logits[0]
     return logits[-len(window) :]
@@ -48,14 +48,15 @@ def reference_logits(base, ids, n_chunks):
 
 @pytest.mark.parametrize("arch_name", ["llama", "qwen2"])
 @pytest.mark.parametrize("n_chunks", [1, 3])
-def test_uncompressed_joint_injection_is_the_base_over_its_chunks(arch_name, n_chunks):
+@pytest.mark.parametrize("overlap", [0, 1, 5])
+def test_uncompressed_joint_injection_is_the_base_over_its_chunks(arch_name, n_chunks, overlap):
     base = tiny_model(arch_name)
     base.set_attn_implementation("eager")  # the reference passes a custom 4-D float mask
-    model = joint(base)
+    model = joint(base, chunk_overlap=overlap)
     ids = torch.randint(3, 128, (n_chunks * CHUNK + WINDOW,), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out = model(ids[None])
-        expected = reference_logits(base, ids, n_chunks)
+        expected = reference_logits(base, ids, n_chunks, overlap)
     assert out.context_lengths.tolist() == [n_chunks * CHUNK]
     assert torch.allclose(out.logits[0], expected, atol=1e-4), (out.logits[0] - expected).abs().max()
     # the context matters: the window alone gives other logits
@@ -108,10 +109,12 @@ def test_joint_needs_whole_chunk_encoding():
         joint(tiny_model(), node_encoding="node")
 
 
-def test_generation_across_roll_overs_equals_a_forward_from_scratch():
-    """A chunk that rolls out of the window during generation is read after the token before it, as a forward
-    over the whole sequence reads it: step logits equal the from-scratch forward's (no tree: no query to differ)."""
-    model = joint(tiny_model())
+@pytest.mark.parametrize("overlap", [1, 5, 64])
+def test_generation_across_roll_overs_equals_a_forward_from_scratch(overlap):
+    """A chunk that rolls out of the window during generation is read after the tokens before it, as a forward
+    over the whole sequence reads it: step logits equal the from-scratch forward's (no tree: no query to differ).
+    An overlap over C reads the whole previous chunk."""
+    model = joint(tiny_model(), chunk_overlap=overlap)
     prompt = torch.randint(3, 128, (1, 50), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         out = model.generate(prompt, max_new_tokens=40, min_new_tokens=40, do_sample=False, pad_token_id=0,

@@ -37,3 +37,33 @@ def test_attention_selection_generate_equals_forward():
         prefix = out[:, : ids.shape[1] + step]
         expected = model(prefix, query_position=query_index).logits[0, -1].argmax()
         assert int(out[0, ids.shape[1] + step]) == int(expected)
+
+
+@pytest.mark.parametrize("layer", [0, 2])
+def test_selection_layer_scores_with_that_layers_query_and_keys(layer, monkeypatch):
+    """selection_layer s: the query is the hidden state entering layer s over the query's window (the base's own),
+    projected by layer s's q_proj, and scored against layer s's keys of the chunks."""
+    base = tiny_model("llama")
+    model = SharedLLMForCausalLM.from_base(base, injection="joint", n_injected_layers=4, chunk_size=32,
+                                          decoder_window=48, tree_depth=2, tokens_per_node=4,
+                                          tree_selection="attention", selection_layer=layer)
+    ids = torch.randint(3, 128, (1, 48 + 64))
+    zero = torch.zeros(1, dtype=torch.long)
+    with torch.no_grad():
+        query = model._query_vectors(ids, zero, torch.tensor([111]))
+        window = ids[:, 64:]  # the query's window: the 48 tokens after the 2 chunks
+        expected = base(window, output_hidden_states=True).hidden_states[layer][:, -1]
+        assert torch.allclose(query, expected, atol=1e-5)
+        seen = []
+        scores = model.context_encoder.attention_token_scores
+        monkeypatch.setattr(model.context_encoder, "attention_token_scores",
+                            lambda q, keys, index: seen.append(keys) or scores(q, keys, index))
+        lowered = model.context_encoder.lower_chunks(ids[0, :64].view(2, 32), torch.arange(2))
+        model.context_encoder.select_nodes(lowered, query.expand(2, -1), torch.arange(2))
+    assert seen[0] is lowered.keys[layer]
+    assert model.context_encoder.scoring_projections()[1] is base.model.layers[layer].self_attn.q_proj
+
+
+def test_selection_layer_must_be_injected():
+    with pytest.raises(ValueError, match="selection_layer must be an injected layer, 0..1"):
+        wrap(tree_selection="attention", selection_layer=2)

@@ -36,7 +36,7 @@ def main():
     p.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
     p.add_argument("--knobs", nargs="*", default=[], help="K=V shared by every variant")
     p.add_argument("--variants", nargs="+", default=["base"],
-                   help="K=V[,K=V] per variant; 'base' = the shared knobs only; sink=bos: every chunk read after BOS")
+                   help="K=V[,K=V] per variant; 'base' = the shared knobs only; sink=bos: every chunk read after BOS alone")
     p.add_argument("--output", default=None)
     args = p.parse_args()
     torch.set_grad_enabled(False)
@@ -53,9 +53,9 @@ def main():
             bos_sink = knobs.pop("sink", None) == "bos"
             model = SharedLLMForCausalLM.from_base(base, **knobs).eval()
             if bos_sink:  # ablation: every chunk read after BOS instead of the token before it in the text
-                bos = model.context_encoder.text_start_token()
-                model.context_encoder.tokens_before = lambda chunk_ids, previous, per_row=None: torch.full_like(
-                    chunk_ids[:, 0], bos)
+                encoder = model.context_encoder
+                encoder.tokens_before = lambda chunk_ids, previous, per_row=None: encoder.text_start_prefix(
+                    chunk_ids.shape[0], chunk_ids.device)
             start, hits, nll, by_depth = time.time(), 0, 0.0, {}
             for depth, ids, n_key in prompts:
                 # as generation splits it: a cached prefill of the prompt (window and query from the prompt alone),
