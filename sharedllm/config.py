@@ -8,6 +8,7 @@ TREE_SELECTIONS = ("query", "attention", "recent")
 NODE_COMPRESSIONS = ("stride", "stride_last", "mean")
 NODE_ENCODINGS = ("chunk", "node")
 INJECTIONS = ("cross", "joint")
+CONTEXT_BIASES = ("none", "log_chunks")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ KNOBS = {
         int, 64, "S, joint injection: each chunk is read after the S tokens before it in the text (at most C; its left context "
         "and attention sink; the text's first chunk after BOS), which are then left out; 0 = every chunk alone. "
         "Cross injection reads chunks alone, as the paper does",
+    ),
+    "context_bias": Knob(
+        str, "none", "joint injection: none, or log_chunks (every context logit lowered by log n, n = the row's "
+        "chunks: the chunks, which share positions, then take the share one chunk would, not n times it)",
+        choices=CONTEXT_BIASES,
     ),
     "max_chunks_per_pass": Knob(int, 16, "chunks encoded by one lower-model call; bounds peak memory"),
     "full_logits": Knob(

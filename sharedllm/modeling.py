@@ -79,8 +79,10 @@ class SharedLLMCache(DynamicCache):
     compressed context, the tree query vectors, the decoder window's tokens (to rebuild after a roll-over) and the
     token before the window (joint injection reads the next chunk after it)."""
 
-    def __init__(self, config, context: EncodedContext, query: torch.Tensor, decoder_ids, decoder_mask, previous):
+    def __init__(self, config, context: EncodedContext, query: torch.Tensor, decoder_ids, decoder_mask, previous,
+                 sink=None):
         super().__init__(config=config)
+        self.sink = sink  # joint injection: the attention sink's per-layer (keys, values), batch-independent
         self.context = context
         self.query = query  # (B, hidden)
         self.decoder_ids = decoder_ids  # (B, W) left-padded
@@ -275,21 +277,32 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
     def _init_weights(self, module):
         pass  # the base comes trained and the adapter is initialised from it in ContextCrossAttention
 
-    def _injected_context(self, context: EncodedContext | None) -> InjectedContext | None:
-        """What the upper model's injected layers read: keys/values, padding mask, and the query rotation."""
+    def _injected_context(self, context: EncodedContext | None, sink=None) -> InjectedContext | None:
+        """What the upper model's injected layers read: keys/values, padding mask, and the query rotation. sink:
+        joint injection's (keys, values) from `ContextEncoder.sink`, put before the chunks' (None: computed here)."""
         if context is None or int(context.n_chunks.max()) == 0:
             return None
-        reference = context.keys[0]  # dtype and device of everything below
-        slots = reference.shape[2]
-        valid = torch.arange(slots, device=reference.device)[None, :] < (context.n_chunks * context.per_chunk)[:, None]
+        keys, values = context.keys, context.values
+        reference = keys[0]  # dtype and device of everything below
+        valid = torch.arange(reference.shape[2], device=reference.device)[None, :] < (context.n_chunks * context.per_chunk)[:, None]
+        joint = self.config.injection == "joint"
+        if joint:
+            sink_keys, sink_values = sink or self.context_encoder.sink()
+            batch = reference.shape[0]
+            keys = [torch.cat([s.expand(batch, -1, -1, -1), k], dim=2) for s, k in zip(sink_keys, keys)]
+            values = [torch.cat([s.expand(batch, -1, -1, -1), v], dim=2) for s, v in zip(sink_values, values)]
+            valid = torch.cat([valid.new_ones(batch, 1), valid], dim=1)
         mask = None
-        if not valid.all():
+        bias = joint and self.config.context_bias == "log_chunks"
+        if not valid.all() or bias:
             mask = torch.zeros(valid.shape, dtype=reference.dtype, device=reference.device)
+            if bias:  # the row's chunks share positions: give them one chunk's share of the softmax, not n times it
+                mask[:, 1:] -= context.n_chunks.clamp(min=1).to(mask.dtype).log()[:, None]
             mask = mask.masked_fill(~valid, torch.finfo(reference.dtype).min)[:, None, None, :]
         # queries sit at chunk-level position n_b (after the row's chunks 0..n_b-1), in prefill and every decode step
         cos, sin = self.decoder.rotary_emb(reference, context.n_chunks[:, None])
         has_context = (context.n_chunks > 0).to(reference.dtype)[:, None, None]
-        return InjectedContext(context.keys, context.values, mask, cos, sin, has_context)
+        return InjectedContext(keys, values, mask, cos, sin, has_context)
 
     # -- query vectors --------------------------------------------------------------------------------------------
 
@@ -541,15 +554,16 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         if int(n_chunks.max()) > 0:
             context = self.context_encoder.encode(input_ids, start, n_chunks, torch.zeros_like(n_chunks), query, lower)
 
+        sink = self.context_encoder.sink() if cfg.injection == "joint" else None
         cache = None
         if cached:
             empty = EncodedContext([], [], torch.zeros_like(n_chunks), cfg.context_tokens_per_chunk)
             previous = self._tokens_before(input_ids, start + context_length, context_length > 0,
                                            self.context_encoder.text_start_prefix(input_ids.shape[0], input_ids.device))
-            cache = SharedLLMCache(cfg.text_config, context or empty, query, decoder_ids, decoder_mask, previous)
+            cache = SharedLLMCache(cfg.text_config, context or empty, query, decoder_ids, decoder_mask, previous, sink)
         positions = mask_positions(decoder_mask)
         hidden = self._decoder_forward(
-            decoder_ids, decoder_mask, positions, self._injected_context(context), cache
+            decoder_ids, decoder_mask, positions, self._injected_context(context, sink), cache
         )
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -585,7 +599,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             cache.decoder_ids, cache.decoder_mask = ids, mask
             positions = mask_positions(mask)[:, -n_new:]
             hidden = self._decoder_forward(
-                new_ids, mask, positions, self._injected_context(cache.context), cache
+                new_ids, mask, positions, self._injected_context(cache.context, cache.sink), cache
             )
         else:
             start, _ = real_token_spans(mask)
@@ -603,7 +617,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                 cache.decoder_ids,
                 cache.decoder_mask,
                 positions,
-                self._injected_context(cache.context),
+                self._injected_context(cache.context, cache.sink),
                 cache,
             )[:, -n_new:]
         if logits_to_keep:

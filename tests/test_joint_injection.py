@@ -20,12 +20,14 @@ def joint(base, **overrides):
 
 
 def reference_logits(base, ids, n_chunks, overlap):
-    """The base over [prefix_0, chunk_0, ..., prefix_{n-1}, chunk_{n-1}, window] with a mask: each chunk sees its
-    own prefix and itself; the window sees every chunk token (no prefix) and itself causally. A chunk's prefix is
+    """The base over [sink, prefix_0, chunk_0, ..., prefix_{n-1}, chunk_{n-1}, window] with a mask: each chunk sees
+    its own prefix and itself; the window sees the sink, every chunk token (no prefix) and itself causally. A chunk's prefix is
     the `overlap` tokens before it in the text (BOS alone for the first; nothing with overlap 0). Every chunk sits at
     the positions just before the window. This is what joint injection with nothing compressed must compute."""
     chunks, window = ids[: n_chunks * CHUNK].view(n_chunks, CHUNK), ids[n_chunks * CHUNK :]
-    pieces, positions, groups, is_prefix = [], [], [], []
+    # the attention sink: BOS alone at -C - 1, seen by the window only
+    pieces, positions, groups = [torch.tensor([base.config.bos_token_id])], [torch.tensor([-CHUNK - 1])], [torch.tensor([-1])]
+    is_prefix = [torch.zeros(1, dtype=torch.bool)]
     for c in range(n_chunks):
         prefix = chunks[c - 1, CHUNK - overlap :] if c else torch.tensor([base.config.bos_token_id])[:overlap]
         pieces += [prefix, chunks[c]]
@@ -132,3 +134,16 @@ def test_a_cross_adapter_is_not_read_with_joint_injection(tmp_path):
         type(cross).from_pretrained(tmp_path, base=cross.base, injection="joint")
     with pytest.raises(ValueError, match="trained with n_injected_layers=2"):
         type(cross).from_pretrained(tmp_path, base=cross.base, n_injected_layers=3)
+
+
+def test_log_chunks_bias_gives_n_copies_of_a_chunk_the_weight_of_one():
+    """context_bias="log_chunks": n identical chunks (read alone, so their keys are equal) weigh in the softmax as
+    one chunk does, so the window's logits equal those with the chunk once; without the bias they differ."""
+    base = tiny_model()
+    chunk, window = torch.randint(3, 128, (CHUNK,)), torch.randint(3, 128, (WINDOW,))
+    once, thrice = torch.cat([chunk, window])[None], torch.cat([chunk, chunk, chunk, window])[None]
+    with torch.no_grad():
+        biased = joint(base, chunk_overlap=0, context_bias="log_chunks")
+        assert torch.allclose(biased(thrice).logits, biased(once).logits, atol=1e-5)
+        plain = joint(base, chunk_overlap=0)
+        assert not torch.allclose(plain(thrice).logits, plain(once).logits, atol=1e-3)
