@@ -190,8 +190,8 @@ class ContextEncoder:
         the rotary offset. Only the node vectors the tree can compare are kept: the ends of nodes of C / 2**(D-1)
         tokens and their multiples (none when D < 2: no level makes a choice). `node_vectors` (default: whether
         this config's selection compares them, i.e. tree_selection="query") asks for them; a context cache always
-        does, since it may answer questions under another selection. before (N,): the token before each chunk in
-        the text (`tokens_before`, (N, S)), read by joint injection only."""
+        does, since it may answer questions under another selection. before (N, S): the tokens before each chunk
+        in the text (`tokens_before`), read by joint injection only."""
         cfg = self.config
         n, chunk_size = chunk_ids.shape
         positions = self.chunk_offsets(chunk_index)[:, None] + torch.arange(chunk_size, device=chunk_ids.device)[None, :]
@@ -238,9 +238,10 @@ class ContextEncoder:
         for rows, n_prefix in groups:
             ids = torch.cat([before[rows, before.shape[1] - n_prefix :], chunk_ids[rows]], dim=1)
             prefix_positions = positions[rows, :1] - torch.arange(n_prefix, 0, -1, device=positions.device)
-            part = self.run_lower(ids, torch.cat([prefix_positions, positions[rows]], dim=1), n_layers)
-            part0, part_keys, part_values = part[0][:, n_prefix:], [k[:, :, n_prefix:] for k in part[1]], [
-                v[:, :, n_prefix:] for v in part[2]]
+            part0, part_keys, part_values = self.run_lower(ids, torch.cat([prefix_positions, positions[rows]], dim=1),
+                                                           n_layers)
+            part0 = part0[:, n_prefix:]  # the prefix leaves the output
+            part_keys, part_values = [k[:, :, n_prefix:] for k in part_keys], [v[:, :, n_prefix:] for v in part_values]
             if len(groups) == 1:
                 return part0, part_keys, part_values
             if layer0 is None:

@@ -147,3 +147,18 @@ def test_log_chunks_bias_gives_n_copies_of_a_chunk_the_weight_of_one():
         assert torch.allclose(biased(thrice).logits, biased(once).logits, atol=1e-5)
         plain = joint(base, chunk_overlap=0)
         assert not torch.allclose(plain(thrice).logits, plain(once).logits, atol=1e-3)
+
+
+def test_the_packaged_joint_preset_is_config_only():
+    """adapters/smollm2-135m-joint: a valid config for every layer of its base, and a weights file with no tensor."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from sharedllm import SharedLLMConfig
+
+    folder = Path(__file__).resolve().parents[1] / "adapters" / "smollm2-135m-joint"
+    config = SharedLLMConfig.from_pretrained(folder)
+    assert config.injection == "joint" and config.n_injected_layers == config.text_config.num_hidden_layers
+    assert config.base_model == "sharedllm-default:SmolLM2-135M-Instruct"
+    assert load_file(str(folder / "model.safetensors")) == {}
