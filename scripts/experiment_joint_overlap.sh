@@ -36,3 +36,6 @@ $PPL --methods sharedllm --lengths 2K 8K --label shipped-adapter  # the trained 
 # cost against streaming and the window alone, same process (figures go to the output folder, not docs/)
 python -m sharedllm bench --methods sharedllm streaming window --adapter adapters/smollm2-135m-joint --lengths 8K 16K \
     --repeats 3 --decode-steps 4 --threads 2 --output "$OUT/bench" --figures "$OUT/bench"
+# the field's protocol (greedy generation, first integer of the output), a small cell: 8K, depths 0.25 / 0.75
+python -m sharedllm eval passkey --methods sharedllm --adapter adapters/smollm2-135m-joint --lengths 8K --trials 4 \
+    --depths 0.25 0.75 --output "$OUT/eval-passkey"
