@@ -136,8 +136,9 @@ class SharedLLMConfig(PretrainedConfig):
 
     @property
     def overlap_length(self) -> int:
-        """Tokens joint injection reads before each chunk: chunk_overlap, at most one chunk (the previous one)."""
-        return min(self.chunk_overlap, self.chunk_size)
+        """Tokens read before each chunk: for joint injection chunk_overlap, at most one chunk (the previous one);
+        none for cross injection, which reads every chunk alone."""
+        return min(self.chunk_overlap, self.chunk_size) if self.injection == "joint" else 0
 
     @property
     def leaf_length(self) -> int:

@@ -227,31 +227,34 @@ class ContextEncoder:
         has only BOS before it); chunks with prefixes of equal length are run together, without padding."""
         if before is None:
             before = self.tokens_before(chunk_ids, None)
-        n_layers = self.config.n_injected_layers
         prefix_lengths = (before >= 0).sum(1)  # (N,)
         lengths = prefix_lengths.unique().tolist() or [0]
+        prefix = lambda rows, n_prefix: before[rows, before.shape[1] - n_prefix :]  # noqa: E731
         if len(lengths) == 1:
-            groups = [(slice(None), lengths[0])]
-        else:
-            groups = [((prefix_lengths == n).nonzero()[:, 0], n) for n in lengths]
+            return self._run_lower_with_prefix(chunk_ids, positions, prefix(slice(None), lengths[0]))
         layer0 = keys = values = None
-        for rows, n_prefix in groups:
-            ids = torch.cat([before[rows, before.shape[1] - n_prefix :], chunk_ids[rows]], dim=1)
-            prefix_positions = positions[rows, :1] - torch.arange(n_prefix, 0, -1, device=positions.device)
-            part0, part_keys, part_values = self.run_lower(ids, torch.cat([prefix_positions, positions[rows]], dim=1),
-                                                           n_layers)
-            part0 = part0[:, n_prefix:]  # the prefix leaves the output
-            part_keys, part_values = [k[:, :, n_prefix:] for k in part_keys], [v[:, :, n_prefix:] for v in part_values]
-            if len(groups) == 1:
-                return part0, part_keys, part_values
+        for n_prefix in lengths:
+            rows = (prefix_lengths == n_prefix).nonzero()[:, 0]
+            part0, part_keys, part_values = self._run_lower_with_prefix(
+                chunk_ids[rows], positions[rows], prefix(rows, n_prefix)
+            )
             if layer0 is None:
-                layer0 = part0.new_empty(chunk_ids.shape[0], *part0.shape[1:])
-                keys = [k.new_empty(chunk_ids.shape[0], *k.shape[1:]) for k in part_keys]
-                values = [v.new_empty(chunk_ids.shape[0], *v.shape[1:]) for v in part_values]
-            layer0[rows] = part0
-            for stored, new in zip([*keys, *values], [*part_keys, *part_values]):
+                allocate = lambda t: t.new_empty(chunk_ids.shape[0], *t.shape[1:])  # noqa: E731
+                layer0, keys, values = allocate(part0), [allocate(k) for k in part_keys], [allocate(v) for v in part_values]
+            for stored, new in zip([layer0, *keys, *values], [part0, *part_keys, *part_values]):
                 stored[rows] = new
         return layer0, keys, values
+
+    def _run_lower_with_prefix(self, chunk_ids, positions, prefix):
+        """`run_lower` over (N, P + C) prefix + chunk, the prefix at the P positions before the chunk's; the output
+        keeps the chunk's C tokens only."""
+        n_prefix = prefix.shape[1]
+        prefix_positions = positions[:, :1] - torch.arange(n_prefix, 0, -1, device=positions.device)
+        layer0, keys, values = self.run_lower(
+            torch.cat([prefix, chunk_ids], dim=1), torch.cat([prefix_positions, positions], dim=1),
+            self.config.n_injected_layers,
+        )
+        return layer0[:, n_prefix:], [k[:, :, n_prefix:] for k in keys], [v[:, :, n_prefix:] for v in values]
 
     def sink(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Joint injection's attention sink: per injected layer (1, Hkv, 1, hd) keys and values of the text's start

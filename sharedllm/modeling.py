@@ -76,8 +76,8 @@ class SharedLLMOutput(CausalLMOutputWithPast):
 
 class SharedLLMCache(DynamicCache):
     """A stock DynamicCache for the decoder window's self-attention, plus what SharedLLM keeps across steps: the
-    compressed context, the tree query vectors, the decoder window's tokens (to rebuild after a roll-over) and the
-    token before the window (joint injection reads the next chunk after it)."""
+    compressed context, the tree query vectors, the decoder window's tokens (to rebuild after a roll-over), and for
+    joint injection the tokens before the window (the next chunk is read after them) and the attention sink."""
 
     def __init__(self, config, context: EncodedContext, query: torch.Tensor, decoder_ids, decoder_mask, previous,
                  sink=None):
@@ -279,15 +279,16 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _injected_context(self, context: EncodedContext | None, sink=None) -> InjectedContext | None:
         """What the upper model's injected layers read: keys/values, padding mask, and the query rotation. sink:
-        joint injection's (keys, values) from `ContextEncoder.sink`, put before the chunks' (None: computed here)."""
+        joint injection's (keys, values) from `ContextEncoder.sink`, put before the chunks'."""
         if context is None or int(context.n_chunks.max()) == 0:
             return None
         keys, values = context.keys, context.values
         reference = keys[0]  # dtype and device of everything below
-        valid = torch.arange(reference.shape[2], device=reference.device)[None, :] < (context.n_chunks * context.per_chunk)[:, None]
+        slots = torch.arange(reference.shape[2], device=reference.device)[None, :]
+        valid = slots < (context.n_chunks * context.per_chunk)[:, None]
         joint = self.config.injection == "joint"
         if joint:
-            sink_keys, sink_values = sink or self.context_encoder.sink()
+            sink_keys, sink_values = sink
             batch = reference.shape[0]
             keys = [torch.cat([s.expand(batch, -1, -1, -1), k], dim=2) for s, k in zip(sink_keys, keys)]
             values = [torch.cat([s.expand(batch, -1, -1, -1), v], dim=2) for s, v in zip(sink_values, values)]
