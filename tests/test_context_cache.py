@@ -48,22 +48,6 @@ def test_cached_generate_equals_from_scratch(selection, arch):
             assert torch.allclose(torch.stack(out.logits), expected_logits, atol=1e-4)
 
 
-@pytest.mark.parametrize("overlap", [0, 5])
-@pytest.mark.parametrize("selection", ["attention", "recent"])
-def test_joint_injection_cached_generate_equals_from_scratch(selection, overlap):
-    """Joint injection reads each chunk after the S tokens before it and puts the text-start sink before the chunks:
-    the stored chunks must have been read with the same prefixes, and the sink is the same for every question."""
-    model, document, questions = setup(selection, injection="joint", chunk_overlap=overlap, selection_layer=0)
-    with torch.no_grad():
-        context = ContextCache.encode(model, document)
-        for question in questions:
-            out = model.generate(question[None], past_key_values=context, output_logits=True,
-                                 return_dict_in_generate=True, **GENERATE)
-            expected_tokens, expected_logits = scratch_generate(model, document, question)
-            assert torch.equal(out.sequences[0, len(question) :], expected_tokens), f"question of {len(question)}"
-            assert torch.allclose(torch.stack(out.logits), expected_logits, atol=1e-4)
-
-
 def test_cached_forward_logits_equal_from_scratch():
     """A plain forward (scoring) with the cache: same logits, context lengths, loss and query_position shift."""
     model, document, questions = setup()
