@@ -257,15 +257,16 @@ class ContextEncoder:
         return layer0[:, n_prefix:], [k[:, :, n_prefix:] for k in keys], [v[:, :, n_prefix:] for v in values]
 
     def sink(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Joint injection's attention sink: per injected layer (1, Hkv, 1, hd) keys and values of the text's start
-        token read alone, just before the chunks (position -C - 1, where a text's first chunk has it). The decoder
-        window reads it with the chunks. Why: a window that sees the context through its own attention has no sink
-        left (its first token has context before it, the chunks' prefixes are left out), and without one the
-        base's attention goes astray: book perplexity at 2K rose from 3.21 nats (full attention) to 3.79; with this
-        token, 3.21 (results/experiments/joint-overlap/)."""
+        """Joint injection's attention sink: per layer of the base, all of them, (1, Hkv, 1, hd) keys and values of
+        the text's start token read alone, just before the chunks (position -C - 1, where a text's first chunk has
+        it). The decoder window reads it in every layer, with the chunks in the injected ones. Why: a window that
+        sees the context through its own attention has no sink left (its first token has context before it, the
+        chunks' prefixes are left out), and without one the base's attention goes astray: book perplexity at 2K
+        rose from 3.21 nats (full attention) to 3.79; with this token, 3.21. The layers above M need it as much:
+        their window's first token no longer grew a sink's state below them (results/experiments/frontier/)."""
         start = torch.tensor([[self.text_start_token()]], device=self.decoder.embed_tokens.weight.device)
         _, keys, values = self.run_lower(start, torch.full_like(start, -self.config.chunk_size - 1),
-                                         self.config.n_injected_layers)
+                                         self.config.text_config.num_hidden_layers)
         return keys, values
 
     def text_start_token(self) -> int:

@@ -35,6 +35,7 @@ class InjectedContext:
         by joint injection, whose queries keep the window's own positions.
     has_context: (B, 1, 1) 1.0 where the row has at least one chunk; rows without one get no injection.
     window_mask: joint injection only: (B, 1, T, W) additive causal mask of the decoder window's own keys.
+    keys / values / attention_mask cover the chunks only; joint injection puts the sink before them.
     """
 
     keys: list[torch.Tensor]
@@ -44,6 +45,10 @@ class InjectedContext:
     query_sin: torch.Tensor
     has_context: torch.Tensor
     window_mask: torch.Tensor | None = None
+    # joint injection only: the attention sink's (1, Hkv, 1, hd) keys and values for every layer of the base,
+    # read before the chunks in layers 0..M-1 and alone (before the window) in layers M..N-1
+    sink_keys: list[torch.Tensor] | None = None
+    sink_values: list[torch.Tensor] | None = None
 
 
 class ContextCrossAttention(nn.Module):
@@ -117,7 +122,8 @@ def joint_self_attention(
     window_mask: torch.Tensor,
     cache=None,
 ) -> torch.Tensor:
-    """The layer's own attention, its queries over [context keys] + [window keys] in one softmax.
+    """The layer's own attention, its queries over [sink] + [context keys] + [window keys] in one softmax; layers
+    at or above M (no context keys) read [sink] + [window keys].
 
     hidden_states: (B, T, hidden), already through the layer's input norm; window_mask: (B, 1, T, W) from
     `window_attention_mask`; cache: the window's self-attention cache (updated with the T new keys/values as the
@@ -132,12 +138,19 @@ def joint_self_attention(
     query, key = apply_rotary_pos_emb(query, key, cos, sin)
     if cache is not None:
         key, value = cache.update(key, value, self_attn.layer_idx)  # (B, Hkv, W, hd)
-    keys = torch.cat([context.keys[layer], key], dim=2)  # (B, Hkv, S + W, hd)
-    values = torch.cat([context.values[layer], value], dim=2)
-    context_mask = context.attention_mask
+    sink_key = context.sink_keys[layer].expand(batch, -1, -1, -1)  # (B, Hkv, 1, hd)
+    sink_value = context.sink_values[layer].expand(batch, -1, -1, -1)
+    injected = layer < len(context.keys)
+    n_context = context.keys[layer].shape[2] if injected else 0
+    context_mask = context.attention_mask if injected else None
     if context_mask is None:
-        context_mask = window_mask.new_zeros(batch, 1, 1, context.keys[layer].shape[2])
-    mask = torch.cat([context_mask.expand(-1, -1, length, -1), window_mask], dim=-1)  # (B, 1, T, S + W)
+        context_mask = window_mask.new_zeros(batch, 1, 1, n_context)
+    context_mask = torch.cat([window_mask.new_zeros(batch, 1, 1, 1), context_mask], dim=-1)  # the sink: always
+    context_keys = [sink_key, context.keys[layer]] if injected else [sink_key]
+    context_values = [sink_value, context.values[layer]] if injected else [sink_value]
+    keys = torch.cat([*context_keys, key], dim=2)  # (B, Hkv, 1 + S + W, hd)
+    values = torch.cat([*context_values, value], dim=2)
+    mask = torch.cat([context_mask.expand(-1, -1, length, -1), window_mask], dim=-1)  # (B, 1, T, 1 + S + W)
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(
         masked_attention_implementation(self_attn.config._attn_implementation), eager_attention_forward
     )

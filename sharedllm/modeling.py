@@ -279,7 +279,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _injected_context(self, context: EncodedContext | None, sink=None) -> InjectedContext | None:
         """What the upper model's injected layers read: keys/values, padding mask, and the query rotation. sink:
-        joint injection's (keys, values) from `ContextEncoder.sink`, put before the chunks'."""
+        joint injection's per-layer (keys, values) from `ContextEncoder.sink`, read before the chunks' in every
+        layer."""
         if context is None or int(context.n_chunks.max()) == 0:
             return None
         keys, values = context.keys, context.values
@@ -287,23 +288,18 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         slots = torch.arange(reference.shape[2], device=reference.device)[None, :]
         valid = slots < (context.n_chunks * context.per_chunk)[:, None]
         joint = self.config.injection == "joint"
-        if joint:
-            sink_keys, sink_values = sink
-            batch = reference.shape[0]
-            keys = [torch.cat([s.expand(batch, -1, -1, -1), k], dim=2) for s, k in zip(sink_keys, keys)]
-            values = [torch.cat([s.expand(batch, -1, -1, -1), v], dim=2) for s, v in zip(sink_values, values)]
-            valid = torch.cat([valid.new_ones(batch, 1), valid], dim=1)
         mask = None
         bias = joint and self.config.context_bias == "log_chunks"
         if not valid.all() or bias:
             mask = torch.zeros(valid.shape, dtype=reference.dtype, device=reference.device)
             if bias:  # the row's chunks share positions: give them one chunk's share of the softmax, not n times it
-                mask[:, 1:] -= context.n_chunks.clamp(min=1).to(mask.dtype).log()[:, None]
+                mask -= context.n_chunks.clamp(min=1).to(mask.dtype).log()[:, None]
             mask = mask.masked_fill(~valid, torch.finfo(reference.dtype).min)[:, None, None, :]
         # queries sit at chunk-level position n_b (after the row's chunks 0..n_b-1), in prefill and every decode step
         cos, sin = self.decoder.rotary_emb(reference, context.n_chunks[:, None])
         has_context = (context.n_chunks > 0).to(reference.dtype)[:, None, None]
-        return InjectedContext(keys, values, mask, cos, sin, has_context)
+        sink_keys, sink_values = sink if joint else (None, None)
+        return InjectedContext(keys, values, mask, cos, sin, has_context, sink_keys=sink_keys, sink_values=sink_values)
 
     # -- query vectors --------------------------------------------------------------------------------------------
 
@@ -355,8 +351,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                 past_key_values=cache,
                 use_cache=cache is not None,
             )
-            if injected is not None and index < self.config.n_injected_layers:
-                hidden = self._injected_layer(index, layer, hidden, injected, layer_kwargs)
+            if injected is not None and (index < self.config.n_injected_layers or self.config.injection == "joint"):
+                hidden = self._injected_layer(index, layer, hidden, injected, layer_kwargs)  # joint: sink above M
             else:
                 hidden = layer(hidden, **layer_kwargs)
         return self.decoder.norm(hidden)

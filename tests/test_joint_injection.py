@@ -19,11 +19,12 @@ def joint(base, **overrides):
     return wrap(base, **{**knobs, **overrides})
 
 
-def reference_logits(base, ids, n_chunks, overlap):
+def reference_logits(base, ids, n_chunks, overlap, n_injected=None):
     """The base over [sink, prefix_0, chunk_0, ..., prefix_{n-1}, chunk_{n-1}, window] with a mask: each chunk sees
     its own prefix and itself; the window sees the sink, every chunk token (no prefix) and itself causally. A chunk's prefix is
     the `overlap` tokens before it in the text (BOS alone for the first; nothing with overlap 0). Every chunk sits at
-    the positions just before the window. This is what joint injection with nothing compressed must compute."""
+    the positions just before the window. In layers at or above `n_injected` (default: none) the window sees the
+    sink and itself only. This is what joint injection with nothing compressed must compute."""
     chunks, window = ids[: n_chunks * CHUNK].view(n_chunks, CHUNK), ids[n_chunks * CHUNK :]
     # the attention sink: BOS alone at -C - 1, seen by the window only
     pieces, positions, groups = [torch.tensor([base.config.bos_token_id])], [torch.tensor([-CHUNK - 1])], [torch.tensor([-1])]
@@ -43,8 +44,17 @@ def reference_logits(base, ids, n_chunks, overlap):
     same_chunk = group[None, :] == group[:, None]
     window_row = (group == n_chunks)[:, None]
     allowed = causal & (same_chunk | (window_row & ~is_prefix[None, :]))
-    mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
-    logits = base(sequence[None], attention_mask=mask, position_ids=position_ids[None]).logits[0]
+    upper_allowed = allowed & ~(window_row & (group[None, :] >= 0) & (group[None, :] < n_chunks))  # no chunk token
+    to_mask = lambda a: torch.zeros(a.shape).masked_fill(~a, torch.finfo(torch.float32).min)[None, None]  # noqa: E731
+    mask, upper_mask = to_mask(allowed), to_mask(upper_allowed)
+    n_injected = base.config.num_hidden_layers if n_injected is None else n_injected
+    decoder = base.model
+    hidden = decoder.embed_tokens(sequence[None])
+    position_embeddings = decoder.rotary_emb(hidden, position_ids[None])
+    for index, layer in enumerate(decoder.layers):  # the stock layers, each with its own mask
+        hidden = layer(hidden, attention_mask=mask if index < n_injected else upper_mask,
+                       position_embeddings=position_embeddings, position_ids=position_ids[None])
+    logits = base.lm_head(decoder.norm(hidden))[0]
     return logits[-len(window) :]
 
 
@@ -65,6 +75,24 @@ def test_uncompressed_joint_injection_is_the_base_over_its_chunks(arch_name, n_c
     with torch.no_grad():
         window_only = base(ids[None, n_chunks * CHUNK :]).logits[0]
     assert not torch.allclose(out.logits[0], window_only, atol=1e-2)
+
+
+@pytest.mark.parametrize("n_injected", [1, 2])
+def test_layers_above_m_read_the_sink_alone(n_injected):
+    """Joint injection in the bottom M < N layers: those read sink + chunks + window, the layers above read sink +
+    window (their window's first token has context below, so it is no sink: without one, book perplexity at 8K went
+    from 49 to 176 at M = 18, results/experiments/frontier/)."""
+    base = tiny_model("llama")
+    base.set_attn_implementation("eager")
+    assert n_injected < base.config.num_hidden_layers
+    model = joint(base, n_injected_layers=n_injected, chunk_overlap=5)
+    ids = torch.randint(3, 128, (3 * CHUNK + WINDOW,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(ids[None]).logits[0]
+        expected = reference_logits(base, ids, 3, 5, n_injected=n_injected)
+        all_layers = reference_logits(base, ids, 3, 5)
+    assert torch.allclose(out, expected, atol=1e-4), (out - expected).abs().max()
+    assert not torch.allclose(out, all_layers, atol=1e-2)
 
 
 def test_joint_injection_adds_no_parameters_and_saves(tmp_path):
