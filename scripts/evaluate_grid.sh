@@ -13,13 +13,13 @@
 # WINDOWS per cell, LENGTHS, DOMAINS, FULL_MAX / YARN_MAX (longest length full attention / YaRN run: quadratic cost;
 # on the 2-core CPU full attention takes ~400 s per 32K window), MAX_SECONDS (time budget per cell), RESULTS.
 # Cost on the 2-core CPU (estimates from measured windows; a GPU takes a small fraction): per 128K window sharedllm
-# ~0.5 min, streaming ~5 min, infllm ~8 min (it attends ~3x streaming's keys); full ~7 min per 32K window, yarn ~30
+# ~0.5 min with the cross adapter and about streaming's with the default (joint) one, streaming ~5 min, infllm ~8 min (it attends ~3x streaming's keys); full ~7 min per 32K window, yarn ~30
 # min per 64K window (so MAX_SECONDS stops its 64K cells partway: recorded as not run). With 16 windows per cell
 # the whole grid is on the order of 30 CPU-hours, most of it streaming and infllm on books and math.
 set -euo pipefail
 export HF_HUB_OFFLINE=1
-ADAPTER=${ADAPTER:-adapters/smollm2-135m}
-LD=${LD:-512}
+ADAPTER=${ADAPTER:-adapters/smollm2-135m-joint}  # the default adapter; adapters/smollm2-135m with LD=512 for cross
+LD=${LD:-1024}
 WINDOWS=${WINDOWS:-16}
 LENGTHS=${LENGTHS:-"4K 8K 16K 32K 64K 128K"}
 DOMAINS=${DOMAINS:-"books math code"}

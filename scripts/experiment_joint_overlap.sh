@@ -32,7 +32,7 @@ $PPL --methods sharedllm $JOINT_TREE --lengths 8K --label joint-tree
 $PPL --methods sharedllm $JOINT --tree-depth 0 --tokens-per-node 512 --context-bias log_chunks --lengths 8K \
     --label joint-full-log-chunks
 $PPL --methods sharedllm $JOINT_TREE --context-bias log_chunks --lengths 8K --label joint-tree-log-chunks
-$PPL --methods sharedllm --lengths 2K 8K --label shipped-adapter  # the trained cross adapter, same windows
+$PPL --methods sharedllm --adapter adapters/smollm2-135m --lengths 2K 8K --label shipped-adapter  # the trained cross adapter
 # cost against streaming and the window alone, same process (figures go to the output folder, not docs/)
 python -m sharedllm bench --methods sharedllm streaming window --adapter adapters/smollm2-135m-joint --lengths 8K 16K \
     --repeats 3 --decode-steps 4 --threads 2 --output "$OUT/bench" --figures "$OUT/bench"

