@@ -158,6 +158,18 @@ def test_cli_arguments_parse_lengths_and_caps(tmp_path, monkeypatch):
         parser.parse_args(["--lengths", "4 GB"])
 
 
+def test_adapter_none_is_untrained_and_a_missing_adapter_fails_clearly(tmp_path):
+    from sharedllm.cli import InputError
+
+    parser = argparse.ArgumentParser()
+    benchmark.add_arguments(parser)
+    settings = benchmark.settings_from_args(parser.parse_args(["--adapter", "none", "--n-injected-layers", "2"]))
+    assert settings.adapter is None and settings.knobs["n_injected_layers"] == 2  # the repository default not read
+    assert settings.knobs["decoder_window"] == KNOBS["decoder_window"].default
+    with pytest.raises(InputError, match="no adapter there"):
+        benchmark.settings_from_args(parser.parse_args(["--adapter", str(tmp_path / "nope")]))
+
+
 def test_knobs_resolve_given_then_adapter_then_defaults(tmp_path):
     from sharedllm.config import SharedLLMConfig
 

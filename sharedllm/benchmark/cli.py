@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="base causal LM path or hub id (default: the project's SmolLM2-135M)")
     parser.add_argument("--model", dest="model_deprecated", default=None, help=argparse.SUPPRESS)  # old --base
     parser.add_argument("--adapter", default=None,
-                        help=f"SharedLLM adapter dir (default: {DEFAULT_ADAPTER} if present, else an untrained model)")
+                        help=f"SharedLLM adapter dir; 'none' = untrained, set by the knob flags (default: "
+                             f"{DEFAULT_ADAPTER} if present, else untrained)")
     parser.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=BENCH_METHODS)
     parser.add_argument("--lengths", nargs="+", type=parse_length, default=None,
                         help=f"input lengths, e.g. 4K 8K (default: {' '.join(CPU_LENGTHS)} on cpu, "
@@ -68,6 +69,10 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
 
 def settings_from_args(args) -> BenchSettings:
     adapter = args.adapter or (str(DEFAULT_ADAPTER) if (DEFAULT_ADAPTER / "config.json").exists() else None)
+    if adapter == "none":  # as in `sharedllm eval`: an untrained model, its knobs from the flags and the defaults
+        adapter = None
+    elif adapter and not (Path(adapter) / "config.json").is_file():
+        raise InputError(f"--adapter {adapter}: no adapter there (no config.json); give an adapter folder or 'none'")
     lengths = args.lengths or [parse_length(n) for n in (CUDA_LENGTHS if args.device == "cuda" else CPU_LENGTHS)]
     caps = {}
     for method, length in _pairs(args.max_length, "--max-length"):
