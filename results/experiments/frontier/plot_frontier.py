@@ -1,0 +1,94 @@
+"""The M frontier (scripts/experiment_frontier.sh): perplexity and passkey at 8K against prefill cost relative to
+streaming (analytic FLOPs in the figure; FLOPs and measured time in the table), one point per configuration, from the JSON files the script wrote. Prints a markdown table and writes
+the figure.
+
+    python results/experiments/frontier/plot_frontier.py [--dir results/experiments/frontier] [--figure PNG]
+"""
+
+import argparse
+import glob
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+LENGTH = "8192"
+
+
+def latest(pattern: str) -> dict | None:
+    files = sorted(glob.glob(pattern))
+    return json.load(open(files[-1])) if files else None
+
+
+def bench_ratios(folder: Path) -> dict | None:
+    """Prefill time and FLOPs of sharedllm over streaming's at 8K, measured in the same process."""
+    data = latest(str(folder / "*.json"))
+    if data is None:
+        return None
+    cells = {c["method"]: c for c in data["cells"] if str(c["length"]) == LENGTH and c["status"] == "ok"}
+    shared, streaming = cells["sharedllm"], cells["streaming"]
+    return dict(time=shared["prefill_s"] / streaming["prefill_s"],
+                flops=shared["prefill_flops"] / streaming["prefill_flops"],
+                memory_gb=shared["peak_memory_bytes"] / 1e9, commit=data["meta"]["git_commit"][:7])
+
+
+def rows(folder: Path) -> list[dict]:
+    labels = sorted({Path(f).name.split("_")[1] for f in glob.glob(str(folder / "passkey" / "*.json"))})
+    out = []
+    for label in labels:
+        passkey = latest(str(folder / "passkey" / f"passkey_{label}_*.json"))
+        ppl = latest(str(folder / "ppl" / f"ppl_{label}_*.json"))
+        config = passkey["method_config"]
+        out.append(dict(label=label, m=config["n_injected_layers"], injection=config["injection"],
+                        selection_layer=config["selection_layer"], passkey=passkey["scores"][LENGTH],
+                        trials=passkey["counts"]["total_trials"], ppl=ppl["scores"][LENGTH] if ppl else None,
+                        windows=ppl["counts"][LENGTH]["windows"] if ppl else None,
+                        bench=bench_ratios(folder / "bench" / label)))
+    return sorted(out, key=lambda p: (p["injection"], p["m"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=Path("results/experiments/frontier"))
+    parser.add_argument("--figure", type=Path, default=None, help="default: DIR/frontier.png")
+    args = parser.parse_args()
+    points = rows(args.dir)
+    window = latest(str(args.dir / "ppl" / "ppl_window_*.json"))["scores"][LENGTH]
+    print(f"| point | M | scoring layer | passkey 8K | PPL 8K (window {window:.2f}) | prefill time / streaming "
+          f"| prefill FLOPs / streaming | peak memory |")
+    print("|---|---|---|---|---|---|---|---|")
+    for p in points:
+        b = p["bench"]
+        cost = f"{b['time']:.2f}x | {b['flops']:.2f}x | {b['memory_gb']:.2f} GB" if b else "not run | | "
+        print(f"| {p['label']} | {p['m']} | {p['selection_layer']} | {round(10 * p['passkey'] * p['trials']) / 10:g}/"
+              f"{p['trials']} | {p['ppl']:.2f} ({100 * (p['ppl'] / window - 1):+.1f}%) | {cost} |")
+    fig, (ax_ppl, ax_key) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, p in enumerate(points):
+        if p["bench"] is None:
+            continue
+        x = p["bench"]["flops"]  # analytic: the measured time ratio is in the table, noisier on a shared CPU
+        style = dict(marker="o" if p["injection"] == "joint" else "s", color="C0" if p["injection"] == "joint" else "C3")
+        ax_ppl.scatter(x, p["ppl"], **style)
+        ax_key.scatter(x, 100 * p["passkey"], **style)
+        for ax, y in ((ax_ppl, p["ppl"]), (ax_key, 100 * p["passkey"])):  # staggered labels: points can coincide
+            ax.annotate(f"{p['injection']} M={p['m']}", (x, y), textcoords="offset points",
+                        xytext=(4, 6 + 10 * (i % 2)), fontsize=8)
+    ax_ppl.axhline(window, color="gray", linestyle="--", label="window only")
+    ax_ppl.set(xlabel="prefill FLOPs / streaming's (8K)", ylabel="perplexity at 8K (books, 4 windows)",
+               title="perplexity (lower is better)")
+    ax_ppl.legend()
+    ax_key.set(xlabel="prefill FLOPs / streaming's (8K)", ylabel="passkey accuracy at 8K (%)",
+               title="passkey, greedy generation, 10 prompts", ylim=(-5, 105))
+    fig.suptitle("SmolLM2-135M: quality against prefill cost (circles: joint, training-free; square: cross adapter)",
+                 fontsize=10)
+    fig.tight_layout()
+    figure = args.figure or args.dir / "frontier.png"
+    fig.savefig(figure, dpi=120)
+    print(f"wrote {figure}")
+
+
+if __name__ == "__main__":
+    main()
