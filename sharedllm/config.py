@@ -67,6 +67,12 @@ KNOBS = {
         "chunks: the chunks, which share positions, then take the share one chunk would, not n times it)",
         choices=CONTEXT_BIASES,
     ),
+    "context_chunks": Knob(
+        int, None, "k, tree_selection attention: the window reads only the k chunks whose best token scores highest "
+        "under the scoring layer's query (a global top-k over chunks, as InfLLM retrieves blocks; the others stay "
+        "cached but masked); default every chunk. Why: chunks share positions, so many of them dilute the window's "
+        "attention", optional=True,
+    ),
     "max_chunks_per_pass": Knob(int, 16, "chunks encoded by one lower-model call; bounds peak memory"),
     "full_logits": Knob(
         bool, False, "logits for every input position (harnesses such as lm-eval); each chunk-sized span is then "
@@ -184,6 +190,12 @@ class SharedLLMConfig(PretrainedConfig):
                 f"{self.leaf_tokens_per_node}",
             ),
             (self.n_injected_layers >= 1, f"n_injected_layers must be >= 1, got {self.n_injected_layers}"),
+            (
+                self.context_chunks is None or (self.context_chunks >= 1 and self.tree_selection == "attention"),
+                f"context_chunks ranks chunks by the scoring layer's attention: it must be >= 1 and needs "
+                f"tree_selection='attention', got context_chunks={self.context_chunks}, "
+                f"tree_selection={self.tree_selection!r}",
+            ),
             (
                 self.selection_layer is None or 0 <= self.selection_layer < self.n_injected_layers,
                 f"selection_layer must be an injected layer, 0..{self.n_injected_layers - 1} (n_injected_layers - 1), "

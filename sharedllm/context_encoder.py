@@ -32,13 +32,17 @@ class EncodedContext:
     values: list[torch.Tensor]
     n_chunks: torch.LongTensor  # (B,) chunks held by each row; slots past n_chunks[b] are padding
     per_chunk: int  # K
+    # (B, n) each chunk's best token score under the row's query (config.context_chunks ranks them); None when
+    # not asked for
+    chunk_scores: torch.Tensor | None = None
 
     def chunk_capacity(self) -> int:
         return self.keys[0].shape[2] // self.per_chunk if self.keys else 0
 
     def select(self, index: torch.LongTensor) -> "EncodedContext":
+        scores = None if self.chunk_scores is None else self.chunk_scores[index]
         return EncodedContext(
-            [k[index] for k in self.keys], [v[index] for v in self.values], self.n_chunks[index], self.per_chunk
+            [k[index] for k in self.keys], [v[index] for v in self.values], self.n_chunks[index], self.per_chunk, scores
         )
 
 
@@ -155,14 +159,18 @@ class ContextEncoder:
         if cfg.node_encoding == "chunk":
             encode = lambda ids, index, q, prev: self.encode_by_chunk(ids, index, q, prev, lower)  # noqa: E731
         else:
-            encode = lambda ids, index, q, prev: self.encode_by_node(ids, index, q)  # noqa: E731
+            encode = lambda ids, index, q, prev: (*self.encode_by_node(ids, index, q), None)  # noqa: E731
         keys, values = None, None
+        scores = None if cfg.context_chunks is None else torch.full(
+            (batch, n_max), float("-inf"), device=input_ids.device)
         for first in range(0, rows.shape[0], cfg.max_chunks_per_pass):
             part = slice(first, first + cfg.max_chunks_per_pass)
             part_rows, part_slots = rows[part], slots[part]
-            part_keys, part_values = encode(
+            part_keys, part_values, part_scores = encode(
                 chunk_ids[part_rows, part_slots], chunk_index[part], query[part_rows], before[part_rows, part_slots]
             )
+            if scores is not None:
+                scores[part_rows, part_slots] = part_scores
             if keys is None:
                 allocate = torch.empty if bool(chunk_valid.all()) else torch.zeros
                 buffer = lambda kv: allocate(  # noqa: E731
@@ -174,7 +182,7 @@ class ContextEncoder:
                 values[i][rows[part], :, slots[part]] = part_values[i]
         flat = lambda kv: kv.view(batch, kv.shape[1], -1, kv.shape[-1])  # noqa: E731
         per_chunk = cfg.context_tokens_per_chunk
-        return EncodedContext([flat(k) for k in keys], [flat(v) for v in values], n_chunks, per_chunk)
+        return EncodedContext([flat(k) for k in keys], [flat(v) for v in values], n_chunks, per_chunk, scores)
 
     # -- node_encoding="chunk": one lower pass per chunk, then the question's selection -------------------------
 
@@ -182,8 +190,14 @@ class ContextEncoder:
         """One lower pass per whole chunk; node vectors and node key/values are read from that pass.
 
         `lower(chunk_ids, chunk_index, before) -> LowerChunks` replaces that pass (a context cache hands back
-        stored ones)."""
-        return self.select_nodes((lower or self.lower_chunks)(chunk_ids, chunk_index, before), query, chunk_index)
+        stored ones). Returns per injected layer (N, Hkv, K, hd) keys and values, and (N,) chunk scores (None unless
+        config.context_chunks asks for them)."""
+        lowered = (lower or self.lower_chunks)(chunk_ids, chunk_index, before)
+        keys, values = self.select_nodes(lowered, query, chunk_index)
+        scores = None
+        if self.config.context_chunks is not None:  # each chunk's best token, comparable across chunks (see below)
+            scores = self.attention_token_scores(query, lowered.keys[self.config.scoring_layer], chunk_index).amax(-1)
+        return keys, values, scores
 
     def lower_chunks(self, chunk_ids, chunk_index, before=None, node_vectors: bool | None = None) -> LowerChunks:
         """The question-independent half of `encode_by_chunk`: the lower model over (N, C) chunks, chunk index as
@@ -404,6 +418,18 @@ class ContextEncoder:
         return layer0, keys, values
 
 
+def top_chunks(context: EncodedContext, k: int) -> torch.Tensor:
+    """(B, n) True for the k best-scoring real chunks of each row (all of them where a row has <= k)."""
+    scores = context.chunk_scores  # (B, n), -inf in padding slots
+    n = scores.shape[1]
+    real = torch.arange(n, device=scores.device)[None, :] < context.n_chunks[:, None]
+    if n <= k:
+        return real
+    best = scores.masked_fill(~real, float("-inf")).topk(k, dim=1).indices  # (B, k)
+    keep = torch.zeros_like(real).scatter_(1, best, True)
+    return keep & real
+
+
 def append_chunks(context: EncodedContext, new: EncodedContext) -> EncodedContext:
     """Append each row's new chunks after its existing ones (rows hold different numbers of chunks)."""
     if not context.keys:
@@ -414,7 +440,8 @@ def append_chunks(context: EncodedContext, new: EncodedContext) -> EncodedContex
         # every row is full (always at batch size 1): the new chunks simply follow the old ones
         keys = [torch.cat([o, f], dim=2) for o, f in zip(context.keys, new.keys)]
         values = [torch.cat([o, f], dim=2) for o, f in zip(context.values, new.values)]
-        return EncodedContext(keys, values, n_total, per_chunk)
+        scores = None if context.chunk_scores is None else torch.cat([context.chunk_scores, new.chunk_scores], dim=1)
+        return EncodedContext(keys, values, n_total, per_chunk, scores)
     capacity = int(n_total.max())
     batch = n_total.shape[0]
     slot = torch.arange(capacity, device=n_total.device)[None, :]
@@ -434,4 +461,7 @@ def append_chunks(context: EncodedContext, new: EncodedContext) -> EncodedContex
 
     keys = [merge(o, f) for o, f in zip(context.keys, new.keys)]
     values = [merge(o, f) for o, f in zip(context.values, new.values)]
-    return EncodedContext(keys, values, n_total, per_chunk)
+    scores = None
+    if context.chunk_scores is not None:
+        scores = torch.where(from_new, new.chunk_scores.gather(1, new_index), context.chunk_scores.gather(1, old_index))
+    return EncodedContext(keys, values, n_total, per_chunk, scores)

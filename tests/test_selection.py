@@ -67,3 +67,59 @@ def test_selection_layer_scores_with_that_layers_query_and_keys(layer, monkeypat
 def test_selection_layer_must_be_injected():
     with pytest.raises(ValueError, match="selection_layer must be an injected layer, 0..1"):
         wrap(tree_selection="attention", selection_layer=2)
+
+
+def test_top_chunks_keeps_the_k_best_real_chunks_per_row():
+    from sharedllm.context_encoder import EncodedContext, top_chunks
+
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [3.0, -1.0, 2.0, float("-inf")]])  # row 1 holds 3 chunks
+    context = EncodedContext([], [], torch.tensor([4, 3]), per_chunk=2, chunk_scores=scores)
+    assert top_chunks(context, 2).tolist() == [[False, True, False, True], [True, False, True, False]]
+    assert top_chunks(context, 3)[1].tolist() == [True, True, True, False]  # a row with <= k chunks keeps them all
+    assert top_chunks(context, 9).tolist() == [[True] * 4, [True, True, True, False]]
+
+
+def test_context_chunks_reads_only_the_best_chunk():
+    """context_chunks = 1, joint injection, chunks read alone (overlap 0) at shared positions: the window's logits
+    are those of the same model given that one chunk alone, for exactly one of the chunks; with every chunk read
+    they differ."""
+    base = tiny_model("llama")
+    knobs = dict(injection="joint", n_injected_layers=4, chunk_size=16, decoder_window=24, tree_depth=0,
+                 tokens_per_node=16, tree_selection="attention", chunk_overlap=0)
+    top1 = SharedLLMForCausalLM.from_base(base, context_chunks=1, **knobs).eval()
+    every = SharedLLMForCausalLM.from_base(base, **knobs).eval()
+    chunks = torch.randint(3, 128, (3, 16), generator=torch.Generator().manual_seed(2))
+    window = torch.randint(3, 128, (24,), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        out = top1(torch.cat([*chunks, window])[None]).logits
+        alone = [every(torch.cat([chunk, window])[None]).logits for chunk in chunks]
+        assert sum(torch.allclose(out, logits, atol=1e-5) for logits in alone) == 1
+        assert not torch.allclose(out, every(torch.cat([*chunks, window])[None]).logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("injection", ["cross", "joint"])
+def test_context_chunks_generate_equals_forward(injection):
+    """Chunks rolling in during generation are ranked with the others under the prefill's query, as a forward over
+    the whole sequence with the same query ranks them."""
+    torch.manual_seed(0)
+    model = wrap(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=8, tree_selection="attention",
+                 context_chunks=2, injection=injection)
+    if injection == "cross":
+        with torch.no_grad():
+            for attention in model.cross_attention:
+                attention.o_proj.weight.normal_(std=0.5)
+    ids = torch.randint(3, 128, (1, 90))
+    out = model.generate(ids, max_new_tokens=40, do_sample=False, min_new_tokens=40, output_logits=True,
+                         return_dict_in_generate=True)
+    query_index = ids.shape[1] - 1
+    for step in (0, 15, 39):
+        prefix = out.sequences[:, : ids.shape[1] + step]
+        expected = model(prefix, query_position=query_index).logits[0, -1]
+        assert torch.allclose(out.logits[step][0], expected, atol=1e-4), step
+
+
+def test_context_chunks_needs_attention_selection():
+    with pytest.raises(ValueError, match="context_chunks.*tree_selection='attention'"):
+        wrap(context_chunks=2, tree_selection="query")
+    with pytest.raises(ValueError, match="context_chunks"):
+        wrap(context_chunks=0, tree_selection="attention")
