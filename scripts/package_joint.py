@@ -17,7 +17,8 @@ from sharedllm.flags import add_base_argument, add_knob_arguments, knobs_from_ar
 from sharedllm.loading import load_causal_lm
 
 PRESET = dict(injection="joint", chunk_size=512, decoder_window=1024, chunk_overlap=64, tree_depth=3,
-              tokens_per_node=32, leaf_tokens_per_node=64, tree_selection="attention", selection_layer=17)
+              tokens_per_node=32, leaf_tokens_per_node=64, tree_selection="attention", selection_layer=17,
+              context_chunks=4)
 
 
 def main() -> None:
