@@ -39,6 +39,7 @@ def error_line(capsys, argv, code=2) -> str:
     return err.splitlines()[-1]
 
 
+CROSS_ADAPTER = str(Path(__file__).resolve().parents[1] / "adapters" / "smollm2-135m")  # the trained cross adapter
 EVAL_CASES = [
     (["--methods", "foo"], "sharedllm eval: error: unknown method 'foo'; valid methods: full, window"),
     (["--data", "latin1.txt"], "latin1.txt is not UTF-8 text (byte 0xe9 at offset 3); convert it first"),
@@ -49,7 +50,8 @@ EVAL_CASES = [
     (["--knob", "tree_depth"], "--knob takes KEY=VALUE, got 'tree_depth'"),
     (["--methods", "full", "--knob", "tree_depth=1"], "--knob sets method options: it needs --methods sharedllm, cepe or infllm"),
     (["--methods", "full", "--tree-depth", "1"], "--tree-depth is a knob of sharedllm, not of full"),
-    (["--methods", "sharedllm", "--injection", "joint"], "its weights do not fit injection='joint'"),
+    (["--methods", "sharedllm", "--adapter", CROSS_ADAPTER, "--injection", "joint"],
+     "its weights do not fit injection='joint'"),
     (["--methods", "full", "yarn", "--decoder-window", "512"],
      "--decoder-window is a knob of window / streaming / infllm / sharedllm / cepe, not of full, yarn"),
     (["--full-logits"], "--full-logits does not apply to sharedllm eval"),
@@ -57,7 +59,9 @@ EVAL_CASES = [
     (["--methods", "full", "window", "--label", "x"], "--label names one method's results"),
     (["--adapter", "no/such/adapter"], "no adapter in no/such/adapter (no config.json)"),
     (["--knob", "decoder_windw=128"], "--knob decoder_windw: not a SharedLLM knob; valid: n_injected_layers"),
-    (["--tree-depth", "5"], "SharedLLM knobs: a leaf of the context tree has chunk_size / 2**tree_depth = 8 tokens"),
+    (["--adapter", CROSS_ADAPTER, "--tree-depth", "5"],
+     "SharedLLM knobs: a leaf of the context tree has chunk_size / 2**tree_depth = 8 tokens"),
+    (["--tree-depth", "5"], "leaf_tokens_per_node must be between 1 and the leaf length"),  # the default preset's 64
     (["--adapter", "none", "--knob", "tree_selection=best"], "SharedLLM knobs: tree_selection must be one of ('query'"),
     (["--adapter", "none", "--tree-selection", "best"], "argument --tree-selection: invalid choice: 'best'"),
     (["--max-windows", "0"], "--max-windows must be at least 1, got 0"),
