@@ -14,6 +14,8 @@ $PPL --lengths 16K --context-chunks 4 --label joint-k4
 python -m sharedllm eval ppl --domains books --max-windows 4 --output "$OUT/ppl" --methods window --lengths 16K
 python -m sharedllm eval passkey --methods sharedllm --adapter $PRESET --context-chunks 4 --lengths 8K --trials 2 \
     --output "$OUT/passkey" --label joint-k4
+python -m sharedllm eval passkey --methods sharedllm --adapter $PRESET --lengths 16K --trials 2 --output "$OUT/passkey" \
+    --label default-16k
 python results/experiments/joint-library/teacher_forced.py --trials 10 --lengths 16384 \
     --knobs chunk_size=512 decoder_window=1024 chunk_overlap=64 \
     --variants "tree_depth=3,tokens_per_node=32,leaf_tokens_per_node=64,tree_selection=attention,selection_layer=17,context_chunks=4" \
