@@ -7,6 +7,7 @@ for the subcommand that runs, so `sharedllm --help` and argument errors never pa
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
@@ -22,6 +23,17 @@ COMMANDS = {
 class InputError(ValueError):
     """A bad argument or input file, found before (or instead of) doing the work: `main` prints its message as one
     line, without a traceback. Raise it only for the user's input, never for a bug."""
+
+
+def adapter_argument(value) -> str | None:
+    """--adapter as `eval` and `bench` read it: None or 'none' (any case) = the untrained model, else a folder that
+    must hold an adapter's config.json."""
+    if value is None or str(value).lower() == "none":
+        return None
+    if not (Path(value) / "config.json").is_file():
+        raise InputError(f"no adapter in {value} (no config.json); train one with `sharedllm train`, pass "
+                         "--adapter PATH, or --adapter none for the untrained (zero-init) model")
+    return str(value)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

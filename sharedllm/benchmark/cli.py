@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from sharedllm.assets import DEFAULT_ADAPTER
-from sharedllm.cli import InputError
+from sharedllm.cli import InputError, adapter_argument
 from sharedllm.flags import add_knob_arguments, knobs_from_args, parse_length
 
 from .settings import BENCH_METHODS, CPU_LENGTHS, CUDA_LENGTHS, BenchSettings, resolve_knobs
@@ -68,11 +68,8 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
 
 
 def settings_from_args(args) -> BenchSettings:
-    adapter = args.adapter or (str(DEFAULT_ADAPTER) if (DEFAULT_ADAPTER / "config.json").exists() else None)
-    if adapter == "none":  # as in `sharedllm eval`: an untrained model, its knobs from the flags and the defaults
-        adapter = None
-    elif adapter and not (Path(adapter) / "config.json").is_file():
-        raise InputError(f"--adapter {adapter}: no adapter there (no config.json); give an adapter folder or 'none'")
+    default = str(DEFAULT_ADAPTER) if (DEFAULT_ADAPTER / "config.json").exists() else None
+    adapter = adapter_argument(args.adapter or default)  # 'none': untrained, its knobs from the flags and defaults
     lengths = args.lengths or [parse_length(n) for n in (CUDA_LENGTHS if args.device == "cuda" else CPU_LENGTHS)]
     caps = {}
     for method, length in _pairs(args.max_length, "--max-length"):

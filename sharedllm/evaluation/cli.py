@@ -19,7 +19,7 @@ import torch
 
 from sharedllm import provenance
 from sharedllm.assets import DEFAULT_ADAPTER
-from sharedllm.cli import InputError
+from sharedllm.cli import InputError, adapter_argument
 from sharedllm.config import KNOBS
 from sharedllm.flags import (
     add_base_argument,
@@ -187,10 +187,7 @@ def _check_sharedllm_knobs(args, options: dict) -> None:
     from sharedllm.config import SharedLLMConfig
     from sharedllm.methods import SharedLLM
 
-    adapter = None if str(args.adapter).lower() == "none" else args.adapter
-    if adapter is not None and not (Path(adapter) / "config.json").is_file():
-        raise InputError(f"no adapter in {adapter} (no config.json); train one with `sharedllm train`, pass "
-                         "--adapter PATH, or --adapter none for the untrained (zero-init) model")
+    adapter = adapter_argument(args.adapter)
     if unknown := sorted(set(options) - set(SharedLLM.KNOBS)):
         raise InputError(f"--knob {', '.join(unknown)}: not a SharedLLM knob; valid: {', '.join(SharedLLM.KNOBS)}")
     knobs = {**options, **knobs_from_args(args)}
