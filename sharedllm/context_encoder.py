@@ -192,11 +192,14 @@ class ContextEncoder:
         `lower(chunk_ids, chunk_index, before) -> LowerChunks` replaces that pass (a context cache hands back
         stored ones). Returns per injected layer (N, Hkv, K, hd) keys and values, and (N,) chunk scores (None unless
         config.context_chunks asks for them)."""
+        cfg = self.config
         lowered = (lower or self.lower_chunks)(chunk_ids, chunk_index, before)
-        keys, values = self.select_nodes(lowered, query, chunk_index)
-        scores = None
-        if self.config.context_chunks is not None:  # each chunk's best token, comparable across chunks (see below)
-            scores = self.attention_token_scores(query, lowered.keys[self.config.scoring_layer], chunk_index).amax(-1)
+        token_scores = None
+        if cfg.tree_selection == "attention":  # computed once: the tree search and the chunk ranking both read them
+            token_scores = self.attention_token_scores(query, lowered.keys[cfg.scoring_layer], chunk_index)
+        keys, values = self.select_nodes(lowered, query, chunk_index, token_scores)
+        # each chunk's best token, comparable across chunks (see attention_token_scores)
+        scores = None if cfg.context_chunks is None else token_scores.amax(-1)
         return keys, values, scores
 
     def lower_chunks(self, chunk_ids, chunk_index, before=None, node_vectors: bool | None = None) -> LowerChunks:
@@ -310,9 +313,10 @@ class ContextEncoder:
             previous = self.text_start_prefix(tails.shape[0], chunk_ids.device)
         return torch.cat([previous[:, None].to(tails), tails[:, :-1]], dim=1).reshape(n, overlap)
 
-    def select_nodes(self, lowered: LowerChunks, query, chunk_index):
+    def select_nodes(self, lowered: LowerChunks, query, chunk_index, token_scores=None):
         """The question-dependent half: search each chunk's tree with its row's query (N, hidden), then compress the
-        kept nodes (chunk_index (N,) is each chunk's rotary offset). Returns per injected layer (N, Hkv, K, hd) keys
+        kept nodes (chunk_index (N,) is each chunk's rotary offset). token_scores: `attention_token_scores` of this
+        query where the caller has them (computed here otherwise). Returns per injected layer (N, Hkv, K, hd) keys
         and values."""
         cfg = self.config
         n, chunk_size = lowered.keys[0].shape[0], cfg.chunk_size
@@ -323,8 +327,9 @@ class ContextEncoder:
             return table.gather(1, slot[:, :, None].expand(-1, -1, table.shape[-1]))
 
         if cfg.tree_selection == "attention":
-            keys = lowered.keys[cfg.scoring_layer]
-            half_scores = attention_half_scores(self.attention_token_scores(query, keys, chunk_index))
+            if token_scores is None:
+                token_scores = self.attention_token_scores(query, lowered.keys[cfg.scoring_layer], chunk_index)
+            half_scores = attention_half_scores(token_scores)
         elif cfg.tree_selection == "query":
             half_scores = cosine_half_scores(node_vectors, query)
         else:
