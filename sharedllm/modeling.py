@@ -417,6 +417,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         full_logits: logits for every input position, (B, L, V) in the input's layout, as harnesses expect
             (default: `config.full_logits`). Position p's logits then depend on tokens 0..p only; see `_all_logits`.
         """
+        if "cache" in kwargs:  # transformers >= 5.24 names it `cache` (generate passes it so)
+            past_key_values = kwargs.pop("cache")
         decoding = isinstance(past_key_values, SharedLLMCache)
         # while decoding, generate's attention_mask covers the whole sequence and input_ids only the new tokens
         self._check_inputs(input_ids, None if decoding else attention_mask, labels, kwargs)
