@@ -423,16 +423,29 @@ class ContextEncoder:
         return layer0, keys, values
 
 
-def top_chunks(context: EncodedContext, k: int) -> torch.Tensor:
-    """(B, n) True for the k best-scoring real chunks of each row (all of them where a row has <= k)."""
+def top_chunks(context: EncodedContext, k: int) -> EncodedContext:
+    """Each row's k best-scoring real chunks, gathered in their original order: per layer (B, Hkv, k * K, hd) instead
+    of (B, Hkv, n * K, hd), so that what reads them costs k chunks, not n. A row with fewer than k real chunks keeps
+    them all (they come first: real chunks are the row's first slots and score above padding's -inf)."""
     scores = context.chunk_scores  # (B, n), -inf in padding slots
     n = scores.shape[1]
-    real = torch.arange(n, device=scores.device)[None, :] < context.n_chunks[:, None]
     if n <= k:
-        return real
-    best = scores.masked_fill(~real, float("-inf")).topk(k, dim=1).indices  # (B, k)
-    keep = torch.zeros_like(real).scatter_(1, best, True)
-    return keep & real
+        return context
+    real = torch.arange(n, device=scores.device)[None, :] < context.n_chunks[:, None]
+    best = scores.masked_fill(~real, float("-inf")).topk(k, dim=1).indices.sort(dim=1).values  # (B, k)
+    per_chunk = context.per_chunk
+    slots = (best[:, :, None] * per_chunk + torch.arange(per_chunk, device=best.device)).flatten(1)  # (B, k * K)
+
+    def gather(kv):  # (B, Hkv, n * K, hd) -> (B, Hkv, k * K, hd)
+        return kv.gather(2, slots[:, None, :, None].expand(-1, kv.shape[1], -1, kv.shape[-1]))
+
+    return EncodedContext(
+        [gather(kv) for kv in context.keys],
+        [gather(kv) for kv in context.values],
+        context.n_chunks.clamp(max=k),
+        per_chunk,
+        scores.gather(1, best),
+    )
 
 
 def append_chunks(context: EncodedContext, new: EncodedContext) -> EncodedContext:

@@ -290,24 +290,23 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         layer."""
         if context is None or int(context.n_chunks.max()) == 0:
             return None
+        # queries sit at chunk-level position n_b (after the row's chunks 0..n_b-1), in prefill and every decode step
+        query_position = context.n_chunks[:, None]
+        if self.config.context_chunks is not None:  # a global top-k: only the best-scoring chunks are read
+            context = top_chunks(context, self.config.context_chunks)
         keys, values = context.keys, context.values
         reference = keys[0]  # dtype and device of everything below
         slots = torch.arange(reference.shape[2], device=reference.device)[None, :]
         valid = slots < (context.n_chunks * context.per_chunk)[:, None]
-        read_chunks = context.n_chunks
-        if self.config.context_chunks is not None:  # a global top-k: only the best-scoring chunks are read
-            valid = valid & top_chunks(context, self.config.context_chunks).repeat_interleave(context.per_chunk, dim=1)
-            read_chunks = context.n_chunks.clamp(max=self.config.context_chunks)
         joint = self.config.injection == "joint"
         mask = None
         bias = joint and self.config.context_bias == "log_chunks"
         if not valid.all() or bias:
             mask = torch.zeros(valid.shape, dtype=reference.dtype, device=reference.device)
             if bias:  # the row's chunks share positions: give them one chunk's share of the softmax, not n times it
-                mask -= read_chunks.clamp(min=1).to(mask.dtype).log()[:, None]
+                mask -= context.n_chunks.clamp(min=1).to(mask.dtype).log()[:, None]
             mask = mask.masked_fill(~valid, torch.finfo(reference.dtype).min)[:, None, None, :]
-        # queries sit at chunk-level position n_b (after the row's chunks 0..n_b-1), in prefill and every decode step
-        cos, sin = self.decoder.rotary_emb(reference, context.n_chunks[:, None])
+        cos, sin = self.decoder.rotary_emb(reference, query_position)
         has_context = (context.n_chunks > 0).to(reference.dtype)[:, None, None]
         sink_keys, sink_values = sink if joint else (None, None)
         return InjectedContext(keys, values, mask, cos, sin, has_context, sink_keys=sink_keys, sink_values=sink_values)

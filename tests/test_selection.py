@@ -69,14 +69,23 @@ def test_selection_layer_must_be_injected():
         wrap(tree_selection="attention", selection_layer=2)
 
 
-def test_top_chunks_keeps_the_k_best_real_chunks_per_row():
+def test_top_chunks_gathers_the_k_best_real_chunks_per_row():
     from sharedllm.context_encoder import EncodedContext, top_chunks
 
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [3.0, -1.0, 2.0, float("-inf")]])  # row 1 holds 3 chunks
-    context = EncodedContext([], [], torch.tensor([4, 3]), per_chunk=2, chunk_scores=scores)
-    assert top_chunks(context, 2).tolist() == [[False, True, False, True], [True, False, True, False]]
-    assert top_chunks(context, 3)[1].tolist() == [True, True, True, False]  # a row with <= k chunks keeps them all
-    assert top_chunks(context, 9).tolist() == [[True] * 4, [True, True, True, False]]
+    slot_chunk = torch.arange(4).repeat_interleave(2).float()  # 2 slots per chunk, each holding its chunk's index
+    keys = slot_chunk[None, None, :, None].expand(2, 1, 8, 1)
+    context = EncodedContext([keys], [keys + 10], torch.tensor([4, 3]), per_chunk=2, chunk_scores=scores)
+
+    def chunks_read(k):
+        read = top_chunks(context, k)
+        assert torch.equal(read.values[0], read.keys[0] + 10)
+        return read.keys[0][:, 0, ::2, 0].long().tolist(), read.n_chunks.tolist()
+
+    assert chunks_read(2) == ([[1, 3], [0, 2]], [2, 2])
+    # a row with <= k chunks keeps them all, first, then padding
+    assert chunks_read(3) == ([[1, 2, 3], [0, 1, 2]], [3, 3])
+    assert top_chunks(context, 9) is context
 
 
 def test_context_chunks_reads_only_the_best_chunk():
@@ -123,3 +132,18 @@ def test_context_chunks_needs_attention_selection():
         wrap(context_chunks=2, tree_selection="query")
     with pytest.raises(ValueError, match="context_chunks"):
         wrap(context_chunks=0, tree_selection="attention")
+
+
+@pytest.mark.parametrize("injection", ["cross", "joint"])
+def test_context_chunks_attend_over_k_chunks_only(injection):
+    """The cost of reading: the injected layers get k chunks' key/values, not n (the others are not gathered)."""
+    model = wrap(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=8, tree_selection="attention",
+                 context_chunks=2, injection=injection)
+    ids = torch.randint(3, 128, (1, 48 + 5 * 32))
+    zero = torch.zeros(1, dtype=torch.long)
+    query = model._query_vectors(ids, zero, torch.tensor([ids.shape[1] - 1]))
+    context = model.context_encoder.encode(ids, zero, torch.tensor([5]), zero, query)
+    per_chunk = model.config.context_tokens_per_chunk
+    assert context.keys[0].shape[2] == 5 * per_chunk
+    injected = model._injected_context(context, model.context_encoder.sink() if injection == "joint" else None)
+    assert {keys.shape[2] for keys in injected.keys} == {2 * per_chunk}
