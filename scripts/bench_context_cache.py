@@ -26,6 +26,7 @@ import torch
 from sharedllm import provenance
 from sharedllm.ask import DEFAULT_ADAPTER, load_model, prompt_parts
 from sharedllm.assets import load_documents, load_splits
+from sharedllm.compat import cache_argument
 from sharedllm.context_cache import ContextCache
 
 QUESTIONS = (
@@ -77,15 +78,15 @@ def main() -> None:
 
     with torch.no_grad():
         warm = ContextCache.encode(model, document[:2048])  # first calls pay one-time setup: not timed
-        generate(questions[0], 2, past_key_values=warm)
+        generate(questions[0], 2, **cache_argument(warm))
         encode_s, context = timed(lambda: ContextCache.encode(model, document), args.repeats, device)
         rows = []
         for text_q, question in zip(QUESTIONS, questions):
             full = torch.cat([document, question[0]])[None]
             row = {"question": text_q, "question_tokens": question.shape[1]}
-            row["cached_first_token_s"], _ = timed(lambda: generate(question, 1, past_key_values=context), 1, device)
+            row["cached_first_token_s"], _ = timed(lambda: generate(question, 1, **cache_argument(context)), 1, device)
             row["cached_answer_s"], cached = timed(
-                lambda: generate(question, args.new_tokens, past_key_values=context), 1, device)
+                lambda: generate(question, args.new_tokens, **cache_argument(context)), 1, device)
             row["scratch_first_token_s"], _ = timed(lambda: generate(full, 1), 1, device)
             row["scratch_answer_s"], scratch = timed(lambda: generate(full, args.new_tokens), 1, device)
             row["same_tokens"] = torch.equal(cached[0, question.shape[1] :], scratch[0, full.shape[1] :])

@@ -16,6 +16,7 @@ import torch
 from transformers import TextStreamer
 
 from sharedllm.assets import DEFAULT_ADAPTER
+from sharedllm.compat import cache_argument
 from sharedllm.context_cache import ContextCache
 from sharedllm.flags import add_base_argument, add_knob_arguments, knobs_from_args
 from sharedllm.rows import context_chunk_counts
@@ -113,7 +114,7 @@ class Asker:
         eos = tokenizer.eos_token_id
         started = time.perf_counter()
         out = self.model.generate(
-            question_ids, past_key_values=self.context, max_new_tokens=max_new_tokens, do_sample=False,
+            question_ids, **cache_argument(self.context), max_new_tokens=max_new_tokens, do_sample=False,
             eos_token_id=eos, pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
             streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True),
         )

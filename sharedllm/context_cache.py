@@ -7,7 +7,7 @@ injected layers, and the node vectors the tree compares). A question is then ans
 prefix cache, the way transformers passes one:
 
     context = ContextCache.encode(model, document_ids)            # (L_doc,) token ids, once
-    out = model.generate(question_ids, past_key_values=context, max_new_tokens=64)   # any number of times
+    out = model.generate(question_ids, cache=context, max_new_tokens=64)   # any number of times
 
 Each row of `question_ids` is read as if appended to the document, so the result is exactly that of
 `model.generate(cat(document_ids, question_row))`: the split rule is applied to the whole L = L_doc + L_q tokens,
@@ -59,7 +59,7 @@ def check_chunk_encoding(model) -> None:
 class ContextCache(DynamicCache):
     """A document's lower-model pass, kept to answer questions (see the module docstring).
 
-    It is a `DynamicCache` with no layers only so that `generate(past_key_values=...)` accepts it as a prefix
+    It is a `DynamicCache` with no layers only so that `generate(cache=...)` accepts it as a prefix
     cache; the forward pass turns it into a fresh `SharedLLMCache` for every call and never writes into it.
     """
 

@@ -19,6 +19,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from sharedllm.compat import cache_argument
 from sharedllm.config import SharedLLMConfig
 from sharedllm.rows import gather_tokens
 from sharedllm.tree import attention_half_scores, attention_token_scores, compress_node, cosine_half_scores, search_tree
@@ -73,7 +74,7 @@ def self_attention_masks(text_config, inputs_embeds, attention_mask, past_key_va
         config=text_config,
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
-        past_key_values=past_key_values,
+        **cache_argument(past_key_values),
         position_ids=position_ids,
     )
     masks = {"full_attention": create_causal_mask(**kwargs)}
@@ -412,7 +413,7 @@ class ContextEncoder:
                 attention_mask=layer_mask(text_config, masks, index),
                 position_embeddings=position_embeddings,
                 position_ids=positions,
-                past_key_values=recorder,
+                **cache_argument(recorder),
                 use_cache=True,
             )
             layer0 = hidden if index == 0 else layer0

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from sharedllm.compat import cache_argument, output_cache
 from sharedllm.config import KNOBS as CONFIG_KNOBS
 
 METHODS = ("full", "window", "streaming", "infllm", "yarn", "sharedllm", "cepe")
@@ -100,7 +101,7 @@ def _full_attention_nll(base, input_ids: torch.Tensor, score_start: int) -> torc
 
 def _base_logits(base, cache: DynamicCache, ids: torch.Tensor) -> torch.Tensor:
     """Feed ids (n,) into the base model's own KV cache; next-token logits (V,) of the last one, in fp32."""
-    hidden = base.model(ids[None], past_key_values=cache, use_cache=True).last_hidden_state  # (1, n, H)
+    hidden = base.model(ids[None], **cache_argument(cache), use_cache=True).last_hidden_state  # (1, n, H)
     return base.lm_head(hidden[0, -1]).float()
 
 
@@ -370,7 +371,7 @@ class StreamingLLM(PieceFedMethod):
         cache.make_room(block.shape[0])
         first = cache.get_seq_length()
         position_ids = torch.arange(first, first + block.shape[0], device=block.device)[None]  # (1, n)
-        out = self.base.model(block[None], position_ids=position_ids, past_key_values=cache, use_cache=True)
+        out = self.base.model(block[None], position_ids=position_ids, **cache_argument(cache), use_cache=True)
         return out.last_hidden_state[0]
 
 
@@ -427,7 +428,7 @@ class InfLLM(PieceFedMethod):
         from sharedllm.infllm import infllm_attention_on
 
         with infllm_attention_on(self.base.config):
-            out = self.base.model(chunk[None], past_key_values=cache, use_cache=True, infllm_cache=cache)
+            out = self.base.model(chunk[None], **cache_argument(cache), use_cache=True, infllm_cache=cache)
         return out.last_hidden_state[0]
 
 
@@ -575,15 +576,15 @@ class SharedLLM(Method):
     @torch.no_grad()
     def prefill(self, input_ids, max_new_tokens=0):
         # an empty cache starts the cached prefill that `generate` drives; only the last position gets logits
-        out = self.model(input_ids.to(self.device)[None], past_key_values=DynamicCache(), use_cache=True,
+        out = self.model(input_ids.to(self.device)[None], **cache_argument(DynamicCache()), use_cache=True,
                          logits_to_keep=1)
-        self.state = out.past_key_values
+        self.state = output_cache(out)
         return out.logits[0, -1].float()
 
     @torch.no_grad()
     def step(self, token):
         # a chunk rolls into context whenever the decoder window would exceed decoder_window
-        out = self.model(token.to(self.device).view(1, 1), past_key_values=self.state, use_cache=True,
+        out = self.model(token.to(self.device).view(1, 1), **cache_argument(self.state), use_cache=True,
                          logits_to_keep=1)
         return out.logits[0, -1].float()
 

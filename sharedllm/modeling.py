@@ -28,6 +28,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from sharedllm.compat import CACHE_ARGUMENT, cache_argument
 from sharedllm.config import SharedLLMConfig, check_adapter_overrides
 from sharedllm.context_cache import ContextCache
 from sharedllm.context_encoder import (
@@ -358,7 +359,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                 attention_mask=layer_mask(text_config, masks, index),
                 position_embeddings=position_embeddings,
                 position_ids=positions,
-                past_key_values=cache,
+                **cache_argument(cache),
                 use_cache=cache is not None,
             )
             if injected is not None and (index < self.config.n_injected_layers or self.config.injection == "joint"):
@@ -376,7 +377,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             if self.config.injection == "joint":
                 hidden = residual + joint_self_attention(
                     layer.self_attn, layer.input_layernorm(hidden), injected, index,
-                    layer_kwargs["position_embeddings"], injected.window_mask, layer_kwargs["past_key_values"],
+                    layer_kwargs["position_embeddings"], injected.window_mask, layer_kwargs[CACHE_ARGUMENT],
                 )
             else:
                 attended, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden), **layer_kwargs)
@@ -409,9 +410,9 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         query_position: index of the tree's query token among each row's real tokens (int or (B,), negative from
             the end). Default: with labels, the last token before the first scored label; else the last token.
             Ignored with full_logits, where each span's query is the token before the span.
-        past_key_values: during `generate`, the cache; an empty one starts a cached prefill. A
-            `sharedllm.context_cache.ContextCache` (a document encoded once) is read as a prefix of every row: the
-            rows are the questions, answered as if each were appended to the document.
+        past_key_values (or `cache`, its name from transformers 5.24): during `generate`, the cache; an empty one
+            starts a cached prefill. A `sharedllm.context_cache.ContextCache` (a document encoded once) is read as a
+            prefix of every row: the rows are the questions, answered as if each were appended to the document.
         logits_to_keep: if > 0, only the last that many positions get logits (generation needs 1).
         full_logits: logits for every input position, (B, L, V) in the input's layout, as harnesses expect
             (default: `config.full_logits`). Position p's logits then depend on tokens 0..p only; see `_all_logits`.
@@ -585,7 +586,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]).float(), decoder_labels[:, 1:].reshape(-1), ignore_index=-100
             )
-        return SharedLLMOutput(loss=loss, logits=logits, past_key_values=cache, context_lengths=context_length)
+        return SharedLLMOutput(loss=loss, logits=logits, **cache_argument(cache), context_lengths=context_length)
 
     def _tokens_before(self, ids, index, has_them, otherwise) -> torch.LongTensor:
         """(B, S) ids[b, index[b] - S : index[b]] (S = chunk_overlap) where has_them[b] (a whole chunk of C >= S
@@ -631,7 +632,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             )[:, -n_new:]
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        return SharedLLMOutput(logits=self.base.lm_head(hidden), past_key_values=cache)
+        return SharedLLMOutput(logits=self.base.lm_head(hidden), **cache_argument(cache))
 
 
 def register_auto_classes() -> None:

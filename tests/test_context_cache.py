@@ -6,6 +6,7 @@ import torch
 from conftest import tiny_model
 from test_model import pad_batch, randomise_adapter, wrap
 
+from sharedllm.compat import cache_argument
 from sharedllm.context_cache import ContextCache
 
 # C = 16, Ld = 32, D = 2: a 100-token document holds 6 whole chunks and a 4-token tail
@@ -41,7 +42,7 @@ def test_cached_generate_equals_from_scratch(selection, arch):
         context = ContextCache.encode(model, document)
         assert context.n_chunks == DOCUMENT_LENGTH // 16
         for question in questions:  # one cache object serves every question
-            out = model.generate(question[None], past_key_values=context, output_logits=True,
+            out = model.generate(question[None], **cache_argument(context), output_logits=True,
                                  return_dict_in_generate=True, **GENERATE)
             expected_tokens, expected_logits = scratch_generate(model, document, question)
             assert torch.equal(out.sequences[0, len(question) :], expected_tokens), f"question of {len(question)}"
