@@ -70,8 +70,12 @@ KNOBS = {
     "context_chunks": Knob(
         int, None, "k, tree_selection attention: the window reads only the k chunks whose best token scores highest "
         "under the scoring layer's query (a global top-k over chunks, as InfLLM retrieves blocks; the others stay "
-        "cached but masked); default every chunk. Why: chunks share positions, so many of them dilute the window's "
-        "attention", optional=True,
+        "cached, and only the k are gathered for attention); default every chunk. Why: chunks share positions, so "
+        "many of them dilute the window's attention", optional=True,
+    ),
+    "recent_chunks": Knob(
+        int, 0, "r, with context_chunks: the r most recent chunks (the text just before the window) are always among "
+        "the k read, whatever their score; the query ranks the rest",
     ),
     "max_chunks_per_pass": Knob(int, 16, "chunks encoded by one lower-model call; bounds peak memory"),
     "full_logits": Knob(
@@ -196,6 +200,12 @@ class SharedLLMConfig(PretrainedConfig):
                 f"tree_selection='attention', got context_chunks={self.context_chunks}, "
                 f"tree_selection={self.tree_selection!r}",
             ),
+            (
+                self.recent_chunks == 0 or (self.context_chunks is not None and self.recent_chunks <= self.context_chunks),
+                f"recent_chunks counts among the context_chunks read: it needs context_chunks >= recent_chunks, got "
+                f"recent_chunks={self.recent_chunks}, context_chunks={self.context_chunks}",
+            ),
+            (self.recent_chunks >= 0, f"recent_chunks must be >= 0, got {self.recent_chunks}"),
             (
                 self.selection_layer is None or 0 <= self.selection_layer < self.n_injected_layers,
                 f"selection_layer must be an injected layer, 0..{self.n_injected_layers - 1} (n_injected_layers - 1), "

@@ -424,16 +424,20 @@ class ContextEncoder:
         return layer0, keys, values
 
 
-def top_chunks(context: EncodedContext, k: int) -> EncodedContext:
-    """Each row's k best-scoring real chunks, gathered in their original order: per layer (B, Hkv, k * K, hd) instead
-    of (B, Hkv, n * K, hd), so that what reads them costs k chunks, not n. A row with fewer than k real chunks keeps
-    them all (they come first: real chunks are the row's first slots and score above padding's -inf)."""
+def top_chunks(context: EncodedContext, k: int, recent: int = 0) -> EncodedContext:
+    """Each row's k best-scoring real chunks, its `recent` last chunks always among them, gathered in their original
+    order: per layer (B, Hkv, k * K, hd) instead of (B, Hkv, n * K, hd), so that what reads them costs k chunks,
+    not n. A row with fewer than k real chunks keeps them all (they come first: real chunks are the row's first
+    slots and score above padding's -inf)."""
     scores = context.chunk_scores  # (B, n), -inf in padding slots
     n = scores.shape[1]
     if n <= k:
         return context
-    real = torch.arange(n, device=scores.device)[None, :] < context.n_chunks[:, None]
-    best = scores.masked_fill(~real, float("-inf")).topk(k, dim=1).indices.sort(dim=1).values  # (B, k)
+    slot = torch.arange(n, device=scores.device)[None, :]
+    real = slot < context.n_chunks[:, None]
+    last = real & (slot >= (context.n_chunks - recent)[:, None])  # (B, n) the row's `recent` last real chunks
+    ranked = scores.masked_fill(~real, float("-inf")).masked_fill(last, float("inf"))
+    best = ranked.topk(k, dim=1).indices.sort(dim=1).values  # (B, k)
     per_chunk = context.per_chunk
     slots = (best[:, :, None] * per_chunk + torch.arange(per_chunk, device=best.device)).flatten(1)  # (B, k * K)
 

@@ -86,6 +86,12 @@ def test_top_chunks_gathers_the_k_best_real_chunks_per_row():
     # a row with <= k chunks keeps them all, first, then padding
     assert chunks_read(3) == ([[1, 2, 3], [0, 1, 2]], [3, 3])
     assert top_chunks(context, 9) is context
+    # the r last real chunks are read whatever their score: row 0's chunk 3 (0.7) and row 1's chunk 2 (2.0) are
+    # last, and so already among the best; with r = 2 row 0 also reads chunk 2 (0.5) and row 1 chunk 1 (-1.0)
+    read = top_chunks(context, 2, recent=2)
+    assert read.keys[0][:, 0, ::2, 0].long().tolist() == [[2, 3], [1, 2]]
+    read = top_chunks(context, 3, recent=1)
+    assert read.keys[0][:, 0, ::2, 0].long().tolist() == [[1, 2, 3], [0, 1, 2]]
 
 
 def test_context_chunks_reads_only_the_best_chunk():
@@ -106,13 +112,13 @@ def test_context_chunks_reads_only_the_best_chunk():
         assert not torch.allclose(out, every(torch.cat([*chunks, window])[None]).logits, atol=1e-3)
 
 
-@pytest.mark.parametrize("injection", ["cross", "joint"])
-def test_context_chunks_generate_equals_forward(injection):
-    """Chunks rolling in during generation are ranked with the others under the prefill's query, as a forward over
-    the whole sequence with the same query ranks them."""
+@pytest.mark.parametrize("injection, recent", [("cross", 0), ("joint", 0), ("joint", 1)])
+def test_context_chunks_generate_equals_forward(injection, recent):
+    """Chunks rolling in during generation are ranked with the others under the prefill's query (and the most
+    recent one is then the new one), as a forward over the whole sequence with the same query ranks them."""
     torch.manual_seed(0)
     model = wrap(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=8, tree_selection="attention",
-                 context_chunks=2, injection=injection)
+                 context_chunks=2, recent_chunks=recent, injection=injection)
     if injection == "cross":
         with torch.no_grad():
             for attention in model.cross_attention:
@@ -132,6 +138,10 @@ def test_context_chunks_needs_attention_selection():
         wrap(context_chunks=2, tree_selection="query")
     with pytest.raises(ValueError, match="context_chunks"):
         wrap(context_chunks=0, tree_selection="attention")
+    with pytest.raises(ValueError, match="recent_chunks counts among the context_chunks"):
+        wrap(context_chunks=2, recent_chunks=3, tree_selection="attention")
+    with pytest.raises(ValueError, match="recent_chunks counts among the context_chunks"):
+        wrap(recent_chunks=1, tree_selection="attention")
 
 
 @pytest.mark.parametrize("injection", ["cross", "joint"])
