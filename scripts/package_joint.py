@@ -1,5 +1,6 @@
 """Package the training-free joint-injection preset for a base: config only (no weights: joint injection adds no
-parameters), portable base name, the knobs measured in results/experiments/joint-overlap/.
+parameters), portable base name, the knobs measured in results/experiments/joint-overlap/ (context_chunks in
+results/experiments/context-chunks-validation/).
 
     python scripts/package_joint.py adapters/smollm2-135m-joint [--base B] [--selection-layer 17 ...]
 
@@ -18,7 +19,7 @@ from sharedllm.loading import load_causal_lm
 
 PRESET = dict(injection="joint", chunk_size=512, decoder_window=1024, chunk_overlap=64, tree_depth=3,
               tokens_per_node=32, leaf_tokens_per_node=64, tree_selection="attention", selection_layer=17,
-              context_chunks=4)
+              context_chunks=8)
 
 
 def main() -> None:
