@@ -96,8 +96,9 @@ def _pip_download(spec: str, dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
            "--disable-pip-version-check", "-d", str(dest)]
     logger.info("downloading %s from the package index", spec)
-    # stdout stays on the terminal for pip's progress bar; stderr is kept for the error message
-    result = subprocess.run(cmd + [spec], stderr=subprocess.PIPE, text=True)
+    # pip's progress goes to our stderr (fd 2), not stdout: stdout is the answer stream of `sharedllm ask` and the
+    # tables of `eval`; pip's own stderr is kept for the error message
+    result = subprocess.run(cmd + [spec], stdout=2, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise RuntimeError(
             f"`pip download {spec}` failed (exit {result.returncode}). Check network access to the Python "
@@ -167,10 +168,11 @@ def _apt_download(package: str, dest: Path) -> Path:
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise RuntimeError(f"fetching Debian package {package!r} needs apt-get and dpkg-deb (Debian/Ubuntu)")
     logger.info("downloading Debian package %s", package)
-    result = subprocess.run(["apt-get", "download", package], cwd=dest, stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(["apt-get", "download", package], cwd=dest, stdout=2, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:  # usually a stale or empty package list
         subprocess.run(["apt-get", "update"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        result = subprocess.run(["apt-get", "download", package], cwd=dest, stderr=subprocess.PIPE, text=True)
+        result = subprocess.run(["apt-get", "download", package], cwd=dest, stdout=2, stderr=subprocess.PIPE,
+                                text=True)
     if result.returncode != 0:
         raise RuntimeError(
             f"`apt-get download {package}` failed. Check network access to the Debian mirror "

