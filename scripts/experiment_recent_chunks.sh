@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Always read the most recent chunks (issue #10): the default preset (context_chunks=4) with recent_chunks = 0, 1, 2
+# Always read the most recent chunks (issue #10): the preset with context_chunks=4 (default until 2026-12-02), r = 0, 1, 2
 # of its 4 chunks, perplexity by the CEPE protocol at 8K and 16K on 4 windows of the *validation* books (the knob
 # is tuned here, so the test books stay out of it), the base with full attention at 8K on the same windows, and
-# recent_chunks = 0, 1 on 4 windows of the validation math files.
+# recent_chunks = 0, 1 on 4 windows of the validation math files; then r = 1 with k = 8 on both.
 # Write-up: results/experiments/recent-chunks/README.md. Usage: scripts/experiment_recent_chunks.sh [OUT_DIR]
 set -euo pipefail
 OUT=${1:-results/experiments/recent-chunks}
@@ -20,3 +20,10 @@ for LENGTH in 8K 16K; do
     done
 done
 $PPL --domains books --output "$OUT/ppl" --lengths 8K --methods full
+# with the default preset's k = 8 (its r = 0 rows: ../context-chunks-validation/, the same commands)
+for DOMAIN in books math; do
+    for LENGTH in 8K 16K; do
+        $PPL --domains $DOMAIN --output "$OUT/ppl-k8-$DOMAIN" --lengths $LENGTH --methods sharedllm --context-chunks 8 \
+            --recent-chunks 1 --label joint-k8-r1
+    done
+done
