@@ -28,6 +28,7 @@ from transformers import DynamicCache
 
 from sharedllm.context_encoder import LowerChunks
 from sharedllm.loading import base_fingerprint
+from sharedllm.lora import lora_fingerprint
 from sharedllm.rows import left_align, real_token_spans
 
 FORMAT = "sharedllm-context-cache/1"
@@ -43,6 +44,7 @@ def model_signature(model) -> dict:
     return {
         "base_fingerprint": fingerprint,
         "dtype": str(model.base.dtype).removeprefix("torch."),
+        "lora": lora_fingerprint(model),  # joint injection encodes the context through the LoRA'd layers
         **{knob: getattr(config, knob) for knob in STORED_KNOBS},
     }
 

@@ -105,8 +105,13 @@ def base_fingerprint(model: nn.Module, samples_per_tensor: int = 64) -> str:
     Rounding to bf16 makes an fp32 load and a bf16 load of the same checkpoint agree; sampling keeps it cheap for
     any model size.
     """
+    return weights_fingerprint(dict(model.named_parameters()), samples_per_tensor)
+
+
+def weights_fingerprint(tensors: dict[str, torch.Tensor], samples_per_tensor: int = 64) -> str:
+    """`base_fingerprint` of named tensors."""
     digest = hashlib.sha256()
-    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+    for name, param in sorted(tensors.items(), key=lambda item: item[0]):
         flat = param.detach().reshape(-1)
         count = min(samples_per_tensor, flat.numel())
         index = torch.arange(count, device=flat.device) * (flat.numel() - 1) // max(count - 1, 1)  # exact integers

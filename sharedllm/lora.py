@@ -1,8 +1,13 @@
-"""Optional LoRA on the upper-only layers M..N-1, saved next to the adapter in `upper_lora/`.
+"""Optional LoRA on the upper model, saved next to the adapter in `upper_lora/`.
 
-The bottom M layers are both the lower model (the context encoder) and the bottom of the upper model: adapting
-them would change the context encoding too, so LoRA never goes there. The LoRA is injected in place into the
-base (no PeftModel wrapper), so SharedLLM keeps calling the same modules. `SharedLLMForCausalLM.save_pretrained`
+Cross injection: on the upper-only layers M..N-1. The bottom M layers are both the lower model (the context
+encoder) and the bottom of the upper model: adapting them would change the context encoding too, so LoRA never
+goes there and the context encoder stays the frozen base.
+Joint injection has no adapter module: the LoRA is what trains, on every layer (the window reads its context with
+the layers' own attention, so that is where reading can be learned). The context is then encoded *with* the LoRA,
+as at inference, but without gradient through the encoding (`ContextEncoder.run_lower` is gradient-free): the LoRA
+learns from the window's side, through the queries, keys and values that read the context.
+The LoRA is injected in place into the base (no PeftModel wrapper), so SharedLLM keeps calling the same modules. `SharedLLMForCausalLM.save_pretrained`
 writes it when present and `from_pretrained` puts it back, so a LoRA-trained adapter is never loaded without it.
 """
 
@@ -16,16 +21,25 @@ LORA_WEIGHTS = "adapter_model.safetensors"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def lora_layers(config) -> list[int]:
+    """The layers a LoRA adapts: M..N-1 under cross injection, all N under joint injection (see the module doc)."""
+    n_layers = config.text_config.num_hidden_layers
+    return list(range(0 if config.injection == "joint" else config.n_injected_layers, n_layers))
+
+
 def upper_lora_config(model, rank: int):
     from peft import LoraConfig
 
-    n_layers = model.config.text_config.num_hidden_layers
+    layers = lora_layers(model.config)
+    if not layers:
+        raise ValueError(f"cross injection into all {model.config.n_injected_layers} layers leaves no upper-only layer "
+                         "for a LoRA: inject fewer layers, or use injection='joint'")
     return LoraConfig(
         r=rank,
         lora_alpha=2 * rank,
         lora_dropout=0.0,
         target_modules=LORA_TARGETS,
-        layers_to_transform=list(range(model.config.n_injected_layers, n_layers)),
+        layers_to_transform=layers,
         layers_pattern="layers",
     )
 
@@ -38,6 +52,15 @@ def add_upper_lora(model, rank: int) -> None:
 
 def lora_state_dict(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().contiguous() for name, p in model.base.named_parameters() if "lora_" in name}
+
+
+def lora_fingerprint(model) -> str | None:
+    """A digest of the injected LoRA's weights (None without one): part of what a context cache was encoded with,
+    since under joint injection the LoRA changes the context's keys and values."""
+    from sharedllm.loading import weights_fingerprint
+
+    lora = lora_state_dict(model)
+    return weights_fingerprint(lora) if lora else None
 
 
 def save_upper_lora(model, directory: str | Path) -> None:

@@ -3,13 +3,14 @@
 What is trained (method.md, "Training"): by default only the cross-attention (norm, q_proj, o_proj) of the
 M injected layers; the base model, hence the lower model, stays frozen, so the result is a small adapter
 on an unchanged base. Optionally LoRA on the upper-only layers M..N-1 (never the bottom M layers, which
-are also the lower model: training them would silently change the context encoder too).
+are also the lower model: training them would silently change the context encoder too). Joint injection adds no
+module: there the LoRA, on every layer, is what trains (`sharedllm.lora`).
 
 Output folder (a new run needs an empty or new folder, or --overwrite; --resume continues the run recorded there):
   run.json                         the run's identity and knobs; checkpoints carry its id, so a run never
                                    resumes, or deletes, a checkpoint of another run
   model.safetensors, config.json   the adapter (`SharedLLMForCausalLM.from_pretrained(output)`)
-  upper_lora/                      LoRA on layers M..N-1, if --lora-rank > 0 (`load_upper_lora`)
+  upper_lora/                      the LoRA, if --lora-rank > 0 (`load_upper_lora`)
   checkpoints/step-NNNNNNN/        trainable weights, optimizer, scheduler, RNG and sampler state
   train_log.jsonl, loss_curve.png  one record per step (train) and per evaluation (validation)
   training_summary.json            knobs, data, steps, tokens, wall time, final ppl, provenance (hardware, command, commit)
@@ -142,9 +143,10 @@ def validate_config(config: TrainConfig) -> None:
     if config.knobs["full_logits"]:
         raise InputError("--full-logits does not apply to training (the loss reads one decoder window, queried at its "
                          "last token); switch it on when loading the adapter: from_pretrained(..., full_logits=True)")
-    if config.knobs["injection"] == "joint":
-        raise InputError("--injection joint adds no parameters, so there is nothing to train yet; evaluate it "
-                         "untrained: sharedllm eval ... --adapter none --injection joint --n-injected-layers N")
+    if config.knobs["injection"] == "joint" and not config.lora_rank:
+        raise InputError("--injection joint adds no module, so without --lora-rank there is nothing to train; "
+                         "train a LoRA on its layers (--lora-rank 8), or evaluate it untrained: "
+                         "sharedllm eval ... --adapter none --injection joint --n-injected-layers N")
     try:  # the model's knobs, checked by their owner now rather than after the base model has loaded
         SharedLLMConfig(**config.knobs)
     except ValueError as err:
@@ -296,7 +298,7 @@ def build_model(config: TrainConfig):
 
 
 def configure_trainable(model, config: TrainConfig) -> list[torch.nn.Parameter]:
-    """Freeze everything, then unfreeze the cross-attention (and the upper LoRA if asked)."""
+    """Freeze everything, then unfreeze the cross-attention (none under joint injection) and the LoRA if asked."""
     model.requires_grad_(False)
     for p in model.adapter_parameters():
         p.requires_grad_(True)
@@ -309,6 +311,14 @@ def configure_trainable(model, config: TrainConfig) -> list[torch.nn.Parameter]:
         enable = getattr(model.base, "activation_checkpointing_enable", None) or model.base.gradient_checkpointing_enable
         enable()
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def trainable_description(config: TrainConfig) -> str:
+    joint = config.knobs["injection"] == "joint"
+    lora = f"LoRA r={config.lora_rank} on layers {0 if joint else config.knobs['n_injected_layers']}..N-1"
+    if joint:
+        return lora
+    return "cross-attention" + (f" + {lora}" if config.lora_rank else "")
 
 
 def trainable_state_dict(model) -> dict[str, torch.Tensor]:
@@ -676,8 +686,7 @@ def train(config: TrainConfig) -> Path:
 
     model, tokenizer = build_model(config)
     params = configure_trainable(model, config)
-    logger.info("trainable parameters: %d (%s)", sum(p.numel() for p in params),
-                "cross-attention + upper LoRA" if config.lora_rank else "cross-attention only")
+    logger.info("trainable parameters: %d (%s)", sum(p.numel() for p in params), trainable_description(config))
     sampler, validation, data_summary = prepare_data(config, documents, tokenizer, accelerator)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     # The scheduler is stepped by hand once per optimiser step (accelerate's wrapper would step it once per
@@ -779,8 +788,7 @@ def finish(output: Path, model, config: TrainConfig, data_summary: dict, acceler
         "final_validation_loss": val_loss,
         "final_validation_ppl": None if val_loss is None else math.exp(val_loss),
         "query_position": "last token of the decoder window (paper's training choice), train and validation",
-        "trainable": "cross-attention" + (f" + LoRA r={config.lora_rank} on layers "
-                                          f"{config.knobs['n_injected_layers']}..N-1" if config.lora_rank else ""),
+        "trainable": trainable_description(config),
     }
     provenance.write_json(output / "training_summary.json", summary, indent=2)
     logger.info("saved the adapter and training_summary.json in %s", output)
@@ -829,8 +837,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay (paper: 0)")
     add("--max-grad-norm", type=float, default=defaults.max_grad_norm, help="gradient clipping norm (0 = off)")
     add("--lora-rank", type=int, default=defaults.lora_rank,
-        help="LoRA rank on the upper-only layers M..N-1 (0 = off). The bottom M layers are never adapted: "
-             "they are also the lower model, so the context encoder stays the frozen base")
+        help="LoRA rank (0 = off). Cross injection: on the upper-only layers M..N-1; the bottom M layers are never "
+             "adapted (they are also the lower model, so the context encoder stays the frozen base). Joint "
+             "injection (no adapter module): on every layer, and required, since the LoRA is all that trains")
     add("--gradient-checkpointing", action="store_true", help="recompute base-layer activations in the backward (less memory)")
     add("--retrieval-fraction", type=float, default=defaults.retrieval_fraction,
         help="share of samples turned into retrieval exercises: key-value facts planted in the context, questions "

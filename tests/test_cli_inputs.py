@@ -156,7 +156,7 @@ TRAIN_CASES = [
     ([*DATA, "--chunk-size", "100", "--tree-depth", "3"], "chunk_size (100) must be divisible by 2**tree_depth (8)"),
     ([*DATA, "--tokens-per-node", "0"], "tokens_per_node must be >= 1, got 0"),
     ([*DATA, "--full-logits"], "--full-logits does not apply to training"),
-    ([*DATA, "--injection", "joint"], "--injection joint adds no parameters, so there is nothing to train yet"),
+    ([*DATA, "--injection", "joint"], "--injection joint adds no module, so without --lora-rank there is nothing"),
     ([*DATA, "--lr", "nan"], "--lr must be >= 0, got nan"),
     ([*DATA, "--stop-after", "9", "--steps", "5"], "--stop-after must be in [1, --steps = 5], got 9"),
     ([*DATA, "--retrieval-fraction", "1.5"], "--retrieval-fraction must be in [0, 1], got 1.5"),

@@ -163,6 +163,22 @@ def test_other_base_or_knobs_refused(tmp_path):
         ContextCache.load(tmp_path / "other.safetensors", model)
 
 
+def test_a_cache_encoded_without_the_joint_lora_is_refused():
+    """Under joint injection a LoRA changes the context's keys/values: a cache made without it answers otherwise."""
+    from sharedllm.lora import add_upper_lora
+
+    model = wrap(tiny_model("llama"), injection="joint", n_injected_layers=4)
+    document = torch.randint(3, 128, (DOCUMENT_LENGTH,), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        context = ContextCache.encode(model, document)
+        add_upper_lora(model, rank=2)
+        for name, p in model.base.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    with pytest.raises(ValueError, match=r"lora=None \(model: '[0-9a-f]{16}'\)"):
+        model(document[None, :5], past_key_values=context)
+
+
 def test_cache_is_stored_in_the_base_dtype():
     model, document, _ = setup()
     model = model.to(torch.bfloat16)

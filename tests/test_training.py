@@ -313,6 +313,23 @@ def test_lora_goes_on_upper_only_layers_and_round_trips(workspace, tmp_path):
     assert torch.equal(again(ids).logits, with_lora)
 
 
+def test_joint_injection_trains_a_lora_on_every_layer(workspace, tmp_path):
+    out = tmp_path / "joint"
+    run_cli(train_args(workspace, out, "--steps", "2", "--injection", "joint", "--lora-rank", "4", "--eval-every", "2",
+                       "--save-every", "2", "--distill-weight", "1"))
+    weights = load_file(str(out / training.LORA_DIR / training.LORA_WEIGHTS))
+    assert {int(name.split("layers.")[1].split(".")[0]) for name in weights} == {0, 1, 2, 3}  # no module of its own
+    assert all(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)  # every layer's LoRA trained
+    assert json.loads((out / "training_summary.json").read_text())["trainable"] == "LoRA r=4 on layers 0..N-1"
+
+    model = SharedLLMForCausalLM.from_pretrained(out)
+    assert model.config.injection == "joint" and not list(model.adapter_parameters())
+    ids = torch.randint(4, 100, (1, 64))
+    shutil.copytree(out, tmp_path / "no_lora", ignore=shutil.ignore_patterns(training.LORA_DIR, "checkpoints"))
+    plain = SharedLLMForCausalLM.from_pretrained(tmp_path / "no_lora")
+    assert not torch.allclose(plain(ids).logits, model(ids).logits)  # the LoRA reads the context differently
+
+
 def test_gradient_checkpointing_trains_the_same(workspace, tmp_path):
     runs = {}
     for name, extra in [("plain", []), ("checkpointed", ["--gradient-checkpointing"])]:
@@ -385,11 +402,11 @@ def test_init_adapter_starts_from_its_weights_and_checks_layers(workspace, tmp_p
         run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--retrieval-fraction", "1.5"))
 
 
-def test_help_names_the_upper_only_lora_and_lr_choice(capsys):
+def test_help_names_where_the_lora_goes_and_the_lr_choice(capsys):
     with pytest.raises(SystemExit):
         train_parser().parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "upper-only layers M..N-1" in text and "1e-5 with 128 sequences" in text
+    assert "only layers M..N-1" in text and "on every layer" in text and "1e-5 with 128 sequences" in text
 
 
 DDP_SCRIPT = """
