@@ -92,7 +92,7 @@ def check_adapter_overrides(saved: "SharedLLMConfig", overrides: dict) -> None:
     for knob in ADAPTER_SHAPE_KNOBS:
         if knob in overrides and overrides[knob] != getattr(saved, knob):
             fix = ("joint injection needs no adapter: use the untrained model (from_base, or --adapter none)"
-                   if knob == "injection" else "train an adapter with that value")
+                   if knob == "injection" and overrides[knob] == "joint" else "train an adapter with that value")
             raise ValueError(f"this adapter was trained with {knob}={getattr(saved, knob)!r}; its weights do not fit "
                              f"{knob}={overrides[knob]!r}: {fix}")
 
