@@ -7,8 +7,9 @@ Joint injection has no adapter module: the LoRA is what trains, on every layer (
 the layers' own attention, so that is where reading can be learned). The context is then encoded *with* the LoRA,
 as at inference, but without gradient through the encoding (`ContextEncoder.run_lower` is gradient-free): the LoRA
 learns from the window's side, through the queries, keys and values that read the context.
-The LoRA is injected in place into the base (no PeftModel wrapper), so SharedLLM keeps calling the same modules. `SharedLLMForCausalLM.save_pretrained`
-writes it when present and `from_pretrained` puts it back, so a LoRA-trained adapter is never loaded without it.
+The LoRA is injected in place into the base (no PeftModel wrapper), so SharedLLM keeps calling the same modules.
+`SharedLLMForCausalLM.save_pretrained` writes it when present and `from_pretrained` puts it back, so a LoRA-trained
+adapter is never loaded without it.
 """
 
 from pathlib import Path
@@ -21,10 +22,14 @@ LORA_WEIGHTS = "adapter_model.safetensors"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def first_lora_layer(injection: str, n_injected_layers: int) -> int:
+    """A LoRA adapts layers first..N-1: M..N-1 under cross injection, all N under joint injection (module doc)."""
+    return 0 if injection == "joint" else n_injected_layers
+
+
 def lora_layers(config) -> list[int]:
-    """The layers a LoRA adapts: M..N-1 under cross injection, all N under joint injection (see the module doc)."""
-    n_layers = config.text_config.num_hidden_layers
-    return list(range(0 if config.injection == "joint" else config.n_injected_layers, n_layers))
+    first = first_lora_layer(config.injection, config.n_injected_layers)
+    return list(range(first, config.text_config.num_hidden_layers))
 
 
 def upper_lora_config(model, rank: int):

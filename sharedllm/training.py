@@ -43,7 +43,9 @@ from sharedllm.cli import InputError
 from sharedllm.config import KNOB_DEFAULTS, KNOBS, SharedLLMConfig
 from sharedllm.distillation import teacher_window_logits, topk_distillation_loss
 from sharedllm.flags import add_base_argument, add_knob_arguments, knobs_from_args, parse_length
-from sharedllm.lora import LORA_DIR, LORA_WEIGHTS, add_upper_lora, load_upper_lora  # noqa: F401 (re-exported)
+from sharedllm.lora import (  # noqa: F401 (LORA_WEIGHTS, load_upper_lora re-exported)
+    LORA_DIR, LORA_WEIGHTS, add_upper_lora, first_lora_layer, load_upper_lora,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -314,9 +316,9 @@ def configure_trainable(model, config: TrainConfig) -> list[torch.nn.Parameter]:
 
 
 def trainable_description(config: TrainConfig) -> str:
-    joint = config.knobs["injection"] == "joint"
-    lora = f"LoRA r={config.lora_rank} on layers {0 if joint else config.knobs['n_injected_layers']}..N-1"
-    if joint:
+    injection = config.knobs["injection"]
+    lora = f"LoRA r={config.lora_rank} on layers {first_lora_layer(injection, config.knobs['n_injected_layers'])}..N-1"
+    if injection == "joint":  # no module of its own: the LoRA is all that trains
         return lora
     return "cross-attention" + (f" + {lora}" if config.lora_rank else "")
 
