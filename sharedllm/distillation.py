@@ -35,9 +35,9 @@ def topk_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.T
 @contextmanager
 def adapters_disabled(module: torch.nn.Module):
     """Run the base as it was before training: LoRA layers (peft, injected in place) switched off, then back on."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    from sharedllm.lora import lora_modules
 
-    lora_layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+    lora_layers = lora_modules(module)
     was_disabled = [m.disable_adapters for m in lora_layers]
     for layer in lora_layers:
         layer.enable_adapters(False)

@@ -62,7 +62,7 @@ from sharedllm.loading import (
     portable_base_name,
     read_adapter_weights,
 )
-from sharedllm.lora import LORA_DIR, load_upper_lora, save_upper_lora
+from sharedllm.lora import LORA_DIR, load_upper_lora, merge_upper_lora, save_upper_lora, unmerge_upper_lora
 from sharedllm.rows import context_chunk_counts, gather_tokens, left_align, mask_positions, real_token_spans
 
 
@@ -96,6 +96,17 @@ class SharedLLMCache(DynamicCache):
         self.decoder_ids = decoder_ids  # (B, W) left-padded
         self.decoder_mask = decoder_mask  # (B, W)
         self.previous = previous  # (B, S) the chunk_overlap tokens before the window (joint injection)
+
+    @property
+    def context(self) -> EncodedContext:
+        return self._context
+
+    @context.setter
+    def context(self, context: EncodedContext) -> None:
+        self._context = context
+        # what the window's layers read of it (`SharedLLMForCausalLM._injected_context`: the top-k chunks gathered
+        # in every layer), built once per context instead of at every decode step; a new context clears it
+        self.injected = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
         super().reorder_cache(beam_idx)
@@ -205,6 +216,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         torch_dtype: torch.dtype | str | None = None,
         attn_implementation: str | None = None,
         device_map=None,
+        merge_lora: bool = True,
         **kwargs,
     ):
         """Load base + adapter from a folder written by `save_pretrained`.
@@ -212,7 +224,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         `base` overrides where the base model comes from (a loaded model or a path); by default it is the recorded
         `config.base_model`. The base's weight fingerprint must match the one the adapter was trained on, and the
         adapter file its recorded sha256. An `upper_lora/` folder (trained with `--lora-rank`) is injected into the
-        base in place. Keyword knobs (`config.KNOBS`, e.g. decoder_window=2048 or full_logits=True) override the
+        base in place and, unless merge_lora=False, merged into its weights for speed (`sharedllm.lora`; `train()`
+        unmerges it). Keyword knobs (`config.KNOBS`, e.g. decoder_window=2048 or full_logits=True) override the
         saved config; dtype (alias torch_dtype), attn_implementation and device_map load the base.
         """
         directory = Path(pretrained_model_name_or_path).expanduser()
@@ -263,11 +276,18 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         model.cross_attention.to(dtype=base.dtype)
         if (directory / LORA_DIR).is_dir():  # injected into the base in place, as it was trained
             load_upper_lora(model, directory / LORA_DIR)
+            if merge_lora:
+                merge_upper_lora(model)
         if tokenizer is None:  # the one saved with the adapter, else the base's (read when the base was loaded)
             tokenizer = load_tokenizer(directory, required=False)
             tokenizer = base_tokenizer if tokenizer is None else tokenizer
         model.tokenizer = tokenizer
         return model.eval()
+
+    def train(self, mode: bool = True):
+        if mode and hasattr(self.base, "peft_config"):  # a LoRA merged by from_pretrained would get no gradient
+            unmerge_upper_lora(self)
+        return super().train(mode)
 
     # -- shortcuts ------------------------------------------------------------------------------------------------
 
@@ -311,6 +331,11 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         has_context = (context.n_chunks > 0).to(reference.dtype)[:, None, None]
         sink_keys, sink_values = sink if joint else (None, None)
         return InjectedContext(keys, values, mask, cos, sin, has_context, sink_keys=sink_keys, sink_values=sink_values)
+
+    def _cached_injected_context(self, cache: SharedLLMCache) -> InjectedContext | None:
+        if cache.injected is None:  # cleared whenever cache.context is replaced (a roll-over, a beam reorder)
+            cache.injected = self._injected_context(cache.context, cache.sink)
+        return cache.injected
 
     # -- query vectors --------------------------------------------------------------------------------------------
 
@@ -565,16 +590,16 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             context = self.context_encoder.encode(input_ids, start, n_chunks, torch.zeros_like(n_chunks), query, lower)
 
         sink = self.context_encoder.sink() if cfg.injection == "joint" else None
+        injected = self._injected_context(context, sink)
         cache = None
         if cached:
             empty = EncodedContext([], [], torch.zeros_like(n_chunks), cfg.context_tokens_per_chunk)
             previous = self._tokens_before(input_ids, start + context_length, context_length > 0,
                                            self.context_encoder.text_start_prefix(input_ids.shape[0], input_ids.device))
             cache = SharedLLMCache(cfg.text_config, context or empty, query, decoder_ids, decoder_mask, previous, sink)
+            cache.injected = injected  # of `context or empty` as well: the first decode step need not rebuild it
         positions = mask_positions(decoder_mask)
-        hidden = self._decoder_forward(
-            decoder_ids, decoder_mask, positions, self._injected_context(context, sink), cache
-        )
+        hidden = self._decoder_forward(decoder_ids, decoder_mask, positions, injected, cache)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.base.lm_head(hidden)
@@ -608,9 +633,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         if int(rolled.max()) == 0:  # the common step: extend the window's cache
             cache.decoder_ids, cache.decoder_mask = ids, mask
             positions = mask_positions(mask)[:, -n_new:]
-            hidden = self._decoder_forward(
-                new_ids, mask, positions, self._injected_context(cache.context, cache.sink), cache
-            )
+            hidden = self._decoder_forward(new_ids, mask, positions, self._cached_injected_context(cache), cache)
         else:
             start, _ = real_token_spans(mask)
             new_context = self.context_encoder.encode(
@@ -624,11 +647,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             cache.reset()  # the window moved: rebuild its self-attention cache over the tokens that remain
             positions = mask_positions(cache.decoder_mask)
             hidden = self._decoder_forward(
-                cache.decoder_ids,
-                cache.decoder_mask,
-                positions,
-                self._injected_context(cache.context, cache.sink),
-                cache,
+                cache.decoder_ids, cache.decoder_mask, positions, self._cached_injected_context(cache), cache
             )[:, -n_new:]
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]

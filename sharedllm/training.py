@@ -290,6 +290,9 @@ def build_model(config: TrainConfig):
     base, tokenizer = load_causal_lm(config.base)
     model = SharedLLMForCausalLM.from_base(base, tokenizer=tokenizer, **config.knobs)
     if config.init_adapter:
+        if (Path(config.init_adapter) / LORA_DIR).is_dir():  # loading it would put its LoRA into this run's base
+            raise InputError(f"--init-adapter copies a cross-attention adapter; {config.init_adapter} also holds a "
+                             f"LoRA ({LORA_DIR}/), which it cannot start from: continue that run with --resume instead")
         # from_pretrained checks that the adapter was trained on this very base (weight fingerprint)
         start = SharedLLMForCausalLM.from_pretrained(config.init_adapter, base=base)
         if start.config.n_injected_layers != config.knobs["n_injected_layers"]:

@@ -121,6 +121,19 @@ def test_generate_matches_full_forward_across_rollover(arch_name, node_encoding)
         assert rollovers >= 2
 
 
+def test_what_the_window_reads_is_built_once_per_context(monkeypatch):
+    """Decode steps reuse the injected context (a top-k gather in every layer) until a roll-over replaces it."""
+    model = randomise_adapter(wrap(tiny_model("llama"), injection="joint", tree_selection="attention",
+                                       context_chunks=1))
+    builds = []
+    build = model._injected_context
+    monkeypatch.setattr(model, "_injected_context", lambda *args: builds.append(1) or build(*args))
+    prompt = torch.randint(3, 128, (1, 50))  # 2 chunks of context, window of 18 tokens
+    with torch.no_grad():  # the window reaches Ld = 32 after 14 new tokens: one chunk rolls over
+        model.generate(prompt, max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
+    assert len(builds) == 2  # the prefill's, the roll-over's (not one per each of the 19 decode steps)
+
+
 def test_generate_batch_left_padded_matches_single():
     model = randomise_adapter(wrap(tiny_model("llama")))
     torch.manual_seed(0)

@@ -330,6 +330,25 @@ def test_joint_injection_trains_a_lora_on_every_layer(workspace, tmp_path):
     assert not torch.allclose(plain(ids).logits, model(ids).logits)  # the LoRA reads the context differently
 
 
+def test_a_loaded_lora_is_merged_for_inference_and_unmerged_to_train(workspace, tmp_path):
+    from sharedllm.lora import lora_fingerprint, lora_modules
+
+    out = tmp_path / "joint"
+    run_cli(train_args(workspace, out, "--steps", "1", "--injection", "joint", "--lora-rank", "4", "--eval-every", "1",
+                       "--save-every", "1"))
+    merged = SharedLLMForCausalLM.from_pretrained(out)
+    unmerged = SharedLLMForCausalLM.from_pretrained(out, merge_lora=False)
+    assert all(m.merged for m in lora_modules(merged.base)) and not any(m.merged for m in lora_modules(unmerged.base))
+    assert lora_fingerprint(merged) == lora_fingerprint(unmerged)  # context caches stay valid across the two
+    ids = torch.randint(4, 100, (1, 64))
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, unmerged(ids).logits, atol=1e-4)  # the same function
+    merged.train()
+    assert not any(m.merged for m in lora_modules(merged.base))
+    merged(ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for name, p in merged.base.named_parameters() if "lora_B" in name)
+
+
 def test_gradient_checkpointing_trains_the_same(workspace, tmp_path):
     runs = {}
     for name, extra in [("plain", []), ("checkpointed", ["--gradient-checkpointing"])]:
@@ -398,6 +417,10 @@ def test_init_adapter_starts_from_its_weights_and_checks_layers(workspace, tmp_p
     with pytest.raises(ValueError, match="injected layers"):
         run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--n-injected-layers", "1",
                            "--init-adapter", str(tmp_path / "first")))
+    run_cli(train_args(workspace, tmp_path / "lora", "--steps", "1", "--lora-rank", "2", "--eval-every", "1",
+                       "--save-every", "1"))
+    with pytest.raises(ValueError, match="also holds a LoRA"):
+        run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--init-adapter", str(tmp_path / "lora")))
     with pytest.raises(ValueError, match="retrieval-fraction"):
         run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--retrieval-fraction", "1.5"))
 
