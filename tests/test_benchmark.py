@@ -139,6 +139,62 @@ def test_prefill_flops_formula():
     assert prefill_flops("cepe", 32 + 16 * 64, config, TINY_KNOBS) > short  # every layer, no compression
 
 
+def _attended_flops(query, key, value, dropout_p=0.0, is_causal=False, *, attn_mask=None, out_val=None, **_):
+    """FlopCounterMode's count for CPU SDPA (which torch leaves uncounted): QK^T and AV of the (query, key) pairs
+    the mask or is_causal lets through, 2 (hd + hd_v) per pair and query head. The formula counts these useful
+    FLOPs; torch's own SDPA formula counts the whole rectangle, masked pairs included."""
+    batch, heads, n_queries, head_dim = query.shape
+    n_keys = key.shape[-2]
+    if attn_mask is not None:  # additive (dtype min = masked) or boolean, broadcast over batch and heads
+        allowed = attn_mask if attn_mask.dtype == torch.bool else attn_mask > torch.finfo(attn_mask.dtype).min / 2
+        pairs = int(allowed.expand(batch, heads, n_queries, n_keys).sum())
+    elif is_causal:  # SDPA's causal mask: query i sees keys 0..i
+        pairs = batch * heads * sum(min(i + 1, n_keys) for i in range(n_queries))
+    else:
+        pairs = batch * heads * n_queries * n_keys
+    return 2 * pairs * (head_dim + value.shape[-1])
+
+
+_attended_flops._get_raw = True  # FlopCounterMode hands it the tensors (the mask), not only their shapes
+
+# the tiny model: M = 2 of 4 layers, C = 16, Ld = 32; lengths 24 / 96 / 101 give 0 / 4 / 5 chunks
+FLOP_CASES = {
+    "cross": {},
+    "cross, attention selection, top 2 chunks": dict(tree_selection="attention", context_chunks=2),
+    "joint, overlap 4, top 2 chunks, scoring layer 1": dict(
+        injection="joint", chunk_overlap=4, tree_selection="attention", context_chunks=2, selection_layer=1,
+        leaf_tokens_per_node=8),
+    "joint, chunks alone, every chunk read": dict(injection="joint", chunk_overlap=0),
+    "joint, M = 1, overlap C, D = 2, top 3 with 1 recent, scoring layer 0": dict(
+        injection="joint", n_injected_layers=1, chunk_overlap=16, tree_depth=2, tokens_per_node=2,
+        tree_selection="attention", context_chunks=3, recent_chunks=1, selection_layer=0),
+}
+
+
+@pytest.mark.parametrize("case", FLOP_CASES)
+def test_sharedllm_flops_are_what_the_prefill_computes(case):
+    """prefill_flops equals torch's FLOP count of the prefill the benchmark times (methods.SharedLLM.prefill), for
+    both injections: the lower model with joint injection's overlap prefixes and sink, the query's layers, the
+    chunk scoring, the k chunks read. Exactly: what the formula leaves out (norms, RoPE, softmax, SiLU, cosine
+    scores) is elementwise, which FlopCounterMode does not count either, and both count lm_head on the last
+    position only (logits_to_keep=1)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sharedllm.methods import load_method
+
+    base = tiny_model("llama")
+    knobs = {**TINY_KNOBS, **FLOP_CASES[case]}
+    methods = {"sharedllm": load_method("sharedllm", base, shared=knobs)}
+    if case.startswith("joint, overlap"):  # cepe takes only the lengths of a joint comparison's knobs
+        methods["cepe"] = load_method("cepe", base, shared=knobs)
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    for name, method in methods.items():
+        for length in (24, 96, 101):
+            with FlopCounterMode(display=False, custom_mapping={flash: _attended_flops}) as counter:
+                method.prefill(torch.randint(3, 100, (length,)))
+            assert prefill_flops(name, length, base.config, knobs) == counter.get_total_flops(), (name, length)
+
+
 def test_matmul_peak_is_positive():
     assert measure_matmul_peak("cpu", torch.float32, size=128, repeats=3) > 0
 

@@ -3,6 +3,8 @@ FLOP/s and the utilisation of the matmul peak are computed from."""
 
 import math
 
+from sharedllm.config import KNOB_DEFAULTS
+
 
 def _layer_dims(text_config) -> dict:
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
@@ -59,8 +61,9 @@ def _infllm_attention_keys(length: int, infllm: dict) -> int:
 
 def prefill_flops(method: str, length: int, text_config, knobs: dict, described: dict | None = None) -> int:
     """Useful FLOPs of one prefill of `length` tokens (matmuls and attention; norms, RoPE, softmax left out, and
-    InfLLM's block scoring, a few representative keys per block). `knobs`: the comparison's SharedLLM knobs;
-    `described`: the method's `describe()`, which streaming and infllm need (their windows, blocks, sinks)."""
+    InfLLM's block scoring, a few representative keys per block, and SharedLLM's cosine node scores). `knobs`: the
+    comparison's SharedLLM knobs (config defaults for any not given); `described`: the method's `describe()`, which
+    streaming and infllm need (their windows, blocks, sinks)."""
     dims = _layer_dims(text_config)
     head = 2 * dims["d"] * dims["vocab"]  # lm_head on the last position only
     n_layers, window = dims["n_layers"], knobs["decoder_window"]
@@ -80,26 +83,80 @@ def prefill_flops(method: str, length: int, text_config, knobs: dict, described:
 
 
 def _method_knobs(method: str, knobs: dict, n_layers: int) -> dict:
-    if method == "cepe":  # as methods.CEPE: every layer injected, no tree, a node is the whole chunk
-        return {**knobs, "n_injected_layers": n_layers, "tree_depth": 0, "tokens_per_node": knobs["chunk_size"],
-                "leaf_tokens_per_node": None}
-    return knobs
+    """The knobs the method's model is built with. sharedllm: the comparison's. cepe (methods.CEPE): only the
+    knobs it shares (`CEPE.shared_knobs`), the config defaults for the rest (cross injection, query selection: not
+    the comparison's), then every layer injected, no tree, a node the whole chunk."""
+    if method == "cepe":
+        from sharedllm.methods import CEPE  # lazy: the formulas need no model code
+
+        shared = {name: knobs[name] for name in CEPE.shared_knobs if knobs.get(name) is not None}
+        return {**KNOB_DEFAULTS, **shared, "n_injected_layers": n_layers, "tree_depth": 0,
+                "tokens_per_node": shared.get("chunk_size", KNOB_DEFAULTS["chunk_size"]), "leaf_tokens_per_node": None}
+    return {**KNOB_DEFAULTS, **knobs}
 
 
 def _sharedllm_flops(dims: dict, length: int, knobs: dict) -> int:
-    """Lower model (M layers over n chunks of C) + query (layer 0 over the window) + upper model (N layers over
-    the window W) + cross-attention (q/o projections and attention over n * P * (D + 1) keys in M layers)."""
+    """A cached prefill of SharedLLMForCausalLM (`_full_forward`, what methods.SharedLLM.prefill times): the query
+    (layers below the scoring layer over the window W) + the lower model (M layers over n chunks of C, each after
+    its overlap prefix under joint injection) + the chunk scoring of tree_selection "attention" + the upper model
+    (N layers over W) reading k of the n chunks' compressed keys: cross injection with its own q/o projections
+    and attention in M layers, joint injection inside the layers' own softmax, with the attention sink."""
     chunk, window, m = knobs["chunk_size"], knobs["decoder_window"], knobs["n_injected_layers"]
     n_chunks = math.ceil(max(0, length - window) / chunk)
     w = length - n_chunks * chunk
-    context_keys = n_chunks * _context_tokens_per_chunk(knobs)
-    # the lower pass runs M - 1 whole layers; of the last one only the key/value projections (ContextEncoder.run_lower)
-    last_kv = 2 * 2 * dims["d"] * dims["kv"] * chunk if m > 1 else 0
-    lower = n_chunks * (_decoder_flops(dims, chunk, m - 1 if m > 1 else m) + last_kv)
-    query = _decoder_flops(dims, w, 1)  # a cached prefill always computes it (chunks may roll in later)
+    joint = knobs["injection"] == "joint"
+    query = _decoder_flops(dims, w, _query_layers(knobs))  # always, in a cached prefill (chunks may roll in)
+    sink = _lower_pass_flops(dims, 1, dims["n_layers"]) if joint else 0  # ContextEncoder.sink, chunks or not
     upper = _decoder_flops(dims, w, dims["n_layers"])
-    cross = m * (2 * 2 * dims["d"] * dims["h"] * w + 4 * dims["h"] * w * context_keys) if n_chunks else 0
-    return lower + query + upper + cross
+    if not n_chunks:  # no context: the upper model is the plain base over the window
+        return query + sink + upper
+    lower = sum(_lower_pass_flops(dims, chunk + prefix, m) for prefix in _chunk_prefixes(n_chunks, knobs))
+    read_keys = _read_chunks(n_chunks, knobs) * _context_tokens_per_chunk(knobs)
+    if joint:  # every window query also reads the sink in all N layers and the read chunks' keys in M layers
+        context = 4 * dims["h"] * w * (dims["n_layers"] + m * read_keys)
+    else:  # a new cross-attention in M layers: its q and o projections, and attention over the read keys
+        context = m * (2 * 2 * dims["d"] * dims["h"] * w + 4 * dims["h"] * w * read_keys)
+    return query + sink + lower + _scoring_flops(dims, n_chunks, knobs) + upper + context
+
+
+def _lower_pass_flops(dims: dict, tokens: int, n_layers: int) -> int:
+    """ContextEncoder.run_lower over one sequence of `tokens`: n_layers - 1 whole layers, then of the last one only
+    the key/value projections, the only part of it that is read (one whole layer when n_layers is 1)."""
+    if n_layers == 1:
+        return _decoder_flops(dims, tokens, 1)
+    return _decoder_flops(dims, tokens, n_layers - 1) + 2 * 2 * dims["d"] * dims["kv"] * tokens
+
+
+def _chunk_prefixes(n_chunks: int, knobs: dict) -> list[int]:
+    """Tokens the lower model reads before each chunk (config.overlap_length, ContextEncoder.tokens_before): none
+    under cross injection; under joint injection the S = min(chunk_overlap, C) tokens before it in the text, for
+    the text's first chunk only its start token (BOS; the rest of its prefix is padding, left out)."""
+    overlap = min(knobs["chunk_overlap"], knobs["chunk_size"]) if knobs["injection"] == "joint" else 0
+    return [min(overlap, 1)] + [overlap] * (n_chunks - 1)
+
+
+def _query_layers(knobs: dict) -> int:
+    """Layers SharedLLMForCausalLM._query_vectors runs over the window: those below the scoring layer
+    (config.scoring_layer) for tree_selection "attention", else layer 0."""
+    if knobs["tree_selection"] != "attention":
+        return 1
+    return knobs["n_injected_layers"] - 1 if knobs.get("selection_layer") is None else knobs["selection_layer"]
+
+
+def _scoring_flops(dims: dict, n_chunks: int, knobs: dict) -> int:
+    """tree_selection "attention" (ContextEncoder.attention_token_scores): per chunk, the scoring layer's query
+    projection of the row's query state and its logits against the chunk's C keys; the other selections compare
+    a few node vectors (cosine, left out) or none."""
+    if knobs["tree_selection"] != "attention":
+        return 0
+    return n_chunks * (2 * dims["d"] * dims["h"] + 2 * dims["h"] * knobs["chunk_size"])
+
+
+def _read_chunks(n_chunks: int, knobs: dict) -> int:
+    """Chunks the upper model reads: context_encoder.top_chunks gathers the k best (recent_chunks among them) when
+    context_chunks = k is set and fewer than n; else all n."""
+    k = knobs.get("context_chunks")
+    return n_chunks if k is None else min(n_chunks, k)
 
 
 def _context_tokens_per_chunk(knobs: dict) -> int:
