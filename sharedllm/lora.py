@@ -10,7 +10,8 @@ learns from the window's side, through the queries, keys and values that read th
 The LoRA is injected in place into the base (no PeftModel wrapper), so SharedLLM keeps calling the same modules.
 `SharedLLMForCausalLM.save_pretrained` writes it when present and `from_pretrained` puts it back, so a LoRA-trained
 adapter is never loaded without it. For inference `from_pretrained` also merges it into the base weights (W + s B A):
-the same function without a second pair of matmuls per projection, which made an 8K passkey prompt 1.6x slower.
+the same function without a second pair of matmuls per projection (unmerged, a forward pass over an 8K prompt took
+1.34x as long: scripts/bench_lora_merge.py).
 The LoRA weights stay beside the merged ones, so its fingerprint and `save_pretrained` do not change, and
 `model.train()` unmerges it again (a merged LoRA would get no gradient).
 """
