@@ -31,6 +31,7 @@ import contextlib
 import copy
 import inspect
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -532,6 +533,10 @@ class SharedLLM(Method):
         if adapter is None:
             self.model = SharedLLMForCausalLM.from_base(base, **model_knobs)
         else:
+            from sharedllm.lora import LORA_DIR
+
+            if (Path(adapter) / LORA_DIR).is_dir():  # its LoRA goes into the base in place (merged): keep the
+                base = copy.deepcopy(base)  # comparison's base, which the other methods of the run read, untouched
             self.model = SharedLLMForCausalLM.from_pretrained(adapter, base=base, config=self._adapter_config(adapter, model_knobs))
         self.model.eval()
         self.adapter = adapter

@@ -1,6 +1,7 @@
 """The method interface: every method scores and generates like the base model where it should, and differs
 where it should; StreamingLLM's cache and re-rotation; YaRN leaves the caller's model alone."""
 
+import copy
 import importlib.util
 
 import pytest
@@ -255,6 +256,31 @@ def test_sharedllm_loads_a_saved_adapter_and_overrides_knobs(tmp_path):
     assert load_method("sharedllm", base, adapter=str(tmp_path), decoder_window=64).describe()["decoder_window"] == 64
     with pytest.raises(ValueError, match="unknown knobs"):
         load_method("sharedllm", base, adapter=str(tmp_path), window=64)
+
+
+def test_an_adapter_with_a_lora_leaves_the_comparisons_base_alone(tmp_path):
+    """The LoRA goes into the base in place: the methods read after sharedllm in one run must get the plain base."""
+    from sharedllm.lora import add_upper_lora
+
+    base = tiny_model("llama")
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    trained = load_method("sharedllm", copy.deepcopy(base), injection="joint", n_injected_layers=2, tree_depth=1,
+                          tokens_per_node=4, **TINY_SHARED)  # a training run, on a base of its own
+    add_upper_lora(trained.model, rank=2)
+    with torch.no_grad():
+        for name, p in trained.model.base.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    trained.model.save_pretrained(tmp_path)
+
+    ids = random_ids(100)
+    loaded = load_method("sharedllm", base, adapter=str(tmp_path))
+    torch.testing.assert_close(loaded.token_nll(ids, 80), trained.token_nll(ids, 80), atol=1e-4, rtol=0)
+    after = base.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+    window = load_method("window", base, decoder_window=TINY_SHARED["decoder_window"])
+    torch.testing.assert_close(window.token_nll(ids, 80), reference_nll(base, ids[-TINY_SHARED["decoder_window"]:],
+                                                                       80 - 100 + TINY_SHARED["decoder_window"]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
