@@ -1,8 +1,10 @@
 """Package a training run's adapter for shipping: adapter weights + config (portable base name), log, loss curve.
 
     python scripts/package_adapter.py runs/smollm2-135m adapters/smollm2-135m [--checkpoint step-0000160]
+                                      [--decoder-window 1024 ...]
 
-With --checkpoint, the adapter is that checkpoint's (a run stopped before its last step); the summary then says
+Knob flags override the run's values in the shipped config: what the adapter is read with, e.g. a longer decoder
+window than the one it trained with. With --checkpoint, the adapter is that checkpoint's (a run stopped before its last step); the summary then says
 at which step of the schedule it stopped, the learning rate there, and that the final save did not happen.
 """
 
@@ -15,6 +17,7 @@ from safetensors.torch import load_file
 
 from sharedllm import SharedLLMConfig, SharedLLMForCausalLM
 from sharedllm.config import KNOBS
+from sharedllm.flags import add_knob_arguments, knobs_from_args
 from sharedllm.loading import load_causal_lm, portable_base_name
 from sharedllm.lora import LORA_DIR
 from sharedllm.training import LOG_FILE, plot_curves, read_log
@@ -25,6 +28,7 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--checkpoint", help="a checkpoint folder name under RUN/checkpoints")
+    add_knob_arguments(parser, title="knobs (default: the run's)")
     args = parser.parse_args()
 
     checkpoint = args.run / "checkpoints" / args.checkpoint if args.checkpoint else None
@@ -35,7 +39,7 @@ def main() -> None:
         config = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
         base_path, knobs = config["base"], {k: config[k] for k in KNOBS if k in config}
     base, _ = load_causal_lm(portable_base_name(base_path) or base_path)
-    model = SharedLLMForCausalLM.from_base(base, **knobs)
+    model = SharedLLMForCausalLM.from_base(base, **{**knobs, **knobs_from_args(args)})
     if checkpoint is None and model.config.base_fingerprint != config.base_fingerprint:
         raise SystemExit("the base found now is not the base the run trained on (fingerprints differ)")
     state = load_file(str(checkpoint / "trainable.safetensors" if checkpoint else args.run / "model.safetensors"))
@@ -44,6 +48,7 @@ def main() -> None:
                          "(its upper_lora/ folder is copied with the adapter)")
     model.cross_attention.load_state_dict({k.removeprefix("cross_attention."): v for k, v in state.items()})
 
+    model.tokenizer = None  # loading takes the base's tokenizer (a copy would add 3.5 MB to the repository)
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     if checkpoint is None and (args.run / LORA_DIR).is_dir():

@@ -18,11 +18,13 @@ import torch
 from conftest import tiny_model
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, get_cosine_schedule_with_warmup
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, get_cosine_schedule_with_warmup
 
 from sharedllm import data, training
 from sharedllm.cli import InputError
 from sharedllm.modeling import SharedLLMForCausalLM
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Sample = 2 chunks of 16 + a decoder window of 32 = 64 tokens (one character = one token).
 TINY_KNOBS = ["--n-chunks", "2", "--chunk-size", "16", "--decoder-window", "32", "--n-injected-layers", "2",
@@ -334,8 +336,8 @@ def test_a_loaded_lora_is_merged_for_inference_and_unmerged_to_train(workspace, 
     from sharedllm.lora import lora_fingerprint, lora_modules
 
     out = tmp_path / "joint"
-    run_cli(train_args(workspace, out, "--steps", "1", "--injection", "joint", "--lora-rank", "4", "--eval-every", "1",
-                       "--save-every", "1"))
+    run_cli(train_args(workspace, out, "--steps", "2", "--injection", "joint", "--lora-rank", "4", "--eval-every", "2",
+                       "--save-every", "2"))  # step 1 runs at the warm-up's lr 0: two steps, so that the LoRA moved
     merged = SharedLLMForCausalLM.from_pretrained(out)
     unmerged = SharedLLMForCausalLM.from_pretrained(out, merge_lora=False)
     assert all(m.merged for m in lora_modules(merged.base)) and not any(m.merged for m in lora_modules(unmerged.base))
@@ -343,6 +345,13 @@ def test_a_loaded_lora_is_merged_for_inference_and_unmerged_to_train(workspace, 
     ids = torch.randint(4, 100, (1, 64))
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, unmerged(ids).logits, atol=1e-4)  # the same function
+    exported = tmp_path / "merged_base"  # the LoRA'd base as a plain model, for the baselines (window, full ...)
+    subprocess.run([sys.executable, str(REPO / "scripts" / "export_merged_base.py"), str(out), str(exported)],
+                   check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    plain = AutoModelForCausalLM.from_pretrained(exported).eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(ids).logits, merged.base(ids).logits, atol=1e-5)
+        assert not torch.allclose(plain(ids).logits, AutoModelForCausalLM.from_pretrained(workspace / "base")(ids).logits)
     merged.train()
     assert not any(m.merged for m in lora_modules(merged.base))
     merged(ids, labels=ids).loss.backward()
