@@ -3,7 +3,7 @@ FLOP/s and the utilisation of the matmul peak are computed from."""
 
 import math
 
-from sharedllm.config import KNOB_DEFAULTS
+from sharedllm.config import KNOB_DEFAULTS, SharedLLMConfig
 
 
 def _layer_dims(text_config) -> dict:
@@ -78,45 +78,53 @@ def prefill_flops(method: str, length: int, text_config, knobs: dict, described:
         keys = _infllm_attention_keys(length, described)
         return n_layers * (_linear_flops_per_token(dims) * length + 4 * dims["h"] * keys) + head
     if method in ("sharedllm", "cepe"):
-        return _sharedllm_flops(dims, length, _method_knobs(method, knobs, n_layers)) + head
+        return _sharedllm_flops(dims, length, _method_config(method, knobs, n_layers)) + head
     raise ValueError(f"no FLOP formula for method {method!r}")
 
 
-def _method_knobs(method: str, knobs: dict, n_layers: int) -> dict:
-    """The knobs the method's model is built with. sharedllm: the comparison's. cepe (methods.CEPE): only the
-    knobs it shares (`CEPE.shared_knobs`), the config defaults for the rest (cross injection, query selection: not
-    the comparison's), then every layer injected, no tree, a node the whole chunk."""
+def _method_config(method: str, knobs: dict, n_layers: int) -> SharedLLMConfig:
+    """The config the method's model is built with (its derived sizes, e.g. `scoring_layer`, `overlap_length`,
+    `context_tokens_per_chunk`, are the ones the model uses). sharedllm: the comparison's knobs. cepe
+    (methods.CEPE): only the knobs it shares (`CEPE.shared_knobs`), the defaults for the rest (cross injection,
+    query selection: not the comparison's), then every layer injected, no tree, a node the whole chunk."""
     if method == "cepe":
         from sharedllm.methods import CEPE  # lazy: the formulas need no model code
 
         shared = {name: knobs[name] for name in CEPE.shared_knobs if knobs.get(name) is not None}
-        return {**KNOB_DEFAULTS, **shared, "n_injected_layers": n_layers, "tree_depth": 0,
-                "tokens_per_node": shared.get("chunk_size", KNOB_DEFAULTS["chunk_size"]), "leaf_tokens_per_node": None}
-    return {**KNOB_DEFAULTS, **knobs}
+        return SharedLLMConfig(**shared, n_injected_layers=n_layers, tree_depth=0, leaf_tokens_per_node=None,
+                               tokens_per_node=shared.get("chunk_size", KNOB_DEFAULTS["chunk_size"]))
+    return SharedLLMConfig(**knobs)
 
 
-def _sharedllm_flops(dims: dict, length: int, knobs: dict) -> int:
+def _sharedllm_flops(dims: dict, length: int, config: SharedLLMConfig) -> int:
     """A cached prefill of SharedLLMForCausalLM (`_full_forward`, what methods.SharedLLM.prefill times): the query
     (layers below the scoring layer over the window W) + the lower model (M layers over n chunks of C, each after
     its overlap prefix under joint injection) + the chunk scoring of tree_selection "attention" + the upper model
     (N layers over W) reading k of the n chunks' compressed keys: cross injection with its own q/o projections
     and attention in M layers, joint injection inside the layers' own softmax, with the attention sink."""
-    chunk, window, m = knobs["chunk_size"], knobs["decoder_window"], knobs["n_injected_layers"]
+    chunk, window, m = config.chunk_size, config.decoder_window, config.n_injected_layers
     n_chunks = math.ceil(max(0, length - window) / chunk)
     w = length - n_chunks * chunk
-    joint = knobs["injection"] == "joint"
-    query = _decoder_flops(dims, w, _query_layers(knobs))  # always, in a cached prefill (chunks may roll in)
+    joint = config.injection == "joint"
+    attention_selection = config.tree_selection == "attention"
+    # _query_vectors runs the layers below the scoring layer over the window for attention selection, else layer 0
+    query = _decoder_flops(dims, w, config.scoring_layer if attention_selection else 1)  # always, in a cached prefill
     sink = _lower_pass_flops(dims, 1, dims["n_layers"]) if joint else 0  # ContextEncoder.sink, chunks or not
     upper = _decoder_flops(dims, w, dims["n_layers"])
     if not n_chunks:  # no context: the upper model is the plain base over the window
         return query + sink + upper
-    lower = sum(_lower_pass_flops(dims, chunk + prefix, m) for prefix in _chunk_prefixes(n_chunks, knobs))
-    read_keys = _read_chunks(n_chunks, knobs) * _context_tokens_per_chunk(knobs)
+    lower = sum(_lower_pass_flops(dims, chunk + prefix, m) for prefix in _chunk_prefixes(n_chunks, config))
+    # context_encoder.top_chunks gathers the k best chunks when context_chunks = k is set and fewer than n
+    read = n_chunks if config.context_chunks is None else min(n_chunks, config.context_chunks)
+    read_keys = read * config.context_tokens_per_chunk
     if joint:  # every window query also reads the sink in all N layers and the read chunks' keys in M layers
         context = 4 * dims["h"] * w * (dims["n_layers"] + m * read_keys)
     else:  # a new cross-attention in M layers: its q and o projections, and attention over the read keys
         context = m * (2 * 2 * dims["d"] * dims["h"] * w + 4 * dims["h"] * w * read_keys)
-    return query + sink + lower + _scoring_flops(dims, n_chunks, knobs) + upper + context
+    # attention selection (ContextEncoder.attention_token_scores): per chunk, the scoring layer's query projection
+    # of the row's query state and its logits against the chunk's C keys; cosine scores of other selections left out
+    scoring = n_chunks * (2 * dims["d"] * dims["h"] + 2 * dims["h"] * chunk) if attention_selection else 0
+    return query + sink + lower + scoring + upper + context
 
 
 def _lower_pass_flops(dims: dict, tokens: int, n_layers: int) -> int:
@@ -127,42 +135,7 @@ def _lower_pass_flops(dims: dict, tokens: int, n_layers: int) -> int:
     return _decoder_flops(dims, tokens, n_layers - 1) + 2 * 2 * dims["d"] * dims["kv"] * tokens
 
 
-def _chunk_prefixes(n_chunks: int, knobs: dict) -> list[int]:
-    """Tokens the lower model reads before each chunk (config.overlap_length, ContextEncoder.tokens_before): none
-    under cross injection; under joint injection the S = min(chunk_overlap, C) tokens before it in the text, for
-    the text's first chunk only its start token (BOS; the rest of its prefix is padding, left out)."""
-    overlap = min(knobs["chunk_overlap"], knobs["chunk_size"]) if knobs["injection"] == "joint" else 0
-    return [min(overlap, 1)] + [overlap] * (n_chunks - 1)
-
-
-def _query_layers(knobs: dict) -> int:
-    """Layers SharedLLMForCausalLM._query_vectors runs over the window: those below the scoring layer
-    (config.scoring_layer) for tree_selection "attention", else layer 0."""
-    if knobs["tree_selection"] != "attention":
-        return 1
-    return knobs["n_injected_layers"] - 1 if knobs.get("selection_layer") is None else knobs["selection_layer"]
-
-
-def _scoring_flops(dims: dict, n_chunks: int, knobs: dict) -> int:
-    """tree_selection "attention" (ContextEncoder.attention_token_scores): per chunk, the scoring layer's query
-    projection of the row's query state and its logits against the chunk's C keys; the other selections compare
-    a few node vectors (cosine, left out) or none."""
-    if knobs["tree_selection"] != "attention":
-        return 0
-    return n_chunks * (2 * dims["d"] * dims["h"] + 2 * dims["h"] * knobs["chunk_size"])
-
-
-def _read_chunks(n_chunks: int, knobs: dict) -> int:
-    """Chunks the upper model reads: context_encoder.top_chunks gathers the k best (recent_chunks among them) when
-    context_chunks = k is set and fewer than n; else all n."""
-    k = knobs.get("context_chunks")
-    return n_chunks if k is None else min(n_chunks, k)
-
-
-def _context_tokens_per_chunk(knobs: dict) -> int:
-    """Compressed keys per chunk and injected layer, as config.SharedLLMConfig.context_tokens_per_chunk counts them:
-    P per node of the D - 1 coarse levels and the leaf budget (default P) for the two kept leaves; no tree: one node."""
-    leaf = knobs.get("leaf_tokens_per_node") or knobs["tokens_per_node"]
-    if knobs["tree_depth"] == 0:
-        return leaf
-    return knobs["tokens_per_node"] * (knobs["tree_depth"] - 1) + 2 * leaf
+def _chunk_prefixes(n_chunks: int, config: SharedLLMConfig) -> list[int]:
+    """Tokens the lower model reads before each chunk (ContextEncoder.tokens_before): config.overlap_length (none
+    under cross injection), for the text's first chunk only its start token (BOS; the rest is padding, left out)."""
+    return [min(config.overlap_length, 1)] + [config.overlap_length] * (n_chunks - 1)
