@@ -18,6 +18,7 @@ import torch
 
 from sharedllm import SharedLLMForCausalLM, provenance
 from sharedllm.evaluation.passkey import build_passkey_prompt, encode, passkey_key
+from sharedllm.lora import LORA_DIR, has_upper_lora
 
 
 def main() -> None:
@@ -27,8 +28,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed forward passes per model")
     parser.add_argument("--output", type=Path, default=None, help="JSON file (default: print only)")
     args = parser.parse_args()
-    if not (args.adapter / "upper_lora").is_dir():
-        raise SystemExit(f"{args.adapter} has no upper_lora/: nothing to merge")
+    if not has_upper_lora(args.adapter):
+        raise SystemExit(f"{args.adapter} has no {LORA_DIR}/: nothing to merge")
 
     models = {"merged": SharedLLMForCausalLM.from_pretrained(args.adapter),
               "unmerged": SharedLLMForCausalLM.from_pretrained(args.adapter, merge_lora=False)}

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from sharedllm import SharedLLMForCausalLM
-from sharedllm.lora import LORA_DIR
+from sharedllm.lora import LORA_DIR, has_upper_lora
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("adapter", type=Path, help="an adapter folder with an upper_lora/ (trained with --lora-rank)")
     parser.add_argument("out", type=Path, help="the folder to write (config, safetensors, tokenizer)")
     args = parser.parse_args()
-    if not (args.adapter / LORA_DIR).is_dir():
+    if not has_upper_lora(args.adapter):
         raise SystemExit(f"{args.adapter} has no {LORA_DIR}/: its base is the plain base")
 
     model = SharedLLMForCausalLM.from_pretrained(args.adapter)  # the LoRA merged into the base weights

@@ -4,8 +4,9 @@
                                       [--decoder-window 1024 ...]
 
 Knob flags override the run's values in the shipped config: what the adapter is read with, e.g. a longer decoder
-window than the one it trained with. With --checkpoint, the adapter is that checkpoint's (a run stopped before its last step); the summary then says
-at which step of the schedule it stopped, the learning rate there, and that the final save did not happen.
+window than the one it trained with. With --checkpoint, the adapter is that checkpoint's (a run stopped before its
+last step); the summary then says at which step of the schedule it stopped, the learning rate there, and that the
+final save did not happen.
 """
 
 import argparse
@@ -19,7 +20,7 @@ from sharedllm import SharedLLMConfig, SharedLLMForCausalLM
 from sharedllm.config import KNOBS
 from sharedllm.flags import add_knob_arguments, knobs_from_args
 from sharedllm.loading import load_causal_lm, portable_base_name
-from sharedllm.lora import LORA_DIR
+from sharedllm.lora import LORA_DIR, has_upper_lora
 from sharedllm.training import LOG_FILE, plot_curves, read_log
 
 
@@ -51,7 +52,7 @@ def main() -> None:
     model.tokenizer = None  # loading takes the base's tokenizer (a copy would add 3.5 MB to the repository)
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
-    if checkpoint is None and (args.run / LORA_DIR).is_dir():
+    if checkpoint is None and has_upper_lora(args.run):
         shutil.copytree(args.run / LORA_DIR, args.out / LORA_DIR, dirs_exist_ok=True)
     records = read_log(args.run / LOG_FILE)
     if args.checkpoint:

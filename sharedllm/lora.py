@@ -26,6 +26,11 @@ LORA_WEIGHTS = "adapter_model.safetensors"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def has_upper_lora(adapter: str | Path) -> bool:
+    """Whether an adapter folder holds a LoRA (`upper_lora/`), which loading it injects into its base in place."""
+    return (Path(adapter) / LORA_DIR).is_dir()
+
+
 def first_lora_layer(injection: str, n_injected_layers: int) -> int:
     """A LoRA adapts layers first..N-1: M..N-1 under cross injection, all N under joint injection (module doc)."""
     return 0 if injection == "joint" else n_injected_layers

@@ -31,7 +31,6 @@ import contextlib
 import copy
 import inspect
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -533,9 +532,9 @@ class SharedLLM(Method):
         if adapter is None:
             self.model = SharedLLMForCausalLM.from_base(base, **model_knobs)
         else:
-            from sharedllm.lora import LORA_DIR
+            from sharedllm.lora import has_upper_lora
 
-            if (Path(adapter) / LORA_DIR).is_dir():  # its LoRA goes into the base in place (merged): keep the
+            if has_upper_lora(adapter):  # its LoRA goes into the base in place (merged): keep the
                 base = copy.deepcopy(base)  # comparison's base, which the other methods of the run read, untouched
             self.model = SharedLLMForCausalLM.from_pretrained(adapter, base=base, config=self._adapter_config(adapter, model_knobs))
         self.model.eval()

@@ -62,7 +62,9 @@ from sharedllm.loading import (
     portable_base_name,
     read_adapter_weights,
 )
-from sharedllm.lora import LORA_DIR, load_upper_lora, merge_upper_lora, save_upper_lora, unmerge_upper_lora
+from sharedllm.lora import (
+    LORA_DIR, has_upper_lora, load_upper_lora, merge_upper_lora, save_upper_lora, unmerge_upper_lora,
+)
 from sharedllm.rows import context_chunk_counts, gather_tokens, left_align, mask_positions, real_token_spans
 
 
@@ -274,7 +276,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         if missing or unexpected:
             raise ValueError(f"adapter weights in {directory} do not match: missing {missing}, unexpected {unexpected}")
         model.cross_attention.to(dtype=base.dtype)
-        if (directory / LORA_DIR).is_dir():  # injected into the base in place, as it was trained
+        if has_upper_lora(directory):  # injected into the base in place, as it was trained
             load_upper_lora(model, directory / LORA_DIR)
             if merge_lora:
                 merge_upper_lora(model)

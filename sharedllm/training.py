@@ -44,7 +44,7 @@ from sharedllm.config import KNOB_DEFAULTS, KNOBS, SharedLLMConfig
 from sharedllm.distillation import teacher_window_logits, topk_distillation_loss
 from sharedllm.flags import add_base_argument, add_knob_arguments, knobs_from_args, parse_length
 from sharedllm.lora import (  # noqa: F401 (LORA_WEIGHTS, load_upper_lora re-exported)
-    LORA_DIR, LORA_WEIGHTS, add_upper_lora, first_lora_layer, load_upper_lora,
+    LORA_DIR, LORA_WEIGHTS, add_upper_lora, first_lora_layer, has_upper_lora, load_upper_lora,
 )
 
 logger = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ def build_model(config: TrainConfig):
     base, tokenizer = load_causal_lm(config.base)
     model = SharedLLMForCausalLM.from_base(base, tokenizer=tokenizer, **config.knobs)
     if config.init_adapter:
-        if (Path(config.init_adapter) / LORA_DIR).is_dir():  # loading it would put its LoRA into this run's base
+        if has_upper_lora(config.init_adapter):  # loading it would put its LoRA into this run's base
             raise InputError(f"--init-adapter copies a cross-attention adapter; {config.init_adapter} also holds a "
                              f"LoRA ({LORA_DIR}/), which it cannot start from: continue that run with --resume instead")
         # from_pretrained checks that the adapter was trained on this very base (weight fingerprint)
