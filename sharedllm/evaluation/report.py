@@ -51,8 +51,9 @@ HEADLINE_PROTOCOL = ("windows of T tokens drawn once per (domain, T) with a fixe
 def run(args):
     from sharedllm.cli import InputError
 
-    if not load_results(args.results):  # an empty page would replace the committed one
-        raise InputError(f"no result JSON in {args.results}: nothing to report ({args.docs}/results.md left as it is)")
+    if not load_results(args.results) and not load_heldout(args.results):  # an empty page would replace the committed one
+        raise InputError(f"no result JSON in {args.results} or {args.results}/{HEADLINE_DIR}: nothing to report "
+                         f"({args.docs}/results.md left as it is)")
     path = regenerate(args.results, args.docs)
     print(f"wrote {path}")
 
