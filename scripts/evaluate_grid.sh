@@ -12,6 +12,7 @@
 # Settings (environment): ADAPTER, LD (decoder window of window / streaming / infllm's local window: the adapter's),
 # WINDOWS per cell, LENGTHS, DOMAINS, FULL_MAX / YARN_MAX (longest length full attention / YaRN run: quadratic cost;
 # on the 2-core CPU full attention takes ~400 s per 32K window), MAX_SECONDS (time budget per cell), RESULTS.
+# YaRN's cells up to the base's native window (8K) are recorded as not run, "identical to full": its factor is 1 there.
 # Cost on the 2-core CPU (estimates from measured windows; a GPU takes a small fraction): per 128K window sharedllm
 # ~0.5 min with the cross adapter and about streaming's with the default (joint) one, streaming ~5 min, infllm ~8 min (it attends ~3x streaming's keys); full ~7 min per 32K window, yarn ~30
 # min per 64K window (so MAX_SECONDS stops its 64K cells partway: recorded as not run). With 16 windows per cell

@@ -38,6 +38,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from sharedllm.compat import cache_argument, output_cache
 from sharedllm.config import KNOBS as CONFIG_KNOBS
+from sharedllm.flags import format_length
 
 METHODS = ("full", "window", "streaming", "infllm", "yarn", "sharedllm", "cepe")
 
@@ -176,6 +177,11 @@ class Method:
 
     def describe(self) -> dict:
         return {"method": self.name}
+
+    def same_as_another(self, n_tokens: int) -> str | None:
+        """Why this method computes exactly what another one does on inputs of n_tokens, or None. A grid can then
+        skip the duplicate cell and say why instead of paying for it twice."""
+        return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -461,6 +467,11 @@ class YaRN(Method):
 
     def factor_for(self, n_tokens: int) -> float:
         return self.factor or max(1.0, n_tokens / self.native)
+
+    def same_as_another(self, n_tokens: int) -> str | None:
+        if self.factor_for(n_tokens) == 1:  # YaRN with factor 1 leaves every RoPE frequency and scale as it is
+            return f"identical to full: YaRN factor 1 at T <= {format_length(self.native)}"
+        return None
 
     def _scaled_rotary(self, n_tokens: int) -> torch.nn.Module:
         """The base's rotary module rebuilt with the YaRN factor for a sequence of n_tokens."""

@@ -45,6 +45,9 @@ class FakeMethod:
     def describe(self):
         return {"method": self.name, **self.knobs}
 
+    def same_as_another(self, n_tokens):
+        return None
+
     def token_nll(self, input_ids, score_start):
         return torch.full((len(input_ids) - score_start,), 1.0 if self.name == "full" else 2.0)
 

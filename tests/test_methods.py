@@ -144,6 +144,10 @@ def test_yarn_factor_one_is_full_and_base_is_left_unchanged(arch):
     auto = load_method("yarn", base, native=48).token_nll(ids, 10)  # factor T / native = 2
     torch.testing.assert_close(auto, load_method("yarn", base, factor=2.0, native=48).token_nll(ids, 10), atol=0, rtol=0)
     assert (auto - scaled).abs().max() > 1e-4  # native sets YaRN's correction range too
+    at_native = load_method("yarn", base, native=96)  # factor max(1, 96 / 96) = 1: a grid may skip it as full's twin
+    torch.testing.assert_close(at_native.token_nll(ids, 10), full_nll, atol=1e-5, rtol=0)
+    assert at_native.same_as_another(96) == "identical to full: YaRN factor 1 at T <= 96"
+    assert at_native.same_as_another(97) is None and load_method("full", base).same_as_another(96) is None
     load_method("yarn", base, factor=2.0).generate(ids, 3)
 
     assert base.model.rotary_emb is rotary_emb

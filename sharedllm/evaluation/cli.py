@@ -401,7 +401,7 @@ def run_heldout(session):
                     continue
                 plan = heldout.plan_windows(doc_lengths, length, a.max_windows, a.seed)
                 too_long = a.max_length and length > a.max_length
-                not_run = f"past --max-length {format_length(a.max_length)}" if too_long else None
+                not_run = f"past --max-length {format_length(a.max_length)}" if too_long else method.same_as_another(length)
                 start = time.time()
                 records = heldout.score_windows(method, docs[domain], plan, length, not_run, a.max_seconds)
                 summary = heldout.summarise(records, a.seed)
