@@ -637,7 +637,15 @@ def append_log(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def trailing_mean(values: list[float], window: int) -> list[float]:
+    """Mean of each value and the window - 1 before it (fewer at the start): the trend of a noisy per-step loss."""
+    sums = np.cumsum([0.0, *values])
+    return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(window, i + 1) for i in range(len(values))]
+
+
 def plot_curves(log_path: Path, png_path: Path) -> None:
+    """Training loss per step with its trailing mean (and the distillation KL when logged), validation
+    perplexity, and validation retrieval when logged."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on training machines
@@ -645,12 +653,20 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
 
     records = read_log(log_path)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    kl = [(r["step"], r["distill_kl"]) for r in records if "distill_kl" in r]
     validation = [(r["step"], r["val_ppl"]) for r in records if "val_ppl" in r]
     retrieval = [(r["step"], 100 * r["val_retrieval_acc"]) for r in records if "val_retrieval_acc" in r]
     fig, axes = plt.subplots(1, 3 if retrieval else 2, figsize=(15 if retrieval else 10, 4))
     if train:
-        axes[0].plot(*zip(*train), lw=1)
-    axes[0].set(xlabel="step", ylabel="train loss (decoder window; + weighted KL when distilling)", title="training loss")
+        steps, losses = zip(*train)
+        window = max(1, len(losses) // 10)  # one batch of a few samples is noisy: the trend is what to read
+        axes[0].plot(steps, losses, lw=0.8, alpha=0.4, label="per step")
+        axes[0].plot(steps, trailing_mean(list(losses), window), lw=2, label=f"mean of the last {window} steps")
+    if kl:
+        axes[0].plot(*zip(*kl), lw=1, label="distillation KL alone (unweighted)")
+    if train or kl:
+        axes[0].legend(fontsize=8)
+    axes[0].set(xlabel="step", ylabel="loss", title="training loss (decoder window LM + weighted KL)")
     if validation:
         axes[1].plot(*zip(*validation), marker="o")
     axes[1].set(xlabel="step", ylabel="validation perplexity", title="validation perplexity")

@@ -407,13 +407,20 @@ def test_loss_curve_gets_a_retrieval_panel_when_logged(tmp_path):
     import matplotlib.image
 
     log = tmp_path / training.LOG_FILE
-    for record in [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.9, "val_ppl": 9.0, "val_retrieval_acc": 0.5}]:
+    for record in [{"step": 1, "loss": 2.0, "distill_kl": 0.3},
+                   {"step": 2, "loss": 1.9, "distill_kl": 0.2, "val_ppl": 9.0, "val_retrieval_acc": 0.5}]:
         training.append_log(log, record)
     training.plot_curves(log, tmp_path / "with.png")
     log.write_text(log.read_text().replace(', "val_retrieval_acc": 0.5', ""))
     training.plot_curves(log, tmp_path / "without.png")
     widths = [matplotlib.image.imread(tmp_path / f"{name}.png").shape[1] for name in ("with", "without")]
     assert widths[0] > widths[1]  # three panels against two
+
+
+def test_trailing_mean_is_the_mean_of_the_last_window_values():
+    assert training.trailing_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert training.trailing_mean([2.0, 4.0], 5) == [2.0, 3.0]  # fewer values than the window at the start
+    assert training.trailing_mean([1.0, 2.0], 1) == [1.0, 2.0]
 
 
 def test_init_adapter_starts_from_its_weights_and_checks_layers(workspace, tmp_path):
