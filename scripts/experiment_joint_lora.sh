@@ -7,11 +7,14 @@
 #   untrained : lr 0, one step: the training-free preset's numbers on the same windows (the floor to beat)
 #   lm        : language modelling only
 #   levers    : + retrieval exercises (30% of samples) + distillation to the full-attention base (KL weight 2, top 50)
-# Usage: scripts/experiment_joint_lora.sh untrained|lm|levers   (STEPS, EVAL, OUT_ROOT, EXTRA may be set)
+#   exercises : + retrieval exercises (30% of samples), no distillation: which of the two levers reads the needle
+#               right before the question (levers does, lm does not), and whether the KL is what kept levers from
+#               lm's perplexity
+# Usage: scripts/experiment_joint_lora.sh untrained|lm|levers|exercises   (STEPS, EVAL, OUT_ROOT, EXTRA may be set)
 # Write-up: results/experiments/joint-lora/README.md.
 set -euo pipefail
 export HF_HUB_OFFLINE=1
-RUN=${1:?untrained, lm or levers}
+RUN=${1:?untrained, lm, levers or exercises}
 STEPS=${STEPS:-50}
 EVAL=${EVAL:-25}
 OUT_ROOT=${OUT_ROOT:-runs/joint-lora}
@@ -25,6 +28,7 @@ case "$RUN" in
   untrained) ARM=(--eval-retrieval --lr 0 --steps 1 --eval-every 1) ;;
   lm)        ARM=(--eval-retrieval) ;;
   levers)    ARM=(--retrieval-fraction 0.3 --distill-weight 2 --distill-top-k 50) ;;
-  *) echo "unknown run $RUN (untrained, lm or levers)" >&2; exit 2 ;;
+  exercises) ARM=(--retrieval-fraction 0.3) ;;
+  *) echo "unknown run $RUN (untrained, lm, levers or exercises)" >&2; exit 2 ;;
 esac
 python -m sharedllm train --output "$OUT_ROOT/$RUN" "${PRESET[@]}" "${COMMON[@]}" "${ARM[@]}" ${EXTRA:-} "${@:2}"
