@@ -2,8 +2,9 @@
 
 docs/results.md opens with the headline: per domain, one table of every method on the same held-out windows
 (results/heldout/*.json, written by `sharedllm eval heldout`): PPL [95% bootstrap interval] (scored tokens), or
-"not run: reason"; and one perplexity-vs-length plot with the intervals. Then, as "Previous results", the
-hand-written results/NOTES.md and the older tables, built as follows.
+"not run: reason"; and one perplexity-vs-length plot with the intervals, after the hand-written reading of them in
+results/heldout/NOTES.md when there is one. Then, as "Previous results", the hand-written results/NOTES.md and the
+older tables, built as follows.
 
 A table is one setting (task, protocol, model, adapter, data); rows are methods, columns lengths. When a
 cell was measured more than once, the newest result wins. Below each table: the counts behind every
@@ -312,6 +313,9 @@ def headline_section(results_dir, figures: Path) -> list[str]:
                         "runs the grid (`sharedllm eval heldout`).", ""]
     lines += [f"Protocol: {HEADLINE_PROTOCOL}. A cell a method could not run says why (\"not run: ...\"); no "
               "window is ever replaced by another. Test documents: `sharedllm/splits.json`.", ""]
+    notes = Path(results_dir, HEADLINE_DIR, NOTES_FILE)  # the hand-written reading of these tables, if any
+    if notes.exists():
+        lines += [re.sub(r"^(#+) ", r"##\1 ", notes.read_text().strip(), flags=re.M), ""]
     for domain in sorted({c["domain"] for c in cells}):
         domain_cells = [c for c in cells if c["domain"] == domain]
         models = sorted({Path(str(c.get("model", ""))).name for c in domain_cells})

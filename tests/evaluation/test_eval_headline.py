@@ -56,10 +56,12 @@ def test_heldout_grid_same_windows_resumable_and_not_run(corpus, capsys):
     assert before == {p: p.stat().st_mtime_ns for p in (tmp / "results" / "heldout").glob("*.json")}
 
     (tmp / "results" / "NOTES.md").write_text("## Targets\n\nhand-written reading\n")
+    (tmp / "results" / "heldout" / "NOTES.md").write_text("# Reading the headline\n\nwhat the tables say\n")
     # the CLI's run: a results folder that holds only held-out cells is reported (no results/*.json needed)
     report.run(argparse.Namespace(results=str(tmp / "results"), docs=str(tmp / "docs")))
     page = (tmp / "docs" / "results.md").read_text()
-    assert page.index("## Headline") < page.index("## Previous results") < page.index("### Targets")
+    assert page.index("## Headline") < page.index("### Reading the headline") < page.index("## Previous results")
+    assert page.index("## Previous results") < page.index("### Targets")
     assert "| method | 512 (4 win) | 1K (4 win) |" in page
     assert "| full | 2.72 [2.72, 2.72] (1,024 tok) | 2.72 [2.72, 2.72] (1,024 tok) |" in page
     assert "| streaming | 7.39 [7.39, 7.39] (1,024 tok) | not run: past --max-length 512 |" in page
