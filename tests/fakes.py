@@ -1,5 +1,5 @@
-"""Stand-ins shared by the command-line and evaluation tests (no weights): prose, a real one-token-per-character
-tokenizer, and a base model that loads nothing."""
+"""Stand-ins shared by the tests (no weights): prose, a real one-token-per-character tokenizer, and a base model
+that loads nothing."""
 
 import re
 
@@ -12,17 +12,28 @@ PROSE = " ".join(
 )
 
 
-def char_tokenizer():
-    """A real HF fast tokenizer with one token per character (and a BOS), built in memory."""
+def char_tokenizer(chat_template=False):
+    """A real HF fast tokenizer built in memory, one token per character: token i is chr(i) for i < 128, except that
+    0-2 are the specials <pad>, <s>, </s>.
+
+    Why this layout: every id fits the tiny test models' 128-token vocabulary and every random id below 128 decodes
+    (random-weight models generate any of them); text tokenizes the same whole or in parts, and its token count is
+    its character count. A character beyond the 128 (say "\u00e9") is one token too: "?". Nothing is added on encode
+    (no BOS). With `chat_template`, a small chat template for the code that formats chat prompts (`sharedllm ask`).
+    """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    chars = [chr(i) for i in range(32, 127)] + ["\n"]
-    vocab = {"<unk>": 0, "<s>": 1, **{c: i + 2 for i, c in enumerate(chars)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    specials = {0: "<pad>", 1: "<s>", 2: "</s>"}
+    backend = Tokenizer(models.WordLevel({specials.get(i, chr(i)): i for i in range(128)}, unk_token="?"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    if chat_template:
+        tokenizer.chat_template = (
+            "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
+        )
+    return tokenizer
 
 
 class FakeBase:

@@ -4,6 +4,7 @@ answers token for token, through the stock generate(), at batch 1 and > 1; save/
 import pytest
 import torch
 from conftest import tiny_model
+from fakes import char_tokenizer
 from test_model import pad_batch, randomise_adapter, wrap
 
 from sharedllm.compat import cache_argument
@@ -193,23 +194,6 @@ def test_cache_is_stored_in_the_base_dtype():
 # `sharedllm ask` on a tiny model and a character-level tokenizer (the command logic; model loading is patched)
 
 
-def char_tokenizer(chat_template=True):
-    """Token i is chr(i) (0-2 are <pad>, <s>, </s>): every random id decodes, and text tokenizes the same in parts."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = {0: "<pad>", 1: "<s>", 2: "</s>"}
-    backend = Tokenizer(models.WordLevel({specials.get(i, chr(i)): i for i in range(128)}, unk_token="?"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    if chat_template:
-        tokenizer.chat_template = (
-            "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
-        )
-    return tokenizer
-
-
 def expected_answer(model, tokenizer, document: str, question: str, max_new_tokens: int) -> str:
     """From scratch: the whole chat prompt (document and question in one user message) through generate()."""
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": f"{document}\n\nQuestion: {question}"}],
@@ -225,7 +209,7 @@ def ask_setup(tmp_path, monkeypatch):
     """A tiny model behind `sharedllm ask`, and two text files (one with a byte that is not UTF-8)."""
     from sharedllm import ask
 
-    model, tokenizer = randomise_adapter(wrap(tiny_model("llama"))), char_tokenizer()
+    model, tokenizer = randomise_adapter(wrap(tiny_model("llama"))), char_tokenizer(chat_template=True)
     monkeypatch.setattr(ask, "load_model", lambda adapter, device, base=None, **knobs: (model, tokenizer))
     first, second = tmp_path / "first.txt", tmp_path / "second.txt"
     first.write_text("The cat sat on the mat. " * 6)
@@ -288,7 +272,7 @@ def test_ask_prompt_without_chat_template_and_default_adapter():
     from sharedllm.ask import DEFAULT_ADAPTER, prompt_parts
 
     assert prompt_parts(char_tokenizer(chat_template=False)) == ("", "\n\nQuestion: ", "\nAnswer:")
-    assert prompt_parts(char_tokenizer()) == ("<u>", "\n\nQuestion: ", "</u><a>")
+    assert prompt_parts(char_tokenizer(chat_template=True)) == ("<u>", "\n\nQuestion: ", "</u><a>")
     assert DEFAULT_ADAPTER.is_absolute() and (DEFAULT_ADAPTER / "config.json").is_file()
 
 

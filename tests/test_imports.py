@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_model
-from test_training import char_tokenizer
+from fakes import char_tokenizer
 
 from sharedllm.modeling import SharedLLMForCausalLM
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_model
+from fakes import char_tokenizer
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, get_cosine_schedule_with_warmup
+from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
 from sharedllm import data, training
 from sharedllm.cli import InputError
@@ -29,17 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 # Sample = 2 chunks of 16 + a decoder window of 32 = 64 tokens (one character = one token).
 TINY_KNOBS = ["--n-chunks", "2", "--chunk-size", "16", "--decoder-window", "32", "--n-injected-layers", "2",
               "--tree-depth", "1", "--tokens-per-node", "4"]
-
-
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    """A character tokenizer whose 100 ids fit the tiny model's 128-token vocabulary."""
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    for c in [chr(i) for i in range(32, 127)] + ["\n"]:
-        vocab[c] = len(vocab)
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>", unk_token="<unk>")
 
 
 @pytest.fixture(scope="module")
