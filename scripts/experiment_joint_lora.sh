@@ -10,7 +10,7 @@
 #   exercises : + retrieval exercises (30% of samples), no distillation: which of the two levers reads the needle
 #               right before the question (levers does, lm does not), and whether the KL is what kept levers from
 #               lm's perplexity
-# Usage: scripts/experiment_joint_lora.sh untrained|lm|levers|exercises   (STEPS, EVAL, OUT_ROOT, EXTRA may be set)
+# Usage: scripts/experiment_joint_lora.sh untrained|lm|levers|exercises   (STEPS, EVAL, OUT_ROOT, PRESET_ADAPTER, EXTRA may be set)
 # Write-up: results/experiments/joint-lora/README.md.
 set -euo pipefail
 export HF_HUB_OFFLINE=1
@@ -18,9 +18,9 @@ RUN=${1:?untrained, lm, levers or exercises}
 STEPS=${STEPS:-50}
 EVAL=${EVAL:-25}
 OUT_ROOT=${OUT_ROOT:-runs/joint-lora}
-PRESET=(--injection joint --n-injected-layers 30 --chunk-size 512 --tree-depth 3 --tokens-per-node 32
-        --leaf-tokens-per-node 64 --tree-selection attention --selection-layer 17 --chunk-overlap 64
-        --context-chunks 8)
+PRESET_ADAPTER=${PRESET_ADAPTER:-adapters/smollm2-135m-joint}  # its saved knobs, all but the decoder window
+PRESET_FLAGS=$(python scripts/knob_flags.py "$PRESET_ADAPTER" --except decoder_window)  # set -e stops on a failure here
+read -ra PRESET <<< "$PRESET_FLAGS"
 COMMON=(--n-chunks 2 --decoder-window 512 --lora-rank 8 --batch-size 1 --grad-accum 4 --lr 2e-4 --warmup 3
         --seed 0 --domains books:0.5 math:0.3 code:0.2 --eval-windows 8 --eval-every "$EVAL" --save-every 10
         --log-every 5 --steps "$STEPS" --no-progress)

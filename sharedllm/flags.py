@@ -71,6 +71,22 @@ def knobs_from_args(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in KNOBS if getattr(args, name, None) is not None}
 
 
+def knob_flags(knobs: dict, skip=()) -> list[str]:
+    """The command-line flags that give `knobs` (e.g. an adapter's saved config.json), one per knob set in it (None
+    is "not given"), in `config.KNOBS` order; the inverse of `knobs_from_args` after `add_knob_arguments`."""
+    from sharedllm.config import KNOBS
+
+    flags = []
+    for name, knob in KNOBS.items():
+        if name in skip or knobs.get(name) is None:
+            continue
+        if knob.type is bool:
+            flags.append(knob_flag(name) if knobs[name] else "--no-" + knob_flag(name)[2:])
+        else:
+            flags += [knob_flag(name), str(knobs[name])]
+    return flags
+
+
 def add_deprecated_alias(parser, old: str, new: str, **kwargs) -> None:
     """Accept `old` (an earlier spelling of `new`, kept for one release) into `new`'s destination, with a warning;
     hidden from --help, where `new`'s help names it."""

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from sharedllm.config import KNOBS, SharedLLMConfig
-from sharedllm.flags import add_knob_arguments, format_length, knob_flag, knobs_from_args, parse_length
+from sharedllm.flags import add_knob_arguments, format_length, knob_flag, knob_flags, knobs_from_args, parse_length
 
 
 @pytest.mark.parametrize("text, tokens", [("8192", 8192), ("8K", 8192), ("128k", 131072), ("1M", 1048576), (512, 512)])
@@ -56,3 +56,15 @@ def test_importing_the_config_first_registers_it_without_a_warning():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "SharedLLMConfig"
     assert "could not register" not in done.stderr
+
+
+@pytest.mark.parametrize("full_logits", [False, True])
+def test_knob_flags_parse_back_to_the_same_knobs(full_logits):
+    saved = {**SharedLLMConfig(injection="joint", n_injected_layers=6, tree_selection="attention", context_chunks=8).to_dict(),
+             "full_logits": full_logits, "model_type": "sharedllm"}  # a config.json holds more than knobs
+    parser = argparse.ArgumentParser()
+    add_knob_arguments(parser)
+    flags = knob_flags(saved, skip=("decoder_window",))
+    parsed = knobs_from_args(parser.parse_args(flags))
+    assert parsed == {k: saved[k] for k in KNOBS if saved.get(k) is not None and k != "decoder_window"}
+    assert "--decoder-window" not in flags and parsed["injection"] == "joint" and parsed["full_logits"] is full_logits
