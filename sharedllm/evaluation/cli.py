@@ -33,6 +33,7 @@ from sharedllm.flags import (
 )
 
 from . import report
+from .journal import TrialJournal
 from .needle import RULER_TASKS, effective_length, load_haystack, run_needle_grid, run_ruler
 from .passkey import DEFAULT_DEPTHS, run_passkey
 from .ppl import PROTOCOLS, perplexity
@@ -429,14 +430,25 @@ def run_heldout(session):
 
 
 def passkey_results(session, lengths, depths, trials, notes=""):
+    """Each method's passkey grid; every trial is journaled as it finishes, so a stopped run continues where it
+    stopped when the same command runs again (a 128K prompt takes minutes on a CPU)."""
     rows = {}
     for name, method in session.methods():
         start = time.time()
-        r = run_passkey(method, session.tokenizer, lengths, depths, trials, session.args.seed)
+        settings = {"method": method.describe(), "model": session.args.base, "dtype": session.args.dtype,
+                    "seed": session.args.seed}
+        journal = TrialJournal(session.args.output, "passkey", name, settings)
+        done = journal.load()
+        if done:
+            print(f"{name}: {len(done)} trials already done in {journal.path} (a stopped run): continuing")
+        r = run_passkey(method, session.tokenizer, lengths, depths, trials, session.args.seed, done=done,
+                        on_record=journal.append)
         scores = {str(n): acc for n, acc in r["per_length"].items()}
-        counts = {"trials_per_cell": trials, "depths": len(depths), "total_trials": len(r["records"])}
+        counts = {"trials_per_cell": trials, "depths": len(depths), "total_trials": len(r["records"]),
+                  "trials_from_a_stopped_run": sum(1 for record in r["records"] if record in done)}
         session.write("passkey", name, method, "landmark", SYNTHETIC, scores, counts, r,
                       time.time() - start, notes)
+        journal.remove()
         rows[name] = {format_length(n): f"{100 * acc:.0f}% of {trials * len(depths)}" for n, acc in r["per_length"].items()}
     return rows
 

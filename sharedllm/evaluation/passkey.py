@@ -99,22 +99,30 @@ def generate_text(method, tokenizer, prompt: str, max_new_tokens: int) -> str:
 
 @torch.no_grad()
 def run_passkey(method, tokenizer, lengths, depths=DEFAULT_DEPTHS, trials=10, seed=0, max_new_tokens=10,
-                progress=True):
-    """Accuracy per (length, depth) cell over `trials` prompts; also per length and per trial."""
+                progress=True, done=(), on_record=None):
+    """Accuracy per (length, depth) cell over `trials` prompts; also per length and per trial.
+
+    `done`: records of trials already run (a journal of a stopped run), reused instead of run again;
+    `on_record(record)` is called after each trial that runs (to journal it)."""
+    done = {(r["length"], r["depth"], r["trial"]): r for r in done}
     cells, records = [], []
     bar = tqdm(total=len(lengths) * len(depths) * trials, desc="passkey", disable=not progress)
     for length in lengths:
         for depth in depths:
             correct = 0
             for trial in range(trials):
-                key = passkey_key(seed, length, depth, trial)
-                prompt = build_passkey_prompt(tokenizer, length, depth, key)
-                output = generate_text(method, tokenizer, prompt, max_new_tokens)
-                hit = passkey_correct(output, key)
-                correct += hit
-                records.append({"length": length, "depth": depth, "trial": trial, "key": key,
-                                "prompt_tokens": len(encode(tokenizer, prompt)), "output": output,
-                                "correct": hit})
+                record = done.get((length, depth, trial))
+                if record is None:
+                    key = passkey_key(seed, length, depth, trial)
+                    prompt = build_passkey_prompt(tokenizer, length, depth, key)
+                    output = generate_text(method, tokenizer, prompt, max_new_tokens)
+                    record = {"length": length, "depth": depth, "trial": trial, "key": key,
+                              "prompt_tokens": len(encode(tokenizer, prompt)), "output": output,
+                              "correct": passkey_correct(output, key)}
+                    if on_record is not None:
+                        on_record(record)
+                correct += record["correct"]
+                records.append(record)
                 bar.update()
             cells.append({"length": length, "depth": depth, "correct": correct, "trials": trials,
                           "accuracy": correct / trials})

@@ -165,6 +165,46 @@ def test_eval_demo_end_to_end_writes_results_and_report(fake_stack, capsys):
     assert len(list((tmp / "docs" / "figures").glob("*.png"))) == 5  # one PPL plot + 4 heatmaps
 
 
+def test_stopped_passkey_run_continues_from_its_journal(fake_stack, monkeypatch):
+    """A run stopped after 2 of 6 trials (Ctrl-C, a session's end) runs only the other 4 when started again, and
+    writes what an uninterrupted run writes; other settings (a seed) never read that journal."""
+    tmp, calls = fake_stack, []
+    generate = FakeMethod.generate
+
+    def counted(self, input_ids, max_new_tokens):
+        calls.append(len(input_ids))
+        if stop_after is not None and len(calls) > stop_after:
+            raise KeyboardInterrupt
+        return generate(self, input_ids, max_new_tokens)
+
+    monkeypatch.setattr(FakeMethod, "generate", counted)
+    passkey = lambda out, *extra: _parse(["passkey", "--methods", "full", "--base", "fake", "--lengths", "512",  # noqa: E731
+                                          "--depths", "0", "1", "--trials", "3", "--output", str(tmp / out), *extra])
+    stop_after = 2
+    with pytest.raises(KeyboardInterrupt):
+        cli, args = passkey("results")
+        cli.run(args)
+    journals = list((tmp / "results").glob(".passkey_full_*.partial.jsonl"))
+    assert len(journals) == 1 and len(journals[0].read_text().splitlines()) == 2
+    assert not list((tmp / "results").glob("*.json"))
+
+    stop_after, calls[:] = None, []
+    cli, args = passkey("results", "--seed", "1")  # other keys: starts afresh, beside the seed-0 journal
+    cli.run(args)
+    assert len(calls) == 6
+    calls.clear()
+    cli, args = passkey("results")
+    cli.run(args)
+    assert len(calls) == 4  # the 2 journaled trials are not run again
+    assert not list((tmp / "results").glob(".passkey_*"))  # journals removed once their result is written
+    cli, args = passkey("clean")
+    cli.run(args)
+    resumed = next(json.loads(f.read_text()) for f in (tmp / "results").glob("*.json") if json.loads(f.read_text())["seed"] == 0)
+    clean = json.loads(next((tmp / "clean").glob("*.json")).read_text())
+    assert resumed["details"]["records"] == clean["details"]["records"] and resumed["scores"] == clean["scores"]
+    assert resumed["counts"]["trials_from_a_stopped_run"] == 2 and clean["counts"]["trials_from_a_stopped_run"] == 0
+
+
 def test_eval_ppl_sliding_and_report_picks_latest(fake_stack):
     tmp = fake_stack
     cli, args = _parse(["ppl", "--methods", "full", "--base", "fake", "--protocol", "sliding", "--lengths", "512",

@@ -1,0 +1,40 @@
+"""A trial journal: the per-trial records of a long evaluation, appended as each trial finishes, so that a stopped
+run (a session's end, Ctrl-C, a crash) continues where it stopped instead of starting over. A passkey prompt at
+128K takes minutes on a CPU; 50 of them outlast one session.
+
+The journal is a hidden JSONL file in the output folder, named by a fingerprint of everything that decides a
+trial's outcome (the method and its knobs, the model, the seed, the task's settings), so a run with other settings
+never reads it. It is removed once the result JSON is written.
+"""
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+
+class TrialJournal:
+    def __init__(self, folder, task: str, name: str, settings: dict):
+        digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        self.path = Path(folder) / f".{task}_{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}_{digest}.partial.jsonl"
+
+    def load(self) -> list[dict]:
+        """The records of the trials already done (none when there is no journal). A last line cut short by the
+        stop that interrupted the run is dropped: that trial runs again."""
+        if not self.path.exists():
+            return []
+        records = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return records
+
+    def append(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
