@@ -8,6 +8,7 @@ full / window / streaming / sharedllm, in a few minutes on a laptop CPU). Each (
 protocol, data, counts, scores, hardware and command; `sharedllm report` turns them into docs/results.md.
 """
 
+import hashlib
 import json
 import shlex
 import sys
@@ -288,6 +289,16 @@ class Session:
         return provenance.record(self.base.device, self.args.dtype, command=self.command,
                                  attention=getattr(self.base.config, "_attn_implementation", None))
 
+    def journal(self, task: str, name: str, method, **settings) -> tuple[TrialJournal, list[dict]]:
+        """The trial journal of `method`'s run of `task`, and the trials a stopped run of the same settings left
+        in it (rerunning the command continues that run)."""
+        journal = TrialJournal(self.args.output, task, name, {"method": method.describe(), "model": self.args.base,
+                                                               "dtype": self.args.dtype, "seed": self.args.seed, **settings})
+        done = journal.load()
+        if done:
+            print(f"{name}: {len(done)} {task} trials already done in {journal.path} (a stopped run): continuing")
+        return journal, done
+
     def write(self, task, name, method, protocol, data, scores, counts, details, wall_time_s, notes=""):
         result = {
             "task": task, "protocol": protocol, "method": name,
@@ -301,6 +312,10 @@ class Session:
         provenance.write_json(path, result)
         print(f"wrote {path}")
         return path
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 def _repo_relative(path: str | None) -> str | None:
@@ -435,17 +450,12 @@ def passkey_results(session, lengths, depths, trials, notes=""):
     rows = {}
     for name, method in session.methods():
         start = time.time()
-        settings = {"method": method.describe(), "model": session.args.base, "dtype": session.args.dtype,
-                    "seed": session.args.seed}
-        journal = TrialJournal(session.args.output, "passkey", name, settings)
-        done = journal.load()
-        if done:
-            print(f"{name}: {len(done)} trials already done in {journal.path} (a stopped run): continuing")
+        journal, done = session.journal("passkey", name, method)
         r = run_passkey(method, session.tokenizer, lengths, depths, trials, session.args.seed, done=done,
                         on_record=journal.append)
         scores = {str(n): acc for n, acc in r["per_length"].items()}
         counts = {"trials_per_cell": trials, "depths": len(depths), "total_trials": len(r["records"]),
-                  "trials_from_a_stopped_run": sum(1 for record in r["records"] if record in done)}
+                  "trials_from_a_stopped_run": len(done)}
         session.write("passkey", name, method, "landmark", SYNTHETIC, scores, counts, r,
                       time.time() - start, notes)
         journal.remove()
@@ -465,13 +475,17 @@ def run_niah(session):
     rows = {}
     for name, method in session.methods():
         start = time.time()
-        r = run_needle_grid(method, session.tokenizer, a.lengths, a.depths, a.trials, a.seed, haystack)
+        journal, done = session.journal("niah", name, method, data=data, haystack=_digest(haystack))
+        r = run_needle_grid(method, session.tokenizer, a.lengths, a.depths, a.trials, a.seed, haystack, done=done,
+                            on_record=journal.append)
         per_length = {}
         for c in r["cells"]:
             per_length.setdefault(c["length"], []).append(c["accuracy"])
         scores = {str(n): sum(v) / len(v) for n, v in per_length.items()}
-        counts = {"trials_per_cell": a.trials, "depths": len(a.depths), "total_trials": len(r["records"])}
+        counts = {"trials_per_cell": a.trials, "depths": len(a.depths), "total_trials": len(r["records"]),
+                  "trials_from_a_stopped_run": len(done)}
         session.write("niah", name, method, "niah-prose", data, scores, counts, r, time.time() - start)
+        journal.remove()
         rows[name] = {format_length(n): f"{100 * s:.0f}%" for n, s in scores.items()}
     print_table(f"needle in a haystack (prose), model {a.base}, depths {a.depths}, {a.trials} trials/cell", rows)
 
@@ -484,20 +498,24 @@ def run_ruler_task(session):
     finished = []
     for name, method in session.methods():
         start = time.time()
-        r = run_ruler(method, session.tokenizer, a.lengths, tasks, a.trials, a.seed, haystack)
-        finished.append((name, method.describe() if hasattr(method, "describe") else {}, r, time.time() - start))
+        journal, done = session.journal("ruler", name, method, data=data, haystack=_digest(haystack))
+        r = run_ruler(method, session.tokenizer, a.lengths, tasks, a.trials, a.seed, haystack, done=done,
+                      on_record=journal.append)
+        counts = {"trials_per_task": a.trials, "tasks": len(tasks), "trials_from_a_stopped_run": len(done)}
+        finished.append((name, method.describe() if hasattr(method, "describe") else {}, r, counts,
+                         time.time() - start, journal))
     threshold = a.threshold
-    for name, _, r, _ in finished:  # RULER's threshold: the base model's score at its native length
+    for name, _, r, *_ in finished:  # RULER's threshold: the base model's score at its native length
         if threshold is None and name == "full" and native in r["scores"]:
             threshold = 100 * r["scores"][native]["average"]
     rows = {}
-    for name, config, r, wall in finished:
+    for name, config, r, counts, wall, journal in finished:
         scores = {str(n): {t: 100 * s for t, s in v.items()} for n, v in r["scores"].items()}
         average = {n: 100 * v["average"] for n, v in r["scores"].items()}
         eff = effective_length(average, threshold) if threshold is not None else None
         details = {**r, "threshold": threshold, "effective_length": eff, "tasks": tasks}
-        counts = {"trials_per_task": a.trials, "tasks": len(tasks)}
         session.write("ruler", name, _Described(config), "ruler", data, scores, counts, details, wall)
+        journal.remove()  # only now: the threshold needed every method's trials
         rows[name] = {**{format_length(n): f"{v:.1f}" for n, v in average.items()},
                       "effective": format_length(eff) if eff else "–"}
     note = (f"threshold {threshold:.1f} (full attention at {native})" if threshold is not None

@@ -214,20 +214,27 @@ def score_sample(sample: Sample, output: str) -> float:
 
 @torch.no_grad()
 def run_needle_grid(method, tokenizer, lengths, depths, trials, seed, haystack_text, max_new_tokens=32,
-                    progress=True):
-    """NIAH (single key -> 7-digit number) on real prose: accuracy per (length, depth) cell."""
+                    progress=True, done=(), on_record=None):
+    """NIAH (single key -> 7-digit number) on real prose: accuracy per (length, depth) cell. `done` / `on_record`:
+    trials of a stopped run reused / each new trial's record, as in `passkey.run_passkey`."""
+    done = {(r["length"], r["depth"], r["trial"]): r for r in done}
     cells, records = [], []
     bar = tqdm(total=len(lengths) * len(depths) * trials, desc="niah", disable=not progress)
     for length in lengths:
         for depth in depths:
             scores = []
             for trial in range(trials):
-                sample = niah_sample(tokenizer, length, f"{seed}/{trial}", haystack_text=haystack_text,
-                                     depth=depth, max_new_tokens=max_new_tokens)
-                output = generate_text(method, tokenizer, sample.prompt, sample.max_new_tokens)
-                scores.append(score_sample(sample, output))
-                records.append({"length": length, "depth": depth, "trial": trial, "golds": sample.golds,
-                                "output": output, "score": scores[-1]})
+                record = done.get((length, depth, trial))
+                if record is None:
+                    sample = niah_sample(tokenizer, length, f"{seed}/{trial}", haystack_text=haystack_text,
+                                         depth=depth, max_new_tokens=max_new_tokens)
+                    output = generate_text(method, tokenizer, sample.prompt, sample.max_new_tokens)
+                    record = {"length": length, "depth": depth, "trial": trial, "golds": sample.golds,
+                              "output": output, "score": score_sample(sample, output)}
+                    if on_record is not None:
+                        on_record(record)
+                scores.append(record["score"])
+                records.append(record)
                 bar.update()
             cells.append({"length": length, "depth": depth, "trials": trials,
                           "accuracy": sum(scores) / trials})
@@ -236,8 +243,11 @@ def run_needle_grid(method, tokenizer, lengths, depths, trials, seed, haystack_t
 
 
 @torch.no_grad()
-def run_ruler(method, tokenizer, lengths, tasks, trials, seed, haystack_text=None, progress=True):
-    """Mean score per task and length, and the average over tasks per length."""
+def run_ruler(method, tokenizer, lengths, tasks, trials, seed, haystack_text=None, progress=True, done=(),
+              on_record=None):
+    """Mean score per task and length, and the average over tasks per length. `done` / `on_record`: trials of a
+    stopped run reused / each new trial's record, as in `passkey.run_passkey`."""
+    done = {(r["length"], r["task"], r["trial"]): r for r in done}
     scores, records = {}, []
     bar = tqdm(total=len(lengths) * len(tasks) * trials, desc="ruler", disable=not progress)
     for length in lengths:
@@ -245,11 +255,16 @@ def run_ruler(method, tokenizer, lengths, tasks, trials, seed, haystack_text=Non
         for task in tasks:
             task_scores = []
             for trial in range(trials):
-                sample = make_sample(task, tokenizer, length, f"{seed}/{trial}", haystack_text)
-                output = generate_text(method, tokenizer, sample.prompt, sample.max_new_tokens)
-                task_scores.append(score_sample(sample, output))
-                records.append({"length": length, "task": task, "trial": trial, "golds": sample.golds,
-                                "output": output, "score": task_scores[-1]})
+                record = done.get((length, task, trial))
+                if record is None:
+                    sample = make_sample(task, tokenizer, length, f"{seed}/{trial}", haystack_text)
+                    output = generate_text(method, tokenizer, sample.prompt, sample.max_new_tokens)
+                    record = {"length": length, "task": task, "trial": trial, "golds": sample.golds,
+                              "output": output, "score": score_sample(sample, output)}
+                    if on_record is not None:
+                        on_record(record)
+                task_scores.append(record["score"])
+                records.append(record)
                 bar.update()
             scores[length][task] = sum(task_scores) / trials
         scores[length]["average"] = sum(scores[length][t] for t in tasks) / len(tasks)
