@@ -2,8 +2,9 @@
 # The headline grid of docs/results.md (issue 11): every method scored on the same held-out windows per domain and
 # length (`sharedllm eval heldout`, one JSON per cell in $RESULTS/heldout/), then passkey and RULER at 128K for
 # sharedllm. Resumable: a cell whose JSON exists is skipped, and passkey / RULER continue from their trial journals,
-# so after an interruption run the same command again (pass --overwrite through EXTRA to redo cells). Nothing is replaced silently: a window a method does not run is
-# written as "not run: <reason>" (past its --max-length, out of its --max-seconds budget, or an error).
+# so after an interruption run the same command again (pass --overwrite through EXTRA to redo cells). Nothing is
+# replaced silently: a window a method does not run is written as "not run: <reason>" (past its --max-length, out of
+# its --max-seconds budget, or an error).
 #   scripts/evaluate_grid.sh            # everything below, in order
 #   scripts/evaluate_grid.sh ppl        # the perplexity grid: domains x lengths x methods
 #   scripts/evaluate_grid.sh retrieval  # passkey and RULER at 128K for sharedllm
