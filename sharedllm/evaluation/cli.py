@@ -419,7 +419,10 @@ def run_heldout(session):
                 too_long = a.max_length and length > a.max_length
                 not_run = f"past --max-length {format_length(a.max_length)}" if too_long else method.same_as_another(length)
                 start = time.time()
-                records = heldout.score_windows(method, docs[domain], plan, length, not_run, a.max_seconds)
+                journal, done = session.journal("heldout", f"{name}_{domain}_{length}", method,
+                                                windows=heldout.windows_id(plan, length))
+                records = heldout.score_windows(method, docs[domain], plan, length, not_run, a.max_seconds,
+                                                done=done, on_record=journal.append)
                 summary = heldout.summarise(records, a.seed)
                 if not plan:
                     summary["not_run"] = f"no {domain} test document has {length} tokens"
@@ -436,6 +439,10 @@ def run_heldout(session):
                 }
                 provenance.write_json(path, result)
                 print(f"wrote {path}")
+                if summary["complete"]:
+                    journal.remove()
+                elif journal.path.exists():  # e.g. out of --max-seconds: --overwrite later scores only the rest
+                    print(f"  incomplete: its scored windows stay in {journal.path}; --overwrite continues the cell")
                 rows.setdefault(name, {})[f"{domain}@{format_length(length)}"] = report.heldout_cell_text(summary)
         del method
     if not rows:

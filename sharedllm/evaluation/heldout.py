@@ -65,18 +65,23 @@ def windows_id(plan: list[dict], length: int) -> str:
 
 @torch.no_grad()
 def score_windows(method, docs: dict[str, np.ndarray], plan: list[dict], length: int, not_run: str | None = None,
-                  max_seconds: float | None = None, progress: bool = True) -> list[dict]:
+                  max_seconds: float | None = None, progress: bool = True, done=(), on_record=None) -> list[dict]:
     """Per window of `plan`: {"doc", "start", "mean_nll", "scored_tokens", "seconds"} or {"doc", "start", "not_run"}.
 
     `not_run` marks every window as not run with that reason (e.g. the method's length limit). After
-    `max_seconds` of scoring, the remaining windows are not run ("time budget"). A window that raises marks
-    itself and every later one: a method that fails once (out of memory, a limit) fails the same way again.
+    `max_seconds` of scoring (in this call), the remaining windows are not run ("time budget"). A window that raises
+    marks itself and every later one: a method that fails once (out of memory, a limit) fails the same way again.
+    `done`: scored windows of a stopped run, reused; `on_record(record)` after each window scored here.
     """
     from tqdm.auto import tqdm
 
+    done = {(r["doc"], r["start"]): r for r in done}
     records, started = [], time.perf_counter()
     for window in tqdm(plan, desc=f"{getattr(method, 'name', 'method')} T={length}", disable=not progress):
         spec = {"doc": window["doc"], "start": window["start"]}
+        if (window["doc"], window["start"]) in done:
+            records.append(done[window["doc"], window["start"]])
+            continue
         if not_run is None and max_seconds is not None and time.perf_counter() - started > max_seconds:
             not_run = f"time budget of {max_seconds:g} s used up after {len(records)} windows"
         if not_run is not None:
@@ -95,6 +100,8 @@ def score_windows(method, docs: dict[str, np.ndarray], plan: list[dict], length:
             raise ValueError(f"token_nll returned {nll.numel()} values for {SCORED} scored tokens")
         records.append({**spec, "mean_nll": nll.mean().item(), "scored_tokens": SCORED,
                         "seconds": time.perf_counter() - tic})
+        if on_record is not None:
+            on_record(records[-1])
     return records
 
 

@@ -3,6 +3,7 @@ the same windows for every method, resumable cells, "not run" cells, intervals a
 
 import argparse
 import json
+import time
 
 import pytest
 from fakes import PROSE
@@ -67,6 +68,41 @@ def test_heldout_grid_same_windows_resumable_and_not_run(corpus, capsys):
     assert "| streaming | 7.39 [7.39, 7.39] (1,024 tok) | not run: past --max-length 512 |" in page
     assert "PPL relative to sharedllm" not in page  # no sharedllm cells: no paired table
     assert (tmp / "docs" / "figures" / "headline-ppl-books.png").stat().st_size > 0
+
+
+def test_stopped_or_out_of_budget_cell_continues_from_its_journal(corpus, monkeypatch):
+    from fakes import FakeMethod
+
+    from sharedllm.evaluation import cli
+
+    tmp, calls, token_nll = corpus, [], FakeMethod.token_nll
+
+    def counted(self, input_ids, score_start):
+        calls.append(len(input_ids))
+        if stop_after is not None and len(calls) > stop_after:
+            raise KeyboardInterrupt
+        time.sleep(0.05)  # so that a budget of 0.03 s is used up by the first window
+        return token_nll(self, input_ids, score_start)
+
+    monkeypatch.setattr(FakeMethod, "token_nll", counted)
+    heldout_dir = tmp / "results" / "heldout"
+    stop_after = 3  # of the 4 windows at 512
+    with pytest.raises(KeyboardInterrupt):
+        _heldout(cli, tmp, "--methods", "full", "--lengths", "512")
+    assert len(next(heldout_dir.glob(".heldout_full_books_512_*.partial.jsonl")).read_text().splitlines()) == 3
+    stop_after, calls[:] = None, []
+    _heldout(cli, tmp, "--methods", "full", "--lengths", "512")
+    assert len(calls) == 1 and not list(heldout_dir.glob(".heldout_*"))  # one window left; journal gone
+    cell = json.loads((heldout_dir / "heldout_books_512_full.json").read_text())
+    assert cell["summary"]["complete"] and cell["summary"]["n_windows"] == 4
+
+    calls[:] = []  # out of its time budget after one window: written incomplete, its journal kept
+    _heldout(cli, tmp, "--methods", "window", "--lengths", "512", "--max-seconds", "0.03")
+    assert len(calls) == 1 and not json.loads((heldout_dir / "heldout_books_512_window.json").read_text())["summary"]["complete"]
+    calls[:] = []
+    _heldout(cli, tmp, "--methods", "window", "--lengths", "512", "--overwrite")
+    cell = json.loads((heldout_dir / "heldout_books_512_window.json").read_text())
+    assert len(calls) == 3 and cell["summary"]["complete"] and not list(heldout_dir.glob(".heldout_*"))
 
 
 def _cell(method, length, ppl=None, windows_id="p1", not_run=None, n=16):
