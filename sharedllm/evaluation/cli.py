@@ -8,7 +8,6 @@ full / window / streaming / sharedllm, in a few minutes on a laptop CPU). Each (
 protocol, data, counts, scores, hardware and command; `sharedllm report` turns them into docs/results.md.
 """
 
-import hashlib
 import json
 import shlex
 import sys
@@ -34,7 +33,7 @@ from sharedllm.flags import (
 )
 
 from . import report
-from .journal import TrialJournal
+from .journal import TrialJournal, count_reused
 from .needle import RULER_TASKS, effective_length, load_haystack, run_needle_grid, run_ruler
 from .passkey import DEFAULT_DEPTHS, run_passkey
 from .ppl import PROTOCOLS, perplexity
@@ -314,10 +313,6 @@ class Session:
         return path
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()
-
-
 def _repo_relative(path: str | None) -> str | None:
     """A path inside the repository as the README writes it (adapters/...): results should not name this machine."""
     if path is None or not Path(path).resolve().is_relative_to(REPO):
@@ -462,7 +457,7 @@ def passkey_results(session, lengths, depths, trials, notes=""):
                         on_record=journal.append)
         scores = {str(n): acc for n, acc in r["per_length"].items()}
         counts = {"trials_per_cell": trials, "depths": len(depths), "total_trials": len(r["records"]),
-                  "trials_from_a_stopped_run": len(done)}
+                  "trials_from_a_stopped_run": count_reused(r["records"], done)}
         session.write("passkey", name, method, "landmark", SYNTHETIC, scores, counts, r,
                       time.time() - start, notes)
         journal.remove()
@@ -482,7 +477,7 @@ def run_niah(session):
     rows = {}
     for name, method in session.methods():
         start = time.time()
-        journal, done = session.journal("niah", name, method, data=data, haystack=_digest(haystack))
+        journal, done = session.journal("niah", name, method, data=data, haystack=haystack)  # the journal's name hashes it
         r = run_needle_grid(method, session.tokenizer, a.lengths, a.depths, a.trials, a.seed, haystack, done=done,
                             on_record=journal.append)
         per_length = {}
@@ -490,7 +485,7 @@ def run_niah(session):
             per_length.setdefault(c["length"], []).append(c["accuracy"])
         scores = {str(n): sum(v) / len(v) for n, v in per_length.items()}
         counts = {"trials_per_cell": a.trials, "depths": len(a.depths), "total_trials": len(r["records"]),
-                  "trials_from_a_stopped_run": len(done)}
+                  "trials_from_a_stopped_run": count_reused(r["records"], done)}
         session.write("niah", name, method, "niah-prose", data, scores, counts, r, time.time() - start)
         journal.remove()
         rows[name] = {format_length(n): f"{100 * s:.0f}%" for n, s in scores.items()}
@@ -505,10 +500,11 @@ def run_ruler_task(session):
     finished = []
     for name, method in session.methods():
         start = time.time()
-        journal, done = session.journal("ruler", name, method, data=data, haystack=_digest(haystack))
+        journal, done = session.journal("ruler", name, method, data=data, haystack=haystack)  # the journal's name hashes it
         r = run_ruler(method, session.tokenizer, a.lengths, tasks, a.trials, a.seed, haystack, done=done,
                       on_record=journal.append)
-        counts = {"trials_per_task": a.trials, "tasks": len(tasks), "trials_from_a_stopped_run": len(done)}
+        counts = {"trials_per_task": a.trials, "tasks": len(tasks),
+                  "trials_from_a_stopped_run": count_reused(r["records"], done)}
         finished.append((name, method.describe() if hasattr(method, "describe") else {}, r, counts,
                          time.time() - start, journal))
     threshold = a.threshold

@@ -38,3 +38,25 @@ class TrialJournal:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def reusing(done, fields: tuple[str, ...], on_record=None):
+    """`trial(key, run)` for a task's trial loop: the record of a stopped run whose `fields` values are `key`, else
+    run()'s record, which is then handed to `on_record` (to journal it)."""
+    by_key = {tuple(record[f] for f in fields): record for record in done}
+
+    def trial(key: tuple, run) -> dict:
+        record = by_key.get(key)
+        if record is None:
+            record = run()
+            if on_record is not None:
+                on_record(record)
+        return record
+
+    return trial
+
+
+def count_reused(records: list[dict], done: list[dict]) -> int:
+    """How many of a result's trial records came from a stopped run's journal (not all of a journal need be used:
+    the same settings with fewer lengths or trials use part of it)."""
+    return sum(record in done for record in records)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .journal import reusing
 from .metrics import string_match_all
 from .passkey import FILLER, encode, generate_text, longest_fitting
 
@@ -212,27 +213,28 @@ def score_sample(sample: Sample, output: str) -> float:
     return string_match_all(output, sample.golds)
 
 
+def sample_trial(method, tokenizer, sample, **key) -> dict:
+    """One sample's record: its key (length, depth or task, trial), golds, the method's answer and its score."""
+    output = generate_text(method, tokenizer, sample.prompt, sample.max_new_tokens)
+    return {**key, "golds": sample.golds, "output": output, "score": score_sample(sample, output)}
+
+
 @torch.no_grad()
 def run_needle_grid(method, tokenizer, lengths, depths, trials, seed, haystack_text, max_new_tokens=32,
                     progress=True, done=(), on_record=None):
     """NIAH (single key -> 7-digit number) on real prose: accuracy per (length, depth) cell. `done` / `on_record`:
     trials of a stopped run reused / each new trial's record, as in `passkey.run_passkey`."""
-    done = {(r["length"], r["depth"], r["trial"]): r for r in done}
+    trial_record = reusing(done, ("length", "depth", "trial"), on_record)
     cells, records = [], []
     bar = tqdm(total=len(lengths) * len(depths) * trials, desc="niah", disable=not progress)
     for length in lengths:
         for depth in depths:
             scores = []
             for trial in range(trials):
-                record = done.get((length, depth, trial))
-                if record is None:
-                    sample = niah_sample(tokenizer, length, f"{seed}/{trial}", haystack_text=haystack_text,
-                                         depth=depth, max_new_tokens=max_new_tokens)
-                    output = generate_text(method, tokenizer, sample.prompt, sample.max_new_tokens)
-                    record = {"length": length, "depth": depth, "trial": trial, "golds": sample.golds,
-                              "output": output, "score": score_sample(sample, output)}
-                    if on_record is not None:
-                        on_record(record)
+                record = trial_record((length, depth, trial), lambda: sample_trial(
+                    method, tokenizer, niah_sample(tokenizer, length, f"{seed}/{trial}", haystack_text=haystack_text,
+                                                   depth=depth, max_new_tokens=max_new_tokens),
+                    length=length, depth=depth, trial=trial))
                 scores.append(record["score"])
                 records.append(record)
                 bar.update()
@@ -247,7 +249,7 @@ def run_ruler(method, tokenizer, lengths, tasks, trials, seed, haystack_text=Non
               on_record=None):
     """Mean score per task and length, and the average over tasks per length. `done` / `on_record`: trials of a
     stopped run reused / each new trial's record, as in `passkey.run_passkey`."""
-    done = {(r["length"], r["task"], r["trial"]): r for r in done}
+    trial_record = reusing(done, ("length", "task", "trial"), on_record)
     scores, records = {}, []
     bar = tqdm(total=len(lengths) * len(tasks) * trials, desc="ruler", disable=not progress)
     for length in lengths:
@@ -255,14 +257,9 @@ def run_ruler(method, tokenizer, lengths, tasks, trials, seed, haystack_text=Non
         for task in tasks:
             task_scores = []
             for trial in range(trials):
-                record = done.get((length, task, trial))
-                if record is None:
-                    sample = make_sample(task, tokenizer, length, f"{seed}/{trial}", haystack_text)
-                    output = generate_text(method, tokenizer, sample.prompt, sample.max_new_tokens)
-                    record = {"length": length, "task": task, "trial": trial, "golds": sample.golds,
-                              "output": output, "score": score_sample(sample, output)}
-                    if on_record is not None:
-                        on_record(record)
+                record = trial_record((length, task, trial), lambda: sample_trial(
+                    method, tokenizer, make_sample(task, tokenizer, length, f"{seed}/{trial}", haystack_text),
+                    length=length, task=task, trial=trial))
                 task_scores.append(record["score"])
                 records.append(record)
                 bar.update()

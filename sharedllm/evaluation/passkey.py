@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from sharedllm.flags import format_length
 
+from .journal import reusing
 from .metrics import first_integer
 
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
@@ -97,6 +98,15 @@ def generate_text(method, tokenizer, prompt: str, max_new_tokens: int) -> str:
     return tokenizer.decode(torch.as_tensor(new_ids).tolist(), skip_special_tokens=True)
 
 
+def passkey_trial(method, tokenizer, seed: int, length: int, depth: float, trial: int, max_new_tokens: int) -> dict:
+    """One prompt: its key, the method's answer and whether it holds the key."""
+    key = passkey_key(seed, length, depth, trial)
+    prompt = build_passkey_prompt(tokenizer, length, depth, key)
+    output = generate_text(method, tokenizer, prompt, max_new_tokens)
+    return {"length": length, "depth": depth, "trial": trial, "key": key,
+            "prompt_tokens": len(encode(tokenizer, prompt)), "output": output, "correct": passkey_correct(output, key)}
+
+
 @torch.no_grad()
 def run_passkey(method, tokenizer, lengths, depths=DEFAULT_DEPTHS, trials=10, seed=0, max_new_tokens=10,
                 progress=True, done=(), on_record=None):
@@ -104,23 +114,15 @@ def run_passkey(method, tokenizer, lengths, depths=DEFAULT_DEPTHS, trials=10, se
 
     `done`: records of trials already run (a journal of a stopped run), reused instead of run again;
     `on_record(record)` is called after each trial that runs (to journal it)."""
-    done = {(r["length"], r["depth"], r["trial"]): r for r in done}
+    trial_record = reusing(done, ("length", "depth", "trial"), on_record)
     cells, records = [], []
     bar = tqdm(total=len(lengths) * len(depths) * trials, desc="passkey", disable=not progress)
     for length in lengths:
         for depth in depths:
             correct = 0
             for trial in range(trials):
-                record = done.get((length, depth, trial))
-                if record is None:
-                    key = passkey_key(seed, length, depth, trial)
-                    prompt = build_passkey_prompt(tokenizer, length, depth, key)
-                    output = generate_text(method, tokenizer, prompt, max_new_tokens)
-                    record = {"length": length, "depth": depth, "trial": trial, "key": key,
-                              "prompt_tokens": len(encode(tokenizer, prompt)), "output": output,
-                              "correct": passkey_correct(output, key)}
-                    if on_record is not None:
-                        on_record(record)
+                record = trial_record((length, depth, trial), lambda: passkey_trial(
+                    method, tokenizer, seed, length, depth, trial, max_new_tokens))
                 correct += record["correct"]
                 records.append(record)
                 bar.update()
