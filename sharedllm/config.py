@@ -246,6 +246,14 @@ class SharedLLMConfig(PretrainedConfig):
                     f"({n_layers} layers); use at most {n_layers}"
                 )
 
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        # the base's own config records where this machine loaded it from (a cache path); a saved adapter names its
+        # base by the portable `base_model` instead, so its config.json holds no machine path
+        if output.get("text_config") is not None and self.base_model is not None:
+            output["text_config"]["_name_or_path"] = self.base_model
+        return output
+
     def get_text_config(self, decoder=None, encoder=None) -> PretrainedConfig:
         # The upper model's self-attention cache and generation settings are the base model's.
         return self.text_config

@@ -36,6 +36,16 @@ def test_config_roundtrip_keeps_text_config(tmp_path):
     assert config.chunk_size == 16 and config.base_fingerprint == model.config.base_fingerprint
 
 
+def test_saved_config_names_its_base_without_a_machine_path(tmp_path):
+    model = wrap(tiny_model("llama"))
+    model.config.text_config._name_or_path = "/home/someone/.cache/sharedllm/models/Base"  # as a loaded base has
+    model.config.base_model = "sharedllm-default:Base"
+    model.config.save_pretrained(tmp_path)
+    assert "/home/someone" not in (tmp_path / "config.json").read_text()
+    assert SharedLLMConfig.from_pretrained(tmp_path).text_config._name_or_path == "sharedllm-default:Base"
+    assert model.config.text_config._name_or_path.startswith("/home/someone")  # the live base config is untouched
+
+
 def test_attention_selection_needs_chunk_encoding():
     with pytest.raises(ValueError, match="needs node_encoding='chunk'"):
         wrap_selection(tree_depth=2, tokens_per_node=4, tree_selection="attention", node_encoding="node")
