@@ -42,7 +42,7 @@ def main():
         config = training.TrainConfig(**{k: v for k, v in knobs.items() if k in training.TrainConfig.__dataclass_fields__})
         config.progress = False
         untrained, tokenizer = training.build_model(config)
-        _, validation, _ = training.prepare_data(config, tokenizer, accelerator)
+        _, validation, _ = training.prepare_data(config, training.load_training_documents(config), tokenizer, accelerator)
         trained = SharedLLMForCausalLM.from_pretrained(run, base=untrained.base)
         for name, model in [("untrained", untrained), ("trained", trained)]:
             model.eval()
