@@ -20,7 +20,7 @@
 # the whole grid is on the order of 30 CPU-hours, most of it streaming and infllm on books and math.
 set -euo pipefail
 export HF_HUB_OFFLINE=1
-ADAPTER=${ADAPTER:-adapters/smollm2-135m-joint}  # the default adapter; adapters/smollm2-135m with LD=512 for cross
+ADAPTER=${ADAPTER:-adapters/smollm2-135m-joint-exercises}  # the default adapter; adapters/smollm2-135m with LD=512 for cross
 LD=${LD:-1024}
 WINDOWS=${WINDOWS:-16}
 LENGTHS=${LENGTHS:-"4K 8K 16K 32K 64K 128K"}
