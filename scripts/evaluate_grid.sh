@@ -20,7 +20,8 @@
 # the whole grid is on the order of 30 CPU-hours, most of it streaming and infllm on books and math.
 set -euo pipefail
 export HF_HUB_OFFLINE=1
-ADAPTER=${ADAPTER:-adapters/smollm2-135m-joint-exercises}  # the default adapter; adapters/smollm2-135m with LD=512 for cross
+# the default adapter (sharedllm.assets.DEFAULT_ADAPTER, relative to here); adapters/smollm2-135m with LD=512 for cross
+ADAPTER=${ADAPTER:-$(python -c "import os; from sharedllm.assets import DEFAULT_ADAPTER; print(os.path.relpath(DEFAULT_ADAPTER))")}
 LD=${LD:-1024}
 WINDOWS=${WINDOWS:-16}
 LENGTHS=${LENGTHS:-"4K 8K 16K 32K 64K 128K"}

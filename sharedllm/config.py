@@ -34,6 +34,12 @@ KNOBS = {
         int, None, "positions kept per node of the finest level; default P; the leaf length C / 2**D keeps the "
         "finest level exact", optional=True,
     ),
+    "selected_leaves": Knob(
+        int, None, "n: rank every leaf (C / 2**D tokens) of a chunk at once and keep the n best at the leaf budget, "
+        "every other leaf at P positions, instead of the tree's greedy descent (attention or recent selection). Why: "
+        "the descent follows the single best token and loses a needle whose leaf ranks second (docs/method.md); "
+        "default: the tree", optional=True,
+    ),
     "tree_selection": Knob(
         str, "query", "query: cosine of node vectors to the query (the paper); attention: the last injected "
         "layer's cross-attention logits (needs node_encoding chunk); recent: always the most recent half (ablation)",
@@ -163,9 +169,13 @@ class SharedLLMConfig(PretrainedConfig):
     @property
     def context_tokens_per_chunk(self) -> int:
         """Key/value positions one chunk contributes per injected layer: P * (D - 1) coarse + 2 leaves (P*(D+1)
-        when the leaves keep P too); one node of the leaf budget without a tree."""
+        when the leaves keep P too); one node of the leaf budget without a tree; with selected_leaves n, n leaves at
+        the leaf budget + P for each of the other 2**D - n leaves."""
         if self.tree_depth == 0:
             return self.node_budget(self.chunk_size)
+        if self.selected_leaves is not None:
+            n_leaves = 2**self.tree_depth
+            return self.selected_leaves * self.node_budget(self.leaf_length) + (n_leaves - self.selected_leaves) * self.tokens_per_node
         return self.tokens_per_node * (self.tree_depth - 1) + 2 * self.node_budget(self.leaf_length)
 
     def validate_knobs(self) -> None:
@@ -192,6 +202,15 @@ class SharedLLMConfig(PretrainedConfig):
                 self.leaf_tokens_per_node is None or 1 <= self.leaf_tokens_per_node <= self.chunk_size // 2**max(self.tree_depth, 0),
                 f"leaf_tokens_per_node must be between 1 and the leaf length chunk_size / 2**tree_depth, got "
                 f"{self.leaf_tokens_per_node}",
+            ),
+            (
+                self.selected_leaves is None
+                or (1 <= self.tree_depth and 1 <= self.selected_leaves <= 2**self.tree_depth
+                    and self.tree_selection in ("attention", "recent")),
+                f"selected_leaves ranks the 2**tree_depth leaves by their tokens' attention scores (or recency): it "
+                f"needs tree_depth >= 1, 1 <= selected_leaves <= 2**tree_depth and tree_selection 'attention' or "
+                f"'recent', got selected_leaves={self.selected_leaves}, tree_depth={self.tree_depth}, "
+                f"tree_selection={self.tree_selection!r}",
             ),
             (self.n_injected_layers >= 1, f"n_injected_layers must be >= 1, got {self.n_injected_layers}"),
             (

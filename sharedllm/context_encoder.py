@@ -22,7 +22,14 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from sharedllm.compat import cache_argument
 from sharedllm.config import SharedLLMConfig
 from sharedllm.rows import gather_tokens
-from sharedllm.tree import attention_half_scores, attention_token_scores, compress_node, cosine_half_scores, search_tree
+from sharedllm.tree import (
+    attention_half_scores,
+    attention_token_scores,
+    compress_node,
+    cosine_half_scores,
+    search_tree,
+    top_leaves,
+)
 
 
 @dataclass
@@ -315,8 +322,8 @@ class ContextEncoder:
         return torch.cat([previous[:, None].to(tails), tails[:, :-1]], dim=1).reshape(n, overlap)
 
     def select_nodes(self, lowered: LowerChunks, query, chunk_index, token_scores=None):
-        """The question-dependent half: search each chunk's tree with its row's query (N, hidden), then compress the
-        kept nodes (chunk_index (N,) is each chunk's rotary offset). token_scores: `attention_token_scores` of this
+        """The question-dependent half: search each chunk's tree with its row's query (N, hidden) (or rank its leaves,
+        config.selected_leaves), then compress the kept nodes (chunk_index (N,) is each chunk's rotary offset). token_scores: `attention_token_scores` of this
         query where the caller has them (computed here otherwise). Returns per injected layer (N, Hkv, K, hd) keys
         and values."""
         cfg = self.config
@@ -335,10 +342,16 @@ class ContextEncoder:
             half_scores = cosine_half_scores(node_vectors, query)
         else:
             half_scores = None
-        kept = search_tree(half_scores, n, chunk_size, cfg.tree_depth, lowered.keys[0].device)
+        device = lowered.keys[0].device
+        if cfg.selected_leaves is None:
+            kept = [(start, length, cfg.node_budget(length))
+                    for start, length in search_tree(half_scores, n, chunk_size, cfg.tree_depth, device)]
+        else:
+            best, others = top_leaves(token_scores, n, chunk_size, cfg.leaf_length, cfg.selected_leaves, device)
+            kept = [(best, cfg.leaf_length, cfg.node_budget(cfg.leaf_length)),
+                    (others, cfg.leaf_length, cfg.tokens_per_node)]
         compress = lambda kv: torch.cat(  # noqa: E731
-            [compress_node(kv, start, length, cfg.node_budget(length), cfg.node_compression) for start, length in kept],
-            dim=2,
+            [compress_node(kv, start, length, budget, cfg.node_compression) for start, length, budget in kept], dim=2
         )
         return [compress(k) for k in lowered.keys], [compress(v) for v in lowered.values]
 

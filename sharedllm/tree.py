@@ -7,6 +7,11 @@ level's granularity. At the last level both halves are kept. Pairing is always w
 axis N is a batch axis here and halves of different chunks never meet. Per chunk the kept nodes are one of
 C/2, one of C/4, ..., and two of C/2**D: they tile the chunk. Each kept node becomes P key/value positions.
 
+`top_leaves` is the flat alternative (config.selected_leaves): every leaf of C/2**D tokens is ranked at once by its
+best token, the n best keep the leaf budget and every other leaf keeps P positions, as Quest and InfLLM pick
+blocks. The greedy descent commits at the root to the half holding the single best token, so a needle whose leaf
+ranks second in its chunk is compressed away (docs/method.md, "Finding a needle in prose").
+
 Shapes: N = chunks (all rows of the batch flattened), Hkv = key/value heads, T = tokens, hd = head dim.
 """
 
@@ -74,6 +79,21 @@ def search_tree(
     return kept
 
 
+def top_leaves(token_scores: torch.Tensor | None, n_chunks: int, chunk_size: int, leaf_length: int, n_selected: int,
+               device: torch.device) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """Rank every leaf of every chunk by its best token in `token_scores` (N, C); None ranks the most recent leaves
+    first (the "recent" ablation). Returns the starts of the n_selected best leaves (N, n) and of the others
+    (N, C / leaf_length - n), each in ascending order of position."""
+    n_leaves = chunk_size // leaf_length
+    if token_scores is None:
+        leaf_scores = torch.arange(n_leaves, device=device, dtype=torch.float).expand(n_chunks, -1)
+    else:
+        leaf_scores = token_scores.view(n_chunks, n_leaves, leaf_length).amax(dim=-1)  # (N, L)
+    order = leaf_scores.sort(dim=-1, descending=True, stable=True).indices
+    selected, others = order[:, :n_selected].sort(dim=-1).values, order[:, n_selected:].sort(dim=-1).values
+    return selected * leaf_length, others * leaf_length
+
+
 def compression_offsets(length: int, n_kept: int, mode: str, device: torch.device) -> torch.LongTensor:
     """Offsets inside a node of `length` tokens of the `n_kept` positions a stride compression keeps."""
     steps = torch.arange(n_kept, device=device)
@@ -87,29 +107,32 @@ def compression_offsets(length: int, n_kept: int, mode: str, device: torch.devic
 def compress_node(
     key_value: torch.Tensor, start: torch.LongTensor, length: int, n_kept: int, mode: str
 ) -> torch.Tensor:
-    """Compress the node [start, start + length) of every chunk to `n_kept` positions.
+    """Compress the nodes [start, start + length) of every chunk to `n_kept` positions each.
 
-    key_value: (N, Hkv, T, hd) keys or values of whole chunks (or of the nodes alone, with start = 0).
-    Returns (N, Hkv, n_kept, hd).
+    key_value: (N, Hkv, T, hd) keys or values of whole chunks (or of the nodes alone, with start = 0); start: (N,)
+    one node per chunk, or (N, S) S nodes of the same length per chunk. Returns (N, Hkv, S * n_kept, hd).
     """
     n, n_heads, _, head_dim = key_value.shape
+    starts = start.view(n, -1)  # (N, S)
     if mode == "mean":
         offsets = torch.arange(length, device=key_value.device)
     else:
         offsets = compression_offsets(length, n_kept, mode, key_value.device)
-    index = (start[:, None] + offsets[None, :])[:, None, :, None].expand(n, n_heads, -1, head_dim)
-    gathered = key_value.gather(2, index)  # (N, Hkv, len(offsets), hd)
+    index = (starts[:, :, None] + offsets[None, None, :]).view(n, 1, -1, 1).expand(n, n_heads, -1, head_dim)
+    gathered = key_value.gather(2, index)  # (N, Hkv, S * len(offsets), hd)
     if mode == "mean":
-        gathered = gathered.view(n, n_heads, n_kept, length // n_kept, head_dim).mean(dim=3)
+        gathered = gathered.view(n, n_heads, -1, length // n_kept, head_dim).mean(dim=3)
     return gathered
 
 
 def node_tiling(kept: list[tuple[torch.LongTensor, int]]) -> torch.Tensor:
-    """(N, C) count of how many kept nodes cover each token: all ones when the nodes tile the chunk."""
-    chunk_size = sum(length for _, length in kept)
+    """(N, C) count of how many kept nodes cover each token: all ones when the nodes tile the chunk. kept: (start,
+    length) pairs, start (N,) or (N, S)."""
     n = kept[0][0].shape[0]
+    chunk_size = sum(length * start.view(n, -1).shape[1] for start, length in kept)
     positions = torch.arange(chunk_size, device=kept[0][0].device)
     coverage = torch.zeros(n, chunk_size, dtype=torch.long, device=positions.device)
     for start, length in kept:
-        coverage += ((positions[None] >= start[:, None]) & (positions[None] < start[:, None] + length)).long()
+        starts = start.view(n, -1, 1)  # (N, S, 1)
+        coverage += ((positions >= starts) & (positions < starts + length)).sum(dim=1)
     return coverage

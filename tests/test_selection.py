@@ -157,3 +157,46 @@ def test_context_chunks_attend_over_k_chunks_only(injection):
     assert context.keys[0].shape[2] == 5 * per_chunk
     injected = model._injected_context(context, model.context_encoder.sink() if injection == "joint" else None)
     assert {keys.shape[2] for keys in injected.keys} == {2 * per_chunk}
+
+
+@pytest.mark.parametrize("selection", ["attention", "recent"])
+def test_selected_leaves_budget_and_generate_equals_forward(selection):
+    """n best leaves at the leaf budget, every other leaf at P: the per-chunk budget says so, the encoded context
+    has it, and cached generation (chunks rolling in) selects as a full forward does."""
+    torch.manual_seed(0)
+    model = wrap(tree_depth=2, tokens_per_node=2, leaf_tokens_per_node=8, tree_selection=selection, selected_leaves=1)
+    assert model.config.context_tokens_per_chunk == 1 * 8 + 3 * 2
+    with torch.no_grad():
+        for attention in model.cross_attention:
+            attention.o_proj.weight.normal_(std=0.5)
+    ids = torch.randint(3, 128, (1, 48 + 64))
+    zero = torch.zeros(1, dtype=torch.long)
+    query = model._query_vectors(ids, zero, torch.tensor([111]))
+    assert model.context_encoder.encode(ids, zero, torch.tensor([2]), zero, query).keys[0].shape[2] == 2 * 14
+    out = model.generate(ids[:, :70], max_new_tokens=30, do_sample=False, min_new_tokens=30)
+    for step in (0, 29):
+        prefix = out[:, : 70 + step]
+        assert int(out[0, 70 + step]) == int(model(prefix, query_position=69).logits[0, -1].argmax())
+
+
+def test_selected_leaves_keeps_the_planted_leaf_exact(monkeypatch):
+    """With token scores planted in one leaf, that leaf's keys reach the context uncompressed."""
+    model = wrap(tree_depth=2, tokens_per_node=2, leaf_tokens_per_node=8, tree_selection="attention", selected_leaves=1)
+    encoder = model.context_encoder
+    ids = torch.randint(3, 128, (1, 64))
+    lowered = encoder.lower_chunks(ids.view(2, 32), torch.arange(2))
+    scores = torch.zeros(2, 32)
+    scores[0, 19], scores[1, 2] = 1.0, 1.0  # leaf 2 (tokens 16..23) of chunk 0, leaf 0 of chunk 1
+    keys, _ = encoder.select_nodes(lowered, None, torch.arange(2), scores)
+    torch.testing.assert_close(keys[0][0, :, :8], lowered.keys[0][0, :, 16:24])
+    torch.testing.assert_close(keys[0][1, :, :8], lowered.keys[0][1, :, 0:8])
+
+
+@pytest.mark.parametrize("knobs, message", [
+    (dict(tree_selection="query", selected_leaves=1), "tree_selection 'attention' or 'recent'"),
+    (dict(tree_selection="attention", selected_leaves=5), "1 <= selected_leaves <= 2\\*\\*tree_depth"),
+    (dict(tree_selection="attention", tree_depth=0, selected_leaves=1), "tree_depth >= 1"),
+])
+def test_selected_leaves_checks(knobs, message):
+    with pytest.raises(ValueError, match=message):
+        wrap(**{"tree_depth": 2, "tokens_per_node": 2, **knobs})

@@ -1,8 +1,17 @@
 """The context tree (`sharedllm.tree`) on planted scores: which halves are expanded, and the attention scores."""
 
+import pytest
 import torch
 
-from sharedllm.tree import attention_half_scores, attention_token_scores, cosine_half_scores, node_tiling, search_tree
+from sharedllm.tree import (
+    attention_half_scores,
+    attention_token_scores,
+    compress_node,
+    cosine_half_scores,
+    node_tiling,
+    search_tree,
+    top_leaves,
+)
 
 
 def test_tree_picks_planted_half_per_chunk():
@@ -60,3 +69,33 @@ def test_attention_token_scores_are_the_best_head_logit():
         [torch.stack([query[b, h] @ keys[b, h // 2].T for h in range(4)]).amax(0) for b in range(2)]
     )
     torch.testing.assert_close(attention_token_scores(query, keys), expected)
+
+
+def test_top_leaves_keeps_the_second_best_leaf_the_descent_loses():
+    """Chunk scores: the best token in leaf 0, the second best (a needle) in leaf 5 of 8. The greedy descent follows
+    the best token into the left half and compresses leaf 5 away; ranking the leaves keeps both exact."""
+    n, chunk_size, depth = 3, 64, 3
+    leaf = chunk_size // 2**depth
+    scores = torch.zeros(n, chunk_size)
+    scores[:, 2], scores[:, 5 * leaf + 3] = 10.0, 9.0
+    kept = search_tree(attention_half_scores(scores), n, chunk_size, depth, torch.device("cpu"))
+    assert int(kept[-2][0][0]) == 0 and int(kept[-1][0][0]) == leaf  # both exact leaves in the left quarter
+    best, others = top_leaves(scores, n, chunk_size, leaf, 2, torch.device("cpu"))
+    assert best.tolist() == [[0, 5 * leaf]] * n
+    assert others.tolist() == [[1 * leaf, 2 * leaf, 3 * leaf, 4 * leaf, 6 * leaf, 7 * leaf]] * n
+    assert (node_tiling([(best, leaf), (others, leaf)]) == 1).all()
+
+
+def test_top_leaves_without_scores_keeps_the_most_recent():
+    best, others = top_leaves(None, 2, 64, 16, 1, torch.device("cpu"))
+    assert best.tolist() == [[48], [48]] and others.tolist() == [[0, 16, 32], [0, 16, 32]]
+
+
+@pytest.mark.parametrize("mode", ["stride", "stride_last", "mean"])
+def test_compress_node_of_several_nodes_is_each_node_in_turn(mode):
+    key_value = torch.randn(2, 3, 64, 4)
+    starts = torch.tensor([[0, 32, 48], [16, 8, 40]])
+    together = compress_node(key_value, starts, 8, 4, mode)
+    one_by_one = torch.cat([compress_node(key_value, starts[:, i], 8, 4, mode) for i in range(3)], dim=2)
+    torch.testing.assert_close(together, one_by_one)
+    assert together.shape == (2, 3, 12, 4)
