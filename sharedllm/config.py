@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from transformers import AutoConfig, PretrainedConfig
 
 TREE_SELECTIONS = ("query", "attention", "recent")
+SELECTION_SCORES = ("logit", "probability")
 NODE_COMPRESSIONS = ("stride", "stride_last", "mean")
 NODE_ENCODINGS = ("chunk", "node")
 INJECTIONS = ("cross", "joint")
@@ -48,6 +49,12 @@ KNOBS = {
     "selection_layer": Knob(
         int, None, "tree_selection attention: the injected layer whose query scores the tokens (0-based); default the "
         "last injected layer. The base's retrieval heads may sit lower: calibrate it (docs/method.md)", optional=True,
+    ),
+    "selection_score": Knob(
+        str, "logit", "tree_selection attention: how the scoring layer's heads score a token: logit = the best head's "
+        "logit; probability = the best head's attention probability (its softmax over the chunk to rank leaves and "
+        "halves, over all the row's chunks to rank chunks). Why: a few heads with large logits everywhere outvote the "
+        "head that looks a needle up (docs/method.md)", choices=SELECTION_SCORES,
     ),
     "node_compression": Knob(
         str, "stride", "how a node's keys/values become its budget: stride (from the node's first token, the "
@@ -211,6 +218,11 @@ class SharedLLMConfig(PretrainedConfig):
                 f"needs tree_depth >= 1, 1 <= selected_leaves <= 2**tree_depth and tree_selection 'attention' or "
                 f"'recent', got selected_leaves={self.selected_leaves}, tree_depth={self.tree_depth}, "
                 f"tree_selection={self.tree_selection!r}",
+            ),
+            (
+                self.selection_score == "logit" or self.tree_selection == "attention",
+                f"selection_score={self.selection_score!r} scores tokens by the scoring layer's attention: it needs "
+                f"tree_selection='attention', got {self.tree_selection!r}",
             ),
             (self.n_injected_layers >= 1, f"n_injected_layers must be >= 1, got {self.n_injected_layers}"),
             (

@@ -24,7 +24,10 @@ from sharedllm.config import SharedLLMConfig
 from sharedllm.rows import gather_tokens
 from sharedllm.tree import (
     attention_half_scores,
+    attention_logits,
     attention_token_scores,
+    chunk_ranking_scores,
+    chunk_statistics,
     compress_node,
     cosine_half_scores,
     search_tree,
@@ -40,8 +43,8 @@ class EncodedContext:
     values: list[torch.Tensor]
     n_chunks: torch.LongTensor  # (B,) chunks held by each row; slots past n_chunks[b] are padding
     per_chunk: int  # K
-    # (B, n) each chunk's best token score under the row's query (config.context_chunks ranks them); None when
-    # not asked for
+    # (B, n) or (B, n, H, 2): each chunk's `tree.chunk_statistics` under the row's query (config.context_chunks ranks
+    # chunks by them); None when not asked for
     chunk_scores: torch.Tensor | None = None
 
     def chunk_capacity(self) -> int:
@@ -169,15 +172,16 @@ class ContextEncoder:
         else:
             encode = lambda ids, index, q, prev: (*self.encode_by_node(ids, index, q), None)  # noqa: E731
         keys, values = None, None
-        scores = None if cfg.context_chunks is None else torch.full(
-            (batch, n_max), float("-inf"), device=input_ids.device)
+        scores = None
         for first in range(0, rows.shape[0], cfg.max_chunks_per_pass):
             part = slice(first, first + cfg.max_chunks_per_pass)
             part_rows, part_slots = rows[part], slots[part]
             part_keys, part_values, part_scores = encode(
                 chunk_ids[part_rows, part_slots], chunk_index[part], query[part_rows], before[part_rows, part_slots]
             )
-            if scores is not None:
+            if part_scores is not None:
+                if scores is None:  # padding slots score -inf
+                    scores = part_scores.new_full((batch, n_max, *part_scores.shape[1:]), float("-inf"))
                 scores[part_rows, part_slots] = part_scores
             if keys is None:
                 allocate = torch.empty if bool(chunk_valid.all()) else torch.zeros
@@ -202,12 +206,11 @@ class ContextEncoder:
         config.context_chunks asks for them)."""
         cfg = self.config
         lowered = (lower or self.lower_chunks)(chunk_ids, chunk_index, before)
-        token_scores = None
+        logits = None
         if cfg.tree_selection == "attention":  # computed once: the tree search and the chunk ranking both read them
-            token_scores = self.attention_token_scores(query, lowered.keys[cfg.scoring_layer], chunk_index)
-        keys, values = self.select_nodes(lowered, query, chunk_index, token_scores)
-        # each chunk's best token, comparable across chunks (see attention_token_scores)
-        scores = None if cfg.context_chunks is None else token_scores.amax(-1)
+            logits = self.attention_logits(query, lowered.keys[cfg.scoring_layer], chunk_index)
+        keys, values = self.select_nodes(lowered, query, chunk_index, logits)
+        scores = None if cfg.context_chunks is None else chunk_statistics(logits, cfg.selection_score)
         return keys, values, scores
 
     def lower_chunks(self, chunk_ids, chunk_index, before=None, node_vectors: bool | None = None) -> LowerChunks:
@@ -321,11 +324,11 @@ class ContextEncoder:
             previous = self.text_start_prefix(tails.shape[0], chunk_ids.device)
         return torch.cat([previous[:, None].to(tails), tails[:, :-1]], dim=1).reshape(n, overlap)
 
-    def select_nodes(self, lowered: LowerChunks, query, chunk_index, token_scores=None):
-        """The question-dependent half: search each chunk's tree with its row's query (N, hidden) (or rank its leaves,
-        config.selected_leaves), then compress the kept nodes (chunk_index (N,) is each chunk's rotary offset). token_scores: `attention_token_scores` of this
-        query where the caller has them (computed here otherwise). Returns per injected layer (N, Hkv, K, hd) keys
-        and values."""
+    def select_nodes(self, lowered: LowerChunks, query, chunk_index, logits=None):
+        """The question-dependent half: search each chunk's tree with its row's query (N, hidden) (or rank its
+        leaves, config.selected_leaves), then compress the kept nodes (chunk_index (N,) is each chunk's rotary
+        offset). logits: `attention_logits` of this query where the caller has them (computed here otherwise).
+        Returns per injected layer (N, Hkv, K, hd) keys and values."""
         cfg = self.config
         n, chunk_size = lowered.keys[0].shape[0], cfg.chunk_size
         table = lowered.node_vectors
@@ -334,9 +337,11 @@ class ContextEncoder:
             slot = (starts + length) // (chunk_size // table.shape[1]) - 1
             return table.gather(1, slot[:, :, None].expand(-1, -1, table.shape[-1]))
 
+        token_scores = None
         if cfg.tree_selection == "attention":
-            if token_scores is None:
-                token_scores = self.attention_token_scores(query, lowered.keys[cfg.scoring_layer], chunk_index)
+            if logits is None:
+                logits = self.attention_logits(query, lowered.keys[cfg.scoring_layer], chunk_index)
+            token_scores = attention_token_scores(logits, cfg.selection_score)
             half_scores = attention_half_scores(token_scores)
         elif cfg.tree_selection == "query":
             half_scores = cosine_half_scores(node_vectors, query)
@@ -356,8 +361,8 @@ class ContextEncoder:
         return [compress(k) for k in lowered.keys], [compress(v) for v in lowered.values]
 
     @torch.no_grad()
-    def attention_token_scores(self, query_hidden, keys, chunk_index) -> torch.Tensor:
-        """(N, C) attention logits of the scoring layer's query (from the query token's hidden state entering that
+    def attention_logits(self, query_hidden, keys, chunk_index) -> torch.Tensor:
+        """(N, H, C) attention logits of the scoring layer's query (from the query token's hidden state entering that
         layer, (N, hidden)) against each chunk token's key of that layer. The query is rotated to sit just after the
         chunk it scores, so a chunk's selection depends on its own tokens only, never on how many chunks precede
         the query (forward and cached generation then select alike)."""
@@ -366,7 +371,7 @@ class ContextEncoder:
         query = q_proj(norm(query_hidden)).view(n, -1, 1, head_dim)  # (N, H, 1, hd)
         cos, sin = self.decoder.rotary_emb(query, (self.chunk_offsets(chunk_index) + chunk_size)[:, None])
         query, _ = apply_rotary_pos_emb(query, query, cos, sin)
-        return attention_token_scores(query[:, :, 0], keys)
+        return attention_logits(query[:, :, 0], keys)
 
     # -- node_encoding="node": the reference ---------------------------------------------------------------------
 
@@ -442,14 +447,13 @@ def top_chunks(context: EncodedContext, k: int, recent: int = 0) -> EncodedConte
     order: per layer (B, Hkv, k * K, hd) instead of (B, Hkv, n * K, hd), so that what reads them costs k chunks,
     not n. A row with fewer than k real chunks keeps them all (they come first: real chunks are the row's first
     slots and score above padding's -inf)."""
-    scores = context.chunk_scores  # (B, n), -inf in padding slots
-    n = scores.shape[1]
+    n = context.chunk_scores.shape[1]
     if n <= k:
         return context
-    slot = torch.arange(n, device=scores.device)[None, :]
+    slot = torch.arange(n, device=context.chunk_scores.device)[None, :]
     real = slot < context.n_chunks[:, None]
     last = real & (slot >= (context.n_chunks - recent)[:, None])  # (B, n) the row's `recent` last real chunks
-    ranked = scores.masked_fill(~real, float("-inf")).masked_fill(last, float("inf"))
+    ranked = chunk_ranking_scores(context.chunk_scores, real).masked_fill(last, float("inf"))
     best = ranked.topk(k, dim=1).indices.sort(dim=1).values  # (B, k)
     per_chunk = context.per_chunk
     slots = (best[:, :, None] * per_chunk + torch.arange(per_chunk, device=best.device)).flatten(1)  # (B, k * K)
@@ -462,8 +466,13 @@ def top_chunks(context: EncodedContext, k: int, recent: int = 0) -> EncodedConte
         [gather(kv) for kv in context.values],
         context.n_chunks.clamp(max=k),
         per_chunk,
-        scores.gather(1, best),
+        gather_slots(context.chunk_scores, best),
     )
+
+
+def gather_slots(scores: torch.Tensor, index: torch.LongTensor) -> torch.Tensor:
+    """scores (B, n, ...) at chunk slots index (B, m) -> (B, m, ...)."""
+    return scores.gather(1, index.view(*index.shape, *[1] * (scores.dim() - 2)).expand(-1, -1, *scores.shape[2:]))
 
 
 def append_chunks(context: EncodedContext, new: EncodedContext) -> EncodedContext:
@@ -499,5 +508,7 @@ def append_chunks(context: EncodedContext, new: EncodedContext) -> EncodedContex
     values = [merge(o, f) for o, f in zip(context.values, new.values)]
     scores = None
     if context.chunk_scores is not None:
-        scores = torch.where(from_new, new.chunk_scores.gather(1, new_index), context.chunk_scores.gather(1, old_index))
+        from_new_slots = from_new.view(*from_new.shape, *[1] * (context.chunk_scores.dim() - 2))
+        scores = torch.where(from_new_slots, gather_slots(new.chunk_scores, new_index),
+                             gather_slots(context.chunk_scores, old_index))
     return EncodedContext(keys, values, n_total, per_chunk, scores)

@@ -42,12 +42,44 @@ def attention_half_scores(token_scores: torch.Tensor) -> HalfScoreFn:
     return scores
 
 
-def attention_token_scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """query (N, H, hd) and post-RoPE keys (N, Hkv, C, hd) -> (N, C): each token's best attention logit over heads."""
+def attention_logits(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """query (N, H, hd) and post-RoPE keys (N, Hkv, C, hd) -> (N, H, C): each query head's logit for every token
+    (against its GQA group's key), scaled by 1/sqrt(hd) as the layer's own softmax sees it."""
     n, n_heads, head_dim = query.shape
     grouped = query.view(n, keys.shape[1], n_heads // keys.shape[1], head_dim)  # (N, Hkv, G, hd): GQA groups
-    logits = torch.einsum("nkgd,nktd->nkgt", grouped.float(), keys.float())
-    return logits.amax(dim=(1, 2))
+    logits = torch.einsum("nkgd,nktd->nkgt", grouped.float(), keys.float()) * head_dim**-0.5
+    return logits.reshape(n, n_heads, -1)
+
+
+def attention_token_scores(logits: torch.Tensor, score: str) -> torch.Tensor:
+    """(N, H, C) logits -> (N, C) token scores. logit: the best head's logit (Quest / InfLLM). probability: the best
+    head's attention probability over the chunk's tokens, so that a head with large logits everywhere does not
+    outvote one that looks a single token up."""
+    if score == "logit":
+        return logits.amax(dim=1)
+    if score == "probability":
+        return logits.softmax(dim=-1).amax(dim=1)
+    raise ValueError(f"no token scores for selection_score={score!r}")
+
+
+def chunk_statistics(logits: torch.Tensor, score: str) -> torch.Tensor:
+    """(N, H, C) logits -> what ranks a chunk against the others (`chunk_ranking_scores`). logit: (N,) the chunk's
+    best token logit. probability: (N, H, 2) per head the best logit and the log-sum-exp over the chunk, from which
+    each head's attention is normalised over all of a row's chunks at ranking time."""
+    if score == "logit":
+        return logits.amax(dim=(1, 2))
+    return torch.stack([logits.amax(dim=-1), logits.logsumexp(dim=-1)], dim=-1)
+
+
+def chunk_ranking_scores(statistics: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """(B, n) or (B, n, H, 2) `chunk_statistics` of a row's chunk slots and real (B, n) -> (B, n) scores, -inf off
+    the real chunks. For probability: each chunk's best token probability under the best head, each head's softmax
+    taken over every token of the row's real chunks (one head's normaliser sums its chunks' log-sum-exps)."""
+    if statistics.dim() == 2:
+        return statistics.masked_fill(~real, float("-inf"))
+    best, log_total = statistics.unbind(dim=-1)  # (B, n, H) each
+    row_log_total = log_total.masked_fill(~real[..., None], float("-inf")).logsumexp(dim=1, keepdim=True)  # (B, 1, H)
+    return (best - row_log_total).amax(dim=-1).masked_fill(~real, float("-inf"))
 
 
 def search_tree(

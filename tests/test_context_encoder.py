@@ -22,6 +22,19 @@ def test_append_chunks_keeps_each_rows_old_chunks():
     assert merged.keys[0][0, 0, :2, 0].tolist() == [9, 9]
 
 
+@pytest.mark.parametrize("stat_shape", [(), (3, 2)])  # selection_score logit: (B, n); probability: (B, n, H, 2)
+def test_append_chunks_keeps_each_rows_chunk_scores(stat_shape):
+    from sharedllm.context_encoder import EncodedContext, append_chunks
+
+    kv = lambda n: torch.zeros(2, 1, 2 * n, 1)  # noqa: E731
+    old_scores = torch.arange(2 * 3).float().view(2, 3, *[1] * len(stat_shape)).expand(2, 3, *stat_shape)
+    new_scores = torch.full((2, 1, *stat_shape), 9.0)
+    merged = append_chunks(EncodedContext([kv(3)], [kv(3)], torch.tensor([1, 3]), 2, old_scores),
+                           EncodedContext([kv(1)], [kv(1)], torch.tensor([1, 0]), 2, new_scores))
+    first = merged.chunk_scores.reshape(2, 3, -1)[..., 0]  # capacity: the most chunks of a row
+    assert first[0, :2].tolist() == [0, 9] and first[1, :3].tolist() == [3, 4, 5]
+
+
 @pytest.mark.parametrize("depth,per_node", [(2, 2), (3, 2), (0, 4)])
 def test_context_shapes_and_compression(depth, per_node):
     model = wrap(tiny_model("llama"), tree_depth=depth, tokens_per_node=per_node)

@@ -55,9 +55,9 @@ def test_selection_layer_scores_with_that_layers_query_and_keys(layer, monkeypat
         expected = base(window, output_hidden_states=True).hidden_states[layer][:, -1]
         assert torch.allclose(query, expected, atol=1e-5)
         seen = []
-        scores = model.context_encoder.attention_token_scores
-        monkeypatch.setattr(model.context_encoder, "attention_token_scores",
-                            lambda q, keys, index: seen.append(keys) or scores(q, keys, index))
+        logits = model.context_encoder.attention_logits
+        monkeypatch.setattr(model.context_encoder, "attention_logits",
+                            lambda q, keys, index: seen.append(keys) or logits(q, keys, index))
         lowered = model.context_encoder.lower_chunks(ids[0, :64].view(2, 32), torch.arange(2))
         model.context_encoder.select_nodes(lowered, query.expand(2, -1), torch.arange(2))
     assert seen[0] is lowered.keys[layer]
@@ -112,13 +112,15 @@ def test_context_chunks_reads_only_the_best_chunk():
         assert not torch.allclose(out, every(torch.cat([*chunks, window])[None]).logits, atol=1e-3)
 
 
-@pytest.mark.parametrize("injection, recent", [("cross", 0), ("joint", 0), ("joint", 1)])
-def test_context_chunks_generate_equals_forward(injection, recent):
+@pytest.mark.parametrize("injection, recent, score", [
+    ("cross", 0, "logit"), ("joint", 0, "logit"), ("joint", 1, "logit"), ("joint", 0, "probability"),
+])
+def test_context_chunks_generate_equals_forward(injection, recent, score):
     """Chunks rolling in during generation are ranked with the others under the prefill's query (and the most
     recent one is then the new one), as a forward over the whole sequence with the same query ranks them."""
     torch.manual_seed(0)
     model = wrap(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=8, tree_selection="attention",
-                 context_chunks=2, recent_chunks=recent, injection=injection)
+                 context_chunks=2, recent_chunks=recent, injection=injection, selection_score=score)
     if injection == "cross":
         with torch.no_grad():
             for attention in model.cross_attention:
@@ -180,14 +182,14 @@ def test_selected_leaves_budget_and_generate_equals_forward(selection):
 
 
 def test_selected_leaves_keeps_the_planted_leaf_exact(monkeypatch):
-    """With token scores planted in one leaf, that leaf's keys reach the context uncompressed."""
+    """With attention logits planted in one leaf, that leaf's keys reach the context uncompressed."""
     model = wrap(tree_depth=2, tokens_per_node=2, leaf_tokens_per_node=8, tree_selection="attention", selected_leaves=1)
     encoder = model.context_encoder
     ids = torch.randint(3, 128, (1, 64))
     lowered = encoder.lower_chunks(ids.view(2, 32), torch.arange(2))
     scores = torch.zeros(2, 32)
     scores[0, 19], scores[1, 2] = 1.0, 1.0  # leaf 2 (tokens 16..23) of chunk 0, leaf 0 of chunk 1
-    keys, _ = encoder.select_nodes(lowered, None, torch.arange(2), scores)
+    keys, _ = encoder.select_nodes(lowered, None, torch.arange(2), scores[:, None, :])  # (N, H = 1, C) logits
     torch.testing.assert_close(keys[0][0, :, :8], lowered.keys[0][0, :, 16:24])
     torch.testing.assert_close(keys[0][1, :, :8], lowered.keys[0][1, :, 0:8])
 
@@ -200,3 +202,8 @@ def test_selected_leaves_keeps_the_planted_leaf_exact(monkeypatch):
 def test_selected_leaves_checks(knobs, message):
     with pytest.raises(ValueError, match=message):
         wrap(**{"tree_depth": 2, "tokens_per_node": 2, **knobs})
+
+
+def test_selection_score_needs_attention_selection():
+    with pytest.raises(ValueError, match="selection_score='probability'.*tree_selection='attention'"):
+        wrap(selection_score="probability", tree_selection="query")

@@ -5,7 +5,10 @@ import torch
 
 from sharedllm.tree import (
     attention_half_scores,
+    attention_logits,
     attention_token_scores,
+    chunk_ranking_scores,
+    chunk_statistics,
     compress_node,
     cosine_half_scores,
     node_tiling,
@@ -55,7 +58,8 @@ def test_attention_selection_expands_toward_a_planted_key():
     planted = torch.tensor([0, 17, 33, 50, 63])
     for chunk, token in enumerate(planted.tolist()):
         keys[chunk, 1, token] = 10 * query[chunk, 2]  # head 2 is in kv group 1 (GQA: 2 query heads per kv head)
-    kept = search_tree(attention_half_scores(attention_token_scores(query, keys)), n, chunk_size, depth, torch.device("cpu"))
+    token_scores = attention_token_scores(attention_logits(query, keys), "logit")
+    kept = search_tree(attention_half_scores(token_scores), n, chunk_size, depth, torch.device("cpu"))
     assert (node_tiling(kept) == 1).all()
     leaf_starts = torch.stack([kept[-2][0], kept[-1][0]], dim=1)  # (N, 2)
     leaf = kept[-1][1]
@@ -63,12 +67,41 @@ def test_attention_selection_expands_toward_a_planted_key():
     assert in_leaf.all()
 
 
-def test_attention_token_scores_are_the_best_head_logit():
+def test_attention_token_scores_are_the_best_heads_logit_or_probability():
     query, keys = torch.randn(2, 4, 8), torch.randn(2, 2, 16, 8)
-    expected = torch.stack(
-        [torch.stack([query[b, h] @ keys[b, h // 2].T for h in range(4)]).amax(0) for b in range(2)]
-    )
-    torch.testing.assert_close(attention_token_scores(query, keys), expected)
+    per_head = torch.stack([torch.stack([query[b, h] @ keys[b, h // 2].T for h in range(4)]) for b in range(2)]) / 8**0.5
+    logits = attention_logits(query, keys)
+    torch.testing.assert_close(logits, per_head)
+    torch.testing.assert_close(attention_token_scores(logits, "logit"), per_head.amax(1))
+    torch.testing.assert_close(attention_token_scores(logits, "probability"), per_head.softmax(-1).amax(1))
+
+
+def test_probability_ranks_chunks_by_each_heads_softmax_over_the_whole_row():
+    """Head 0 has large logits everywhere (flat attention); head 1 looks one token of chunk 2 up. The best logit
+    picks whatever head 0 likes most (chunk 0); the probability, normalised per head over all the row's chunks,
+    picks chunk 2, and equals the best head's softmax probability over the concatenated chunks."""
+    torch.manual_seed(0)
+    n, chunk_size = 4, 16
+    logits = torch.zeros(n, 2, chunk_size)
+    logits[:, 0] = 20 + 0.1 * torch.rand(n, chunk_size)
+    logits[0, 0, 3] = 20.5
+    logits[:, 1] = torch.randn(n, chunk_size)
+    logits[2, 1, 7] = 12.0
+    real = torch.ones(1, n, dtype=torch.bool)
+    by_logit = chunk_ranking_scores(chunk_statistics(logits, "logit")[None], real)
+    by_probability = chunk_ranking_scores(chunk_statistics(logits, "probability")[None], real)
+    assert int(by_logit.argmax()) == 0 and int(by_probability.argmax()) == 2
+    row_softmax = logits.permute(1, 0, 2).reshape(2, -1).softmax(-1).view(2, n, chunk_size)  # (H, n, C)
+    torch.testing.assert_close(by_probability[0].exp(), row_softmax.amax(dim=(0, 2)))
+
+
+def test_chunk_ranking_ignores_padding_slots():
+    logits = torch.randn(3, 2, 8)
+    real = torch.tensor([[True, True, False]])
+    scores = chunk_ranking_scores(chunk_statistics(logits, "probability")[None], real)
+    assert scores[0, 2] == float("-inf")
+    expected = chunk_ranking_scores(chunk_statistics(logits[:2], "probability")[None], real[:, :2])
+    torch.testing.assert_close(scores[:, :2], expected)
 
 
 def test_top_leaves_keeps_the_second_best_leaf_the_descent_loses():
