@@ -181,8 +181,8 @@ class SharedLLMConfig(PretrainedConfig):
         if self.tree_depth == 0:
             return self.node_budget(self.chunk_size)
         if self.selected_leaves is not None:
-            n_leaves = 2**self.tree_depth
-            return self.selected_leaves * self.node_budget(self.leaf_length) + (n_leaves - self.selected_leaves) * self.tokens_per_node
+            other_leaves = 2**self.tree_depth - self.selected_leaves
+            return self.selected_leaves * self.node_budget(self.leaf_length) + other_leaves * self.tokens_per_node
         return self.tokens_per_node * (self.tree_depth - 1) + 2 * self.node_budget(self.leaf_length)
 
     def validate_knobs(self) -> None:

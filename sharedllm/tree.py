@@ -10,7 +10,7 @@ C/2, one of C/4, ..., and two of C/2**D: they tile the chunk. Each kept node bec
 `top_leaves` is the flat alternative (config.selected_leaves): every leaf of C/2**D tokens is ranked at once by its
 best token, the n best keep the leaf budget and every other leaf keeps P positions, as Quest and InfLLM pick
 blocks. The greedy descent commits at the root to the half holding the single best token, so a needle whose leaf
-ranks second in its chunk is compressed away (docs/method.md, "Finding a needle in prose").
+ranks second in its chunk is compressed away (docs/method.md, "The context tree", item 8).
 
 Shapes: N = chunks (all rows of the batch flattened), Hkv = key/value heads, T = tokens, hd = head dim.
 """
