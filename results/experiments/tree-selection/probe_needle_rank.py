@@ -1,0 +1,178 @@
+"""Where does the tree's scoring put a RULER needle? For niah_single prompts (validation haystack unless told), the
+rank of the needle's chunk among the context chunks, whether the tree search expands the 128-token node that holds
+the needle's value, and the rank of the needle's 64-token block inside its chunk, under candidate scorers: each
+injected layer's query (the hidden state entering that layer, as `_query_vectors` computes it) against that layer's
+context keys, with the heads combined as
+
+  max_logit: the best raw logit over heads (the shipped score),
+  max_prob:  each head's softmax over all context tokens, best head,
+  sum_prob:  the same, summed over heads,
+  max_prob_chunk: each head's softmax over the chunk's own tokens, best head (a chunk's choice then depends on
+             its own tokens only; the chunk ranking is max_prob's),
+  max_prob_window: each head's logits less its log-sum-exp over the decoder window (the query's own keys at that
+             layer, computable per chunk as chunks arrive), best head.
+
+    python results/experiments/tree-selection/probe_needle_rank.py --trials 12 --output probe.json
+"""
+
+import argparse
+import json
+from collections import defaultdict
+
+import torch
+
+from sharedllm.assets import DEFAULT_ADAPTER
+from sharedllm.context_encoder import ContextEncoder
+from sharedllm.evaluation.needle import load_haystack, make_sample
+from sharedllm.loading import DEFAULT_BASE, load_causal_lm
+from sharedllm.methods import load_method
+from sharedllm.tree import attention_half_scores, search_tree
+
+
+def per_head_logits(encoder, query_hidden, keys, chunk_index):
+    """(N, H, C) logits of the scoring layer's query against the keys, as attention_token_scores before its amax."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    n, n_kv, chunk_size, head_dim = keys.shape
+    norm, q_proj = encoder.scoring_projections()
+    query = q_proj(norm(query_hidden)).view(n, -1, 1, head_dim)
+    cos, sin = encoder.decoder.rotary_emb(query, (encoder.chunk_offsets(chunk_index) + chunk_size)[:, None])
+    query, _ = apply_rotary_pos_emb(query, query, cos, sin)
+    grouped = query[:, :, 0].view(n, n_kv, -1, head_dim)
+    logits = torch.einsum("nkgd,nktd->nkgt", grouped.float(), keys.float())
+    return logits.reshape(n, -1, chunk_size) / head_dim**0.5
+
+
+def window_log_normalizer(model, ids, layer):
+    """(H,) log-sum-exp over the decoder window of the last token's attention logits in `layer` (no injection)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from sharedllm.modeling import layer_mask, self_attention_masks
+
+    cfg = model.config
+    n_context = int(model.context_encoder.config.chunk_size * ((len(ids) - cfg.decoder_window + cfg.chunk_size - 1) // cfg.chunk_size))
+    window = ids[n_context:][None]
+    decoder = model.context_encoder.decoder
+    hidden = decoder.embed_tokens(window)
+    positions = torch.arange(window.shape[1])[None]
+    position_embeddings = decoder.rotary_emb(hidden, positions)
+    masks = self_attention_masks(cfg.text_config, hidden, torch.ones_like(window), None, positions)
+    for index in range(layer):
+        hidden = decoder.layers[index](hidden, attention_mask=layer_mask(cfg.text_config, masks, index),
+                                       position_embeddings=position_embeddings, position_ids=positions)
+    attention = decoder.layers[layer].self_attn
+    normed = decoder.layers[layer].input_layernorm(hidden)
+    head_dim = attention.head_dim
+    q = attention.q_proj(normed[:, -1:]).view(1, 1, -1, head_dim).transpose(1, 2)
+    k = attention.k_proj(normed).view(1, window.shape[1], -1, head_dim).transpose(1, 2)
+    cos, sin = position_embeddings
+    q, _ = apply_rotary_pos_emb(q, q, cos[:, -1:], sin[:, -1:])
+    k, _ = apply_rotary_pos_emb(k, k, cos, sin)
+    groups = q.shape[1] // k.shape[1]
+    logits = torch.einsum("hd,htd->ht", q[0, :, 0].float(), k[0].repeat_interleave(groups, 0).float()) / head_dim**0.5
+    return logits.logsumexp(-1)
+
+
+def scorers(logits, window_lse):
+    """(N, H, C) logits -> {name: (N, C) token scores}."""
+    n, n_heads, chunk_size = logits.shape
+    probs = logits.permute(1, 0, 2).reshape(n_heads, -1).softmax(-1).view(n_heads, n, chunk_size).permute(1, 0, 2)
+    return {"max_logit": logits.amax(1), "max_prob": probs.amax(1), "sum_prob": probs.sum(1),
+            "max_prob_chunk": logits.softmax(-1).amax(1),
+            "max_prob_window": (logits - window_lse[None, :, None]).amax(1)}
+
+
+def needle_metrics(token_scores, chunk, span, chunk_size, depth, block=64):
+    """Rank of the needle's chunk, tree hit, and the needle block's rank inside its chunk."""
+    chunk_best = token_scores.amax(-1)
+    chunk_rank = int((chunk_best > chunk_best[chunk]).sum())
+    kept = search_tree(attention_half_scores(token_scores), token_scores.shape[0], chunk_size, depth, token_scores.device)
+    exact_start = int(kept[-2][0][chunk])  # the last level's two halves: the expanded node, kept exactly
+    exact_end = exact_start + 2 * kept[-1][1]
+    tree_hit = exact_start <= span[0] and span[1] <= exact_end
+    blocks = token_scores[chunk].view(-1, block).amax(-1)
+    needle_block = span[0] // block
+    block_rank = int((blocks > blocks[needle_block]).sum())
+    return dict(chunk_rank=chunk_rank, tree_hit=tree_hit, block_rank=block_rank)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--adapter", default=str(DEFAULT_ADAPTER))
+    parser.add_argument("--length", type=int, default=8192)
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--first-trial", type=int, default=0)
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--layers", type=int, nargs="+", default=[3, 7, 11, 14, 17, 20, 23, 26, 29])
+    parser.add_argument("--output")
+    args = parser.parse_args()
+
+    base, tokenizer = load_causal_lm(DEFAULT_BASE)
+    method = load_method("sharedllm", base, tokenizer, adapter=args.adapter)
+    model, cfg = method.model, method.model.config
+    encoder = model.context_encoder
+    captured = {}
+    original_lower = ContextEncoder.lower_chunks
+
+    def recording_lower(self, chunk_ids, chunk_index, before=None, node_vectors=None):
+        lowered = original_lower(self, chunk_ids, chunk_index, before, node_vectors)
+        captured.update(lowered=lowered, chunk_index=chunk_index)
+        return lowered
+
+    ContextEncoder.lower_chunks = recording_lower
+    haystack = load_haystack(args.split)
+    rows, summary = [], defaultdict(lambda: defaultdict(list))
+    for trial in range(args.first_trial, args.first_trial + args.trials):
+        sample = make_sample("niah_single", tokenizer, args.length, f"0/{trial}", haystack)
+        encoded = tokenizer(sample.prompt, return_offsets_mapping=True)
+        ids = torch.tensor(encoded["input_ids"])
+        char = sample.prompt.index(sample.golds[0], sample.prompt.index("One of the special magic"))
+        value_tokens = [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if a < char + 7 and b > char]
+        n_context = method.context_length(len(ids))
+        if value_tokens[-1] >= n_context:
+            print(f"trial {trial}: needle in the decoder window, skipped", flush=True)
+            continue
+        chunk, offset = divmod(value_tokens[0], cfg.chunk_size)
+        span = (offset, value_tokens[-1] - chunk * cfg.chunk_size + 1)
+        if span[1] > cfg.chunk_size:
+            print(f"trial {trial}: needle across a chunk boundary, skipped", flush=True)
+            continue
+        with torch.no_grad():
+            model(ids[None], logits_to_keep=1)
+            lowered, chunk_index = captured["lowered"], captured["chunk_index"]
+            row = dict(trial=trial, depth=sample.info["depth"], chunk=chunk, n_chunks=len(chunk_index), span=span)
+            original_layer = cfg.selection_layer
+            for layer in args.layers:
+                cfg.selection_layer = layer
+                query = model._query_vectors(ids[None], torch.zeros(1, dtype=torch.long), torch.tensor([len(ids) - 1]))
+                logits = per_head_logits(encoder, query.expand(len(chunk_index), -1), lowered.keys[layer], chunk_index)
+                window_lse = window_log_normalizer(model, ids, layer)
+                for name, token_scores in scorers(logits, window_lse).items():
+                    metrics = needle_metrics(token_scores, chunk, span, cfg.chunk_size, cfg.tree_depth)
+                    row[f"L{layer}/{name}"] = metrics
+                    for key, value in metrics.items():
+                        summary[f"L{layer}/{name}"][key].append(value)
+            cfg.selection_layer = original_layer
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if not k.startswith("L")}),
+              "shipped:", row[f"L{original_layer}/max_logit"], flush=True)
+
+    table = {}
+    for scorer, metrics in summary.items():
+        n = len(metrics["tree_hit"])
+        table[scorer] = dict(
+            n=n,
+            tree_hit=sum(metrics["tree_hit"]) / n,
+            chunk_in_top8=sum(r < 8 for r in metrics["chunk_rank"]) / n,
+            block_top2=sum(r < 2 for r in metrics["block_rank"]) / n,
+            block_top4=sum(r < 4 for r in metrics["block_rank"]) / n,
+            mean_chunk_rank=sum(metrics["chunk_rank"]) / n,
+        )
+    for scorer, values in table.items():
+        print(f"{scorer:18s}", " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()))
+    if args.output:
+        json.dump(dict(args=vars(args), adapter=args.adapter, rows=rows, table=table), open(args.output, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
