@@ -26,31 +26,17 @@ from sharedllm.context_encoder import ContextEncoder
 from sharedllm.evaluation.needle import load_haystack, make_sample
 from sharedllm.loading import DEFAULT_BASE, load_causal_lm
 from sharedllm.methods import load_method
-from sharedllm.tree import attention_half_scores, search_tree
+from sharedllm.tree import attention_half_scores, attention_logits, attention_token_scores, search_tree
 
 
-def per_head_logits(encoder, query_hidden, keys, chunk_index):
-    """(N, H, C) logits of the scoring layer's query against the keys, as attention_token_scores before its amax."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-    n, n_kv, chunk_size, head_dim = keys.shape
-    norm, q_proj = encoder.scoring_projections()
-    query = q_proj(norm(query_hidden)).view(n, -1, 1, head_dim)
-    cos, sin = encoder.decoder.rotary_emb(query, (encoder.chunk_offsets(chunk_index) + chunk_size)[:, None])
-    query, _ = apply_rotary_pos_emb(query, query, cos, sin)
-    grouped = query[:, :, 0].view(n, n_kv, -1, head_dim)
-    logits = torch.einsum("nkgd,nktd->nkgt", grouped.float(), keys.float())
-    return logits.reshape(n, -1, chunk_size) / head_dim**0.5
-
-
-def window_log_normalizer(model, ids, layer):
-    """(H,) log-sum-exp over the decoder window of the last token's attention logits in `layer` (no injection)."""
+def window_log_normalizer(model, ids, n_context, layer):
+    """(H,) log-sum-exp over the decoder window (the tokens after the n_context ones that become chunks) of the last
+    token's attention logits in `layer` (no injection)."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     from sharedllm.modeling import layer_mask, self_attention_masks
 
     cfg = model.config
-    n_context = int(model.context_encoder.config.chunk_size * ((len(ids) - cfg.decoder_window + cfg.chunk_size - 1) // cfg.chunk_size))
     window = ids[n_context:][None]
     decoder = model.context_encoder.decoder
     hidden = decoder.embed_tokens(window)
@@ -68,17 +54,15 @@ def window_log_normalizer(model, ids, layer):
     cos, sin = position_embeddings
     q, _ = apply_rotary_pos_emb(q, q, cos[:, -1:], sin[:, -1:])
     k, _ = apply_rotary_pos_emb(k, k, cos, sin)
-    groups = q.shape[1] // k.shape[1]
-    logits = torch.einsum("hd,htd->ht", q[0, :, 0].float(), k[0].repeat_interleave(groups, 0).float()) / head_dim**0.5
-    return logits.logsumexp(-1)
+    return attention_logits(q[:, :, 0], k)[0].logsumexp(-1)
 
 
 def scorers(logits, window_lse):
     """(N, H, C) logits -> {name: (N, C) token scores}."""
     n, n_heads, chunk_size = logits.shape
     probs = logits.permute(1, 0, 2).reshape(n_heads, -1).softmax(-1).view(n_heads, n, chunk_size).permute(1, 0, 2)
-    return {"max_logit": logits.amax(1), "max_prob": probs.amax(1), "sum_prob": probs.sum(1),
-            "max_prob_chunk": logits.softmax(-1).amax(1),
+    return {"max_logit": attention_token_scores(logits, "logit"), "max_prob": probs.amax(1), "sum_prob": probs.sum(1),
+            "max_prob_chunk": attention_token_scores(logits, "probability"),
             "max_prob_window": (logits - window_lse[None, :, None]).amax(1)}
 
 
@@ -145,8 +129,8 @@ def main():
             for layer in args.layers:
                 cfg.selection_layer = layer
                 query = model._query_vectors(ids[None], torch.zeros(1, dtype=torch.long), torch.tensor([len(ids) - 1]))
-                logits = per_head_logits(encoder, query.expand(len(chunk_index), -1), lowered.keys[layer], chunk_index)
-                window_lse = window_log_normalizer(model, ids, layer)
+                logits = encoder.attention_logits(query.expand(len(chunk_index), -1), lowered.keys[layer], chunk_index)
+                window_lse = window_log_normalizer(model, ids, n_context, layer)
                 for name, token_scores in scorers(logits, window_lse).items():
                     metrics = needle_metrics(token_scores, chunk, span, cfg.chunk_size, cfg.tree_depth)
                     row[f"L{layer}/{name}"] = metrics
@@ -155,7 +139,7 @@ def main():
             cfg.selection_layer = original_layer
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if not k.startswith("L")}),
-              "shipped:", row[f"L{original_layer}/max_logit"], flush=True)
+              f"layer {args.layers[0]}, max_logit:", row[f"L{args.layers[0]}/max_logit"], flush=True)
 
     table = {}
     for scorer, metrics in summary.items():
