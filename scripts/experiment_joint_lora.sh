@@ -10,11 +10,12 @@
 #   exercises : + retrieval exercises (30% of samples), no distillation: which of the two levers reads the needle
 #               right before the question (levers does, lm does not), and whether the KL is what kept levers from
 #               lm's perplexity
-# Usage: scripts/experiment_joint_lora.sh untrained|lm|levers|exercises   (STEPS, EVAL, OUT_ROOT, PRESET_ADAPTER, EXTRA may be set)
+#   facts8    : exercises with up to 8 facts per sample instead of 4 (more keys to tell apart, as in RULER's multikey)
+# Usage: scripts/experiment_joint_lora.sh untrained|lm|levers|exercises|facts8   (STEPS, EVAL, OUT_ROOT, PRESET_ADAPTER, EXTRA may be set)
 # Write-up: results/experiments/joint-lora/README.md.
 set -euo pipefail
 export HF_HUB_OFFLINE=1
-RUN=${1:?untrained, lm, levers or exercises}
+RUN=${1:?untrained, lm, levers, exercises or facts8}
 STEPS=${STEPS:-50}
 EVAL=${EVAL:-25}
 OUT_ROOT=${OUT_ROOT:-runs/joint-lora}
@@ -29,6 +30,7 @@ case "$RUN" in
   lm)        ARM=(--eval-retrieval) ;;
   levers)    ARM=(--retrieval-fraction 0.3 --distill-weight 2 --distill-top-k 50) ;;
   exercises) ARM=(--retrieval-fraction 0.3) ;;
-  *) echo "unknown run $RUN (untrained, lm, levers or exercises)" >&2; exit 2 ;;
+  facts8)    ARM=(--retrieval-fraction 0.3 --retrieval-facts 8) ;;
+  *) echo "unknown run $RUN (untrained, lm, levers, exercises or facts8)" >&2; exit 2 ;;
 esac
 python -m sharedllm train --output "$OUT_ROOT/$RUN" "${PRESET[@]}" "${COMMON[@]}" "${ARM[@]}" ${EXTRA:-} "${@:2}"

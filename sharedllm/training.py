@@ -92,6 +92,7 @@ class TrainConfig:
     lora_rank: int = 0
     gradient_checkpointing: bool = False
     retrieval_fraction: float = 0.0  # share of samples with key-value facts planted in context (data.py)
+    retrieval_facts: int = 4  # most facts planted per exercise (1 to this many, each a different key)
     copy_fraction: float = 0.0  # share of samples whose decoder window repeats a context span (data.copy_sample)
     distill_weight: float = 0.0  # weight of the KL to the full-attention base on the decoder window (distillation.py)
     distill_top_k: int = 50
@@ -163,6 +164,9 @@ def validate_config(config: TrainConfig) -> None:
         raise InputError(f"--stop-after must be in [1, --steps = {config.steps}], got {config.stop_after}")
     if not 0.0 <= config.retrieval_fraction <= 1.0:
         raise InputError(f"--retrieval-fraction must be in [0, 1], got {config.retrieval_fraction}")
+    if not 1 <= config.retrieval_facts <= len(data.RETRIEVAL_NAMES):
+        raise InputError(f"--retrieval-facts must be in [1, {len(data.RETRIEVAL_NAMES)}] (one name per fact), got "
+                         f"{config.retrieval_facts}")
     if not 0.0 <= config.copy_fraction <= 1.0 - config.retrieval_fraction:
         raise InputError(f"--copy-fraction must be in [0, 1 - retrieval fraction], got {config.copy_fraction}")
     if config.copy_fraction and config.decoder_window > config.context_len:
@@ -439,7 +443,8 @@ def next_micro_batch(sampler, config: TrainConfig, tokenizer) -> tuple[torch.Ten
         rng = np.random.default_rng([config.seed, first, sampler.rank, row])
         draw = rng.random()
         if draw < config.retrieval_fraction:
-            planted = data.plant_retrieval_facts(ids[row].numpy(), context_len, tokenizer, rng)
+            planted = data.plant_retrieval_facts(ids[row].numpy(), context_len, tokenizer, rng,
+                                                 max_facts=config.retrieval_facts)
             ids[row], labels[row] = torch.from_numpy(planted.ids), torch.from_numpy(planted.labels)
             query[row] = planted.query_index
         elif draw < config.retrieval_fraction + config.copy_fraction:
@@ -867,6 +872,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "at the end of the decoder window, only the answers scored (teaches reading back exact tokens). The "
              "loss averages over a micro-batch's scored tokens: with --batch-size 1 an exercise weighs like any "
              "sample, in larger micro-batches its few answer tokens are outweighed by the other rows' text")
+    add("--retrieval-facts", type=int, default=defaults.retrieval_facts,
+        help="most facts planted per retrieval exercise (1 to this many, each under a different key, one per equal "
+             "slice of the context): more facts are more distractors the answer must be told apart from. "
+             "val_retrieval_acc always plants up to 4, so runs compare")
     add("--copy-fraction", type=float, default=defaults.copy_fraction,
         help="share of samples turned into copy exercises (CEPE's duplicate warm-up): the decoder window repeats a "
              "span of the context, so every window token can be predicted by finding and copying it")

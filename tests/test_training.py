@@ -358,6 +358,30 @@ def test_gradient_checkpointing_trains_the_same(workspace, tmp_path):
         assert torch.allclose(value, runs["checkpointed"][key], atol=1e-6), key
 
 
+def scored_spans(labels: torch.Tensor) -> int:
+    """How many separate runs of scored (not -100) positions a row's labels hold: one per question asked."""
+    scored = (labels != -100).int()
+    return int((scored[1:] - scored[:-1] == 1).sum() + scored[0])
+
+
+@pytest.mark.parametrize("facts, most_questions", [(1, 1), (4, 2)])
+def test_retrieval_facts_bounds_the_facts_of_an_exercise(facts, most_questions):
+    tokenizer = char_tokenizer()
+    rng = np.random.default_rng(0)
+    docs = [data.TokenizedDocument(f"doc{i}", "books", rng.integers(4, 100, 2000).astype(np.uint32)) for i in range(3)]
+    config = training.TrainConfig(output="", n_chunks=2, knobs=dict(chunk_size=128, decoder_window=256), batch_size=8,
+                                  retrieval_fraction=1.0, retrieval_facts=facts)
+    sampler = data.WindowSampler(data.build_windows(docs, config.sample_len), seed=0)
+    _, labels, _ = training.next_micro_batch(sampler, config, tokenizer)
+    # an exercise asks about min(2, its facts) of them: a single fact means a single question in every row
+    assert max(scored_spans(row) for row in labels) == most_questions
+
+
+def test_retrieval_facts_is_validated():
+    with pytest.raises(InputError, match="retrieval-facts"):
+        training.validate_config(training.TrainConfig(output="", retrieval_facts=0))
+
+
 def test_retrieval_rows_are_planted_scored_and_replayed_on_resume():
     tokenizer = char_tokenizer()
     rng = np.random.default_rng(0)
