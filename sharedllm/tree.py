@@ -59,7 +59,7 @@ def attention_token_scores(logits: torch.Tensor, score: str) -> torch.Tensor:
         return logits.amax(dim=1)
     if score == "probability":
         return logits.softmax(dim=-1).amax(dim=1)
-    raise ValueError(f"no token scores for selection_score={score!r}")
+    raise ValueError(f"unknown selection score {score!r} (logit or probability)")
 
 
 def chunk_statistics(logits: torch.Tensor, score: str) -> torch.Tensor:
@@ -68,7 +68,9 @@ def chunk_statistics(logits: torch.Tensor, score: str) -> torch.Tensor:
     each head's attention is normalised over all of a row's chunks at ranking time."""
     if score == "logit":
         return logits.amax(dim=(1, 2))
-    return torch.stack([logits.amax(dim=-1), logits.logsumexp(dim=-1)], dim=-1)
+    if score == "probability":
+        return torch.stack([logits.amax(dim=-1), logits.logsumexp(dim=-1)], dim=-1)
+    raise ValueError(f"unknown selection score {score!r} (logit or probability)")
 
 
 def chunk_ranking_scores(statistics: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

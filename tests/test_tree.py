@@ -104,6 +104,12 @@ def test_chunk_ranking_ignores_padding_slots():
     torch.testing.assert_close(scores[:, :2], expected)
 
 
+@pytest.mark.parametrize("scorer", [attention_token_scores, chunk_statistics])
+def test_an_unknown_selection_score_is_refused(scorer):
+    with pytest.raises(ValueError, match="unknown selection score"):
+        scorer(torch.randn(3, 2, 8), "probabilty")
+
+
 def test_top_leaves_keeps_the_second_best_leaf_the_descent_loses():
     """Chunk scores: the best token in leaf 0, the second best (a needle) in leaf 5 of 8. The greedy descent follows
     the best token into the left half and compresses leaf 5 away; ranking the leaves keeps both exact."""

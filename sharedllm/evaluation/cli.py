@@ -301,7 +301,7 @@ class Session:
     def write(self, task, name, method, protocol, data, scores, counts, details, wall_time_s, notes=""):
         result = {
             "task": task, "protocol": protocol, "method": name,
-            "method_config": method.describe() if hasattr(method, "describe") else {},
+            "method_config": _method_config(method),
             "model": self.args.base,
             "adapter": _repo_relative(self.adapter) if getattr(method, "name", name) in ("sharedllm", "cepe") else None,
             "data": data, "lengths": self.args.lengths, "counts": counts, "scores": scores, "details": details,
@@ -318,6 +318,12 @@ def _repo_relative(path: str | None) -> str | None:
     if path is None or not Path(path).resolve().is_relative_to(REPO):
         return path
     return Path(path).resolve().relative_to(REPO).as_posix()
+
+
+def _method_config(method) -> dict:
+    """The method's knobs for a result file, its adapter path (if any) repository-relative like the top level's."""
+    config = method.describe() if hasattr(method, "describe") else {}
+    return {**config, "adapter": _repo_relative(config["adapter"])} if config.get("adapter") else config
 
 
 def _parse_knob(text: str) -> tuple[str, object]:
@@ -422,8 +428,8 @@ def run_heldout(session):
                 if not plan:
                     summary["not_run"] = f"no {domain} test document has {length} tokens"
                 result = {
-                    "task": "heldout", "protocol": "cepe-heldout", "method": name, "method_config": method.describe(),
-                    "model": a.base, "adapter": session.adapter if method.name in ("sharedllm", "cepe") else None,
+                    "task": "heldout", "protocol": "cepe-heldout", "method": name, "method_config": _method_config(method),
+                    "model": a.base, "adapter": _repo_relative(session.adapter) if method.name in ("sharedllm", "cepe") else None,
                     "domain": domain, "length": length,
                     "data": {"split": a.split, "domain": domain, "docs": doc_lengths,
                              "windows_available": heldout.count_windows(doc_lengths, length)},

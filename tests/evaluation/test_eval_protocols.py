@@ -198,3 +198,20 @@ def test_run_passkey_grid_counts_and_accuracy(tmp_path):
     assert blind["per_length"] == {200: 0.0}
     plot_heatmap(result["cells"], tmp_path / "heat.png", "test")
     assert (tmp_path / "heat.png").stat().st_size > 1000
+
+
+def test_result_files_name_adapters_inside_the_repository_by_their_relative_path(tmp_path):
+    from sharedllm.evaluation import cli as eval_cli
+
+    class Described:
+        def __init__(self, adapter):
+            self.adapter = adapter
+
+        def describe(self):
+            return {"method": "sharedllm", "adapter": self.adapter, "tree_depth": 3}
+
+    inside = str(eval_cli.REPO / "adapters" / "smollm2-135m-joint-exercises")
+    assert eval_cli._method_config(Described(inside)) == {
+        "method": "sharedllm", "adapter": "adapters/smollm2-135m-joint-exercises", "tree_depth": 3}
+    assert eval_cli._method_config(Described(str(tmp_path)))["adapter"] == str(tmp_path)  # elsewhere: kept whole
+    assert eval_cli._method_config(Described(None)) == {"method": "sharedllm", "adapter": None, "tree_depth": 3}
