@@ -533,10 +533,12 @@ def run_ruler_task(session):
 
 
 class _Described:
-    """Stands in for a method whose weights were already freed, for `Session.write`."""
+    """Stands in for a method whose weights were already freed, for `Session.write`: its knobs and its method name
+    (which, not a --label, decides whether the result names an adapter)."""
 
     def __init__(self, config):
         self.config = config
+        self.name = config.get("method")
 
     def describe(self):
         return self.config

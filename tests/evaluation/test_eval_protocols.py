@@ -215,3 +215,11 @@ def test_result_files_name_adapters_inside_the_repository_by_their_relative_path
         "method": "sharedllm", "adapter": "adapters/smollm2-135m-joint-exercises", "tree_depth": 3}
     assert eval_cli._method_config(Described(str(tmp_path)))["adapter"] == str(tmp_path)  # elsewhere: kept whole
     assert eval_cli._method_config(Described(None)) == {"method": "sharedllm", "adapter": None, "tree_depth": 3}
+
+
+def test_a_labelled_ruler_result_still_names_its_adapter():
+    """RULER writes its results after freeing the methods, through a stand-in; under --label the result's name is the
+    label, so the stand-in must carry the method's own name for the adapter to be recorded."""
+    from sharedllm.evaluation import cli as eval_cli
+
+    assert eval_cli._Described({"method": "sharedllm", "adapter": "adapters/x"}).name == "sharedllm"
