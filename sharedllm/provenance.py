@@ -3,7 +3,7 @@
     {"hardware": {"device", "cpu", "gpu", "cpu_count", "threads", "dtype", "torch", "transformers", "python",
                   "platform", ...command-specific extras},
      "command": the command line, "git_commit": the checkout's commit (None outside a git checkout),
-     "git_dirty": uncommitted changes to tracked files, "created": local time}
+     "git_dirty": uncommitted changes to tracked files outside results/, "created": local time}
 
 and `write_json`, the atomic write every result file goes through (a reader never sees half a file).
 """
@@ -70,7 +70,8 @@ def git_commit(repo: Path = REPO) -> tuple[str | None, bool | None]:
     commit = git("rev-parse", "HEAD")
     if commit is None:
         return None, None
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # results/ is what evaluations write: a grid rewriting its own cells does not make the code that runs it dirty
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")
     return commit, None if status is None else bool(status)
 
 

@@ -27,3 +27,22 @@ def test_write_json_is_atomic_and_creates_the_folder(tmp_path):
     path = provenance.write_json(tmp_path / "a" / "b.json", {"x": 1})
     assert json.loads(path.read_text()) == {"x": 1}
     assert [p.name for p in path.parent.iterdir()] == ["b.json"]  # no temporary file left behind
+
+
+def test_rewritten_results_do_not_make_a_checkout_dirty(tmp_path):
+    """A grid overwrites committed result files as it goes; only changes outside results/ (code) are dirty."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "cell.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    (tmp_path / "results" / "cell.json").write_text('{"ppl": 1}')
+    assert provenance.git_commit(tmp_path)[1] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert provenance.git_commit(tmp_path)[1] is True
