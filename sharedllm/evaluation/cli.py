@@ -298,12 +298,17 @@ class Session:
             print(f"{name}: {len(done)} {task} trials already done in {journal.path} (a stopped run): continuing")
         return journal, done
 
+    def result_adapter(self, method) -> str | None:
+        """The adapter a result file names: this comparison's, for the methods that read it (by the method's own
+        name, not a --label), as the README writes it."""
+        return _repo_relative(self.adapter) if method.name in SHAREDLLM_METHODS else None
+
     def write(self, task, name, method, protocol, data, scores, counts, details, wall_time_s, notes=""):
         result = {
             "task": task, "protocol": protocol, "method": name,
             "method_config": _method_config(method),
             "model": self.args.base,
-            "adapter": _repo_relative(self.adapter) if getattr(method, "name", name) in ("sharedllm", "cepe") else None,
+            "adapter": self.result_adapter(method),
             "data": data, "lengths": self.args.lengths, "counts": counts, "scores": scores, "details": details,
             "seed": self.args.seed, "wall_time_s": wall_time_s, **self.provenance(), "notes": notes,
         }
@@ -429,7 +434,7 @@ def run_heldout(session):
                     summary["not_run"] = f"no {domain} test document has {length} tokens"
                 result = {
                     "task": "heldout", "protocol": "cepe-heldout", "method": name, "method_config": _method_config(method),
-                    "model": a.base, "adapter": _repo_relative(session.adapter) if method.name in ("sharedllm", "cepe") else None,
+                    "model": a.base, "adapter": session.result_adapter(method),
                     "domain": domain, "length": length,
                     "data": {"split": a.split, "domain": domain, "docs": doc_lengths,
                              "windows_available": heldout.count_windows(doc_lengths, length)},
