@@ -333,14 +333,26 @@ def headline_section(results_dir, figures: Path) -> list[str]:
             lines += [f"![perplexity vs length, {domain}](figures/{figure})", ""]
         lines += ["Provenance (per method: its knobs, cell files and command):", ""]
         for method in _method_order({c["method"] for c in domain_cells}):
-            mine = sorted((c for c in domain_cells if c["method"] == method), key=lambda c: int(c["length"]))
-            hw = mine[-1].get("hardware", {})
-            lines += [f"- **{method}**: adapter `{mine[-1].get('adapter')}`, config "
-                      f"`{json.dumps(mine[-1].get('method_config', {}))}`; files "
-                      + ", ".join(f"`{c['_file']}` ({c.get('wall_time_s', 0):.0f} s)" for c in mine)
-                      + f"; {hw.get('gpu') or hw.get('cpu')} ({hw.get('threads')} threads, {hw.get('dtype')})"]
-            lines += [f"  `{command}`" for command in dict.fromkeys(c.get("command", "") for c in mine)]
+            lines += method_provenance(method, [c for c in domain_cells if c["method"] == method])
         lines.append("")
+    return lines
+
+
+def method_provenance(method, cells) -> list[str]:
+    """One line per distinct (adapter, knobs) a method's cells ran with, naming the lengths of each: a method rerun
+    at some lengths with other knobs shows both, never only one of them."""
+    by_config = {}
+    for cell in sorted(cells, key=lambda c: int(c["length"])):
+        key = (str(cell.get("adapter")), json.dumps(cell.get("method_config", {})))
+        by_config.setdefault(key, []).append(cell)
+    lines = []
+    for (adapter, config), mine in by_config.items():
+        hw = mine[-1].get("hardware", {})
+        lengths = ", ".join(format_length(int(c["length"])) for c in mine)
+        lines += [f"- **{method}** ({lengths}): adapter `{adapter}`, config `{config}`; files "
+                  + ", ".join(f"`{c['_file']}` ({c.get('wall_time_s', 0):.0f} s)" for c in mine)
+                  + f"; {hw.get('gpu') or hw.get('cpu')} ({hw.get('threads')} threads, {hw.get('dtype')})"]
+        lines += [f"  `{command}`" for command in dict.fromkeys(c.get("command", "") for c in mine)]
     return lines
 
 

@@ -152,3 +152,14 @@ def test_domain_with_no_complete_cell_gets_no_plot(tmp_path):
     page = report.regenerate(tmp_path / "results", tmp_path / "docs").read_text()
     assert "| sharedllm | not run: no code test document has 32768 tokens |" in page
     assert "headline-ppl-code" not in page and not (tmp_path / "docs" / "figures" / "headline-ppl-code.png").exists()
+
+
+def test_provenance_names_every_config_a_method_ran_with():
+    old, new = {"selection_score": "logit"}, {"selection_score": "probability"}
+    cells = [{**_cell("sharedllm", 4096, 9.0), "method_config": new, "_file": "a.json"},
+             {**_cell("sharedllm", 8192, 9.0), "method_config": old, "_file": "b.json"},
+             {**_cell("sharedllm", 16384, 9.0), "method_config": new, "_file": "c.json"}]
+    lines = [line for line in report.method_provenance("sharedllm", cells) if line.startswith("- ")]
+    assert len(lines) == 2
+    assert lines[0].startswith("- **sharedllm** (4K, 16K)") and '"probability"' in lines[0] and "`c.json`" in lines[0]
+    assert lines[1].startswith("- **sharedllm** (8K)") and '"logit"' in lines[1] and "`a.json`" not in lines[1]
