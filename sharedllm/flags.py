@@ -57,7 +57,23 @@ def add_knob_arguments(parser: argparse.ArgumentParser, title: str | None = None
                                help=text)
             continue
         kind = parse_length if name in LENGTH_KNOBS else knob.type
+        if knob.optional:
+            kind, text = _or_none(kind), text + f"; {NONE!r} sets it back to the default"
         group.add_argument(knob_flag(name), dest=name, type=kind, choices=knob.choices, default=None, help=text)
+
+
+# An optional knob's flag given "none" sets the knob back to None, so an adapter's saved value can be switched off
+# from the command line (e.g. `--selected-leaves none`: the greedy tree again, for an ablation).
+NONE = "none"
+_SET_TO_NONE = object()  # what the flag parses "none" to: argparse's own None means "not given"
+
+
+def _or_none(kind):
+    def parse(text: str):
+        return _SET_TO_NONE if text.strip().lower() == NONE else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse names the type in its error messages
+    return parse
 
 
 # knobs counted in tokens accept the length spelling (`--decoder-window 2K`)
@@ -65,10 +81,12 @@ LENGTH_KNOBS = ("chunk_size", "decoder_window")
 
 
 def knobs_from_args(args: argparse.Namespace) -> dict:
-    """The knobs given on the command line (flags left at None are not given)."""
+    """The knobs given on the command line (flags left at None are not given; an optional knob given "none" is
+    returned as None, which overrides the adapter's saved value)."""
     from sharedllm.config import KNOBS
 
-    return {name: getattr(args, name) for name in KNOBS if getattr(args, name, None) is not None}
+    given = {name: getattr(args, name) for name in KNOBS if getattr(args, name, None) is not None}
+    return {name: None if value is _SET_TO_NONE else value for name, value in given.items()}
 
 
 def knob_flags(knobs: dict, skip=()) -> list[str]:

@@ -229,10 +229,11 @@ def test_adapter_none_is_untrained_and_a_missing_adapter_fails_clearly(tmp_path)
 def test_knobs_resolve_given_then_adapter_then_defaults(tmp_path):
     from sharedllm.config import SharedLLMConfig
 
-    SharedLLMConfig(chunk_size=128, decoder_window=256, tokens_per_node=8).save_pretrained(tmp_path)
-    knobs = benchmark.resolve_knobs(str(tmp_path), {"decoder_window": 384, "tree_depth": None})
+    SharedLLMConfig(chunk_size=128, decoder_window=256, tokens_per_node=8, leaf_tokens_per_node=16).save_pretrained(tmp_path)
+    knobs = benchmark.resolve_knobs(str(tmp_path), {"decoder_window": 384, "leaf_tokens_per_node": None})
     assert knobs["decoder_window"] == 384  # given
     assert knobs["chunk_size"] == 128 and knobs["tokens_per_node"] == 8  # the adapter's
+    assert knobs["leaf_tokens_per_node"] is None  # given as "none": the adapter's 16 switched off
     assert knobs["tree_depth"] == KNOBS["tree_depth"].default  # not given, not saved differently: the default
     with pytest.raises(ValueError, match="tokens_per_node"):
         benchmark.resolve_knobs(None, {"chunk_size": 16, "tree_depth": 3, "tokens_per_node": 32})

@@ -43,6 +43,18 @@ def test_every_knob_is_a_flag_with_the_configs_type_and_choices():
         parser.parse_args(["--tree-selection", "random"])
 
 
+def test_none_switches_an_optional_knob_off():
+    parser = argparse.ArgumentParser()
+    add_knob_arguments(parser)
+    knobs = knobs_from_args(parser.parse_args(["--selected-leaves", "none", "--context-chunks", "None"]))
+    assert knobs == {"selected_leaves": None, "context_chunks": None}  # given: overrides an adapter's saved value
+    assert knobs_from_args(parser.parse_args(["--selected-leaves", "2"])) == {"selected_leaves": 2}
+    for required in (["--tree-depth", "none"], ["--selected-leaves", "two"]):  # only optional knobs take "none"
+        with pytest.raises(SystemExit):
+            parser.parse_args(required)
+    assert "'none' sets it back" in parser.format_help()
+
+
 def test_config_defaults_come_from_the_table():
     config = SharedLLMConfig()
     assert {name: getattr(config, name) for name in KNOBS} == {name: knob.default for name, knob in KNOBS.items()}

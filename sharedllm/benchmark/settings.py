@@ -63,6 +63,6 @@ def resolve_knobs(adapter: str | None, given: dict) -> dict:
     if adapter:
         saved = SharedLLMConfig.from_pretrained(adapter)
         knobs.update({name: getattr(saved, name) for name in KNOBS})
-    knobs.update({name: value for name, value in given.items() if value is not None})
+    knobs.update(given)  # an optional knob given as None is switched off (`--selected-leaves none`)
     SharedLLMConfig(**knobs)  # raises ValueError, saying what to change, on an invalid combination
     return knobs
