@@ -133,7 +133,7 @@ class Method:
     def settings(cls, shared: dict | None = None, **options) -> dict:
         """The constructor keywords `build` passes: what this method reads of `shared`, then `options`."""
         shared = shared or {}
-        taken = {k: v for k, v in shared.items() if k in cls.shared_knobs and v is not None}
+        taken = {k: v for k, v in shared.items() if k in cls.shared_knobs}  # None too: `--selected-leaves none`
         if cls.reads_adapter and shared.get("adapter") is not None:
             taken["adapter"] = shared["adapter"]
         return {**taken, **options}

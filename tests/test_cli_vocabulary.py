@@ -73,6 +73,9 @@ def test_eval_passes_knob_flags_to_sharedllm_and_knob_options_to_infllm(fake_sta
     # with an adapter, --decoder-window is the knob: it overrides the adapter's, as --knob decoder_window=N did
     assert methods("--methods", "sharedllm", "--adapter", "my-adapter", "--decoder-window", "768") == {
         "sharedllm": {"adapter": "my-adapter", "decoder_window": 768}}
+    # "none" switches an adapter's saved optional knob off: the method is handed None, not left to the adapter
+    assert methods("--methods", "sharedllm", "--adapter", "my-adapter", "--selected-leaves", "none") == {
+        "sharedllm": {"adapter": "my-adapter", "decoder_window": 1024, "selected_leaves": None}}
 
 
 def test_eval_knob_given_the_old_way_warns_and_still_reaches_the_method(fake_stack, monkeypatch, capsys):  # noqa: F811
