@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Issue #10, "the tree earns its place" on perplexity: the default adapter's query-aware leaf selection against
+# the same 176 positions per chunk chosen without the query, on held-out validation windows at 4K (results/experiments/
+# tree-ablation-ppl/README.md). At 4K every chunk is read (k = 8 >= 6 chunks), so only the choice inside a chunk
+# differs. Arms: leaves-query (the default), leaves-recent (the 2 most recent leaves exact), no-tree (each chunk
+# strided to 176 positions), greedy-tree (the paper's descent, 192 positions: a larger budget), plus window and full
+# on the same windows. Resumable (cells are skipped, windows journaled).
+#   scripts/experiment_tree_ablation_ppl.sh [run|summary]
+set -euo pipefail
+export HF_HUB_OFFLINE=1
+D=${D:-results/experiments/tree-ablation-ppl}
+common=(--split validation --domains books math code --lengths 4K --max-windows 8 --output "$D")
+eval_() { echo "+ sharedllm eval $*"; python -m sharedllm eval "$@"; }
+
+run() {
+  eval_ heldout --methods window --decoder-window 1024 "${common[@]}"
+  eval_ heldout --methods sharedllm --label leaves-query "${common[@]}"
+  eval_ heldout --methods sharedllm --label leaves-recent --tree-selection recent --context-chunks none \
+    --selection-score logit --selection-layer none "${common[@]}"
+  eval_ heldout --methods sharedllm --label no-tree --tree-depth 0 --selected-leaves none --tokens-per-node 176 \
+    --leaf-tokens-per-node 176 "${common[@]}"
+  eval_ heldout --methods full "${common[@]}"
+  eval_ heldout --methods sharedllm --label greedy-tree --selected-leaves none --tokens-per-node 32 "${common[@]}"
+}
+
+# per domain: PPL with its 95% bootstrap interval, then each arm / leaves-query on the same windows (paired interval)
+summary() {
+  python - "$D" <<'PY'
+import json, pathlib, sys
+from sharedllm.evaluation import report
+
+cells = [json.loads(p.read_text()) | {"_file": p.name} for p in sorted(pathlib.Path(sys.argv[1]).glob("heldout_*.json"))]
+for domain in sorted({c["domain"] for c in cells}):
+    mine = [c for c in cells if c["domain"] == domain]
+    print(f"\n{domain}\n" + "\n".join(report.headline_table(mine)) + "\n")
+    print("\n".join(report.paired_table(mine, reference="leaves-query")))
+PY
+}
+
+"${1:-run}"
