@@ -50,15 +50,16 @@ def add_knob_arguments(parser: argparse.ArgumentParser, title: str | None = None
 
     group = parser.add_argument_group(title or "SharedLLM knobs (default: the adapter's saved value, else the config default)")
     for name, knob in KNOBS.items():
-        default_note = "follows P" if knob.default is None else knob.default
-        text = f"{knob.help} (default {default_note})" + (f"; {notes[name]}" if notes and name in notes else "")
+        # an optional knob's help says what its None default means (P, the tree, every chunk, ...)
+        default_note = "" if knob.optional else f" (default {knob.default})"
+        text = knob.help + default_note + (f"; {notes[name]}" if notes and name in notes else "")
         if knob.type is bool:
             group.add_argument(knob_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
                                help=text)
             continue
         kind = parse_length if name in LENGTH_KNOBS else knob.type
         if knob.optional:
-            kind, text = _or_none(kind), text + f"; {NONE!r} sets it back to the default"
+            kind, text = _or_none(kind), text + f"; {NONE!r} sets it back to that default"
         group.add_argument(knob_flag(name), dest=name, type=kind, choices=knob.choices, default=None, help=text)
 
 

@@ -52,7 +52,9 @@ def test_none_switches_an_optional_knob_off():
     for required in (["--tree-depth", "none"], ["--selected-leaves", "two"]):  # only optional knobs take "none"
         with pytest.raises(SystemExit):
             parser.parse_args(required)
-    assert "'none' sets it back" in parser.format_help()
+    help_text = " ".join(parser.format_help().split())
+    assert "default: the tree; 'none' sets it back to that default" in help_text
+    assert "follows P" not in help_text  # it said so for every optional knob, e.g. context_chunks (every chunk)
 
 
 def test_config_defaults_come_from_the_table():
