@@ -91,15 +91,18 @@ def knobs_from_args(args: argparse.Namespace) -> dict:
 
 
 def knob_flags(knobs: dict, skip=()) -> list[str]:
-    """The command-line flags that give `knobs` (e.g. an adapter's saved config.json), one per knob set in it (None
-    is "not given"), in `config.KNOBS` order; the inverse of `knobs_from_args` after `add_knob_arguments`."""
+    """The command-line flags that give `knobs` (e.g. an adapter's saved config.json), one per knob in it, in
+    `config.KNOBS` order; the inverse of `knobs_from_args` after `add_knob_arguments`. An optional knob saved as None
+    is given as `none` (so that the flags switch another adapter's saved value off too); any other None is left out."""
     from sharedllm.config import KNOBS
 
     flags = []
     for name, knob in KNOBS.items():
-        if name in skip or knobs.get(name) is None:
+        if name in skip or name not in knobs or (knobs[name] is None and not knob.optional):
             continue
-        if knob.type is bool:
+        if knobs[name] is None:
+            flags += [knob_flag(name), NONE]
+        elif knob.type is bool:
             flags.append(knob_flag(name) if knobs[name] else "--no-" + knob_flag(name)[2:])
         else:
             flags += [knob_flag(name), str(knobs[name])]

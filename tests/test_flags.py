@@ -80,5 +80,6 @@ def test_knob_flags_parse_back_to_the_same_knobs(full_logits):
     add_knob_arguments(parser)
     flags = knob_flags(saved, skip=("decoder_window",))
     parsed = knobs_from_args(parser.parse_args(flags))
-    assert parsed == {k: saved[k] for k in KNOBS if saved.get(k) is not None and k != "decoder_window"}
+    assert parsed == {k: saved[k] for k in KNOBS if k in saved and k != "decoder_window"}
+    assert saved["selected_leaves"] is None and flags[flags.index("--selected-leaves") + 1] == "none"  # switched off
     assert "--decoder-window" not in flags and parsed["injection"] == "joint" and parsed["full_logits"] is full_logits
