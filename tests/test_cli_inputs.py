@@ -84,6 +84,14 @@ def test_bad_length_strings(no_model, capsys, lengths, shown, option):
     assert "token length" in line
 
 
+@pytest.mark.parametrize("extra, expected", [
+    (["--domains", "poetry"], "unknown domain 'poetry'; valid domains: books, code, math"),
+    (["--split", "dev"], "--split must be one of train, validation, test, got 'dev'"),
+])
+def test_eval_corpus_choice_is_checked_before_loading(no_model, capsys, extra, expected):
+    assert expected in error_line(capsys, ["eval", "heldout", "--base", "fake", "--lengths", "1K", *extra])
+
+
 def test_eval_depths_out_of_range(no_model, capsys):
     line = error_line(capsys, ["eval", "passkey", "--base", "fake", "--methods", "full", "--depths", "1.5"])
     assert line == "sharedllm eval: error: --depths must lie in [0, 1], got [1.5]"

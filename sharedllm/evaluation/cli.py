@@ -164,6 +164,7 @@ def validate_args(args) -> None:
             raise InputError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     if args.depths and not all(0.0 <= d <= 1.0 for d in args.depths):
         raise InputError(f"--depths must lie in [0, 1], got {args.depths}")
+    _check_corpus_choice(args)
     if "sharedllm" in args.methods:
         _check_sharedllm_knobs(args, options)
     if args.task == "longbench":
@@ -180,6 +181,17 @@ def validate_args(args) -> None:
             # follows once the tokenizer loads.
             longest = max(len(d.text.encode("utf-8")) for d in documents)
             _require_windows(args.lengths, longest, "bytes", slack=1)
+
+
+def _check_corpus_choice(args) -> None:
+    """--domains and --split name a domain and a split of splits.json (checked here, not after the model loads)."""
+    from sharedllm.assets import SPLITS, load_splits
+
+    if args.split not in SPLITS:
+        raise InputError(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
+    known = load_splits()
+    if unknown := [d for d in args.domains or () if d not in known]:
+        raise InputError(f"unknown domain {', '.join(map(repr, unknown))}; valid domains: {', '.join(sorted(known))}")
 
 
 def _check_sharedllm_knobs(args, options: dict) -> None:
