@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # The headline grid of docs/results.md (issue 11): every method scored on the same held-out windows per domain and
-# length (`sharedllm eval heldout`, one JSON per cell in $RESULTS/heldout/), then passkey and RULER at 128K for
-# sharedllm. Resumable: a cell whose JSON exists is skipped, and passkey / RULER continue from their trial journals,
-# so after an interruption run the same command again (pass --overwrite through EXTRA to redo cells). Nothing is
-# replaced silently: a window a method does not run is written as "not run: <reason>" (past its --max-length, out of
-# its --max-seconds budget, or an error).
+# length (`sharedllm eval heldout`, one JSON per cell in $RESULTS/heldout/), then the retrieval headline for
+# sharedllm: passkey and RULER needles from 8K / 16K to 128K (into $RESULTS/retrieval/). Resumable: a cell whose JSON
+# exists is skipped, and passkey / RULER continue from their trial journals, so after an interruption run the same
+# command again (pass --overwrite through EXTRA to redo perplexity cells). Nothing is replaced silently: a window a
+# method does not run is written as "not run: <reason>" (past its --max-length, out of its --max-seconds budget, or
+# an error).
 #   scripts/evaluate_grid.sh            # everything below, in order
 #   scripts/evaluate_grid.sh ppl        # the perplexity grid: domains x lengths x methods
-#   scripts/evaluate_grid.sh retrieval  # passkey and RULER at 128K for sharedllm
+#   scripts/evaluate_grid.sh retrieval  # passkey 8K-128K and RULER niah_single / niah_multikey 16K-128K, sharedllm
 #   scripts/evaluate_grid.sh smoke      # 2 windows at 2K on books for every method, into runs/grid-smoke/ (minutes)
 #   sharedllm report                    # regenerate docs/results.md and docs/figures/
 # Settings (environment): ADAPTER, LD (decoder window of window / streaming / infllm's local window: the adapter's),
 # WINDOWS per cell, LENGTHS, DOMAINS, FULL_MAX / YARN_MAX (longest length full attention / YaRN run: quadratic cost;
-# on the 2-core CPU full attention takes ~400 s per 32K window), MAX_SECONDS (time budget per cell), RESULTS.
+# on the 2-core CPU full attention takes ~400 s per 32K window), MAX_SECONDS (time budget per cell), RESULTS;
+# for retrieval: PASSKEY_LENGTHS, RULER_LENGTHS, TRIALS (per passkey depth and per RULER task).
 # YaRN's cells up to the base's native window (8K) are recorded as not run, "identical to full": its factor is 1 there.
 # Cost on the 2-core CPU (estimates from measured windows; a GPU takes a small fraction): per 128K window sharedllm
 # ~0.5 min with the cross adapter and about streaming's with the default (joint) one, streaming ~5 min, infllm ~8 min (it attends ~3x streaming's keys); full ~7 min per 32K window, yarn ~30
 # min per 64K window (so MAX_SECONDS stops its 64K cells partway: recorded as not run). With 16 windows per cell
-# the whole grid is on the order of 30 CPU-hours, most of it streaming and infllm on books and math.
+# the whole grid is on the order of 30 CPU-hours, most of it streaming and infllm on books and math. Retrieval: a
+# prompt costs about one sharedllm window of its length (~20 s at 8K, ~40 s at 16K, ~5 min at 128K), so ~11 CPU-hours
+# with 10 trials, two thirds of it at 128K.
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 # the default adapter (sharedllm.assets.DEFAULT_ADAPTER, relative to here); adapters/smollm2-135m with LD=512 for cross
@@ -31,6 +35,9 @@ YARN_MAX=${YARN_MAX:-64K}
 MAX_SECONDS=${MAX_SECONDS:-7200}
 RESULTS=${RESULTS:-results}
 EXTRA=${EXTRA:-}
+PASSKEY_LENGTHS=${PASSKEY_LENGTHS:-"8K 16K 32K 64K 128K"}
+RULER_LENGTHS=${RULER_LENGTHS:-"16K 32K 128K"}
+TRIALS=${TRIALS:-10}
 eval_() { echo "+ sharedllm eval $*"; python -m sharedllm eval "$@"; }
 
 # one length at a time, shortest first, every method of it: a stopped grid leaves whole columns behind
@@ -46,22 +53,30 @@ ppl() {
   done
 }
 
-# has_result TASK METHOD LENGTH: a result JSON of that task and method measured that length exists in $RESULTS/
-has_result() {
+# has_cell TASK LENGTH [RULER_TASK]: sharedllm's cell of that task and length is in $RESULTS/retrieval/ (any trials)
+has_cell() {
   python - "$RESULTS" "$@" <<'EOF'
-import json, pathlib, sys
+import sys
+from sharedllm.evaluation.retrieval_report import load_retrieval
 from sharedllm.flags import parse_length
-results, task, method, length = sys.argv[1], sys.argv[2], sys.argv[3], parse_length(sys.argv[4])
-found = any(length in json.loads(p.read_text()).get("lengths", []) for p in pathlib.Path(results).glob(f"{task}_{method}_*.json"))
-sys.exit(0 if found else 1)
+results, task, length, *ruler_task = sys.argv[1:]
+sys.exit(0 if ("sharedllm", *ruler_task, parse_length(length)) in load_retrieval(results).get(task, {}) else 1)
 EOF
 }
 
+# issue 10's retrieval targets for sharedllm, one length (and RULER task) per run into $RESULTS/retrieval/: passkey
+# (Landmark, depths 0-100%, $TRIALS per depth) at $PASSKEY_LENGTHS, RULER niah_single / niah_multikey ($TRIALS
+# each) at $RULER_LENGTHS. Shortest first; each run journals its trials, so a stopped one continues.
 retrieval() {
-  has_result passkey sharedllm 128K || eval_ passkey --methods sharedllm --adapter "$ADAPTER" --lengths 128K \
-    --depths 0.1 0.5 0.9 --trials 10 --output "$RESULTS"
-  has_result ruler sharedllm 128K || eval_ ruler --methods sharedllm --adapter "$ADAPTER" --lengths 128K --trials 2 \
-    --output "$RESULTS"
+  local length task out=(--methods sharedllm --adapter "$ADAPTER" --trials "$TRIALS" --output "$RESULTS/retrieval")
+  for length in $PASSKEY_LENGTHS; do
+    has_cell passkey "$length" || eval_ passkey --lengths "$length" --seed 0 "${out[@]}"
+  done
+  for task in niah_single niah_multikey; do
+    for length in $RULER_LENGTHS; do
+      has_cell ruler "$length" "$task" || eval_ ruler --lengths "$length" --tasks "$task" "${out[@]}"
+    done
+  done
 }
 
 smoke() {

@@ -198,7 +198,7 @@ def test_report_refuses_to_replace_the_page_with_nothing(no_model, capsys):
     assert line == "sharedllm report: error: no results folder nowhere"
     (no_model / "results").mkdir()
     line = error_line(capsys, ["report", "--results", "results", "--docs", "docs"])
-    assert "no result JSON in results or results/heldout: nothing to report (docs/results.md left as it is)" in line
+    assert "no result JSON in results, results/heldout or results/retrieval: nothing to report (docs/results.md left as it is)" in line
     (no_model / "results" / "half.json").write_text('{"task": "ppl", "sco')  # e.g. a copy cut short
     assert "results/half.json is not a result file (not JSON" in error_line(capsys, ["report", "--docs", "docs"])
     assert (no_model / "docs" / "results.md").read_text() == "committed"

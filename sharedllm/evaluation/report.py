@@ -3,7 +3,8 @@
 docs/results.md opens with the headline: per domain, one table of every method on the same held-out windows
 (results/heldout/*.json, written by `sharedllm eval heldout`): PPL [95% bootstrap interval] (scored tokens), or
 "not run: reason"; and one perplexity-vs-length plot with the intervals, after the hand-written reading of them in
-results/heldout/NOTES.md when there is one. Then, as "Previous results", the hand-written results/NOTES.md and the
+results/heldout/NOTES.md when there is one. Then the retrieval headline (passkey and RULER per method and length,
+from results/retrieval/*.json; `retrieval_report`). Then, as "Previous results", the hand-written results/NOTES.md and the
 older tables, built as follows.
 
 A table is one setting (task, protocol, model, adapter, data); rows are methods, columns lengths. When a
@@ -17,6 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from sharedllm.flags import format_length
+
+from .retrieval_report import RETRIEVAL_DIR, load_retrieval, retrieval_section
 
 TASK_TITLES = {
     "ppl": "Perplexity",
@@ -52,9 +55,10 @@ HEADLINE_PROTOCOL = ("windows of T tokens drawn once per (domain, T) with a fixe
 def run(args):
     from sharedllm.cli import InputError
 
-    if not load_results(args.results) and not load_heldout(args.results):  # an empty page would replace the committed one
-        raise InputError(f"no result JSON in {args.results} or {args.results}/{HEADLINE_DIR}: nothing to report "
-                         f"({args.docs}/results.md left as it is)")
+    if not (load_results(args.results) or load_heldout(args.results) or load_retrieval(args.results)):
+        # an empty page would replace the committed one
+        raise InputError(f"no result JSON in {args.results}, {args.results}/{HEADLINE_DIR} or {args.results}/{RETRIEVAL_DIR}: "
+                         f"nothing to report ({args.docs}/results.md left as it is)")
     path = regenerate(args.results, args.docs)
     print(f"wrote {path}")
 
@@ -350,9 +354,10 @@ def method_provenance(method, cells) -> list[str]:
         hw = mine[-1].get("hardware", {})
         lengths = ", ".join(format_length(int(c["length"])) for c in mine)
         lines += [f"- **{method}** ({lengths}): adapter `{adapter}`, config `{config}`; files "
-                  + ", ".join(f"`{c['_file']}` ({c.get('wall_time_s', 0):.0f} s)" for c in mine)
+                  + ", ".join(dict.fromkeys(f"`{c['_file']}` ({c.get('wall_time_s', 0):.0f} s)" for c in mine))
                   + f"; {hw.get('gpu') or hw.get('cpu')} ({hw.get('threads')} threads, {hw.get('dtype')})"]
         lines += [f"  `{command}`" for command in dict.fromkeys(c.get("command", "") for c in mine)]
+        lines += [f"  (relabelled: {note})" for note in dict.fromkeys(c["relabelled"] for c in mine if c.get("relabelled"))]
     return lines
 
 
@@ -408,6 +413,7 @@ def regenerate(results_dir="results", docs_dir="docs") -> Path:
              "do not edit by hand. Every table names its protocol, model and data; the counts and the command behind "
              "each row follow it.", ""]
     lines += headline_section(results_dir, figures)
+    lines += retrieval_section(results_dir, figures)
     lines += ["## Previous results", "",
               "The runs before the held-out grid: fewer windows (8, 2 or 1 per cell) of the two test books, rows "
               "compared only where the counts say they share windows.", ""]
