@@ -4,17 +4,23 @@
 # tree-ablation-ppl/README.md). At 4K every chunk is read (k = 8 >= 6 chunks), so only the choice inside a chunk
 # differs. Arms: leaves-query (the default), leaves-recent (the 2 most recent leaves exact), no-tree (each chunk
 # strided to 176 positions), greedy-tree (the paper's descent, 192 positions: a larger budget), plus window and full
-# on the same windows. Resumable (cells are skipped, windows journaled).
-#   scripts/experiment_tree_ablation_ppl.sh [run|summary]
+# on the same windows. At LENGTH 8K and more (14+ chunks, k = 8 read) one more arm: recent-chunks, the k most recent
+# chunks instead of the k the query ranks best (the chunk ranking's own ablation; inside a chunk as the default).
+# Resumable (cells are skipped, windows journaled); cell files name their length, so lengths share the folder.
+#   [LENGTH=8K] scripts/experiment_tree_ablation_ppl.sh [run|summary]
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 D=${D:-results/experiments/tree-ablation-ppl}
-common=(--split validation --domains books math code --lengths 4K --max-windows 8 --output "$D")
+LENGTH=${LENGTH:-4K}
+common=(--split validation --domains books math code --lengths "$LENGTH" --max-windows 8 --output "$D")
 eval_() { echo "+ sharedllm eval $*"; python -m sharedllm eval "$@"; }
 
 run() {
   eval_ heldout --methods window --decoder-window 1024 "${common[@]}"
   eval_ heldout --methods sharedllm --label leaves-query "${common[@]}"
+  if [ "$LENGTH" != 4K ]; then  # at 4K every chunk is read: this arm would be the default
+    eval_ heldout --methods sharedllm --label recent-chunks --recent-chunks 8 "${common[@]}"
+  fi
   eval_ heldout --methods sharedllm --label leaves-recent --tree-selection recent --context-chunks none \
     --selection-score logit --selection-layer none "${common[@]}"
   eval_ heldout --methods sharedllm --label no-tree --tree-depth 0 --selected-leaves none --tokens-per-node 176 \
