@@ -1,6 +1,6 @@
 """The retrieval headline of `sharedllm report`: passkey and RULER needle tasks per method and length, from the
 result files of `sharedllm eval passkey` / `eval ruler` in RESULTS/retrieval/ (written there by
-`scripts/evaluate_grid.sh retrieval`).
+`scripts/evaluate_grid.sh retrieval`), after the hand-written reading of them in RESULTS/retrieval/NOTES.md if any.
 
 A file may hold several lengths (and RULER files several tasks); a cell is one (method, length) for passkey and one
 (method, task, length) for RULER, taken from the newest file that measured it, so runs of one length at a time fill
@@ -10,6 +10,7 @@ accuracy below by 93%, which is what a ">= 95%" claim on 50 trials can and canno
 
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def passkey_heatmap_cells(cells: dict[tuple, dict], method: str) -> list[dict]:
 def retrieval_section(results_dir, figures: Path) -> list[str]:
     """The report's retrieval headline (nothing when RESULTS/retrieval/ holds no result)."""
     from .passkey import plot_heatmap
-    from .report import _method_order, method_provenance, slug
+    from .report import NOTES_FILE, _method_order, method_provenance, slug
 
     loaded = load_retrieval(results_dir)
     if not loaded:
@@ -102,6 +103,9 @@ def retrieval_section(results_dir, figures: Path) -> list[str]:
              "passkey: Landmark format, synthetic filler, depths 0-100%; RULER: the needle templates in held-out "
              "test books prose, string-match scoring). Each cell: correct / trials (accuracy, 95% Wilson interval); "
              "a cell comes from the newest file that measured it.", ""]
+    notes = Path(results_dir, RETRIEVAL_DIR, NOTES_FILE)  # the hand-written reading against the targets, if any
+    if notes.exists():
+        lines += [re.sub(r"^(#+) ", r"##\1 ", notes.read_text().strip(), flags=re.M), ""]
     for task in RETRIEVAL_TASKS:
         cells = loaded.get(task)
         if not cells:

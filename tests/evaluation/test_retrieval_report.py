@@ -81,3 +81,6 @@ def test_report_without_retrieval_results_has_no_section(tmp_path):
     _write(tmp_path / "retrieval", "p.json", _passkey("sharedllm", "2026-12-01", {8192: 4}))
     page = report.regenerate(tmp_path, tmp_path / "docs").read_text()
     assert "## Headline: retrieval" in page and "| sharedllm | 4/4 (100%, 51-100) |" in page
+    (tmp_path / "retrieval" / "NOTES.md").write_text("# Reading\n\nAll read.")
+    lines = retrieval_section(tmp_path, tmp_path)
+    assert "### Reading\n\nAll read." in lines  # verbatim, one heading level below the section's
