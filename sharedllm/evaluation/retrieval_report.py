@@ -42,6 +42,11 @@ def load_retrieval(results_dir) -> dict[str, dict[tuple, dict]]:
     for path in sorted(Path(results_dir, RETRIEVAL_DIR).glob("*.json")):
         result = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(result, dict) and result.get("task") in RETRIEVAL_TASKS and "records" in result.get("details", {}):
+            if result["task"] == "ruler" and result.get("data", {}).get("split") != "test":
+                from sharedllm.cli import InputError
+
+                raise InputError(f"{path}: a RULER run on the {result.get('data', {}).get('split')!r} split; the "
+                                 "headline reads test haystacks only: move it out of the folder")
             files.append(result | {"_file": f"{RETRIEVAL_DIR}/{path.name}"})
     cells = defaultdict(dict)
     for result in sorted(files, key=lambda r: (r.get("created", ""), r["_file"])):  # newer files overwrite cells

@@ -33,6 +33,7 @@ def _ruler(method, created, scores_by_task, length=16384):
     records = [{"length": length, "task": task, "trial": t, "score": s} for task, scores in scores_by_task.items()
                for t, s in enumerate(scores)]
     return {"task": "ruler", "method": method, "created": created, "scores": {}, "method_config": {"method": method},
+            "data": {"split": "test", "domains": ["books"]},
             "adapter": None, "command": f"ruler {created}", "details": {"records": records}}
 
 
@@ -74,6 +75,14 @@ def test_section_table_heatmap_and_provenance(tmp_path):
     assert provenance == ["- **sharedllm** (8K, 32K): adapter `adapters/x`, config `{\"method\": \"sharedllm\"}`; "
                           "files `retrieval/p.json` (0 s); None (None threads, None)"]  # one file, named once
     assert "  (relabelled: was x)" in lines  # a renamed file says so
+
+
+def test_a_ruler_run_off_the_test_split_is_refused(tmp_path):
+    from sharedllm.cli import InputError
+
+    _write(tmp_path / "retrieval", "v.json", _ruler("sharedllm", "2026-12-01", {"niah_single": [1]}) | {"data": {"split": "validation"}})
+    with pytest.raises(InputError, match="v.json: a RULER run on the 'validation' split"):
+        load_retrieval(tmp_path)
 
 
 def test_report_without_retrieval_results_has_no_section(tmp_path):
