@@ -167,6 +167,15 @@ def provenance(result) -> list[str]:
 # headline: every method on the same held-out windows
 
 
+def included_notes(folder: Path, levels_down: int) -> list[str]:
+    """FOLDER/NOTES.md, a hand-written reading of that folder's results, with its headings moved `levels_down` levels
+    down so that it nests in the section that includes it; nothing when the folder has none."""
+    notes = folder / NOTES_FILE
+    if not notes.exists():
+        return []
+    return [re.sub(r"^(#+) ", "#" * levels_down + r"\1 ", notes.read_text().strip(), flags=re.M), ""]
+
+
 def load_heldout(results_dir) -> list[dict]:
     """The cell files of `sharedllm eval heldout` under RESULTS/heldout/ (newest file per cell wins)."""
     cells = {}
@@ -317,9 +326,7 @@ def headline_section(results_dir, figures: Path) -> list[str]:
                         "runs the grid (`sharedllm eval heldout`).", ""]
     lines += [f"Protocol: {HEADLINE_PROTOCOL}. A cell a method could not run says why (\"not run: ...\"); no "
               "window is ever replaced by another. Test documents: `sharedllm/splits.json`.", ""]
-    notes = Path(results_dir, HEADLINE_DIR, NOTES_FILE)  # the hand-written reading of these tables, if any
-    if notes.exists():
-        lines += [re.sub(r"^(#+) ", r"##\1 ", notes.read_text().strip(), flags=re.M), ""]
+    lines += included_notes(Path(results_dir, HEADLINE_DIR), levels_down=2)  # the hand-written reading of these tables
     for domain in sorted({c["domain"] for c in cells}):
         domain_cells = [c for c in cells if c["domain"] == domain]
         models = sorted({Path(str(c.get("model", ""))).name for c in domain_cells})
@@ -417,9 +424,8 @@ def regenerate(results_dir="results", docs_dir="docs") -> Path:
     lines += ["## Previous results", "",
               "The runs before the held-out grid: fewer windows (8, 2 or 1 per cell) of the two test books, rows "
               "compared only where the counts say they share windows.", ""]
-    notes = Path(results_dir) / NOTES_FILE  # the hand-written reading of the numbers: targets, gaps, causes
-    if notes.exists():  # one heading level down: it sits inside "Previous results"
-        lines += [re.sub(r"^(#+) ", r"#\1 ", notes.read_text().strip(), flags=re.M), ""]
+    # the hand-written reading of the numbers (targets, gaps, causes), inside "Previous results"
+    lines += included_notes(Path(results_dir), levels_down=1)
     for task in TASK_TITLES:
         keys = sorted(k for k in groups if k[0] == task)
         if keys:

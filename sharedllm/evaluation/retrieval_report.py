@@ -10,7 +10,6 @@ accuracy below by 93%, which is what a ">= 95%" claim on 50 trials can and canno
 
 import json
 import math
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -98,7 +97,7 @@ def passkey_heatmap_cells(cells: dict[tuple, dict], method: str) -> list[dict]:
 def retrieval_section(results_dir, figures: Path) -> list[str]:
     """The report's retrieval headline (nothing when RESULTS/retrieval/ holds no result)."""
     from .passkey import plot_heatmap
-    from .report import NOTES_FILE, _method_order, method_provenance, slug
+    from .report import _method_order, included_notes, method_provenance, slug
 
     loaded = load_retrieval(results_dir)
     if not loaded:
@@ -108,9 +107,7 @@ def retrieval_section(results_dir, figures: Path) -> list[str]:
              "passkey: Landmark format, synthetic filler, depths 0-100%; RULER: the needle templates in held-out "
              "test books prose, string-match scoring). Each cell: correct / trials (accuracy, 95% Wilson interval); "
              "a cell comes from the newest file that measured it.", ""]
-    notes = Path(results_dir, RETRIEVAL_DIR, NOTES_FILE)  # the hand-written reading against the targets, if any
-    if notes.exists():
-        lines += [re.sub(r"^(#+) ", r"##\1 ", notes.read_text().strip(), flags=re.M), ""]
+    lines += included_notes(Path(results_dir, RETRIEVAL_DIR), levels_down=2)  # the reading against the targets
     for task in RETRIEVAL_TASKS:
         cells = loaded.get(task)
         if not cells:
