@@ -302,8 +302,9 @@ class Session:
 
     def journal(self, task: str, name: str, method, **settings) -> tuple[TrialJournal, list[dict]]:
         """The trial journal of `method`'s run of `task`, and the trials a stopped run of the same settings left
-        in it (rerunning the command continues that run)."""
-        journal = TrialJournal(self.args.output, task, name, {"method": method.describe(), "model": self.args.base,
+        in it (rerunning the command continues that run). The adapter is keyed repository-relative, as results name
+        it, so that the same command continues from another clone of the repository."""
+        journal = TrialJournal(self.args.output, task, name, {"method": _method_config(method), "model": self.args.base,
                                                                "dtype": self.args.dtype, "seed": self.args.seed, **settings})
         done = journal.load()
         if done:

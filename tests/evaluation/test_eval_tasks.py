@@ -231,3 +231,26 @@ def test_eval_ppl_sliding_and_report_picks_latest(fake_stack):
     (tmp / "results" / "old.json").write_text(json.dumps(older))
     markdown = report.regenerate(tmp / "results", tmp / "docs").read_text()
     assert "sliding-window protocol" in markdown and "99.00" not in markdown and "2.72" in markdown
+
+
+def test_trial_journal_is_keyed_by_the_adapter_inside_the_repository_not_its_absolute_path(tmp_path):
+    """A run stopped in one clone of the repository continues in another: the journal's key names the adapter as
+    results do (adapters/...), not by this clone's absolute path; another adapter keys another journal."""
+    from types import SimpleNamespace
+
+    from sharedllm.evaluation.cli import REPO, Session
+
+    class Described:
+        name = "sharedllm"
+
+        def __init__(self, adapter):
+            self.adapter = adapter
+
+        def describe(self):
+            return {"method": self.name, "adapter": self.adapter, "tree_depth": 3}
+
+    session = SimpleNamespace(args=SimpleNamespace(output=str(tmp_path), base="base", dtype="fp32", seed=0))
+    journal = lambda adapter: Session.journal(session, "ruler", "sharedllm", Described(adapter))[0].path  # noqa: E731
+    relative = "adapters/smollm2-135m-joint-exercises"
+    assert journal(str(REPO / relative)) == journal(relative)
+    assert journal(str(REPO / relative)) != journal("adapters/smollm2-135m")

@@ -94,6 +94,7 @@ def main():
     base, tokenizer = load_causal_lm(DEFAULT_BASE)
     method = load_method("sharedllm", base, tokenizer, adapter=args.adapter)
     model, cfg = method.model, method.model.config
+    cfg.max_chunks_per_pass = 10**6  # one lower pass over every chunk: the probe records that pass (at 8K one pass anyway)
     encoder = model.context_encoder
     captured = {}
     original_lower = ContextEncoder.lower_chunks
