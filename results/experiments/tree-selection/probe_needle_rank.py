@@ -1,6 +1,6 @@
 """Where does the tree's scoring put a RULER needle? For niah_single prompts (validation haystack unless told), the
 rank of the needle's chunk among the context chunks, whether the tree search expands the 128-token node that holds
-the needle's value, and the rank of the needle's 64-token block inside its chunk, under candidate scorers: each
+the needle's value, the rank of the needle's 64-token block inside its chunk and among every chunk's blocks, under candidate scorers: each
 injected layer's query (the hidden state entering that layer, as `_query_vectors` computes it) against that layer's
 context keys, with the heads combined as
 
@@ -17,6 +17,7 @@ context keys, with the heads combined as
 
 import argparse
 import json
+import re
 from collections import defaultdict
 
 import torch
@@ -77,7 +78,23 @@ def needle_metrics(token_scores, chunk, span, chunk_size, depth, block=64):
     blocks = token_scores[chunk].view(-1, block).amax(-1)
     needle_block = span[0] // block
     block_rank = int((blocks > blocks[needle_block]).sum())
-    return dict(chunk_rank=chunk_rank, tree_hit=tree_hit, block_rank=block_rank)
+    all_blocks = token_scores.view(token_scores.shape[0], -1, block).amax(-1)  # (N, C / block): every leaf of every chunk
+    global_block_rank = int((all_blocks > blocks[needle_block]).sum())
+    return dict(chunk_rank=chunk_rank, tree_hit=tree_hit, block_rank=block_rank, global_block_rank=global_block_rank)
+
+
+def other_needles(sample, encoded, chunk_size, n_context):
+    """(chunk, span in chunk) of the context's needles for keys other than the asked one (niah_multikey)."""
+    found = []
+    for match in re.finditer(r"One of the special magic numbers for .+? is: (\d+)\.", sample.prompt):
+        if match.group(1) in sample.golds:
+            continue
+        a, b = match.span(1)
+        tokens = [i for i, (x, y) in enumerate(encoded["offset_mapping"]) if x < b and y > a]
+        chunk, offset = divmod(tokens[0], chunk_size)
+        if tokens[-1] < n_context and tokens[-1] - chunk * chunk_size < chunk_size:
+            found.append((chunk, (offset, tokens[-1] - chunk * chunk_size + 1)))
+    return found
 
 
 def main():
@@ -87,6 +104,8 @@ def main():
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--first-trial", type=int, default=0)
     parser.add_argument("--split", default="validation")
+    parser.add_argument("--task", default="niah_single", choices=["niah_single", "niah_multikey"],
+                        help="niah_multikey also records where the other keys' needles rank (`distractors`)")
     parser.add_argument("--layers", type=int, nargs="+", default=[3, 7, 11, 14, 17, 20, 23, 26, 29])
     parser.add_argument("--output")
     args = parser.parse_args()
@@ -108,7 +127,7 @@ def main():
     haystack = load_haystack(args.split)
     rows, summary = [], defaultdict(lambda: defaultdict(list))
     for trial in range(args.first_trial, args.first_trial + args.trials):
-        sample = make_sample("niah_single", tokenizer, args.length, f"0/{trial}", haystack)
+        sample = make_sample(args.task, tokenizer, args.length, f"0/{trial}", haystack)
         encoded = tokenizer(sample.prompt, return_offsets_mapping=True)
         ids = torch.tensor(encoded["input_ids"])
         char = sample.prompt.index(sample.golds[0], sample.prompt.index("One of the special magic"))
@@ -134,9 +153,16 @@ def main():
                 window_lse = window_log_normalizer(model, ids, n_context, layer)
                 for name, token_scores in scorers(logits, window_lse).items():
                     metrics = needle_metrics(token_scores, chunk, span, cfg.chunk_size, cfg.tree_depth)
+                    if args.task == "niah_multikey":  # the best-ranked other key's needle (lower = more in the way)
+                        others = [needle_metrics(token_scores, c, sp, cfg.chunk_size, cfg.tree_depth)
+                                  for c, sp in other_needles(sample, encoded, cfg.chunk_size, n_context)]
+                        metrics["distractor_chunk_rank"] = min((o["chunk_rank"] for o in others), default=None)
+                        metrics["distractor_global_block_rank"] = min((o["global_block_rank"] for o in others),
+                                                                      default=None)
                     row[f"L{layer}/{name}"] = metrics
                     for key, value in metrics.items():
-                        summary[f"L{layer}/{name}"][key].append(value)
+                        if value is not None:
+                            summary[f"L{layer}/{name}"][key].append(value)
             cfg.selection_layer = original_layer
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if not k.startswith("L")}),
@@ -151,6 +177,7 @@ def main():
             chunk_in_top8=sum(r < 8 for r in metrics["chunk_rank"]) / n,
             block_top2=sum(r < 2 for r in metrics["block_rank"]) / n,
             block_top4=sum(r < 4 for r in metrics["block_rank"]) / n,
+            global_block_top16=sum(r < 16 for r in metrics["global_block_rank"]) / n,
             mean_chunk_rank=sum(metrics["chunk_rank"]) / n,
         )
     for scorer, values in table.items():
