@@ -207,3 +207,50 @@ def test_selected_leaves_checks(knobs, message):
 def test_selection_score_needs_attention_selection():
     with pytest.raises(ValueError, match="selection_score='probability'.*tree_selection='attention'"):
         wrap(selection_score="probability", tree_selection="query")
+
+
+def test_selection_positions_none_scores_keys_without_rope():
+    """selection_positions none: a token's score is its pre-RoPE key against the unrotated query, so one key
+    written at every position of a chunk scores alike everywhere (with rotary the distance to the query changes
+    it), and it equals q . k / sqrt(hd) computed by hand from the layer's projections."""
+    base = tiny_model("llama")
+    model = SharedLLMForCausalLM.from_base(base, injection="joint", n_injected_layers=4, chunk_size=32,
+                                          decoder_window=48, tree_depth=2, tokens_per_node=4,
+                                          tree_selection="attention", selection_layer=2, selection_positions="none")
+    encoder = model.context_encoder
+    attention = base.model.layers[2].self_attn
+    head_dim = attention.head_dim
+    torch.manual_seed(0)
+    hidden, query_hidden = torch.randn(1, 1, 64), torch.randn(1, 64)
+    key = attention.k_proj(base.model.layers[2].input_layernorm(hidden)).view(1, 1, -1, head_dim).transpose(1, 2)
+    positions = encoder.chunk_offsets(torch.arange(1))[:, None] + torch.arange(32)[None]  # (1, 32)
+    cos, sin = base.model.rotary_emb(key, positions)
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    keys, _ = apply_rotary_pos_emb(key.expand(1, -1, 32, -1), key.expand(1, -1, 32, -1), cos, sin)  # as lowered
+    with torch.no_grad():
+        logits = encoder.attention_logits(query_hidden, keys, torch.arange(1))  # (1, H, 32)
+        query = attention.q_proj(base.model.layers[2].input_layernorm(query_hidden)).view(-1, head_dim)  # (H, hd)
+        group = query.shape[0] // key.shape[1]
+        expected = torch.einsum("hd,hd->h", query, key[0, :, 0].repeat_interleave(group, 0)) * head_dim**-0.5
+        assert torch.allclose(logits[0], expected[:, None].expand(-1, 32), atol=1e-4)
+        model.config.selection_positions = "rotary"
+        rotary = encoder.attention_logits(query_hidden, keys, torch.arange(1))
+    assert not torch.allclose(rotary[0, :, :1].expand(-1, 32), rotary[0], atol=1e-3)
+
+
+def test_selection_positions_none_generate_equals_forward():
+    torch.manual_seed(0)
+    model = wrap(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=8, tree_selection="attention",
+                 context_chunks=2, injection="joint", selection_score="probability", selection_positions="none")
+    ids = torch.randint(3, 128, (1, 90))
+    out = model.generate(ids, max_new_tokens=30, do_sample=False, min_new_tokens=30, output_logits=True,
+                         return_dict_in_generate=True)
+    for step in (0, 29):
+        expected = model(out.sequences[:, : ids.shape[1] + step], query_position=ids.shape[1] - 1).logits[0, -1]
+        assert torch.allclose(out.logits[step][0], expected, atol=1e-4), step
+
+
+def test_selection_positions_needs_attention_selection():
+    with pytest.raises(ValueError, match="selection_positions='none'.*tree_selection='attention'"):
+        wrap(selection_positions="none", tree_selection="query")

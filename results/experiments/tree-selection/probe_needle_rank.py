@@ -11,6 +11,9 @@ context keys, with the heads combined as
              its own tokens only; the chunk ranking is max_prob's),
   max_prob_window: each head's logits less its log-sum-exp over the decoder window (the query's own keys at that
              layer, computable per chunk as chunks arrive), best head.
+  max_prob_flat(_chunk): max_prob (max_prob_chunk) of logits without RoPE between the query and the context keys:
+             every context token as if at the query's own position. Joint injection places every chunk just
+             before the window, so a chunk's last tokens are the nearest keys and recency-loving heads pick them.
 
     python results/experiments/tree-selection/probe_needle_rank.py --trials 12 --output probe.json
 """
@@ -58,11 +61,30 @@ def window_log_normalizer(model, ids, n_context, layer):
     return attention_logits(q[:, :, 0], k)[0].logsumexp(-1)
 
 
-def scorers(logits, window_lse):
-    """(N, H, C) logits -> {name: (N, C) token scores}."""
+def unrotated_keys(model, keys, chunk_index):
+    """(N, Hkv, C, hd) post-RoPE context keys -> the same keys before RoPE: scored against the query at position 0,
+    the logits of every context token as if it sat at the query's own position (no recency between tokens)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    encoder = model.context_encoder
+    positions = encoder.chunk_offsets(chunk_index)[:, None] + torch.arange(keys.shape[2])[None]
+    cos, sin = encoder.decoder.rotary_emb(keys, positions)  # (N, C, hd)
+    unrotated, _ = apply_rotary_pos_emb(keys, keys, cos, -sin)  # rotation by minus each token's angle
+    return unrotated
+
+
+def over_all_tokens(logits):
+    """(N, H, C) logits -> (N, H, C) each head's softmax over every chunk's tokens."""
     n, n_heads, chunk_size = logits.shape
-    probs = logits.permute(1, 0, 2).reshape(n_heads, -1).softmax(-1).view(n_heads, n, chunk_size).permute(1, 0, 2)
-    return {"max_logit": attention_token_scores(logits, "logit"), "max_prob": probs.amax(1), "sum_prob": probs.sum(1),
+    return logits.permute(1, 0, 2).reshape(n_heads, -1).softmax(-1).view(n_heads, n, chunk_size).permute(1, 0, 2)
+
+
+def scorers(logits, window_lse, flat_logits):
+    """(N, H, C) logits (and the position-free ones) -> {name: (N, C) token scores}."""
+    probs = over_all_tokens(logits)
+    return {"max_prob_flat": over_all_tokens(flat_logits).amax(1),
+            "max_prob_flat_chunk": attention_token_scores(flat_logits, "probability"),
+            "max_logit": attention_token_scores(logits, "logit"), "max_prob": probs.amax(1), "sum_prob": probs.sum(1),
             "max_prob_chunk": attention_token_scores(logits, "probability"),
             "max_prob_window": (logits - window_lse[None, :, None]).amax(1)}
 
@@ -151,7 +173,9 @@ def main():
                 query = model._query_vectors(ids[None], torch.zeros(1, dtype=torch.long), torch.tensor([len(ids) - 1]))
                 logits = encoder.attention_logits(query.expand(len(chunk_index), -1), lowered.keys[layer], chunk_index)
                 window_lse = window_log_normalizer(model, ids, n_context, layer)
-                for name, token_scores in scorers(logits, window_lse).items():
+                flat_logits = encoder.attention_logits(query.expand(len(chunk_index), -1),
+                                                       unrotated_keys(model, lowered.keys[layer], chunk_index), chunk_index)
+                for name, token_scores in scorers(logits, window_lse, flat_logits).items():
                     metrics = needle_metrics(token_scores, chunk, span, cfg.chunk_size, cfg.tree_depth)
                     if args.task == "niah_multikey":  # the best-ranked other key's needle (lower = more in the way)
                         others = [needle_metrics(token_scores, c, sp, cfg.chunk_size, cfg.tree_depth)
