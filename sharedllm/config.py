@@ -6,7 +6,6 @@ from transformers import AutoConfig, PretrainedConfig
 
 TREE_SELECTIONS = ("query", "attention", "recent")
 SELECTION_SCORES = ("logit", "probability")
-SELECTION_POSITIONS = ("rotary", "none")
 NODE_COMPRESSIONS = ("stride", "stride_last", "mean")
 NODE_ENCODINGS = ("chunk", "node")
 INJECTIONS = ("cross", "joint")
@@ -56,12 +55,6 @@ KNOBS = {
         "logit; probability = the best head's attention probability (its softmax over the chunk to rank leaves and "
         "halves, over all the row's chunks to rank chunks). Why: a few heads with large logits everywhere outvote the "
         "head that looks a needle up (docs/method.md)", choices=SELECTION_SCORES,
-    ),
-    "selection_positions": Knob(
-        str, "rotary", "tree_selection attention: rotary scores each context token at its rotary distance from the "
-        "query; none scores it without RoPE between the two (as if at the query's own position). Why: joint "
-        "injection puts every chunk just before the window, so each chunk's last tokens are the query's nearest keys "
-        "and recency-loving heads rank chunks by their tails (docs/method.md)", choices=SELECTION_POSITIONS,
     ),
     "node_compression": Knob(
         str, "stride", "how a node's keys/values become its budget: stride (from the node's first token, the "
@@ -229,11 +222,6 @@ class SharedLLMConfig(PretrainedConfig):
             (
                 self.selection_score == "logit" or self.tree_selection == "attention",
                 f"selection_score={self.selection_score!r} scores tokens by the scoring layer's attention: it needs "
-                f"tree_selection='attention', got {self.tree_selection!r}",
-            ),
-            (
-                self.selection_positions == "rotary" or self.tree_selection == "attention",
-                f"selection_positions={self.selection_positions!r} acts on the scoring layer's attention: it needs "
                 f"tree_selection='attention', got {self.tree_selection!r}",
             ),
             (self.n_injected_layers >= 1, f"n_injected_layers must be >= 1, got {self.n_injected_layers}"),

@@ -365,18 +365,11 @@ class ContextEncoder:
         """(N, H, C) attention logits of the scoring layer's query (from the query token's hidden state entering that
         layer, (N, hidden)) against each chunk token's key of that layer. The query is rotated to sit just after the
         chunk it scores, so a chunk's selection depends on its own tokens only, never on how many chunks precede
-        the query (forward and cached generation then select alike). selection_positions "none": the keys are
-        rotated back to position 0 and the query is not rotated, so no token is nearer the query than another."""
+        the query (forward and cached generation then select alike)."""
         n, n_kv, chunk_size, head_dim = keys.shape
         norm, q_proj = self.scoring_projections()
         query = q_proj(norm(query_hidden)).view(n, -1, 1, head_dim)  # (N, H, 1, hd)
-        offsets = self.chunk_offsets(chunk_index)
-        if self.config.selection_positions == "none":
-            positions = offsets[:, None] + torch.arange(chunk_size, device=keys.device)[None, :]  # (N, C)
-            cos, sin = self.decoder.rotary_emb(keys, positions)
-            keys, _ = apply_rotary_pos_emb(keys, keys, cos, -sin)  # each key rotated by minus its own angle
-            return attention_logits(query[:, :, 0], keys)
-        cos, sin = self.decoder.rotary_emb(query, (offsets + chunk_size)[:, None])
+        cos, sin = self.decoder.rotary_emb(query, (self.chunk_offsets(chunk_index) + chunk_size)[:, None])
         query, _ = apply_rotary_pos_emb(query, query, cos, sin)
         return attention_logits(query[:, :, 0], keys)
 

@@ -17,7 +17,6 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from sharedllm.config import KNOB_DEFAULTS
 from sharedllm.flags import format_length
 
 from .retrieval_report import RETRIEVAL_DIR, load_retrieval, retrieval_section
@@ -350,22 +349,12 @@ def headline_section(results_dir, figures: Path) -> list[str]:
     return lines
 
 
-def with_later_knobs(config: dict) -> dict:
-    """A sharedllm method config with the knobs added since it was written, at their defaults, which is how the code
-    of its time ran (a new knob defaults to the old behaviour): one configuration, not two, across that change."""
-    if "tree_selection" not in config:  # not a sharedllm config
-        return config
-    knobs = [name for name in KNOB_DEFAULTS if name != "full_logits"]  # the order `describe` writes them in
-    return {**{k: v for k, v in config.items() if k not in KNOB_DEFAULTS},
-            **{name: config.get(name, KNOB_DEFAULTS[name]) for name in knobs}}
-
-
 def method_provenance(method, cells) -> list[str]:
     """One line per distinct (adapter, knobs) a method's cells ran with, naming the lengths of each: a method rerun
     at some lengths with other knobs shows both, never only one of them."""
     by_config = {}
     for cell in sorted(cells, key=lambda c: int(c["length"])):
-        key = (str(cell.get("adapter")), json.dumps(with_later_knobs(cell.get("method_config", {}))))
+        key = (str(cell.get("adapter")), json.dumps(cell.get("method_config", {})))
         by_config.setdefault(key, []).append(cell)
     lines = []
     for (adapter, config), mine in by_config.items():

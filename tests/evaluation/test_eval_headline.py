@@ -163,19 +163,3 @@ def test_provenance_names_every_config_a_method_ran_with():
     assert len(lines) == 2
     assert lines[0].startswith("- **sharedllm** (4K, 16K)") and '"probability"' in lines[0] and "`c.json`" in lines[0]
     assert lines[1].startswith("- **sharedllm** (8K)") and '"logit"' in lines[1] and "`a.json`" not in lines[1]
-
-
-def test_provenance_reads_a_knob_added_later_at_its_default():
-    """A cell written before a knob existed ran as that knob's default does: it shares a line with a later cell at
-    the default, and not with one that changed it."""
-    from sharedllm.config import KNOB_DEFAULTS
-
-    now = {"method": "sharedllm", "adapter": "a", **{k: v for k, v in KNOB_DEFAULTS.items() if k != "full_logits"}}
-    before = {k: v for k, v in now.items() if k != "selection_positions"}
-    changed = {**now, "selection_positions": "none"}
-    cells = [{**_cell("sharedllm", 4096, 9.0), "method_config": before, "_file": "a.json"},
-             {**_cell("sharedllm", 8192, 9.0), "method_config": now, "_file": "b.json"},
-             {**_cell("sharedllm", 16384, 9.0), "method_config": changed, "_file": "c.json"}]
-    lines = [line for line in report.method_provenance("sharedllm", cells) if line.startswith("- ")]
-    assert len(lines) == 2 and lines[0].startswith("- **sharedllm** (4K, 8K)") and '"rotary"' in lines[0]
-    assert lines[1].startswith("- **sharedllm** (16K)") and '"none"' in lines[1]
