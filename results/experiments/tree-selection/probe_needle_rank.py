@@ -126,6 +126,7 @@ def main():
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--first-trial", type=int, default=0)
     parser.add_argument("--split", default="validation")
+    parser.add_argument("--domains", nargs="+", default=["books"], help="the haystack's domains (eval's --domains)")
     parser.add_argument("--task", default="niah_single", choices=["niah_single", "niah_multikey"],
                         help="niah_multikey also records where the other keys' needles rank (`distractors`)")
     parser.add_argument("--layers", type=int, nargs="+", default=[3, 7, 11, 14, 17, 20, 23, 26, 29])
@@ -146,7 +147,7 @@ def main():
         return lowered
 
     ContextEncoder.lower_chunks = recording_lower
-    haystack = load_haystack(args.split)
+    haystack = load_haystack(args.split, args.domains)
     rows, summary = [], defaultdict(lambda: defaultdict(list))
     for trial in range(args.first_trial, args.first_trial + args.trials):
         sample = make_sample(args.task, tokenizer, args.length, f"0/{trial}", haystack)
