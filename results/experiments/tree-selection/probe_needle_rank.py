@@ -89,6 +89,40 @@ def scorers(logits, window_lse, flat_logits):
             "max_prob_window": (logits - window_lse[None, :, None]).amax(1)}
 
 
+def window_hidden(model, ids, n_context, layer):
+    """(W, hidden) the states entering `layer` at every token of the last token's decoder window (no injection), as
+    `_query_vectors` computes the last one's: one forward for all of them."""
+    from sharedllm.modeling import layer_mask, self_attention_masks
+
+    cfg = model.config
+    window = ids[n_context:][None]  # the tokens after the context chunks
+    decoder = model.context_encoder.decoder
+    hidden = decoder.embed_tokens(window)
+    positions = torch.arange(window.shape[1])[None]
+    position_embeddings = decoder.rotary_emb(hidden, positions)
+    masks = self_attention_masks(cfg.text_config, hidden, torch.ones_like(window), None, positions)
+    for index in range(layer):
+        hidden = decoder.layers[index](hidden, attention_mask=layer_mask(cfg.text_config, masks, index),
+                                       position_embeddings=position_embeddings, position_ids=positions)
+    return hidden[0]
+
+
+def several_query_scores(model, ids, n_context, keys, chunk_index, n_queries):
+    """max_prob / max_prob_chunk with the queries of the prompt's last n tokens (each as `_query_vectors` computes
+    it at the last token; the earlier ones read the same window, one forward), the best over them: a question's key tokens may look the needle up where its last token
+    does not."""
+    encoder = model.context_encoder
+    queries = window_hidden(model, ids, n_context, model.config.scoring_layer)[-n_queries:]  # (n, hidden)
+    n = len(chunk_index)
+    best_all, best_chunk = None, None
+    for query in queries:  # (hidden,)
+        logits = encoder.attention_logits(query[None].expand(n, -1), keys, chunk_index)
+        all_tokens, own_chunk = over_all_tokens(logits).amax(1), attention_token_scores(logits, "probability")
+        best_all = all_tokens if best_all is None else torch.maximum(best_all, all_tokens)
+        best_chunk = own_chunk if best_chunk is None else torch.maximum(best_chunk, own_chunk)
+    return {f"max_prob_q{n_queries}": best_all, f"max_prob_chunk_q{n_queries}": best_chunk}
+
+
 def needle_metrics(token_scores, chunk, span, chunk_size, depth, block=64):
     """Rank of the needle's chunk, tree hit, and the needle block's rank inside its chunk."""
     chunk_best = token_scores.amax(-1)
@@ -130,6 +164,8 @@ def main():
     parser.add_argument("--task", default="niah_single", choices=["niah_single", "niah_multikey"],
                         help="niah_multikey also records where the other keys' needles rank (`distractors`)")
     parser.add_argument("--layers", type=int, nargs="+", default=[3, 7, 11, 14, 17, 20, 23, 26, 29])
+    parser.add_argument("--query-tokens", type=int, default=0,
+                        help="also score with the queries of the last N prompt tokens, best over them (max_prob_qN)")
     parser.add_argument("--output")
     args = parser.parse_args()
 
@@ -176,7 +212,11 @@ def main():
                 window_lse = window_log_normalizer(model, ids, n_context, layer)
                 flat_logits = encoder.attention_logits(query.expand(len(chunk_index), -1),
                                                        unrotated_keys(model, lowered.keys[layer], chunk_index), chunk_index)
-                for name, token_scores in scorers(logits, window_lse, flat_logits).items():
+                named = scorers(logits, window_lse, flat_logits)
+                if args.query_tokens:
+                    named.update(several_query_scores(model, ids, n_context, lowered.keys[layer], chunk_index,
+                                                      args.query_tokens))
+                for name, token_scores in named.items():
                     metrics = needle_metrics(token_scores, chunk, span, cfg.chunk_size, cfg.tree_depth)
                     if args.task == "niah_multikey":  # the best-ranked other key's needle (lower = more in the way)
                         others = [needle_metrics(token_scores, c, sp, cfg.chunk_size, cfg.tree_depth)
