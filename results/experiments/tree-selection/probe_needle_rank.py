@@ -33,29 +33,18 @@ from sharedllm.methods import load_method
 from sharedllm.tree import attention_half_scores, attention_logits, attention_token_scores, search_tree
 
 
-def window_log_normalizer(model, ids, n_context, layer):
-    """(H,) log-sum-exp over the decoder window (the tokens after the n_context ones that become chunks) of the last
-    token's attention logits in `layer` (no injection)."""
+def window_log_normalizer(model, hidden, layer):
+    """(H,) log-sum-exp over the decoder window of the last token's attention logits in `layer` (no injection), from
+    the (W, hidden) states entering that layer (`window_hidden`)."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    from sharedllm.modeling import layer_mask, self_attention_masks
-
-    cfg = model.config
-    window = ids[n_context:][None]
     decoder = model.context_encoder.decoder
-    hidden = decoder.embed_tokens(window)
-    positions = torch.arange(window.shape[1])[None]
-    position_embeddings = decoder.rotary_emb(hidden, positions)
-    masks = self_attention_masks(cfg.text_config, hidden, torch.ones_like(window), None, positions)
-    for index in range(layer):
-        hidden = decoder.layers[index](hidden, attention_mask=layer_mask(cfg.text_config, masks, index),
-                                       position_embeddings=position_embeddings, position_ids=positions)
     attention = decoder.layers[layer].self_attn
-    normed = decoder.layers[layer].input_layernorm(hidden)
-    head_dim = attention.head_dim
+    normed = decoder.layers[layer].input_layernorm(hidden[None])
+    head_dim, width = attention.head_dim, hidden.shape[0]
+    cos, sin = decoder.rotary_emb(normed, torch.arange(width)[None])
     q = attention.q_proj(normed[:, -1:]).view(1, 1, -1, head_dim).transpose(1, 2)
-    k = attention.k_proj(normed).view(1, window.shape[1], -1, head_dim).transpose(1, 2)
-    cos, sin = position_embeddings
+    k = attention.k_proj(normed).view(1, width, -1, head_dim).transpose(1, 2)
     q, _ = apply_rotary_pos_emb(q, q, cos[:, -1:], sin[:, -1:])
     k, _ = apply_rotary_pos_emb(k, k, cos, sin)
     return attention_logits(q[:, :, 0], k)[0].logsumexp(-1)
@@ -107,12 +96,12 @@ def window_hidden(model, ids, n_context, layer):
     return hidden[0]
 
 
-def several_query_scores(model, ids, n_context, keys, chunk_index, n_queries):
-    """max_prob / max_prob_chunk with the queries of the prompt's last n tokens (each as `_query_vectors` computes
-    it at the last token; the earlier ones read the same window, one forward), the best over them: a question's key tokens may look the needle up where its last token
-    does not."""
+def several_query_scores(model, hidden, keys, chunk_index, n_queries):
+    """max_prob / max_prob_chunk with the queries of the prompt's last n tokens (their states entering the scoring
+    layer, `window_hidden`: the last one is `_query_vectors`' vector, the earlier ones read the same window), the
+    best over them: a question's key tokens may look the needle up where its last token does not."""
     encoder = model.context_encoder
-    queries = window_hidden(model, ids, n_context, model.config.scoring_layer)[-n_queries:]  # (n, hidden)
+    queries = hidden[-n_queries:]  # (n, hidden)
     n = len(chunk_index)
     best_all, best_chunk = None, None
     for query in queries:  # (hidden,)
@@ -209,13 +198,13 @@ def main():
                 cfg.selection_layer = layer
                 query = model._query_vectors(ids[None], torch.zeros(1, dtype=torch.long), torch.tensor([len(ids) - 1]))
                 logits = encoder.attention_logits(query.expand(len(chunk_index), -1), lowered.keys[layer], chunk_index)
-                window_lse = window_log_normalizer(model, ids, n_context, layer)
+                hidden = window_hidden(model, ids, n_context, layer)  # (W, hidden), one forward for both uses
+                window_lse = window_log_normalizer(model, hidden, layer)
                 flat_logits = encoder.attention_logits(query.expand(len(chunk_index), -1),
                                                        unrotated_keys(model, lowered.keys[layer], chunk_index), chunk_index)
                 named = scorers(logits, window_lse, flat_logits)
                 if args.query_tokens:
-                    named.update(several_query_scores(model, ids, n_context, lowered.keys[layer], chunk_index,
-                                                      args.query_tokens))
+                    named.update(several_query_scores(model, hidden, lowered.keys[layer], chunk_index, args.query_tokens))
                 for name, token_scores in named.items():
                     metrics = needle_metrics(token_scores, chunk, span, cfg.chunk_size, cfg.tree_depth)
                     if args.task == "niah_multikey":  # the best-ranked other key's needle (lower = more in the way)
