@@ -99,17 +99,19 @@ def window_hidden(model, ids, n_context, layer):
 def several_query_scores(model, hidden, keys, chunk_index, n_queries):
     """max_prob / max_prob_chunk with the queries of the prompt's last n tokens (their states entering the scoring
     layer, `window_hidden`: the last one is `_query_vectors`' vector, the earlier ones read the same window), the
-    best over them: a question's key tokens may look the needle up where its last token does not."""
+    best over them (max_prob_qN) and their mean (mean_prob_qN): a question's key tokens may look the needle up where
+    its last token does not; the mean asks that many of them agree."""
     encoder = model.context_encoder
     queries = hidden[-n_queries:]  # (n, hidden)
     n = len(chunk_index)
-    best_all, best_chunk = None, None
+    all_tokens, own_chunk = [], []
     for query in queries:  # (hidden,)
         logits = encoder.attention_logits(query[None].expand(n, -1), keys, chunk_index)
-        all_tokens, own_chunk = over_all_tokens(logits).amax(1), attention_token_scores(logits, "probability")
-        best_all = all_tokens if best_all is None else torch.maximum(best_all, all_tokens)
-        best_chunk = own_chunk if best_chunk is None else torch.maximum(best_chunk, own_chunk)
-    return {f"max_prob_q{n_queries}": best_all, f"max_prob_chunk_q{n_queries}": best_chunk}
+        all_tokens.append(over_all_tokens(logits).amax(1))
+        own_chunk.append(attention_token_scores(logits, "probability"))
+    all_tokens, own_chunk = torch.stack(all_tokens), torch.stack(own_chunk)  # (n_queries, N, C)
+    return {f"max_prob_q{n_queries}": all_tokens.amax(0), f"max_prob_chunk_q{n_queries}": own_chunk.amax(0),
+            f"mean_prob_q{n_queries}": all_tokens.mean(0), f"mean_prob_chunk_q{n_queries}": own_chunk.mean(0)}
 
 
 def needle_metrics(token_scores, chunk, span, chunk_size, depth, block=64):
@@ -125,7 +127,9 @@ def needle_metrics(token_scores, chunk, span, chunk_size, depth, block=64):
     block_rank = int((blocks > blocks[needle_block]).sum())
     all_blocks = token_scores.view(token_scores.shape[0], -1, block).amax(-1)  # (N, C / block): every leaf of every chunk
     global_block_rank = int((all_blocks > blocks[needle_block]).sum())
-    return dict(chunk_rank=chunk_rank, tree_hit=tree_hit, block_rank=block_rank, global_block_rank=global_block_rank)
+    # the raw scores too, so that summarise_probe.py can rank by combinations of scorers offline
+    return dict(chunk_rank=chunk_rank, tree_hit=tree_hit, block_rank=block_rank, global_block_rank=global_block_rank,
+                chunk_scores=chunk_best.tolist(), needle_chunk_block_scores=blocks.tolist())
 
 
 def other_needles(sample, encoded, chunk_size, n_context):
@@ -153,8 +157,9 @@ def main():
     parser.add_argument("--task", default="niah_single", choices=["niah_single", "niah_multikey"],
                         help="niah_multikey also records where the other keys' needles rank (`distractors`)")
     parser.add_argument("--layers", type=int, nargs="+", default=[3, 7, 11, 14, 17, 20, 23, 26, 29])
-    parser.add_argument("--query-tokens", type=int, default=0,
-                        help="also score with the queries of the last N prompt tokens, best over them (max_prob_qN)")
+    parser.add_argument("--query-tokens", type=int, nargs="+", default=[],
+                        help="also score with the queries of the last N prompt tokens (max_prob_qN, mean_prob_qN; "
+                             "several N allowed)")
     parser.add_argument("--output")
     args = parser.parse_args()
 
@@ -203,8 +208,8 @@ def main():
                 flat_logits = encoder.attention_logits(query.expand(len(chunk_index), -1),
                                                        unrotated_keys(model, lowered.keys[layer], chunk_index), chunk_index)
                 named = scorers(logits, window_lse, flat_logits)
-                if args.query_tokens:
-                    named.update(several_query_scores(model, hidden, lowered.keys[layer], chunk_index, args.query_tokens))
+                for n_queries in args.query_tokens:
+                    named.update(several_query_scores(model, hidden, lowered.keys[layer], chunk_index, n_queries))
                 for name, token_scores in named.items():
                     metrics = needle_metrics(token_scores, chunk, span, cfg.chunk_size, cfg.tree_depth)
                     if args.task == "niah_multikey":  # the best-ranked other key's needle (lower = more in the way)
@@ -215,7 +220,7 @@ def main():
                                                                       default=None)
                     row[f"L{layer}/{name}"] = metrics
                     for key, value in metrics.items():
-                        if value is not None:
+                        if value is not None and not isinstance(value, list):
                             summary[f"L{layer}/{name}"][key].append(value)
             cfg.selection_layer = original_layer
         rows.append(row)
