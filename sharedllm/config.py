@@ -56,6 +56,13 @@ KNOBS = {
         "halves, over all the row's chunks to rank chunks). Why: a few heads with large logits everywhere outvote the "
         "head that looks a needle up (docs/method.md)", choices=SELECTION_SCORES,
     ),
+    "query_tokens": Knob(
+        int, 1, "tree_selection attention: Q, the query token and the Q - 1 tokens before it in its decoder window "
+        "score the context. Half of the chunks read (context_chunks) and of the exact leaves (selected_leaves) are "
+        "chosen by the query token's scores, half by the best over the Q tokens' queries (filled from the query "
+        "token's where they agree; the greedy tree follows the query token). Why: the question's key words look a "
+        "needle up where its last token does not (docs/method.md); 1 = the query token alone",
+    ),
     "node_compression": Knob(
         str, "stride", "how a node's keys/values become its budget: stride (from the node's first token, the "
         "reference), stride_last (ending at its last token), mean (pooling)", choices=NODE_COMPRESSIONS,
@@ -223,6 +230,12 @@ class SharedLLMConfig(PretrainedConfig):
                 self.selection_score == "logit" or self.tree_selection == "attention",
                 f"selection_score={self.selection_score!r} scores tokens by the scoring layer's attention: it needs "
                 f"tree_selection='attention', got {self.tree_selection!r}",
+            ),
+            (
+                self.query_tokens == 1 or (self.query_tokens > 1 and self.tree_selection == "attention"),
+                f"query_tokens scores the context with the scoring layer's queries of several tokens: it must be >= 1 "
+                f"and needs tree_selection='attention' above 1, got query_tokens={self.query_tokens}, "
+                f"tree_selection={self.tree_selection!r}",
             ),
             (self.n_injected_layers >= 1, f"n_injected_layers must be >= 1, got {self.n_injected_layers}"),
             (

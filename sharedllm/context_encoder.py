@@ -31,6 +31,7 @@ from sharedllm.tree import (
     compress_node,
     cosine_half_scores,
     search_tree,
+    split_order,
     top_leaves,
 )
 
@@ -43,7 +44,8 @@ class EncodedContext:
     values: list[torch.Tensor]
     n_chunks: torch.LongTensor  # (B,) chunks held by each row; slots past n_chunks[b] are padding
     per_chunk: int  # K
-    # (B, n) or (B, n, H, 2): each chunk's `tree.chunk_statistics` under the row's query (config.context_chunks ranks
+    # (B, n, Q * H) or (B, n, Q * H, 2): each chunk's `tree.chunk_statistics` under the row's Q queries
+    # (config.query_tokens, the query token's heads last; config.context_chunks ranks
     # chunks by them); None when not asked for
     chunk_scores: torch.Tensor | None = None
 
@@ -150,7 +152,8 @@ class ContextEncoder:
 
     def encode(self, input_ids, start, n_chunks, first_chunk_index, query, lower=None, previous=None) -> EncodedContext:
         """Encode the first n_chunks[b] whole chunks of row b's real tokens (which begin at start[b]); chunk j of
-        row b has chunk index first_chunk_index[b] + j; query (B, hidden) is each row's tree query. `lower`: see
+        row b has chunk index first_chunk_index[b] + j; query (B, hidden), or (B, Q, hidden) for attention
+        selection, is each row's tree query (`SharedLLMForCausalLM._query_vectors`). `lower`: see
         `encode_by_chunk`. previous (B, S): the S = chunk_overlap tokens before each row's first chunk (None: the
         row starts there), read by joint injection (`tokens_before`).
 
@@ -337,11 +340,13 @@ class ContextEncoder:
             slot = (starts + length) // (chunk_size // table.shape[1]) - 1
             return table.gather(1, slot[:, :, None].expand(-1, -1, table.shape[-1]))
 
-        token_scores = None
+        token_scores, several_scores = None, None
         if cfg.tree_selection == "attention":
             if logits is None:
                 logits = self.attention_logits(query, lowered.keys[cfg.scoring_layer], chunk_index)
-            token_scores = attention_token_scores(logits, cfg.selection_score)
+            heads = logits.shape[1] // cfg.query_tokens
+            token_scores = attention_token_scores(logits[:, -heads:], cfg.selection_score)  # the query token's
+            several_scores = attention_token_scores(logits, cfg.selection_score)  # the best of the Q tokens'
             half_scores = attention_half_scores(token_scores)
         elif cfg.tree_selection == "query":
             half_scores = cosine_half_scores(node_vectors, query)
@@ -352,7 +357,8 @@ class ContextEncoder:
             kept = [(start, length, cfg.node_budget(length))
                     for start, length in search_tree(half_scores, n, chunk_size, cfg.tree_depth, device)]
         else:
-            best, others = top_leaves(token_scores, n, chunk_size, cfg.leaf_length, cfg.selected_leaves, device)
+            best, others = top_leaves(token_scores, n, chunk_size, cfg.leaf_length, cfg.selected_leaves, device,
+                                      several_scores)
             kept = [(best, cfg.leaf_length, cfg.node_budget(cfg.leaf_length)),
                     (others, cfg.leaf_length, cfg.tokens_per_node)]
         compress = lambda kv: torch.cat(  # noqa: E731
@@ -362,16 +368,18 @@ class ContextEncoder:
 
     @torch.no_grad()
     def attention_logits(self, query_hidden, keys, chunk_index) -> torch.Tensor:
-        """(N, H, C) attention logits of the scoring layer's query (from the query token's hidden state entering that
-        layer, (N, hidden)) against each chunk token's key of that layer. The query is rotated to sit just after the
-        chunk it scores, so a chunk's selection depends on its own tokens only, never on how many chunks precede
-        the query (forward and cached generation then select alike)."""
+        """(N, Q * H, C) attention logits of the scoring layer's queries (from the Q query tokens' hidden states
+        entering that layer, (N, Q, hidden), or (N, hidden) for one) against each chunk token's key of that layer,
+        query-major (`tree.attention_logits`). Every query is rotated to sit just after the chunk it scores, so a
+        chunk's selection depends on its own tokens only, never on how many chunks precede the query (forward and
+        cached generation then select alike)."""
         n, n_kv, chunk_size, head_dim = keys.shape
         norm, q_proj = self.scoring_projections()
-        query = q_proj(norm(query_hidden)).view(n, -1, 1, head_dim)  # (N, H, 1, hd)
+        query = q_proj(norm(query_hidden)).view(n, -1, 1, head_dim)  # (N, Q * H, 1, hd)
         cos, sin = self.decoder.rotary_emb(query, (self.chunk_offsets(chunk_index) + chunk_size)[:, None])
         query, _ = apply_rotary_pos_emb(query, query, cos, sin)
-        return attention_logits(query[:, :, 0], keys)
+        n_queries = 1 if query_hidden.dim() == 2 else query_hidden.shape[1]
+        return attention_logits(query.view(n, n_queries, -1, head_dim), keys)
 
     # -- node_encoding="node": the reference ---------------------------------------------------------------------
 
@@ -442,19 +450,22 @@ class ContextEncoder:
         return layer0, keys, values
 
 
-def top_chunks(context: EncodedContext, k: int, recent: int = 0) -> EncodedContext:
+def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: int = 1) -> EncodedContext:
     """Each row's k best-scoring real chunks, its `recent` last chunks always among them, gathered in their original
     order: per layer (B, Hkv, k * K, hd) instead of (B, Hkv, n * K, hd), so that what reads them costs k chunks,
-    not n. A row with fewer than k real chunks keeps them all (they come first: real chunks are the row's first
-    slots and score above padding's -inf)."""
+    not n. With query_tokens Q > 1, k // 2 of them are the best under the best of the Q queries, the others the best
+    under the query token's (`tree.split_order`). A row with fewer than k real chunks keeps them all (they come
+    first: real chunks are the row's first slots and score above padding's -inf)."""
     n = context.chunk_scores.shape[1]
     if n <= k:
         return context
     slot = torch.arange(n, device=context.chunk_scores.device)[None, :]
     real = slot < context.n_chunks[:, None]
     last = real & (slot >= (context.n_chunks - recent)[:, None])  # (B, n) the row's `recent` last real chunks
-    ranked = chunk_ranking_scores(context.chunk_scores, real).masked_fill(last, float("inf"))
-    best = ranked.topk(k, dim=1).indices.sort(dim=1).values  # (B, k)
+    heads = context.chunk_scores.shape[2] // query_tokens
+    by_query_token = chunk_ranking_scores(context.chunk_scores[:, :, -heads:], real).masked_fill(last, float("inf"))
+    by_several = chunk_ranking_scores(context.chunk_scores, real).masked_fill(last, float("inf"))
+    best = split_order(by_query_token, by_several, k)[:, :k].sort(dim=1).values  # (B, k)
     per_chunk = context.per_chunk
     slots = (best[:, :, None] * per_chunk + torch.arange(per_chunk, device=best.device)).flatten(1)  # (B, k * K)
 

@@ -94,7 +94,7 @@ class SharedLLMCache(DynamicCache):
         super().__init__(config=config)
         self.sink = sink  # joint injection: the attention sink's per-layer (keys, values), batch-independent
         self.context = context
-        self.query = query  # (B, hidden)
+        self.query = query  # (B, hidden), or (B, Q, hidden) for attention selection (`_query_vectors`)
         self.decoder_ids = decoder_ids  # (B, W) left-padded
         self.decoder_mask = decoder_mask  # (B, W)
         self.previous = previous  # (B, S) the chunk_overlap tokens before the window (joint injection)
@@ -316,7 +316,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         # queries sit at chunk-level position n_b (after the row's chunks 0..n_b-1), in prefill and every decode step
         query_position = context.n_chunks[:, None]
         if self.config.context_chunks is not None:  # a global top-k: only the best-scoring chunks are read
-            context = top_chunks(context, self.config.context_chunks, self.config.recent_chunks)
+            context = top_chunks(context, self.config.context_chunks, self.config.recent_chunks,
+                                 self.config.query_tokens)
         keys, values = context.keys, context.values
         reference = keys[0]  # dtype and device of everything below
         slots = torch.arange(reference.shape[2], device=reference.device)[None, :]
@@ -343,10 +344,11 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
 
     @torch.no_grad()  # the selection is discrete: no gradient flows through the query
     def _query_vectors(self, input_ids, start, query_index) -> torch.Tensor:
-        """The tree query of each row, (B, hidden): for "query" selection the layer-0 state (then final norm) at the
-        query token (the paper); for "attention" selection the hidden state entering the scoring layer
-        (`config.scoring_layer`, default the last injected one; the layers below it run without injection), from
-        which that layer's query is computed.
+        """The tree query of each row: for "query" selection (B, hidden) the layer-0 state (then final norm) at the
+        query token (the paper); for "attention" selection (B, Q, hidden) the hidden states entering the scoring
+        layer (`config.scoring_layer`, default the last injected one; the layers below it run without injection) at
+        the query token and the Q - 1 tokens before it (`config.query_tokens`; where the window holds fewer, the
+        query token's state stands in for the missing ones), from which that layer's queries are computed.
 
         The query token q (index among the row's real tokens) is encoded over the decoder window that the prefix
         ending at q would have, so the vector depends only on the tokens and q: a forward of a longer sequence with
@@ -369,7 +371,13 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                 position_embeddings=position_embeddings,
                 position_ids=positions,
             )
-        return hidden[:, -1] if cfg.tree_selection == "attention" else self.decoder.norm(hidden[:, -1])
+        if cfg.tree_selection != "attention":
+            return self.decoder.norm(hidden[:, -1])
+        n_queries = cfg.query_tokens
+        hidden = hidden[:, -n_queries:]  # (B, <= Q, hidden)
+        in_window = torch.arange(hidden.shape[1], device=hidden.device)[None, :] >= hidden.shape[1] - count[:, None]
+        hidden = torch.where(in_window[..., None], hidden, hidden[:, -1:])  # a row's padding: its query token's state
+        return torch.cat([hidden[:, -1:].expand(-1, n_queries - hidden.shape[1], -1), hidden], dim=1)  # (B, Q, hidden)
 
     # -- upper model ----------------------------------------------------------------------------------------------
 

@@ -43,12 +43,15 @@ def attention_half_scores(token_scores: torch.Tensor) -> HalfScoreFn:
 
 
 def attention_logits(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """query (N, H, hd) and post-RoPE keys (N, Hkv, C, hd) -> (N, H, C): each query head's logit for every token
-    (against its GQA group's key), scaled by 1/sqrt(hd) as the layer's own softmax sees it."""
-    n, n_heads, head_dim = query.shape
-    grouped = query.view(n, keys.shape[1], n_heads // keys.shape[1], head_dim)  # (N, Hkv, G, hd): GQA groups
-    logits = torch.einsum("nkgd,nktd->nkgt", grouped.float(), keys.float()) * head_dim**-0.5
-    return logits.reshape(n, n_heads, -1)
+    """query (N, H, hd), or (N, Q, H, hd) for Q query tokens, and post-RoPE keys (N, Hkv, C, hd) -> (N, Q * H, C):
+    each query head's logit for every token (against its GQA group's key), scaled by 1/sqrt(hd) as the layer's own
+    softmax sees it. Several queries fold into the head axis, query-major (head q * H + h): every score below takes
+    the best (query, head) as it takes the best head, and the last query's heads are the last H."""
+    n, n_heads, head_dim = query.shape[0], query.shape[-2], query.shape[-1]
+    n_kv = keys.shape[1]
+    grouped = query.reshape(n, -1, n_kv, n_heads // n_kv, head_dim)  # (N, Q, Hkv, G, hd): GQA groups
+    logits = torch.einsum("nqkgd,nktd->nqkgt", grouped.float(), keys.float()) * head_dim**-0.5
+    return logits.reshape(n, -1, keys.shape[2])
 
 
 def attention_token_scores(logits: torch.Tensor, score: str) -> torch.Tensor:
@@ -63,25 +66,38 @@ def attention_token_scores(logits: torch.Tensor, score: str) -> torch.Tensor:
 
 
 def chunk_statistics(logits: torch.Tensor, score: str) -> torch.Tensor:
-    """(N, H, C) logits -> what ranks a chunk against the others (`chunk_ranking_scores`). logit: (N,) the chunk's
-    best token logit. probability: (N, H, 2) per head the best logit and the log-sum-exp over the chunk, from which
-    each head's attention is normalised over all of a row's chunks at ranking time."""
+    """(N, H, C) logits -> what ranks a chunk against the others (`chunk_ranking_scores`), per head: logit: (N, H)
+    each head's best token logit. probability: (N, H, 2) each head's best logit and log-sum-exp over the chunk, from
+    which each head's attention is normalised over all of a row's chunks at ranking time."""
     if score == "logit":
-        return logits.amax(dim=(1, 2))
+        return logits.amax(dim=-1)
     if score == "probability":
         return torch.stack([logits.amax(dim=-1), logits.logsumexp(dim=-1)], dim=-1)
     raise ValueError(f"unknown selection score {score!r} (logit or probability)")
 
 
 def chunk_ranking_scores(statistics: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """(B, n) or (B, n, H, 2) `chunk_statistics` of a row's chunk slots and real (B, n) -> (B, n) scores, -inf off
-    the real chunks. For probability: each chunk's best token probability under the best head, each head's softmax
-    taken over every token of the row's real chunks (one head's normaliser sums its chunks' log-sum-exps)."""
-    if statistics.dim() == 2:
-        return statistics.masked_fill(~real, float("-inf"))
+    """(B, n, H) or (B, n, H, 2) `chunk_statistics` of a row's chunk slots and real (B, n) -> (B, n) scores, -inf off
+    the real chunks. logit: the chunk's best token logit under the best head. probability: each chunk's best token
+    probability under the best head, each head's softmax taken over every token of the row's real chunks (one
+    head's normaliser sums its chunks' log-sum-exps)."""
+    if statistics.dim() == 3:
+        return statistics.amax(dim=-1).masked_fill(~real, float("-inf"))
     best, log_total = statistics.unbind(dim=-1)  # (B, n, H) each
     row_log_total = log_total.masked_fill(~real[..., None], float("-inf")).logsumexp(dim=1, keepdim=True)  # (B, 1, H)
     return (best - row_log_total).amax(dim=-1).masked_fill(~real, float("-inf"))
+
+
+def split_order(first: torch.Tensor, second: torch.Tensor, k: int) -> torch.LongTensor:
+    """Two scorings (R, L) of the same L items -> (R, L) an order whose first k items are the k - k // 2 best under
+    `first` and the k // 2 best under `second`, filled from `first`'s ranking where the two overlap; the rest follow
+    in `first`'s order. With second == first it is first's ranking (config.query_tokens: first = the query token's
+    scores, second = the best of several query tokens')."""
+    rank_first = first.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)  # (R, L) each item's rank
+    rank_second = second.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
+    chosen = (rank_first < k - k // 2) | (rank_second < k // 2)
+    order_key = rank_first - chosen.long() * first.shape[-1]  # the chosen items first, each group in first's order
+    return order_key.argsort(dim=-1)
 
 
 def search_tree(
@@ -114,16 +130,21 @@ def search_tree(
 
 
 def top_leaves(token_scores: torch.Tensor | None, n_chunks: int, chunk_size: int, leaf_length: int, n_selected: int,
-               device: torch.device) -> tuple[torch.LongTensor, torch.LongTensor]:
+               device: torch.device, second_scores: torch.Tensor | None = None) -> tuple[torch.LongTensor, torch.LongTensor]:
     """Rank every leaf of every chunk by its best token in `token_scores` (N, C); None ranks the most recent leaves
-    first (the "recent" ablation). Returns the starts of the n_selected best leaves (N, n) and of the others
-    (N, C / leaf_length - n), each in ascending order of position."""
+    first (the "recent" ablation). `second_scores` (N, C): a second scoring that picks n_selected // 2 of the leaves
+    (`split_order`). Returns the starts of the n_selected best leaves (N, n) and of the others (N, C / leaf_length -
+    n), each in ascending order of position."""
     n_leaves = chunk_size // leaf_length
-    if token_scores is None:
-        leaf_scores = torch.arange(n_leaves, device=device, dtype=torch.float).expand(n_chunks, -1)
-    else:
-        leaf_scores = token_scores.view(n_chunks, n_leaves, leaf_length).amax(dim=-1)  # (N, L)
-    order = leaf_scores.sort(dim=-1, descending=True, stable=True).indices
+
+    def per_leaf(scores):  # (N, C) -> (N, L) each leaf's best token
+        if scores is None:
+            return torch.arange(n_leaves, device=device, dtype=torch.float).expand(n_chunks, -1)
+        return scores.view(n_chunks, n_leaves, leaf_length).amax(dim=-1)
+
+    leaf_scores = per_leaf(token_scores)
+    second = leaf_scores if second_scores is None else per_leaf(second_scores)
+    order = split_order(leaf_scores, second, n_selected)  # (N, L) the selected leaves first
     selected, others = order[:, :n_selected].sort(dim=-1).values, order[:, n_selected:].sort(dim=-1).values
     return selected * leaf_length, others * leaf_length
 

@@ -52,14 +52,14 @@ def test_selection_layer_scores_with_that_layers_query_and_keys(layer, monkeypat
     with torch.no_grad():
         query = model._query_vectors(ids, zero, torch.tensor([111]))
         window = ids[:, 64:]  # the query's window: the 48 tokens after the 2 chunks
-        expected = base(window, output_hidden_states=True).hidden_states[layer][:, -1]
+        expected = base(window, output_hidden_states=True).hidden_states[layer][:, -1:]  # (1, Q = 1, hidden)
         assert torch.allclose(query, expected, atol=1e-5)
         seen = []
         logits = model.context_encoder.attention_logits
         monkeypatch.setattr(model.context_encoder, "attention_logits",
                             lambda q, keys, index: seen.append(keys) or logits(q, keys, index))
         lowered = model.context_encoder.lower_chunks(ids[0, :64].view(2, 32), torch.arange(2))
-        model.context_encoder.select_nodes(lowered, query.expand(2, -1), torch.arange(2))
+        model.context_encoder.select_nodes(lowered, query.expand(2, -1, -1), torch.arange(2))
     assert seen[0] is lowered.keys[layer]
     assert model.context_encoder.scoring_projections()[1] is base.model.layers[layer].self_attn.q_proj
 
@@ -72,7 +72,8 @@ def test_selection_layer_must_be_injected():
 def test_top_chunks_gathers_the_k_best_real_chunks_per_row():
     from sharedllm.context_encoder import EncodedContext, top_chunks
 
-    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [3.0, -1.0, 2.0, float("-inf")]])  # row 1 holds 3 chunks
+    # each chunk's best logit under one head (B, n, H = 1); row 1 holds 3 chunks
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [3.0, -1.0, 2.0, float("-inf")]])[..., None]
     slot_chunk = torch.arange(4).repeat_interleave(2).float()  # 2 slots per chunk, each holding its chunk's index
     keys = slot_chunk[None, None, :, None].expand(2, 1, 8, 1)
     context = EncodedContext([keys], [keys + 10], torch.tensor([4, 3]), per_chunk=2, chunk_scores=scores)
@@ -112,15 +113,17 @@ def test_context_chunks_reads_only_the_best_chunk():
         assert not torch.allclose(out, every(torch.cat([*chunks, window])[None]).logits, atol=1e-3)
 
 
-@pytest.mark.parametrize("injection, recent, score", [
-    ("cross", 0, "logit"), ("joint", 0, "logit"), ("joint", 1, "logit"), ("joint", 0, "probability"),
+@pytest.mark.parametrize("injection, recent, score, query_tokens", [
+    ("cross", 0, "logit", 1), ("joint", 0, "logit", 1), ("joint", 1, "logit", 1), ("joint", 0, "probability", 1),
+    ("joint", 0, "probability", 5), ("cross", 0, "logit", 5),
 ])
-def test_context_chunks_generate_equals_forward(injection, recent, score):
+def test_context_chunks_generate_equals_forward(injection, recent, score, query_tokens):
     """Chunks rolling in during generation are ranked with the others under the prefill's query (and the most
     recent one is then the new one), as a forward over the whole sequence with the same query ranks them."""
     torch.manual_seed(0)
     model = wrap(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=8, tree_selection="attention",
-                 context_chunks=2, recent_chunks=recent, injection=injection, selection_score=score)
+                 context_chunks=2, recent_chunks=recent, injection=injection, selection_score=score,
+                 query_tokens=query_tokens, selected_leaves=2)
     if injection == "cross":
         with torch.no_grad():
             for attention in model.cross_attention:
@@ -207,3 +210,43 @@ def test_selected_leaves_checks(knobs, message):
 def test_selection_score_needs_attention_selection():
     with pytest.raises(ValueError, match="selection_score='probability'.*tree_selection='attention'"):
         wrap(selection_score="probability", tree_selection="query")
+
+
+def test_query_tokens_are_the_last_window_states_entering_the_scoring_layer():
+    """query_tokens Q: the hidden states entering the scoring layer at the query token and the Q - 1 before it, over
+    the query's window; where the window holds fewer, the query token's state stands in."""
+    base = tiny_model("llama")
+    model = SharedLLMForCausalLM.from_base(base, injection="joint", n_injected_layers=4, chunk_size=32,
+                                          decoder_window=48, tree_depth=2, tokens_per_node=4,
+                                          tree_selection="attention", selection_layer=2, query_tokens=4)
+    ids = torch.randint(3, 128, (2, 48 + 64))
+    zero = torch.zeros(2, dtype=torch.long)
+    with torch.no_grad():
+        # row 0's query token ends the input (window: the 48 tokens after 2 chunks); row 1's is its second token
+        query = model._query_vectors(ids, zero, torch.tensor([111, 1]))
+        full = base(ids[:1, 64:], output_hidden_states=True).hidden_states[2][0]
+        short = base(ids[1:, :2], output_hidden_states=True).hidden_states[2][0]
+    assert query.shape == (2, 4, base.config.hidden_size)
+    torch.testing.assert_close(query[0], full[-4:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(query[1], torch.stack([short[1], short[1], short[0], short[1]]), atol=1e-5, rtol=1e-5)
+
+
+def test_top_chunks_with_several_query_tokens_reads_half_by_their_best():
+    """Q = 2 queries, one head: the query token (the last) ranks chunks 0, 1 first; the earlier token finds chunk 3.
+    With k = 2, one chunk comes from each; with query_tokens = 1 the same statistics' last head alone decides."""
+    from sharedllm.context_encoder import EncodedContext, top_chunks
+
+    # (B = 1, n = 4, Q * H = 2) best logits: column 0 the earlier token's, column 1 the query token's
+    scores = torch.tensor([[[0.0, 5.0], [0.0, 4.0], [0.0, 1.0], [9.0, 0.0]]])
+    keys = torch.arange(4).repeat_interleave(2).float()[None, None, :, None]
+    context = EncodedContext([keys], [keys], torch.tensor([4]), per_chunk=2, chunk_scores=scores)
+    assert top_chunks(context, 2, query_tokens=2).keys[0][0, 0, ::2, 0].tolist() == [0, 3]
+    last_only = EncodedContext([keys], [keys], torch.tensor([4]), per_chunk=2, chunk_scores=scores[..., 1:])
+    assert top_chunks(last_only, 2).keys[0][0, 0, ::2, 0].tolist() == [0, 1]
+
+
+def test_query_tokens_need_attention_selection():
+    with pytest.raises(ValueError, match="query_tokens.*tree_selection='attention'"):
+        wrap(query_tokens=4, tree_selection="query")
+    with pytest.raises(ValueError, match="query_tokens"):
+        wrap(query_tokens=0, tree_selection="attention")

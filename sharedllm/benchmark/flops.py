@@ -122,8 +122,10 @@ def _sharedllm_flops(dims: dict, length: int, config: SharedLLMConfig) -> int:
     else:  # a new cross-attention in M layers: its q and o projections, and attention over the read keys
         context = m * (2 * 2 * dims["d"] * dims["h"] * w + 4 * dims["h"] * w * read_keys)
     # attention selection (ContextEncoder.attention_token_scores): per chunk, the scoring layer's query projection
-    # of the row's query state and its logits against the chunk's C keys; cosine scores of other selections left out
-    scoring = n_chunks * (2 * dims["d"] * dims["h"] + 2 * dims["h"] * chunk) if attention_selection else 0
+    # of the row's Q query states and their logits against the chunk's C keys; cosine scores of other selections
+    # left out
+    per_query = 2 * dims["d"] * dims["h"] + 2 * dims["h"] * chunk
+    scoring = n_chunks * config.query_tokens * per_query if attention_selection else 0
     return query + sink + lower + scoring + upper + context
 
 

@@ -201,7 +201,7 @@ def main():
             original_layer = cfg.selection_layer
             for layer in args.layers:
                 cfg.selection_layer = layer
-                query = model._query_vectors(ids[None], torch.zeros(1, dtype=torch.long), torch.tensor([len(ids) - 1]))
+                query = model._query_vectors(ids[None], torch.zeros(1, dtype=torch.long), torch.tensor([len(ids) - 1]))[:, -1]
                 logits = encoder.attention_logits(query.expand(len(chunk_index), -1), lowered.keys[layer], chunk_index)
                 hidden = window_hidden(model, ids, n_context, layer)  # (W, hidden), one forward for both uses
                 window_lse = window_log_normalizer(model, hidden, layer)

@@ -25,7 +25,7 @@ for trial in trials:
     ids = torch.tensor(tok(s.prompt)["input_ids"])
     with torch.no_grad():
         model(ids[None], logits_to_keep=1)
-        q = model._query_vectors(ids[None], torch.zeros(1, dtype=torch.long), torch.tensor([len(ids) - 1]))
+        q = model._query_vectors(ids[None], torch.zeros(1, dtype=torch.long), torch.tensor([len(ids) - 1]))[:, -1]
         logits = enc.attention_logits(q.expand(len(cap["i"]), -1), cap["l"].keys[20], cap["i"])  # (N, H, C)
     n, h, c = logits.shape
     probs = logits.permute(1, 0, 2).reshape(h, -1).softmax(-1).view(h, n, c)  # (H, N, C)
