@@ -6,6 +6,8 @@ among the k read and its 64-token leaf among its chunk's 2 exact ones.
   split A B:    the top k/2 chunks of each ranking (k/2 + k/2, then filled from A's ranking until k distinct),
                 leaves: the best leaf of each, then filled from A's.
   rrf A B:      reciprocal rank fusion, 1 / (60 + rank) summed over A and B (the usual constant), chunks and leaves.
+  union+m A B:  a bigger budget: A's k chunks plus B's m best chunks not among them (k + m read); leaves: A's 2
+                plus B's best if not among them (3 exact where they differ). `single` at k + m is its control.
 
 The combinations were fixed before their results were read (section 6 of README.md).
 
@@ -21,6 +23,8 @@ PAIRS = {"last": ("max_prob", "max_prob_chunk")} | {
     f"{agg}{n}": (f"{agg}_prob_q{n}", f"{agg}_prob_chunk_q{n}") for agg in ("max", "mean") for n in (8, 16, 32)}
 COMBINATIONS = [("single", name, None) for name in PAIRS] + [
     (mode, "last", other) for mode in ("split", "rrf") for other in ("max8", "max16", "max32", "mean8", "mean32")]
+# added after the test run of section 6 (a bigger budget; chosen on validation only): k + m chunks read
+UNIONS = [(m, other) for m in (2, 4) for other in ("max16", "max32")]
 
 
 def order(scores):
@@ -45,6 +49,25 @@ def pick(scores_a, scores_b, mode, k):
     return set(order(fused)[:k])
 
 
+def union(scores_a, scores_b, k, m):
+    kept = set(order(scores_a)[:k])
+    return kept | set([i for i in order(scores_b) if i not in kept][:m])
+
+
+def kept_by_union(row, m, other):
+    chunk_a, leaf_a = (row[f"L20/{s}"] for s in PAIRS["last"])
+    chunk_b, leaf_b = (row[f"L20/{s}"] for s in PAIRS[other])
+    chunks = union(chunk_a["chunk_scores"], chunk_b["chunk_scores"], K, m)
+    leaves = union(leaf_a["needle_chunk_block_scores"], leaf_b["needle_chunk_block_scores"], LEAVES, 1)
+    return row["chunk"] in chunks and row["span"][0] // 64 in leaves
+
+
+def kept_by_bigger_k(row, k):
+    chunk_a, leaf_a = (row[f"L20/{s}"] for s in PAIRS["last"])
+    return row["chunk"] in set(order(chunk_a["chunk_scores"])[:k]) and \
+        row["span"][0] // 64 in set(order(leaf_a["needle_chunk_block_scores"])[:LEAVES + 1])
+
+
 def kept_needle(row, mode, first, second):
     chunk_a, leaf_a = (row[f"L20/{s}"] for s in PAIRS[first])
     chunk_b, leaf_b = (row[f"L20/{s}"] for s in PAIRS[second]) if second else (chunk_a, leaf_a)
@@ -65,6 +88,12 @@ def main():
             kept = [r["trial"] for r in rows[f] if kept_needle(r, mode, first, second)]
             cells.append(f"{len(kept)}/{len(rows[f])}")
         print(f"{label:24s}", " ".join(f"{c:>28s}" for c in cells))
+    for m, other in UNIONS:
+        cells = [f"{sum(kept_by_union(r, m, other) for r in rows[f])}/{len(rows[f])}" for f in files]
+        print(f"{f'union+{m} last {other}':24s}", " ".join(f"{c:>28s}" for c in cells))
+    for m in (2, 4):
+        cells = [f"{sum(kept_by_bigger_k(r, K + m) for r in rows[f])}/{len(rows[f])}" for f in files]
+        print(f"{f'single last k={K + m}, 3 leaves':24s}", " ".join(f"{c:>28s}" for c in cells))
 
 
 if __name__ == "__main__":
