@@ -58,10 +58,14 @@ KNOBS = {
     ),
     "query_tokens": Knob(
         int, 1, "tree_selection attention: Q, the query token and the Q - 1 tokens before it in its decoder window "
-        "score the context. Half of the chunks read (context_chunks) and of the exact leaves (selected_leaves) are "
-        "chosen by the query token's scores, half by the best over the Q tokens' queries (filled from the query "
-        "token's where they agree; the greedy tree follows the query token). Why: the question's key words look a "
-        "needle up where its last token does not (docs/method.md); 1 = the query token alone",
+        "score the context, the best (query, head) as the best head. What the query token selects stays; the Q "
+        "tokens' best adds one exact leaf per chunk (with selected_leaves) and query_chunks chunks. Why: the "
+        "question's key words look a needle up where its last token does not (docs/method.md); 1 = the query token "
+        "alone",
+    ),
+    "query_chunks": Knob(
+        int, 0, "m, with query_tokens > 1 and context_chunks k: m more chunks read, the best of the others under the "
+        "Q tokens' best (k + m read)",
     ),
     "node_compression": Knob(
         str, "stride", "how a node's keys/values become its budget: stride (from the node's first token, the "
@@ -183,13 +187,13 @@ class SharedLLMConfig(PretrainedConfig):
     @property
     def context_tokens_per_chunk(self) -> int:
         """Key/value positions one chunk contributes per injected layer: P * (D - 1) coarse + 2 leaves (P*(D+1)
-        when the leaves keep P too); one node of the leaf budget without a tree; with selected_leaves n, n leaves at
-        the leaf budget + P for each of the other 2**D - n leaves."""
+        when the leaves keep P too); one node of the leaf budget without a tree; with selected_leaves n, n leaves (n + 1
+        with query_tokens > 1) at the leaf budget + P for each of the other leaves."""
         if self.tree_depth == 0:
             return self.node_budget(self.chunk_size)
         if self.selected_leaves is not None:
-            other_leaves = 2**self.tree_depth - self.selected_leaves
-            return self.selected_leaves * self.node_budget(self.leaf_length) + other_leaves * self.tokens_per_node
+            exact = self.selected_leaves + (self.query_tokens > 1)  # the Q query tokens add their best leaf
+            return exact * self.node_budget(self.leaf_length) + (2**self.tree_depth - exact) * self.tokens_per_node
         return self.tokens_per_node * (self.tree_depth - 1) + 2 * self.node_budget(self.leaf_length)
 
     def validate_knobs(self) -> None:
@@ -232,10 +236,19 @@ class SharedLLMConfig(PretrainedConfig):
                 f"tree_selection='attention', got {self.tree_selection!r}",
             ),
             (
-                self.query_tokens == 1 or (self.query_tokens > 1 and self.tree_selection == "attention"),
+                self.query_tokens == 1 or (self.query_tokens > 1 and self.tree_selection == "attention" and (
+                    self.selected_leaves is None or self.selected_leaves < 2**self.tree_depth)),
                 f"query_tokens scores the context with the scoring layer's queries of several tokens: it must be >= 1 "
-                f"and needs tree_selection='attention' above 1, got query_tokens={self.query_tokens}, "
-                f"tree_selection={self.tree_selection!r}",
+                f"and needs tree_selection='attention' (and a leaf left to add: selected_leaves < 2**tree_depth) above "
+                f"1, got query_tokens={self.query_tokens}, tree_selection={self.tree_selection!r}, "
+                f"selected_leaves={self.selected_leaves}",
+            ),
+            (
+                self.query_chunks == 0 or (self.query_chunks > 0 and self.query_tokens > 1
+                                           and self.context_chunks is not None),
+                f"query_chunks adds chunks chosen by several query tokens to the context_chunks read: it must be >= 0 "
+                f"and needs query_tokens > 1 and context_chunks above 0, got query_chunks={self.query_chunks}, "
+                f"query_tokens={self.query_tokens}, context_chunks={self.context_chunks}",
             ),
             (self.n_injected_layers >= 1, f"n_injected_layers must be >= 1, got {self.n_injected_layers}"),
             (

@@ -31,7 +31,7 @@ from sharedllm.tree import (
     compress_node,
     cosine_half_scores,
     search_tree,
-    split_order,
+    union_order,
     top_leaves,
 )
 
@@ -346,7 +346,8 @@ class ContextEncoder:
                 logits = self.attention_logits(query, lowered.keys[cfg.scoring_layer], chunk_index)
             heads = logits.shape[1] // cfg.query_tokens
             token_scores = attention_token_scores(logits[:, -heads:], cfg.selection_score)  # the query token's
-            several_scores = attention_token_scores(logits, cfg.selection_score)  # the best of the Q tokens'
+            if cfg.query_tokens > 1:  # the best of the Q tokens', which add their best leaf
+                several_scores = attention_token_scores(logits, cfg.selection_score)
             half_scores = attention_half_scores(token_scores)
         elif cfg.tree_selection == "query":
             half_scores = cosine_half_scores(node_vectors, query)
@@ -450,32 +451,32 @@ class ContextEncoder:
         return layer0, keys, values
 
 
-def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: int = 1) -> EncodedContext:
-    """Each row's k best-scoring real chunks, its `recent` last chunks always among them, gathered in their original
-    order: per layer (B, Hkv, k * K, hd) instead of (B, Hkv, n * K, hd), so that what reads them costs k chunks,
-    not n. With query_tokens Q > 1, k // 2 of them are the best under the best of the Q queries, the others the best
-    under the query token's (`tree.split_order`). A row with fewer than k real chunks keeps them all (they come
-    first: real chunks are the row's first slots and score above padding's -inf)."""
-    n = context.chunk_scores.shape[1]
-    if n <= k:
+def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: int = 1, extra: int = 0) -> EncodedContext:
+    """Each row's k best-scoring real chunks, its `recent` last chunks always among them, and with query_tokens Q > 1
+    the `extra` best others under the best of the Q queries (`tree.union_order`), gathered in their original order:
+    per layer (B, Hkv, (k + extra) * K, hd) instead of (B, Hkv, n * K, hd), so that what reads them costs k + extra
+    chunks, not n. A row with fewer real chunks keeps them all (they come first: real chunks are the row's first
+    slots and score above padding's -inf)."""
+    n, k_read = context.chunk_scores.shape[1], k + extra
+    if n <= k_read:
         return context
     slot = torch.arange(n, device=context.chunk_scores.device)[None, :]
     real = slot < context.n_chunks[:, None]
     last = real & (slot >= (context.n_chunks - recent)[:, None])  # (B, n) the row's `recent` last real chunks
     heads = context.chunk_scores.shape[2] // query_tokens
     by_query_token = chunk_ranking_scores(context.chunk_scores[:, :, -heads:], real).masked_fill(last, float("inf"))
-    by_several = chunk_ranking_scores(context.chunk_scores, real).masked_fill(last, float("inf"))
-    best = split_order(by_query_token, by_several, k)[:, :k].sort(dim=1).values  # (B, k)
+    by_several = chunk_ranking_scores(context.chunk_scores, real)
+    best = union_order(by_query_token, by_several, k, extra)[:, :k_read].sort(dim=1).values  # (B, k + extra)
     per_chunk = context.per_chunk
-    slots = (best[:, :, None] * per_chunk + torch.arange(per_chunk, device=best.device)).flatten(1)  # (B, k * K)
+    slots = (best[:, :, None] * per_chunk + torch.arange(per_chunk, device=best.device)).flatten(1)  # (B, k_read * K)
 
-    def gather(kv):  # (B, Hkv, n * K, hd) -> (B, Hkv, k * K, hd)
+    def gather(kv):  # (B, Hkv, n * K, hd) -> (B, Hkv, k_read * K, hd)
         return kv.gather(2, slots[:, None, :, None].expand(-1, kv.shape[1], -1, kv.shape[-1]))
 
     return EncodedContext(
         [gather(kv) for kv in context.keys],
         [gather(kv) for kv in context.values],
-        context.n_chunks.clamp(max=k),
+        context.n_chunks.clamp(max=k_read),
         per_chunk,
         gather_slots(context.chunk_scores, best),
     )

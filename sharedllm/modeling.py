@@ -316,8 +316,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         # queries sit at chunk-level position n_b (after the row's chunks 0..n_b-1), in prefill and every decode step
         query_position = context.n_chunks[:, None]
         if self.config.context_chunks is not None:  # a global top-k: only the best-scoring chunks are read
-            context = top_chunks(context, self.config.context_chunks, self.config.recent_chunks,
-                                 self.config.query_tokens)
+            cfg = self.config
+            context = top_chunks(context, cfg.context_chunks, cfg.recent_chunks, cfg.query_tokens, cfg.query_chunks)
         keys, values = context.keys, context.values
         reference = keys[0]  # dtype and device of everything below
         slots = torch.arange(reference.shape[2], device=reference.device)[None, :]

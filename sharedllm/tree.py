@@ -88,14 +88,16 @@ def chunk_ranking_scores(statistics: torch.Tensor, real: torch.Tensor) -> torch.
     return (best - row_log_total).amax(dim=-1).masked_fill(~real, float("-inf"))
 
 
-def split_order(first: torch.Tensor, second: torch.Tensor, k: int) -> torch.LongTensor:
-    """Two scorings (R, L) of the same L items -> (R, L) an order whose first k items are the k - k // 2 best under
-    `first` and the k // 2 best under `second`, filled from `first`'s ranking where the two overlap; the rest follow
-    in `first`'s order. With second == first it is first's ranking (config.query_tokens: first = the query token's
-    scores, second = the best of several query tokens')."""
+def union_order(first: torch.Tensor, second: torch.Tensor, n_first: int, n_second: int) -> torch.LongTensor:
+    """Two scorings (R, L) of the same L items -> (R, L) an order whose first n_first + n_second items are the
+    n_first best under `first` and the n_second best under `second` among the others (config.query_tokens: first =
+    the query token's scores, second = the best of several query tokens'); every group in `first`'s order. With
+    n_second = 0 it is first's ranking."""
     rank_first = first.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)  # (R, L) each item's rank
-    rank_second = second.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
-    chosen = (rank_first < k - k // 2) | (rank_second < k // 2)
+    by_first = rank_first < n_first
+    others = second.masked_fill(by_first, float("-inf"))
+    rank_second = others.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
+    chosen = by_first | (rank_second < n_second)
     order_key = rank_first - chosen.long() * first.shape[-1]  # the chosen items first, each group in first's order
     return order_key.argsort(dim=-1)
 
@@ -132,9 +134,9 @@ def search_tree(
 def top_leaves(token_scores: torch.Tensor | None, n_chunks: int, chunk_size: int, leaf_length: int, n_selected: int,
                device: torch.device, second_scores: torch.Tensor | None = None) -> tuple[torch.LongTensor, torch.LongTensor]:
     """Rank every leaf of every chunk by its best token in `token_scores` (N, C); None ranks the most recent leaves
-    first (the "recent" ablation). `second_scores` (N, C): a second scoring that picks n_selected // 2 of the leaves
-    (`split_order`). Returns the starts of the n_selected best leaves (N, n) and of the others (N, C / leaf_length -
-    n), each in ascending order of position."""
+    first (the "recent" ablation). `second_scores` (N, C): a second scoring whose best leaf among the others is
+    selected too (`union_order`). Returns the starts of the n_selected (+ 1) best leaves (N, n) and of the others
+    (N, C / leaf_length - n), each in ascending order of position."""
     n_leaves = chunk_size // leaf_length
 
     def per_leaf(scores):  # (N, C) -> (N, L) each leaf's best token
@@ -143,8 +145,9 @@ def top_leaves(token_scores: torch.Tensor | None, n_chunks: int, chunk_size: int
         return scores.view(n_chunks, n_leaves, leaf_length).amax(dim=-1)
 
     leaf_scores = per_leaf(token_scores)
-    second = leaf_scores if second_scores is None else per_leaf(second_scores)
-    order = split_order(leaf_scores, second, n_selected)  # (N, L) the selected leaves first
+    n_second = 0 if second_scores is None else 1
+    order = union_order(leaf_scores, per_leaf(second_scores) if n_second else leaf_scores, n_selected, n_second)
+    n_selected += n_second
     selected, others = order[:, :n_selected].sort(dim=-1).values, order[:, n_selected:].sort(dim=-1).values
     return selected * leaf_length, others * leaf_length
 

@@ -164,9 +164,9 @@ FLOP_CASES = {
     "joint, overlap 4, top 2 chunks, scoring layer 1": dict(
         injection="joint", chunk_overlap=4, tree_selection="attention", context_chunks=2, selection_layer=1,
         leaf_tokens_per_node=8),
-    "joint, top 2 chunks, 2 exact leaves, 3 query tokens": dict(
-        injection="joint", chunk_overlap=4, tree_selection="attention", context_chunks=2, selected_leaves=2,
-        selection_score="probability", query_tokens=3),
+    "joint, top 2 + 1 chunks, 1 + 1 exact leaves, 3 query tokens": dict(
+        injection="joint", chunk_overlap=4, tree_selection="attention", context_chunks=2, selected_leaves=1,
+        selection_score="probability", query_tokens=3, query_chunks=1),
     "joint, chunks alone, every chunk read": dict(injection="joint", chunk_overlap=0),
     "joint, M = 1, overlap C, D = 2, top 3 with 1 recent, scoring layer 0": dict(
         injection="joint", n_injected_layers=1, chunk_overlap=16, tree_depth=2, tokens_per_node=2,

@@ -123,7 +123,7 @@ def test_context_chunks_generate_equals_forward(injection, recent, score, query_
     torch.manual_seed(0)
     model = wrap(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=8, tree_selection="attention",
                  context_chunks=2, recent_chunks=recent, injection=injection, selection_score=score,
-                 query_tokens=query_tokens, selected_leaves=2)
+                 query_tokens=query_tokens, query_chunks=int(query_tokens > 1), selected_leaves=2)
     if injection == "cross":
         with torch.no_grad():
             for attention in model.cross_attention:
@@ -231,18 +231,17 @@ def test_query_tokens_are_the_last_window_states_entering_the_scoring_layer():
     torch.testing.assert_close(query[1], torch.stack([short[1], short[1], short[0], short[1]]), atol=1e-5, rtol=1e-5)
 
 
-def test_top_chunks_with_several_query_tokens_reads_half_by_their_best():
+def test_top_chunks_with_several_query_tokens_add_their_best_other_chunks():
     """Q = 2 queries, one head: the query token (the last) ranks chunks 0, 1 first; the earlier token finds chunk 3.
-    With k = 2, one chunk comes from each; with query_tokens = 1 the same statistics' last head alone decides."""
+    k = 2 and 1 extra: chunks 0, 1 and 3 are read; without the extra, the query token's 2."""
     from sharedllm.context_encoder import EncodedContext, top_chunks
 
-    # (B = 1, n = 4, Q * H = 2) best logits: column 0 the earlier token's, column 1 the query token's
-    scores = torch.tensor([[[0.0, 5.0], [0.0, 4.0], [0.0, 1.0], [9.0, 0.0]]])
-    keys = torch.arange(4).repeat_interleave(2).float()[None, None, :, None]
-    context = EncodedContext([keys], [keys], torch.tensor([4]), per_chunk=2, chunk_scores=scores)
-    assert top_chunks(context, 2, query_tokens=2).keys[0][0, 0, ::2, 0].tolist() == [0, 3]
-    last_only = EncodedContext([keys], [keys], torch.tensor([4]), per_chunk=2, chunk_scores=scores[..., 1:])
-    assert top_chunks(last_only, 2).keys[0][0, 0, ::2, 0].tolist() == [0, 1]
+    # (B = 1, n = 5, Q * H = 2) best logits: column 0 the earlier token's, column 1 the query token's
+    scores = torch.tensor([[[6.0, 5.0], [0.0, 4.0], [0.0, 1.0], [9.0, 0.0], [0.0, 0.5]]])
+    keys = torch.arange(5).repeat_interleave(2).float()[None, None, :, None]
+    context = EncodedContext([keys], [keys], torch.tensor([5]), per_chunk=2, chunk_scores=scores)
+    assert top_chunks(context, 2, query_tokens=2, extra=1).keys[0][0, 0, ::2, 0].tolist() == [0, 1, 3]
+    assert top_chunks(context, 2, query_tokens=2).keys[0][0, 0, ::2, 0].tolist() == [0, 1]
 
 
 def test_query_tokens_need_attention_selection():
@@ -250,3 +249,22 @@ def test_query_tokens_need_attention_selection():
         wrap(query_tokens=4, tree_selection="query")
     with pytest.raises(ValueError, match="query_tokens"):
         wrap(query_tokens=0, tree_selection="attention")
+    with pytest.raises(ValueError, match="selected_leaves < 2\\*\\*tree_depth"):
+        wrap(query_tokens=4, tree_selection="attention", tree_depth=1, selected_leaves=2)
+    with pytest.raises(ValueError, match="query_chunks.*query_tokens > 1 and context_chunks"):
+        wrap(query_chunks=2, query_tokens=4, tree_selection="attention")
+    with pytest.raises(ValueError, match="query_chunks"):
+        wrap(query_chunks=2, context_chunks=2, tree_selection="attention")
+
+
+def test_query_tokens_add_one_exact_leaf_and_query_chunks_more_chunks():
+    model = wrap(tree_depth=2, tokens_per_node=2, leaf_tokens_per_node=8, tree_selection="attention",
+                 selected_leaves=1, query_tokens=3, context_chunks=2, query_chunks=1)
+    assert model.config.context_tokens_per_chunk == 2 * 8 + 2 * 2
+    ids = torch.randint(3, 128, (1, 48 + 5 * 32))
+    zero = torch.zeros(1, dtype=torch.long)
+    query = model._query_vectors(ids, zero, torch.tensor([ids.shape[1] - 1]))
+    context = model.context_encoder.encode(ids, zero, torch.tensor([5]), zero, query)
+    assert context.keys[0].shape[2] == 5 * 20
+    injected = model._injected_context(context)
+    assert {keys.shape[2] for keys in injected.keys} == {3 * 20}

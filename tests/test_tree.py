@@ -13,7 +13,7 @@ from sharedllm.tree import (
     cosine_half_scores,
     node_tiling,
     search_tree,
-    split_order,
+    union_order,
     top_leaves,
 )
 
@@ -131,26 +131,26 @@ def test_top_leaves_without_scores_keeps_the_most_recent():
     assert best.tolist() == [[48], [48]] and others.tolist() == [[0, 16, 32], [0, 16, 32]]
 
 
-def test_split_order_takes_half_from_each_ranking_and_fills_from_the_first():
+def test_union_order_adds_the_second_rankings_best_others():
     first = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
-    second = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]])  # the reverse ranking
-    assert split_order(first, second, 4)[0, :4].sort().values.tolist() == [0, 1, 4, 5]
-    assert split_order(first, second, 3)[0, :3].sort().values.tolist() == [0, 1, 5]  # k - k // 2 from the first
-    # where the two agree, the first's next items fill the k: items 0, 1 from both, then 2, 3
-    assert split_order(first, first.clone(), 4)[0].tolist() == [0, 1, 2, 3, 4, 5]
+    second = torch.tensor([[9.0, 1.0, 2.0, 3.0, 4.0, 5.0]])  # item 0 is best under both
+    assert union_order(first, second, 2, 2)[0, :4].tolist() == [0, 1, 4, 5]  # first's 2, then second's 2 others
+    assert union_order(first, second, 2, 0)[0].tolist() == [0, 1, 2, 3, 4, 5]
     scores = torch.randn(3, 10)
-    assert torch.equal(split_order(scores, scores, 4), scores.argsort(dim=-1, descending=True, stable=True))
+    assert torch.equal(union_order(scores, scores, 4, 0), scores.argsort(dim=-1, descending=True, stable=True))
+    assert torch.equal(union_order(scores, scores, 4, 2), scores.argsort(dim=-1, descending=True, stable=True))
 
 
 def test_top_leaves_second_scores_keep_the_leaf_only_they_find():
     """The query token's scores put leaves 0 and 1 first; a second scoring (the best of several query tokens) finds
-    leaf 6: with two exact leaves, one comes from each."""
+    leaf 6, which joins them; where its best is already among them (row 1: leaf 0), its best other leaf joins."""
     n, chunk_size, leaf = 2, 64, 8
     first, second = torch.zeros(n, chunk_size), torch.zeros(n, chunk_size)
-    first[:, 3], first[:, leaf + 3], second[:, 6 * leaf + 1] = 10.0, 9.0, 8.0
+    first[:, 3], first[:, leaf + 3], first[:, 2 * leaf + 3] = 10.0, 9.0, 7.0
+    second[0, 6 * leaf + 1], second[1, 3], second[1, 5 * leaf] = 8.0, 8.0, 1.0
     alone, _ = top_leaves(first, n, chunk_size, leaf, 2, torch.device("cpu"))
     both, others = top_leaves(first, n, chunk_size, leaf, 2, torch.device("cpu"), second)
-    assert alone.tolist() == [[0, leaf]] * n and both.tolist() == [[0, 6 * leaf]] * n
+    assert alone.tolist() == [[0, leaf]] * n and both.tolist() == [[0, leaf, 6 * leaf], [0, leaf, 5 * leaf]]
     assert (node_tiling([(both, leaf), (others, leaf)]) == 1).all()
 
 
