@@ -31,8 +31,8 @@ from sharedllm.tree import (
     compress_node,
     cosine_half_scores,
     search_tree,
-    union_order,
     top_leaves,
+    union_order,
 )
 
 
@@ -451,7 +451,8 @@ class ContextEncoder:
         return layer0, keys, values
 
 
-def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: int = 1, extra: int = 0) -> EncodedContext:
+def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: int = 1,
+               extra: int = 0) -> EncodedContext:
     """Each row's k best-scoring real chunks, its `recent` last chunks always among them, and with query_tokens Q > 1
     the `extra` best others under the best of the Q queries (`tree.union_order`), gathered in their original order:
     per layer (B, Hkv, (k + extra) * K, hd) instead of (B, Hkv, n * K, hd), so that what reads them costs k + extra

@@ -132,7 +132,8 @@ def search_tree(
 
 
 def top_leaves(token_scores: torch.Tensor | None, n_chunks: int, chunk_size: int, leaf_length: int, n_selected: int,
-               device: torch.device, second_scores: torch.Tensor | None = None) -> tuple[torch.LongTensor, torch.LongTensor]:
+               device: torch.device,
+               second_scores: torch.Tensor | None = None) -> tuple[torch.LongTensor, torch.LongTensor]:
     """Rank every leaf of every chunk by its best token in `token_scores` (N, C); None ranks the most recent leaves
     first (the "recent" ablation). `second_scores` (N, C): a second scoring whose best leaf among the others is
     selected too (`union_order`). Returns the starts of the n_selected (+ 1) best leaves (N, n) and of the others
