@@ -123,7 +123,8 @@ def test_context_chunks_generate_equals_forward(injection, recent, score, query_
     torch.manual_seed(0)
     model = wrap(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=8, tree_selection="attention",
                  context_chunks=2, recent_chunks=recent, injection=injection, selection_score=score,
-                 query_tokens=query_tokens, query_chunks=int(query_tokens > 1), selected_leaves=2)
+                 query_tokens=query_tokens, query_chunks=int(query_tokens > 1),
+                 selected_leaves=2 if query_tokens > 1 else None)  # Q = 1: the greedy tree, as before
     if injection == "cross":
         with torch.no_grad():
             for attention in model.cross_attention:
@@ -149,19 +150,25 @@ def test_context_chunks_needs_attention_selection():
         wrap(recent_chunks=1, tree_selection="attention")
 
 
-@pytest.mark.parametrize("injection", ["cross", "joint"])
-def test_context_chunks_attend_over_k_chunks_only(injection):
-    """The cost of reading: the injected layers get k chunks' key/values, not n (the others are not gathered)."""
+@pytest.mark.parametrize("injection, knobs, per_chunk, read", [
+    ("cross", {}, 4 * 1 + 2 * 8, 2),
+    ("joint", {}, 4 * 1 + 2 * 8, 2),
+    # query_tokens adds one exact leaf per chunk to the selected_leaves and query_chunks chunks to the k read
+    ("joint", dict(selected_leaves=1, query_tokens=3, query_chunks=1), 2 * 8 + 2 * 4, 3),
+])
+def test_context_chunks_attend_over_k_chunks_only(injection, knobs, per_chunk, read):
+    """The cost of reading: the injected layers get k (+ query_chunks) chunks' key/values, not n (the others are not
+    gathered), each chunk its per-chunk budget."""
     model = wrap(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=8, tree_selection="attention",
-                 context_chunks=2, injection=injection)
+                 context_chunks=2, injection=injection, **knobs)
+    assert model.config.context_tokens_per_chunk == per_chunk
     ids = torch.randint(3, 128, (1, 48 + 5 * 32))
     zero = torch.zeros(1, dtype=torch.long)
     query = model._query_vectors(ids, zero, torch.tensor([ids.shape[1] - 1]))
     context = model.context_encoder.encode(ids, zero, torch.tensor([5]), zero, query)
-    per_chunk = model.config.context_tokens_per_chunk
     assert context.keys[0].shape[2] == 5 * per_chunk
     injected = model._injected_context(context, model.context_encoder.sink() if injection == "joint" else None)
-    assert {keys.shape[2] for keys in injected.keys} == {2 * per_chunk}
+    assert {keys.shape[2] for keys in injected.keys} == {read * per_chunk}
 
 
 @pytest.mark.parametrize("selection", ["attention", "recent"])
@@ -255,16 +262,3 @@ def test_query_tokens_need_attention_selection():
         wrap(query_chunks=2, query_tokens=4, tree_selection="attention")
     with pytest.raises(ValueError, match="query_chunks"):
         wrap(query_chunks=2, context_chunks=2, tree_selection="attention")
-
-
-def test_query_tokens_add_one_exact_leaf_and_query_chunks_more_chunks():
-    model = wrap(tree_depth=2, tokens_per_node=2, leaf_tokens_per_node=8, tree_selection="attention",
-                 selected_leaves=1, query_tokens=3, context_chunks=2, query_chunks=1)
-    assert model.config.context_tokens_per_chunk == 2 * 8 + 2 * 2
-    ids = torch.randint(3, 128, (1, 48 + 5 * 32))
-    zero = torch.zeros(1, dtype=torch.long)
-    query = model._query_vectors(ids, zero, torch.tensor([ids.shape[1] - 1]))
-    context = model.context_encoder.encode(ids, zero, torch.tensor([5]), zero, query)
-    assert context.keys[0].shape[2] == 5 * 20
-    injected = model._injected_context(context)
-    assert {keys.shape[2] for keys in injected.keys} == {3 * 20}

@@ -127,7 +127,7 @@ def needle_metrics(token_scores, chunk, span, chunk_size, depth, block=64):
     block_rank = int((blocks > blocks[needle_block]).sum())
     all_blocks = token_scores.view(token_scores.shape[0], -1, block).amax(-1)  # (N, C / block): every leaf of every chunk
     global_block_rank = int((all_blocks > blocks[needle_block]).sum())
-    # the raw scores too, so that summarise_probe.py can rank by combinations of scorers offline
+    # the raw scores too, so that summarise_combinations.py can rank by combinations of scorers offline
     return dict(chunk_rank=chunk_rank, tree_hit=tree_hit, block_rank=block_rank, global_block_rank=global_block_rank,
                 chunk_scores=chunk_best.tolist(), needle_chunk_block_scores=blocks.tolist())
 
