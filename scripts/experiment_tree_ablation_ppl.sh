@@ -12,7 +12,10 @@ set -euo pipefail
 export HF_HUB_OFFLINE=1
 D=${D:-results/experiments/tree-ablation-ppl}
 LENGTH=${LENGTH:-4K}
-common=(--split validation --domains books math code --lengths "$LENGTH" --max-windows 8 --output "$D")
+# The selection this ablation was written for and run with: the query token's ranking alone (the default until
+# 2026-12-04, when the default added 32 query tokens' chunks and leaves; its recent arm would not combine with them).
+common=(--split validation --domains books math code --lengths "$LENGTH" --max-windows 8 --output "$D"
+        --query-tokens 1 --query-chunks 0)
 eval_() { echo "+ sharedllm eval $*"; python -m sharedllm eval "$@"; }
 
 run() {
