@@ -459,7 +459,7 @@ def run_heldout(session):
                 provenance.write_json(path, result)
                 print(f"wrote {path}")
                 if summary["complete"]:
-                    journal.remove()
+                    journal.remove(records)
                 elif journal.path.exists():  # e.g. out of --max-seconds: --overwrite later scores only the rest
                     print(f"  incomplete: its scored windows stay in {journal.path}; --overwrite continues the cell")
                 rows.setdefault(name, {})[f"{domain}@{format_length(length)}"] = report.heldout_cell_text(summary)
@@ -484,7 +484,7 @@ def passkey_results(session, lengths, depths, trials, notes=""):
                   "trials_from_a_stopped_run": count_reused(r["records"], done)}
         session.write("passkey", name, method, "landmark", SYNTHETIC, scores, counts, r,
                       time.time() - start, notes)
-        journal.remove()
+        journal.remove(r["records"])
         rows[name] = {format_length(n): f"{100 * acc:.0f}% of {trials * len(depths)}" for n, acc in r["per_length"].items()}
     return rows
 
@@ -511,7 +511,7 @@ def run_niah(session):
         counts = {"trials_per_cell": a.trials, "depths": len(a.depths), "total_trials": len(r["records"]),
                   "trials_from_a_stopped_run": count_reused(r["records"], done)}
         session.write("niah", name, method, "niah-prose", data, scores, counts, r, time.time() - start)
-        journal.remove()
+        journal.remove(r["records"])
         rows[name] = {format_length(n): f"{100 * s:.0f}%" for n, s in scores.items()}
     print_table(f"needle in a haystack (prose), model {a.base}, depths {a.depths}, {a.trials} trials/cell", rows)
 
@@ -542,7 +542,7 @@ def run_ruler_task(session):
         eff = effective_length(average, threshold) if threshold is not None else None
         details = {**r, "threshold": threshold, "effective_length": eff, "tasks": tasks}
         session.write("ruler", name, _Described(config), "ruler", data, scores, counts, details, wall)
-        journal.remove()  # only now: the threshold needed every method's trials
+        journal.remove(r["records"])  # only now: the threshold needed every method's trials
         rows[name] = {**{format_length(n): f"{v:.1f}" for n, v in average.items()},
                       "effective": format_length(eff) if eff else "–"}
     note = (f"threshold {threshold:.1f} (full attention at {native})" if threshold is not None

@@ -4,7 +4,9 @@ run (a session's end, Ctrl-C, a crash) continues where it stopped instead of sta
 
 The journal is a hidden JSONL file in the output folder, named by a fingerprint of everything that decides a
 trial's outcome (the method and its knobs, the model, the seed, the task's settings), so a run with other settings
-never reads it. It is removed once the result JSON is written.
+never reads it. Its lengths and tasks are not part of the name (the same settings with fewer lengths reuse part of
+it), so two runs of other lengths may share it at once: a finished run removes its own trials only, and the file
+once none are left.
 """
 
 import hashlib
@@ -36,8 +38,13 @@ class TrialJournal:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+    def remove(self, records: list[dict]) -> None:
+        """Drop a finished run's trial records; the file goes once no other run's trials are left in it."""
+        left = [record for record in self.load() if record not in records]
+        if left:  # a trial appended by another run between this read and the write is lost (milliseconds)
+            self.path.write_text("".join(json.dumps(record) + "\n" for record in left), encoding="utf-8")
+        else:
+            self.path.unlink(missing_ok=True)
 
 
 def reusing(done, fields: tuple[str, ...], on_record=None):

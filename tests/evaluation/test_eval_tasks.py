@@ -254,3 +254,19 @@ def test_trial_journal_is_keyed_by_the_adapter_inside_the_repository_not_its_abs
     relative = "adapters/smollm2-135m-joint-exercises"
     assert journal(str(REPO / relative)) == journal(relative)
     assert journal(str(REPO / relative)) != journal("adapters/smollm2-135m")
+
+
+def test_a_finished_run_keeps_the_trials_of_another_run_sharing_its_journal(tmp_path):
+    """Runs of the same settings at other lengths share one journal (its name leaves the lengths out); one finishing
+    at 16K while another is at 32K removes its own trials only, and the file goes with the last of them."""
+    from sharedllm.evaluation.journal import TrialJournal
+
+    journal = TrialJournal(tmp_path, "passkey", "sharedllm", {"method": {"method": "sharedllm"}})
+    short = [{"length": 16384, "trial": t, "correct": True} for t in range(3)]
+    long = [{"length": 32768, "trial": t, "correct": t == 0} for t in range(2)]
+    for record in (short[0], long[0], short[1], short[2], long[1]):  # the two runs append in turn
+        journal.append(record)
+    journal.remove(short)
+    assert journal.load() == long
+    journal.remove(long)
+    assert not journal.path.exists()
