@@ -248,7 +248,8 @@ class SharedLLMConfig(PretrainedConfig):
                                            and self.context_chunks is not None),
                 f"query_chunks adds chunks chosen by several query tokens to the context_chunks read: it must be >= 0 "
                 f"and needs query_tokens > 1 and context_chunks above 0, got query_chunks={self.query_chunks}, "
-                f"query_tokens={self.query_tokens}, context_chunks={self.context_chunks}",
+                f"query_tokens={self.query_tokens}, context_chunks={self.context_chunks} (for the query token alone pass "
+                f"query_tokens 1 with query_chunks 0)",
             ),
             (self.n_injected_layers >= 1, f"n_injected_layers must be >= 1, got {self.n_injected_layers}"),
             (
