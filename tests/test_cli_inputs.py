@@ -125,7 +125,19 @@ def test_default_adapter_is_found_from_any_folder(no_model):
 
     assert Path.cwd() == no_model  # not the repository
     assert (Path(cli.DEFAULT_ADAPTER) / "config.json").is_file()
-    assert cli._repo_relative(str(cli.DEFAULT_ADAPTER)) == "adapters/smollm2-135m-joint-exercises"  # results name no machine path
+    assert cli._portable_path(str(cli.DEFAULT_ADAPTER)) == "adapters/smollm2-135m-joint-exercises"  # results name no machine path
+
+
+def test_the_default_model_is_named_by_its_place_in_the_assets_home(tmp_path, monkeypatch):
+    """Two machines with different homes key a run's journal alike, so one continues what the other stopped."""
+    from sharedllm.evaluation import cli
+
+    names = set()
+    for home in (tmp_path / "a", tmp_path / "b"):
+        monkeypatch.setenv("SHAREDLLM_HOME", str(home))
+        names.add(cli._portable_path(str(home / "models" / "SmolLM2-135M-Instruct")))
+    assert names == {"$SHAREDLLM_HOME/models/SmolLM2-135M-Instruct"}
+    assert cli._portable_path(str(tmp_path / "elsewhere")) == str(tmp_path / "elsewhere")  # any other path as given
 
 
 def test_no_window_in_tokens_is_caught_before_any_method_runs(no_model, monkeypatch, capsys):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from sharedllm import provenance
-from sharedllm.assets import DEFAULT_ADAPTER
+from sharedllm.assets import DEFAULT_ADAPTER, sharedllm_home
 from sharedllm.cli import InputError, adapter_argument
 from sharedllm.config import KNOBS
 from sharedllm.flags import (
@@ -304,7 +304,7 @@ class Session:
         """The trial journal of `method`'s run of `task`, and the trials a stopped run of the same settings left
         in it (rerunning the command continues that run). The adapter is keyed repository-relative, as results name
         it, so that the same command continues from another clone of the repository."""
-        journal = TrialJournal(self.args.output, task, name, {"method": _method_config(method), "model": self.args.base,
+        journal = TrialJournal(self.args.output, task, name, {"method": _method_config(method), "model": _portable_path(self.args.base),
                                                                "dtype": self.args.dtype, "seed": self.args.seed, **settings})
         done = journal.load()
         if done:
@@ -314,13 +314,13 @@ class Session:
     def result_adapter(self, method) -> str | None:
         """The adapter a result file names: this comparison's, for the methods that read it (by the method's own
         name, not a --label), as the README writes it."""
-        return _repo_relative(self.adapter) if method.name in SHAREDLLM_METHODS else None
+        return _portable_path(self.adapter) if method.name in SHAREDLLM_METHODS else None
 
     def write(self, task, name, method, protocol, data, scores, counts, details, wall_time_s, notes=""):
         result = {
             "task": task, "protocol": protocol, "method": name,
             "method_config": _method_config(method),
-            "model": self.args.base,
+            "model": _portable_path(self.args.base),
             "adapter": self.result_adapter(method),
             "data": data, "lengths": self.args.lengths, "counts": counts, "scores": scores, "details": details,
             "seed": self.args.seed, "wall_time_s": wall_time_s, **self.provenance(), "notes": notes,
@@ -331,17 +331,25 @@ class Session:
         return path
 
 
-def _repo_relative(path: str | None) -> str | None:
-    """A path inside the repository as the README writes it (adapters/...): results should not name this machine."""
-    if path is None or not Path(path).resolve().is_relative_to(REPO):
+def _portable_path(path: str | None) -> str | None:
+    """A path as another machine would name it: inside the repository as the README writes it (adapters/...),
+    inside the assets home as $SHAREDLLM_HOME/... Results and trial journals key on it, so that they name no
+    machine and the same command continues a stopped run from another clone or home (a GPU machine's, say)."""
+    if path is None:
         return path
-    return Path(path).resolve().relative_to(REPO).as_posix()
+    resolved = Path(path).resolve()
+    if resolved.is_relative_to(REPO):
+        return resolved.relative_to(REPO).as_posix()
+    home = sharedllm_home().resolve()
+    if resolved.is_relative_to(home):
+        return f"$SHAREDLLM_HOME/{resolved.relative_to(home).as_posix()}"
+    return path
 
 
 def _method_config(method) -> dict:
     """The method's knobs for a result file, its adapter path (if any) repository-relative like the top level's."""
     config = method.describe() if hasattr(method, "describe") else {}
-    return {**config, "adapter": _repo_relative(config["adapter"])} if config.get("adapter") else config
+    return {**config, "adapter": _portable_path(config["adapter"])} if config.get("adapter") else config
 
 
 def _parse_knob(text: str) -> tuple[str, object]:
@@ -447,7 +455,7 @@ def run_heldout(session):
                     summary["not_run"] = f"no {domain} test document has {length} tokens"
                 result = {
                     "task": "heldout", "protocol": "cepe-heldout", "method": name, "method_config": _method_config(method),
-                    "model": a.base, "adapter": session.result_adapter(method),
+                    "model": _portable_path(a.base), "adapter": session.result_adapter(method),
                     "domain": domain, "length": length,
                     "data": {"split": a.split, "domain": domain, "docs": doc_lengths,
                              "windows_available": heldout.count_windows(doc_lengths, length)},
@@ -595,7 +603,7 @@ def run_demo(session):
     rows = {m: {**{f"PPL@{k}": v for k, v in ppl_rows.get(m, {}).items()},
                 **{f"passkey@{k}": v for k, v in passkey_rows.get(m, {}).items()}} for m in a.methods}
     print_table(f"SharedLLM demo: model {a.base} (native window "
-                f"{getattr(session.base.config, 'max_position_embeddings', '?')}), adapter {_repo_relative(session.adapter)}, "
+                f"{getattr(session.base.config, 'max_position_embeddings', '?')}), adapter {_portable_path(session.adapter)}, "
                 f"{data.get('domains')} {data.get('split')} split, CEPE PPL protocol", rows, note)
     path = report.regenerate(a.output, a.docs)
     print(f"regenerated {path} and {Path(a.docs) / 'figures'}")
