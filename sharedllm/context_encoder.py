@@ -371,16 +371,19 @@ class ContextEncoder:
     def attention_logits(self, query_hidden, keys, chunk_index) -> torch.Tensor:
         """(N, Q * H, C) attention logits of the scoring layer's queries (from the Q query tokens' hidden states
         entering that layer, (N, Q, hidden), or (N, hidden) for one) against each chunk token's key of that layer,
-        query-major (`tree.attention_logits`). Every query is rotated to sit just after the chunk it scores, so a
-        chunk's selection depends on its own tokens only, never on how many chunks precede the query (forward and
-        cached generation then select alike)."""
+        query-major (`tree.attention_logits`); (N, Q, C), config.selection_head's alone, when that is set. Every
+        query is rotated to sit just after the chunk it scores, so a chunk's selection depends on its own tokens
+        only, never on how many chunks precede the query (forward and cached generation then select alike)."""
         n, n_kv, chunk_size, head_dim = keys.shape
         norm, q_proj = self.scoring_projections()
         query = q_proj(norm(query_hidden)).view(n, -1, 1, head_dim)  # (N, Q * H, 1, hd)
         cos, sin = self.decoder.rotary_emb(query, (self.chunk_offsets(chunk_index) + chunk_size)[:, None])
         query, _ = apply_rotary_pos_emb(query, query, cos, sin)
         n_queries = 1 if query_hidden.dim() == 2 else query_hidden.shape[1]
-        return attention_logits(query.view(n, n_queries, -1, head_dim), keys)
+        logits = attention_logits(query.view(n, n_queries, -1, head_dim), keys)  # (N, Q * H, C)
+        if self.config.selection_head is None:
+            return logits
+        return logits.view(n, n_queries, -1, chunk_size)[:, :, self.config.selection_head]  # (N, Q, C): one head
 
     # -- node_encoding="node": the reference ---------------------------------------------------------------------
 

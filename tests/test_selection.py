@@ -115,15 +115,17 @@ def test_context_chunks_reads_only_the_best_chunk():
 
 @pytest.mark.parametrize("injection, recent, score, query_tokens", [
     ("cross", 0, "logit", 1), ("joint", 0, "logit", 1), ("joint", 1, "logit", 1), ("joint", 0, "probability", 1),
-    ("joint", 0, "probability", 5), ("cross", 0, "logit", 5),
+    ("joint", 0, "probability", 5), ("cross", 0, "logit", 5), ("joint", 0, "probability", (5, 1)),
 ])
 def test_context_chunks_generate_equals_forward(injection, recent, score, query_tokens):
     """Chunks rolling in during generation are ranked with the others under the prefill's query (and the most
-    recent one is then the new one), as a forward over the whole sequence with the same query ranks them."""
+    recent one is then the new one), as a forward over the whole sequence with the same query ranks them.
+    query_tokens (Q, h): Q query tokens scoring with head h alone (selection_head)."""
     torch.manual_seed(0)
+    query_tokens, head = query_tokens if isinstance(query_tokens, tuple) else (query_tokens, None)
     model = wrap(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=8, tree_selection="attention",
                  context_chunks=2, recent_chunks=recent, injection=injection, selection_score=score,
-                 query_tokens=query_tokens, query_chunks=int(query_tokens > 1),
+                 selection_head=head, query_tokens=query_tokens, query_chunks=int(query_tokens > 1),
                  selected_leaves=2 if query_tokens > 1 else None)  # Q = 1: the greedy tree, as before
     if injection == "cross":
         with torch.no_grad():
@@ -262,3 +264,32 @@ def test_query_tokens_need_attention_selection():
         wrap(query_chunks=2, query_tokens=4, tree_selection="attention")
     with pytest.raises(ValueError, match="query_chunks"):
         wrap(query_chunks=2, context_chunks=2, tree_selection="attention")
+
+
+def test_selection_head_scores_with_that_head_alone():
+    """selection_head h: the scoring logits are head h's of every query token, (N, Q, C), the same numbers as that
+    head's among all heads' (query-major: query q's head h is column q * H + h), so every ranking downstream is h's."""
+    every = wrap(tree_depth=2, tokens_per_node=4, tree_selection="attention", query_tokens=3)
+    one = wrap(tree_depth=2, tokens_per_node=4, tree_selection="attention", query_tokens=3, selection_head=1)
+    one.load_state_dict(every.state_dict())  # wrap builds a fresh random base: give both the same weights
+    n_heads = every.config.text_config.num_attention_heads
+    ids = torch.randint(3, 128, (1, 48 + 64))
+    zero = torch.zeros(1, dtype=torch.long)
+    with torch.no_grad():
+        query = every._query_vectors(ids, zero, torch.tensor([111])).expand(2, -1, -1)  # (N = 2 chunks, Q, hidden)
+        lowered = every.context_encoder.lower_chunks(ids[0, :64].view(2, 32), torch.arange(2))
+        keys = lowered.keys[every.config.scoring_layer]
+        all_heads = every.context_encoder.attention_logits(query, keys, torch.arange(2))  # (2, 3 * H, 32)
+        head_1 = one.context_encoder.attention_logits(query, keys, torch.arange(2))
+    assert all_heads.shape == (2, 3 * n_heads, 32) and head_1.shape == (2, 3, 32)
+    torch.testing.assert_close(head_1, all_heads[:, [1, n_heads + 1, 2 * n_heads + 1]])
+
+
+@pytest.mark.parametrize("knobs, message", [
+    (dict(tree_selection="query", selection_head=0), "selection_head.*tree_selection='attention'"),
+    (dict(tree_selection="attention", selection_head=-1), "selection_head.*>= 0"),
+    (dict(tree_selection="attention", selection_head=99), "selection_head = 99, but the base's layers have"),
+])
+def test_selection_head_checks(knobs, message):
+    with pytest.raises(ValueError, match=message):
+        wrap(tree_depth=2, tokens_per_node=4, **knobs)

@@ -14,6 +14,8 @@ context keys, with the heads combined as
   max_prob_flat(_chunk): max_prob (max_prob_chunk) of logits without RoPE between the query and the context keys:
              every context token as if at the query's own position. Joint injection places every chunk just
              before the window, so a chunk's last tokens are the nearest keys and recency-loving heads pick them.
+  headH(_chunk)(_qN), with --per-head: max_prob (max_prob_chunk) of head H alone (of the last N tokens' queries,
+             their best): do a few retrieval heads rank needles better than the best of all heads?
 
     python results/experiments/tree-selection/probe_needle_rank.py --trials 12 --output probe.json
 """
@@ -68,6 +70,13 @@ def over_all_tokens(logits):
     return logits.permute(1, 0, 2).reshape(n_heads, -1).softmax(-1).view(n_heads, n, chunk_size).permute(1, 0, 2)
 
 
+def per_head(logits, suffix=""):
+    """(N, H, C) logits -> {headH: each head's softmax over all tokens, headH_chunk: over its chunk's tokens}."""
+    probs, own = over_all_tokens(logits), logits.softmax(-1)
+    return {**{f"head{h}{suffix}": probs[:, h] for h in range(logits.shape[1])},
+            **{f"head{h}_chunk{suffix}": own[:, h] for h in range(logits.shape[1])}}
+
+
 def scorers(logits, window_lse, flat_logits):
     """(N, H, C) logits (and the position-free ones) -> {name: (N, C) token scores}."""
     probs = over_all_tokens(logits)
@@ -96,7 +105,7 @@ def window_hidden(model, ids, n_context, layer):
     return hidden[0]
 
 
-def several_query_scores(model, hidden, keys, chunk_index, n_queries):
+def several_query_scores(model, hidden, keys, chunk_index, n_queries, per_head_too=False):
     """max_prob / max_prob_chunk with the queries of the prompt's last n tokens (their states entering the scoring
     layer, `window_hidden`: the last one is `_query_vectors`' vector, the earlier ones read the same window), the
     best over them (max_prob_qN) and their mean (mean_prob_qN): a question's key tokens may look the needle up where
@@ -104,14 +113,18 @@ def several_query_scores(model, hidden, keys, chunk_index, n_queries):
     encoder = model.context_encoder
     queries = hidden[-n_queries:]  # (n, hidden)
     n = len(chunk_index)
-    all_tokens, own_chunk = [], []
+    all_tokens, own_chunk, heads = [], [], []
     for query in queries:  # (hidden,)
         logits = encoder.attention_logits(query[None].expand(n, -1), keys, chunk_index)
         all_tokens.append(over_all_tokens(logits).amax(1))
         own_chunk.append(attention_token_scores(logits, "probability"))
+        if per_head_too:
+            heads.append(per_head(logits, f"_q{n_queries}"))
     all_tokens, own_chunk = torch.stack(all_tokens), torch.stack(own_chunk)  # (n_queries, N, C)
+    best_per_head = {name: torch.stack([h[name] for h in heads]).amax(0) for name in (heads[0] if heads else {})}
     return {f"max_prob_q{n_queries}": all_tokens.amax(0), f"max_prob_chunk_q{n_queries}": own_chunk.amax(0),
-            f"mean_prob_q{n_queries}": all_tokens.mean(0), f"mean_prob_chunk_q{n_queries}": own_chunk.mean(0)}
+            f"mean_prob_q{n_queries}": all_tokens.mean(0), f"mean_prob_chunk_q{n_queries}": own_chunk.mean(0),
+            **best_per_head}
 
 
 def needle_metrics(token_scores, chunk, span, chunk_size, depth, block=64):
@@ -160,6 +173,7 @@ def main():
     parser.add_argument("--query-tokens", type=int, nargs="+", default=[],
                         help="also score with the queries of the last N prompt tokens (max_prob_qN, mean_prob_qN; "
                              "several N allowed)")
+    parser.add_argument("--per-head", action="store_true", help="also score with every head alone (headH...)")
     parser.add_argument("--output")
     args = parser.parse_args()
 
@@ -208,8 +222,11 @@ def main():
                 flat_logits = encoder.attention_logits(query.expand(len(chunk_index), -1),
                                                        unrotated_keys(model, lowered.keys[layer], chunk_index), chunk_index)
                 named = scorers(logits, window_lse, flat_logits)
+                if args.per_head:
+                    named.update(per_head(logits))
                 for n_queries in args.query_tokens:
-                    named.update(several_query_scores(model, hidden, lowered.keys[layer], chunk_index, n_queries))
+                    named.update(several_query_scores(model, hidden, lowered.keys[layer], chunk_index, n_queries,
+                                                      args.per_head))
                 for name, token_scores in named.items():
                     metrics = needle_metrics(token_scores, chunk, span, cfg.chunk_size, cfg.tree_depth)
                     if args.task == "niah_multikey":  # the best-ranked other key's needle (lower = more in the way)
