@@ -56,12 +56,6 @@ KNOBS = {
         "halves, over all the row's chunks to rank chunks). Why: a few heads with large logits everywhere outvote the "
         "head that looks a needle up (docs/method.md)", choices=SELECTION_SCORES,
     ),
-    "selection_head": Knob(
-        int, None, "tree_selection attention: score with this one query head of the scoring layer alone instead of "
-        "the best of all its heads. Why: one retrieval head finds needles, and the others' preference for the "
-        "nearest keys lifts every chunk's last tokens (all chunks sit just before the window); calibrate it on "
-        "validation needles (docs/method.md); default every head", optional=True,
-    ),
     "query_tokens": Knob(
         int, 1, "tree_selection attention: Q, the query token and the Q - 1 tokens before it in its decoder window "
         "score the context, the best (query, head) as the best head. What the query token selects stays; the Q "
@@ -72,6 +66,13 @@ KNOBS = {
     "query_chunks": Knob(
         int, 0, "m, with query_tokens > 1 and context_chunks k: m more chunks read, the best of the others under the "
         "Q tokens' best (k + m read)",
+    ),
+    "query_head": Knob(
+        int, None, "with query_tokens > 1: the one query head of the scoring layer whose scores (the best over the Q "
+        "tokens) choose what they add, the query_chunks chunks and one leaf per chunk, instead of the best of all "
+        "heads; what the query token selects stays the best head's. Why: one retrieval head looks a needle up, and "
+        "the others' preference for the nearest keys lifts every chunk's last tokens (all chunks sit just before the "
+        "window); calibrate it on validation needles (docs/method.md); default every head", optional=True,
     ),
     "node_compression": Knob(
         str, "stride", "how a node's keys/values become its budget: stride (from the node's first token, the "
@@ -258,10 +259,9 @@ class SharedLLMConfig(PretrainedConfig):
                 f"query_tokens 1 with query_chunks 0)",
             ),
             (
-                self.selection_head is None or (self.selection_head >= 0 and self.tree_selection == "attention"),
-                f"selection_head is one query head of the scoring layer: it must be >= 0 and needs "
-                f"tree_selection='attention', got selection_head={self.selection_head}, "
-                f"tree_selection={self.tree_selection!r}",
+                self.query_head is None or (self.query_head >= 0 and self.query_tokens > 1),
+                f"query_head picks the head that scores for the query_tokens' additions: it must be >= 0 and needs "
+                f"query_tokens > 1, got query_head={self.query_head}, query_tokens={self.query_tokens}",
             ),
             (self.n_injected_layers >= 1, f"n_injected_layers must be >= 1, got {self.n_injected_layers}"),
             (
@@ -316,9 +316,9 @@ class SharedLLMConfig(PretrainedConfig):
                     f"({n_layers} layers); use at most {n_layers}"
                 )
             n_heads = self.text_config.num_attention_heads
-            if self.selection_head is not None and self.selection_head >= n_heads:
-                raise ValueError(f"selection_head = {self.selection_head}, but the base's layers have {n_heads} query "
-                                 f"heads (0..{n_heads - 1})")
+            if self.query_head is not None and self.query_head >= n_heads:
+                raise ValueError(f"query_head = {self.query_head}, but the base's layers have {n_heads} query heads "
+                                 f"(0..{n_heads - 1})")
 
     def to_dict(self) -> dict:
         output = super().to_dict()

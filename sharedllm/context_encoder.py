@@ -28,6 +28,7 @@ from sharedllm.tree import (
     attention_token_scores,
     chunk_ranking_scores,
     chunk_statistics,
+    head_columns,
     compress_node,
     cosine_half_scores,
     search_tree,
@@ -346,8 +347,9 @@ class ContextEncoder:
                 logits = self.attention_logits(query, lowered.keys[cfg.scoring_layer], chunk_index)
             heads = logits.shape[1] // cfg.query_tokens
             token_scores = attention_token_scores(logits[:, -heads:], cfg.selection_score)  # the query token's
-            if cfg.query_tokens > 1:  # the best of the Q tokens', which add their best leaf
-                several_scores = attention_token_scores(logits, cfg.selection_score)
+            if cfg.query_tokens > 1:  # the best of the Q tokens' (of query_head's alone), which add their best leaf
+                several = logits if cfg.query_head is None else head_columns(logits, 1, cfg.query_tokens, cfg.query_head)
+                several_scores = attention_token_scores(several, cfg.selection_score)
             half_scores = attention_half_scores(token_scores)
         elif cfg.tree_selection == "query":
             half_scores = cosine_half_scores(node_vectors, query)
@@ -371,19 +373,16 @@ class ContextEncoder:
     def attention_logits(self, query_hidden, keys, chunk_index) -> torch.Tensor:
         """(N, Q * H, C) attention logits of the scoring layer's queries (from the Q query tokens' hidden states
         entering that layer, (N, Q, hidden), or (N, hidden) for one) against each chunk token's key of that layer,
-        query-major (`tree.attention_logits`); (N, Q, C), config.selection_head's alone, when that is set. Every
-        query is rotated to sit just after the chunk it scores, so a chunk's selection depends on its own tokens
-        only, never on how many chunks precede the query (forward and cached generation then select alike)."""
+        query-major (`tree.attention_logits`). Every query is rotated to sit just after the chunk it scores, so a
+        chunk's selection depends on its own tokens only, never on how many chunks precede the query (forward and
+        cached generation then select alike)."""
         n, n_kv, chunk_size, head_dim = keys.shape
         norm, q_proj = self.scoring_projections()
         query = q_proj(norm(query_hidden)).view(n, -1, 1, head_dim)  # (N, Q * H, 1, hd)
         cos, sin = self.decoder.rotary_emb(query, (self.chunk_offsets(chunk_index) + chunk_size)[:, None])
         query, _ = apply_rotary_pos_emb(query, query, cos, sin)
         n_queries = 1 if query_hidden.dim() == 2 else query_hidden.shape[1]
-        logits = attention_logits(query.view(n, n_queries, -1, head_dim), keys)  # (N, Q * H, C)
-        if self.config.selection_head is None:
-            return logits
-        return logits.view(n, n_queries, -1, chunk_size)[:, :, self.config.selection_head]  # (N, Q, C): one head
+        return attention_logits(query.view(n, n_queries, -1, head_dim), keys)
 
     # -- node_encoding="node": the reference ---------------------------------------------------------------------
 
@@ -455,9 +454,10 @@ class ContextEncoder:
 
 
 def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: int = 1,
-               extra: int = 0) -> EncodedContext:
+               extra: int = 0, query_head: int | None = None) -> EncodedContext:
     """Each row's k best-scoring real chunks, its `recent` last chunks always among them, and with query_tokens Q > 1
-    the `extra` best others under the best of the Q queries (`tree.union_order`), gathered in their original order:
+    the `extra` best others under the best of the Q queries (of their head `query_head` alone, if given;
+    `tree.union_order`), gathered in their original order:
     per layer (B, Hkv, (k + extra) * K, hd) instead of (B, Hkv, n * K, hd), so that what reads them costs k + extra
     chunks, not n. A row with fewer real chunks keeps them all (they come first: real chunks are the row's first
     slots and score above padding's -inf)."""
@@ -469,7 +469,8 @@ def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: i
     last = real & (slot >= (context.n_chunks - recent)[:, None])  # (B, n) the row's `recent` last real chunks
     heads = context.chunk_scores.shape[2] // query_tokens
     by_query_token = chunk_ranking_scores(context.chunk_scores[:, :, -heads:], real).masked_fill(last, float("inf"))
-    by_several = chunk_ranking_scores(context.chunk_scores, real)
+    several = context.chunk_scores if query_head is None else head_columns(context.chunk_scores, 2, query_tokens, query_head)
+    by_several = chunk_ranking_scores(several, real)
     best = union_order(by_query_token, by_several, k, extra)[:, :k_read].sort(dim=1).values  # (B, k + extra)
     per_chunk = context.per_chunk
     slots = (best[:, :, None] * per_chunk + torch.arange(per_chunk, device=best.device)).flatten(1)  # (B, k_read * K)
