@@ -67,13 +67,6 @@ KNOBS = {
         int, 0, "m, with query_tokens > 1 and context_chunks k: m more chunks read, the best of the others under the "
         "Q tokens' best (k + m read)",
     ),
-    "query_head": Knob(
-        int, None, "with query_tokens > 1: the one query head of the scoring layer whose scores (the best over the Q "
-        "tokens) choose what they add, the query_chunks chunks and one leaf per chunk, instead of the best of all "
-        "heads; what the query token selects stays the best head's. Why: one retrieval head looks a needle up, and "
-        "the others' preference for the nearest keys lifts every chunk's last tokens (all chunks sit just before the "
-        "window); calibrate it on validation needles (docs/method.md); default every head", optional=True,
-    ),
     "node_compression": Knob(
         str, "stride", "how a node's keys/values become its budget: stride (from the node's first token, the "
         "reference), stride_last (ending at its last token), mean (pooling)", choices=NODE_COMPRESSIONS,
@@ -258,11 +251,6 @@ class SharedLLMConfig(PretrainedConfig):
                 f"query_tokens={self.query_tokens}, context_chunks={self.context_chunks} (for the query token alone pass "
                 f"query_tokens 1 with query_chunks 0)",
             ),
-            (
-                self.query_head is None or (self.query_head >= 0 and self.query_tokens > 1),
-                f"query_head picks the head that scores for the query_tokens' additions: it must be >= 0 and needs "
-                f"query_tokens > 1, got query_head={self.query_head}, query_tokens={self.query_tokens}",
-            ),
             (self.n_injected_layers >= 1, f"n_injected_layers must be >= 1, got {self.n_injected_layers}"),
             (
                 self.context_chunks is None or (self.context_chunks >= 1 and self.tree_selection == "attention"),
@@ -315,10 +303,6 @@ class SharedLLMConfig(PretrainedConfig):
                     f"n_injected_layers = {self.n_injected_layers} exceeds the base model's depth "
                     f"({n_layers} layers); use at most {n_layers}"
                 )
-            n_heads = self.text_config.num_attention_heads
-            if self.query_head is not None and self.query_head >= n_heads:
-                raise ValueError(f"query_head = {self.query_head}, but the base's layers have {n_heads} query heads "
-                                 f"(0..{n_heads - 1})")
 
     def to_dict(self) -> dict:
         output = super().to_dict()

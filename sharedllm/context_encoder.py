@@ -28,7 +28,6 @@ from sharedllm.tree import (
     attention_token_scores,
     chunk_ranking_scores,
     chunk_statistics,
-    head_columns,
     compress_node,
     cosine_half_scores,
     search_tree,
@@ -347,9 +346,8 @@ class ContextEncoder:
                 logits = self.attention_logits(query, lowered.keys[cfg.scoring_layer], chunk_index)
             heads = logits.shape[1] // cfg.query_tokens
             token_scores = attention_token_scores(logits[:, -heads:], cfg.selection_score)  # the query token's
-            if cfg.query_tokens > 1:  # the best of the Q tokens' (of query_head's alone), which add their best leaf
-                several = logits if cfg.query_head is None else head_columns(logits, 1, cfg.query_tokens, cfg.query_head)
-                several_scores = attention_token_scores(several, cfg.selection_score)
+            if cfg.query_tokens > 1:  # the best of the Q tokens', which add their best leaf
+                several_scores = attention_token_scores(logits, cfg.selection_score)
             half_scores = attention_half_scores(token_scores)
         elif cfg.tree_selection == "query":
             half_scores = cosine_half_scores(node_vectors, query)
@@ -454,10 +452,9 @@ class ContextEncoder:
 
 
 def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: int = 1,
-               extra: int = 0, query_head: int | None = None) -> EncodedContext:
+               extra: int = 0) -> EncodedContext:
     """Each row's k best-scoring real chunks, its `recent` last chunks always among them, and with query_tokens Q > 1
-    the `extra` best others under the best of the Q queries (of their head `query_head` alone, if given;
-    `tree.union_order`), gathered in their original order:
+    the `extra` best others under the best of the Q queries (`tree.union_order`), gathered in their original order:
     per layer (B, Hkv, (k + extra) * K, hd) instead of (B, Hkv, n * K, hd), so that what reads them costs k + extra
     chunks, not n. A row with fewer real chunks keeps them all (they come first: real chunks are the row's first
     slots and score above padding's -inf)."""
@@ -469,8 +466,7 @@ def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: i
     last = real & (slot >= (context.n_chunks - recent)[:, None])  # (B, n) the row's `recent` last real chunks
     heads = context.chunk_scores.shape[2] // query_tokens
     by_query_token = chunk_ranking_scores(context.chunk_scores[:, :, -heads:], real).masked_fill(last, float("inf"))
-    several = context.chunk_scores if query_head is None else head_columns(context.chunk_scores, 2, query_tokens, query_head)
-    by_several = chunk_ranking_scores(several, real)
+    by_several = chunk_ranking_scores(context.chunk_scores, real)
     best = union_order(by_query_token, by_several, k, extra)[:, :k_read].sort(dim=1).values  # (B, k + extra)
     per_chunk = context.per_chunk
     slots = (best[:, :, None] * per_chunk + torch.arange(per_chunk, device=best.device)).flatten(1)  # (B, k_read * K)

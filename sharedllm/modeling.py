@@ -317,8 +317,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         query_position = context.n_chunks[:, None]
         if self.config.context_chunks is not None:  # a global top-k: only the best-scoring chunks are read
             cfg = self.config
-            context = top_chunks(context, cfg.context_chunks, cfg.recent_chunks, cfg.query_tokens, cfg.query_chunks,
-                                 cfg.query_head)
+            context = top_chunks(context, cfg.context_chunks, cfg.recent_chunks, cfg.query_tokens, cfg.query_chunks)
         keys, values = context.keys, context.values
         reference = keys[0]  # dtype and device of everything below
         slots = torch.arange(reference.shape[2], device=reference.device)[None, :]

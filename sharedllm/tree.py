@@ -54,14 +54,6 @@ def attention_logits(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return logits.reshape(n, -1, keys.shape[2])
 
 
-def head_columns(scores: torch.Tensor, dim: int, n_queries: int, head: int) -> torch.Tensor:
-    """The columns of one head along `dim`, which holds Q queries' H heads query-major (`attention_logits`): size Q * H
-    -> Q, column q * H + head for each query q."""
-    n_heads = scores.shape[dim] // n_queries
-    index = torch.arange(n_queries, device=scores.device) * n_heads + head
-    return scores.index_select(dim, index)
-
-
 def attention_token_scores(logits: torch.Tensor, score: str) -> torch.Tensor:
     """(N, H, C) logits -> (N, C) token scores. logit: the best head's logit (Quest / InfLLM). probability: the best
     head's attention probability over the chunk's tokens, so that a head with large logits everywhere does not

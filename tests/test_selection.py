@@ -115,17 +115,15 @@ def test_context_chunks_reads_only_the_best_chunk():
 
 @pytest.mark.parametrize("injection, recent, score, query_tokens", [
     ("cross", 0, "logit", 1), ("joint", 0, "logit", 1), ("joint", 1, "logit", 1), ("joint", 0, "probability", 1),
-    ("joint", 0, "probability", 5), ("cross", 0, "logit", 5), ("joint", 0, "probability", (5, 1)),
+    ("joint", 0, "probability", 5), ("cross", 0, "logit", 5),
 ])
 def test_context_chunks_generate_equals_forward(injection, recent, score, query_tokens):
     """Chunks rolling in during generation are ranked with the others under the prefill's query (and the most
-    recent one is then the new one), as a forward over the whole sequence with the same query ranks them.
-    query_tokens (Q, h): the Q query tokens' additions chosen by head h alone (query_head)."""
+    recent one is then the new one), as a forward over the whole sequence with the same query ranks them."""
     torch.manual_seed(0)
-    query_tokens, head = query_tokens if isinstance(query_tokens, tuple) else (query_tokens, None)
     model = wrap(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=8, tree_selection="attention",
                  context_chunks=2, recent_chunks=recent, injection=injection, selection_score=score,
-                 query_head=head, query_tokens=query_tokens, query_chunks=int(query_tokens > 1),
+                 query_tokens=query_tokens, query_chunks=int(query_tokens > 1),
                  selected_leaves=2 if query_tokens > 1 else None)  # Q = 1: the greedy tree, as before
     if injection == "cross":
         with torch.no_grad():
@@ -264,52 +262,3 @@ def test_query_tokens_need_attention_selection():
         wrap(query_chunks=2, query_tokens=4, tree_selection="attention")
     with pytest.raises(ValueError, match="query_chunks"):
         wrap(query_chunks=2, context_chunks=2, tree_selection="attention")
-
-
-def test_query_head_chooses_the_additions_alone():
-    """Q = 2 queries, H = 2 heads (columns q0h0, q0h1, q1h0, q1h1; q1 is the query token). The query token ranks
-    chunks 0, 1 first under both heads; the earlier token finds chunk 3 with head 0 and chunk 4, more strongly, with
-    head 1. k = 2, 1 extra: the best of all heads adds chunk 4; query_head 0 adds chunk 3, and the query token's own
-    two stay."""
-    from sharedllm.context_encoder import EncodedContext, top_chunks
-    from sharedllm.tree import head_columns
-
-    scores = torch.tensor([[[0.0, 0.0, 6.0, 6.0], [0.0, 0.0, 5.0, 5.0], [0.0, 0.0, 1.0, 1.0], [7.0, 0.0, 0.0, 0.0],
-                            [0.0, 9.0, 0.0, 0.0]]])  # (B = 1, n = 5, Q * H = 4) best logits
-    keys = torch.arange(5).repeat_interleave(2).float()[None, None, :, None]
-    context = EncodedContext([keys], [keys], torch.tensor([5]), per_chunk=2, chunk_scores=scores)
-    read = lambda **kw: top_chunks(context, 2, query_tokens=2, extra=1, **kw).keys[0][0, 0, ::2, 0].tolist()  # noqa: E731
-    assert read() == [0, 1, 4]
-    assert read(query_head=0) == [0, 1, 3]
-    assert head_columns(scores, 2, 2, 1).tolist() == [[[0.0, 6.0], [0.0, 5.0], [0.0, 1.0], [0.0, 0.0], [9.0, 0.0]]]
-
-
-@pytest.mark.parametrize("knobs, message", [
-    (dict(tree_selection="attention", query_head=0), "query_head.*needs query_tokens > 1"),
-    (dict(tree_selection="attention", query_tokens=3, query_head=-1), "query_head.*>= 0"),
-    (dict(tree_selection="attention", query_tokens=3, query_head=99), "query_head = 99, but the base's layers have"),
-])
-def test_query_head_checks(knobs, message):
-    with pytest.raises(ValueError, match=message):
-        wrap(tree_depth=2, tokens_per_node=4, **knobs)
-
-
-def test_query_head_chooses_the_added_leaf():
-    """Q = 2 queries, H = 2 heads: the query token plants leaf 0; the earlier token plants leaf 2 with head 0 and
-    leaf 3, more strongly, with head 1. With query_head 0 the added exact leaf is leaf 2 (best of heads: leaf 3)."""
-    def exact_leaves(**knobs):
-        model = wrap(tree_depth=2, tokens_per_node=2, leaf_tokens_per_node=8, tree_selection="attention",
-                     selected_leaves=1, query_tokens=2, **knobs)
-        encoder = model.context_encoder
-        torch.manual_seed(0)
-        lowered = encoder.lower_chunks(torch.randint(3, 128, (1, 32)), torch.arange(1))
-        logits = torch.zeros(1, 4, 32)  # (N, Q * H, C): q0h0, q0h1, q1h0, q1h1
-        logits[0, 2:, 2] = 1.0  # the query token: leaf 0 (tokens 0..7)
-        logits[0, 0, 19], logits[0, 1, 27] = 1.0, 5.0  # the earlier token: leaf 2 by head 0, leaf 3 by head 1
-        keys, _ = encoder.select_nodes(lowered, None, torch.arange(1), logits)
-        leaves = lowered.keys[0][0].view(lowered.keys[0].shape[1], 4, 8, -1)  # (Hkv, leaf, 8, hd)
-        exact = keys[0][0, :, :16].reshape(keys[0].shape[1], 2, 8, -1)
-        return sorted(leaf for leaf in range(4) for i in range(2) if torch.equal(exact[:, i], leaves[:, leaf]))
-
-    assert exact_leaves() == [0, 3]
-    assert exact_leaves(query_head=0) == [0, 2]
