@@ -75,9 +75,20 @@ def git_commit(repo: Path = REPO) -> tuple[str | None, bool | None]:
     return commit, None if status is None else bool(status)
 
 
+_started_at: tuple[str | None, bool | None] | None = None  # (commit, dirty) when the run started, once pinned
+
+
+def pin_commit() -> None:
+    """Name the checkout's commit as it is now in every result this process records: a long run (an hour-long 128K
+    evaluation, a training run) outlives commits made while it runs, and its results come from the code it
+    started with."""
+    global _started_at
+    _started_at = git_commit()
+
+
 def record(device, dtype: str | None = None, command: str | None = None, **hardware_extra) -> dict:
     """The provenance keys of a result JSON (see the module docstring); merge them into the result."""
-    commit, dirty = git_commit()
+    commit, dirty = _started_at or git_commit()
     return {
         "hardware": hardware(device, dtype, **hardware_extra),
         "command": command or command_line(),

@@ -696,6 +696,7 @@ def train(config: TrainConfig) -> Path:
 
     validate_config(config)
     check_output(config)  # before anything slow: a refusal costs nothing
+    provenance.pin_commit()  # the run's files name the code it starts with, whatever is committed meanwhile
     # bf16 autocast on GPU (fp32 master weights); plain fp32 on CPU, where bf16 matmuls are slow. cpu=True
     # is what lets several CPU processes (torchrun, tests) form a gloo process group.
     on_gpu = torch.cuda.is_available()

@@ -46,3 +46,13 @@ def test_rewritten_results_do_not_make_a_checkout_dirty(tmp_path):
     assert provenance.git_commit(tmp_path)[1] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert provenance.git_commit(tmp_path)[1] is True
+
+
+def test_a_pinned_commit_is_what_later_records_name(monkeypatch):
+    """A long run names the code it started with, not a commit made while it ran."""
+    monkeypatch.setattr(provenance, "_started_at", None)
+    monkeypatch.setattr(provenance, "git_commit", lambda repo=None: ("a" * 40, False))
+    provenance.pin_commit()
+    monkeypatch.setattr(provenance, "git_commit", lambda repo=None: ("b" * 40, True))  # a commit made meanwhile
+    record = provenance.record("cpu")
+    assert (record["git_commit"], record["git_dirty"]) == ("a" * 40, False)

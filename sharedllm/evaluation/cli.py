@@ -242,6 +242,7 @@ class Session:
         from sharedllm.loading import load_causal_lm
 
         self.args = args
+        provenance.pin_commit()  # results name the code this run starts with
         if args.base is None:
             from sharedllm.assets import default_model_path
 
