@@ -236,8 +236,10 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         for name in AUTO_PLUMBING:  # added by AutoModelForCausalLM.from_pretrained on its way here
             kwargs.pop(name, None)
         hub = {name: kwargs.pop(name) for name in HUB_OPTIONS if name in kwargs}
-        if any(value not in (None, False) for value in hub.values()):
-            raise ValueError(f"SharedLLM adapters load from a local folder; hub options {sorted(hub)} do not apply")
+        # AutoModelForCausalLM passes every hub option on, at its unset value (transformers >= 5.25: subfolder "")
+        given = sorted(name for name, value in hub.items() if value not in (None, False, ""))
+        if given:
+            raise ValueError(f"SharedLLM adapters load from a local folder; hub options {given} do not apply")
         check_knob_names(kwargs, "from_pretrained")
         if not isinstance(config, SharedLLMConfig):
             config = load_adapter_config(directory)

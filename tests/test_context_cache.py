@@ -60,7 +60,7 @@ def test_cached_forward_logits_equal_from_scratch():
             labels = full.clone()
             labels[:, : DOCUMENT_LENGTH + 1] = -100
             expected = model(full, labels=labels, query_position=DOCUMENT_LENGTH)
-            cached = model(question[None], past_key_values=context, labels=labels[:, DOCUMENT_LENGTH:], query_position=0)
+            cached = model(question[None], **cache_argument(context), labels=labels[:, DOCUMENT_LENGTH:], query_position=0)
             assert cached.context_lengths.tolist() == expected.context_lengths.tolist()
             assert torch.allclose(cached.logits, expected.logits, atol=1e-4)
             assert torch.allclose(cached.loss, expected.loss, atol=1e-5)
@@ -72,7 +72,7 @@ def test_batched_questions_equal_from_scratch():
     ids, mask = pad_batch(questions, "left")
     with torch.no_grad():
         context = ContextCache.encode(model, document)
-        batched = model.generate(ids, attention_mask=mask, past_key_values=context, **GENERATE)[:, ids.shape[1] :]
+        batched = model.generate(ids, attention_mask=mask, **cache_argument(context), **GENERATE)[:, ids.shape[1] :]
         full_ids, full_mask = pad_batch([torch.cat([document, q]) for q in questions], "left")
         scratch = model.generate(full_ids, attention_mask=full_mask, **GENERATE)[:, full_ids.shape[1] :]
         assert torch.equal(batched, scratch)
@@ -88,11 +88,11 @@ def test_beam_search_and_sampling_with_the_cache_equal_from_scratch():
         for question in (questions[0], questions[-1]):  # window-only and extra-chunk cases
             full = torch.cat([document, question])[None]
             beams = dict(max_new_tokens=12, min_new_tokens=12, num_beams=3, do_sample=False, pad_token_id=0)
-            cached = model.generate(question[None], past_key_values=context, **beams)[0, len(question) :]
+            cached = model.generate(question[None], **cache_argument(context), **beams)[0, len(question) :]
             assert torch.equal(cached, model.generate(full, **beams)[0, full.shape[1] :])
             samples = dict(max_new_tokens=12, do_sample=True, top_k=0, num_return_sequences=2, pad_token_id=0)
             torch.manual_seed(3)
-            cached = model.generate(question[None], past_key_values=context, **samples)[:, len(question) :]
+            cached = model.generate(question[None], **cache_argument(context), **samples)[:, len(question) :]
             torch.manual_seed(3)
             assert torch.equal(cached, model.generate(full, **samples)[:, full.shape[1] :])
 
@@ -106,7 +106,7 @@ def test_one_cache_serves_models_that_differ_in_question_time_knobs():
     with torch.no_grad():
         context = ContextCache.encode(query_model, document)
         for question in questions[:2]:
-            cached = other.generate(question[None], past_key_values=context, **GENERATE)[0, len(question) :]
+            cached = other.generate(question[None], **cache_argument(context), **GENERATE)[0, len(question) :]
             assert torch.equal(cached, scratch_generate(other, document, question)[0])
 
 
@@ -118,7 +118,7 @@ def test_short_document_and_no_tree_choice():
         context = ContextCache.encode(model, document)
         assert context.n_chunks == 0 and context.lowered.node_vectors.shape[1] == 0
         question = questions[-1]
-        cached = model.generate(question[None], past_key_values=context, **GENERATE)[0, len(question) :]
+        cached = model.generate(question[None], **cache_argument(context), **GENERATE)[0, len(question) :]
         expected = model.generate(torch.cat([document, question])[None], **GENERATE)[0, len(document) + len(question) :]
         assert torch.equal(cached, expected)
 
@@ -131,8 +131,8 @@ def test_saved_and_loaded_cache_answers_the_same(tmp_path):
         loaded = ContextCache.load(tmp_path / "book.safetensors", model)
         assert torch.equal(loaded.document_ids, document)
         for question in questions:
-            before = model.generate(question[None], past_key_values=context, **GENERATE)
-            after = model.generate(question[None], past_key_values=loaded, **GENERATE)
+            before = model.generate(question[None], **cache_argument(context), **GENERATE)
+            after = model.generate(question[None], **cache_argument(loaded), **GENERATE)
             assert torch.equal(before, after)
 
 
@@ -145,7 +145,7 @@ def test_other_base_or_knobs_refused(tmp_path):
     with pytest.raises(ValueError, match="fingerprint"):
         ContextCache.load(tmp_path / "book.safetensors", other_base)
     with pytest.raises(ValueError, match="fingerprint"):  # also when handed over in memory
-        other_base.generate(questions[0][None], past_key_values=context, **GENERATE)
+        other_base.generate(questions[0][None], **cache_argument(context), **GENERATE)
     other_chunks = wrap(model.base, chunk_size=8)
     with pytest.raises(ValueError, match=r"chunk_size=16 \(model: 8\)"):
         ContextCache.load(tmp_path / "book.safetensors", other_chunks)
@@ -286,5 +286,5 @@ def test_a_cache_encoded_under_another_selection_keeps_the_node_vectors():
         context = ContextCache.encode(recent, document)
         assert context.lowered.node_vectors.shape == (DOCUMENT_LENGTH // 16, 2, 64)
         for question in questions:
-            cached = query_model.generate(question[None], past_key_values=context, **GENERATE)[0, len(question) :]
+            cached = query_model.generate(question[None], **cache_argument(context), **GENERATE)[0, len(question) :]
             assert torch.equal(cached, scratch_generate(query_model, document, question)[0])

@@ -6,6 +6,8 @@ import torch
 from conftest import tiny_model
 from test_model import wrap
 
+from sharedllm.compat import cache_argument
+
 
 def test_append_chunks_keeps_each_rows_old_chunks():
     """Row 0 holds no chunk and gains one, row 1 holds three and gains none (the issue-14 repro)."""
@@ -86,7 +88,7 @@ def test_last_lower_layer_shortcut_gives_the_layers_own_keys(arch_name):
         rope = model.decoder.rotary_emb(hidden, positions)
         cache = DynamicCache()
         for layer in model.decoder.layers[:3]:
-            hidden = layer(hidden, position_embeddings=rope, position_ids=positions, past_key_values=cache, use_cache=True)
+            hidden = layer(hidden, position_embeddings=rope, position_ids=positions, **cache_argument(cache), use_cache=True)
     for i in range(3):
         assert torch.allclose(keys[i], cache.layers[i].keys, atol=1e-5)
         assert torch.allclose(values[i], cache.layers[i].values, atol=1e-5)
