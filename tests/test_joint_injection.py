@@ -8,6 +8,7 @@ from test_context_cache import DOCUMENT_LENGTH, GENERATE, scratch_generate
 from test_context_cache import setup as cache_setup
 from test_model import pad_batch, wrap
 
+from sharedllm.compat import cache_argument
 from sharedllm.context_cache import ContextCache
 
 CHUNK, WINDOW = 16, 24
@@ -126,7 +127,7 @@ def test_joint_context_cache_answers_equal_from_scratch(selection):
     with torch.no_grad():
         context = ContextCache.encode(model, document)
         for question in questions:
-            out = model.generate(question[None], past_key_values=context, output_logits=True,
+            out = model.generate(question[None], **cache_argument(context), output_logits=True,
                                  return_dict_in_generate=True, **GENERATE)
             expected_tokens, expected_logits = scratch_generate(model, document, question)
             assert torch.equal(out.sequences[0, len(question) :], expected_tokens), f"question of {len(question)}"
