@@ -303,10 +303,11 @@ class Session:
 
     def journal(self, task: str, name: str, method, **settings) -> tuple[TrialJournal, list[dict]]:
         """The trial journal of `method`'s run of `task`, and the trials a stopped run of the same settings left
-        in it (rerunning the command continues that run). The adapter is keyed repository-relative, as results name
-        it, so that the same command continues from another clone of the repository."""
-        journal = TrialJournal(self.args.output, task, name, {"method": _method_config(method), "model": _portable_path(self.args.base),
-                                                               "dtype": self.args.dtype, "seed": self.args.seed, **settings})
+        in it (rerunning the command continues that run). The adapter and the model are keyed as results name them
+        (`_portable_path`), so that the same command continues from another clone, home or machine."""
+        keys = {"method": _method_config(method), "model": _portable_path(self.args.base), "dtype": self.args.dtype,
+                "seed": self.args.seed, **settings}
+        journal = TrialJournal(self.args.output, task, name, keys)
         done = journal.load()
         if done:
             print(f"{name}: {len(done)} {task} trials already done in {journal.path} (a stopped run): continuing")
@@ -348,7 +349,7 @@ def _portable_path(path: str | None) -> str | None:
 
 
 def _method_config(method) -> dict:
-    """The method's knobs for a result file, its adapter path (if any) repository-relative like the top level's."""
+    """The method's knobs for a result file, its adapter path (if any) portable like the top level's."""
     config = method.describe() if hasattr(method, "describe") else {}
     return {**config, "adapter": _portable_path(config["adapter"])} if config.get("adapter") else config
 
