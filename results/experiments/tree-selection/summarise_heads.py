@@ -8,30 +8,22 @@ leaf among its chunk's 2 best) and the needle chunk's mean rank; then the shippe
 import json
 import sys
 
-K, M = 8, 2
+from summarise_combinations import K, LEAVES, union  # the same union as section 6 (run from this folder)
 
-
-def chunk_order(scores):
-    return sorted(range(len(scores)), key=lambda i: -scores[i])
+M = 2
 
 
 def verdict(row, chunk_scorer, leaf_scorer):
     cp, lc = row[f"L20/{chunk_scorer}"], row[f"L20/{leaf_scorer}"]
-    return cp["chunk_rank"] < K and lc["block_rank"] < 2, cp["chunk_rank"]
-
-
-def top(scores, k, exclude=()):
-    return [i for i in chunk_order(scores) if i not in exclude][:k]
+    return cp["chunk_rank"] < K and lc["block_rank"] < LEAVES, cp["chunk_rank"]
 
 
 def union_selects(row, base, extra, m=M):
     """The library's union (`query_chunks` m): the base pair's K chunks plus the extra pair's best m others, the
     base pair's 2 leaves plus the extra pair's best other leaf. base, extra: (chunk scorer, leaf scorer)."""
     (chunk_a, leaf_a), (chunk_b, leaf_b) = [(row[f"L20/{c}"], row[f"L20/{l}"]) for c, l in (base, extra)]
-    chunks = top(chunk_a["chunk_scores"], K)
-    chunks += top(chunk_b["chunk_scores"], m, chunks)
-    leaves = top(leaf_a["needle_chunk_block_scores"], 2)
-    leaves += top(leaf_b["needle_chunk_block_scores"], 1, leaves)
+    chunks = union(chunk_a["chunk_scores"], chunk_b["chunk_scores"], K, m)
+    leaves = union(leaf_a["needle_chunk_block_scores"], leaf_b["needle_chunk_block_scores"], LEAVES, 1)
     return row["chunk"] in chunks and row["span"][0] // 64 in leaves
 
 
