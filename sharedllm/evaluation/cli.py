@@ -248,6 +248,7 @@ class Session:
 
             args.base = str(default_model_path())
         self.base, self.tokenizer = load_causal_lm(args.base, dtype=DTYPES[args.dtype])
+        self.model_name = _portable_path(args.base)  # how results and journals name the base
         self.base.to(args.device)
         self.adapter = None if str(args.adapter).lower() == "none" else args.adapter
         self.decoder_window = args.decoder_window or self._adapter_decoder_window() or 1024
@@ -305,7 +306,7 @@ class Session:
         """The trial journal of `method`'s run of `task`, and the trials a stopped run of the same settings left
         in it (rerunning the command continues that run). The adapter and the model are keyed as results name them
         (`_portable_path`), so that the same command continues from another clone, home or machine."""
-        keys = {"method": _method_config(method), "model": _portable_path(self.args.base), "dtype": self.args.dtype,
+        keys = {"method": _method_config(method), "model": self.model_name, "dtype": self.args.dtype,
                 "seed": self.args.seed, **settings}
         journal = TrialJournal(self.args.output, task, name, keys)
         done = journal.load()
@@ -322,7 +323,7 @@ class Session:
         result = {
             "task": task, "protocol": protocol, "method": name,
             "method_config": _method_config(method),
-            "model": _portable_path(self.args.base),
+            "model": self.model_name,
             "adapter": self.result_adapter(method),
             "data": data, "lengths": self.args.lengths, "counts": counts, "scores": scores, "details": details,
             "seed": self.args.seed, "wall_time_s": wall_time_s, **self.provenance(), "notes": notes,
@@ -457,7 +458,7 @@ def run_heldout(session):
                     summary["not_run"] = f"no {domain} test document has {length} tokens"
                 result = {
                     "task": "heldout", "protocol": "cepe-heldout", "method": name, "method_config": _method_config(method),
-                    "model": _portable_path(a.base), "adapter": session.result_adapter(method),
+                    "model": session.model_name, "adapter": session.result_adapter(method),
                     "domain": domain, "length": length,
                     "data": {"split": a.split, "domain": domain, "docs": doc_lengths,
                              "windows_available": heldout.count_windows(doc_lengths, length)},

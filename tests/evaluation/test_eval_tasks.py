@@ -249,7 +249,7 @@ def test_trial_journal_is_keyed_by_the_adapter_inside_the_repository_not_its_abs
         def describe(self):
             return {"method": self.name, "adapter": self.adapter, "tree_depth": 3}
 
-    session = SimpleNamespace(args=SimpleNamespace(output=str(tmp_path), base="base", dtype="fp32", seed=0))
+    session = SimpleNamespace(args=SimpleNamespace(output=str(tmp_path), base="base", dtype="fp32", seed=0), model_name="base")
     journal = lambda adapter: Session.journal(session, "ruler", "sharedllm", Described(adapter))[0].path  # noqa: E731
     relative = "adapters/smollm2-135m-joint-exercises"
     assert journal(str(REPO / relative)) == journal(relative)
