@@ -241,6 +241,8 @@ def main():
                             summary[f"L{layer}/{name}"][key].append(value)
             cfg.selection_layer = original_layer
         rows.append(row)
+        if args.output:  # after every trial: a stopped probe keeps what it measured (the table comes at the end)
+            json.dump(dict(args=vars(args), adapter=args.adapter, rows=rows), open(args.output, "w"), indent=1)
         print(json.dumps({k: v for k, v in row.items() if not k.startswith("L")}),
               f"layer {args.layers[0]}, max_logit:", row[f"L{args.layers[0]}/max_logit"], flush=True)
 

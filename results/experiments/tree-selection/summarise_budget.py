@@ -1,0 +1,60 @@
+"""Needles a selection keeps at a given budget, from the raw scores `probe_needle_rank.py --query-tokens 32
+--per-head` records (section 8 of README.md). A needle is kept when its chunk is among those read and its 64-token
+leaf among its chunk's exact ones.
+
+  union k+m:       the query token's k chunks (best of all heads) + the m best others by the 32 queries; leaves:
+                   the query token's 2 + the 32 queries' best other (the library's query_tokens 32, query_chunks m).
+  union k+m h6:    the same, the m chunks and the extra leaf by head 6 alone over the 32 queries.
+  last k:          the query token's ranking alone, k chunks, its 3 best leaves (the union's leaf budget).
+
+    python summarise_budget.py probe-128k-validation-books-10.json
+"""
+
+import json
+import sys
+
+from summarise_combinations import order, union
+
+LAYER = "L20"
+SCORERS = {"last": ("max_prob", "max_prob_chunk"), "q32": ("max_prob_q32", "max_prob_chunk_q32"),
+           "h6": ("head6", "head6_chunk"), "h6q32": ("head6_q32", "head6_chunk_q32")}
+BUDGETS = [("union", 8, m, "q32") for m in (2, 4, 8, 16)] + [("union", 8, m, "h6q32") for m in (2, 8)] + \
+          [("last", k, 0, None) for k in (10, 16, 32, 64)]
+
+
+def scores(row, scorer):
+    """(chunk scores over all chunks, leaf scores inside the needle's chunk) of one probe row."""
+    chunk, leaf = (row[f"{LAYER}/{name}"] for name in SCORERS[scorer])
+    return chunk["chunk_scores"], leaf["needle_chunk_block_scores"]
+
+
+def kept(row, mode, k, m, other):
+    chunks_a, leaves_a = scores(row, "last")
+    if mode == "last":
+        chunks, leaves = set(order(chunks_a)[:k]), set(order(leaves_a)[:3])
+    else:
+        chunks_b, leaves_b = scores(row, other)
+        chunks, leaves = union(chunks_a, chunks_b, k, m), union(leaves_a, leaves_b, 2, 1)
+    return row["chunk"] in chunks and row["span"][0] // 64 in leaves
+
+
+def rank(row, scorer):
+    chunk_scores = scores(row, scorer)[0]
+    return sum(s > chunk_scores[row["chunk"]] for s in chunk_scores)
+
+
+def main():
+    for path in sys.argv[1:]:
+        rows = json.load(open(path))["rows"]
+        print(f"{path}: {len(rows)} needles in context, {rows[0]['n_chunks']} chunks")
+        print(f"{'needle chunk rank':22s}", " ".join(f"{r['trial']:>4d}" for r in rows))
+        for scorer in SCORERS:
+            print(f"{scorer:22s}", " ".join(f"{rank(r, scorer):>4d}" for r in rows))
+        for mode, k, m, other in BUDGETS:
+            label = f"{mode} {k}" + (f"+{m} {other}" if mode == "union" else "")
+            hits = [r["trial"] for r in rows if kept(r, mode, k, m, other)]
+            print(f"{label:22s} {len(hits)}/{len(rows)} kept (trials {hits})")
+
+
+if __name__ == "__main__":
+    main()
