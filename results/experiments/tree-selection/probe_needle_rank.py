@@ -180,14 +180,15 @@ def main():
     base, tokenizer = load_causal_lm(DEFAULT_BASE)
     method = load_method("sharedllm", base, tokenizer, adapter=args.adapter)
     model, cfg = method.model, method.model.config
-    cfg.max_chunks_per_pass = 10**6  # one lower pass over every chunk: the probe records that pass (at 8K one pass anyway)
     encoder = model.context_encoder
-    captured = {}
+    captured = defaultdict(list)  # the probed layers' keys of every lower pass (max_chunks_per_pass chunks each)
     original_lower = ContextEncoder.lower_chunks
 
     def recording_lower(self, chunk_ids, chunk_index, before=None, node_vectors=None):
         lowered = original_lower(self, chunk_ids, chunk_index, before, node_vectors)
-        captured.update(lowered=lowered, chunk_index=chunk_index)
+        captured["chunk_index"].append(chunk_index)
+        for layer in args.layers:
+            captured[layer].append(lowered.keys[layer])
         return lowered
 
     ContextEncoder.lower_chunks = recording_lower
@@ -209,23 +210,25 @@ def main():
             print(f"trial {trial}: needle across a chunk boundary, skipped", flush=True)
             continue
         with torch.no_grad():
+            captured.clear()
             model(ids[None], logits_to_keep=1)
-            lowered, chunk_index = captured["lowered"], captured["chunk_index"]
+            chunk_index = torch.cat(captured["chunk_index"])  # (N,) every chunk, over all passes
+            keys = {layer: torch.cat(captured[layer]) for layer in args.layers}  # (N, Hkv, C, hd)
             row = dict(trial=trial, depth=sample.info["depth"], chunk=chunk, n_chunks=len(chunk_index), span=span)
             original_layer = cfg.selection_layer
             for layer in args.layers:
                 cfg.selection_layer = layer
                 query = model._query_vectors(ids[None], torch.zeros(1, dtype=torch.long), torch.tensor([len(ids) - 1]))[:, -1]
-                logits = encoder.attention_logits(query.expand(len(chunk_index), -1), lowered.keys[layer], chunk_index)
+                logits = encoder.attention_logits(query.expand(len(chunk_index), -1), keys[layer], chunk_index)
                 hidden = window_hidden(model, ids, n_context, layer)  # (W, hidden), one forward for both uses
                 window_lse = window_log_normalizer(model, hidden, layer)
                 flat_logits = encoder.attention_logits(query.expand(len(chunk_index), -1),
-                                                       unrotated_keys(model, lowered.keys[layer], chunk_index), chunk_index)
+                                                       unrotated_keys(model, keys[layer], chunk_index), chunk_index)
                 named = scorers(logits, window_lse, flat_logits)
                 if args.per_head:
                     named.update(per_head(logits))
                 for n_queries in args.query_tokens:
-                    named.update(several_query_scores(model, hidden, lowered.keys[layer], chunk_index, n_queries,
+                    named.update(several_query_scores(model, hidden, keys[layer], chunk_index, n_queries,
                                                       args.per_head))
                 for name, token_scores in named.items():
                     metrics = needle_metrics(token_scores, chunk, span, cfg.chunk_size, cfg.tree_depth)
