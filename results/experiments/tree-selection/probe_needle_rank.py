@@ -16,6 +16,8 @@ context keys, with the heads combined as
              before the window, so a chunk's last tokens are the nearest keys and recency-loving heads pick them.
   headH(_chunk)(_qN), with --per-head: max_prob (max_prob_chunk) of head H alone (of the last N tokens' queries,
              their best): do a few retrieval heads rank needles better than the best of all heads?
+  max_prob_debias(_chunk)(_qN): max_prob (max_prob_chunk) of logits less each head's mean over the chunks at the
+             same position (`debiased`): the positional pull that every chunk shares taken out.
 
     python results/experiments/tree-selection/probe_needle_rank.py --trials 12 --output probe.json
 """
@@ -77,10 +79,19 @@ def per_head(logits, suffix=""):
             **{f"head{h}_chunk{suffix}": own[:, h] for h in range(logits.shape[1])}}
 
 
+def debiased(logits):
+    """(N, H, C) logits less each head's mean logit at that position over the N chunks. Joint injection puts every
+    chunk at the same positions, so what all chunks share at a position (a head's recency preference for the chunk's
+    last tokens) is that mean; what is left is what sets a chunk apart."""
+    return logits - logits.mean(0, keepdim=True)
+
+
 def scorers(logits, window_lse, flat_logits):
     """(N, H, C) logits (and the position-free ones) -> {name: (N, C) token scores}."""
     probs = over_all_tokens(logits)
-    return {"max_prob_flat": over_all_tokens(flat_logits).amax(1),
+    return {"max_prob_debias": over_all_tokens(debiased(logits)).amax(1),
+            "max_prob_debias_chunk": attention_token_scores(debiased(logits), "probability"),
+            "max_prob_flat": over_all_tokens(flat_logits).amax(1),
             "max_prob_flat_chunk": attention_token_scores(flat_logits, "probability"),
             "max_logit": attention_token_scores(logits, "logit"), "max_prob": probs.amax(1), "sum_prob": probs.sum(1),
             "max_prob_chunk": attention_token_scores(logits, "probability"),
@@ -113,17 +124,21 @@ def several_query_scores(model, hidden, keys, chunk_index, n_queries, per_head_t
     encoder = model.context_encoder
     queries = hidden[-n_queries:]  # (n, hidden)
     n = len(chunk_index)
-    all_tokens, own_chunk, heads = [], [], []
+    all_tokens, own_chunk, heads, all_debiased, own_debiased = [], [], [], [], []
     for query in queries:  # (hidden,)
         logits = encoder.attention_logits(query[None].expand(n, -1), keys, chunk_index)
         all_tokens.append(over_all_tokens(logits).amax(1))
         own_chunk.append(attention_token_scores(logits, "probability"))
+        all_debiased.append(over_all_tokens(debiased(logits)).amax(1))
+        own_debiased.append(attention_token_scores(debiased(logits), "probability"))
         if per_head_too:
             heads.append(per_head(logits, f"_q{n_queries}"))
     all_tokens, own_chunk = torch.stack(all_tokens), torch.stack(own_chunk)  # (n_queries, N, C)
     best_per_head = {name: torch.stack([h[name] for h in heads]).amax(0) for name in (heads[0] if heads else {})}
     return {f"max_prob_q{n_queries}": all_tokens.amax(0), f"max_prob_chunk_q{n_queries}": own_chunk.amax(0),
             f"mean_prob_q{n_queries}": all_tokens.mean(0), f"mean_prob_chunk_q{n_queries}": own_chunk.mean(0),
+            f"max_prob_debias_q{n_queries}": torch.stack(all_debiased).amax(0),
+            f"max_prob_debias_chunk_q{n_queries}": torch.stack(own_debiased).amax(0),
             **best_per_head}
 
 
@@ -142,7 +157,8 @@ def needle_metrics(token_scores, chunk, span, chunk_size, depth, block=64):
     global_block_rank = int((all_blocks > blocks[needle_block]).sum())
     # the raw scores too, so that summarise_combinations.py can rank by combinations of scorers offline
     return dict(chunk_rank=chunk_rank, tree_hit=tree_hit, block_rank=block_rank, global_block_rank=global_block_rank,
-                chunk_scores=chunk_best.tolist(), needle_chunk_block_scores=blocks.tolist())
+                chunk_scores=chunk_best.tolist(), chunk_best_tokens=token_scores.argmax(-1).tolist(),
+                needle_chunk_block_scores=blocks.tolist())
 
 
 def other_needles(sample, encoded, chunk_size, n_context):
