@@ -18,10 +18,14 @@ from summarise_combinations import order, union
 LAYER = "L20"
 SCORERS = {"last": ("max_prob", "max_prob_chunk"), "q32": ("max_prob_q32", "max_prob_chunk_q32"),
            "h6": ("head6", "head6_chunk"), "h6q32": ("head6_q32", "head6_chunk_q32"),
-           "dlast": ("max_prob_debias", "max_prob_debias_chunk"), "dq32": ("max_prob_debias_q32", "max_prob_debias_chunk_q32")}
+           "dlast": ("max_prob_debias", "max_prob_debias_chunk"), "dq32": ("max_prob_debias_q32", "max_prob_debias_chunk_q32"),
+           # debiased chunk ranking, leaves as shipped (a library can rank chunks after every pass; leaves are chosen
+           # inside each pass, before the mean over all chunks is known)
+           "dlast_c": ("max_prob_debias", "max_prob_chunk"), "dq32_c": ("max_prob_debias_q32", "max_prob_chunk_q32")}
 # (mode, k, m, first ranking, second ranking): the union reads first's k chunks and second's m best others
 BUDGETS = [("union", 8, m, "last", "q32") for m in (2, 4, 8, 16)] + [("union", 8, m, "last", "h6q32") for m in (2, 8)] + \
           [("union", 8, 2, "last", "dq32"), ("union", 8, 2, "dlast", "dq32"), ("union", 8, 2, "dlast", "q32")] + \
+          [("union", 8, 2, "dlast_c", "dq32_c"), ("union", 8, 2, "last", "dq32_c")] + \
           [("last", k, 0, "last", None) for k in (10, 16, 32, 64)] + [("last", 10, 0, "dlast", None)]
 
 
@@ -50,16 +54,16 @@ def main():
     for path in sys.argv[1:]:
         rows = json.load(open(path))["rows"]
         print(f"{path}: {len(rows)} needles in context, {rows[0]['n_chunks']} chunks")
-        print(f"{'needle chunk rank':22s}", " ".join(f"{r['trial']:>4d}" for r in rows))
+        print(f"{'needle chunk rank':28s}", " ".join(f"{r['trial']:>4d}" for r in rows))
         recorded = [s for s in SCORERS if all(f"{LAYER}/{name}" in rows[0] for name in SCORERS[s])]
         for scorer in recorded:
-            print(f"{scorer:22s}", " ".join(f"{rank(r, scorer):>4d}" for r in rows))
+            print(f"{scorer:28s}", " ".join(f"{rank(r, scorer):>4d}" for r in rows))
         for mode, k, m, first, other in BUDGETS:
             if first not in recorded or other not in recorded + [None]:
                 continue
             label = f"union {first} {k} + {other} {m}" if mode == "union" else f"{first} alone, k = {k}"
             hits = [r["trial"] for r in rows if kept(r, mode, k, m, first, other)]
-            print(f"{label:22s} {len(hits)}/{len(rows)} kept (trials {hits})")
+            print(f"{label:28s} {len(hits)}/{len(rows)} kept (trials {hits})")
 
 
 if __name__ == "__main__":
