@@ -1,13 +1,17 @@
-"""Needles a selection keeps at a given budget, from the raw scores `probe_needle_rank.py --query-tokens 32
---per-head` records (section 8 of README.md). A needle is kept when its chunk is among those read and its 64-token
-leaf among its chunk's exact ones.
+"""Needles a selection keeps at a given budget, from the raw scores `probe_needle_rank.py --query-tokens 32` records
+(section 8 of README.md). A needle is kept when its chunk is among those read and its 64-token leaf among its
+chunk's exact ones.
 
-  union k+m:       the query token's k chunks (best of all heads) + the m best others by the 32 queries; leaves:
-                   the query token's 2 + the 32 queries' best other (the library's query_tokens 32, query_chunks m).
-  union k+m h6:    the same, the m chunks and the extra leaf by head 6 alone over the 32 queries.
-  last k:          the query token's ranking alone, k chunks, its 3 best leaves (the union's leaf budget).
+  union F k + S m:  F's k chunks plus the m best others under S; leaves: F's 2 plus S's best other. F: `last` (the
+                    query token's ranking, best of all heads) or `dlast` (debiased); S: `q32` (the best of the last 32
+                    tokens' queries), `h6q32` (head 6 alone over them, needs --per-head) or `dq32` (debiased).
+                    `last 8 + q32 m` is the library's query_tokens 32, query_chunks m; `*_c`: debiased chunk ranking,
+                    leaves as shipped.
+  F alone, k = n:   F's ranking alone, n chunks, its 3 best leaves (the union's leaf budget).
 
-    python summarise_budget.py probe-128k-validation-books-10.json
+Rankings a probe file did not record are skipped.
+
+    python summarise_budget.py debias-128k-validation-math-5.json
 """
 
 import json
