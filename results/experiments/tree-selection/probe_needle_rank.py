@@ -88,9 +88,9 @@ def debiased(logits):
 
 def scorers(logits, window_lse, flat_logits):
     """(N, H, C) logits (and the position-free ones) -> {name: (N, C) token scores}."""
-    probs = over_all_tokens(logits)
-    return {"max_prob_debias": over_all_tokens(debiased(logits)).amax(1),
-            "max_prob_debias_chunk": attention_token_scores(debiased(logits), "probability"),
+    probs, shifted = over_all_tokens(logits), debiased(logits)
+    return {"max_prob_debias": over_all_tokens(shifted).amax(1),
+            "max_prob_debias_chunk": attention_token_scores(shifted, "probability"),
             "max_prob_flat": over_all_tokens(flat_logits).amax(1),
             "max_prob_flat_chunk": attention_token_scores(flat_logits, "probability"),
             "max_logit": attention_token_scores(logits, "logit"), "max_prob": probs.amax(1), "sum_prob": probs.sum(1),
@@ -129,8 +129,9 @@ def several_query_scores(model, hidden, keys, chunk_index, n_queries, per_head_t
         logits = encoder.attention_logits(query[None].expand(n, -1), keys, chunk_index)
         all_tokens.append(over_all_tokens(logits).amax(1))
         own_chunk.append(attention_token_scores(logits, "probability"))
-        all_debiased.append(over_all_tokens(debiased(logits)).amax(1))
-        own_debiased.append(attention_token_scores(debiased(logits), "probability"))
+        shifted = debiased(logits)
+        all_debiased.append(over_all_tokens(shifted).amax(1))
+        own_debiased.append(attention_token_scores(shifted, "probability"))
         if per_head_too:
             heads.append(per_head(logits, f"_q{n_queries}"))
     all_tokens, own_chunk = torch.stack(all_tokens), torch.stack(own_chunk)  # (n_queries, N, C)

@@ -17,7 +17,7 @@ Rankings a probe file did not record are skipped.
 import json
 import sys
 
-from summarise_combinations import order, union
+from summarise_combinations import kept_by
 
 LAYER = "L20"
 SCORERS = {"last": ("max_prob", "max_prob_chunk"), "q32": ("max_prob_q32", "max_prob_chunk_q32"),
@@ -26,32 +26,16 @@ SCORERS = {"last": ("max_prob", "max_prob_chunk"), "q32": ("max_prob_q32", "max_
            # debiased chunk ranking, leaves as shipped (a library can rank chunks after every pass; leaves are chosen
            # inside each pass, before the mean over all chunks is known)
            "dlast_c": ("max_prob_debias", "max_prob_chunk"), "dq32_c": ("max_prob_debias_q32", "max_prob_chunk_q32")}
-# (mode, k, m, first ranking, second ranking): the union reads first's k chunks and second's m best others
-BUDGETS = [("union", 8, m, "last", "q32") for m in (2, 4, 8, 16)] + [("union", 8, m, "last", "h6q32") for m in (2, 8)] + \
-          [("union", 8, 2, "last", "dq32"), ("union", 8, 2, "dlast", "dq32"), ("union", 8, 2, "dlast", "q32")] + \
-          [("union", 8, 2, "dlast_c", "dq32_c"), ("union", 8, 2, "last", "dq32_c")] + \
-          [("last", k, 0, "last", None) for k in (10, 16, 32, 64)] + [("last", 10, 0, "dlast", None)]
-
-
-def scores(row, scorer):
-    """(chunk scores over all chunks, leaf scores inside the needle's chunk) of one probe row."""
-    chunk, leaf = (row[f"{LAYER}/{name}"] for name in SCORERS[scorer])
-    return chunk["chunk_scores"], leaf["needle_chunk_block_scores"]
-
-
-def kept(row, mode, k, m, first, other):
-    chunks_a, leaves_a = scores(row, first)
-    if mode == "last":
-        chunks, leaves = set(order(chunks_a)[:k]), set(order(leaves_a)[:3])
-    else:
-        chunks_b, leaves_b = scores(row, other)
-        chunks, leaves = union(chunks_a, chunks_b, k, m), union(leaves_a, leaves_b, 2, 1)
-    return row["chunk"] in chunks and row["span"][0] // 64 in leaves
+# (k, m, first ranking, second ranking): first's k chunks and second's m best others (second None: first alone)
+BUDGETS = [(8, m, "last", "q32") for m in (2, 4, 8, 16)] + [(8, m, "last", "h6q32") for m in (2, 8)] + \
+          [(8, 2, "last", "dq32"), (8, 2, "dlast", "dq32"), (8, 2, "dlast", "q32")] + \
+          [(8, 2, "dlast_c", "dq32_c"), (8, 2, "last", "dq32_c")] + \
+          [(k, 0, "last", None) for k in (10, 16, 32, 64)] + [(10, 0, "dlast", None)]
 
 
 def rank(row, scorer):
-    chunk_scores = scores(row, scorer)[0]
-    return sum(s > chunk_scores[row["chunk"]] for s in chunk_scores)
+    """The needle chunk's rank under the ranking's chunk scorer, as the probe recorded it."""
+    return row[f"{LAYER}/{SCORERS[scorer][0]}"]["chunk_rank"]
 
 
 def main():
@@ -62,11 +46,11 @@ def main():
         recorded = [s for s in SCORERS if all(f"{LAYER}/{name}" in rows[0] for name in SCORERS[s])]
         for scorer in recorded:
             print(f"{scorer:28s}", " ".join(f"{rank(r, scorer):>4d}" for r in rows))
-        for mode, k, m, first, other in BUDGETS:
+        for k, m, first, other in BUDGETS:
             if first not in recorded or other not in recorded + [None]:
                 continue
-            label = f"union {first} {k} + {other} {m}" if mode == "union" else f"{first} alone, k = {k}"
-            hits = [r["trial"] for r in rows if kept(r, mode, k, m, first, other)]
+            label = f"union {first} {k} + {other} {m}" if other else f"{first} alone, k = {k}"
+            hits = [r["trial"] for r in rows if kept_by(r, SCORERS[first], SCORERS.get(other), k, m)]
             print(f"{label:28s} {len(hits)}/{len(rows)} kept (trials {hits})")
 
 

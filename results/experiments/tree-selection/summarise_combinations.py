@@ -54,18 +54,20 @@ def union(scores_a, scores_b, k, m):
     return kept | set([i for i in order(scores_b) if i not in kept][:m])
 
 
-def kept_by_union(row, m, other):
-    chunk_a, leaf_a = (row[f"L20/{s}"] for s in PAIRS["last"])
-    chunk_b, leaf_b = (row[f"L20/{s}"] for s in PAIRS[other])
-    chunks = union(chunk_a["chunk_scores"], chunk_b["chunk_scores"], K, m)
-    leaves = union(leaf_a["needle_chunk_block_scores"], leaf_b["needle_chunk_block_scores"], LEAVES, 1)
+def kept_by(row, first, second=None, k=K, m=0):
+    """Whether a selection keeps the needle (its chunk read, its 64-token leaf exact); first, second: (chunk scorer,
+    leaf scorer). With second, the library's union (`query_chunks` m): first's k chunks plus second's m best others,
+    first's LEAVES leaves plus second's best other. Without, first alone: k chunks, LEAVES + 1 leaves (the union's
+    leaf budget)."""
+    chunk_a, leaf_a = (row[f"L20/{s}"] for s in first)
+    if second is None:
+        chunks = set(order(chunk_a["chunk_scores"])[:k])
+        leaves = set(order(leaf_a["needle_chunk_block_scores"])[:LEAVES + 1])
+    else:
+        chunk_b, leaf_b = (row[f"L20/{s}"] for s in second)
+        chunks = union(chunk_a["chunk_scores"], chunk_b["chunk_scores"], k, m)
+        leaves = union(leaf_a["needle_chunk_block_scores"], leaf_b["needle_chunk_block_scores"], LEAVES, 1)
     return row["chunk"] in chunks and row["span"][0] // 64 in leaves
-
-
-def kept_by_bigger_k(row, k):
-    chunk_a, leaf_a = (row[f"L20/{s}"] for s in PAIRS["last"])
-    return row["chunk"] in set(order(chunk_a["chunk_scores"])[:k]) and \
-        row["span"][0] // 64 in set(order(leaf_a["needle_chunk_block_scores"])[:LEAVES + 1])
 
 
 def kept_needle(row, mode, first, second):
@@ -89,10 +91,10 @@ def main():
             cells.append(f"{len(kept)}/{len(rows[f])}")
         print(f"{label:24s}", " ".join(f"{c:>28s}" for c in cells))
     for m, other in UNIONS:
-        cells = [f"{sum(kept_by_union(r, m, other) for r in rows[f])}/{len(rows[f])}" for f in files]
+        cells = [f"{sum(kept_by(r, PAIRS['last'], PAIRS[other], K, m) for r in rows[f])}/{len(rows[f])}" for f in files]
         print(f"{f'union+{m} last {other}':24s}", " ".join(f"{c:>28s}" for c in cells))
     for m in (2, 4):
-        cells = [f"{sum(kept_by_bigger_k(r, K + m) for r in rows[f])}/{len(rows[f])}" for f in files]
+        cells = [f"{sum(kept_by(r, PAIRS['last'], k=K + m) for r in rows[f])}/{len(rows[f])}" for f in files]
         print(f"{f'single last k={K + m}, 3 leaves':24s}", " ".join(f"{c:>28s}" for c in cells))
 
 

@@ -8,7 +8,7 @@ leaf among its chunk's 2 best) and the needle chunk's mean rank; then the shippe
 import json
 import sys
 
-from summarise_combinations import K, LEAVES, union  # the same union as section 6 (run from this folder)
+from summarise_combinations import K, LEAVES, kept_by  # the same union as section 6 (run from this folder)
 
 M = 2
 
@@ -16,15 +16,6 @@ M = 2
 def verdict(row, chunk_scorer, leaf_scorer):
     cp, lc = row[f"L20/{chunk_scorer}"], row[f"L20/{leaf_scorer}"]
     return cp["chunk_rank"] < K and lc["block_rank"] < LEAVES, cp["chunk_rank"]
-
-
-def union_selects(row, base, extra, m=M):
-    """The library's union (`query_chunks` m): the base pair's K chunks plus the extra pair's best m others, the
-    base pair's 2 leaves plus the extra pair's best other leaf. base, extra: (chunk scorer, leaf scorer)."""
-    (chunk_a, leaf_a), (chunk_b, leaf_b) = [(row[f"L20/{c}"], row[f"L20/{l}"]) for c, l in (base, extra)]
-    chunks = union(chunk_a["chunk_scores"], chunk_b["chunk_scores"], K, m)
-    leaves = union(leaf_a["needle_chunk_block_scores"], leaf_b["needle_chunk_block_scores"], LEAVES, 1)
-    return row["chunk"] in chunks and row["span"][0] // 64 in leaves
 
 
 rows = [r for f in sys.argv[1:] for r in json.load(open(f))["rows"]]
@@ -45,5 +36,5 @@ pairs = {"last": ("max_prob", "max_prob_chunk"), "q32": ("max_prob_q32", "max_pr
 pairs |= {f"h{h}": (f"head{h}", f"head{h}_chunk") for h in range(9)} | \
     {f"h{h}q32": (f"head{h}_q32", f"head{h}_chunk_q32") for h in range(9)}
 for base, extra in [("last", "q32")] + [(b, f"h{h}q32") for h in range(9) for b in ("last", f"h{h}")]:
-    hits = [union_selects(r, pairs[base], pairs[extra]) for r in rows]
+    hits = [kept_by(r, pairs[base], pairs[extra], K, M) for r in rows]
     print(f"  {base:5s} + {extra:6s} {sum(hits)}/{len(rows)}  lost trials {[r['trial'] for r, h in zip(rows, hits) if not h]}")
