@@ -67,6 +67,14 @@ KNOBS = {
         int, 0, "m, with query_tokens > 1 and context_chunks k: m more chunks read, the best of the others under the "
         "Q tokens' best (k + m read)",
     ),
+    "query_layer": Knob(
+        int, None, "with query_tokens > 1 and query_chunks m: the injected layer whose queries and keys rank the "
+        "chunks for the Q tokens' m chunks; the query token's ranking and every leaf choice stay at the scoring "
+        "layer. Why: at 128K the question's key words find a needle's chunk from layers 8-17, whose queries still "
+        "match the needle's words, and not from layer 20, which picks the needle's leaf better (docs/method.md); "
+        "default: the scoring layer",
+        optional=True,
+    ),
     "node_compression": Knob(
         str, "stride", "how a node's keys/values become its budget: stride (from the node's first token, the "
         "reference), stride_last (ending at its last token), mean (pooling)", choices=NODE_COMPRESSIONS,
@@ -169,6 +177,18 @@ class SharedLLMConfig(PretrainedConfig):
         return self.n_injected_layers - 1 if self.selection_layer is None else self.selection_layer
 
     @property
+    def query_scoring_layer(self) -> int:
+        """The injected layer whose queries rank chunks for the Q query tokens' query_chunks (query_layer)."""
+        return self.scoring_layer if self.query_layer is None else self.query_layer
+
+    @property
+    def n_query_vectors(self) -> int:
+        """Query states per row that attention selection scores with: the Q query tokens' entering the scoring
+        layer, and when they rank chunks at another layer (query_layer) their Q states entering that one first."""
+        separate = self.query_tokens > 1 and self.query_scoring_layer != self.scoring_layer
+        return self.query_tokens * (2 if separate else 1)
+
+    @property
     def overlap_length(self) -> int:
         """Tokens read before each chunk: for joint injection chunk_overlap, at most one chunk (the previous one);
         none for cross injection, which reads every chunk alone."""
@@ -250,6 +270,12 @@ class SharedLLMConfig(PretrainedConfig):
                 f"and needs query_tokens > 1 and context_chunks above 0, got query_chunks={self.query_chunks}, "
                 f"query_tokens={self.query_tokens}, context_chunks={self.context_chunks} (for the query token alone pass "
                 f"query_tokens 1 with query_chunks 0)",
+            ),
+            (
+                self.query_layer is None or (self.query_chunks > 0 and 0 <= self.query_layer < self.n_injected_layers),
+                f"query_layer ranks the chunks of query_chunks: it needs query_chunks > 0 and an injected layer, "
+                f"0..{self.n_injected_layers - 1} (n_injected_layers - 1), got query_layer={self.query_layer}, "
+                f"query_chunks={self.query_chunks}",
             ),
             (self.n_injected_layers >= 1, f"n_injected_layers must be >= 1, got {self.n_injected_layers}"),
             (

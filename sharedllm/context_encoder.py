@@ -44,8 +44,8 @@ class EncodedContext:
     values: list[torch.Tensor]
     n_chunks: torch.LongTensor  # (B,) chunks held by each row; slots past n_chunks[b] are padding
     per_chunk: int  # K
-    # (B, n, Q * H) or (B, n, Q * H, 2): each chunk's `tree.chunk_statistics` under the row's Q queries
-    # (config.query_tokens, the query token's heads last; config.context_chunks ranks
+    # (B, n, V * H) or (B, n, V * H, 2): each chunk's `tree.chunk_statistics` under the row's V query states
+    # (config.n_query_vectors: the Q query tokens', the query token's heads last; config.context_chunks ranks
     # chunks by them); None when not asked for
     chunk_scores: torch.Tensor | None = None
 
@@ -142,9 +142,10 @@ class ContextEncoder:
         # context with it). Read from the config at call time: the knob may change after construction.
         self.cross_attention = cross_attention
 
-    def scoring_projections(self) -> tuple[nn.Module, nn.Module]:
-        """(norm, q_proj) that turn the query token's hidden state entering the scoring layer into its query."""
-        index = self.config.scoring_layer
+    def scoring_projections(self, index: int | None = None) -> tuple[nn.Module, nn.Module]:
+        """(norm, q_proj) that turn a hidden state entering injected layer `index` (default: the scoring layer) into
+        that layer's query."""
+        index = self.config.scoring_layer if index is None else index
         if self.config.injection == "cross":
             return self.cross_attention[index].norm, self.cross_attention[index].q_proj
         layer = self.decoder.layers[index]
@@ -211,7 +212,7 @@ class ContextEncoder:
         lowered = (lower or self.lower_chunks)(chunk_ids, chunk_index, before)
         logits = None
         if cfg.tree_selection == "attention":  # computed once: the tree search and the chunk ranking both read them
-            logits = self.attention_logits(query, lowered.keys[cfg.scoring_layer], chunk_index)
+            logits = self.selection_logits(query, lowered.keys, chunk_index)
         keys, values = self.select_nodes(lowered, query, chunk_index, logits)
         scores = None if cfg.context_chunks is None else chunk_statistics(logits, cfg.selection_score)
         return keys, values, scores
@@ -343,11 +344,11 @@ class ContextEncoder:
         token_scores, several_scores = None, None
         if cfg.tree_selection == "attention":
             if logits is None:
-                logits = self.attention_logits(query, lowered.keys[cfg.scoring_layer], chunk_index)
-            heads = logits.shape[1] // cfg.query_tokens
+                logits = self.selection_logits(query, lowered.keys, chunk_index)
+            heads = logits.shape[1] // cfg.n_query_vectors
             token_scores = attention_token_scores(logits[:, -heads:], cfg.selection_score)  # the query token's
             if cfg.query_tokens > 1:  # the best of the Q tokens', which add their best leaf
-                several_scores = attention_token_scores(logits, cfg.selection_score)
+                several_scores = attention_token_scores(logits[:, -cfg.query_tokens * heads :], cfg.selection_score)
             half_scores = attention_half_scores(token_scores)
         elif cfg.tree_selection == "query":
             half_scores = cosine_half_scores(node_vectors, query)
@@ -367,15 +368,27 @@ class ContextEncoder:
         )
         return [compress(k) for k in lowered.keys], [compress(v) for v in lowered.values]
 
+    def selection_logits(self, query, keys, chunk_index) -> torch.Tensor:
+        """(N, V * H, C) what attention selection scores with, from the rows' (N, V, hidden) query states
+        (`SharedLLMForCausalLM._query_vectors`, V = config.n_query_vectors) and the lower pass's per-layer (N, Hkv,
+        C, hd) keys: the Q query tokens' logits at the scoring layer, preceded, with a separate query_layer, by the
+        same tokens' logits at that layer (they rank the query_chunks chunks); the query token's heads always last."""
+        cfg = self.config
+        if cfg.n_query_vectors == cfg.query_tokens:
+            return self.attention_logits(query, keys[cfg.scoring_layer], chunk_index)
+        n, layer = cfg.query_tokens, cfg.query_scoring_layer
+        return torch.cat([self.attention_logits(query[:, :n], keys[layer], chunk_index, layer),
+                          self.attention_logits(query[:, n:], keys[cfg.scoring_layer], chunk_index)], dim=1)
+
     @torch.no_grad()
-    def attention_logits(self, query_hidden, keys, chunk_index) -> torch.Tensor:
-        """(N, Q * H, C) attention logits of the scoring layer's queries (from the Q query tokens' hidden states
-        entering that layer, (N, Q, hidden), or (N, hidden) for one) against each chunk token's key of that layer,
-        query-major (`tree.attention_logits`). Every query is rotated to sit just after the chunk it scores, so a
-        chunk's selection depends on its own tokens only, never on how many chunks precede the query (forward and
-        cached generation then select alike)."""
+    def attention_logits(self, query_hidden, keys, chunk_index, layer: int | None = None) -> torch.Tensor:
+        """(N, Q * H, C) attention logits of an injected layer's queries (default the scoring layer's; from the Q
+        query tokens' hidden states entering that layer, (N, Q, hidden), or (N, hidden) for one) against each chunk
+        token's key of that layer, query-major (`tree.attention_logits`). Every query is rotated to sit just after
+        the chunk it scores, so a chunk's selection depends on its own tokens only, never on how many chunks precede
+        the query (forward and cached generation then select alike)."""
         n, n_kv, chunk_size, head_dim = keys.shape
-        norm, q_proj = self.scoring_projections()
+        norm, q_proj = self.scoring_projections(layer)
         query = q_proj(norm(query_hidden)).view(n, -1, 1, head_dim)  # (N, Q * H, 1, hd)
         cos, sin = self.decoder.rotary_emb(query, (self.chunk_offsets(chunk_index) + chunk_size)[:, None])
         query, _ = apply_rotary_pos_emb(query, query, cos, sin)
@@ -452,9 +465,10 @@ class ContextEncoder:
 
 
 def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: int = 1,
-               extra: int = 0) -> EncodedContext:
+               extra: int = 0, query_vectors: int | None = None) -> EncodedContext:
     """Each row's k best-scoring real chunks, its `recent` last chunks always among them, and with query_tokens Q > 1
-    the `extra` best others under the best of the Q queries (`tree.union_order`), gathered in their original order:
+    the `extra` best others under the best of the Q queries (`tree.union_order`; their first Q of the V query states
+    the scores hold, query_vectors = config.n_query_vectors, default Q), gathered in their original order:
     per layer (B, Hkv, (k + extra) * K, hd) instead of (B, Hkv, n * K, hd), so that what reads them costs k + extra
     chunks, not n. A row with fewer real chunks keeps them all (they come first: real chunks are the row's first
     slots and score above padding's -inf)."""
@@ -464,9 +478,9 @@ def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: i
     slot = torch.arange(n, device=context.chunk_scores.device)[None, :]
     real = slot < context.n_chunks[:, None]
     last = real & (slot >= (context.n_chunks - recent)[:, None])  # (B, n) the row's `recent` last real chunks
-    heads = context.chunk_scores.shape[2] // query_tokens
+    heads = context.chunk_scores.shape[2] // (query_vectors or query_tokens)
     by_query_token = chunk_ranking_scores(context.chunk_scores[:, :, -heads:], real).masked_fill(last, float("inf"))
-    by_several = chunk_ranking_scores(context.chunk_scores, real)
+    by_several = chunk_ranking_scores(context.chunk_scores[:, :, : query_tokens * heads], real)
     best = union_order(by_query_token, by_several, k, extra)[:, :k_read].sort(dim=1).values  # (B, k + extra)
     per_chunk = context.per_chunk
     slots = (best[:, :, None] * per_chunk + torch.arange(per_chunk, device=best.device)).flatten(1)  # (B, k_read * K)

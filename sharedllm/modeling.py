@@ -123,6 +123,15 @@ class SharedLLMCache(DynamicCache):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def last_window_states(hidden, count, n) -> torch.Tensor:
+    """(B, W, hidden) left-padded window states, (B,) real tokens per row -> (B, n, hidden) the states of each row's
+    last n tokens; where a row holds fewer, its last token's state stands in for the missing ones."""
+    hidden = hidden[:, -n:]  # (B, <= n, hidden)
+    in_window = torch.arange(hidden.shape[1], device=hidden.device)[None, :] >= hidden.shape[1] - count[:, None]
+    hidden = torch.where(in_window[..., None], hidden, hidden[:, -1:])  # a row's padding: its last token's state
+    return torch.cat([hidden[:, -1:].expand(-1, n - hidden.shape[1], -1), hidden], dim=1)
+
+
 class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = SharedLLMConfig
     base_model_prefix = "base"
@@ -319,7 +328,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         query_position = context.n_chunks[:, None]
         if self.config.context_chunks is not None:  # a global top-k: only the best-scoring chunks are read
             cfg = self.config
-            context = top_chunks(context, cfg.context_chunks, cfg.recent_chunks, cfg.query_tokens, cfg.query_chunks)
+            context = top_chunks(context, cfg.context_chunks, cfg.recent_chunks, cfg.query_tokens, cfg.query_chunks,
+                                 cfg.n_query_vectors)
         keys, values = context.keys, context.values
         reference = keys[0]  # dtype and device of everything below
         slots = torch.arange(reference.shape[2], device=reference.device)[None, :]
@@ -347,10 +357,12 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
     @torch.no_grad()  # the selection is discrete: no gradient flows through the query
     def _query_vectors(self, input_ids, start, query_index) -> torch.Tensor:
         """The tree query of each row: for "query" selection (B, hidden) the layer-0 state (then final norm) at the
-        query token (the paper); for "attention" selection (B, Q, hidden) the hidden states entering the scoring
+        query token (the paper); for "attention" selection (B, V, hidden) the hidden states entering the scoring
         layer (`config.scoring_layer`, default the last injected one; the layers below it run without injection) at
         the query token and the Q - 1 tokens before it (`config.query_tokens`; where the window holds fewer, the
-        query token's state stands in for the missing ones), from which that layer's queries are computed.
+        query token's state stands in for the missing ones), from which that layer's queries are computed. With a
+        separate `config.query_layer` the same tokens' states entering that layer come first (V = 2Q,
+        config.n_query_vectors).
 
         The query token q (index among the row's real tokens) is encoded over the decoder window that the prefix
         ending at q would have, so the vector depends only on the tokens and q: a forward of a longer sequence with
@@ -364,22 +376,27 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         hidden = self.decoder.embed_tokens(ids)
         positions = mask_positions(mask)
         masks = self_attention_masks(cfg.text_config, hidden, mask, None, positions)
-        n_layers = cfg.scoring_layer if cfg.tree_selection == "attention" else 1
+        attention = cfg.tree_selection == "attention"
+        stops = {cfg.scoring_layer, cfg.query_scoring_layer} if attention else {1}  # the layers whose input is read
+        entering = {}  # layer index -> (B, W, hidden) the states entering it
         position_embeddings = self.decoder.rotary_emb(hidden, positions)
-        for index, layer in enumerate(self.decoder.layers[:n_layers]):
+        for index, layer in enumerate(self.decoder.layers[: max(stops)]):
+            if index in stops:
+                entering[index] = hidden
             hidden = layer(
                 hidden,
                 attention_mask=layer_mask(cfg.text_config, masks, index),
                 position_embeddings=position_embeddings,
                 position_ids=positions,
             )
-        if cfg.tree_selection != "attention":
+        entering[max(stops)] = hidden
+        if not attention:
             return self.decoder.norm(hidden[:, -1])
-        n_queries = cfg.query_tokens
-        hidden = hidden[:, -n_queries:]  # (B, <= Q, hidden)
-        in_window = torch.arange(hidden.shape[1], device=hidden.device)[None, :] >= hidden.shape[1] - count[:, None]
-        hidden = torch.where(in_window[..., None], hidden, hidden[:, -1:])  # a row's padding: its query token's state
-        return torch.cat([hidden[:, -1:].expand(-1, n_queries - hidden.shape[1], -1), hidden], dim=1)  # (B, Q, hidden)
+        queries = last_window_states(entering[cfg.scoring_layer], count, cfg.query_tokens)  # (B, Q, hidden)
+        if cfg.n_query_vectors > cfg.query_tokens:  # the Q states entering query_layer first: (B, 2Q, hidden)
+            queries = torch.cat([last_window_states(entering[cfg.query_scoring_layer], count, cfg.query_tokens),
+                                 queries], dim=1)
+        return queries
 
     # -- upper model ----------------------------------------------------------------------------------------------
 

@@ -35,19 +35,35 @@ def scratch_generate(model, document, question, **kwargs):
     return out.sequences[0, DOCUMENT_LENGTH + len(question) :], torch.stack(out.logits)
 
 
-@pytest.mark.parametrize("selection", ["query", "attention", "recent"])
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_cached_generate_equals_from_scratch(selection, arch):
-    model, document, questions = setup(selection, arch)
+def assert_cached_answers_equal_scratch(model, document, questions):
+    """One ContextCache of the document answers every question token for token (and logit for logit) as a
+    from-scratch generate over document + question does; returns the cache."""
     with torch.no_grad():
         context = ContextCache.encode(model, document)
-        assert context.n_chunks == DOCUMENT_LENGTH // 16
         for question in questions:  # one cache object serves every question
             out = model.generate(question[None], **cache_argument(context), output_logits=True,
                                  return_dict_in_generate=True, **GENERATE)
             expected_tokens, expected_logits = scratch_generate(model, document, question)
             assert torch.equal(out.sequences[0, len(question) :], expected_tokens), f"question of {len(question)}"
             assert torch.allclose(torch.stack(out.logits), expected_logits, atol=1e-4)
+    return context
+
+
+@pytest.mark.parametrize("selection", ["query", "attention", "recent"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_cached_generate_equals_from_scratch(selection, arch):
+    model, document, questions = setup(selection, arch)
+    context = assert_cached_answers_equal_scratch(model, document, questions)
+    assert context.n_chunks == DOCUMENT_LENGTH // 16
+
+
+def test_cached_generate_equals_from_scratch_with_a_separate_query_layer():
+    """The union of several query tokens scored at their own layer (query_layer) and the top-k chunk ranking: a
+    cached document answers as from scratch (the cache recomputes the selection for each question)."""
+    model, document, questions = setup("attention", tree_depth=2, selected_leaves=1, query_tokens=3, query_chunks=1,
+                                       context_chunks=2, query_layer=0, selection_score="probability")
+    assert model.config.n_query_vectors == 6
+    assert_cached_answers_equal_scratch(model, document, questions)
 
 
 def test_cached_forward_logits_equal_from_scratch():

@@ -4,12 +4,10 @@ self-attention softmax. Checked against the base model itself, and for generatio
 import pytest
 import torch
 from conftest import tiny_model
-from test_context_cache import DOCUMENT_LENGTH, GENERATE, scratch_generate
+from test_context_cache import DOCUMENT_LENGTH, assert_cached_answers_equal_scratch
 from test_context_cache import setup as cache_setup
 from test_model import pad_batch, wrap
 
-from sharedllm.compat import cache_argument
-from sharedllm.context_cache import ContextCache
 
 CHUNK, WINDOW = 16, 24
 
@@ -124,14 +122,7 @@ def test_joint_batched_generation_equals_single_rows(side):
 @pytest.mark.parametrize("selection", ["query", "attention"])
 def test_joint_context_cache_answers_equal_from_scratch(selection):
     model, document, questions = cache_setup(selection, injection="joint", n_injected_layers=4)
-    with torch.no_grad():
-        context = ContextCache.encode(model, document)
-        for question in questions:
-            out = model.generate(question[None], **cache_argument(context), output_logits=True,
-                                 return_dict_in_generate=True, **GENERATE)
-            expected_tokens, expected_logits = scratch_generate(model, document, question)
-            assert torch.equal(out.sequences[0, len(question) :], expected_tokens), f"question of {len(question)}"
-            assert torch.allclose(torch.stack(out.logits), expected_logits, atol=1e-4)
+    context = assert_cached_answers_equal_scratch(model, document, questions)
     assert DOCUMENT_LENGTH // 16 == context.n_chunks
 
 

@@ -113,17 +113,18 @@ def test_context_chunks_reads_only_the_best_chunk():
         assert not torch.allclose(out, every(torch.cat([*chunks, window])[None]).logits, atol=1e-3)
 
 
-@pytest.mark.parametrize("injection, recent, score, query_tokens", [
-    ("cross", 0, "logit", 1), ("joint", 0, "logit", 1), ("joint", 1, "logit", 1), ("joint", 0, "probability", 1),
-    ("joint", 0, "probability", 5), ("cross", 0, "logit", 5),
+@pytest.mark.parametrize("injection, recent, score, query_tokens, query_layer", [
+    ("cross", 0, "logit", 1, None), ("joint", 0, "logit", 1, None), ("joint", 1, "logit", 1, None),
+    ("joint", 0, "probability", 1, None), ("joint", 0, "probability", 5, None), ("cross", 0, "logit", 5, None),
+    ("joint", 0, "probability", 5, 0), ("cross", 0, "logit", 5, 0),
 ])
-def test_context_chunks_generate_equals_forward(injection, recent, score, query_tokens):
+def test_context_chunks_generate_equals_forward(injection, recent, score, query_tokens, query_layer):
     """Chunks rolling in during generation are ranked with the others under the prefill's query (and the most
     recent one is then the new one), as a forward over the whole sequence with the same query ranks them."""
     torch.manual_seed(0)
     model = wrap(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=8, tree_selection="attention",
                  context_chunks=2, recent_chunks=recent, injection=injection, selection_score=score,
-                 query_tokens=query_tokens, query_chunks=int(query_tokens > 1),
+                 query_tokens=query_tokens, query_chunks=int(query_tokens > 1), query_layer=query_layer,
                  selected_leaves=2 if query_tokens > 1 else None)  # Q = 1: the greedy tree, as before
     if injection == "cross":
         with torch.no_grad():
@@ -238,6 +239,54 @@ def test_query_tokens_are_the_last_window_states_entering_the_scoring_layer():
     torch.testing.assert_close(query[1], torch.stack([short[1], short[1], short[0], short[1]]), atol=1e-5, rtol=1e-5)
 
 
+def test_query_layer_ranks_chunks_by_the_query_tokens_at_its_own_layer():
+    """query_layer L2: the Q query tokens' states entering L2 come first, their states entering the scoring layer L1
+    follow; the chunk scores are then those of a model scoring at L2 followed by those of one scoring at L1, and the
+    leaves chosen are L1's; query_layer equal to the scoring layer changes nothing."""
+    torch.manual_seed(0)
+    base = tiny_model("llama")
+    knobs = dict(injection="joint", n_injected_layers=4, chunk_size=32, decoder_window=48, tree_depth=2,
+                 tokens_per_node=4, selected_leaves=1, tree_selection="attention", selection_score="probability",
+                 query_tokens=3, query_chunks=1, context_chunks=1)
+    split = SharedLLMForCausalLM.from_base(base, selection_layer=3, query_layer=1, **knobs)
+    at_1 = SharedLLMForCausalLM.from_base(base, selection_layer=1, **knobs)
+    at_3 = SharedLLMForCausalLM.from_base(base, selection_layer=3, **knobs)
+    same = SharedLLMForCausalLM.from_base(base, selection_layer=3, query_layer=3, **knobs)
+    ids = torch.randint(3, 128, (1, 48 + 96))
+    zero, query_index = torch.zeros(1, dtype=torch.long), torch.tensor([143])
+    with torch.no_grad():
+        hidden = base(ids[:, 96:], output_hidden_states=True).hidden_states  # the window: 48 tokens after 3 chunks
+        query = split._query_vectors(ids, zero, query_index)
+        torch.testing.assert_close(query, torch.cat([hidden[1][:, -3:], hidden[3][:, -3:]], dim=1), atol=1e-5, rtol=1e-5)
+        encoded = {}
+        for name, model in dict(split=split, at_1=at_1, at_3=at_3, same=same).items():
+            query = model._query_vectors(ids, zero, query_index)
+            encoded[name] = model.context_encoder.encode(ids, zero, torch.tensor([3]), zero, query)
+    assert split.config.n_query_vectors == 6 and same.config.n_query_vectors == 3
+    scores = {name: context.chunk_scores for name, context in encoded.items()}
+    columns = 3 * base.config.num_attention_heads
+    torch.testing.assert_close(scores["split"][:, :, :columns], scores["at_1"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scores["split"][:, :, columns:], scores["at_3"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scores["same"], scores["at_3"])
+    assert not torch.allclose(scores["at_1"], scores["at_3"])
+    torch.testing.assert_close(encoded["split"].keys[0], encoded["at_3"].keys[0])  # the leaves: the scoring layer's
+
+
+def test_top_chunks_with_a_separate_query_layer_rank_by_its_q_tokens():
+    """V = 2Q query states (query_layer): the Q tokens' at query_layer first, then theirs at the scoring layer with
+    the query token's last. Here the query token ranks chunks 0, 1 first and the Q = 2 tokens' best at query_layer
+    finds chunk 3 (chunk 2 would win if the scoring layer's columns counted among them)."""
+    from sharedllm.context_encoder import EncodedContext, top_chunks
+
+    # (B = 1, n = 5, V * H = 4): 2 tokens at query_layer, 2 at the scoring layer (the query token's last)
+    scores = torch.tensor([[[6.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 4.0], [0.0, 0.0, 9.0, 3.5], [3.0, 0.0, 0.0, 0.0],
+                            [0.0, 2.0, 0.0, 0.5]]])
+    keys = torch.arange(5).repeat_interleave(2).float()[None, None, :, None]
+    context = EncodedContext([keys], [keys], torch.tensor([5]), per_chunk=2, chunk_scores=scores)
+    read = top_chunks(context, 2, query_tokens=2, extra=1, query_vectors=4)
+    assert read.keys[0][0, 0, ::2, 0].tolist() == [0, 1, 3]
+
+
 def test_top_chunks_with_several_query_tokens_add_their_best_other_chunks():
     """Q = 2 queries, one head: the query token (the last) ranks chunks 0, 1 first; the earlier token finds chunk 3.
     k = 2 and 1 extra: chunks 0, 1 and 3 are read; without the extra, the query token's 2."""
@@ -262,3 +311,7 @@ def test_query_tokens_need_attention_selection():
         wrap(query_chunks=2, query_tokens=4, tree_selection="attention")
     with pytest.raises(ValueError, match="query_chunks"):
         wrap(query_chunks=2, context_chunks=2, tree_selection="attention")
+    with pytest.raises(ValueError, match="query_layer.*query_chunks > 0"):
+        wrap(query_layer=0, query_tokens=4, tree_selection="attention")
+    with pytest.raises(ValueError, match="query_layer.*0..1"):
+        wrap(query_layer=2, query_tokens=4, query_chunks=1, context_chunks=2, tree_selection="attention")

@@ -108,7 +108,8 @@ def _sharedllm_flops(dims: dict, length: int, config: SharedLLMConfig) -> int:
     joint = config.injection == "joint"
     attention_selection = config.tree_selection == "attention"
     # _query_vectors runs the layers below the scoring layer over the window for attention selection, else layer 0
-    query = _decoder_flops(dims, w, config.scoring_layer if attention_selection else 1)  # always, in a cached prefill
+    # (or query_layer, where that is higher)
+    query = _decoder_flops(dims, w, max(config.scoring_layer, config.query_scoring_layer) if attention_selection else 1)
     sink = _lower_pass_flops(dims, 1, dims["n_layers"]) if joint else 0  # ContextEncoder.sink, chunks or not
     upper = _decoder_flops(dims, w, dims["n_layers"])
     if not n_chunks:  # no context: the upper model is the plain base over the window
@@ -122,10 +123,10 @@ def _sharedllm_flops(dims: dict, length: int, config: SharedLLMConfig) -> int:
     else:  # a new cross-attention in M layers: its q and o projections, and attention over the read keys
         context = m * (2 * 2 * dims["d"] * dims["h"] * w + 4 * dims["h"] * w * read_keys)
     # attention selection (ContextEncoder.attention_token_scores): per chunk, the scoring layer's query projection
-    # of the row's Q query states and their logits against the chunk's C keys; cosine scores of other selections
-    # left out
+    # of the row's V query states (config.n_query_vectors) and their logits against the chunk's C keys; cosine
+    # scores of other selections left out
     per_query = 2 * dims["d"] * dims["h"] + 2 * dims["h"] * chunk
-    scoring = n_chunks * config.query_tokens * per_query if attention_selection else 0
+    scoring = n_chunks * config.n_query_vectors * per_query if attention_selection else 0
     return query + sink + lower + scoring + upper + context
 
 
