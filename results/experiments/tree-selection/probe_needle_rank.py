@@ -191,10 +191,14 @@ def main():
                         help="also score with the queries of the last N prompt tokens (max_prob_qN, mean_prob_qN; "
                              "several N allowed)")
     parser.add_argument("--per-head", action="store_true", help="also score with every head alone (headH...)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="as eval's --device; every tensor the probe makes goes there too")
     parser.add_argument("--output")
     args = parser.parse_args()
 
+    torch.set_default_device(args.device)  # the helpers' aranges and the prompt's ids, without passing it around
     base, tokenizer = load_causal_lm(DEFAULT_BASE)
+    base.to(args.device)
     method = load_method("sharedllm", base, tokenizer, adapter=args.adapter)
     model, cfg = method.model, method.model.config
     encoder = model.context_encoder
