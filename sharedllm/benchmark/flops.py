@@ -107,8 +107,8 @@ def _sharedllm_flops(dims: dict, length: int, config: SharedLLMConfig) -> int:
     w = length - n_chunks * chunk
     joint = config.injection == "joint"
     attention_selection = config.tree_selection == "attention"
-    # _query_vectors runs the layers below the scoring layer over the window for attention selection, else layer 0
-    # (or query_layer, where that is higher)
+    # _query_vectors runs the layers below the scoring layer (or query_layer, where that is higher) over the window
+    # for attention selection, else layer 0; always, in a cached prefill
     query = _decoder_flops(dims, w, max(config.scoring_layer, config.query_scoring_layer) if attention_selection else 1)
     sink = _lower_pass_flops(dims, 1, dims["n_layers"]) if joint else 0  # ContextEncoder.sink, chunks or not
     upper = _decoder_flops(dims, w, dims["n_layers"])
