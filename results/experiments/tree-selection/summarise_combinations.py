@@ -54,17 +54,22 @@ def union(scores_a, scores_b, k, m):
     return kept | set([i for i in order(scores_b) if i not in kept][:m])
 
 
+def scorer_key(scorer):
+    """A probe row's key of a scorer: layer 20's unless the name says its layer ("L17/max_prob_q32")."""
+    return scorer if "/" in scorer else f"L20/{scorer}"
+
+
 def kept_by(row, first, second=None, k=K, m=0):
     """Whether a selection keeps the needle (its chunk read, its 64-token leaf exact); first, second: (chunk scorer,
-    leaf scorer). With second, the library's union (`query_chunks` m): first's k chunks plus second's m best others,
-    first's LEAVES leaves plus second's best other. Without, first alone: k chunks, LEAVES + 1 leaves (the union's
-    leaf budget)."""
-    chunk_a, leaf_a = (row[f"L20/{s}"] for s in first)
+    leaf scorer), each a scorer of layer 20 or one of another probed layer named "L<layer>/<scorer>". With second,
+    the library's union (`query_chunks` m): first's k chunks plus second's m best others, first's LEAVES leaves plus
+    second's best other. Without, first alone: k chunks, LEAVES + 1 leaves (the union's leaf budget)."""
+    chunk_a, leaf_a = (row[scorer_key(s)] for s in first)
     if second is None:
         chunks = set(order(chunk_a["chunk_scores"])[:k])
         leaves = set(order(leaf_a["needle_chunk_block_scores"])[:LEAVES + 1])
     else:
-        chunk_b, leaf_b = (row[f"L20/{s}"] for s in second)
+        chunk_b, leaf_b = (row[scorer_key(s)] for s in second)
         chunks = union(chunk_a["chunk_scores"], chunk_b["chunk_scores"], k, m)
         leaves = union(leaf_a["needle_chunk_block_scores"], leaf_b["needle_chunk_block_scores"], LEAVES, 1)
     return row["chunk"] in chunks and row["span"][0] // 64 in leaves

@@ -14,18 +14,16 @@ unions keep (chunk read, 64-token leaf exact), from `probe_needle_rank.py --laye
 import json
 import sys
 
-from summarise_combinations import union
+from summarise_combinations import K, kept_by
 
-SCORING_LAYER, K, M, LEAVES = 20, 8, 2, 2
+M = 2  # the 32 queries' chunks (query_chunks), as shipped
 
 
 def kept(row, chunk_layer, leaf_layer):
-    query_chunks = row[f"L{SCORING_LAYER}/max_prob"]["chunk_scores"]
-    query_leaves = row[f"L{SCORING_LAYER}/max_prob_chunk"]["needle_chunk_block_scores"]
-    several_chunks = row[f"L{chunk_layer}/max_prob_q32"]["chunk_scores"]
-    several_leaves = row[f"L{leaf_layer}/max_prob_chunk_q32"]["needle_chunk_block_scores"]
-    return (row["chunk"] in union(query_chunks, several_chunks, K, M)
-            and row["span"][0] // 64 in union(query_leaves, several_leaves, LEAVES, 1))
+    """The shipped union (query token at layer 20) with the 32 queries' chunks ranked at chunk_layer and their leaf
+    at leaf_layer."""
+    return kept_by(row, ("max_prob", "max_prob_chunk"),
+                   (f"L{chunk_layer}/max_prob_q32", f"L{leaf_layer}/max_prob_chunk_q32"), K, M)
 
 
 def main():
@@ -36,7 +34,7 @@ def main():
         for layer in layers:
             ranks = [row[f"L{layer}/max_prob_q32"]["chunk_rank"] for row in rows]
             both = [row["trial"] for row in rows if kept(row, layer, layer)]
-            chunks = [row["trial"] for row in rows if kept(row, layer, SCORING_LAYER)]
+            chunks = [row["trial"] for row in rows if kept(row, layer, 20)]
             line = (f"  L{layer:<2d} 32 queries' chunk ranks {ranks}; union, Q tokens at L{layer}: {len(both)}/{len(rows)}; "
                     f"Q chunks at L{layer}: {len(chunks)}/{len(rows)} (trials {chunks})")
             scores = [row[f"L{layer}/max_prob_q32"] for row in rows]
