@@ -68,11 +68,11 @@ KNOBS = {
         "Q tokens' best (k + m read)",
     ),
     "query_layer": Knob(
-        int, None, "with query_tokens > 1 and query_chunks m: the injected layer whose queries and keys rank the "
-        "chunks for the Q tokens' m chunks; the query token's ranking and every leaf choice stay at the scoring "
-        "layer. Why: at 128K the question's key words find a needle's chunk from layers 8-17, whose queries still "
-        "match the needle's words, and not from layer 20, which picks the needle's leaf better (docs/method.md); "
-        "default: the scoring layer",
+        int, None, "with query_tokens > 1 and query_chunks m: an injected layer whose queries and keys rank chunks "
+        "for the Q tokens too, adding their m best others (k + 2m read); the query token's k, the Q tokens' m at the "
+        "scoring layer and every leaf choice stay as without it. Why: at 128K the question's key words find a "
+        "needle's chunk from layers 8-17, whose queries still match the needle's words, and not from layer 20, which "
+        "picks the needle's leaf better (docs/method.md); default: none (the scoring layer adds nothing)",
         optional=True,
     ),
     "node_compression": Knob(
@@ -178,7 +178,7 @@ class SharedLLMConfig(PretrainedConfig):
 
     @property
     def query_scoring_layer(self) -> int:
-        """The injected layer whose queries rank chunks for the Q query tokens' query_chunks (query_layer)."""
+        """The injected layer whose queries rank the Q query tokens' added query_chunks (query_layer)."""
         return self.scoring_layer if self.query_layer is None else self.query_layer
 
     @property
@@ -187,6 +187,14 @@ class SharedLLMConfig(PretrainedConfig):
         layer, and when they rank chunks at another layer (query_layer) their Q states entering that one first."""
         separate = self.query_tokens > 1 and self.query_scoring_layer != self.scoring_layer
         return self.query_tokens * (2 if separate else 1)
+
+    @property
+    def chunks_read(self) -> int | None:
+        """Chunks a window reads (`context_encoder.top_chunks`): context_chunks k, query_chunks m more ranked by the
+        Q tokens at the scoring layer and m more at a separate query_layer; None (no context_chunks): every chunk."""
+        if self.context_chunks is None:
+            return None
+        return self.context_chunks + self.query_chunks * (self.n_query_vectors // self.query_tokens)
 
     @property
     def overlap_length(self) -> int:

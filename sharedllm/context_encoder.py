@@ -372,7 +372,7 @@ class ContextEncoder:
         """(N, V * H, C) what attention selection scores with, from the rows' (N, V, hidden) query states
         (`SharedLLMForCausalLM._query_vectors`, V = config.n_query_vectors) and the lower pass's per-layer (N, Hkv,
         C, hd) keys: the Q query tokens' logits at the scoring layer, preceded, with a separate query_layer, by the
-        same tokens' logits at that layer (they rank the query_chunks chunks); the query token's heads always last."""
+        same tokens' logits at that layer (they rank m more chunks); the query token's heads always last."""
         cfg = self.config
         if cfg.n_query_vectors == cfg.query_tokens:
             return self.attention_logits(query, keys[cfg.scoring_layer], chunk_index)
@@ -467,21 +467,27 @@ class ContextEncoder:
 def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: int = 1,
                extra: int = 0, query_vectors: int | None = None) -> EncodedContext:
     """Each row's k best-scoring real chunks, its `recent` last chunks always among them, and with query_tokens Q > 1
-    the `extra` best others under the best of the Q queries (`tree.union_order`; their first Q of the V query states
-    the scores hold, query_vectors = config.n_query_vectors, default Q), gathered in their original order:
-    per layer (B, Hkv, (k + extra) * K, hd) instead of (B, Hkv, n * K, hd), so that what reads them costs k + extra
-    chunks, not n. A row with fewer real chunks keeps them all (they come first: real chunks are the row's first
-    slots and score above padding's -inf)."""
-    n, k_read = context.chunk_scores.shape[1], k + extra
+    the `extra` best others under the best of the Q queries at the scoring layer and, where the scores hold V = 2Q
+    query states (query_vectors = config.n_query_vectors: the Q tokens' at query_layer first), the `extra` best of
+    the rest under the Q queries at query_layer (`tree.union_order`), gathered in their original order: per layer
+    (B, Hkv, r * K, hd) instead of (B, Hkv, n * K, hd), r = config.chunks_read (k + extra, + extra more with
+    query_layer), so that what reads them costs r chunks, not n. A row with fewer real chunks keeps them all (they
+    come first: real chunks are the row's first slots and score above padding's -inf)."""
+    scores, vectors = context.chunk_scores, query_vectors or query_tokens  # scores (B, n, V * H, ...)
+    heads, several = scores.shape[2] // vectors, query_tokens * scores.shape[2] // vectors
+    n, n_rankings = scores.shape[1], (query_tokens > 1) + (vectors > query_tokens)
+    k_read = k + extra * n_rankings
     if n <= k_read:
         return context
-    slot = torch.arange(n, device=context.chunk_scores.device)[None, :]
+    slot = torch.arange(n, device=scores.device)[None, :]
     real = slot < context.n_chunks[:, None]
     last = real & (slot >= (context.n_chunks - recent)[:, None])  # (B, n) the row's `recent` last real chunks
-    heads = context.chunk_scores.shape[2] // (query_vectors or query_tokens)
-    by_query_token = chunk_ranking_scores(context.chunk_scores[:, :, -heads:], real).masked_fill(last, float("inf"))
-    by_several = chunk_ranking_scores(context.chunk_scores[:, :, : query_tokens * heads], real)
-    best = union_order(by_query_token, by_several, k, extra)[:, :k_read].sort(dim=1).values  # (B, k + extra)
+    rankings = [(chunk_ranking_scores(scores[:, :, -heads:], real).masked_fill(last, float("inf")), k)]
+    if query_tokens > 1:  # the Q tokens at the scoring layer (the last Q * H columns), then at query_layer (the first)
+        rankings.append((chunk_ranking_scores(scores[:, :, -several:], real), extra))
+    if vectors > query_tokens:
+        rankings.append((chunk_ranking_scores(scores[:, :, :several], real), extra))
+    best = union_order(rankings)[:, :k_read].sort(dim=1).values  # (B, k_read)
     per_chunk = context.per_chunk
     slots = (best[:, :, None] * per_chunk + torch.arange(per_chunk, device=best.device)).flatten(1)  # (B, k_read * K)
 

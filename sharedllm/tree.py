@@ -88,16 +88,17 @@ def chunk_ranking_scores(statistics: torch.Tensor, real: torch.Tensor) -> torch.
     return (best - row_log_total).amax(dim=-1).masked_fill(~real, float("-inf"))
 
 
-def union_order(first: torch.Tensor, second: torch.Tensor, n_first: int, n_second: int) -> torch.LongTensor:
-    """Two scorings (R, L) of the same L items -> (R, L) an order whose first n_first + n_second items are the
-    n_first best under `first` and the n_second best under `second` among the others (config.query_tokens: first =
-    the query token's scores, second = the best of several query tokens'); every group in `first`'s order. With
-    n_second = 0 it is first's ranking."""
+def union_order(rankings: list[tuple[torch.Tensor, int]]) -> torch.LongTensor:
+    """Several scorings (R, L) of the same L items, each with a count n -> (R, L) an order whose first items are
+    the n_1 best under the first scoring, then the n_2 best among the others under the second, and so on; every
+    group in the first scoring's order (config.query_tokens: first the query token's scores, then the best of
+    several query tokens' at the scoring layer and, with query_layer, at that layer). With one scoring, or counts
+    of 0 after the first, it is the first's ranking."""
+    (first, _), chosen = rankings[0], torch.zeros_like(rankings[0][0], dtype=torch.bool)
+    for scores, n in rankings:
+        others = scores.masked_fill(chosen, float("-inf"))
+        chosen = chosen | (others.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1) < n)
     rank_first = first.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)  # (R, L) each item's rank
-    by_first = rank_first < n_first
-    others = second.masked_fill(by_first, float("-inf"))
-    rank_second = others.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
-    chosen = by_first | (rank_second < n_second)
     order_key = rank_first - chosen.long() * first.shape[-1]  # the chosen items first, each group in first's order
     return order_key.argsort(dim=-1)
 
@@ -146,9 +147,9 @@ def top_leaves(token_scores: torch.Tensor | None, n_chunks: int, chunk_size: int
         return scores.view(n_chunks, n_leaves, leaf_length).amax(dim=-1)
 
     leaf_scores = per_leaf(token_scores)
-    n_second = 0 if second_scores is None else 1
-    order = union_order(leaf_scores, per_leaf(second_scores) if n_second else leaf_scores, n_selected, n_second)
-    n_selected += n_second
+    rankings = [(leaf_scores, n_selected)] + ([] if second_scores is None else [(per_leaf(second_scores), 1)])
+    order = union_order(rankings)
+    n_selected = sum(n for _, n in rankings)
     selected, others = order[:, :n_selected].sort(dim=-1).values, order[:, n_selected:].sort(dim=-1).values
     return selected * leaf_length, others * leaf_length
 

@@ -167,6 +167,9 @@ FLOP_CASES = {
     "joint, top 2 + 1 chunks, 1 + 1 exact leaves, 3 query tokens": dict(
         injection="joint", chunk_overlap=4, tree_selection="attention", context_chunks=2, selected_leaves=1,
         selection_score="probability", query_tokens=3, query_chunks=1),
+    "joint, top 1 + 1 + 1 chunks, 3 query tokens also ranking at query layer 0": dict(
+        injection="joint", chunk_overlap=4, tree_selection="attention", context_chunks=1, selected_leaves=1,
+        selection_score="probability", query_tokens=3, query_chunks=1, query_layer=0),
     "joint, chunks alone, every chunk read": dict(injection="joint", chunk_overlap=0),
     "joint, M = 1, overlap C, D = 2, top 3 with 1 recent, scoring layer 0": dict(
         injection="joint", n_injected_layers=1, chunk_overlap=16, tree_depth=2, tokens_per_node=2,

@@ -272,19 +272,21 @@ def test_query_layer_ranks_chunks_by_the_query_tokens_at_its_own_layer():
     torch.testing.assert_close(encoded["split"].keys[0], encoded["at_3"].keys[0])  # the leaves: the scoring layer's
 
 
-def test_top_chunks_with_a_separate_query_layer_rank_by_its_q_tokens():
+def test_top_chunks_with_a_separate_query_layer_add_its_q_tokens_best_others():
     """V = 2Q query states (query_layer): the Q tokens' at query_layer first, then theirs at the scoring layer with
-    the query token's last. Here the query token ranks chunks 0, 1 first and the Q = 2 tokens' best at query_layer
-    finds chunk 3 (chunk 2 would win if the scoring layer's columns counted among them)."""
+    the query token's last. Here the query token ranks chunks 0, 1 first, the Q = 2 tokens' best other at the
+    scoring layer is chunk 2 and at query_layer (its 0 and 2 taken) chunk 3: k = 2, extra 1 reads 0, 1, 2, 3."""
     from sharedllm.context_encoder import EncodedContext, top_chunks
 
     # (B = 1, n = 5, V * H = 4): 2 tokens at query_layer, 2 at the scoring layer (the query token's last)
-    scores = torch.tensor([[[6.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 4.0], [0.0, 0.0, 9.0, 3.5], [3.0, 0.0, 0.0, 0.0],
+    scores = torch.tensor([[[6.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 4.0], [5.0, 0.0, 9.0, 3.5], [3.0, 0.0, 0.0, 0.0],
                             [0.0, 2.0, 0.0, 0.5]]])
     keys = torch.arange(5).repeat_interleave(2).float()[None, None, :, None]
     context = EncodedContext([keys], [keys], torch.tensor([5]), per_chunk=2, chunk_scores=scores)
     read = top_chunks(context, 2, query_tokens=2, extra=1, query_vectors=4)
-    assert read.keys[0][0, 0, ::2, 0].tolist() == [0, 1, 3]
+    assert read.keys[0][0, 0, ::2, 0].tolist() == [0, 1, 2, 3]
+    assert top_chunks(context, 2, query_tokens=2, extra=1, query_vectors=4).n_chunks.tolist() == [4]
+    assert top_chunks(context, 3, query_tokens=2, extra=1, query_vectors=4) is context  # 5 read of 5: all
 
 
 def test_top_chunks_with_several_query_tokens_add_their_best_other_chunks():

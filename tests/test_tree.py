@@ -131,14 +131,18 @@ def test_top_leaves_without_scores_keeps_the_most_recent():
     assert best.tolist() == [[48], [48]] and others.tolist() == [[0, 16, 32], [0, 16, 32]]
 
 
-def test_union_order_adds_the_second_rankings_best_others():
+def test_union_order_adds_each_later_rankings_best_others():
     first = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
     second = torch.tensor([[9.0, 1.0, 2.0, 3.0, 4.0, 5.0]])  # item 0 is best under both
-    assert union_order(first, second, 2, 2)[0, :4].tolist() == [0, 1, 4, 5]  # first's 2, then second's 2 others
-    assert union_order(first, second, 2, 0)[0].tolist() == [0, 1, 2, 3, 4, 5]
+    third = torch.tensor([[0.0, 0.0, 0.0, 9.0, 0.0, 8.0]])  # its best, item 3, only after second's 4 and 5
+    assert union_order([(first, 2), (second, 2)])[0, :4].tolist() == [0, 1, 4, 5]  # first's 2, then second's 2
+    assert union_order([(first, 2), (second, 0)])[0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert union_order([(first, 2), (second, 2), (third, 1)])[0, :5].tolist() == [0, 1, 3, 4, 5]
+    assert union_order([(first, 2), (third, 1), (second, 2)])[0, :5].tolist() == [0, 1, 3, 4, 5]
+    assert union_order([(first, 1), (third, 1), (second, 1)])[0, :3].tolist() == [0, 3, 5]
     scores = torch.randn(3, 10)
-    assert torch.equal(union_order(scores, scores, 4, 0), scores.argsort(dim=-1, descending=True, stable=True))
-    assert torch.equal(union_order(scores, scores, 4, 2), scores.argsort(dim=-1, descending=True, stable=True))
+    assert torch.equal(union_order([(scores, 4)]), scores.argsort(dim=-1, descending=True, stable=True))
+    assert torch.equal(union_order([(scores, 4), (scores, 2)]), scores.argsort(dim=-1, descending=True, stable=True))
 
 
 def test_top_leaves_second_scores_keep_the_leaf_only_they_find():

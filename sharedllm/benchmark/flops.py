@@ -115,8 +115,8 @@ def _sharedllm_flops(dims: dict, length: int, config: SharedLLMConfig) -> int:
     if not n_chunks:  # no context: the upper model is the plain base over the window
         return query + sink + upper
     lower = sum(_lower_pass_flops(dims, chunk + prefix, m) for prefix in _chunk_prefixes(n_chunks, config))
-    # context_encoder.top_chunks gathers the k (+ query_chunks) best chunks when context_chunks = k is set
-    read = n_chunks if config.context_chunks is None else min(n_chunks, config.context_chunks + config.query_chunks)
+    # context_encoder.top_chunks gathers config.chunks_read best chunks when context_chunks = k is set
+    read = n_chunks if config.chunks_read is None else min(n_chunks, config.chunks_read)
     read_keys = read * config.context_tokens_per_chunk
     if joint:  # every window query also reads the sink in all N layers and the read chunks' keys in M layers
         context = 4 * dims["h"] * w * (dims["n_layers"] + m * read_keys)
