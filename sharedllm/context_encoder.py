@@ -474,11 +474,7 @@ def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: i
     query_layer), so that what reads them costs r chunks, not n. A row with fewer real chunks keeps them all (they
     come first: real chunks are the row's first slots and score above padding's -inf)."""
     scores, vectors = context.chunk_scores, query_vectors or query_tokens  # scores (B, n, V * H, ...)
-    heads, several = scores.shape[2] // vectors, query_tokens * scores.shape[2] // vectors
-    n, n_rankings = scores.shape[1], (query_tokens > 1) + (vectors > query_tokens)
-    k_read = k + extra * n_rankings
-    if n <= k_read:
-        return context
+    n, heads, several = scores.shape[1], scores.shape[2] // vectors, query_tokens * scores.shape[2] // vectors
     slot = torch.arange(n, device=scores.device)[None, :]
     real = slot < context.n_chunks[:, None]
     last = real & (slot >= (context.n_chunks - recent)[:, None])  # (B, n) the row's `recent` last real chunks
@@ -487,6 +483,9 @@ def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: i
         rankings.append((chunk_ranking_scores(scores[:, :, -several:], real), extra))
     if vectors > query_tokens:
         rankings.append((chunk_ranking_scores(scores[:, :, :several], real), extra))
+    k_read = sum(count for _, count in rankings)
+    if n <= k_read:
+        return context
     best = union_order(rankings)[:, :k_read].sort(dim=1).values  # (B, k_read)
     per_chunk = context.per_chunk
     slots = (best[:, :, None] * per_chunk + torch.arange(per_chunk, device=best.device)).flatten(1)  # (B, k_read * K)

@@ -94,11 +94,12 @@ def union_order(rankings: list[tuple[torch.Tensor, int]]) -> torch.LongTensor:
     group in the first scoring's order (config.query_tokens: first the query token's scores, then the best of
     several query tokens' at the scoring layer and, with query_layer, at that layer). With one scoring, or counts
     of 0 after the first, it is the first's ranking."""
-    (first, _), chosen = rankings[0], torch.zeros_like(rankings[0][0], dtype=torch.bool)
-    for scores, n in rankings:
+    (first, n_first), later = rankings[0], rankings[1:]
+    rank_first = first.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)  # (R, L) each item's rank
+    chosen = rank_first < n_first
+    for scores, n in later:
         others = scores.masked_fill(chosen, float("-inf"))
         chosen = chosen | (others.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1) < n)
-    rank_first = first.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)  # (R, L) each item's rank
     order_key = rank_first - chosen.long() * first.shape[-1]  # the chosen items first, each group in first's order
     return order_key.argsort(dim=-1)
 
