@@ -156,6 +156,20 @@ def test_a_cross_adapter_is_not_read_with_joint_injection(tmp_path):
         type(cross).from_pretrained(tmp_path, base=cross.base, n_injected_layers=3)
 
 
+def test_a_joint_adapter_reads_at_any_number_of_injected_layers(tmp_path):
+    """A joint adapter has no per-layer injection weights, so M is a reading knob (the M frontier reads one adapter
+    at several M): loaded with n_injected_layers=1 it computes what a joint model built with M = 1 computes."""
+    base = tiny_model()
+    joint(base).save_pretrained(tmp_path)
+    loaded = type(joint(base)).from_pretrained(tmp_path, base=base, n_injected_layers=1)
+    assert loaded.config.n_injected_layers == 1
+    ids = torch.randint(3, 128, (1, 3 * CHUNK + WINDOW), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected, all_layers = joint(base, n_injected_layers=1)(ids).logits, joint(base)(ids).logits
+        assert torch.allclose(loaded(ids).logits, expected, atol=1e-5)
+        assert not torch.allclose(loaded(ids).logits, all_layers, atol=1e-3)  # M changed what it reads
+
+
 def test_log_chunks_bias_gives_n_copies_of_a_chunk_the_weight_of_one():
     """context_bias="log_chunks": n identical chunks (read alone, so their keys are equal) weigh in the softmax as
     one chunk does, so the window's logits equal those with the chunk once; without the bias they differ."""
