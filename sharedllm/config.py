@@ -26,7 +26,10 @@ class Knob:
 
 # the method's knobs: what `from_base(base, **knobs)` and `from_pretrained(folder, **knobs)` accept
 KNOBS = {
-    "n_injected_layers": Knob(int, 4, "M: bottom layers that take part in self-injection"),
+    "n_injected_layers": Knob(
+        int, 4, "M: bottom layers that take part in self-injection (fixed by a cross adapter's weights; a joint "
+        "adapter reads at any M)",
+    ),
     "chunk_size": Knob(int, 512, "C: context tokens per chunk"),
     "decoder_window": Knob(int, 1024, "Ld: the most tokens the upper model reads; older tokens become context chunks"),
     "tree_depth": Knob(int, 3, "D: levels of the context tree; 0 = no tree (the whole chunk is one node)"),

@@ -6,10 +6,11 @@
 # the earlier frontier calibrated below M (../joint-overlap/calibrate-layer-16k.json: 14, 6, 2 for M = 16, 8, 4)
 # and the query layer 8 for M = 16 (section 9 of ../tree-selection/: layer 8 ranked the needle's chunk 0th-4th
 # at 128K), none for M <= 8 (10 chunks read instead of 12). The M = 30 point is the default's own cells (same
-# prompts, the same first 8 windows), so it is not rerun here.
+# prompts and windows), so it is not rerun here.
 # Quality: passkey 16K (depths 0-1, 2 trials each = 10 prompts: trials 0-1 of results/retrieval's 50), RULER
-# niah_single 16K test haystack (10 trials), perplexity by `eval heldout` at 16K, books and math, the first 8 of
-# the 16 test windows results/heldout uses. Cost: `sharedllm bench` at 16K against streaming in the same process.
+# niah_single 16K test haystack (10 trials), perplexity by `eval heldout` at 16K, books and math, 8 of the 16 test
+# windows results/heldout uses (its seeded plan's first 8 draws). Cost: `sharedllm bench` at 16K against streaming
+# in the same process.
 # Usage: results/experiments/frontier-16k/run.sh [quality|bench|all]
 set -euo pipefail
 OUT=results/experiments/frontier-16k
