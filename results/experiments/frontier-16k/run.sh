@@ -10,15 +10,17 @@
 # Quality: passkey 16K (depths 0-1, 2 trials each = 10 prompts: trials 0-1 of results/retrieval's 50), RULER
 # niah_single 16K test haystack (10 trials), perplexity by `eval heldout` at 16K, books and math, 8 of the 16 test
 # windows results/heldout uses (its seeded plan's first 8 draws). Cost: `sharedllm bench` at 16K against streaming
-# in the same process.
-# Usage: results/experiments/frontier-16k/run.sh [quality|bench|all]
+# in the same process (median of 3 prefills each).
+# Usage: results/experiments/frontier-16k/run.sh [quality|bench|all] [M: only this point]
 set -euo pipefail
 OUT=results/experiments/frontier-16k
 STAGE=${1:-all}
-POINTS=("24 20 17" "16 14 8" "8 6 none" "4 2 none")  # M, scoring layer, query layer
+ONLY=${2:-}
+POINTS=("24 20 17" "21 20 17" "16 14 8" "8 6 none" "4 2 none")  # M, scoring layer, query layer
 
 for point in "${POINTS[@]}"; do
     read -r m layer query <<< "$point"
+    [[ -z $ONLY || $ONLY == "$m" ]] || continue
     KNOBS="--n-injected-layers $m --selection-layer $layer --query-layer $query"
     if [[ $STAGE == quality || $STAGE == all ]]; then
         ONE="--methods sharedllm --label m$m $KNOBS"
@@ -27,11 +29,11 @@ for point in "${POINTS[@]}"; do
         python -m sharedllm eval heldout $ONE --domains books math --lengths 16K --max-windows 8 --output $OUT/heldout
     fi
     if [[ $STAGE == bench || $STAGE == all ]]; then
-        python -m sharedllm bench --methods sharedllm streaming $KNOBS --lengths 16K --repeats 3 --decode-steps 4 \
+        python -m sharedllm bench --methods sharedllm streaming $KNOBS --lengths 16K --repeats 3 --cell-seconds 600 --decode-steps 4 \
             --threads 1 --output $OUT/bench/m$m --figures $OUT/bench/m$m
     fi
 done
-if [[ $STAGE == bench || $STAGE == all ]]; then  # the default itself (M = 30)
-    python -m sharedllm bench --methods sharedllm streaming --lengths 16K --repeats 3 --decode-steps 4 --threads 1 \
+if [[ ($STAGE == bench || $STAGE == all) && (-z $ONLY || $ONLY == 30) ]]; then  # the default itself (M = 30)
+    python -m sharedllm bench --methods sharedllm streaming --lengths 16K --repeats 3 --cell-seconds 600 --decode-steps 4 --threads 1 \
         --output $OUT/bench/m30 --figures $OUT/bench/m30
 fi
