@@ -14,10 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from transformers import AutoConfig  # noqa: E402
 
-from sharedllm.assets import default_model_path  # noqa: E402
-from sharedllm.benchmark import prefill_flops  # noqa: E402
 from sharedllm.evaluation.heldout import paired_ratio  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -47,10 +44,14 @@ def ruler_right(data: dict) -> tuple[int, int]:
     return round(sum(r["score"] for r in records)), len(records)
 
 
-def window_nlls(path: str, domain: str) -> list[float]:
-    """Mean NLL of each of the frontier's windows in a heldout cell, in one order. The frontier's 8 windows are the
-    first 8 draws of the seeded permutation whose first 16 results/heldout scores, so a subset of its 16 cells."""
-    keys = [(w["doc"], w["start"]) for w in load(HERE / "heldout" / f"heldout_{domain}_{LENGTH}_m*.json")["windows"]]
+def frontier_windows(domain: str) -> list[tuple[str, int]]:
+    """The frontier's windows (document, start), in one order: the first 8 draws of the seeded permutation whose
+    first 16 results/heldout scores, so a subset of its 16 cells."""
+    return [(w["doc"], w["start"]) for w in load(HERE / "heldout" / f"heldout_{domain}_{LENGTH}_m*.json")["windows"]]
+
+
+def window_nlls(path: str, keys: list[tuple[str, int]]) -> list[float]:
+    """Mean NLL of each of the windows `keys` in a heldout cell."""
     by_key = {(w["doc"], w["start"]): w["mean_nll"] for w in json.load(open(path))["windows"]}
     nlls = [by_key.get(key) for key in keys]
     assert len(nlls) == N_WINDOWS and None not in nlls, f"{path} lacks some of the frontier's windows"
@@ -58,20 +59,18 @@ def window_nlls(path: str, domain: str) -> list[float]:
 
 
 def prefill_ratios(m: int) -> dict | None:
-    """Prefill time over streaming's, measured in the same process (median of repeats), and the FLOP ratio."""
+    """Prefill time over streaming's, measured in the same process (median of repeats), and the FLOP ratio, as the
+    bench recorded them."""
     files = sorted(glob.glob(str(HERE / "bench" / f"m{m}" / "*.json")))
     if not files:
         return None
     cells = {c["method"]: c for c in json.load(open(files[-1]))["cells"] if int(c["length"]) == LENGTH and c["status"] == "ok"}
     shared, streaming = cells["sharedllm"], cells["streaming"]
-    text_config = AutoConfig.from_pretrained(default_model_path())
-    knobs = {k: v for k, v in shared["method_config"].items() if k not in ("method", "adapter")}
-    flops = [prefill_flops(name, LENGTH, text_config, knobs, cell["method_config"])
-             for name, cell in (("sharedllm", shared), ("streaming", streaming))]
-    return dict(time=shared["prefill_s"] / streaming["prefill_s"], flops=flops[0] / flops[1])
+    return dict(time=1 / shared["ratios"]["prefill_speedup_vs_streaming"],
+                flops=shared["prefill_flops"] / streaming["prefill_flops"])
 
 
-def point(m: int) -> dict:
+def point(m: int, keys: dict, window: dict) -> dict:
     if m == 30:
         passkey, ruler = load(DEFAULT["passkey"]), load(DEFAULT["ruler"])
         heldout = {d: DEFAULT["heldout"].format(domain=d) for d in DOMAINS}
@@ -79,17 +78,17 @@ def point(m: int) -> dict:
         passkey, ruler = load(HERE / "passkey" / f"passkey_m{m}_*.json"), load(HERE / "ruler" / f"ruler_m{m}_*.json")
         heldout = {d: str(HERE / "heldout" / f"heldout_{d}_{LENGTH}_m{m}.json") for d in DOMAINS}
     config = passkey["method_config"]
-    window = {d: window_nlls(f"results/heldout/heldout_{d}_{LENGTH}_window.json", d) for d in DOMAINS}
-    ppl = {d: dict(ppl=float(np.exp(np.mean(window_nlls(heldout[d], d)))),
-                   vs_window=paired_ratio(window_nlls(heldout[d], d), window[d])) for d in DOMAINS}
+    nlls = {d: window_nlls(heldout[d], keys[d]) for d in DOMAINS}
+    ppl = {d: dict(ppl=float(np.exp(np.mean(nlls[d]))), vs_window=paired_ratio(nlls[d], window[d])) for d in DOMAINS}
     return dict(m=m, selection_layer=config["selection_layer"], query_layer=config.get("query_layer"),
                 passkey=passkey_right(passkey), ruler=ruler_right(ruler), ppl=ppl, cost=prefill_ratios(m))
 
 
 def main() -> None:
-    points = [point(m) for m in (4, 8, 16, 21, 24, 30)]
-    window = {d: float(np.exp(np.mean(window_nlls(f"results/heldout/heldout_{d}_{LENGTH}_window.json", d))))
-              for d in DOMAINS}
+    keys = {d: frontier_windows(d) for d in DOMAINS}
+    window_nll = {d: window_nlls(f"results/heldout/heldout_{d}_{LENGTH}_window.json", keys[d]) for d in DOMAINS}
+    points = [point(m, keys, window_nll) for m in (4, 8, 16, 21, 24, 30)]
+    window = {d: float(np.exp(np.mean(window_nll[d]))) for d in DOMAINS}
     print(f"| M | scoring layer / query layer | passkey 16K | niah_single 16K | "
           + " | ".join(f"PPL {d} (window {window[d]:.2f}); sharedllm / window" for d in DOMAINS)
           + " | prefill time / streaming | prefill FLOPs / streaming |")
