@@ -119,15 +119,15 @@ KNOBS = {
     ),
 }
 KNOB_DEFAULTS = {name: knob.default for name, knob in KNOBS.items()}
-ADAPTER_SHAPE_KNOBS = ("n_injected_layers", "injection")  # they lay out a trained cross adapter's weights
+# per injection, the knobs that lay out a trained adapter's weights: a cross adapter has weights per injected layer;
+# a joint adapter has none per layer (its LoRA, if any, covers every layer), so M is a reading knob for it
+ADAPTER_SHAPE_KNOBS = {"cross": ("n_injected_layers", "injection"), "joint": ("injection",)}
 
 
 def check_adapter_overrides(saved: "SharedLLMConfig", overrides: dict) -> None:
-    """Knob overrides on a saved adapter may change how it reads (windows, tree, budgets), not which weights it has.
-    A joint adapter has no per-layer injection weights (its LoRA, if any, covers every layer), so its number of
-    injected layers is a reading knob too: the M frontier reads one adapter at several M."""
-    shape_knobs = ("injection",) if saved.injection == "joint" else ADAPTER_SHAPE_KNOBS
-    for knob in shape_knobs:
+    """Knob overrides on a saved adapter may change how it reads (windows, tree, budgets, a joint adapter's M), not
+    which weights it has."""
+    for knob in ADAPTER_SHAPE_KNOBS[saved.injection]:
         if knob in overrides and overrides[knob] != getattr(saved, knob):
             fix = ("joint injection needs no adapter: use the untrained model (from_base, or --adapter none)"
                    if knob == "injection" and overrides[knob] == "joint" else "train an adapter with that value")
