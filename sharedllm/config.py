@@ -105,8 +105,9 @@ KNOBS = {
     "context_chunks": Knob(
         int, None, "k, tree_selection attention: the window reads only the k chunks whose best token scores highest "
         "under the scoring layer's query (a global top-k over chunks, as InfLLM retrieves blocks; the others stay "
-        "cached, and only the k are gathered for attention); default every chunk. Why: chunks share positions, so "
-        "many of them dilute the window's attention", optional=True,
+        "cached, and only the k are gathered for attention); 0 with query_chunks: only the query tokens' chunks; "
+        "default every chunk. Why: chunks share positions, so many of them dilute the window's attention",
+        optional=True,
     ),
     "recent_chunks": Knob(
         int, 0, "r, with context_chunks: the r most recent chunks (the text just before the window) are always among "
@@ -281,7 +282,7 @@ class SharedLLMConfig(PretrainedConfig):
                 self.query_chunks == 0 or (self.query_chunks > 0 and self.query_tokens > 1
                                            and self.context_chunks is not None),
                 f"query_chunks adds chunks chosen by several query tokens to the context_chunks read: it must be >= 0 "
-                f"and needs query_tokens > 1 and context_chunks above 0, got query_chunks={self.query_chunks}, "
+                f"and needs query_tokens > 1 and context_chunks set, got query_chunks={self.query_chunks}, "
                 f"query_tokens={self.query_tokens}, context_chunks={self.context_chunks} (for the query token alone pass "
                 f"query_tokens 1 with query_chunks 0)",
             ),
@@ -293,9 +294,11 @@ class SharedLLMConfig(PretrainedConfig):
             ),
             (self.n_injected_layers >= 1, f"n_injected_layers must be >= 1, got {self.n_injected_layers}"),
             (
-                self.context_chunks is None or (self.context_chunks >= 1 and self.tree_selection == "attention"),
-                f"context_chunks ranks chunks by the scoring layer's attention: it must be >= 1 and needs "
-                f"tree_selection='attention', got context_chunks={self.context_chunks}, "
+                self.context_chunks is None or (self.tree_selection == "attention" and (
+                    self.context_chunks >= 1 or (self.context_chunks == 0 and self.query_chunks > 0))),
+                f"context_chunks ranks chunks by the scoring layer's attention: it must be >= 1 (0 with query_chunks "
+                f"above 0: only the query tokens choose) and needs tree_selection='attention', got "
+                f"context_chunks={self.context_chunks}, query_chunks={self.query_chunks}, "
                 f"tree_selection={self.tree_selection!r}",
             ),
             (

@@ -113,17 +113,17 @@ def test_context_chunks_reads_only_the_best_chunk():
         assert not torch.allclose(out, every(torch.cat([*chunks, window])[None]).logits, atol=1e-3)
 
 
-@pytest.mark.parametrize("injection, recent, score, query_tokens, query_layer", [
-    ("cross", 0, "logit", 1, None), ("joint", 0, "logit", 1, None), ("joint", 1, "logit", 1, None),
-    ("joint", 0, "probability", 1, None), ("joint", 0, "probability", 5, None), ("cross", 0, "logit", 5, None),
-    ("joint", 0, "probability", 5, 0), ("cross", 0, "logit", 5, 0),
+@pytest.mark.parametrize("injection, recent, score, query_tokens, query_layer, k", [
+    ("cross", 0, "logit", 1, None, 2), ("joint", 0, "logit", 1, None, 2), ("joint", 1, "logit", 1, None, 2),
+    ("joint", 0, "probability", 1, None, 2), ("joint", 0, "probability", 5, None, 2), ("cross", 0, "logit", 5, None, 2),
+    ("joint", 0, "probability", 5, 0, 2), ("cross", 0, "logit", 5, 0, 2), ("joint", 0, "probability", 5, 0, 0),
 ])
-def test_context_chunks_generate_equals_forward(injection, recent, score, query_tokens, query_layer):
+def test_context_chunks_generate_equals_forward(injection, recent, score, query_tokens, query_layer, k):
     """Chunks rolling in during generation are ranked with the others under the prefill's query (and the most
     recent one is then the new one), as a forward over the whole sequence with the same query ranks them."""
     torch.manual_seed(0)
     model = wrap(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=8, tree_selection="attention",
-                 context_chunks=2, recent_chunks=recent, injection=injection, selection_score=score,
+                 context_chunks=k, recent_chunks=recent, injection=injection, selection_score=score,
                  query_tokens=query_tokens, query_chunks=int(query_tokens > 1), query_layer=query_layer,
                  selected_leaves=2 if query_tokens > 1 else None)  # Q = 1: the greedy tree, as before
     if injection == "cross":
@@ -143,8 +143,11 @@ def test_context_chunks_generate_equals_forward(injection, recent, score, query_
 def test_context_chunks_needs_attention_selection():
     with pytest.raises(ValueError, match="context_chunks.*tree_selection='attention'"):
         wrap(context_chunks=2, tree_selection="query")
-    with pytest.raises(ValueError, match="context_chunks"):
+    with pytest.raises(ValueError, match="context_chunks.*0 with query_chunks above 0"):
         wrap(context_chunks=0, tree_selection="attention")
+    # 0 with query_chunks: only the query tokens choose (m at the scoring layer, m more at query_layer)
+    assert wrap(context_chunks=0, query_chunks=1, query_tokens=3, query_layer=0, tree_selection="attention",
+                tree_depth=2, tokens_per_node=4, selected_leaves=1).config.chunks_read == 2
     with pytest.raises(ValueError, match="recent_chunks counts among the context_chunks"):
         wrap(context_chunks=2, recent_chunks=3, tree_selection="attention")
     with pytest.raises(ValueError, match="recent_chunks counts among the context_chunks"):
@@ -287,6 +290,10 @@ def test_top_chunks_with_a_separate_query_layer_add_its_q_tokens_best_others():
     assert read.keys[0][0, 0, ::2, 0].tolist() == [0, 1, 2, 3]
     assert read.n_chunks.tolist() == [4]
     assert top_chunks(context, 3, query_tokens=2, extra=1, query_vectors=4) is context  # 5 read of 5: all
+    # k = 0: only the Q tokens choose, chunk 2 at the scoring layer and the best other at query_layer, chunk 0
+    read = top_chunks(context, 0, query_tokens=2, extra=1, query_vectors=4)
+    assert read.keys[0][0, 0, ::2, 0].tolist() == [0, 2]
+    assert read.n_chunks.tolist() == [2]
 
 
 def test_top_chunks_with_several_query_tokens_add_their_best_other_chunks():
