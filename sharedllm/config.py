@@ -44,6 +44,12 @@ KNOBS = {
         "the descent follows the single best token and loses a needle whose leaf ranks second (docs/method.md); "
         "default: the tree", optional=True,
     ),
+    "leaf_lookback": Knob(
+        int, 0, "s, with selected_leaves: a leaf is ranked by its best token among its own and the s tokens before it "
+        "in its chunk, so the leaf after a matched key near a leaf border, where the value it looks up goes on, is "
+        "kept exact too. Why: a needle's best token is its key words just before the value, and a value cut by a "
+        "leaf border was copied truncated (docs/method.md); 0 = each leaf by its own tokens",
+    ),
     "tree_selection": Knob(
         str, "query", "query: cosine of node vectors to the query (the paper); attention: the last injected "
         "layer's cross-attention logits (needs node_encoding chunk); recent: always the most recent half (ablation)",
@@ -263,6 +269,14 @@ class SharedLLMConfig(PretrainedConfig):
                 f"selected_leaves ranks the 2**tree_depth leaves by their tokens' attention scores (or recency): it "
                 f"needs tree_depth >= 1, 1 <= selected_leaves <= 2**tree_depth and tree_selection 'attention' or "
                 f"'recent', got selected_leaves={self.selected_leaves}, tree_depth={self.tree_depth}, "
+                f"tree_selection={self.tree_selection!r}",
+            ),
+            (
+                self.leaf_lookback == 0 or (self.selected_leaves is not None and self.tree_selection == "attention"
+                                            and 0 < self.leaf_lookback <= self.leaf_length),
+                f"leaf_lookback widens the attention ranking of selected_leaves: it must be >= 0, and above 0 needs "
+                f"selected_leaves, tree_selection='attention' and at most the leaf length {self.leaf_length}, got "
+                f"leaf_lookback={self.leaf_lookback}, selected_leaves={self.selected_leaves}, "
                 f"tree_selection={self.tree_selection!r}",
             ),
             (

@@ -360,7 +360,7 @@ class ContextEncoder:
                     for start, length in search_tree(half_scores, n, chunk_size, cfg.tree_depth, device)]
         else:
             best, others = top_leaves(token_scores, n, chunk_size, cfg.leaf_length, cfg.selected_leaves, device,
-                                      several_scores)
+                                      several_scores, cfg.leaf_lookback)
             kept = [(best, cfg.leaf_length, cfg.node_budget(cfg.leaf_length)),
                     (others, cfg.leaf_length, cfg.tokens_per_node)]
         compress = lambda kv: torch.cat(  # noqa: E731

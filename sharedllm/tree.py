@@ -134,18 +134,20 @@ def search_tree(
 
 
 def top_leaves(token_scores: torch.Tensor | None, n_chunks: int, chunk_size: int, leaf_length: int, n_selected: int,
-               device: torch.device,
-               second_scores: torch.Tensor | None = None) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """Rank every leaf of every chunk by its best token in `token_scores` (N, C); None ranks the most recent leaves
-    first (the "recent" ablation). `second_scores` (N, C): a second scoring whose best leaf among the others is
-    selected too (`union_order`). Returns the starts of the n_selected (+ 1) best leaves (N, n) and of the others
-    (N, C / leaf_length - n), each in ascending order of position."""
+               device: torch.device, second_scores: torch.Tensor | None = None,
+               lookback: int = 0) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """Rank every leaf of every chunk by its best token in `token_scores` (N, C), counting the `lookback` tokens
+    before the leaf as its own (a key matched there is looked up for the value that follows it, in this leaf); None
+    ranks the most recent leaves first (the "recent" ablation). `second_scores` (N, C): a second scoring whose best
+    leaf among the others is selected too (`union_order`). Returns the starts of the n_selected (+ 1) best leaves
+    (N, n) and of the others (N, C / leaf_length - n), each in ascending order of position."""
     n_leaves = chunk_size // leaf_length
 
-    def per_leaf(scores):  # (N, C) -> (N, L) each leaf's best token
+    def per_leaf(scores):  # (N, C) -> (N, L) each leaf's best token, its `lookback` tokens before it included
         if scores is None:
             return torch.arange(n_leaves, device=device, dtype=torch.float).expand(n_chunks, -1)
-        return scores.view(n_chunks, n_leaves, leaf_length).amax(dim=-1)
+        padded = torch.nn.functional.pad(scores, (lookback, 0), value=float("-inf"))  # (N, s + C)
+        return padded.unfold(-1, lookback + leaf_length, leaf_length).amax(dim=-1)  # windows [start - s, end)
 
     leaf_scores = per_leaf(token_scores)
     rankings = [(leaf_scores, n_selected)] + ([] if second_scores is None else [(per_leaf(second_scores), 1)])

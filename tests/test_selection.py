@@ -309,6 +309,15 @@ def test_top_chunks_with_several_query_tokens_add_their_best_other_chunks():
     assert top_chunks(context, 2, query_tokens=2).keys[0][0, 0, ::2, 0].tolist() == [0, 1]
 
 
+def test_leaf_lookback_needs_ranked_leaves():
+    with pytest.raises(ValueError, match="leaf_lookback.*needs selected_leaves"):
+        wrap(leaf_lookback=4, tree_selection="attention", tree_depth=2, tokens_per_node=4)
+    with pytest.raises(ValueError, match="at most the leaf length 8"):
+        wrap(leaf_lookback=9, tree_selection="attention", tree_depth=2, tokens_per_node=4, selected_leaves=1)
+    with pytest.raises(ValueError, match="leaf_lookback"):
+        wrap(leaf_lookback=4, tree_selection="recent", tree_depth=2, tokens_per_node=4, selected_leaves=1)
+
+
 def test_query_tokens_need_attention_selection():
     with pytest.raises(ValueError, match="query_tokens.*tree_selection='attention'"):
         wrap(query_tokens=4, tree_selection="query")

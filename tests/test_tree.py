@@ -126,6 +126,23 @@ def test_top_leaves_keeps_the_second_best_leaf_the_descent_loses():
     assert (node_tiling([(best, leaf), (others, leaf)]) == 1).all()
 
 
+def test_top_leaves_lookback_keeps_the_leaf_a_key_near_its_border_leads_into():
+    """The best token (a needle's key words) 2 tokens before the end of leaf 0, the value it looks up running on
+    into leaf 1, a second best in leaf 5: each leaf by its own tokens keeps leaves 0 and 5 and cuts the value; with
+    a lookback of 4 leaf 1 counts the key too and the two leaves that hold the needle are kept; a key in the middle
+    of a leaf changes nothing."""
+    n, chunk_size, leaf = 2, 64, 8
+    scores = torch.zeros(n, chunk_size)
+    scores[:, leaf - 2], scores[:, 5 * leaf + 3] = 10.0, 9.0
+    scores[1, leaf - 2], scores[1, 3] = 0.0, 10.0  # row 1: the key in the middle of leaf 0
+    alone, _ = top_leaves(scores, n, chunk_size, leaf, 2, torch.device("cpu"))
+    assert alone.tolist() == [[0, 5 * leaf]] * n
+    best, others = top_leaves(scores, n, chunk_size, leaf, 2, torch.device("cpu"), lookback=4)
+    assert best.tolist() == [[0, leaf], [0, 5 * leaf]]
+    assert (node_tiling([(best, leaf), (others, leaf)]) == 1).all()
+    assert top_leaves(scores, n, chunk_size, leaf, 2, torch.device("cpu"), lookback=1)[0].tolist() == alone.tolist()
+
+
 def test_top_leaves_without_scores_keeps_the_most_recent():
     best, others = top_leaves(None, 2, 64, 16, 1, torch.device("cpu"))
     assert best.tolist() == [[48], [48]] and others.tolist() == [[0, 16, 32], [0, 16, 32]]
