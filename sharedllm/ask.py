@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import TextStreamer
 
-from sharedllm.assets import DEFAULT_ADAPTER
+from sharedllm.assets import DEFAULT_ADAPTER, default_adapter_hint
 from sharedllm.compat import cache_argument
 from sharedllm.context_cache import ContextCache
 from sharedllm.flags import add_base_argument, add_knob_arguments, knobs_from_args
@@ -136,7 +136,8 @@ def load_model(adapter: str | Path | None = None, device: str | None = None, bas
     adapter = Path(adapter) if adapter else DEFAULT_ADAPTER
     if not (adapter / "config.json").is_file():
         raise AskError(
-            f"no adapter in {adapter}; pass --adapter DIR (a folder written by `sharedllm train` or save_pretrained)"
+            f"no adapter in {adapter}{default_adapter_hint(adapter)}; pass --adapter DIR (a folder written by "
+            "`sharedllm train` or save_pretrained)"
         )
     config = SharedLLMConfig.from_pretrained(adapter)
     base_model, tokenizer = load_causal_lm(base or config.base_model)

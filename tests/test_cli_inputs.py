@@ -128,6 +128,20 @@ def test_default_adapter_is_found_from_any_folder(no_model):
     assert cli._portable_path(str(cli.DEFAULT_ADAPTER)) == "adapters/smollm2-135m-joint-exercises"  # results name no machine path
 
 
+def test_a_missing_default_adapter_says_it_comes_with_the_repository(tmp_path, monkeypatch):
+    """A wheel install has no adapters/ folder: the error says where the default adapter comes from; another
+    missing folder gets no such hint."""
+    import sharedllm.assets
+    from sharedllm.cli import InputError, adapter_argument
+
+    monkeypatch.setattr(sharedllm.assets, "DEFAULT_ADAPTER", tmp_path / "adapters" / "default")
+    with pytest.raises(InputError, match="ships with the repository, not with a wheel"):
+        adapter_argument(str(tmp_path / "adapters" / "default"))
+    with pytest.raises(InputError) as error:
+        adapter_argument(str(tmp_path / "elsewhere"))
+    assert "repository" not in str(error.value)
+
+
 def test_the_default_model_is_named_by_its_place_in_the_assets_home(tmp_path, monkeypatch):
     """Two machines with different homes key a run's journal alike, so one continues what the other stopped."""
     from sharedllm.evaluation import cli
