@@ -20,6 +20,7 @@ from sharedllm.loading import DEFAULT_BASE, load_causal_lm
 from sharedllm.methods import load_method
 
 forced = {}  # {"chunk": the asked needle's chunk index} for the prompt being answered
+union_order = context_encoder.union_order  # the library's, which forced_first wraps
 
 
 def forced_first(rankings):
@@ -28,9 +29,6 @@ def forced_first(rankings):
     scores = scores.clone()
     scores[:, forced["chunk"]] = float("inf")
     return union_order(((scores, count), *later))
-
-
-union_order = context_encoder.union_order
 
 
 def main():
