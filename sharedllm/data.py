@@ -362,27 +362,25 @@ class RetrievalSample:
 
 
 def plant_retrieval_facts(ids: np.ndarray, context_len: int, tokenizer, rng: np.random.Generator,
-                          max_facts: int = 4, max_questions: int = 2) -> RetrievalSample:
+                          max_facts: int = 4, max_questions: int = 2, max_window_facts: int = 0) -> RetrievalSample:
     """Key-value facts written over random spots of the context, questions on some of them at the very end.
 
-    The facts lie only in the first `context_len` tokens (the chunks), so the answers can only come through the
-    cross-attention; the decoder window keeps its own text up to the questions. Only the answers are scored.
+    The asked facts lie only in the first `context_len` tokens (the chunks), so the answers can only come through
+    the cross-attention; the decoder window keeps its own text up to the questions. Only the answers are scored.
+    With `max_window_facts`, 0 to that many more facts under other keys, never asked, are written into the window
+    before the questions: distractors in plain view, as a haystack's other needles can be, which the answer must
+    be told apart from by its key.
     """
     encode = lambda text: _encode(tokenizer, text).astype(ids.dtype)  # noqa: E731
     n_facts = int(rng.integers(1, max_facts + 1))
-    people = rng.choice(len(RETRIEVAL_NAMES), size=n_facts, replace=False)
+    n_window = int(rng.integers(0, max_window_facts + 1)) if max_window_facts else 0  # no draw: old streams kept
+    people = rng.choice(len(RETRIEVAL_NAMES), size=n_facts + n_window, replace=False)
     keys = [f"{RETRIEVAL_NAMES[p]}'s {RETRIEVAL_THINGS[rng.integers(len(RETRIEVAL_THINGS))]}" for p in people]
     values = [str(int(rng.integers(100, 10_000_000))) for _ in keys]
     facts = [encode(RETRIEVAL_FACT.format(key=k, value=v)) for k, v in zip(keys, values)]
 
     ids, labels = ids.copy(), np.full(len(ids), -100, dtype=np.int64)
-    # one fact per equal slice of the context, at a random offset inside it: facts never overlap
-    slice_len = context_len // n_facts
-    for i, fact in enumerate(facts):
-        if len(fact) > slice_len:
-            raise ValueError(f"a {len(fact)}-token fact does not fit a {slice_len}-token slice of the context")
-        start = i * slice_len + int(rng.integers(0, slice_len - len(fact) + 1))
-        ids[start:start + len(fact)] = fact
+    _write_spread(ids, facts[:n_facts], 0, context_len, rng)
 
     asked = rng.choice(n_facts, size=min(max_questions, n_facts), replace=False)
     tail, answer_spans = [], []
@@ -396,9 +394,22 @@ def plant_retrieval_facts(ids: np.ndarray, context_len: int, tokenizer, rng: np.
         raise ValueError("the questions do not fit the decoder window")
     offset = len(ids) - len(tail)
     ids[offset:] = tail
+    _write_spread(ids, facts[n_facts:], context_len, offset, rng)
     for start, length in answer_spans:
         labels[offset + start:offset + start + length] = ids[offset + start:offset + start + length]
     return RetrievalSample(ids, labels, offset + answer_spans[0][0] - 1)
+
+
+def _write_spread(ids: np.ndarray, facts: list[np.ndarray], start: int, end: int, rng: np.random.Generator) -> None:
+    """Write each fact over ids[start:end], one per equal slice at a random offset inside it: they never overlap."""
+    if not facts:
+        return
+    slice_len = (end - start) // len(facts)
+    for i, fact in enumerate(facts):
+        if len(fact) > slice_len:
+            raise ValueError(f"a {len(fact)}-token fact does not fit a {slice_len}-token slice of tokens {start}-{end}")
+        at = start + i * slice_len + int(rng.integers(0, slice_len - len(fact) + 1))
+        ids[at:at + len(fact)] = fact
 
 
 def copy_sample(ids: np.ndarray, context_len: int, rng: np.random.Generator) -> np.ndarray:

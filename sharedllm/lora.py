@@ -110,10 +110,19 @@ def load_upper_lora(model, directory: str | Path) -> None:
     """Put a trained upper-layer LoRA (`<adapter>/upper_lora`) onto a loaded SharedLLM model's base."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    directory = Path(directory)
     inject_adapter_in_model(LoraConfig.from_pretrained(str(directory)), model.base)
+    copy_upper_lora_weights(model, directory)
+
+
+def copy_upper_lora_weights(model, directory: str | Path) -> None:
+    """Overwrite the LoRA already injected into a model's base with the weights saved in `directory` (same rank
+    and layers, else a ValueError naming the mismatch)."""
+    directory = Path(directory)
     weights = load_file(str(directory / LORA_WEIGHTS), device=str(model.base.device))
-    missing, unexpected = model.base.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = model.base.load_state_dict(weights, strict=False)
+    except RuntimeError as error:  # same names, other shapes: another rank
+        raise ValueError(f"LoRA weights in {directory} do not fit this LoRA: {error}") from None
     missing = [name for name in missing if "lora_" in name]
     if missing or unexpected:
         raise ValueError(f"LoRA weights in {directory} do not match: missing {missing}, unexpected {unexpected}")

@@ -44,7 +44,7 @@ from sharedllm.config import KNOB_DEFAULTS, KNOBS, SharedLLMConfig
 from sharedllm.distillation import teacher_window_logits, topk_distillation_loss
 from sharedllm.flags import add_base_argument, add_knob_arguments, knobs_from_args, parse_length
 from sharedllm.lora import (  # noqa: F401 (LORA_WEIGHTS, load_upper_lora re-exported)
-    LORA_DIR, LORA_WEIGHTS, add_upper_lora, first_lora_layer, has_upper_lora, load_upper_lora,
+    LORA_DIR, LORA_WEIGHTS, add_upper_lora, copy_upper_lora_weights, first_lora_layer, has_upper_lora, load_upper_lora,
 )
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     retrieval_fraction: float = 0.0  # share of samples with key-value facts planted in context (data.py)
     retrieval_facts: int = 4  # most facts planted per exercise (1 to this many, each a different key)
+    retrieval_window_facts: int = 0  # most never-asked facts also planted in an exercise's decoder window
     copy_fraction: float = 0.0  # share of samples whose decoder window repeats a context span (data.copy_sample)
     distill_weight: float = 0.0  # weight of the KL to the full-attention base on the decoder window (distillation.py)
     distill_top_k: int = 50
@@ -167,6 +168,9 @@ def validate_config(config: TrainConfig) -> None:
     if not 1 <= config.retrieval_facts <= len(data.RETRIEVAL_NAMES):
         raise InputError(f"--retrieval-facts must be in [1, {len(data.RETRIEVAL_NAMES)}] (one name per fact), got "
                          f"{config.retrieval_facts}")
+    if not 0 <= config.retrieval_window_facts <= len(data.RETRIEVAL_NAMES) - config.retrieval_facts:
+        raise InputError(f"--retrieval-window-facts must be in [0, {len(data.RETRIEVAL_NAMES)} - --retrieval-facts] "
+                         f"(one name per fact), got {config.retrieval_window_facts}")
     if not 0.0 <= config.copy_fraction <= 1.0 - config.retrieval_fraction:
         raise InputError(f"--copy-fraction must be in [0, 1 - retrieval fraction], got {config.copy_fraction}")
     if config.copy_fraction and config.decoder_window > config.context_len:
@@ -294,11 +298,15 @@ def build_model(config: TrainConfig):
     base, tokenizer = load_causal_lm(config.base)
     model = SharedLLMForCausalLM.from_base(base, tokenizer=tokenizer, **config.knobs)
     if config.init_adapter:
-        if has_upper_lora(config.init_adapter):  # loading it would put its LoRA into this run's base
-            raise InputError(f"--init-adapter copies a cross-attention adapter; {config.init_adapter} also holds a "
-                             f"LoRA ({LORA_DIR}/), which it cannot start from: continue that run with --resume instead")
-        # from_pretrained checks that the adapter was trained on this very base (weight fingerprint)
-        start = SharedLLMForCausalLM.from_pretrained(config.init_adapter, base=base)
+        lora = has_upper_lora(config.init_adapter)
+        if lora and not config.lora_rank:
+            raise InputError(f"--init-adapter {config.init_adapter} holds a LoRA ({LORA_DIR}/): train one of its rank "
+                             "(--lora-rank) to start from it")
+        # from_pretrained checks that the adapter was trained on this very base (weight fingerprint). Loading injects
+        # its LoRA into the base it is given, so a LoRA'd adapter gets a base of its own; configure_trainable copies
+        # that LoRA's weights into this run's.
+        start = SharedLLMForCausalLM.from_pretrained(config.init_adapter, base=config.base if lora else base,
+                                                     merge_lora=False)
         if start.config.n_injected_layers != config.knobs["n_injected_layers"]:
             raise ValueError(f"--init-adapter {config.init_adapter} has {start.config.n_injected_layers} injected "
                              f"layers, this run {config.knobs['n_injected_layers']}")
@@ -313,6 +321,8 @@ def configure_trainable(model, config: TrainConfig) -> list[torch.nn.Parameter]:
         p.requires_grad_(True)
     if config.lora_rank:
         add_upper_lora(model, config.lora_rank)
+        if config.init_adapter and has_upper_lora(config.init_adapter):
+            copy_upper_lora_weights(model, Path(config.init_adapter) / LORA_DIR)
         for name, p in model.base.named_parameters():
             p.requires_grad_("lora_" in name)
     if config.gradient_checkpointing:
@@ -444,7 +454,8 @@ def next_micro_batch(sampler, config: TrainConfig, tokenizer) -> tuple[torch.Ten
         draw = rng.random()
         if draw < config.retrieval_fraction:
             planted = data.plant_retrieval_facts(ids[row].numpy(), context_len, tokenizer, rng,
-                                                 max_facts=config.retrieval_facts)
+                                                 max_facts=config.retrieval_facts,
+                                                 max_window_facts=config.retrieval_window_facts)
             ids[row], labels[row] = torch.from_numpy(planted.ids), torch.from_numpy(planted.labels)
             query[row] = planted.query_index
         elif draw < config.retrieval_fraction + config.copy_fraction:
@@ -877,6 +888,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="most facts planted per retrieval exercise (1 to this many, each under a different key, one per equal "
              "slice of the context): more facts are more distractors the answer must be told apart from. "
              "val_retrieval_acc always plants up to 4, so runs compare")
+    add("--retrieval-window-facts", type=int, default=defaults.retrieval_window_facts,
+        help="most facts (0 to this many, under other keys, never asked) also planted in a retrieval exercise's "
+             "decoder window before its questions: distractors in plain view, so the answer must be told apart by "
+             "its key, not by being the one fact in the context")
     add("--copy-fraction", type=float, default=defaults.copy_fraction,
         help="share of samples turned into copy exercises (CEPE's duplicate warm-up): the decoder window repeats a "
              "span of the context, so every window token can be predicted by finding and copying it")
@@ -887,8 +902,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--distill-top-k", type=int, default=defaults.distill_top_k, help="teacher tokens the KL term keeps per position")
     add("--eval-retrieval", action="store_true",
         help="also log val_retrieval_acc (planted facts, exact answers) without training on exercises")
-    add("--init-adapter", default=None, help="start from this adapter's cross-attention weights (e.g. continue "
-        "training the shipped adapter on your data); the knobs of this run apply")
+    add("--init-adapter", default=None, help="start from this adapter's weights, its cross-attention and its LoRA "
+        "(e.g. continue training the shipped adapter on your data; a LoRA needs the same --lora-rank); the knobs of "
+        "this run apply")
     add("--seed", type=int, default=defaults.seed, help="seed of the sampler and of any random initialisation")
     add("--eval-every", type=int, default=defaults.eval_every, help="steps between validation evaluations")
     add("--eval-windows", type=int, default=defaults.eval_windows, help="fixed validation windows per evaluation")

@@ -231,6 +231,30 @@ def test_planted_facts_sit_in_the_context_and_only_the_asked_answers_are_scored(
         assert decode(planted.ids[planted.query_index - 2:planted.query_index + 1]) == " is"
 
 
+def test_window_facts_are_other_keys_in_the_window_never_asked():
+    tokenizer = CharTokenizer()
+    text_of = {tokenizer.encode(chr(c))[0]: chr(c) for c in range(32, 127)}
+    decode = lambda ids: "".join(text_of.get(int(i), "_") for i in ids)  # noqa: E731  token 0: the document
+    context_len, counts = 2000, set()
+    for seed in range(8):
+        planted = data.plant_retrieval_facts(np.zeros(3000, dtype=np.uint32), context_len, tokenizer,
+                                             np.random.default_rng(seed), max_window_facts=2)
+        context = dict(re.findall(r"Note: the code of (.+?) is (\d+)\.", decode(planted.ids[:context_len])))
+        window_text = decode(planted.ids[context_len:])
+        questions = window_text.index("Question:")
+        in_window = dict(re.findall(r"Note: the code of (.+?) is (\d+)\.", window_text[:questions]))
+        assert "Note:" not in window_text[questions:] and window_text[:questions].count("Note:") == len(in_window)
+        names = lambda keys: {key.split("'")[0] for key in keys}  # noqa: E731
+        assert not names(context) & names(in_window)  # other people: a key tells them apart
+        asked = re.findall(r"Question: what is the code of (.+?)\? Answer", window_text)
+        assert set(asked) <= set(context)  # only context facts are asked
+        counts.add(len(in_window))
+    assert counts == {0, 1, 2}
+    plain = data.plant_retrieval_facts(np.zeros(3000, dtype=np.uint32), context_len, tokenizer, np.random.default_rng(0))
+    assert np.array_equal(plain.ids, data.plant_retrieval_facts(np.zeros(3000, dtype=np.uint32), context_len, tokenizer,
+                                                                np.random.default_rng(0), max_window_facts=0).ids)
+
+
 def test_planted_facts_that_cannot_fit_fail_clearly():
     with pytest.raises(ValueError, match="does not fit"):
         data.plant_retrieval_facts(np.zeros(300, np.uint32), 40, CharTokenizer(), np.random.default_rng(0))

@@ -436,7 +436,7 @@ def test_trailing_mean_is_the_mean_of_the_last_window_values():
     assert training.trailing_mean([1.0, 2.0], 1) == [1.0, 2.0]
 
 
-def test_init_adapter_starts_from_its_weights_and_checks_layers(workspace, tmp_path):
+def test_init_adapter_starts_from_its_weights_and_lora_and_checks_them(workspace, tmp_path):
     run_cli(train_args(workspace, tmp_path / "first", "--steps", "2", "--eval-every", "2", "--save-every", "2"))
     run_cli(train_args(workspace, tmp_path / "again", "--steps", "1", "--lr", "0", "--eval-every", "1",
                        "--save-every", "1", "--init-adapter", str(tmp_path / "first")))
@@ -446,10 +446,19 @@ def test_init_adapter_starts_from_its_weights_and_checks_layers(workspace, tmp_p
     with pytest.raises(ValueError, match="injected layers"):
         run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--n-injected-layers", "1",
                            "--init-adapter", str(tmp_path / "first")))
-    run_cli(train_args(workspace, tmp_path / "lora", "--steps", "1", "--lora-rank", "2", "--eval-every", "1",
+    run_cli(train_args(workspace, tmp_path / "lora", "--steps", "2", "--lora-rank", "2", "--eval-every", "2",
                        "--save-every", "1"))
-    with pytest.raises(ValueError, match="also holds a LoRA"):
+    run_cli(train_args(workspace, tmp_path / "lora-again", "--steps", "1", "--lr", "0", "--lora-rank", "2",
+                       "--eval-every", "1", "--save-every", "1", "--init-adapter", str(tmp_path / "lora")))
+    lora, lora_again = (load_file(str(tmp_path / name / training.LORA_DIR / training.LORA_WEIGHTS))
+                        for name in ("lora", "lora-again"))
+    assert any(value.abs().sum() > 0 for key, value in lora.items() if "lora_B" in key)  # B starts at zero: it trained
+    assert lora.keys() == lora_again.keys() and all(torch.equal(value, lora_again[key]) for key, value in lora.items())
+    with pytest.raises(ValueError, match="holds a LoRA"):
         run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--init-adapter", str(tmp_path / "lora")))
+    with pytest.raises(ValueError, match="do not fit this LoRA"):
+        run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--lora-rank", "4", "--overwrite",
+                           "--init-adapter", str(tmp_path / "lora")))
     with pytest.raises(ValueError, match="retrieval-fraction"):
         run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--retrieval-fraction", "1.5"))
 
