@@ -350,8 +350,30 @@ def split_documents(documents: list, validation_fraction: float = 0.05) -> tuple
 RETRIEVAL_NAMES = ("Alma Bruno Carla Dmitri Elena Farid Greta Hiro Ines Jonas Kira Luca Maya Nils Olga Pablo "
                    "Quinn Rosa Sami Tara Umar Vera Wim Xena Yusuf Zora").split()
 RETRIEVAL_THINGS = ("locker safe bike lock suitcase gate mailbox door vault cabinet garage alarm").split()
-RETRIEVAL_FACT = " Note: the code of {key} is {value}."
-RETRIEVAL_QUESTION = "\nQuestion: what is the code of {key}? Answer: the code of {key} is"
+# Word-pair keys ("amber-comet"), shaped like RULER's multikey keys but from words its lists do not use (a test checks).
+RETRIEVAL_ADJECTIVES = ("amber azure bold brisk coral dusty faint frosty glossy hazy ivory jagged khaki lunar misty "
+                        "muddy olive pale polar rusty sandy scarlet silver snowy sunny velvet windy").split()
+RETRIEVAL_NOUNS = ("acorn arrow bell boot button carpet cloud comet crown drum fern flute fork kite lamp leaf mask "
+                   "nest oar pearl pebble quill ribbon rocket scarf spoon tulip vase wagon whistle").split()
+
+
+@dataclass(frozen=True)
+class RetrievalWording:
+    fact: str  # written into the text, with {key} and {value}
+    question: str  # ends the window; the answer " {value}." follows it
+    keys: str  # "owned": a person's thing ("Rosa's safe"); "pairs": a word pair ("amber-comet")
+
+
+RETRIEVAL_WORDINGS = (  # the first is the original (and the only one unless --retrieval-wordings asks for more)
+    RetrievalWording(" Note: the code of {key} is {value}.",
+                     "\nQuestion: what is the code of {key}? Answer: the code of {key} is", "owned"),
+    RetrievalWording(" Remember: the number filed under {key} is {value}.",
+                     "\nWhich number is filed under {key}? The number filed under {key} is", "pairs"),
+    RetrievalWording(" ({key}: {value})", "\nLook up {key} in the text above. {key}:", "pairs"),
+    RetrievalWording(" By the way, {key} has the combination {value}.",
+                     "\nWhat combination does {key} have? {key} has the combination", "owned"),
+)
+RETRIEVAL_FACT, RETRIEVAL_QUESTION = RETRIEVAL_WORDINGS[0].fact, RETRIEVAL_WORDINGS[0].question
 
 
 @dataclass
@@ -362,22 +384,23 @@ class RetrievalSample:
 
 
 def plant_retrieval_facts(ids: np.ndarray, context_len: int, tokenizer, rng: np.random.Generator,
-                          max_facts: int = 4, max_questions: int = 2, max_window_facts: int = 0) -> RetrievalSample:
+                          max_facts: int = 4, max_questions: int = 2, max_window_facts: int = 0,
+                          n_wordings: int = 1) -> RetrievalSample:
     """Key-value facts written over random spots of the context, questions on some of them at the very end.
 
     The asked facts lie only in the first `context_len` tokens (the chunks), so the answers can only come through
     the cross-attention; the decoder window keeps its own text up to the questions. Only the answers are scored.
     With `max_window_facts`, 0 to that many more facts under other keys, never asked, are written into the window
     before the questions: distractors in plain view, as a haystack's other needles can be, which the answer must
-    be told apart from by its key.
+    be told apart from by its key. Each exercise takes one of the first `n_wordings` of `RETRIEVAL_WORDINGS`.
     """
     encode = lambda text: _encode(tokenizer, text).astype(ids.dtype)  # noqa: E731
     n_facts = int(rng.integers(1, max_facts + 1))
     n_window = int(rng.integers(0, max_window_facts + 1)) if max_window_facts else 0  # no draw: old streams kept
-    people = rng.choice(len(RETRIEVAL_NAMES), size=n_facts + n_window, replace=False)
-    keys = [f"{RETRIEVAL_NAMES[p]}'s {RETRIEVAL_THINGS[rng.integers(len(RETRIEVAL_THINGS))]}" for p in people]
+    wording = RETRIEVAL_WORDINGS[int(rng.integers(n_wordings)) if n_wordings > 1 else 0]  # no draw: old streams kept
+    keys = _retrieval_keys(wording.keys, n_facts + n_window, rng)
     values = [str(int(rng.integers(100, 10_000_000))) for _ in keys]
-    facts = [encode(RETRIEVAL_FACT.format(key=k, value=v)) for k, v in zip(keys, values)]
+    facts = [encode(wording.fact.format(key=k, value=v)) for k, v in zip(keys, values)]
 
     ids, labels = ids.copy(), np.full(len(ids), -100, dtype=np.int64)
     _write_spread(ids, facts[:n_facts], 0, context_len, rng)
@@ -385,7 +408,7 @@ def plant_retrieval_facts(ids: np.ndarray, context_len: int, tokenizer, rng: np.
     asked = rng.choice(n_facts, size=min(max_questions, n_facts), replace=False)
     tail, answer_spans = [], []
     for i in asked:
-        question = encode(RETRIEVAL_QUESTION.format(key=keys[i]))
+        question = encode(wording.question.format(key=keys[i]))
         answer = encode(f" {values[i]}.")
         answer_spans.append((sum(map(len, tail)) + len(question), len(answer)))
         tail += [question, answer]
@@ -398,6 +421,16 @@ def plant_retrieval_facts(ids: np.ndarray, context_len: int, tokenizer, rng: np.
     for start, length in answer_spans:
         labels[offset + start:offset + start + length] = ids[offset + start:offset + start + length]
     return RetrievalSample(ids, labels, offset + answer_spans[0][0] - 1)
+
+
+def _retrieval_keys(style: str, n: int, rng: np.random.Generator) -> list[str]:
+    """n different keys of a wording's style (RetrievalWording.keys)."""
+    if style == "owned":
+        people = rng.choice(len(RETRIEVAL_NAMES), size=n, replace=False)
+        return [f"{RETRIEVAL_NAMES[p]}'s {RETRIEVAL_THINGS[rng.integers(len(RETRIEVAL_THINGS))]}" for p in people]
+    adjectives = rng.choice(len(RETRIEVAL_ADJECTIVES), size=n, replace=False)
+    nouns = rng.choice(len(RETRIEVAL_NOUNS), size=n, replace=False)
+    return [f"{RETRIEVAL_ADJECTIVES[a]}-{RETRIEVAL_NOUNS[b]}" for a, b in zip(adjectives, nouns)]
 
 
 def _write_spread(ids: np.ndarray, facts: list[np.ndarray], start: int, end: int, rng: np.random.Generator) -> None:

@@ -94,6 +94,7 @@ class TrainConfig:
     retrieval_fraction: float = 0.0  # share of samples with key-value facts planted in context (data.py)
     retrieval_facts: int = 4  # most facts planted per exercise (1 to this many, each a different key)
     retrieval_window_facts: int = 0  # most never-asked facts also planted in an exercise's decoder window
+    retrieval_wordings: int = 1  # exercises draw their wording from the first this many of data.RETRIEVAL_WORDINGS
     copy_fraction: float = 0.0  # share of samples whose decoder window repeats a context span (data.copy_sample)
     distill_weight: float = 0.0  # weight of the KL to the full-attention base on the decoder window (distillation.py)
     distill_top_k: int = 50
@@ -168,6 +169,9 @@ def validate_config(config: TrainConfig) -> None:
     if not 1 <= config.retrieval_facts <= len(data.RETRIEVAL_NAMES):
         raise InputError(f"--retrieval-facts must be in [1, {len(data.RETRIEVAL_NAMES)}] (one name per fact), got "
                          f"{config.retrieval_facts}")
+    if not 1 <= config.retrieval_wordings <= len(data.RETRIEVAL_WORDINGS):
+        raise InputError(f"--retrieval-wordings must be in [1, {len(data.RETRIEVAL_WORDINGS)}], got "
+                         f"{config.retrieval_wordings}")
     if not 0 <= config.retrieval_window_facts <= len(data.RETRIEVAL_NAMES) - config.retrieval_facts:
         raise InputError(f"--retrieval-window-facts must be in [0, {len(data.RETRIEVAL_NAMES)} - --retrieval-facts] "
                          f"(one name per fact), got {config.retrieval_window_facts}")
@@ -455,7 +459,8 @@ def next_micro_batch(sampler, config: TrainConfig, tokenizer) -> tuple[torch.Ten
         if draw < config.retrieval_fraction:
             planted = data.plant_retrieval_facts(ids[row].numpy(), context_len, tokenizer, rng,
                                                  max_facts=config.retrieval_facts,
-                                                 max_window_facts=config.retrieval_window_facts)
+                                                 max_window_facts=config.retrieval_window_facts,
+                                                 n_wordings=config.retrieval_wordings)
             ids[row], labels[row] = torch.from_numpy(planted.ids), torch.from_numpy(planted.labels)
             query[row] = planted.query_index
         elif draw < config.retrieval_fraction + config.copy_fraction:
@@ -892,6 +897,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="most facts (0 to this many, under other keys, never asked) also planted in a retrieval exercise's "
              "decoder window before its questions: distractors in plain view, so the answer must be told apart by "
              "its key, not by being the one fact in the context")
+    add("--retrieval-wordings", type=int, default=defaults.retrieval_wordings,
+        help=f"exercises draw their wording from the first N of the {len(data.RETRIEVAL_WORDINGS)} training-only ones "
+             "(data.RETRIEVAL_WORDINGS): 1 = the original \"Note: the code of Rosa's safe is ...\" only; 2 and 3 "
+             "key facts by word pairs (\"amber-comet\", shaped like RULER's multikey keys, other words), 4 adds a "
+             "second wording of people's things. val_retrieval_acc always uses the first, so runs compare")
     add("--copy-fraction", type=float, default=defaults.copy_fraction,
         help="share of samples turned into copy exercises (CEPE's duplicate warm-up): the decoder window repeats a "
              "span of the context, so every window token can be predicted by finding and copying it")

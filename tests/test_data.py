@@ -255,6 +255,31 @@ def test_window_facts_are_other_keys_in_the_window_never_asked():
                                                                 np.random.default_rng(0), max_window_facts=0).ids)
 
 
+def test_every_wording_plants_its_own_keys_and_asks_in_its_own_words():
+    from sharedllm.evaluation import needle
+
+    tokenizer = CharTokenizer()
+    text_of = {tokenizer.encode(chr(c))[0]: chr(c) for c in range(32, 127)}
+    decode = lambda ids: "".join(text_of.get(int(i), "_") for i in ids)  # noqa: E731  token 0 and "\n": "_"
+    assert not set(data.RETRIEVAL_ADJECTIVES + data.RETRIEVAL_NOUNS) & set(needle.ADJECTIVES + needle.NOUNS)
+    assert min(len(data.RETRIEVAL_ADJECTIVES), len(data.RETRIEVAL_NOUNS)) >= len(data.RETRIEVAL_NAMES)
+    as_pattern = lambda template: re.escape(template.lstrip("\n")).replace(r"\{key\}", "(.+?)").replace(  # noqa: E731
+        r"\{value\}", r"(\d+)")
+    seen = set()
+    for seed in range(16):
+        planted = data.plant_retrieval_facts(np.zeros(3000, dtype=np.uint32), 2000, tokenizer,
+                                             np.random.default_rng(seed), n_wordings=len(data.RETRIEVAL_WORDINGS))
+        context, tail = decode(planted.ids[:2000]), decode(planted.ids[2000:])
+        wording = next(w for w in data.RETRIEVAL_WORDINGS if re.search(as_pattern(w.question), tail))
+        seen.add(wording)
+        facts = dict(re.findall(as_pattern(wording.fact), context))
+        assert 1 <= len(facts) <= 4 and all(("'s " in key) == (wording.keys == "owned") for key in facts)
+        asked = [match[0] for match in re.findall(as_pattern(wording.question), tail)]
+        answers = decode(planted.ids[planted.labels != -100])
+        assert asked and answers == "".join(f" {facts[key]}." for key in asked)
+    assert seen == set(data.RETRIEVAL_WORDINGS)
+
+
 def test_planted_facts_that_cannot_fit_fail_clearly():
     with pytest.raises(ValueError, match="does not fit"):
         data.plant_retrieval_facts(np.zeros(300, np.uint32), 40, CharTokenizer(), np.random.default_rng(0))

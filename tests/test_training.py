@@ -380,6 +380,11 @@ def test_retrieval_facts_bounds_the_facts_of_an_exercise(facts, most_questions):
 def test_retrieval_facts_is_validated():
     with pytest.raises(InputError, match="retrieval-facts"):
         training.validate_config(training.TrainConfig(output="", retrieval_facts=0))
+    with pytest.raises(InputError, match="retrieval-wordings"):
+        training.validate_config(training.TrainConfig(output="", retrieval_wordings=len(data.RETRIEVAL_WORDINGS) + 1))
+    with pytest.raises(InputError, match="retrieval-window-facts"):
+        training.validate_config(training.TrainConfig(output="", retrieval_facts=4,
+                                                      retrieval_window_facts=len(data.RETRIEVAL_NAMES) - 3))
 
 
 def test_retrieval_rows_are_planted_scored_and_replayed_on_resume():
