@@ -31,6 +31,13 @@ def has_upper_lora(adapter: str | Path) -> bool:
     return (Path(adapter) / LORA_DIR).is_dir()
 
 
+def upper_lora_rank(adapter: str | Path) -> int:
+    """The rank of the LoRA an adapter folder holds (`has_upper_lora`)."""
+    from peft import LoraConfig
+
+    return LoraConfig.from_pretrained(str(Path(adapter) / LORA_DIR)).r
+
+
 def first_lora_layer(injection: str, n_injected_layers: int) -> int:
     """A LoRA adapts layers first..N-1: M..N-1 under cross injection, all N under joint injection (module doc)."""
     return 0 if injection == "joint" else n_injected_layers
@@ -117,12 +124,14 @@ def load_upper_lora(model, directory: str | Path) -> None:
 def copy_upper_lora_weights(model, directory: str | Path) -> None:
     """Overwrite the LoRA already injected into a model's base with the weights saved in `directory` (same rank
     and layers, else a ValueError naming the mismatch)."""
+    from peft import LoraConfig
+
     directory = Path(directory)
+    saved, injected = LoraConfig.from_pretrained(str(directory)), model.base.peft_config["default"]
+    if saved.r != injected.r:
+        raise ValueError(f"the LoRA in {directory} has rank {saved.r}, this model's {injected.r}: it does not fit")
     weights = load_file(str(directory / LORA_WEIGHTS), device=str(model.base.device))
-    try:
-        missing, unexpected = model.base.load_state_dict(weights, strict=False)
-    except RuntimeError as error:  # same names, other shapes: another rank
-        raise ValueError(f"LoRA weights in {directory} do not fit this LoRA: {error}") from None
+    missing, unexpected = model.base.load_state_dict(weights, strict=False)
     missing = [name for name in missing if "lora_" in name]
     if missing or unexpected:
         raise ValueError(f"LoRA weights in {directory} do not match: missing {missing}, unexpected {unexpected}")

@@ -45,6 +45,7 @@ from sharedllm.distillation import teacher_window_logits, topk_distillation_loss
 from sharedllm.flags import add_base_argument, add_knob_arguments, knobs_from_args, parse_length
 from sharedllm.lora import (  # noqa: F401 (LORA_WEIGHTS, load_upper_lora re-exported)
     LORA_DIR, LORA_WEIGHTS, add_upper_lora, copy_upper_lora_weights, first_lora_layer, has_upper_lora, load_upper_lora,
+    upper_lora_rank,
 )
 
 logger = logging.getLogger(__name__)
@@ -303,9 +304,10 @@ def build_model(config: TrainConfig):
     model = SharedLLMForCausalLM.from_base(base, tokenizer=tokenizer, **config.knobs)
     if config.init_adapter:
         lora = has_upper_lora(config.init_adapter)
-        if lora and not config.lora_rank:
-            raise InputError(f"--init-adapter {config.init_adapter} holds a LoRA ({LORA_DIR}/): train one of its rank "
-                             "(--lora-rank) to start from it")
+        rank = upper_lora_rank(config.init_adapter) if lora else None
+        if lora and config.lora_rank != rank:
+            raise InputError(f"--init-adapter {config.init_adapter} holds a LoRA of rank {rank} ({LORA_DIR}/): train one "
+                             f"of its rank (--lora-rank {rank}) to start from it, got --lora-rank {config.lora_rank}")
         # from_pretrained checks that the adapter was trained on this very base (weight fingerprint). Loading injects
         # its LoRA into the base it is given, so a LoRA'd adapter gets a base of its own; configure_trainable copies
         # that LoRA's weights into this run's.

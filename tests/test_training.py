@@ -459,9 +459,9 @@ def test_init_adapter_starts_from_its_weights_and_lora_and_checks_them(workspace
                         for name in ("lora", "lora-again"))
     assert any(value.abs().sum() > 0 for key, value in lora.items() if "lora_B" in key)  # B starts at zero: it trained
     assert lora.keys() == lora_again.keys() and all(torch.equal(value, lora_again[key]) for key, value in lora.items())
-    with pytest.raises(ValueError, match="holds a LoRA"):
+    with pytest.raises(InputError, match="holds a LoRA of rank 2"):
         run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--init-adapter", str(tmp_path / "lora")))
-    with pytest.raises(ValueError, match="do not fit this LoRA"):
+    with pytest.raises(InputError, match="rank 2 .* got --lora-rank 4"):
         run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--lora-rank", "4", "--overwrite",
                            "--init-adapter", str(tmp_path / "lora")))
     with pytest.raises(ValueError, match="retrieval-fraction"):
