@@ -207,10 +207,15 @@ def test_user_split_is_fixed_by_document_id():
 # --- synthetic retrieval samples -------------------------------------------------------------------
 
 
+def printable_decoder(tokenizer):
+    """ids -> text, every token that is not a printable character (the document's 0s, newlines) as "_"."""
+    text_of = {tokenizer.encode(chr(c))[0]: chr(c) for c in range(32, 127)}
+    return lambda ids: "".join(text_of.get(int(i), "_") for i in ids)
+
+
 def test_planted_facts_sit_in_the_context_and_only_the_asked_answers_are_scored():
     tokenizer = CharTokenizer()
-    text_of = {tokenizer.encode(chr(c))[0]: chr(c) for c in range(32, 127)}
-    decode = lambda ids: "".join(text_of.get(int(i), "_") for i in ids)  # noqa: E731  token 0: the document
+    decode = printable_decoder(tokenizer)
     context_len = 2000
     for seed in range(5):
         window = np.zeros(3000, dtype=np.uint32)
@@ -233,8 +238,7 @@ def test_planted_facts_sit_in_the_context_and_only_the_asked_answers_are_scored(
 
 def test_window_facts_are_other_keys_in_the_window_never_asked():
     tokenizer = CharTokenizer()
-    text_of = {tokenizer.encode(chr(c))[0]: chr(c) for c in range(32, 127)}
-    decode = lambda ids: "".join(text_of.get(int(i), "_") for i in ids)  # noqa: E731  token 0: the document
+    decode = printable_decoder(tokenizer)
     context_len, counts = 2000, set()
     for seed in range(8):
         planted = data.plant_retrieval_facts(np.zeros(3000, dtype=np.uint32), context_len, tokenizer,
@@ -259,8 +263,7 @@ def test_every_wording_plants_its_own_keys_and_asks_in_its_own_words():
     from sharedllm.evaluation import needle
 
     tokenizer = CharTokenizer()
-    text_of = {tokenizer.encode(chr(c))[0]: chr(c) for c in range(32, 127)}
-    decode = lambda ids: "".join(text_of.get(int(i), "_") for i in ids)  # noqa: E731  token 0 and "\n": "_"
+    decode = printable_decoder(tokenizer)
     assert not set(data.RETRIEVAL_ADJECTIVES + data.RETRIEVAL_NOUNS) & set(needle.ADJECTIVES + needle.NOUNS)
     assert min(len(data.RETRIEVAL_ADJECTIVES), len(data.RETRIEVAL_NOUNS)) >= len(data.RETRIEVAL_NAMES)
     as_pattern = lambda template: re.escape(template.lstrip("\n")).replace(r"\{key\}", "(.+?)").replace(  # noqa: E731
