@@ -117,19 +117,8 @@ def load_upper_lora(model, directory: str | Path) -> None:
     """Put a trained upper-layer LoRA (`<adapter>/upper_lora`) onto a loaded SharedLLM model's base."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    inject_adapter_in_model(LoraConfig.from_pretrained(str(directory)), model.base)
-    copy_upper_lora_weights(model, directory)
-
-
-def copy_upper_lora_weights(model, directory: str | Path) -> None:
-    """Overwrite the LoRA already injected into a model's base with the weights saved in `directory` (same rank
-    and layers, else a ValueError naming the mismatch)."""
-    from peft import LoraConfig
-
     directory = Path(directory)
-    saved, injected = LoraConfig.from_pretrained(str(directory)), model.base.peft_config["default"]
-    if saved.r != injected.r:
-        raise ValueError(f"the LoRA in {directory} has rank {saved.r}, this model's {injected.r}: it does not fit")
+    inject_adapter_in_model(LoraConfig.from_pretrained(str(directory)), model.base)
     weights = load_file(str(directory / LORA_WEIGHTS), device=str(model.base.device))
     missing, unexpected = model.base.load_state_dict(weights, strict=False)
     missing = [name for name in missing if "lora_" in name]

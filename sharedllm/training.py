@@ -44,7 +44,7 @@ from sharedllm.config import KNOB_DEFAULTS, KNOBS, SharedLLMConfig
 from sharedllm.distillation import teacher_window_logits, topk_distillation_loss
 from sharedllm.flags import add_base_argument, add_knob_arguments, knobs_from_args, parse_length
 from sharedllm.lora import (  # noqa: F401 (LORA_WEIGHTS, load_upper_lora re-exported)
-    LORA_DIR, LORA_WEIGHTS, add_upper_lora, copy_upper_lora_weights, first_lora_layer, has_upper_lora, load_upper_lora,
+    LORA_DIR, LORA_WEIGHTS, add_upper_lora, first_lora_layer, has_upper_lora, load_upper_lora, lora_modules,
     upper_lora_rank,
 )
 
@@ -308,14 +308,13 @@ def build_model(config: TrainConfig):
         if lora and config.lora_rank != rank:
             raise InputError(f"--init-adapter {config.init_adapter} holds a LoRA of rank {rank} ({LORA_DIR}/): train one "
                              f"of its rank (--lora-rank {rank}) to start from it, got --lora-rank {config.lora_rank}")
-        # from_pretrained checks that the adapter was trained on this very base (weight fingerprint). Loading injects
-        # its LoRA into the base it is given, so a LoRA'd adapter gets a base of its own; configure_trainable copies
-        # that LoRA's weights into this run's.
-        start = SharedLLMForCausalLM.from_pretrained(config.init_adapter, base=config.base if lora else base,
-                                                     merge_lora=False)
-        if start.config.n_injected_layers != config.knobs["n_injected_layers"]:
-            raise ValueError(f"--init-adapter {config.init_adapter} has {start.config.n_injected_layers} injected "
-                             f"layers, this run {config.knobs['n_injected_layers']}")
+        # from_pretrained checks that the adapter was trained on this very base (weight fingerprint), and injects
+        # its LoRA, unmerged, into that base in place: configure_trainable then trains it instead of a fresh one.
+        start = SharedLLMForCausalLM.from_pretrained(config.init_adapter, base=base, merge_lora=False)
+        for knob in ("n_injected_layers", "injection"):  # they decide which modules and layers the weights fit
+            if getattr(start.config, knob) != config.knobs[knob]:
+                raise ValueError(f"--init-adapter {config.init_adapter} has {knob} {getattr(start.config, knob)}, "
+                                 f"this run {config.knobs[knob]}")
         model.cross_attention.load_state_dict(start.cross_attention.state_dict())
     return model, tokenizer
 
@@ -326,9 +325,8 @@ def configure_trainable(model, config: TrainConfig) -> list[torch.nn.Parameter]:
     for p in model.adapter_parameters():
         p.requires_grad_(True)
     if config.lora_rank:
-        add_upper_lora(model, config.lora_rank)
-        if config.init_adapter and has_upper_lora(config.init_adapter):
-            copy_upper_lora_weights(model, Path(config.init_adapter) / LORA_DIR)
+        if not lora_modules(model.base):  # else --init-adapter's LoRA, already in place (build_model)
+            add_upper_lora(model, config.lora_rank)
         for name, p in model.base.named_parameters():
             p.requires_grad_("lora_" in name)
     if config.gradient_checkpointing:

@@ -448,7 +448,7 @@ def test_init_adapter_starts_from_its_weights_and_lora_and_checks_them(workspace
     first, again = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("first", "again"))
     assert first["cross_attention.0.o_proj.weight"].abs().sum() > 0
     assert all(torch.equal(value, again[key]) for key, value in first.items())  # lr 0: nothing moved
-    with pytest.raises(ValueError, match="injected layers"):
+    with pytest.raises(ValueError, match="n_injected_layers 2, this run 1"):
         run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--n-injected-layers", "1",
                            "--init-adapter", str(tmp_path / "first")))
     run_cli(train_args(workspace, tmp_path / "lora", "--steps", "2", "--lora-rank", "2", "--eval-every", "2",
@@ -459,6 +459,9 @@ def test_init_adapter_starts_from_its_weights_and_lora_and_checks_them(workspace
                         for name in ("lora", "lora-again"))
     assert any(value.abs().sum() > 0 for key, value in lora.items() if "lora_B" in key)  # B starts at zero: it trained
     assert lora.keys() == lora_again.keys() and all(torch.equal(value, lora_again[key]) for key, value in lora.items())
+    with pytest.raises(ValueError, match="injection cross, this run joint"):  # its LoRA skips the bottom layers
+        run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--lora-rank", "2", "--injection", "joint",
+                           "--init-adapter", str(tmp_path / "lora")))
     with pytest.raises(InputError, match="holds a LoRA of rank 2"):
         run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--init-adapter", str(tmp_path / "lora")))
     with pytest.raises(InputError, match="rank 2 .* got --lora-rank 4"):
