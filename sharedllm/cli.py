@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ("sharedllm.training", "train the SharedLLM adapter (cross-attention) on long documents"),
     "eval": ("sharedllm.evaluation.cli", "evaluate a method with the field's protocols (ppl, passkey, niah, ruler, longbench)"),
     "report": ("sharedllm.evaluation.report", "regenerate docs/results.md and plots from result JSON files"),
+    "compare": ("sharedllm.evaluation.compare", "compare two result files on what both measured (paired intervals, sign test)"),
     "bench": ("sharedllm.benchmark", "measure prefill / decode time and peak memory against input length"),
     "ask": ("sharedllm.ask", "read long text files once, then answer questions about them"),
 }

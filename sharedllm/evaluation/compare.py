@@ -1,0 +1,129 @@
+"""`sharedllm compare A.json B.json`: two result files of the same evaluation, compared on what both measured.
+
+A pair of held-out perplexity cells (`sharedllm eval heldout`, same domain and length) gives PPL(A) / PPL(B) over
+the windows both scored, with the paired bootstrap interval (`heldout.paired_ratio`): how hard a window is cancels,
+so two methods whose own intervals overlap can still separate. A pair of retrieval files (`eval passkey` /
+`eval ruler`) gives, per cell, both accuracies on the trials both ran and how many trials each won, with the exact
+two-sided sign test on those wins (McNemar's test for right/wrong answers). Trials are matched by their position
+(length, task, depth, trial) and must hold the same prompt (same needle value), so files made with another seed or
+other data are refused instead of compared.
+"""
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from sharedllm.flags import format_length
+
+from .heldout import paired_ratio
+
+RETRIEVAL_TASKS = ("passkey", "ruler")
+
+
+def add_arguments(parser):
+    parser.add_argument("files", nargs=2, metavar="RESULT.json",
+                        help="two result files of one task: held-out cells of the same domain and length, or two "
+                             "passkey / two RULER files; ratios and wins are the first over the second")
+
+
+def run(args):
+    first, second = (load(path) for path in args.files)
+    if first["task"] != second["task"]:
+        _refuse(f"{args.files[0]} is a {first['task']} result, {args.files[1]} a {second['task']} one")
+    lines = heldout_lines(first, second) if first["task"] == "heldout" else retrieval_lines(first, second)
+    print("\n".join([f"A = {args.files[0]} ({label(first)})", f"B = {args.files[1]} ({label(second)})", *lines]))
+
+
+def _refuse(message: str):
+    from sharedllm.cli import InputError
+
+    raise InputError(message)
+
+
+def load(path) -> dict:
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        _refuse(f"cannot read {path}: {err}")
+    task = result.get("task") if isinstance(result, dict) else None
+    if task == "heldout" and isinstance(result.get("windows"), list):
+        return result
+    if task in RETRIEVAL_TASKS and "records" in result.get("details", {}):
+        return result
+    _refuse(f"{path} is not a held-out, passkey or RULER result of `sharedllm eval` (task {task!r})")
+
+
+def label(result: dict) -> str:
+    name = result.get("label") or result["method"]
+    return f"{name}, adapter {result['adapter']}" if result.get("adapter") else name
+
+
+def heldout_lines(first: dict, second: dict) -> list[str]:
+    """PPL(A) / PPL(B) over the windows both scored, its paired interval, and each side's PPL on those windows."""
+    for field in ("domain", "length"):
+        if first[field] != second[field]:
+            _refuse(f"held-out cells of another {field}: {first[field]} vs {second[field]}")
+    scored = [{(w["doc"], w["start"]): w["mean_nll"] for w in r["windows"] if "mean_nll" in w} for r in (first, second)]
+    common = [key for key in scored[0] if key in scored[1]]
+    if not common:
+        _refuse("the two cells share no scored window (another window plan, or nothing scored)")
+    a, b = ([s[key] for key in common] for s in scored)
+    ratio, low, high = paired_ratio(a, b)
+    tokens = sum(w["scored_tokens"] for w in first["windows"] if (w["doc"], w["start"]) in scored[1] and "mean_nll" in w)
+    left_out = [len(s) - len(common) for s in scored]
+    lines = [f"{first['domain']} {format_length(int(first['length']))}: {len(common)} windows scored by both "
+             f"({tokens} tokens)" + (f"; left out, scored by one only: A {left_out[0]}, B {left_out[1]}"
+                                     if any(left_out) else ""),
+             f"PPL A {math.exp(sum(a) / len(a)):.3f}, B {math.exp(sum(b) / len(b)):.3f}",
+             f"PPL A / PPL B = {ratio:.3f} [{low:.3f}, {high:.3f}] (95% paired bootstrap over windows; < 1: A is "
+             "better" + (", separated from 1)" if high < 1 or low > 1 else ", not separated from 1)")]
+    return lines
+
+
+def trial_position(task: str, record: dict) -> tuple:
+    """Where a trial sits in its run: the same position in two runs of one seed holds the same prompt."""
+    if task == "passkey":
+        return int(record["length"]), float(record["depth"]), int(record["trial"])
+    return record["task"], int(record["length"]), int(record["trial"])
+
+
+def trial_answer(task: str, record: dict):
+    """What the prompt asked for, to check that two runs' trials at one position are the same prompt."""
+    return record["key"] if task == "passkey" else tuple(record["golds"])
+
+
+def trial_score(task: str, record: dict) -> float:
+    return float(record["correct"]) if task == "passkey" else float(record["score"])
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided sign test: P(a split at least this uneven | each non-tied trial a fair coin)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(0, min(wins, losses) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def retrieval_lines(first: dict, second: dict) -> list[str]:
+    """Per cell (length, or RULER task and length): both accuracies on the shared trials, wins and the sign test."""
+    task = first["task"]
+    records = [{trial_position(task, r): r for r in result["details"]["records"]} for result in (first, second)]
+    common = [pos for pos in records[0] if pos in records[1]]
+    if not common:
+        _refuse("the two files share no trial (other lengths, tasks or trial counts)")
+    for pos in common:
+        if trial_answer(task, records[0][pos]) != trial_answer(task, records[1][pos]):
+            _refuse(f"trial {pos} asks for another answer in each file (another seed or data): not the same prompts")
+    cells = defaultdict(list)
+    for pos in common:
+        cell = pos[:1] if task == "passkey" else pos[:2]  # (length,) or (RULER task, length)
+        cells[cell].append((trial_score(task, records[0][pos]), trial_score(task, records[1][pos])))
+    lines = ["cell: A score, B score on the trials both ran; trials A won / lost; sign test p (two-sided)"]
+    for cell, pairs in sorted(cells.items()):
+        name = " ".join(format_length(c) if isinstance(c, int) else c for c in cell)
+        wins, losses = sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
+        lines.append(f"{name}: A {sum(a for a, _ in pairs):g}/{len(pairs)}, B {sum(b for _, b in pairs):g}/{len(pairs)}; "
+                     f"A won {wins}, lost {losses}; p = {sign_test(wins, losses):.3g}")
+    return lines

@@ -1,0 +1,76 @@
+"""`sharedllm compare`: paired ratios of held-out cells on the windows both scored, per-trial wins of retrieval runs
+on the same prompts, and refusals (another length, no shared window or trial, another prompt at one position)."""
+
+import json
+import math
+
+import pytest
+
+from sharedllm.cli import main
+from sharedllm.evaluation.compare import sign_test
+
+
+def _heldout(tmp_path, name, nlls, length=4096, domain="books"):
+    windows = [{"doc": "d", "start": 256 * i, "mean_nll": nll, "scored_tokens": 256} for i, nll in enumerate(nlls)]
+    result = {"task": "heldout", "method": name, "adapter": None, "domain": domain, "length": length,
+              "windows": windows}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(result))
+    return str(path)
+
+
+def _passkey(tmp_path, name, correct, keys=None):
+    records = [{"length": 8192, "depth": 0.5, "trial": i, "key": (keys or range(100, 200))[i], "correct": c}
+               for i, c in enumerate(correct)]
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"task": "passkey", "method": name, "adapter": None, "details": {"records": records}}))
+    return str(path)
+
+
+def _compare(capsys, a, b):
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", a, b])
+    out = capsys.readouterr()
+    return exit_.value.code, out.out + out.err
+
+
+def test_heldout_ratio_is_over_the_windows_both_scored(tmp_path, capsys):
+    a = _heldout(tmp_path, "a", [2.0, 3.0, 4.0, 9.0])
+    b_path = _heldout(tmp_path, "b", [2.5, 3.5, 4.5])  # window 3 scored by A only: left out
+    code, text = _compare(capsys, a, b_path)
+    assert code == 0
+    assert f"= {math.exp(-0.5):.3f} [{math.exp(-0.5):.3f}, {math.exp(-0.5):.3f}]" in text  # every pair differs by 0.5
+    assert "3 windows scored by both (768 tokens)" in text and "A 1, B 0" in text
+    assert "separated from 1" in text and "not separated" not in text
+
+
+@pytest.mark.parametrize("other, message", [(dict(length=8192), "another length"),
+                                            (dict(nlls=[]), "share no scored window")])
+def test_heldout_refuses_cells_that_do_not_pair(tmp_path, capsys, other, message):
+    a = _heldout(tmp_path, "a", [2.0, 3.0])
+    b = _heldout(tmp_path, "b", other.pop("nlls", [2.0, 3.0]), **other)
+    code, text = _compare(capsys, a, b)
+    assert code == 2 and message in text
+
+
+def test_retrieval_counts_wins_and_losses_on_the_same_prompts(tmp_path, capsys):
+    a = _passkey(tmp_path, "a", [True, True, True, False, True])
+    b = _passkey(tmp_path, "b", [False, True, False, False, False])
+    code, text = _compare(capsys, a, b)
+    assert code == 0
+    assert "8K: A 4/5, B 1/5; A won 3, lost 0; p = 0.25" in text
+
+
+def test_retrieval_refuses_other_prompts_and_other_tasks(tmp_path, capsys):
+    a = _passkey(tmp_path, "a", [True, False])
+    b = _passkey(tmp_path, "b", [True, False], keys=[100, 555])  # another seed: trial 1 hides another key
+    code, text = _compare(capsys, a, b)
+    assert code == 2 and "not the same prompts" in text
+    code, text = _compare(capsys, a, _heldout(tmp_path, "h", [2.0]))
+    assert code == 2 and "is a passkey result" in text
+
+
+def test_sign_test_matches_the_binomial_tails():
+    assert sign_test(0, 0) == 1.0 and sign_test(5, 5) == 1.0
+    assert sign_test(3, 0) == sign_test(0, 3) == 0.25
+    assert sign_test(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)
