@@ -17,8 +17,7 @@ from pathlib import Path
 from sharedllm.flags import format_length
 
 from .heldout import paired_ratio
-
-RETRIEVAL_TASKS = ("passkey", "ruler")
+from .retrieval_report import RETRIEVAL_TASKS
 
 
 def add_arguments(parser):
@@ -55,8 +54,8 @@ def load(path) -> dict:
 
 
 def label(result: dict) -> str:
-    name = result.get("label") or result["method"]
-    return f"{name}, adapter {result['adapter']}" if result.get("adapter") else name
+    """The method as the run named it (`--label` replaces the method's name) and its adapter, if any."""
+    return f"{result['method']}, adapter {result['adapter']}" if result.get("adapter") else result["method"]
 
 
 def heldout_lines(first: dict, second: dict) -> list[str]:
@@ -64,21 +63,21 @@ def heldout_lines(first: dict, second: dict) -> list[str]:
     for field in ("domain", "length"):
         if first[field] != second[field]:
             _refuse(f"held-out cells of another {field}: {first[field]} vs {second[field]}")
-    scored = [{(w["doc"], w["start"]): w["mean_nll"] for w in r["windows"] if "mean_nll" in w} for r in (first, second)]
+    scored = [{(w["doc"], w["start"]): w for w in r["windows"] if "mean_nll" in w} for r in (first, second)]
     common = [key for key in scored[0] if key in scored[1]]
     if not common:
         _refuse("the two cells share no scored window (another window plan, or nothing scored)")
-    a, b = ([s[key] for key in common] for s in scored)
+    a, b = ([s[key]["mean_nll"] for key in common] for s in scored)
     ratio, low, high = paired_ratio(a, b)
-    tokens = sum(w["scored_tokens"] for w in first["windows"] if (w["doc"], w["start"]) in scored[1] and "mean_nll" in w)
+    tokens = sum(scored[0][key]["scored_tokens"] for key in common)
     left_out = [len(s) - len(common) for s in scored]
-    lines = [f"{first['domain']} {format_length(int(first['length']))}: {len(common)} windows scored by both "
-             f"({tokens} tokens)" + (f"; left out, scored by one only: A {left_out[0]}, B {left_out[1]}"
-                                     if any(left_out) else ""),
-             f"PPL A {math.exp(sum(a) / len(a)):.3f}, B {math.exp(sum(b) / len(b)):.3f}",
-             f"PPL A / PPL B = {ratio:.3f} [{low:.3f}, {high:.3f}] (95% paired bootstrap over windows; < 1: A is "
-             "better" + (", separated from 1)" if high < 1 or low > 1 else ", not separated from 1)")]
-    return lines
+    separated = high < 1 or low > 1
+    return [f"{first['domain']} {format_length(int(first['length']))}: {len(common)} windows scored by both "
+            f"({tokens} tokens)" + (f"; left out, scored by one only: A {left_out[0]}, B {left_out[1]}"
+                                    if any(left_out) else ""),
+            f"PPL A {math.exp(sum(a) / len(a)):.3f}, B {math.exp(sum(b) / len(b)):.3f}",
+            f"PPL A / PPL B = {ratio:.3f} [{low:.3f}, {high:.3f}] (95% paired bootstrap over windows; < 1: A is "
+            f"better, {'separated' if separated else 'not separated'} from 1)"]
 
 
 def trial_position(task: str, record: dict) -> tuple:
