@@ -17,7 +17,7 @@ from pathlib import Path
 from sharedllm.flags import format_length
 
 from .heldout import paired_ratio
-from .retrieval_report import RETRIEVAL_TASKS
+from .retrieval_report import RETRIEVAL_TASKS, trial_cell, trial_score
 
 
 def add_arguments(parser):
@@ -92,10 +92,6 @@ def trial_answer(task: str, record: dict):
     return record["key"] if task == "passkey" else tuple(record["golds"])
 
 
-def trial_score(task: str, record: dict) -> float:
-    return float(record["correct"]) if task == "passkey" else float(record["score"])
-
-
 def sign_test(wins: int, losses: int) -> float:
     """Exact two-sided sign test: P(a split at least this uneven | each non-tied trial a fair coin)."""
     n = wins + losses
@@ -117,8 +113,8 @@ def retrieval_lines(first: dict, second: dict) -> list[str]:
             _refuse(f"trial {pos} asks for another answer in each file (another seed or data): not the same prompts")
     cells = defaultdict(list)
     for pos in common:
-        cell = pos[:1] if task == "passkey" else pos[:2]  # (length,) or (RULER task, length)
-        cells[cell].append((trial_score(task, records[0][pos]), trial_score(task, records[1][pos])))
+        a, b = records[0][pos], records[1][pos]
+        cells[trial_cell(task, a)].append((trial_score(task, a), trial_score(task, b)))
     lines = ["cell: A score, B score on the trials both ran; trials A won / lost; sign test p (two-sided)"]
     for cell, pairs in sorted(cells.items()):
         name = " ".join(format_length(c) if isinstance(c, int) else c for c in cell)

@@ -30,7 +30,7 @@ def wilson_interval(successes: float, trials: int, z: float = Z_95) -> tuple[flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _trial_key(task: str, record: dict) -> tuple:
+def trial_cell(task: str, record: dict) -> tuple:
     """The cell a trial record belongs to, without the method: (length,) or (task name, length)."""
     return (int(record["length"]),) if task == "passkey" else (record["task"], int(record["length"]))
 
@@ -51,14 +51,19 @@ def load_retrieval(results_dir) -> dict[str, dict[tuple, dict]]:
     for result in sorted(files, key=lambda r: (r.get("created", ""), r["_file"])):  # newer files overwrite cells
         by_cell = defaultdict(list)
         for record in result["details"]["records"]:
-            by_cell[(result["method"], *_trial_key(result["task"], record))].append(record)
+            by_cell[(result["method"], *trial_cell(result["task"], record))].append(record)
         for key, records in by_cell.items():
             cells[result["task"]][key] = {"records": records, "file": result}
     return cells
 
 
+def trial_score(task: str, record: dict) -> float:
+    """A trial's score: passkey's right / wrong as 1 / 0, RULER's string-match score."""
+    return float(record["correct"]) if task == "passkey" else float(record["score"])
+
+
 def _hits(task: str, records: list[dict]) -> float:
-    return sum(r["correct"] for r in records) if task == "passkey" else sum(r["score"] for r in records)
+    return sum(trial_score(task, r) for r in records)
 
 
 def cell_text(task: str, records: list[dict]) -> str:
