@@ -159,10 +159,12 @@ def test_context_chunks_needs_attention_selection():
     ("joint", {}, 4 * 1 + 2 * 8, 2),
     # query_tokens adds one exact leaf per chunk to the selected_leaves and query_chunks chunks to the k read
     ("joint", dict(selected_leaves=1, query_tokens=3, query_chunks=1), 2 * 8 + 2 * 4, 3),
+    # and with query_layer, query_chunks more ranked by the Q tokens at that layer
+    ("joint", dict(selected_leaves=1, query_tokens=3, query_chunks=1, query_layer=0), 2 * 8 + 2 * 4, 4),
 ])
 def test_context_chunks_attend_over_k_chunks_only(injection, knobs, per_chunk, read):
     """The cost of reading: the injected layers get k (+ query_chunks) chunks' key/values, not n (the others are not
-    gathered), each chunk its per-chunk budget."""
+    gathered), each chunk its per-chunk budget; config.chunks_read (what the FLOP count assumes) is that k."""
     model = wrap(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=8, tree_selection="attention",
                  context_chunks=2, injection=injection, **knobs)
     assert model.config.context_tokens_per_chunk == per_chunk
@@ -173,6 +175,7 @@ def test_context_chunks_attend_over_k_chunks_only(injection, knobs, per_chunk, r
     assert context.keys[0].shape[2] == 5 * per_chunk
     injected = model._injected_context(context, model.context_encoder.sink() if injection == "joint" else None)
     assert {keys.shape[2] for keys in injected.keys} == {read * per_chunk}
+    assert model.config.chunks_read == read
 
 
 @pytest.mark.parametrize("selection", ["attention", "recent"])
