@@ -100,6 +100,10 @@ def add_arguments(parser):
                         help="heldout: longer cells are written with every window 'not run: past --max-length'")
     parser.add_argument("--max-seconds", type=float,
                         help="heldout: time budget per cell; the windows left are written as not run")
+    parser.add_argument("--targets-of", type=parse_length, metavar="LENGTH",
+                        help="heldout: score the windows of the LENGTH plan, each cut to its last T tokens, so that "
+                             "every --lengths T scores the same tokens (perplexity against context length); "
+                             "the cells are named ..._targets<LENGTH>.json and stay out of the headline")
     parser.add_argument("--overwrite", action="store_true", help="heldout: rerun cells whose JSON exists")
     parser.add_argument("--trials", type=int, help="trials per cell (passkey, niah, ruler: 10)")
     parser.add_argument("--depths", nargs="+", type=float, help="needle depths in [0, 1]")
@@ -435,17 +439,23 @@ def run_heldout(session):
         raise SystemExit("heldout scores the test split of sharedllm/splits.json; "
                          "score user files with `eval ppl --data`")
     domains = a.domains or list(DEFAULT_DOMAINS)
+    if a.targets_of and max(a.lengths) > a.targets_of:
+        raise SystemExit(f"--targets-of {format_length(a.targets_of)} cuts windows to each --lengths T: every T must "
+                         f"be at most {format_length(a.targets_of)}, got {format_length(max(a.lengths))}")
     docs = {domain: heldout.heldout_documents(domain, session.tokenizer, a.split) for domain in domains}
     out, rows = Path(a.output), {}
     for name, method in session.methods():
         for domain in domains:
             doc_lengths = {doc_id: len(ids) for doc_id, ids in docs[domain].items()}
             for length in a.lengths:
-                path = out / heldout.cell_filename(name, domain, length)
+                plan_length = a.targets_of or length
+                path = out / heldout.cell_filename(name, domain, length, plan_length)
                 if path.exists() and not a.overwrite:
                     print(f"exists, skipped: {path}")
                     continue
-                plan = heldout.plan_windows(doc_lengths, length, a.max_windows, a.seed)
+                plan = heldout.plan_windows(doc_lengths, plan_length, a.max_windows, a.seed)
+                if a.targets_of:
+                    plan = heldout.targets_of(plan, plan_length, length)
                 too_long = a.max_length and length > a.max_length
                 not_run = f"past --max-length {format_length(a.max_length)}" if too_long else method.same_as_another(length)
                 start = time.time()
@@ -455,15 +465,16 @@ def run_heldout(session):
                                                 done=done, on_record=journal.append)
                 summary = heldout.summarise(records, a.seed)
                 if not plan:
-                    summary["not_run"] = f"no {domain} test document has {length} tokens"
+                    summary["not_run"] = f"no {domain} test document has {plan_length} tokens"
                 result = {
                     "task": "heldout", "protocol": "cepe-heldout", "method": name, "method_config": _method_config(method),
                     "model": session.model_name, "adapter": session.result_adapter(method),
                     "domain": domain, "length": length,
                     "data": {"split": a.split, "domain": domain, "docs": doc_lengths,
-                             "windows_available": heldout.count_windows(doc_lengths, length)},
+                             "windows_available": heldout.count_windows(doc_lengths, plan_length)},
                     "plan": {"seed": a.seed, "budget": a.max_windows, "stride": heldout.STRIDE, "scored": heldout.SCORED,
-                             "windows_id": heldout.windows_id(plan, length)},
+                             "windows_id": heldout.windows_id(plan, length),
+                             **({"targets_of": plan_length} if plan_length != length else {})},
                     "summary": summary, "windows": records, "wall_time_s": time.time() - start,
                     **session.provenance(),
                 }

@@ -1,7 +1,7 @@
 """`sharedllm compare A.json B.json`: two result files of the same evaluation, compared on what both measured.
 
-A pair of held-out perplexity cells (`sharedllm eval heldout`, same domain and length) gives PPL(A) / PPL(B) over
-the windows both scored, with the paired bootstrap interval (`heldout.paired_ratio`): how hard a window is cancels,
+A pair of held-out perplexity cells (`sharedllm eval heldout`, same domain and length, or two lengths cut from one
+plan with `--targets-of`) gives PPL(A) / PPL(B) over the windows both scored (paired by the tokens they score), with the paired bootstrap interval (`heldout.paired_ratio`): how hard a window is cancels,
 so two methods whose own intervals overlap can still separate. A pair of retrieval files (`eval passkey` /
 `eval ruler`) gives, per cell, both accuracies on the trials both ran and how many trials each won, with the exact
 two-sided sign test on those wins (McNemar's test for right/wrong answers). Trials are matched by their position
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sharedllm.flags import format_length
 
-from .heldout import paired_ratio
+from .heldout import paired_ratio, targets_length
 from .retrieval_report import RETRIEVAL_TASKS, trial_cell, trial_score
 
 
@@ -60,10 +60,15 @@ def label(result: dict) -> str:
 
 def heldout_lines(first: dict, second: dict) -> list[str]:
     """PPL(A) / PPL(B) over the windows both scored, its paired interval, and each side's PPL on those windows."""
-    for field in ("domain", "length"):
-        if first[field] != second[field]:
-            _refuse(f"held-out cells of another {field}: {first[field]} vs {second[field]}")
-    scored = [{(w["doc"], w["start"]): w for w in r["windows"] if "mean_nll" in w} for r in (first, second)]
+    if first["domain"] != second["domain"]:
+        _refuse(f"held-out cells of another domain: {first['domain']} vs {second['domain']}")
+    plans = [targets_length(r) for r in (first, second)]
+    if plans[0] != plans[1]:
+        _refuse(f"held-out cells of another length: {first['length']} vs {second['length']} (cells of two lengths "
+                f"compare only on one plan's targets: `eval heldout --targets-of`)")
+    # windows are paired by the tokens they score (document, end): cells cut from one plan differ only in context
+    scored = [{(w["doc"], w["start"] + int(r["length"])): w for w in r["windows"] if "mean_nll" in w}
+              for r in (first, second)]
     common = [key for key in scored[0] if key in scored[1]]
     if not common:
         _refuse("the two cells share no scored window (another window plan, or nothing scored)")
@@ -72,7 +77,10 @@ def heldout_lines(first: dict, second: dict) -> list[str]:
     tokens = sum(scored[0][key]["scored_tokens"] for key in common)
     left_out = [len(s) - len(common) for s in scored]
     separated = high < 1 or low > 1
-    return [f"{first['domain']} {format_length(int(first['length']))}: {len(common)} windows scored by both "
+    lengths = [format_length(int(r["length"])) for r in (first, second)]
+    cell = lengths[0] if plans[0] == int(first["length"]) == int(second["length"]) else \
+        f"A {lengths[0]} / B {lengths[1]} of context on the targets of the {format_length(plans[0])} plan"
+    return [f"{first['domain']} {cell}: {len(common)} windows scored by both "
             f"({tokens} tokens)" + (f"; left out, scored by one only: A {left_out[0]}, B {left_out[1]}"
                                     if any(left_out) else ""),
             f"PPL A {math.exp(sum(a) / len(a)):.3f}, B {math.exp(sum(b) / len(b)):.3f}",

@@ -52,6 +52,16 @@ def plan_windows(doc_lengths: dict[str, int], length: int, n_windows: int, seed:
     return [{"doc": doc, "start": start} for doc, start in chosen]
 
 
+def targets_of(plan: list[dict], plan_length: int, length: int) -> list[dict]:
+    """The plan's windows of `plan_length` tokens cut to their last `length`: the same scored tokens, read with less
+    context before them. A column of such cells is perplexity against context length on fixed targets, where the
+    headline's columns each draw their own windows (a change between lengths there mixes context with data)."""
+    if not SCORED <= length <= plan_length:
+        raise ValueError(f"windows of {plan_length} tokens cannot be cut to {length} (needs {SCORED} <= T <= "
+                         f"{plan_length})")
+    return [{"doc": w["doc"], "start": w["start"] + plan_length - length} for w in plan]
+
+
 def count_windows(doc_lengths: dict[str, int], length: int, stride: int = STRIDE) -> int:
     """How many windows of `length` the documents offer (the plan's ceiling)."""
     return sum(len(range(0, n - length + 1, stride)) for n in doc_lengths.values())
@@ -148,6 +158,13 @@ def summarise(records: list[dict], seed: int = 0) -> dict:
     return summary
 
 
-def cell_filename(method: str, domain: str, length: int) -> str:
-    """One JSON per cell, named by the cell: a grid run skips cells whose file exists (resumable)."""
-    return f"heldout_{domain}_{length}_{method}.json"
+def cell_filename(method: str, domain: str, length: int, plan_length: int | None = None) -> str:
+    """One JSON per cell, named by the cell: a grid run skips cells whose file exists (resumable). A cell scored on
+    the targets of a longer plan (`targets_of`) names that plan's length too."""
+    suffix = f"_targets{plan_length}" if plan_length not in (None, length) else ""
+    return f"heldout_{domain}_{length}_{method}{suffix}.json"
+
+
+def targets_length(result: dict) -> int:
+    """The length of the plan whose scored tokens a cell file holds: its own, or the longer plan it was cut from."""
+    return int(result["plan"].get("targets_of", result["length"]))

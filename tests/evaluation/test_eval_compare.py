@@ -10,10 +10,13 @@ from sharedllm.cli import main
 from sharedllm.evaluation.compare import sign_test
 
 
-def _heldout(tmp_path, name, nlls, length=4096, domain="books"):
-    windows = [{"doc": "d", "start": 256 * i, "mean_nll": nll, "scored_tokens": 256} for i, nll in enumerate(nlls)]
+def _heldout(tmp_path, name, nlls, length=4096, domain="books", targets_of=None):
+    shift = (targets_of or length) - length  # a cell cut from a longer plan: the same ends, later starts
+    windows = [{"doc": "d", "start": 256 * i + shift, "mean_nll": nll, "scored_tokens": 256}
+               for i, nll in enumerate(nlls)]
+    plan = {"targets_of": targets_of} if targets_of else {}
     result = {"task": "heldout", "method": name, "adapter": None, "domain": domain, "length": length,
-              "windows": windows}
+              "plan": plan, "windows": windows}
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(result))
     return str(path)
@@ -51,6 +54,17 @@ def test_heldout_refuses_cells_that_do_not_pair(tmp_path, capsys, other, message
     b = _heldout(tmp_path, "b", other.pop("nlls", [2.0, 3.0]), **other)
     code, text = _compare(capsys, a, b)
     assert code == 2 and message in text
+
+
+def test_heldout_pairs_two_context_lengths_on_one_plans_targets(tmp_path, capsys):
+    short = _heldout(tmp_path, "short", [3.0, 4.0], length=1024, targets_of=4096)
+    long = _heldout(tmp_path, "long", [2.0, 3.0])  # the 4096 plan itself
+    code, text = _compare(capsys, short, long)
+    assert code == 0 and "A 1K / B 4K of context on the targets of the 4K plan: 2 windows" in text
+    assert f"= {math.e:.3f}" in text
+    # a 1K cell of its own plan scores other tokens: refused, not paired by chance
+    code, text = _compare(capsys, _heldout(tmp_path, "own", [3.0, 4.0], length=1024), long)
+    assert code == 2 and "another length" in text and "--targets-of" in text
 
 
 def test_retrieval_counts_wins_and_losses_on_the_same_prompts(tmp_path, capsys):

@@ -70,6 +70,26 @@ def test_heldout_grid_same_windows_resumable_and_not_run(corpus, capsys):
     assert (tmp / "docs" / "figures" / "headline-ppl-books.png").stat().st_size > 0
 
 
+def test_targets_of_scores_every_length_on_the_longest_plans_tokens(corpus, capsys):
+    from sharedllm.cli import main
+    from sharedllm.evaluation import cli
+
+    tmp = corpus
+    _heldout(cli, tmp, "--methods", "full", "--targets-of", "1K")
+    out = tmp / "results" / "heldout"
+    short, long = (json.loads((out / name).read_text()) for name in
+                   ("heldout_books_512_full_targets1024.json", "heldout_books_1024_full.json"))
+    ends = [[(w["doc"], w["start"] + c["length"]) for w in c["windows"]] for c in (short, long)]
+    assert ends[0] == ends[1] and len(ends[0]) == 4
+    assert short["plan"]["targets_of"] == 1024 and "targets_of" not in long["plan"]  # the 1K cell is the headline's
+    assert {(c["length"], c["method"]) for c in report.load_heldout(tmp / "results")} == {(1024, "full")}
+    with pytest.raises(SystemExit):
+        main(["compare", str(out / "heldout_books_512_full_targets1024.json"), str(out / "heldout_books_1024_full.json")])
+    assert "A 512 / B 1K of context on the targets of the 1K plan: 4 windows" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="every T must be at most 512"):
+        _heldout(cli, tmp, "--methods", "full", "--targets-of", "512")
+
+
 def test_stopped_or_out_of_budget_cell_continues_from_its_journal(corpus, monkeypatch):
     from fakes import FakeMethod
 

@@ -32,6 +32,18 @@ def test_plan_takes_every_window_when_the_budget_exceeds_them_and_grows_by_exten
     assert all(w in large for w in small)  # a bigger budget keeps the smaller plan's windows
 
 
+def test_targets_of_a_longer_plan_keep_the_scored_tokens_and_cut_the_context():
+    plan = heldout.plan_windows(DOCS, 2048, n_windows=6)
+    cut = heldout.targets_of(plan, 2048, 512)
+    # the same last 256 tokens of each window, 1536 fewer before them
+    assert [(w["doc"], w["start"] + 512) for w in cut] == [(w["doc"], w["start"] + 2048) for w in plan]
+    assert heldout.targets_of(plan, 2048, 2048) == plan
+    assert heldout.cell_filename("sharedllm", "books", 512, 2048) == "heldout_books_512_sharedllm_targets2048.json"
+    assert heldout.cell_filename("sharedllm", "books", 2048, 2048) == "heldout_books_2048_sharedllm.json"
+    with pytest.raises(ValueError, match="cannot be cut"):
+        heldout.targets_of(plan, 2048, 4096)
+
+
 def test_every_method_is_scored_on_the_same_windows():
     base = tiny_model("llama")
     rng = np.random.default_rng(0)
