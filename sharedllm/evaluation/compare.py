@@ -1,8 +1,9 @@
 """`sharedllm compare A.json B.json`: two result files of the same evaluation, compared on what both measured.
 
 A pair of held-out perplexity cells (`sharedllm eval heldout`, same domain and length, or two lengths cut from one
-plan with `--targets-of`) gives PPL(A) / PPL(B) over the windows both scored (paired by the tokens they score), with the paired bootstrap interval (`heldout.paired_ratio`): how hard a window is cancels,
-so two methods whose own intervals overlap can still separate. A pair of retrieval files (`eval passkey` /
+plan with `--targets-of`) gives PPL(A) / PPL(B) over the windows both scored (paired by the tokens they score), with
+the paired bootstrap interval (`heldout.paired_ratio`): how hard a window is cancels, so two methods whose own
+intervals overlap can still separate. A pair of retrieval files (`eval passkey` /
 `eval ruler`) gives, per cell, both accuracies on the trials both ran and how many trials each won, with the exact
 two-sided sign test on those wins (McNemar's test for right/wrong answers). Trials are matched by their position
 (length, task, depth, trial) and must hold the same prompt (same needle value), so files made with another seed or
