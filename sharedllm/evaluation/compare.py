@@ -77,7 +77,7 @@ def heldout_lines(first: dict, second: dict) -> list[str]:
     ratio, low, high = paired_ratio(a, b)
     tokens = sum(scored[0][key]["scored_tokens"] for key in common)
     left_out = [len(s) - len(common) for s in scored]
-    separated = high < 1 or low > 1
+    separated = round(high, 3) < 1 or round(low, 3) > 1  # as printed: 1.000 [1.000, 1.000] is level, not separated
     lengths = [format_length(int(r["length"])) for r in (first, second)]
     cell = lengths[0] if plans[0] == int(first["length"]) == int(second["length"]) else \
         f"A {lengths[0]} / B {lengths[1]} of context on the targets of the {format_length(plans[0])} plan"

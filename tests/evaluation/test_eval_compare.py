@@ -62,6 +62,9 @@ def test_heldout_pairs_two_context_lengths_on_one_plans_targets(tmp_path, capsys
     code, text = _compare(capsys, short, long)
     assert code == 0 and "A 1K / B 4K of context on the targets of the 4K plan: 2 windows" in text
     assert f"= {math.e:.3f}" in text
+    # a difference below the printed precision is level, not "separated"
+    code, text = _compare(capsys, _heldout(tmp_path, "near", [2.0 + 1e-6, 3.0 + 1e-6]), long)
+    assert "= 1.000 [1.000, 1.000]" in text and "not separated from 1" in text
     # a 1K cell of its own plan scores other tokens: refused, not paired by chance
     code, text = _compare(capsys, _heldout(tmp_path, "own", [3.0, 4.0], length=1024), long)
     assert code == 2 and "another length" in text and "--targets-of" in text
