@@ -453,9 +453,9 @@ def run_heldout(session):
                 if path.exists() and not a.overwrite:
                     print(f"exists, skipped: {path}")
                     continue
-                plan = heldout.plan_windows(doc_lengths, plan_length, a.max_windows, a.seed)
-                if a.targets_of:
-                    plan = heldout.targets_of(plan, plan_length, length)
+                # the plan of plan_length cut to length (itself without --targets-of)
+                plan = heldout.targets_of(heldout.plan_windows(doc_lengths, plan_length, a.max_windows, a.seed),
+                                          plan_length, length)
                 too_long = a.max_length and length > a.max_length
                 not_run = f"past --max-length {format_length(a.max_length)}" if too_long else method.same_as_another(length)
                 start = time.time()

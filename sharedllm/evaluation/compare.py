@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sharedllm.flags import format_length
 
-from .heldout import paired_ratio, targets_length
+from .heldout import paired_ratio, scored_windows, targets_length
 from .retrieval_report import RETRIEVAL_TASKS, trial_cell, trial_score
 
 
@@ -67,9 +67,7 @@ def heldout_lines(first: dict, second: dict) -> list[str]:
     if plans[0] != plans[1]:
         _refuse(f"held-out cells of another length: {first['length']} vs {second['length']} (cells of two lengths "
                 f"compare only on one plan's targets: `eval heldout --targets-of`)")
-    # windows are paired by the tokens they score (document, end): cells cut from one plan differ only in context
-    scored = [{(w["doc"], w["start"] + int(r["length"])): w for w in r["windows"] if "mean_nll" in w}
-              for r in (first, second)]
+    scored = [scored_windows(r) for r in (first, second)]  # paired by the tokens they score
     common = [key for key in scored[0] if key in scored[1]]
     if not common:
         _refuse("the two cells share no scored window (another window plan, or nothing scored)")

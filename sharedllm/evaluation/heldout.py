@@ -168,3 +168,9 @@ def cell_filename(method: str, domain: str, length: int, plan_length: int | None
 def targets_length(result: dict) -> int:
     """The length of the plan whose scored tokens a cell file holds: its own, or the longer plan it was cut from."""
     return int(result["plan"].get("targets_of", result["length"]))
+
+
+def scored_windows(result: dict) -> dict[tuple[str, int], dict]:
+    """A cell file's scored windows keyed by the tokens they score, (document, end): cells cut from one plan
+    (`targets_of`) pair on these keys, as cells of one length do."""
+    return {(w["doc"], w["start"] + int(result["length"])): w for w in result["windows"] if "mean_nll" in w}

@@ -182,7 +182,8 @@ def load_heldout(results_dir) -> list[dict]:
     for path in sorted(Path(results_dir, HEADLINE_DIR).glob("*.json")):
         result = json.loads(path.read_text())
         # a cell cut from a longer plan (`--targets-of`) scores other windows than its length's column
-        if result.get("task") == "heldout" and isinstance(result.get("summary"), dict) and "targets_of" not in result["plan"]:
+        headline = "targets_of" not in result.get("plan", {})
+        if result.get("task") == "heldout" and isinstance(result.get("summary"), dict) and headline:
             result["_file"] = f"{HEADLINE_DIR}/{path.name}"
             key = (result["domain"], int(result["length"]), result["method"])
             if key not in cells or result.get("created", "") >= cells[key].get("created", ""):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import matplotlib
 
-from sharedllm.evaluation.heldout import paired_ratio
+from sharedllm.evaluation.heldout import paired_ratio, scored_windows
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,8 +22,7 @@ def window_nlls(domain: str, length: int, method: str = "sharedllm") -> dict:
     """{(doc, end): mean NLL} of a cell: the 32K one from the headline, shorter ones from this folder."""
     name = f"heldout_{domain}_{length}_{method}"
     path = Path("results/heldout", f"{name}.json") if length == PLAN else HERE / f"{name}_targets{PLAN}.json"
-    result = json.loads(path.read_text())
-    return {(w["doc"], w["start"] + length): w["mean_nll"] for w in result["windows"] if "mean_nll" in w}
+    return {key: w["mean_nll"] for key, w in scored_windows(json.loads(path.read_text())).items()}
 
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=False)
