@@ -126,6 +126,11 @@ KNOBS = {
     ),
 }
 KNOB_DEFAULTS = {name: knob.default for name, knob in KNOBS.items()}
+# knobs read only by tree_selection "attention", with the value that switches each off
+ATTENTION_ONLY_KNOBS = {
+    "selection_layer": None, "selection_score": "logit", "query_tokens": 1, "query_chunks": 0, "query_layer": None,
+    "context_chunks": None, "recent_chunks": 0, "leaf_lookback": 0,
+}
 # per injection, the knobs that lay out a trained adapter's weights: a cross adapter has weights per injected layer;
 # a joint adapter has none per layer (its LoRA, if any, covers every layer), so M is a reading knob for it
 ADAPTER_SHAPE_KNOBS = {"cross": ("n_injected_layers", "injection"), "joint": ("injection",)}
@@ -248,6 +253,7 @@ class SharedLLMConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be of type {knob.type.__name__}, got {value!r} ({type(value).__name__})")
             if knob.choices is not None and value not in knob.choices:
                 raise ValueError(f"{name} must be one of {knob.choices}, got {value!r}")
+        self._check_attention_only_knobs()
         checks = [
             (
                 self.tree_selection != "attention" or self.node_encoding == "chunk",
@@ -272,25 +278,17 @@ class SharedLLMConfig(PretrainedConfig):
                 f"tree_selection={self.tree_selection!r}",
             ),
             (
-                self.leaf_lookback == 0 or (self.selected_leaves is not None and self.tree_selection == "attention"
-                                            and 0 < self.leaf_lookback <= self.leaf_length),
+                self.leaf_lookback == 0 or (self.selected_leaves is not None and 0 < self.leaf_lookback <= self.leaf_length),
                 f"leaf_lookback widens the attention ranking of selected_leaves: it must be >= 0, and above 0 needs "
-                f"selected_leaves, tree_selection='attention' and at most the leaf length {self.leaf_length}, got "
-                f"leaf_lookback={self.leaf_lookback}, selected_leaves={self.selected_leaves}, "
-                f"tree_selection={self.tree_selection!r}",
+                f"selected_leaves and at most the leaf length {self.leaf_length}, got "
+                f"leaf_lookback={self.leaf_lookback}, selected_leaves={self.selected_leaves}",
             ),
             (
-                self.selection_score == "logit" or self.tree_selection == "attention",
-                f"selection_score={self.selection_score!r} scores tokens by the scoring layer's attention: it needs "
-                f"tree_selection='attention', got {self.tree_selection!r}",
-            ),
-            (
-                self.query_tokens == 1 or (self.query_tokens > 1 and self.tree_selection == "attention" and (
+                self.query_tokens == 1 or (self.query_tokens > 1 and (
                     self.selected_leaves is None or self.selected_leaves < 2**self.tree_depth)),
                 f"query_tokens scores the context with the scoring layer's queries of several tokens: it must be >= 1 "
-                f"and needs tree_selection='attention' (and a leaf left to add: selected_leaves < 2**tree_depth) above "
-                f"1, got query_tokens={self.query_tokens}, tree_selection={self.tree_selection!r}, "
-                f"selected_leaves={self.selected_leaves}",
+                f"and needs a leaf left to add above 1 (selected_leaves < 2**tree_depth), got "
+                f"query_tokens={self.query_tokens}, selected_leaves={self.selected_leaves}",
             ),
             (
                 self.query_chunks == 0 or (self.query_chunks > 0 and self.query_tokens > 1
@@ -308,12 +306,11 @@ class SharedLLMConfig(PretrainedConfig):
             ),
             (self.n_injected_layers >= 1, f"n_injected_layers must be >= 1, got {self.n_injected_layers}"),
             (
-                self.context_chunks is None or (self.tree_selection == "attention" and (
-                    self.context_chunks >= 1 or (self.context_chunks == 0 and self.query_chunks > 0))),
+                self.context_chunks is None or self.context_chunks >= 1
+                or (self.context_chunks == 0 and self.query_chunks > 0),
                 f"context_chunks ranks chunks by the scoring layer's attention: it must be >= 1 (0 with query_chunks "
-                f"above 0: only the query tokens choose) and needs tree_selection='attention', got "
-                f"context_chunks={self.context_chunks}, query_chunks={self.query_chunks}, "
-                f"tree_selection={self.tree_selection!r}",
+                f"above 0: only the query tokens choose), got context_chunks={self.context_chunks}, "
+                f"query_chunks={self.query_chunks}",
             ),
             (
                 self.recent_chunks == 0 or (self.context_chunks is not None and self.recent_chunks <= self.context_chunks),
@@ -360,6 +357,24 @@ class SharedLLMConfig(PretrainedConfig):
                     f"n_injected_layers = {self.n_injected_layers} exceeds the base model's depth "
                     f"({n_layers} layers); use at most {n_layers}"
                 )
+
+    def _check_attention_only_knobs(self) -> None:
+        """Knobs that only attention selection reads must be off under another tree_selection: one error naming
+        every one that is set (an adapter saved with attention selection sets several), with the values and flags
+        that switch them off, so that e.g. a `--tree-selection recent` ablation is fixed in one step."""
+        if self.tree_selection == "attention":
+            return
+        set_knobs = [name for name, off in ATTENTION_ONLY_KNOBS.items() if getattr(self, name) != off]
+        if not set_knobs:
+            return
+        from sharedllm.flags import NONE, knob_flag
+
+        got = ", ".join(f"{name}={getattr(self, name)!r}" for name in set_knobs)
+        flags = " ".join(f"{knob_flag(name)} {NONE if ATTENTION_ONLY_KNOBS[name] is None else ATTENTION_ONLY_KNOBS[name]}"
+                         for name in set_knobs)
+        raise ValueError(f"tree_selection={self.tree_selection!r} does not score the context by attention, but "
+                         f"knobs only attention selection reads are set: {got}; switch them off (on the command line: "
+                         f"{flags})")
 
     def to_dict(self) -> dict:
         output = super().to_dict()

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from conftest import tiny_model
+from sharedllm.config import ATTENTION_ONLY_KNOBS
+from sharedllm.flags import knob_flag
 from sharedllm.modeling import SharedLLMForCausalLM
 
 
@@ -140,9 +142,7 @@ def test_context_chunks_generate_equals_forward(injection, recent, score, query_
         assert torch.allclose(out.logits[step][0], expected, atol=1e-4), step
 
 
-def test_context_chunks_needs_attention_selection():
-    with pytest.raises(ValueError, match="context_chunks.*tree_selection='attention'"):
-        wrap(context_chunks=2, tree_selection="query")
+def test_context_chunks_checks():
     with pytest.raises(ValueError, match="context_chunks.*0 with query_chunks above 0"):
         wrap(context_chunks=0, tree_selection="attention")
     # 0 with query_chunks: only the query tokens choose (m at the scoring layer, m more at query_layer)
@@ -221,9 +221,36 @@ def test_selected_leaves_checks(knobs, message):
         wrap(**{"tree_depth": 2, "tokens_per_node": 2, **knobs})
 
 
-def test_selection_score_needs_attention_selection():
-    with pytest.raises(ValueError, match="selection_score='probability'.*tree_selection='attention'"):
-        wrap(selection_score="probability", tree_selection="query")
+# a value that switches each attention-only knob on, with what it needs besides (every other knob stays off)
+ATTENTION_ONLY_ON = {
+    "selection_layer": ({"selection_layer": 0}, {}),
+    "selection_score": ({"selection_score": "probability"}, {}),
+    "query_tokens": ({"query_tokens": 4}, {}),
+    "query_chunks": ({"query_chunks": 1}, {"query_tokens": 4, "context_chunks": 1}),
+    "query_layer": ({"query_layer": 0}, {"query_chunks": 1, "query_tokens": 4, "context_chunks": 1}),
+    "context_chunks": ({"context_chunks": 2}, {}),
+    "recent_chunks": ({"recent_chunks": 1}, {"context_chunks": 2}),
+    "leaf_lookback": ({"leaf_lookback": 2}, {"selected_leaves": 1}),
+}
+
+
+def test_attention_only_table_covers_the_contract():
+    assert set(ATTENTION_ONLY_ON) == set(ATTENTION_ONLY_KNOBS)
+
+
+@pytest.mark.parametrize("selection", ["query", "recent"])
+@pytest.mark.parametrize("name", sorted(ATTENTION_ONLY_KNOBS))
+def test_attention_only_knobs_need_attention_selection(name, selection):
+    """Each knob only attention selection reads is refused under another selection (it would do nothing), in one
+    error that names every such knob set and the flag that switches it off; the same knobs build with attention."""
+    on, needs = ATTENTION_ONLY_ON[name]
+    knobs = {"tree_depth": 2, "tokens_per_node": 4, **needs, **on}
+    wrap(tree_selection="attention", **knobs)
+    set_names = [knob for knob in ATTENTION_ONLY_KNOBS if knob in knobs]
+    with pytest.raises(ValueError, match=f"tree_selection='{selection}' does not score") as error:
+        wrap(tree_selection=selection, **knobs)
+    for knob in set_names:
+        assert f"{knob}=" in str(error.value) and knob_flag(knob) in str(error.value)
 
 
 def test_query_tokens_are_the_last_window_states_entering_the_scoring_layer():
@@ -317,13 +344,9 @@ def test_leaf_lookback_needs_ranked_leaves():
         wrap(leaf_lookback=4, tree_selection="attention", tree_depth=2, tokens_per_node=4)
     with pytest.raises(ValueError, match="at most the leaf length 8"):
         wrap(leaf_lookback=9, tree_selection="attention", tree_depth=2, tokens_per_node=4, selected_leaves=1)
-    with pytest.raises(ValueError, match="leaf_lookback"):
-        wrap(leaf_lookback=4, tree_selection="recent", tree_depth=2, tokens_per_node=4, selected_leaves=1)
 
 
-def test_query_tokens_need_attention_selection():
-    with pytest.raises(ValueError, match="query_tokens.*tree_selection='attention'"):
-        wrap(query_tokens=4, tree_selection="query")
+def test_query_tokens_checks():
     with pytest.raises(ValueError, match="query_tokens"):
         wrap(query_tokens=0, tree_selection="attention")
     with pytest.raises(ValueError, match="selected_leaves < 2\\*\\*tree_depth"):
