@@ -75,6 +75,39 @@ class LowerChunks:
         return LowerChunks([k[index] for k in self.keys], [v[index] for v in self.values], vectors)
 
 
+class LowerChunksMemo:
+    """A `lower` for `ContextEncoder.encode_by_chunk` that runs the lower pass once per distinct chunk (its tokens,
+    its chunk index and the tokens read before it: all the pass depends on) and hands the kept result back after.
+    Why: full_logits scores span j from a forward over j chunks, j - 1 of which the spans before it encoded; without
+    it the chunk passes grow as (L / C)**2. The price is the lower keys/values of every chunk kept for the call:
+    M layers x C tokens per chunk, what a full-attention KV cache of those layers would hold."""
+
+    def __init__(self, encoder: "ContextEncoder"):
+        self.encoder = encoder
+        self.kept: dict[tuple, LowerChunks] = {}  # one chunk's (1, ...) tensors per key
+        self.chunks_encoded = 0
+
+    @staticmethod
+    def _key(chunk_ids, chunk_index, before, i: int) -> tuple:
+        return int(chunk_index[i]), chunk_ids[i].cpu().numpy().tobytes(), before[i].cpu().numpy().tobytes()
+
+    def __call__(self, chunk_ids, chunk_index, before) -> LowerChunks:
+        keys = [self._key(chunk_ids, chunk_index, before, i) for i in range(chunk_ids.shape[0])]
+        missing = list({key: i for i, key in enumerate(keys) if key not in self.kept}.values())
+        if missing:
+            picked = torch.tensor(missing, device=chunk_ids.device)
+            fresh = self.encoder.lower_chunks(chunk_ids[picked], chunk_index[picked], before[picked])
+            self.chunks_encoded += len(missing)
+            for j, i in enumerate(missing):
+                self.kept[keys[i]] = fresh.select(torch.tensor([j], device=chunk_ids.device))
+        parts = [self.kept[key] for key in keys]
+        stack = lambda tensors: torch.cat(tensors) if tensors[0] is not None else None  # noqa: E731
+        n_layers = len(parts[0].keys)
+        return LowerChunks([stack([p.keys[i] for p in parts]) for i in range(n_layers)],
+                           [stack([p.values[i] for p in parts]) for i in range(n_layers)],
+                           stack([p.node_vectors for p in parts]))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The base model's own masks (shared with the upper model), and its last lower layer's keys
 # ----------------------------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from sharedllm.context_cache import ContextCache
 from sharedllm.context_encoder import (
     ContextEncoder,
     EncodedContext,
+    LowerChunksMemo,
     append_chunks,
     layer_mask,
     self_attention_masks,
@@ -541,8 +542,9 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         split rule gives exactly j context chunks, a decoder window [jC, Ld + jC) that holds the span, and the tree's
         query at the span's first position (never a token the span predicts). That forward is what the evaluation's
         `token_nll(ids[:Ld + jC], Ld + (j-1)C)` runs, and position p's logits depend on tokens 0..p only (not on
-        the row's length, padding or batch). Cost: 1 + ceil((L - Ld + 1) / C) forwards for L positions, the j-th
-        encoding j chunks; the logits themselves take B * L * V floats.
+        the row's length, padding or batch). Cost: 1 + ceil((L - Ld + 1) / C) decoder forwards for L positions and
+        one lower pass per chunk (`LowerChunksMemo`: the j-th forward reuses the j - 1 chunks encoded before it,
+        keeping every chunk's lower keys/values for the call); the logits themselves take B * L * V floats.
         """
         cfg = self.config
         window, chunk = cfg.decoder_window, cfg.chunk_size
@@ -554,6 +556,9 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         start, length = real_token_spans(attention_mask)
         batch, width = input_ids.shape
         logits = None
+        # every span re-reads the chunks before it: each chunk's lower pass runs once (node_encoding "node" encodes
+        # nodes per query, so nothing is kept there)
+        lower = LowerChunksMemo(self.context_encoder) if cfg.node_encoding == "chunk" else None
         n_spans = 1 + int((length.max() - window).clamp(min=-1).add(chunk).div(chunk, rounding_mode="floor"))
         for span in range(n_spans):
             first = 0 if span == 0 else window + (span - 1) * chunk - 1  # first position of the span
@@ -562,7 +567,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             prefix = min(window, int(length.max())) if span == 0 else window + span * chunk
             ids, _ = gather_tokens(input_ids[rows], start[rows], length[rows].clamp(max=prefix), prefix, left_pad=False)
             query = torch.full_like(rows, max(first, 0))
-            out = self._full_forward(ids, torch.ones_like(ids), None, query, False, prefix - first)
+            out = self._full_forward(ids, torch.ones_like(ids), None, query, False, prefix - first, lower)
             span_logits = out.logits[:, : min(end, prefix) - first]  # positions [first, end) of every row
             if logits is None:
                 logits = span_logits.new_zeros(batch, width, span_logits.shape[-1])

@@ -83,3 +83,25 @@ def test_full_logits_loss_covers_every_position_and_config_switch():
         assert model(ids, full_logits=False).logits.shape[1] == 90 - model(ids, full_logits=False).context_lengths[0]
         with pytest.raises(ValueError, match="query_position does not apply with full_logits"):
             model(ids, query_position=5)
+
+
+@pytest.mark.parametrize("knobs", [
+    {},  # cross injection, the cosine tree
+    {"injection": "joint", "chunk_overlap": 4, "tree_selection": "attention", "selected_leaves": 1, "context_chunks": 2},
+])
+def test_full_logits_run_the_lower_pass_once_per_chunk(knobs, monkeypatch):
+    """Span j reads the j chunks before it; each chunk's lower pass runs once for the whole call (not once per span
+    that reads it), and the logits are still the span-by-span decoder logits."""
+    model = wrap(tiny_model("llama"), **knobs)
+    if model.config.injection == "cross":
+        model = randomise_adapter(model)
+    n = 150  # (n - LD) / C spans after the first: 8 chunks, 36 chunk reads
+    ids = torch.randint(3, 128, (n,), generator=torch.Generator().manual_seed(7))
+    encoded = []
+    lower_chunks = model.context_encoder.lower_chunks
+    monkeypatch.setattr(model.context_encoder, "lower_chunks",
+                        lambda chunk_ids, *args, **kwargs: encoded.append(len(chunk_ids)) or lower_chunks(chunk_ids, *args, **kwargs))
+    with torch.no_grad():
+        out = model(ids[None], full_logits=True)
+    assert sum(encoded) == (n - LD) // C + 1  # chunks 0..7: the last span's forward holds 8
+    assert torch.allclose(out.logits[0], span_reference(model, ids), atol=1e-5)
