@@ -2,7 +2,7 @@
 
 docs/results.md opens with the headline: per domain, one table of every method on the same held-out windows
 (results/heldout/*.json, written by `sharedllm eval heldout`): PPL [95% bootstrap interval] (scored tokens), or
-"not run: reason"; and one perplexity-vs-length plot with the intervals, after the hand-written reading of them in
+"not run: reason"; and one perplexity-vs-length plot with the intervals; then the hand-written reading of them in
 results/heldout/NOTES.md when there is one. Then the retrieval headline (passkey and RULER per method and length,
 from results/retrieval/*.json; `retrieval_report`). Then, as "Previous results", the hand-written results/NOTES.md and the
 older tables, built as follows.
@@ -328,7 +328,6 @@ def headline_section(results_dir, figures: Path) -> list[str]:
                         "runs the grid (`sharedllm eval heldout`).", ""]
     lines += [f"Protocol: {HEADLINE_PROTOCOL}. A cell a method could not run says why (\"not run: ...\"); no "
               "window is ever replaced by another. Test documents: `sharedllm/splits.json`.", ""]
-    lines += included_notes(Path(results_dir, HEADLINE_DIR), levels_down=2)  # the hand-written reading of these tables
     for domain in sorted({c["domain"] for c in cells}):
         domain_cells = [c for c in cells if c["domain"] == domain]
         models = sorted({Path(str(c.get("model", ""))).name for c in domain_cells})
@@ -348,7 +347,8 @@ def headline_section(results_dir, figures: Path) -> list[str]:
         for method in _method_order({c["method"] for c in domain_cells}):
             lines += method_provenance(method, [c for c in domain_cells if c["method"] == method])
         lines.append("")
-    return lines
+    # the hand-written reading of these tables, after them: the section opens with the numbers
+    return lines + included_notes(Path(results_dir, HEADLINE_DIR), levels_down=2)
 
 
 def method_provenance(method, cells) -> list[str]:

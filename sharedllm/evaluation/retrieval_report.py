@@ -1,6 +1,6 @@
 """The retrieval headline of `sharedllm report`: passkey and RULER needle tasks per method and length, from the
 result files of `sharedllm eval passkey` / `eval ruler` in RESULTS/retrieval/ (written there by
-`scripts/evaluate_grid.sh retrieval`), after the hand-written reading of them in RESULTS/retrieval/NOTES.md if any.
+`scripts/evaluate_grid.sh retrieval`), then the hand-written reading of them in RESULTS/retrieval/NOTES.md if any.
 
 A file may hold several lengths (and RULER files several tasks); a cell is one (method, length) for passkey and one
 (method, task, length) for RULER, taken from the newest file that measured it, so runs of one length at a time fill
@@ -112,7 +112,6 @@ def retrieval_section(results_dir, figures: Path) -> list[str]:
              "passkey: Landmark format, synthetic filler, depths 0-100%; RULER: the needle templates in held-out "
              "test books prose, string-match scoring). Each cell: correct / trials (accuracy, 95% Wilson interval); "
              "a cell comes from the newest file that measured it.", ""]
-    lines += included_notes(Path(results_dir, RETRIEVAL_DIR), levels_down=2)  # the reading against the targets
     for task in RETRIEVAL_TASKS:
         cells = loaded.get(task)
         if not cells:
@@ -135,4 +134,5 @@ def retrieval_section(results_dir, figures: Path) -> list[str]:
                     files[(cell["file"]["_file"], key[-1])] = cell["file"] | {"length": key[-1]}
             lines += method_provenance(method, list(files.values()))
         lines.append("")
-    return lines
+    # the hand-written reading against the targets, after the tables it reads
+    return lines + included_notes(Path(results_dir, RETRIEVAL_DIR), levels_down=2)

@@ -93,3 +93,4 @@ def test_report_without_retrieval_results_has_no_section(tmp_path):
     (tmp_path / "retrieval" / "NOTES.md").write_text("# Reading\n\nAll read.")
     lines = retrieval_section(tmp_path, tmp_path)
     assert "### Reading\n\nAll read." in lines  # verbatim, one heading level below the section's
+    assert lines.index("### Reading\n\nAll read.") > lines.index("### Passkey retrieval (Landmark)")  # after the tables
