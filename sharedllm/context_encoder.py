@@ -85,19 +85,14 @@ class LowerChunksMemo:
     def __init__(self, encoder: "ContextEncoder"):
         self.encoder = encoder
         self.kept: dict[tuple, LowerChunks] = {}  # one chunk's (1, ...) tensors per key
-        self.chunks_encoded = 0
-
-    @staticmethod
-    def _key(chunk_ids, chunk_index, before, i: int) -> tuple:
-        return int(chunk_index[i]), chunk_ids[i].cpu().numpy().tobytes(), before[i].cpu().numpy().tobytes()
 
     def __call__(self, chunk_ids, chunk_index, before) -> LowerChunks:
-        keys = [self._key(chunk_ids, chunk_index, before, i) for i in range(chunk_ids.shape[0])]
+        ids, index, prefix = chunk_ids.cpu().numpy(), chunk_index.tolist(), before.cpu().numpy()  # one copy each
+        keys = [(index[i], ids[i].tobytes(), prefix[i].tobytes()) for i in range(len(index))]
         missing = list({key: i for i, key in enumerate(keys) if key not in self.kept}.values())
         if missing:
             picked = torch.tensor(missing, device=chunk_ids.device)
             fresh = self.encoder.lower_chunks(chunk_ids[picked], chunk_index[picked], before[picked])
-            self.chunks_encoded += len(missing)
             for j, i in enumerate(missing):
                 self.kept[keys[i]] = fresh.select(torch.tensor([j], device=chunk_ids.device))
         parts = [self.kept[key] for key in keys]
