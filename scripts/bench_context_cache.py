@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--output", type=Path, default=None, help="JSON file (default: print only)")
     args = parser.parse_args()
+    provenance.pin_commit()  # the JSON names the code this run starts with, whatever is committed meanwhile
 
     model, tokenizer = load_model(args.adapter, args.device)
     device = str(model.device)

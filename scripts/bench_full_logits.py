@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--adapter", type=Path, default=DEFAULT_ADAPTER)
     parser.add_argument("--output", type=Path, default=None, help="JSON file (default: print only)")
     args = parser.parse_args()
+    provenance.pin_commit()  # the JSON names the code this run starts with, whatever is committed meanwhile
 
     model, tokenizer = load_model(args.adapter, "cpu")
     book = load_splits()["books"]["test"][0]

@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed forward passes per model")
     parser.add_argument("--output", type=Path, default=None, help="JSON file (default: print only)")
     args = parser.parse_args()
+    provenance.pin_commit()  # the JSON names the code this run starts with, whatever is committed meanwhile
     if not has_upper_lora(args.adapter):
         raise SystemExit(f"{args.adapter} has no {LORA_DIR}/: nothing to merge")
 
