@@ -126,11 +126,9 @@ KNOBS = {
     ),
 }
 KNOB_DEFAULTS = {name: knob.default for name, knob in KNOBS.items()}
-# knobs read only by tree_selection "attention", with the value that switches each off
-ATTENTION_ONLY_KNOBS = {
-    "selection_layer": None, "selection_score": "logit", "query_tokens": 1, "query_chunks": 0, "query_layer": None,
-    "context_chunks": None, "recent_chunks": 0, "leaf_lookback": 0,
-}
+# knobs read only by tree_selection "attention"; each one's default switches it off
+ATTENTION_ONLY_KNOBS = ("selection_layer", "selection_score", "query_tokens", "query_chunks", "query_layer",
+                        "context_chunks", "recent_chunks", "leaf_lookback")
 # per injection, the knobs that lay out a trained adapter's weights: a cross adapter has weights per injected layer;
 # a joint adapter has none per layer (its LoRA, if any, covers every layer), so M is a reading knob for it
 ADAPTER_SHAPE_KNOBS = {"cross": ("n_injected_layers", "injection"), "joint": ("injection",)}
@@ -364,14 +362,13 @@ class SharedLLMConfig(PretrainedConfig):
         that switch them off, so that e.g. a `--tree-selection recent` ablation is fixed in one step."""
         if self.tree_selection == "attention":
             return
-        set_knobs = [name for name, off in ATTENTION_ONLY_KNOBS.items() if getattr(self, name) != off]
+        set_knobs = [name for name in ATTENTION_ONLY_KNOBS if getattr(self, name) != KNOB_DEFAULTS[name]]
         if not set_knobs:
             return
-        from sharedllm.flags import NONE, knob_flag
+        from sharedllm.flags import knob_flags
 
         got = ", ".join(f"{name}={getattr(self, name)!r}" for name in set_knobs)
-        flags = " ".join(f"{knob_flag(name)} {NONE if ATTENTION_ONLY_KNOBS[name] is None else ATTENTION_ONLY_KNOBS[name]}"
-                         for name in set_knobs)
+        flags = " ".join(knob_flags({name: KNOB_DEFAULTS[name] for name in set_knobs}))
         raise ValueError(f"tree_selection={self.tree_selection!r} does not score the context by attention, but "
                          f"knobs only attention selection reads are set: {got}; switch them off (on the command line: "
                          f"{flags})")

@@ -556,9 +556,9 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         start, length = real_token_spans(attention_mask)
         batch, width = input_ids.shape
         logits = None
-        # every span re-reads the chunks before it: each chunk's lower pass runs once (node_encoding "node" encodes
-        # nodes per query, so nothing is kept there)
-        lower = LowerChunksMemo(self.context_encoder) if cfg.node_encoding == "chunk" else None
+        # every span re-reads the chunks before it: each chunk's lower pass runs once (node_encoding "node" never
+        # calls it: it encodes nodes per query)
+        lower = LowerChunksMemo(self.context_encoder)
         n_spans = 1 + int((length.max() - window).clamp(min=-1).add(chunk).div(chunk, rounding_mode="floor"))
         for span in range(n_spans):
             first = 0 if span == 0 else window + (span - 1) * chunk - 1  # first position of the span
