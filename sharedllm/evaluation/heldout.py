@@ -86,33 +86,42 @@ def score_windows(method, docs: dict[str, np.ndarray], plan: list[dict], length:
     from tqdm.auto import tqdm
 
     done = {(r["doc"], r["start"]): r for r in done}
+    # the bar starts at the windows a stopped run scored, so its rate and time left are this run's
+    bar = tqdm(total=len(plan), initial=sum((w["doc"], w["start"]) in done for w in plan),
+               desc=f"{getattr(method, 'name', 'method')} T={length}", disable=not progress)
     records, started = [], time.perf_counter()
-    for window in tqdm(plan, desc=f"{getattr(method, 'name', 'method')} T={length}", disable=not progress):
-        spec = {"doc": window["doc"], "start": window["start"]}
+    for window in plan:
         if (window["doc"], window["start"]) in done:
             records.append(done[window["doc"], window["start"]])
             continue
         if not_run is None and max_seconds is not None and time.perf_counter() - started > max_seconds:
             not_run = f"time budget of {max_seconds:g} s used up after {len(records)} windows"
-        if not_run is not None:
-            records.append({**spec, "not_run": not_run})
-            continue
-        text = docs[window["doc"]][window["start"] : window["start"] + length]
-        ids = torch.from_numpy(np.array(text, dtype=np.int64))  # a copy: cached ids are read-only memory maps
-        tic = time.perf_counter()
-        try:
-            nll = torch.as_tensor(method.token_nll(ids, length - SCORED), dtype=torch.float64)
-        except (RuntimeError, ValueError, MemoryError) as error:
-            not_run = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-            records.append({**spec, "not_run": not_run})
-            continue
-        if nll.numel() != SCORED:
-            raise ValueError(f"token_nll returned {nll.numel()} values for {SCORED} scored tokens")
-        records.append({**spec, "mean_nll": nll.mean().item(), "scored_tokens": SCORED,
-                        "seconds": time.perf_counter() - tic})
-        if on_record is not None:
-            on_record(records[-1])
+        if not_run is None:
+            record = _score_window(method, docs, window, length)
+            not_run = record.get("not_run")  # a window that fails marks every later one
+        else:
+            record = {"doc": window["doc"], "start": window["start"], "not_run": not_run}
+        if "not_run" not in record and on_record is not None:
+            on_record(record)
+        records.append(record)
+        bar.update()
+    bar.close()
     return records
+
+
+def _score_window(method, docs: dict[str, np.ndarray], window: dict, length: int) -> dict:
+    """One window's record: its mean NLL over the SCORED last tokens, or why it could not run."""
+    spec = {"doc": window["doc"], "start": window["start"]}
+    text = docs[window["doc"]][window["start"] : window["start"] + length]
+    ids = torch.from_numpy(np.array(text, dtype=np.int64))  # a copy: cached ids are read-only memory maps
+    tic = time.perf_counter()
+    try:
+        nll = torch.as_tensor(method.token_nll(ids, length - SCORED), dtype=torch.float64)
+    except (RuntimeError, ValueError, MemoryError) as error:
+        return {**spec, "not_run": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
+    if nll.numel() != SCORED:
+        raise ValueError(f"token_nll returned {nll.numel()} values for {SCORED} scored tokens")
+    return {**spec, "mean_nll": nll.mean().item(), "scored_tokens": SCORED, "seconds": time.perf_counter() - tic}
 
 
 def bootstrap_interval(window_nlls, n_resamples: int = N_RESAMPLES, seed: int = 0,

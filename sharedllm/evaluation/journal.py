@@ -47,20 +47,31 @@ class TrialJournal:
             self.path.unlink(missing_ok=True)
 
 
-def reusing(done, fields: tuple[str, ...], on_record=None):
-    """`trial(key, run)` for a task's trial loop: the record of a stopped run whose `fields` values are `key`, else
-    run()'s record, which is then handed to `on_record` (to journal it)."""
-    by_key = {tuple(record[f] for f in fields): record for record in done}
+class ReusedTrials:
+    """`trials(key, run)` for a task's trial loop over `planned` keys (tuples of the records' `fields` values): the
+    record of a stopped run with that key, else run()'s record, which is handed to `on_record` (to journal it). Its
+    progress bar starts at the planned trials a stopped run did, so its rate and time left are this run's."""
 
-    def trial(key: tuple, run) -> dict:
-        record = by_key.get(key)
+    def __init__(self, done, fields: tuple[str, ...], planned: list[tuple], on_record=None, desc: str = "trials",
+                 progress: bool = True):
+        from tqdm.auto import tqdm
+
+        self.by_key = {tuple(record[f] for f in fields): record for record in done}
+        self.on_record = on_record
+        self.bar = tqdm(total=len(planned), initial=sum(key in self.by_key for key in planned), desc=desc,
+                        disable=not progress)
+
+    def __call__(self, key: tuple, run) -> dict:
+        record = self.by_key.get(key)
         if record is None:
             record = run()
-            if on_record is not None:
-                on_record(record)
+            if self.on_record is not None:
+                self.on_record(record)
+            self.bar.update()
         return record
 
-    return trial
+    def close(self) -> None:
+        self.bar.close()
 
 
 def count_reused(records: list[dict], done: list[dict]) -> int:

@@ -16,15 +16,15 @@ Tasks (RULER, NVIDIA, with its templates):
   not available offline).
 """
 
+import itertools
 import random
 import re
 import uuid
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
-from .journal import reusing
+from .journal import ReusedTrials
 from .metrics import string_match_all
 from .passkey import FILLER, encode, generate_text, longest_fitting
 
@@ -224,23 +224,22 @@ def run_needle_grid(method, tokenizer, lengths, depths, trials, seed, haystack_t
                     progress=True, done=(), on_record=None):
     """NIAH (single key -> 7-digit number) on real prose: accuracy per (length, depth) cell. `done` / `on_record`:
     trials of a stopped run reused / each new trial's record, as in `passkey.run_passkey`."""
-    trial_record = reusing(done, ("length", "depth", "trial"), on_record)
+    planned = list(itertools.product(lengths, depths, range(trials)))
+    reuse = ReusedTrials(done, ("length", "depth", "trial"), planned, on_record, "niah", progress)
     cells, records = [], []
-    bar = tqdm(total=len(lengths) * len(depths) * trials, desc="niah", disable=not progress)
     for length in lengths:
         for depth in depths:
             scores = []
             for trial in range(trials):
-                record = trial_record((length, depth, trial), lambda: sample_trial(
+                record = reuse((length, depth, trial), lambda: sample_trial(
                     method, tokenizer, niah_sample(tokenizer, length, f"{seed}/{trial}", haystack_text=haystack_text,
                                                    depth=depth, max_new_tokens=max_new_tokens),
                     length=length, depth=depth, trial=trial))
                 scores.append(record["score"])
                 records.append(record)
-                bar.update()
             cells.append({"length": length, "depth": depth, "trials": trials,
                           "accuracy": sum(scores) / trials})
-    bar.close()
+    reuse.close()
     return {"cells": cells, "records": records}
 
 
@@ -249,23 +248,22 @@ def run_ruler(method, tokenizer, lengths, tasks, trials, seed, haystack_text=Non
               on_record=None):
     """Mean score per task and length, and the average over tasks per length. `done` / `on_record`: trials of a
     stopped run reused / each new trial's record, as in `passkey.run_passkey`."""
-    trial_record = reusing(done, ("length", "task", "trial"), on_record)
+    planned = list(itertools.product(lengths, tasks, range(trials)))
+    reuse = ReusedTrials(done, ("length", "task", "trial"), planned, on_record, "ruler", progress)
     scores, records = {}, []
-    bar = tqdm(total=len(lengths) * len(tasks) * trials, desc="ruler", disable=not progress)
     for length in lengths:
         scores[length] = {}
         for task in tasks:
             task_scores = []
             for trial in range(trials):
-                record = trial_record((length, task, trial), lambda: sample_trial(
+                record = reuse((length, task, trial), lambda: sample_trial(
                     method, tokenizer, make_sample(task, tokenizer, length, f"{seed}/{trial}", haystack_text),
                     length=length, task=task, trial=trial))
                 task_scores.append(record["score"])
                 records.append(record)
-                bar.update()
             scores[length][task] = sum(task_scores) / trials
         scores[length]["average"] = sum(scores[length][t] for t in tasks) / len(tasks)
-    bar.close()
+    reuse.close()
     return {"scores": scores, "records": records}
 
 

@@ -7,14 +7,14 @@ number of tokens and the needle sits at the requested depth. Correct = the first
 ~10 greedily generated tokens equals K.
 """
 
+import itertools
 import random
 
 import torch
-from tqdm.auto import tqdm
 
 from sharedllm.flags import format_length
 
-from .journal import reusing
+from .journal import ReusedTrials
 from .metrics import first_integer
 
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
@@ -114,21 +114,20 @@ def run_passkey(method, tokenizer, lengths, depths=DEFAULT_DEPTHS, trials=10, se
 
     `done`: records of trials already run (a journal of a stopped run), reused instead of run again;
     `on_record(record)` is called after each trial that runs (to journal it)."""
-    trial_record = reusing(done, ("length", "depth", "trial"), on_record)
+    planned = list(itertools.product(lengths, depths, range(trials)))
+    reuse = ReusedTrials(done, ("length", "depth", "trial"), planned, on_record, "passkey", progress)
     cells, records = [], []
-    bar = tqdm(total=len(lengths) * len(depths) * trials, desc="passkey", disable=not progress)
     for length in lengths:
         for depth in depths:
             correct = 0
             for trial in range(trials):
-                record = trial_record((length, depth, trial), lambda: passkey_trial(
+                record = reuse((length, depth, trial), lambda: passkey_trial(
                     method, tokenizer, seed, length, depth, trial, max_new_tokens))
                 correct += record["correct"]
                 records.append(record)
-                bar.update()
             cells.append({"length": length, "depth": depth, "correct": correct, "trials": trials,
                           "accuracy": correct / trials})
-    bar.close()
+    reuse.close()
     return {"cells": cells, "per_length": accuracy_per_length(cells), "records": records}
 
 

@@ -83,6 +83,26 @@ def test_windows_not_run_are_recorded_with_their_reason():
     assert not partial["complete"] and partial["n_windows"] == 1 and partial["n_planned"] == 2
 
 
+def test_a_resumed_cell_reuses_its_scored_windows_and_its_bar_starts_there(capsys):
+    class Counting:
+        name = "counting"
+        calls = 0
+
+        def token_nll(self, ids, score_start):
+            Counting.calls += 1
+            return np.zeros(len(ids) - score_start)
+
+    docs = {"a": np.arange(3, 1503) % 100}
+    plan = heldout.plan_windows({"a": 1500}, 512, 3)
+    done = [{**plan[0], "mean_nll": 7.0, "scored_tokens": 256}, {**plan[1], "mean_nll": 8.0, "scored_tokens": 256}]
+    scored = []
+    records = heldout.score_windows(Counting(), docs, plan, 512, done=done, on_record=scored.append)
+    assert Counting.calls == 1 and scored == records[2:]  # only the window left is scored and journaled
+    assert [r["mean_nll"] for r in records] == [7.0, 8.0, 0.0]
+    bar = capsys.readouterr().err
+    assert "2/3" in bar and "0/3" not in bar and "3/3" in bar
+
+
 def test_bootstrap_of_constant_windows_has_zero_width():
     low, high = heldout.bootstrap_interval([2.0] * 16)
     assert low == pytest.approx(math.exp(2.0)) and high == pytest.approx(math.exp(2.0))

@@ -173,9 +173,10 @@ TRIAL_TASKS = {  # 6 trials each: 2 depths x 3 trials, 2 tasks x 3 trials
 
 
 @pytest.mark.parametrize("task", list(TRIAL_TASKS))
-def test_stopped_trial_run_continues_from_its_journal(task, fake_stack, monkeypatch):
-    """A run stopped after 2 of 6 trials (Ctrl-C, a session's end) runs only the other 4 when started again, and
-    writes what an uninterrupted run writes; other settings (a seed) never read that journal."""
+def test_stopped_trial_run_continues_from_its_journal(task, fake_stack, monkeypatch, capsys):
+    """A run stopped after 2 of 6 trials (Ctrl-C, a session's end) runs only the other 4 when started again (its
+    progress bar starting at 2), and writes what an uninterrupted run writes; other settings (a seed) never read
+    that journal."""
     tmp, calls = fake_stack, []
     generate = FakeMethod.generate
 
@@ -204,8 +205,11 @@ def test_stopped_trial_run_continues_from_its_journal(task, fake_stack, monkeypa
     run("results", "--seed", "1")  # other trials: starts afresh, beside the seed-0 journal
     assert len(calls) == 6
     calls[:] = [0] * 2  # the answers of a clean run count from 3 here, as in the stopped one
+    capsys.readouterr()
     run("results")
     assert len(calls) == 2 + 4  # the 2 journaled trials are not run again
+    bar = capsys.readouterr().err
+    assert "2/6" in bar and "0/6" not in bar and "6/6" in bar
     assert not list((tmp / "results").glob(f".{task}_*"))  # journals removed once their result is written
     calls[:] = []
     run("clean")
