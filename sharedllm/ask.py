@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import TextStreamer
 
-from sharedllm.assets import DEFAULT_ADAPTER, default_adapter_hint
+from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.compat import cache_argument
 from sharedllm.context_cache import ContextCache
 from sharedllm.flags import add_base_argument, add_knob_arguments, knobs_from_args
@@ -136,7 +136,7 @@ def load_model(adapter: str | Path | None = None, device: str | None = None, bas
     adapter = Path(adapter) if adapter else DEFAULT_ADAPTER
     if not (adapter / "config.json").is_file():
         raise AskError(
-            f"no adapter in {adapter}{default_adapter_hint(adapter)}; pass --adapter DIR (a folder written by "
+            f"no adapter in {adapter}; pass --adapter DIR (a folder written by "
             "`sharedllm train` or save_pretrained)"
         )
     config = SharedLLMConfig.from_pretrained(adapter)
@@ -166,7 +166,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="after the --question ones, answer questions from stdin, one per line, until end of "
                              "input or an empty line; the files are encoded once")
     parser.add_argument("--adapter", type=Path, default=None,
-                        help=f"adapter folder (default: the repository's adapters/{DEFAULT_ADAPTER.name} on its base, "
+                        help=f"adapter folder (default: the shipped adapter {DEFAULT_ADAPTER.name} on its base, "
                              "SmolLM2-135M)")
     add_base_argument(parser, default="the base the adapter records")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="longest answer, in tokens")

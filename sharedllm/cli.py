@@ -32,9 +32,7 @@ def adapter_argument(value) -> str | None:
     if value is None or str(value).lower() == "none":
         return None
     if not (Path(value) / "config.json").is_file():
-        from sharedllm.assets import default_adapter_hint
-
-        raise InputError(f"no adapter in {value} (no config.json){default_adapter_hint(value)}; train one with "
+        raise InputError(f"no adapter in {value} (no config.json); train one with "
                          "`sharedllm train`, pass --adapter PATH, or --adapter none for the untrained (zero-init) model")
     return str(value)
 

@@ -128,18 +128,21 @@ def test_default_adapter_is_found_from_any_folder(no_model):
     assert cli._portable_path(str(cli.DEFAULT_ADAPTER)) == "adapters/smollm2-135m-joint-exercises"  # results name no machine path
 
 
-def test_a_missing_default_adapter_says_it_comes_with_the_repository(tmp_path, monkeypatch):
-    """A wheel install has no adapters/ folder: the error says where the default adapter comes from; another
-    missing folder gets no such hint."""
-    import sharedllm.assets
-    from sharedllm.cli import InputError, adapter_argument
+def test_a_wheel_carries_every_file_of_the_default_adapter():
+    """pyproject's package-data globs (relative to the package, through the sharedllm/default_adapter link) match
+    every file of the default adapter, its LoRA weights included: a wheel install reads the same adapter."""
+    import tomllib
 
-    monkeypatch.setattr(sharedllm.assets, "DEFAULT_ADAPTER", tmp_path / "adapters" / "default")
-    with pytest.raises(InputError, match="ships with the repository, not with a wheel"):
-        adapter_argument(str(tmp_path / "adapters" / "default"))
-    with pytest.raises(InputError) as error:
-        adapter_argument(str(tmp_path / "elsewhere"))
-    assert "repository" not in str(error.value)
+    import sharedllm
+    from sharedllm.assets import DEFAULT_ADAPTER
+
+    package = Path(sharedllm.__file__).parent
+    repo = package.parent
+    globs = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["sharedllm"]
+    packaged = {path.resolve() for pattern in globs for path in package.glob(pattern) if path.is_file()}
+    files = {path for path in DEFAULT_ADAPTER.rglob("*") if path.is_file()}
+    assert DEFAULT_ADAPTER / "upper_lora" / "adapter_model.safetensors" in files
+    assert files <= packaged, sorted(map(str, files - packaged))
 
 
 def test_the_default_model_is_named_by_its_place_in_the_assets_home(tmp_path, monkeypatch):

@@ -80,7 +80,7 @@ def add_arguments(parser):
     add_base_argument(parser)
     parser.add_argument("--adapter", default=str(DEFAULT_ADAPTER),
                         help="SharedLLM adapter folder for --methods sharedllm; 'none' = untrained (zero-init); "
-                             f"default: the repository's adapters/{DEFAULT_ADAPTER.name}")
+                             f"default: the shipped adapter {DEFAULT_ADAPTER.name}")
     parser.add_argument("--lengths", nargs="+", type=parse_length, help="e.g. 4K 16K 32768")
     parser.add_argument("--protocol", choices=PROTOCOLS, help="perplexity protocol (default: cepe)")
     parser.add_argument("--domains", nargs="+", help="corpus domains (books math code); default: all")
