@@ -14,13 +14,14 @@
 # Settings (environment): ADAPTER, LD (decoder window of window / streaming / infllm's local window: the adapter's),
 # WINDOWS per cell, LENGTHS, DOMAINS, FULL_MAX / YARN_MAX (longest length full attention / YaRN run: quadratic cost;
 # full attention stops at 16K, twice the base's native 8K positions, where it already breaks (books perplexity 1003
-# against the window's 40): its 32K cells would cost ~7 CPU-hours for nothing), MAX_SECONDS (time budget per cell),
-# RESULTS;
+# against the window's 40): its 32K cells would cost ~7 CPU-hours for nothing; YaRN stops at 32K on the CPU, where
+# a 64K window takes ~30 minutes, 8 CPU-hours per cell: on a GPU set YARN_MAX=64K or 128K), MAX_SECONDS (time
+# budget per cell), RESULTS;
 # for retrieval: PASSKEY_LENGTHS, RULER_LENGTHS, TRIALS (per passkey depth and per RULER task).
 # YaRN's cells up to the base's native window (8K) are recorded as not run, "identical to full": its factor is 1 there.
 # Cost on the 2-core CPU (estimates from measured windows; a GPU takes a small fraction): per 128K window sharedllm
 # ~0.5 min with the cross adapter and about streaming's with the default (joint) one, streaming ~5 min, infllm ~8 min (it attends ~3x streaming's keys); full ~7 min per 32K window, yarn ~30
-# min per 64K window (so MAX_SECONDS stops its 64K cells partway: recorded as not run). With 16 windows per cell
+# min per 64K window (hence YARN_MAX=32K). With 16 windows per cell
 # the whole grid is on the order of 30 CPU-hours, most of it streaming and infllm on books and math. Retrieval: a
 # prompt costs about one sharedllm window of its length (~20 s at 8K, ~40 s at 16K, ~5 min at 128K), so ~11 CPU-hours
 # with 10 trials, two thirds of it at 128K.
@@ -33,7 +34,7 @@ WINDOWS=${WINDOWS:-16}
 LENGTHS=${LENGTHS:-"4K 8K 16K 32K 64K 128K"}
 DOMAINS=${DOMAINS:-"books math code"}
 FULL_MAX=${FULL_MAX:-16K}
-YARN_MAX=${YARN_MAX:-64K}
+YARN_MAX=${YARN_MAX:-32K}
 MAX_SECONDS=${MAX_SECONDS:-7200}
 RESULTS=${RESULTS:-results}
 EXTRA=${EXTRA:-}
