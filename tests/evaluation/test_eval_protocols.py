@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from sharedllm.evaluation.passkey import (FILLER, INSTRUCTION, QUESTION, build_passkey_prompt, encode,
-                                          passkey_correct, passkey_key, plot_heatmap, run_passkey,
-                                          teacher_forced_trials)
+                                          longest_fitting, passkey_correct, passkey_key, passkey_prompt,
+                                          plot_heatmap, run_passkey, teacher_forced_trials)
 from sharedllm.evaluation.ppl import cepe_windows, perplexity, plan_windows, sliding_windows
 
 DOC_B_OFFSET = 1_000_000  # token ids of the second fake document start here
@@ -156,6 +156,34 @@ def test_passkey_prompt_format_and_length(length, depth):
     prefix, suffix = len(lines[1]), len(lines[3])
     assert FILLER.startswith(lines[1][:50]) and FILLER.startswith(lines[3][:50])
     assert abs(prefix / (prefix + suffix) - depth) < 0.01
+
+
+@pytest.mark.parametrize("target", [50, 300, 4000, 30000])
+def test_longest_fitting_finds_the_largest_fitting_n_in_few_tokenizer_calls(target):
+    """Against a plain bisection over [0, 2^22] (exact for a monotone count: words grow by 0 or 1 per character)."""
+    tokenizer, calls = WhitespaceTokenizer(), []
+
+    def build(n):
+        calls.append(n)
+        return passkey_prompt(n, 0.5, 4242)
+
+    fits = lambda n: len(tokenizer.encode(passkey_prompt(n, 0.5, 4242))) <= target  # noqa: E731
+    lo, hi = 0, 2**22
+    while hi - lo > 1:
+        lo, hi = ((lo + hi) // 2, hi) if fits((lo + hi) // 2) else (lo, (lo + hi) // 2)
+    assert longest_fitting(build, tokenizer, target) == lo
+    assert len(calls) <= 14  # doubling then bisecting from 0 counts every point: 2 * log2(n), 36 at 30000 words
+    with pytest.raises(ValueError, match="even the empty prompt"):
+        longest_fitting(build, tokenizer, 10)
+
+
+def test_longest_fitting_never_returns_a_prompt_over_the_target_when_the_count_dips_deeper():
+    """A count that falls by 50 tokens past n = 700 (deeper than COUNT_DIP_TOKENS assumes): the answer still fits
+    and the next n does not."""
+    words = lambda n: n - 50 * (n > 700)  # noqa: E731
+    for target in (660, 680, 700, 720):
+        n = longest_fitting(lambda n: "w " * words(n), WhitespaceTokenizer(), target)
+        assert words(n) <= target and words(n + 1) > target
 
 
 def test_teacher_forced_trials_end_with_their_key_tokens():
