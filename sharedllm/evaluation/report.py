@@ -343,7 +343,8 @@ def headline_section(results_dir, figures: Path) -> list[str]:
         figure = f"headline-ppl-{slug(domain)}.png"
         if plot_heldout(domain_cells, figures / figure, f"held-out {domain}: PPL vs length, same windows per length"):
             lines += [f"![perplexity vs length, {domain}](figures/{figure})", ""]
-        lines += ["Provenance (per method: its knobs, cell files and command):", ""]
+        lines += ["Provenance (per method: its knobs, cell files with the seconds their windows took to score, and "
+                  "command):", ""]
         for method in _method_order({c["method"] for c in domain_cells}):
             lines += method_provenance(method, [c for c in domain_cells if c["method"] == method])
         lines.append("")
@@ -363,11 +364,18 @@ def method_provenance(method, cells) -> list[str]:
         hw = mine[-1].get("hardware", {})
         lengths = ", ".join(format_length(int(c["length"])) for c in mine)
         lines += [f"- **{method}** ({lengths}): adapter `{adapter}`, config `{config}`; files "
-                  + ", ".join(dict.fromkeys(f"`{c['_file']}` ({c.get('wall_time_s', 0):.0f} s)" for c in mine))
+                  + ", ".join(dict.fromkeys(f"`{c['_file']}` ({_seconds(c):.0f} s)" for c in mine))
                   + f"; {hw.get('gpu') or hw.get('cpu')} ({hw.get('threads')} threads, {hw.get('dtype')})"]
         lines += [f"  `{command}`" for command in dict.fromkeys(c.get("command", "") for c in mine)]
         lines += [f"  (relabelled: {note})" for note in dict.fromkeys(c["relabelled"] for c in mine if c.get("relabelled"))]
     return lines
+
+
+def _seconds(cell) -> float:
+    """A result's compute time: a held-out cell's windows' own seconds, summed over every run that scored them (a
+    cell finished from a stopped run's journal took far longer than its last run's wall time), else the run's."""
+    scored = [w["seconds"] for w in cell.get("windows", []) if "seconds" in w]
+    return sum(scored) if scored else cell.get("wall_time_s", 0)
 
 
 def plot_ppl(task_results, path, title) -> bool:

@@ -185,3 +185,13 @@ def test_provenance_names_every_config_a_method_ran_with():
     assert len(lines) == 2
     assert lines[0].startswith("- **sharedllm** (4K, 16K)") and '"probability"' in lines[0] and "`c.json`" in lines[0]
     assert lines[1].startswith("- **sharedllm** (8K)") and '"logit"' in lines[1] and "`a.json`" not in lines[1]
+
+
+def test_provenance_gives_a_resumed_cell_the_seconds_of_all_its_windows():
+    """A cell finished from a stopped run's journal: its last run's wall time (60 s) is not what it cost."""
+    windows = [{"doc": "a", "start": 0, "mean_nll": 1.0, "seconds": 300.0},
+               {"doc": "a", "start": 256, "mean_nll": 1.0, "seconds": 340.0}]
+    resumed = {**_cell("infllm", 65536, 9.0), "windows": windows, "wall_time_s": 60.0, "_file": "r.json"}
+    trials = {**_cell("sharedllm", 65536, 9.0), "wall_time_s": 42.0, "_file": "t.json"}  # no windows: its wall time
+    assert "`r.json` (640 s)" in report.method_provenance("infllm", [resumed])[0]
+    assert "`t.json` (42 s)" in report.method_provenance("sharedllm", [trials])[0]
