@@ -364,18 +364,22 @@ def method_provenance(method, cells) -> list[str]:
         hw = mine[-1].get("hardware", {})
         lengths = ", ".join(format_length(int(c["length"])) for c in mine)
         lines += [f"- **{method}** ({lengths}): adapter `{adapter}`, config `{config}`; files "
-                  + ", ".join(dict.fromkeys(f"`{c['_file']}` ({_seconds(c):.0f} s)" for c in mine))
+                  + ", ".join(dict.fromkeys(f"`{c['_file']}` ({_cost(c)})" for c in mine))
                   + f"; {hw.get('gpu') or hw.get('cpu')} ({hw.get('threads')} threads, {hw.get('dtype')})"]
         lines += [f"  `{command}`" for command in dict.fromkeys(c.get("command", "") for c in mine)]
         lines += [f"  (relabelled: {note})" for note in dict.fromkeys(c["relabelled"] for c in mine if c.get("relabelled"))]
     return lines
 
 
-def _seconds(cell) -> float:
+def _cost(cell) -> str:
     """A result's compute time: a held-out cell's windows' own seconds, summed over every run that scored them (a
-    cell finished from a stopped run's journal took far longer than its last run's wall time), else the run's."""
+    cell finished from a stopped run's journal took far longer than its last run's wall time); a trial run's wall
+    time, saying how many of its trials an earlier run journaled (their time is not in it)."""
     scored = [w["seconds"] for w in cell.get("windows", []) if "seconds" in w]
-    return sum(scored) if scored else cell.get("wall_time_s", 0)
+    if scored:
+        return f"{sum(scored):.0f} s"
+    reused = cell.get("counts", {}).get("trials_from_a_stopped_run", 0)
+    return f"{cell.get('wall_time_s', 0):.0f} s" + (f"; {reused} trials run before, journaled" if reused else "")
 
 
 def plot_ppl(task_results, path, title) -> bool:

@@ -195,3 +195,5 @@ def test_provenance_gives_a_resumed_cell_the_seconds_of_all_its_windows():
     trials = {**_cell("sharedllm", 65536, 9.0), "wall_time_s": 42.0, "_file": "t.json"}  # no windows: its wall time
     assert "`r.json` (640 s)" in report.method_provenance("infllm", [resumed])[0]
     assert "`t.json` (42 s)" in report.method_provenance("sharedllm", [trials])[0]
+    journaled = {**trials, "counts": {"trials_from_a_stopped_run": 9}}
+    assert "`t.json` (42 s; 9 trials run before, journaled)" in report.method_provenance("sharedllm", [journaled])[0]
