@@ -18,7 +18,7 @@ from transformers import TextStreamer
 from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.compat import cache_argument
 from sharedllm.context_cache import ContextCache
-from sharedllm.flags import add_base_argument, add_knob_arguments, knobs_from_args
+from sharedllm.flags import add_base_argument, add_knob_arguments, add_threads_argument, knobs_from_args
 from sharedllm.rows import context_chunk_counts
 
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -169,6 +169,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"adapter folder (default: the shipped adapter {DEFAULT_ADAPTER.name} on its base, "
                              "SmolLM2-135M)")
     add_base_argument(parser, default="the base the adapter records")
+    add_threads_argument(parser)
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="longest answer, in tokens")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     add_knob_arguments(parser, "SharedLLM knobs (default: the adapter's saved value)")

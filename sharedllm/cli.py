@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)  # the top level has no valued options
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    if getattr(args, "threads", None):  # flags.add_threads_argument: every command that runs a model
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         code = args.run(args)
     except InputError as err:

@@ -134,3 +134,17 @@ def warn_deprecated(old: str, new: str) -> None:
 def add_base_argument(parser, default: str = "the SmolLM2-135M from `sharedllm assets`") -> None:
     """`--base`: the base causal LM, the same flag in every command that loads one."""
     parser.add_argument("--base", default=None, help=f"base causal LM folder or hub id (default: {default})")
+
+
+def add_threads_argument(parser) -> None:
+    """`--threads`: torch's threads for the command, the same flag in every command that runs a model."""
+    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                        help="torch threads (default: torch's choice, which OMP_NUM_THREADS sets); pin it for timings "
+                             "and when jobs share the machine")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -42,7 +42,8 @@ from sharedllm import data, provenance
 from sharedllm.cli import InputError
 from sharedllm.config import KNOB_DEFAULTS, KNOBS, SharedLLMConfig
 from sharedllm.distillation import teacher_window_logits, topk_distillation_loss
-from sharedllm.flags import add_base_argument, add_knob_arguments, knobs_from_args, parse_length
+from sharedllm.flags import (add_base_argument, add_knob_arguments, add_threads_argument, knobs_from_args,
+                             parse_length)
 from sharedllm.lora import (  # noqa: F401 (LORA_WEIGHTS, load_upper_lora re-exported)
     LORA_DIR, LORA_WEIGHTS, add_upper_lora, first_lora_layer, has_upper_lora, load_upper_lora, lora_modules,
     upper_lora_rank,
@@ -856,6 +857,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "accelerate launch --config_file sharedllm/configs/accelerate_ddp.yaml -m sharedllm train ...")
     add = parser.add_argument
     add_base_argument(parser)
+    add_threads_argument(parser)
     add("--output", required=True, help="output folder (adapter, checkpoints, logs, summary): new or empty, or "
         "the run's own folder with --resume")
     add("--domains", nargs="+", default=None, metavar="NAME[:WEIGHT]",

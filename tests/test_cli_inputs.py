@@ -231,3 +231,33 @@ def test_report_refuses_to_replace_the_page_with_nothing(no_model, capsys):
     (no_model / "results" / "half.json").write_text('{"task": "ppl", "sco')  # e.g. a copy cut short
     assert "results/half.json is not a result file (not JSON" in error_line(capsys, ["report", "--docs", "docs"])
     assert (no_model / "docs" / "results.md").read_text() == "committed"
+
+
+def test_every_model_command_takes_threads_and_main_applies_it(monkeypatch, capsys):
+    import sys
+    import types
+
+    import torch
+
+    from sharedllm import cli
+    from sharedllm.flags import add_threads_argument
+
+    subparsers = lambda name: cli.build_parser(name)._subparsers._group_actions[0].choices  # noqa: E731
+    for name in ("train", "eval", "bench", "ask"):
+        assert "--threads N" in subparsers(name)[name].format_help(), name
+    seen = []
+    probe = types.ModuleType("probe_command")
+    probe.add_arguments = add_threads_argument
+    probe.run = lambda args: seen.append(torch.get_num_threads())
+    monkeypatch.setitem(sys.modules, "probe_command", probe)
+    monkeypatch.setitem(cli.COMMANDS, "probe", ("probe_command", "a command that runs a model"))
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as done:
+            cli.main(["probe", "--threads", "1"])
+        assert done.value.code == 0 and seen == [1]
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["probe", "--threads", "0"])
+    assert refused.value.code == 2 and "must be at least 1, got 0" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import torch
 
 from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.cli import InputError, adapter_argument
-from sharedllm.flags import add_knob_arguments, knobs_from_args, parse_length
+from sharedllm.flags import add_knob_arguments, add_threads_argument, knobs_from_args, parse_length
 
 from .settings import BENCH_METHODS, CPU_LENGTHS, CUDA_LENGTHS, BenchSettings, resolve_knobs
 
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-method length cap, e.g. full=32K streaming=32K (recorded as skipped)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_threads_argument(parser)
     add_knob_arguments(parser, "SharedLLM knobs, shared by every method that reads them (default: the adapter's "
                        "saved value, else the config default)")
     parser.add_argument("--streaming-block", type=int, default=256, help="StreamingLLM prefill block size (tokens)")

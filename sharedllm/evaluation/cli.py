@@ -25,6 +25,7 @@ from sharedllm.flags import (
     add_base_argument,
     add_deprecated_alias,
     add_knob_arguments,
+    add_threads_argument,
     format_length,
     knob_flag,
     knobs_from_args,
@@ -78,6 +79,7 @@ def add_arguments(parser):
                         help="full window streaming infllm yarn cepe sharedllm (--method: deprecated spelling)")
     add_deprecated_alias(parser, "--method", "--methods", nargs="+")
     add_base_argument(parser)
+    add_threads_argument(parser)
     parser.add_argument("--adapter", default=str(DEFAULT_ADAPTER),
                         help="SharedLLM adapter folder for --methods sharedllm; 'none' = untrained (zero-init); "
                              f"default: the shipped adapter {DEFAULT_ADAPTER.name}")
