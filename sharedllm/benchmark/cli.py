@@ -11,7 +11,8 @@ import torch
 
 from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.cli import InputError, adapter_argument
-from sharedllm.flags import add_knob_arguments, add_threads_argument, knobs_from_args, parse_length
+from sharedllm.flags import (add_base_argument, add_knob_arguments, add_threads_argument, knobs_from_args,
+                             parse_length)
 
 from .settings import BENCH_METHODS, CPU_LENGTHS, CUDA_LENGTHS, BenchSettings, resolve_knobs
 
@@ -19,12 +20,11 @@ RESULT_FILE = "bench-{device}.json"  # inside --output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", default=None,
-                        help="base causal LM path or hub id (default: the project's SmolLM2-135M)")
+    add_base_argument(parser)
     parser.add_argument("--model", dest="model_deprecated", default=None, help=argparse.SUPPRESS)  # old --base
     parser.add_argument("--adapter", default=None,
-                        help=f"SharedLLM adapter dir; 'none' = untrained, set by the knob flags (default: "
-                             f"{DEFAULT_ADAPTER} if present, else untrained)")
+                        help=f"SharedLLM adapter dir; 'none' = untrained, set by the knob flags (default: the "
+                             f"shipped adapter {DEFAULT_ADAPTER.name})")
     parser.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=BENCH_METHODS)
     parser.add_argument("--lengths", nargs="+", type=parse_length, default=None,
                         help=f"input lengths, e.g. 4K 8K (default: {' '.join(CPU_LENGTHS)} on cpu, "
