@@ -16,6 +16,7 @@ import torch
 from transformers import TextStreamer
 
 from sharedllm.assets import DEFAULT_ADAPTER
+from sharedllm.cli import InputError
 from sharedllm.compat import cache_argument
 from sharedllm.context_cache import ContextCache
 from sharedllm.flags import add_base_argument, add_knob_arguments, add_threads_argument, knobs_from_args
@@ -27,8 +28,9 @@ PLAIN_TAIL = "\nAnswer:"  # for a tokenizer without a chat template
 _DOCUMENT_MARK, _QUESTION_MARK = "\x00DOCUMENT\x00", "\x00QUESTION\x00"
 
 
-class AskError(Exception):
-    """A user error worth one line (missing file, empty file, no adapter)."""
+class AskError(InputError):
+    """A user error worth one line (missing file, empty file, no adapter): `sharedllm ask: error: ...`, as every
+    command prints its input errors."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -186,13 +188,9 @@ def check_knobs(knobs: dict) -> None:
 
 def run(args) -> int:
     knobs = knobs_from_args(args)
-    try:
-        check_knobs(knobs)
-        document = read_files(args.files)  # before loading the model: a typo fails at once
-        model, tokenizer = load_model(args.adapter, args.device, args.base, **knobs)
-    except AskError as err:
-        print(f"sharedllm ask: {err}", file=sys.stderr)
-        return 2
+    check_knobs(knobs)
+    document = read_files(args.files)  # before loading the model: a typo fails at once
+    model, tokenizer = load_model(args.adapter, args.device, args.base, **knobs)
     asker = Asker(model, tokenizer, document)
     for question in args.question:
         _log(f"question: {question}")

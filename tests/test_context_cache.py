@@ -276,12 +276,15 @@ def test_ask_without_questions_reads_stdin(ask_setup, capsys, monkeypatch):
 def test_ask_missing_or_empty_file_fails_in_one_line(tmp_path, capsys, monkeypatch):
     from sharedllm import ask
 
+    from sharedllm.cli import main
+
     monkeypatch.setattr(ask, "load_model", lambda *a: pytest.fail("the model is loaded after the files are read"))
-    assert run_cli([str(tmp_path / "nope.txt"), "-q", "x"]) == 2
-    assert capsys.readouterr().err == f"sharedllm ask: no such file: {tmp_path / 'nope.txt'}\n"
-    (tmp_path / "blank.txt").write_text(" \n\n")
-    assert run_cli([str(tmp_path / "blank.txt"), "-q", "x"]) == 2
-    assert capsys.readouterr().err == f"sharedllm ask: {tmp_path / 'blank.txt'} is empty\n"
+    for path, message in [(tmp_path / "nope.txt", f"no such file: {tmp_path / 'nope.txt'}"),
+                          (tmp_path / "blank.txt", f"{tmp_path / 'blank.txt'} is empty")]:
+        (tmp_path / "blank.txt").write_text(" \n\n")
+        with pytest.raises(SystemExit) as stopped:
+            main(["ask", str(path), "-q", "x"])
+        assert stopped.value.code == 2 and capsys.readouterr().err == f"sharedllm ask: error: {message}\n"
 
 
 def test_ask_prompt_without_chat_template_and_default_adapter():
