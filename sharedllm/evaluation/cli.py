@@ -318,6 +318,9 @@ class Session:
         done = journal.load()
         if done:
             print(f"{name}: {len(done)} {task} trials already done in {journal.path} (a stopped run): continuing")
+        for other in journal.others():  # never silently: a stopped run's work the user may have expected to go on
+            print(f"{name}: not continuing {other}: a stopped run with other settings (the method's knobs, the "
+                  f"model, the seed or the {task} settings differ)")
         return journal, done
 
     def result_adapter(self, method) -> str | None:

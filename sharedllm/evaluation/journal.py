@@ -18,7 +18,14 @@ from pathlib import Path
 class TrialJournal:
     def __init__(self, folder, task: str, name: str, settings: dict):
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        self.path = Path(folder) / f".{task}_{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}_{digest}.partial.jsonl"
+        self.prefix = f".{task}_{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}_"
+        self.path = Path(folder) / f"{self.prefix}{digest}.partial.jsonl"
+
+    def others(self) -> list[Path]:
+        """Journals of the same task and name with other settings: stopped runs this one does not continue (other
+        knobs, model, seed or task settings; a knob added to the method since changes them too)."""
+        pattern = f"{self.prefix}{'?' * 12}.partial.jsonl"
+        return sorted(path for path in self.path.parent.glob(pattern) if path != self.path)
 
     def load(self) -> list[dict]:
         """The records of the trials already done (none when there is no journal). A last line cut short by the

@@ -204,8 +204,9 @@ def test_stopped_trial_run_continues_from_its_journal(task, fake_stack, monkeypa
     stop_after, calls[:] = None, []
     run("results", "--seed", "1")  # other trials: starts afresh, beside the seed-0 journal
     assert len(calls) == 6
+    # the seed-1 run said it left the seed-0 journal alone (never silently)
+    assert f"not continuing {journals[0]}: a stopped run with other settings" in capsys.readouterr().out
     calls[:] = [0] * 2  # the answers of a clean run count from 3 here, as in the stopped one
-    capsys.readouterr()
     run("results")
     assert len(calls) == 2 + 4  # the 2 journaled trials are not run again
     bar = capsys.readouterr().err
