@@ -46,8 +46,8 @@ def longest_fitting(build, tokenizer, target_tokens: int) -> int:
     target fits it; one counted at or before it more than that above the target rules it out), after secant steps
     (the count is about linear in n) have counted points just below and just above the target: at 128K, 12
     tokenizer calls instead of 39 and half the time (3.6 s instead of 6.7 s per passkey prompt on the CPU; the
-    search was most of a 128K passkey trial on a GPU), with the same prompts (every passkey prompt of 8K-128K and
-    RULER prompt of 16K-128K that the results hold, checked).
+    search was most of a 128K passkey trial on a GPU), with the same prompts (checked on every prompt of the
+    committed passkey 8K-32K and RULER 16K-32K cells and on samples at 64K-128K: results/experiments/prompt-search/).
     Whatever the dips, the n returned is a counted point that fits: one settled as fitting by a counted point
     beyond it would have settled the point after it too.
     """
