@@ -14,6 +14,7 @@ row and the exact command that produced it, so that no number stands without its
 
 import json
 import re
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -45,6 +46,9 @@ def add_arguments(parser):
 HEADLINE_DIR = "heldout"  # under the results folder: one JSON per (method, domain, length) cell
 # row order of the headline tables; other methods (labels, ablations) follow alphabetically
 HEADLINE_ORDER = ("sharedllm", "window", "streaming", "infllm", "full", "yarn", "cepe")
+# A point this many times its length's median perplexity (full attention past its trained positions: 1003 against
+# ~40) is drawn as a labelled mark at the plot's top edge, so the other methods keep the plot's height.
+OFF_SCALE = 5.0
 HEADLINE_PROTOCOL = ("windows of T tokens drawn once per (domain, T) with a fixed seed from the CEPE window "
                      "positions (every 256 tokens) of the test documents >= T; every method of a column is scored on "
                      "exactly those windows; the last 256 tokens of each window are scored; PPL = exp(mean over "
@@ -271,6 +275,19 @@ def paired_table(cells: list[dict], reference: str = "sharedllm") -> list[str]:
     return lines
 
 
+def split_off_scale(series: dict[str, list]) -> tuple[dict[str, list], dict[str, list]]:
+    """(the points drawn as lines, the points above OFF_SCALE x their length's median perplexity over methods), each
+    {method: [(length, summary), ...]}."""
+    by_length = defaultdict(list)
+    for points in series.values():
+        for n, s in points:
+            by_length[n].append(s["ppl"])
+    median = {n: statistics.median(values) for n, values in by_length.items()}
+    off = {m: [(n, s) for n, s in points if s["ppl"] > OFF_SCALE * median[n]] for m, points in series.items()}
+    kept = {m: [(n, s) for n, s in points if s["ppl"] <= OFF_SCALE * median[n]] for m, points in series.items()}
+    return kept, off
+
+
 def plot_heldout(cells: list[dict], path, title) -> bool:
     """PPL vs length per method with the bootstrap intervals as error bars; only complete cells on the column's
     windows are drawn, so every point of a length comes from the same windows. False (no file) if none is."""
@@ -290,6 +307,7 @@ def plot_heldout(cells: list[dict], path, title) -> bool:
               for method in methods}
     if not any(series.values()):
         return False
+    series, off_scale = split_off_scale(series)
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for i, method in enumerate(methods):
         points = series[method]
@@ -302,6 +320,16 @@ def plot_heldout(cells: list[dict], path, title) -> bool:
         ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, color=colours[i % len(colours)], label=method)
         ax.fill_between(xs, [s["ci_low"] for _, s in points], [s["ci_high"] for _, s in points],
                         color=colours[i % len(colours)], alpha=0.12, linewidth=0)
+    shown = [s for points in series.values() for _, s in points]
+    top = max(s["ci_high"] for s in shown) * 1.3
+    ax.set_ylim(min(s["ci_low"] for s in shown) / 1.1, top)
+    for i, method in enumerate(methods):
+        for n, s in off_scale[method]:
+            colour = colours[i % len(colours)]
+            ax.plot([n], [top], marker="^", color=colour, clip_on=False,
+                    label=None if series[method] else method)
+            ax.annotate(f"{method} {s['ppl']:.0f} (off scale)", (n, top), textcoords="offset points", xytext=(6, -12),
+                        fontsize=7, color=colour)
     lengths = sorted({int(c["length"]) for c in cells})
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [format_length(n) for n in lengths])

@@ -197,3 +197,17 @@ def test_provenance_gives_a_resumed_cell_the_seconds_of_all_its_windows():
     assert "`t.json` (42 s)" in report.method_provenance("sharedllm", [trials])[0]
     journaled = {**trials, "counts": {"trials_from_a_stopped_run": 9}}
     assert "`t.json` (42 s; 9 trials run before, journaled)" in report.method_provenance("sharedllm", [journaled])[0]
+
+
+def test_a_broken_point_is_drawn_off_scale_and_the_rest_keep_the_plot(tmp_path):
+    """Full attention past its trained positions (1003 against ~40) would squash every other line: it is set apart
+    and labelled at the top edge; a method's own ordinary points stay lines."""
+    s = lambda ppl: {"ppl": ppl, "ci_low": ppl * 0.9, "ci_high": ppl * 1.1}  # noqa: E731
+    series = {"sharedllm": [(4096, s(33.0)), (16384, s(38.0))], "window": [(4096, s(34.0)), (16384, s(40.0))],
+              "full": [(4096, s(33.1)), (16384, s(1003.5))]}
+    kept, off = report.split_off_scale(series)
+    assert off == {"sharedllm": [], "window": [], "full": [(16384, s(1003.5))]}
+    assert kept["full"] == [(4096, s(33.1))] and kept["sharedllm"] == series["sharedllm"]
+    cells = [{**_cell(m, n, v["ppl"]), "summary": {**_cell(m, n, v["ppl"])["summary"], **v}}
+             for m, points in series.items() for n, v in points]
+    assert report.plot_heldout(cells, tmp_path / "plot.png", "t") and (tmp_path / "plot.png").stat().st_size > 0
