@@ -4,16 +4,11 @@ from sharedllm.loading import DEFAULT_BASE, load_tokenizer, resolve_base_path
 from sharedllm.evaluation import passkey, needle
 
 def old_longest_fitting(build, tokenizer, target_tokens):
+    """The search before: the same doubling-then-bisection path, every point of it tokenized."""
     fits = lambda n: len(passkey.encode(tokenizer, build(n))) <= target_tokens
     if not fits(0):
         raise ValueError
-    lo, hi = 0, 1
-    while fits(hi):
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
+    return passkey._doubling_bisection(fits)
 
 tok = load_tokenizer(resolve_base_path(DEFAULT_BASE))
 new = passkey.longest_fitting
