@@ -20,6 +20,8 @@ import time
 import numpy as np
 import torch
 
+from .journal import ReusedTrials
+
 STRIDE = 256  # window starts lie on this grid (protocols.md, CEPE protocol)
 SCORED = 256  # tokens scored at the end of each window
 N_RESAMPLES = 1000
@@ -83,29 +85,27 @@ def score_windows(method, docs: dict[str, np.ndarray], plan: list[dict], length:
     marks itself and every later one: a method that fails once (out of memory, a limit) fails the same way again.
     `done`: scored windows of a stopped run, reused; `on_record(record)` after each window scored here.
     """
-    from tqdm.auto import tqdm
-
-    done = {(r["doc"], r["start"]): r for r in done}
-    # the bar starts at the windows a stopped run scored, so its rate and time left are this run's
-    bar = tqdm(total=len(plan), initial=sum((w["doc"], w["start"]) in done for w in plan),
-               desc=f"{getattr(method, 'name', 'method')} T={length}", disable=not progress)
-    records, started = [], time.perf_counter()
-    for window in plan:
-        if (window["doc"], window["start"]) in done:
-            records.append(done[window["doc"], window["start"]])
-            continue
-        if not_run is None and max_seconds is not None and time.perf_counter() - started > max_seconds:
-            not_run = f"time budget of {max_seconds:g} s used up after {len(records)} windows"
-        if not_run is None:
-            record = _score_window(method, docs, window, length)
-            not_run = record.get("not_run")  # a window that fails marks every later one
-        else:
-            record = {"doc": window["doc"], "start": window["start"], "not_run": not_run}
+    def journal_scored(record: dict) -> None:  # a window not run is tried again by the next run
         if "not_run" not in record and on_record is not None:
             on_record(record)
-        records.append(record)
-        bar.update()
-    bar.close()
+
+    reuse = ReusedTrials(done, ("doc", "start"), [(w["doc"], w["start"]) for w in plan], journal_scored,
+                         f"{getattr(method, 'name', 'method')} T={length}", progress)
+    records, started = [], time.perf_counter()
+    for window in plan:
+
+        def run() -> dict:
+            nonlocal not_run
+            if not_run is None and max_seconds is not None and time.perf_counter() - started > max_seconds:
+                not_run = f"time budget of {max_seconds:g} s used up after {len(records)} windows"
+            if not_run is not None:
+                return {"doc": window["doc"], "start": window["start"], "not_run": not_run}
+            record = _score_window(method, docs, window, length)
+            not_run = record.get("not_run")  # a window that fails marks every later one
+            return record
+
+        records.append(reuse((window["doc"], window["start"]), run))
+    reuse.close()
     return records
 
 
