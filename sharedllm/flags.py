@@ -138,13 +138,17 @@ def add_base_argument(parser, default: str = "the SmolLM2-135M from `sharedllm a
 
 def add_threads_argument(parser) -> None:
     """`--threads`: torch's threads for the command, the same flag in every command that runs a model."""
-    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="torch threads (default: torch's choice, which OMP_NUM_THREADS sets); pin it for timings "
                              "and when jobs share the machine")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
+def positive_int(text: str) -> int:
+    """argparse `type=` for every count flag (`--threads`, `--trials`, `--max-windows`, ...): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value

@@ -12,7 +12,7 @@ import torch
 from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.cli import InputError, adapter_argument
 from sharedllm.flags import (add_base_argument, add_knob_arguments, add_threads_argument, knobs_from_args,
-                             parse_length)
+                             parse_length, positive_int)
 
 from .settings import BENCH_METHODS, CPU_LENGTHS, CUDA_LENGTHS, BenchSettings, resolve_knobs
 
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lengths", nargs="+", type=parse_length, default=None,
                         help=f"input lengths, e.g. 4K 8K (default: {' '.join(CPU_LENGTHS)} on cpu, "
                         f"{' '.join(CUDA_LENGTHS)} on cuda)")
-    parser.add_argument("--repeats", type=int, default=3, help="prefill runs per cell; the median is reported")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="prefill runs per cell; the median is reported")
     parser.add_argument("--decode-steps", type=int, default=16, help="greedy steps timed after each prefill")
     parser.add_argument("--max-seconds", type=float, default=300.0,
                         help="skip a method's longer lengths once one of its prefills took longer than this")
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_threads_argument(parser)
     add_knob_arguments(parser, "SharedLLM knobs, shared by every method that reads them (default: the adapter's "
                        "saved value, else the config default)")
-    parser.add_argument("--streaming-block", type=int, default=256, help="StreamingLLM prefill block size (tokens)")
+    parser.add_argument("--streaming-block", type=positive_int, default=256, help="StreamingLLM prefill block size (tokens)")
     parser.add_argument("--n-sink", type=int, default=4, help="StreamingLLM attention sinks")
     parser.add_argument("--infllm", nargs="+", default=[], metavar="KNOB=VALUE",
                         help="InfLLM knobs (n_sink, block_size, n_rep, topk, chunk_size, local_window) over its "

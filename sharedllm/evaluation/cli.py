@@ -30,6 +30,7 @@ from sharedllm.flags import (
     knob_flag,
     knobs_from_args,
     parse_length,
+    positive_int,
     warn_deprecated,
 )
 
@@ -96,7 +97,7 @@ def add_arguments(parser):
                              "below (e.g. --tree-selection recent)")
     parser.add_argument("--label", help="name the (single) method's results under this label, e.g. "
                                         "sharedllm-recent for an ablation")
-    parser.add_argument("--max-windows", type=int,
+    parser.add_argument("--max-windows", type=positive_int,
                         help="PPL window cap over all documents (ppl: 100); heldout: windows per cell (16)")
     parser.add_argument("--max-length", type=parse_length,
                         help="heldout: longer cells are written with every window 'not run: past --max-length'")
@@ -107,12 +108,12 @@ def add_arguments(parser):
                              "every --lengths T scores the same tokens (perplexity against context length); "
                              "the cells are named ..._targets<LENGTH>.json and stay out of the headline")
     parser.add_argument("--overwrite", action="store_true", help="heldout: rerun cells whose JSON exists")
-    parser.add_argument("--trials", type=int, help="trials per cell (passkey, niah, ruler: 10)")
+    parser.add_argument("--trials", type=positive_int, help="trials per cell (passkey, niah, ruler: 10)")
     parser.add_argument("--depths", nargs="+", type=float, help="needle depths in [0, 1]")
     parser.add_argument("--tasks", nargs="+", choices=list(RULER_TASKS), help="RULER tasks (default: all)")
     parser.add_argument("--threshold", type=float,
                         help="RULER effective-length threshold (default: full attention at the native length)")
-    parser.add_argument("--limit", type=int, help="longbench: at most this many records per dataset")
+    parser.add_argument("--limit", type=positive_int, help="longbench: at most this many records per dataset")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -165,9 +166,6 @@ def validate_args(args) -> None:
             raise InputError(f"{knob_flag(name)} does not apply to sharedllm eval")
         if not set(readers) & set(args.methods):
             raise InputError(f"{knob_flag(name)} is a knob of {' / '.join(readers)}, not of {', '.join(args.methods)}")
-    for option in ("max_windows", "trials", "limit"):
-        if getattr(args, option) is not None and getattr(args, option) < 1:
-            raise InputError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     if args.depths and not all(0.0 <= d <= 1.0 for d in args.depths):
         raise InputError(f"--depths must lie in [0, 1], got {args.depths}")
     _check_corpus_choice(args)
