@@ -16,11 +16,17 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from sharedllm.cli import InputError
 from sharedllm.config import KNOBS, SharedLLMConfig
 
 ADAPTER_WEIGHTS = "model.safetensors"  # the adapter's cross-attention weights in a saved folder
 
 DEFAULT_BASE = "sharedllm-default:SmolLM2-135M-Instruct"  # portable name of the embedded default model
+
+
+class ModelNotFoundError(InputError, FileNotFoundError):
+    """A base model named by the user that is not there: a command prints it as one line (`InputError`); library
+    callers can still catch it as the FileNotFoundError it is."""
 
 
 def portable_base_name(path: str | None) -> str | None:
@@ -49,9 +55,9 @@ def resolve_base_path(base: str | os.PathLike) -> str:
     looks_local = isinstance(base, os.PathLike) or path.is_absolute() or str(base).startswith((".", "~"))
     if path.exists() or looks_local or str(base).count("/") > 1:  # a hub id is "name" or "owner/name"
         if not path.is_dir():
-            raise FileNotFoundError(f"no model folder at {path}; pass the folder of a saved causal LM or a hub id")
+            raise ModelNotFoundError(f"no model folder at {path}; pass the folder of a saved causal LM or a hub id")
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} has no config.json: it is not a saved transformers model folder")
+            raise ModelNotFoundError(f"{path} has no config.json: it is not a saved transformers model folder")
         return str(path)
     return str(base)
 
@@ -92,10 +98,15 @@ def load_causal_lm(
     except OSError as error:
         if Path(path).is_dir():
             raise
-        raise FileNotFoundError(
-            f"{path!r} is neither a local model folder nor a hub model that could be fetched ({error})"
-        ) from None
+        raise hub_model_not_found(path, error) from None
     return model, load_tokenizer(path, required=tokenizer_required)
+
+
+def hub_model_not_found(name: str, error: OSError) -> ModelNotFoundError:
+    """What a base name that is no local folder and could not be fetched from the hub raises (`error`: the hub's)."""
+    reason = " ".join(str(error).split())  # the hub's message spans lines; the command prints one
+    return ModelNotFoundError(f"{name!r} is neither a local model folder nor a hub model that could be fetched "
+                              f"({reason})")
 
 
 @torch.no_grad()

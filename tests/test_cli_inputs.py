@@ -64,7 +64,8 @@ EVAL_CASES = [
     (["--tree-depth", "5"], "leaf_tokens_per_node must be between 1 and the leaf length"),  # the default preset's 64
     (["--adapter", "none", "--knob", "tree_selection=best"], "SharedLLM knobs: tree_selection must be one of ('query'"),
     (["--adapter", "none", "--tree-selection", "best"], "argument --tree-selection: invalid choice: 'best'"),
-    (["--max-windows", "0"], "--max-windows must be at least 1, got 0"),
+    (["--max-windows", "0"], "argument --max-windows: must be at least 1, got 0"),
+    (["--max-windows", "2.5"], "argument --max-windows: not a whole number: '2.5'"),
     (["--methods", "full", "--data", "book.txt", "--domains", "books"], "--domains chooses corpus domains"),
 ]
 
@@ -168,6 +169,25 @@ def test_no_window_in_tokens_is_caught_before_any_method_runs(no_model, monkeypa
                                "--lengths", "1K", "--output", "results"])
     assert "window of 1K tokens (the longest has 600 tokens)" in line
     assert not (no_model / "results").exists()  # no result with a null score
+
+
+@pytest.mark.parametrize("base, message", [
+    ("./nowhere", "no model folder at nowhere"),
+    ("runs/model", "'runs/model' is neither a local model folder nor a hub model that could be fetched"),  # hub-like
+])
+@pytest.mark.parametrize("command", [
+    ["eval", "ppl", "--methods", "window", "--lengths", "1K", "--data", "book.txt"],
+    ["bench", "--methods", "window", "--lengths", "1K", "--adapter", "none"],
+    ["bench", "--methods", "window", "--lengths", "1K", "--adapter", "none", "--no-isolate"],
+    ["ask", "book.txt", "-q", "Who?"],
+], ids=["eval", "bench", "bench in-process", "ask"])
+def test_a_missing_base_model_is_one_line(tmp_path, monkeypatch, capsys, command, base, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SHAREDLLM_HOME", str(tmp_path / "home"))
+    (tmp_path / "book.txt").write_text(PROSE)
+    line = error_line(capsys, [*command, "--base", base])
+    assert line.startswith(f"sharedllm {command[0]}: error: ") and message in line
 
 
 def test_report_marks_cells_without_a_window_instead_of_crashing(tmp_path):

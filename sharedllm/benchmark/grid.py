@@ -22,10 +22,10 @@ WORKER_FLAG = "--bench-worker"
 
 
 def load_base(path, settings: BenchSettings):
-    from transformers import AutoModelForCausalLM
+    from sharedllm.loading import load_causal_lm
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=settings.torch_dtype)
-    return model.to(settings.device).eval()
+    model, _ = load_causal_lm(path, dtype=settings.torch_dtype, tokenizer_required=False)
+    return model.to(settings.device)
 
 
 def _set_threads(settings: BenchSettings) -> None:
@@ -167,4 +167,10 @@ def _run_grid(base, settings: BenchSettings, output, progress: bool) -> dict:
 def _load_config(path):
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(str(path))
+    from sharedllm.loading import hub_model_not_found, resolve_base_path
+
+    path = resolve_base_path(path)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except OSError as error:
+        raise hub_model_not_found(path, error) from None
