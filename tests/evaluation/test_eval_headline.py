@@ -187,6 +187,18 @@ def test_provenance_names_every_config_a_method_ran_with():
     assert lines[1].startswith("- **sharedllm** (8K)") and '"logit"' in lines[1] and "`a.json`" not in lines[1]
 
 
+def test_provenance_names_the_machine_of_each_file():
+    """Cells of one config scored on two machines: each file is named with its own, not the last cell's."""
+    gpu = {"gpu": "NVIDIA H200", "cpu": "AMD EPYC", "threads": 8, "dtype": "float32"}
+    cpu = {"gpu": None, "cpu": "AMD EPYC", "threads": 1, "dtype": "float32"}
+    cells = [{**_cell("window", 4096, 9.0), "hardware": cpu, "wall_time_s": 42.0, "_file": "a.json"},
+             {**_cell("window", 8192, 9.0), "hardware": cpu, "wall_time_s": 34.0, "_file": "b.json"},
+             {**_cell("window", 131072, 9.0), "hardware": gpu, "wall_time_s": 1.0, "_file": "c.json"}]
+    [line] = [line for line in report.method_provenance("window", cells) if line.startswith("- ")]
+    assert "files `a.json` (42 s), `b.json` (34 s) on AMD EPYC (1 threads, float32); " in line
+    assert line.endswith("files `c.json` (1 s) on NVIDIA H200 (8 threads, float32)")
+
+
 def test_provenance_gives_a_resumed_cell_the_seconds_of_all_its_windows():
     """A cell finished from a stopped run's journal: its last run's wall time (60 s) is not what it cost."""
     windows = [{"doc": "a", "start": 0, "mean_nll": 1.0, "seconds": 300.0},
