@@ -29,6 +29,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+def machine(device) -> str:
+    """The machine a trial ran on, as a trial journal tags it: the GPU's name on a GPU, else the CPU's (the name
+    the report prints for a result's hardware block)."""
+    import torch
+
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
 def hardware(device, dtype: str | None = None, **extra) -> dict:
     """The machine and software a result was measured with; `extra`: what only one command knows (attention
     backend, distributed processes, ...)."""

@@ -35,7 +35,7 @@ from sharedllm.flags import (
 )
 
 from . import report
-from .journal import TrialJournal, count_reused
+from .journal import TrialJournal, by_machine, count_reused
 from .needle import RULER_TASKS, effective_length, load_haystack, run_needle_grid, run_ruler
 from .passkey import DEFAULT_DEPTHS, run_passkey
 from .ppl import PROTOCOLS, perplexity
@@ -312,7 +312,7 @@ class Session:
         (`_portable_path`), so that the same command continues from another clone, home or machine."""
         keys = {"method": _method_config(method), "model": self.model_name, "dtype": self.args.dtype,
                 "seed": self.args.seed, **settings}
-        journal = TrialJournal(self.args.output, task, name, keys)
+        journal = TrialJournal(self.args.output, task, name, keys, machine=provenance.machine(self.base.device))
         done = journal.load()
         if done:
             print(f"{name}: {len(done)} {task} trials already done in {journal.path} (a stopped run): continuing")
@@ -506,7 +506,8 @@ def passkey_results(session, lengths, depths, trials, notes=""):
                         on_record=journal.append)
         scores = {str(n): acc for n, acc in r["per_length"].items()}
         counts = {"trials_per_cell": trials, "depths": len(depths), "total_trials": len(r["records"]),
-                  "trials_from_a_stopped_run": count_reused(r["records"], done)}
+                  "trials_from_a_stopped_run": count_reused(r["records"], done),
+                  "trials_by_machine": by_machine(r["records"])}
         session.write("passkey", name, method, "landmark", SYNTHETIC, scores, counts, r,
                       time.time() - start, notes)
         journal.remove(r["records"])
@@ -534,7 +535,8 @@ def run_niah(session):
             per_length.setdefault(c["length"], []).append(c["accuracy"])
         scores = {str(n): sum(v) / len(v) for n, v in per_length.items()}
         counts = {"trials_per_cell": a.trials, "depths": len(a.depths), "total_trials": len(r["records"]),
-                  "trials_from_a_stopped_run": count_reused(r["records"], done)}
+                  "trials_from_a_stopped_run": count_reused(r["records"], done),
+                  "trials_by_machine": by_machine(r["records"])}
         session.write("niah", name, method, "niah-prose", data, scores, counts, r, time.time() - start)
         journal.remove(r["records"])
         rows[name] = {format_length(n): f"{100 * s:.0f}%" for n, s in scores.items()}
@@ -553,7 +555,8 @@ def run_ruler_task(session):
         r = run_ruler(method, session.tokenizer, a.lengths, tasks, a.trials, a.seed, haystack, done=done,
                       on_record=journal.append)
         counts = {"trials_per_task": a.trials, "tasks": len(tasks),
-                  "trials_from_a_stopped_run": count_reused(r["records"], done)}
+                  "trials_from_a_stopped_run": count_reused(r["records"], done),
+                  "trials_by_machine": by_machine(r["records"])}
         finished.append((name, method.describe() if hasattr(method, "describe") else {}, r, counts,
                          time.time() - start, journal))
     threshold = a.threshold

@@ -7,6 +7,9 @@ trial's outcome (the method and its knobs, the model, the seed, the task's setti
 never reads it. Its lengths and tasks are not part of the name (the same settings with fewer lengths reuse part of
 it), so two runs of other lengths may share it at once: a finished run removes its own trials only, and the file
 once none are left.
+
+Each trial it journals is tagged with the machine it ran on (`ran_on`), so that a result finished from a journal
+that a lent GPU started can say where its trials ran: its hardware block names only the machine that finished it.
 """
 
 import hashlib
@@ -16,7 +19,8 @@ from pathlib import Path
 
 
 class TrialJournal:
-    def __init__(self, folder, task: str, name: str, settings: dict):
+    def __init__(self, folder, task: str, name: str, settings: dict, machine: str | None = None):
+        self.machine = machine  # not in the settings' digest: a run stopped on one machine continues on another
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
         self.prefix = f".{task}_{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}_"
         self.path = Path(folder) / f"{self.prefix}{digest}.partial.jsonl"
@@ -41,6 +45,10 @@ class TrialJournal:
         return records
 
     def append(self, record: dict) -> None:
+        """Journal a trial just run, first tagging it with this machine (in place: the result's copy of the record
+        names it too, and `remove` finds it)."""
+        if self.machine is not None:
+            record.setdefault("ran_on", self.machine)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -79,6 +87,17 @@ class ReusedTrials:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def by_machine(records: list[dict]) -> dict[str, int]:
+    """How many of a result's journaled trials ran on each machine (their `ran_on` tags; records journaled before
+    the tags existed count as "not recorded"). Trials never journaled (a held-out window not run) are left out."""
+    counts = {}
+    for record in records:
+        if "not_run" not in record:
+            machine = record.get("ran_on", "not recorded")
+            counts[machine] = counts.get(machine, 0) + 1
+    return counts
 
 
 def count_reused(records: list[dict], done: list[dict]) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sharedllm.flags import format_length
 
+from .journal import by_machine
 from .retrieval_report import RETRIEVAL_DIR, load_retrieval, retrieval_section
 
 TASK_TITLES = {
@@ -411,9 +412,19 @@ def _cost(cell) -> str:
     time, saying how many of its trials an earlier run journaled (their time is not in it)."""
     scored = [w["seconds"] for w in cell.get("windows", []) if "seconds" in w]
     if scored:
-        return f"{sum(scored):.0f} s"
+        return f"{sum(scored):.0f} s" + _elsewhere(by_machine(cell["windows"]), cell, "windows")
     reused = cell.get("counts", {}).get("trials_from_a_stopped_run", 0)
-    return f"{cell.get('wall_time_s', 0):.0f} s" + (f"; {reused} trials run before, journaled" if reused else "")
+    return (f"{cell.get('wall_time_s', 0):.0f} s" + (f"; {reused} trials run before, journaled" if reused else "")
+            + _elsewhere(cell.get("counts", {}).get("trials_by_machine", {}), cell, "trials"))
+
+
+def _elsewhere(machines: dict[str, int], cell, unit: str) -> str:
+    """Where a result's trials ran, when not all on the machine its hardware block names (it finished a journal
+    that another machine started); nothing for untagged records alone (journaled before the tags existed)."""
+    hw = cell.get("hardware", {})
+    if set(machines) <= {hw.get("gpu") or hw.get("cpu"), "not recorded"}:
+        return ""
+    return f"; {unit} by machine: " + ", ".join(f"{name} {n}" for name, n in machines.items())
 
 
 def plot_ppl(task_results, path, title) -> bool:

@@ -207,6 +207,11 @@ def test_provenance_gives_a_resumed_cell_the_seconds_of_all_its_windows():
     trials = {**_cell("sharedllm", 65536, 9.0), "wall_time_s": 42.0, "_file": "t.json"}  # no windows: its wall time
     assert "`r.json` (640 s)" in report.method_provenance("infllm", [resumed])[0]
     assert "`t.json` (42 s)" in report.method_provenance("sharedllm", [trials])[0]
+    on_two = [{**windows[0], "ran_on": "NVIDIA H200"}, {**windows[1], "ran_on": "AMD EPYC"},
+              {"doc": "a", "start": 512, "not_run": "time budget"}]  # a window not run ran nowhere
+    mixed = {**resumed, "windows": on_two, "hardware": {"cpu": "AMD EPYC", "gpu": None}}
+    assert report._cost(mixed) == "640 s; windows by machine: NVIDIA H200 1, AMD EPYC 1"
+    assert report._cost({**mixed, "windows": [{**w, "ran_on": "AMD EPYC"} for w in windows]}) == "640 s"
     journaled = {**trials, "counts": {"trials_from_a_stopped_run": 9}}
     assert "`t.json` (42 s; 9 trials run before, journaled)" in report.method_provenance("sharedllm", [journaled])[0]
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from fakes import PROSE, FakeBase, FakeMethod, char_tokenizer, fake_stack  # noqa: F401 (fixture)
 
+from sharedllm import provenance
 from sharedllm.evaluation import longbench, report
 from sharedllm.evaluation.needle import (RULER_TASKS, effective_length, insert_at_depths, make_sample,
                                          niah_sample, prose_sentences, score_sample)
@@ -199,6 +200,10 @@ def test_stopped_trial_run_continues_from_its_journal(task, fake_stack, monkeypa
         run("results")
     journals = list((tmp / "results").glob(f".{task}_full_*.partial.jsonl"))
     assert len(journals) == 1 and len(journals[0].read_text().splitlines()) == 2
+    stopped = [json.loads(line) for line in journals[0].read_text().splitlines()]
+    assert {r["ran_on"] for r in stopped} == {provenance.cpu_name()}  # each trial journaled names its machine
+    # as if a lent GPU had run them: the result finished here must say so
+    journals[0].write_text("".join(json.dumps({**r, "ran_on": "NVIDIA H200"}) + "\n" for r in stopped))
     assert not list((tmp / "results").glob("*.json"))
 
     stop_after, calls[:] = None, []
@@ -219,8 +224,13 @@ def test_stopped_trial_run_continues_from_its_journal(task, fake_stack, monkeypa
     clean = json.loads(next((tmp / "clean").glob("*.json")).read_text())
     assert resumed["scores"] == clean["scores"] and resumed["counts"]["trials_from_a_stopped_run"] == 2
     assert clean["counts"]["trials_from_a_stopped_run"] == 0
+    assert resumed["counts"]["trials_by_machine"] == {"NVIDIA H200": 2, provenance.cpu_name(): 4}
+    assert clean["counts"]["trials_by_machine"] == {provenance.cpu_name(): 6}
+    resumed["_file"] = "r.json"
+    assert f"trials by machine: NVIDIA H200 2, {provenance.cpu_name()} 4" in report._cost(resumed)
     if task == "passkey":  # its records do not depend on the fake's call count
-        assert resumed["details"]["records"] == clean["details"]["records"]
+        untagged = lambda records: [{k: v for k, v in r.items() if k != "ran_on"} for r in records]  # noqa: E731
+        assert untagged(resumed["details"]["records"]) == untagged(clean["details"]["records"])
 
 
 def test_eval_ppl_sliding_and_report_picks_latest(fake_stack):
@@ -254,7 +264,8 @@ def test_trial_journal_is_keyed_by_the_adapter_inside_the_repository_not_its_abs
         def describe(self):
             return {"method": self.name, "adapter": self.adapter, "tree_depth": 3}
 
-    session = SimpleNamespace(args=SimpleNamespace(output=str(tmp_path), base="base", dtype="fp32", seed=0), model_name="base")
+    session = SimpleNamespace(args=SimpleNamespace(output=str(tmp_path), base="base", dtype="fp32", seed=0), model_name="base",
+                              base=SimpleNamespace(device="cpu"))
     journal = lambda adapter: Session.journal(session, "ruler", "sharedllm", Described(adapter))[0].path  # noqa: E731
     relative = "adapters/smollm2-135m-joint-exercises"
     assert journal(str(REPO / relative)) == journal(relative)

@@ -73,7 +73,7 @@ def test_section_table_heatmap_and_provenance(tmp_path):
     assert (figures / "headline-passkey-sharedllm.png").is_file() and (figures / "headline-passkey-window.png").is_file()
     provenance = [line for line in lines if line.startswith("- **sharedllm**")]
     assert provenance == ["- **sharedllm** (8K, 32K): adapter `adapters/x`, config `{\"method\": \"sharedllm\"}`; "
-                          "files `retrieval/p.json` (0 s); None (None threads, None)"]  # one file, named once
+                          "files `retrieval/p.json` (0 s) on None (None threads, None)"]  # one file, named once
     assert "  (relabelled: was x)" in lines  # a renamed file says so
 
 
