@@ -391,18 +391,18 @@ def method_provenance(method, cells) -> list[str]:
     lines = []
     for (adapter, config), mine in by_config.items():
         lengths = ", ".join(format_length(int(c["length"])) for c in mine)
-        by_machine = {}  # one config's cells may have run on several machines (a lent GPU, then this CPU)
+        by_hardware = {}  # one config's cells may have run on several machines (a lent GPU, then this CPU)
         for cell in mine:
-            by_machine.setdefault(_machine(cell.get("hardware", {})), []).append(cell)
+            by_hardware.setdefault(_hardware_label(cell.get("hardware", {})), []).append(cell)
         lines += [f"- **{method}** ({lengths}): adapter `{adapter}`, config `{config}`; "
                   + "; ".join("files " + ", ".join(dict.fromkeys(f"`{c['_file']}` ({_cost(c)})" for c in cells))
-                              + f" on {machine}" for machine, cells in by_machine.items())]
+                              + f" on {hardware}" for hardware, cells in by_hardware.items())]
         lines += [f"  `{command}`" for command in dict.fromkeys(c.get("command", "") for c in mine)]
         lines += [f"  (relabelled: {note})" for note in dict.fromkeys(c["relabelled"] for c in mine if c.get("relabelled"))]
     return lines
 
 
-def _machine(hw: dict) -> str:
+def _hardware_label(hw: dict) -> str:
     return f"{hw.get('gpu') or hw.get('cpu')} ({hw.get('threads')} threads, {hw.get('dtype')})"
 
 
