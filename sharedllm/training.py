@@ -929,8 +929,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--overwrite", action="store_true", help="start a new run in an --output that is not empty: deletes a previous "
         "run's checkpoints, log and adapter there (without it, train refuses such a folder)")
     add("--no-progress", dest="progress", action="store_false", help="no progress bar while tokenising")
-    add_knob_arguments(parser, "SharedLLM knobs of the trained model (method.md \"Shapes and names\"; saved with "
-                               "the adapter)", notes={"decoder_window": "also the decoder-window tokens of a sample"})
+    add_knob_arguments(parser, "SharedLLM knobs of the trained model (docs/method.md; saved with the adapter)",
+                       notes={"decoder_window": "also the decoder-window tokens of a sample"})
 
 
 def run(args: argparse.Namespace) -> int:

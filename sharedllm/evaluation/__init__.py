@@ -1,4 +1,4 @@
-"""Evaluation protocols of the field (protocols.md): perplexity (CEPE and sliding-window), passkey,
+"""Evaluation protocols of the field (README, "Evaluate and compare"): perplexity (CEPE and sliding-window), passkey,
 needle in a haystack and RULER-style tasks, LongBench-format data, their metrics, and the report.
 
 Every protocol talks to a method only through `token_nll(input_ids, score_start)` and

@@ -22,7 +22,7 @@ import torch
 
 from .journal import ReusedTrials
 
-STRIDE = 256  # window starts lie on this grid (protocols.md, CEPE protocol)
+STRIDE = 256  # window starts lie on this grid (the CEPE protocol, `ppl.py`)
 SCORED = 256  # tokens scored at the end of each window
 N_RESAMPLES = 1000
 CI_LEVEL = 0.95

@@ -1,4 +1,4 @@
-"""Perplexity under the two protocols of protocols.md.
+"""Perplexity under the field's two protocols.
 
 * CEPE / SharedLLM: windows of T = context + decoder tokens every 256 tokens of each document that is at
   least T long; only the last 256 tokens of a window are scored; PPL = exp(mean over windows of the
