@@ -84,7 +84,22 @@ def heldout_lines(first: dict, second: dict) -> list[str]:
                                     if any(left_out) else ""),
             f"PPL A {math.exp(sum(a) / len(a)):.3f}, B {math.exp(sum(b) / len(b)):.3f}",
             f"PPL A / PPL B = {ratio:.3f} [{low:.3f}, {high:.3f}] (95% paired bootstrap over windows; < 1: A is "
-            f"better, {'separated' if separated else 'not separated'} from 1)"]
+            f"better, {'separated' if separated else 'not separated'} from 1)", *per_document_lines(common, a, b)]
+
+
+def per_document_lines(common: list[tuple[str, int]], a: list[float], b: list[float]) -> list[str]:
+    """The ratio per document, when the windows come from several: a column's windows fall in its documents by
+    chance, and with few documents (2 test books) which one they fall in can move the ratio more than the length."""
+    by_doc = defaultdict(list)
+    for (doc, _), nll_a, nll_b in zip(common, a, b):
+        by_doc[doc].append((nll_a, nll_b))
+    if len(by_doc) < 2:
+        return []
+    lines = ["per document (PPL A / PPL B on its windows, paired interval):"]
+    for doc, pairs in sorted(by_doc.items()):
+        ratio, low, high = paired_ratio([p[0] for p in pairs], [p[1] for p in pairs])
+        lines.append(f"  {doc}: {ratio:.3f} [{low:.3f}, {high:.3f}] ({len(pairs)} windows)")
+    return lines
 
 
 def trial_position(task: str, record: dict) -> tuple:

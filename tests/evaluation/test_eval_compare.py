@@ -10,9 +10,9 @@ from sharedllm.cli import main
 from sharedllm.evaluation.compare import sign_test
 
 
-def _heldout(tmp_path, name, nlls, length=4096, domain="books", targets_of=None):
+def _heldout(tmp_path, name, nlls, length=4096, domain="books", targets_of=None, docs=None):
     shift = (targets_of or length) - length  # a cell cut from a longer plan: the same ends, later starts
-    windows = [{"doc": "d", "start": 256 * i + shift, "mean_nll": nll, "scored_tokens": 256}
+    windows = [{"doc": (docs or "d" * len(nlls))[i], "start": 256 * i + shift, "mean_nll": nll, "scored_tokens": 256}
                for i, nll in enumerate(nlls)]
     plan = {"targets_of": targets_of} if targets_of else {}
     result = {"task": "heldout", "method": name, "adapter": None, "domain": domain, "length": length,
@@ -45,6 +45,17 @@ def test_heldout_ratio_is_over_the_windows_both_scored(tmp_path, capsys):
     assert f"= {math.exp(-0.5):.3f} [{math.exp(-0.5):.3f}, {math.exp(-0.5):.3f}]" in text  # every pair differs by 0.5
     assert "3 windows scored by both (768 tokens)" in text and "A 1, B 0" in text
     assert "separated from 1" in text and "not separated" not in text
+
+
+def test_heldout_ratio_per_document_when_the_windows_span_several(tmp_path, capsys):
+    a = _heldout(tmp_path, "a", [2.0, 3.0, 4.0, 5.0, 6.0], docs="xxyyy")
+    b = _heldout(tmp_path, "b", [2.1, 3.1, 4.0, 5.0, 6.0], docs="xxyyy")  # A better by 0.1 nats on x, level on y
+    code, text = _compare(capsys, a, b)
+    assert code == 0
+    assert f"  x: {math.exp(-0.1):.3f} [{math.exp(-0.1):.3f}, {math.exp(-0.1):.3f}] (2 windows)" in text
+    assert "  y: 1.000 [1.000, 1.000] (3 windows)" in text
+    code, text = _compare(capsys, _heldout(tmp_path, "c", [2.0, 3.0]), _heldout(tmp_path, "d", [2.1, 3.0]))
+    assert "per document" not in text  # one document: the overall line says it all
 
 
 @pytest.mark.parametrize("other, message", [(dict(length=8192), "another length"),
