@@ -44,9 +44,8 @@ from sharedllm.config import KNOB_DEFAULTS, KNOBS, SharedLLMConfig
 from sharedllm.distillation import teacher_window_logits, topk_distillation_loss
 from sharedllm.flags import (add_base_argument, add_knob_arguments, add_threads_argument, knobs_from_args,
                              parse_length)
-from sharedllm.lora import (  # noqa: F401 (LORA_WEIGHTS, load_upper_lora re-exported)
-    LORA_DIR, LORA_WEIGHTS, add_upper_lora, first_lora_layer, has_upper_lora, load_upper_lora, lora_modules,
-    upper_lora_rank,
+from sharedllm.lora import (
+    LORA_DIR, add_upper_lora, first_lora_layer, has_upper_lora, lora_modules, upper_lora_rank,
 )
 
 logger = logging.getLogger(__name__)
@@ -253,15 +252,11 @@ def start_run(config: TrainConfig, accelerator) -> str:
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
             run = {"run_id": uuid.uuid4().hex, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                    "knobs": {k: v for k, v in _knobs(config).items() if k not in RESUME_FREE_KNOBS}}
-            _write_json_atomic(output / RUN_FILE, run)
+            provenance.write_json(output / RUN_FILE, run)
         elif not (output / RUN_FILE).exists():  # adopt an older run's checkpoints; its knobs are checked on load
-            _write_json_atomic(output / RUN_FILE, run)
+            provenance.write_json(output / RUN_FILE, run)
     accelerator.wait_for_everyone()
     return json.loads((output / RUN_FILE).read_text())["run_id"]
-
-
-def _write_json_atomic(path: Path, value) -> None:
-    provenance.write_json(path, value)
 
 
 class StopOnInterrupt:

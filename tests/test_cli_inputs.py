@@ -88,6 +88,7 @@ def test_bad_length_strings(no_model, capsys, lengths, shown, option):
 @pytest.mark.parametrize("extra, expected", [
     (["--domains", "poetry"], "unknown domain 'poetry'; valid domains: books, code, math"),
     (["--split", "dev"], "--split must be one of train, validation, test, got 'dev'"),
+    (["--data", "book.txt"], "heldout scores the test split of sharedllm/splits.json; score user files with"),
 ])
 def test_eval_corpus_choice_is_checked_before_loading(no_model, capsys, extra, expected):
     assert expected in error_line(capsys, ["eval", "heldout", "--base", "fake", "--lengths", "1K", *extra])

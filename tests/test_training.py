@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
 from sharedllm import data, training
 from sharedllm.cli import InputError
+from sharedllm.lora import LORA_WEIGHTS
 from sharedllm.modeling import SharedLLMForCausalLM
 
 REPO = Path(__file__).resolve().parents[1]
@@ -286,7 +287,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_loses_nothing(workspace, tmp_path)
 def test_lora_goes_on_upper_only_layers_and_round_trips(workspace, tmp_path):
     out = tmp_path / "lora"
     run_cli(train_args(workspace, out, "--steps", "2", "--lora-rank", "4", "--eval-every", "2", "--save-every", "2"))
-    weights = load_file(str(out / training.LORA_DIR / training.LORA_WEIGHTS))
+    weights = load_file(str(out / training.LORA_DIR / LORA_WEIGHTS))
     layers = {int(name.split("layers.")[1].split(".")[0]) for name in weights}
     assert layers == {2, 3}  # 4 layers, M = 2: the bottom two are the lower model and stay frozen
     assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)  # B starts at zero: it trained
@@ -308,7 +309,7 @@ def test_joint_injection_trains_a_lora_on_every_layer(workspace, tmp_path):
     out = tmp_path / "joint"
     run_cli(train_args(workspace, out, "--steps", "2", "--injection", "joint", "--lora-rank", "4", "--eval-every", "2",
                        "--save-every", "2", "--distill-weight", "1"))
-    weights = load_file(str(out / training.LORA_DIR / training.LORA_WEIGHTS))
+    weights = load_file(str(out / training.LORA_DIR / LORA_WEIGHTS))
     assert {int(name.split("layers.")[1].split(".")[0]) for name in weights} == {0, 1, 2, 3}  # no module of its own
     assert all(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)  # every layer's LoRA trained
     assert json.loads((out / "training_summary.json").read_text())["trainable"] == "LoRA r=4 on layers 0..N-1"
@@ -352,7 +353,7 @@ def test_gradient_checkpointing_trains_the_same(workspace, tmp_path):
     for name, extra in [("plain", []), ("checkpointed", ["--gradient-checkpointing"])]:
         run_cli(train_args(workspace, tmp_path / name, "--steps", "2", "--lora-rank", "4", "--eval-every", "2",
                            "--save-every", "2", *extra))
-        runs[name] = load_file(str(tmp_path / name / training.LORA_DIR / training.LORA_WEIGHTS))
+        runs[name] = load_file(str(tmp_path / name / training.LORA_DIR / LORA_WEIGHTS))
         runs[name].update(load_file(str(tmp_path / name / "model.safetensors")))
     for key, value in runs["plain"].items():
         assert torch.allclose(value, runs["checkpointed"][key], atol=1e-6), key
@@ -455,7 +456,7 @@ def test_init_adapter_starts_from_its_weights_and_lora_and_checks_them(workspace
                        "--save-every", "1"))
     run_cli(train_args(workspace, tmp_path / "lora-again", "--steps", "1", "--lr", "0", "--lora-rank", "2",
                        "--eval-every", "1", "--save-every", "1", "--init-adapter", str(tmp_path / "lora")))
-    lora, lora_again = (load_file(str(tmp_path / name / training.LORA_DIR / training.LORA_WEIGHTS))
+    lora, lora_again = (load_file(str(tmp_path / name / training.LORA_DIR / LORA_WEIGHTS))
                         for name in ("lora", "lora-again"))
     assert any(value.abs().sum() > 0 for key, value in lora.items() if "lora_B" in key)  # B starts at zero: it trained
     assert lora.keys() == lora_again.keys() and all(torch.equal(value, lora_again[key]) for key, value in lora.items())

@@ -64,7 +64,7 @@ def run_cell_isolated(base_path: str, method: str, length: int, settings: BenchS
     spec_path.write_text(json.dumps(dict(base=str(base_path), method=method, length=length, settings=asdict(settings))))
     command = [sys.executable, "-m", "sharedllm.benchmark", WORKER_FLAG, str(spec_path), str(out_path)]
     # the worker imports this package from where this process found it, installed or not
-    package_root = str(Path(__file__).resolve().parents[2])
+    package_root = str(provenance.REPO)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not out_path.exists():

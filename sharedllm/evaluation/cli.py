@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sharedllm import provenance
+from sharedllm.provenance import REPO
 from sharedllm.assets import DEFAULT_ADAPTER, sharedllm_home
 from sharedllm.cli import InputError, adapter_argument
 from sharedllm.config import KNOBS
@@ -41,7 +42,6 @@ from .passkey import DEFAULT_DEPTHS, run_passkey
 from .ppl import PROTOCOLS, perplexity
 
 TASKS = ("ppl", "heldout", "passkey", "niah", "ruler", "longbench", "demo")
-REPO = Path(__file__).resolve().parents[2]
 DEMO_METHODS = ["full", "window", "streaming", "sharedllm"]
 SYNTHETIC = {"source": "synthetic", "split": None, "n_docs": 0}  # passkey needs no corpus
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -70,7 +70,6 @@ TASK_OPTIONS = {"protocol": {"ppl"}, "max_windows": {"ppl", "heldout", "demo"}, 
                 "limit": {"longbench"}, "docs": {"demo"}}
 
 
-# methods that read a decoder window (the local window of infllm): --decoder-window sets it for all of them
 SHAREDLLM_METHODS = ("sharedllm", "cepe")  # the methods the SharedLLM knob flags configure
 
 
@@ -171,6 +170,13 @@ def validate_args(args) -> None:
     _check_corpus_choice(args)
     if "sharedllm" in args.methods:
         _check_sharedllm_knobs(args, options)
+    if args.task == "heldout":
+        if args.data:
+            raise InputError("heldout scores the test split of sharedllm/splits.json; score user files with "
+                             "`eval ppl --data`")
+        if args.targets_of and max(args.lengths) > args.targets_of:
+            raise InputError(f"--targets-of {format_length(args.targets_of)} cuts windows to each --lengths T: every T "
+                             f"must be at most {format_length(args.targets_of)}, got {format_length(max(args.lengths))}")
     if args.task == "longbench":
         if not args.data:
             raise InputError("longbench needs --data FILE.jsonl ... (LongBench cannot be downloaded here)")
@@ -438,13 +444,7 @@ def run_heldout(session):
     from . import heldout
 
     a = session.args
-    if a.data:
-        raise SystemExit("heldout scores the test split of sharedllm/splits.json; "
-                         "score user files with `eval ppl --data`")
     domains = a.domains or list(DEFAULT_DOMAINS)
-    if a.targets_of and max(a.lengths) > a.targets_of:
-        raise SystemExit(f"--targets-of {format_length(a.targets_of)} cuts windows to each --lengths T: every T must "
-                         f"be at most {format_length(a.targets_of)}, got {format_length(max(a.lengths))}")
     docs = {domain: heldout.heldout_documents(domain, session.tokenizer, a.split) for domain in domains}
     out, rows = Path(a.output), {}
     for name, method in session.methods():

@@ -9,6 +9,7 @@ import pytest
 from fakes import PROSE
 from test_eval_tasks import _parse, fake_stack  # noqa: F401  (fake_stack is a fixture)
 
+from sharedllm.cli import InputError
 from sharedllm.evaluation import report
 
 DOCS = {"the_adventures_of_sherlock_holmes": PROSE[:3000], "plrabn12": PROSE[:2000]}  # the books test split
@@ -88,7 +89,7 @@ def test_targets_of_scores_every_length_on_the_longest_plans_tokens(corpus, caps
     with pytest.raises(SystemExit):
         main(["compare", str(out / "heldout_books_512_full_targets1024.json"), str(out / "heldout_books_1024_full.json")])
     assert "A 512 / B 1K of context on the targets of the 1K plan: 4 windows" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="every T must be at most 512"):
+    with pytest.raises(InputError, match="every T must be at most 512"):  # before any model loads
         _heldout(cli, tmp, "--methods", "full", "--targets-of", "512")
 
 
