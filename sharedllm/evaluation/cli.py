@@ -36,7 +36,7 @@ from sharedllm.flags import (
 )
 
 from . import report
-from .journal import TrialJournal, by_machine, count_reused
+from .journal import TrialJournal, provenance_counts
 from .needle import RULER_TASKS, effective_length, load_haystack, run_needle_grid, run_ruler
 from .passkey import DEFAULT_DEPTHS, run_passkey
 from .ppl import PROTOCOLS, perplexity
@@ -506,8 +506,7 @@ def passkey_results(session, lengths, depths, trials, notes=""):
                         on_record=journal.append)
         scores = {str(n): acc for n, acc in r["per_length"].items()}
         counts = {"trials_per_cell": trials, "depths": len(depths), "total_trials": len(r["records"]),
-                  "trials_from_a_stopped_run": count_reused(r["records"], done),
-                  "trials_by_machine": by_machine(r["records"])}
+                  **provenance_counts(r["records"], done)}
         session.write("passkey", name, method, "landmark", SYNTHETIC, scores, counts, r,
                       time.time() - start, notes)
         journal.remove(r["records"])
@@ -535,8 +534,7 @@ def run_niah(session):
             per_length.setdefault(c["length"], []).append(c["accuracy"])
         scores = {str(n): sum(v) / len(v) for n, v in per_length.items()}
         counts = {"trials_per_cell": a.trials, "depths": len(a.depths), "total_trials": len(r["records"]),
-                  "trials_from_a_stopped_run": count_reused(r["records"], done),
-                  "trials_by_machine": by_machine(r["records"])}
+                  **provenance_counts(r["records"], done)}
         session.write("niah", name, method, "niah-prose", data, scores, counts, r, time.time() - start)
         journal.remove(r["records"])
         rows[name] = {format_length(n): f"{100 * s:.0f}%" for n, s in scores.items()}
@@ -555,8 +553,7 @@ def run_ruler_task(session):
         r = run_ruler(method, session.tokenizer, a.lengths, tasks, a.trials, a.seed, haystack, done=done,
                       on_record=journal.append)
         counts = {"trials_per_task": a.trials, "tasks": len(tasks),
-                  "trials_from_a_stopped_run": count_reused(r["records"], done),
-                  "trials_by_machine": by_machine(r["records"])}
+                  **provenance_counts(r["records"], done)}
         finished.append((name, method.describe() if hasattr(method, "describe") else {}, r, counts,
                          time.time() - start, journal))
     threshold = a.threshold

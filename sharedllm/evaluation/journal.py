@@ -100,7 +100,9 @@ def by_machine(records: list[dict]) -> dict[str, int]:
     return counts
 
 
-def count_reused(records: list[dict], done: list[dict]) -> int:
-    """How many of a result's trial records came from a stopped run's journal (not all of a journal need be used:
-    the same settings with fewer lengths or trials use part of it)."""
-    return sum(record in done for record in records)
+def provenance_counts(records: list[dict], done: list[dict]) -> dict:
+    """What a trial result's counts say about where its trials came from: how many a stopped run's journal gave (not
+    all of a journal need be used: the same settings with fewer lengths or trials use part of it), and on which
+    machines they all ran."""
+    return {"trials_from_a_stopped_run": sum(record in done for record in records),
+            "trials_by_machine": by_machine(records)}
