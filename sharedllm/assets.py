@@ -35,6 +35,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from sharedllm.atomic import write_atomic
+
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -421,20 +423,13 @@ def _fetch_domain(domain: str, progress: bool) -> None:
                 continue
             found.add(doc_id)
             if not path.exists():
-                _write_text_atomic(path, text)
+                write_atomic(path, text)  # readers never see half a document, even if this process is killed
     if unlisted:
         logger.info("%s: %d documents are not in splits.json and are left out: %s", domain, len(unlisted),
                     ", ".join(unlisted[:5]) + (", ..." if len(unlisted) > 5 else ""))
     if missing := sorted(wanted - found):
         logger.warning("%s: %d documents of splits.json were not found in the source: %s", domain,
                        len(missing), ", ".join(missing))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Readers never see half a document, even if this process is killed."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="\n")
-    os.replace(tmp, path)
 
 
 def load_documents(split: str, domains=None) -> list[Document]:

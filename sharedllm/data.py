@@ -8,6 +8,7 @@ disk as uint32 `.npy` files, memory-mapped on later runs, so a 1M-token book cos
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from sharedllm.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -63,15 +66,6 @@ def _encode(tokenizer, text: str) -> np.ndarray:
     return np.asarray(ids, dtype=np.uint32)
 
 
-def _save_atomic(path: Path, ids: np.ndarray) -> None:
-    # Several ranks (or runs) may tokenise the same document at once: write aside, then rename.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, ids)
-    os.replace(tmp, path)
-
-
 def tokenize_documents(documents, tokenizer, cache_dir: str | Path | None = None, min_tokens: int = 1,
                        progress: bool = True) -> list[TokenizedDocument]:
     """Token ids of each document (cached); documents shorter than `min_tokens` are skipped and counted."""
@@ -87,7 +81,9 @@ def tokenize_documents(documents, tokenizer, cache_dir: str | Path | None = None
             ids = np.load(path, mmap_mode="r")
         else:
             ids = _encode(tokenizer, doc.text)
-            _save_atomic(path, ids)
+            buffer = io.BytesIO()
+            np.save(buffer, ids)
+            write_atomic(path, buffer.getvalue())  # several ranks (or runs) may tokenise one document at once
             bar.update(1)
         if len(ids) < min_tokens:
             too_short += 1

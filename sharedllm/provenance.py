@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from sharedllm.atomic import write_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -108,10 +110,5 @@ def record(device, dtype: str | None = None, command: str | None = None, **hardw
 
 
 def write_json(path, value, indent: int = 1) -> Path:
-    """Write `value` as JSON to `path` atomically (a temporary file, then a rename), creating its folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=indent, default=str))
-    os.replace(tmp, path)
-    return path
+    """Write `value` as JSON to `path` atomically (`atomic.write_atomic`), creating its folder."""
+    return write_atomic(path, json.dumps(value, indent=indent, default=str))
