@@ -35,8 +35,10 @@ import math
 import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.models.llama.modeling_llama import rotate_half
 
 from sharedllm.compat import cache_argument, output_cache
+from sharedllm.config import KNOB_DEFAULTS
 from sharedllm.config import KNOBS as CONFIG_KNOBS
 from sharedllm.flags import format_length
 
@@ -217,7 +219,7 @@ class WindowAttention(FullAttention):
     name = "window"
     shared_knobs = ("decoder_window",)
 
-    def __init__(self, base, tokenizer=None, decoder_window: int = 1024):
+    def __init__(self, base, tokenizer=None, decoder_window: int = KNOB_DEFAULTS["decoder_window"]):
         super().__init__(base, tokenizer)
         if decoder_window < 2:
             raise ValueError(f"decoder_window must be >= 2, got {decoder_window}")
@@ -295,12 +297,6 @@ class PieceFedMethod(Method):
 # StreamingLLM (Xiao et al. 2023): attention sinks + recent window, positions inside the cache
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """The RoPE pair swap of Llama / Qwen2 / Mistral: (x1, x2) -> (-x2, x1) over the two halves of head_dim."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def shift_rope(keys: torch.Tensor, shift: int, rotary_emb: torch.nn.Module) -> torch.Tensor:
     """Move RoPE-rotated keys (B, H, S, D) by `shift` positions: a key rotated at p becomes the key rotated at p + shift.
 
@@ -354,8 +350,8 @@ class StreamingLLM(PieceFedMethod):
     name = "streaming"
     shared_knobs = ("decoder_window",)
 
-    def __init__(self, base, tokenizer=None, decoder_window: int = 1024, window: int | None = None,
-                 n_sink: int = 4, block_size: int = 256):
+    def __init__(self, base, tokenizer=None, decoder_window: int = KNOB_DEFAULTS["decoder_window"],
+                 window: int | None = None, n_sink: int = 4, block_size: int = 256):
         super().__init__(base, tokenizer)
         self.window = decoder_window if window is None else window
         self.n_sink = n_sink
@@ -398,8 +394,9 @@ class InfLLM(PieceFedMethod):
     name = "infllm"
     shared_knobs = ("decoder_window",)
 
-    def __init__(self, base, tokenizer=None, decoder_window: int = 1024, local_window: int | None = None,
-                 n_sink: int = 64, block_size: int = 128, n_rep: int = 4, topk: int = 4, chunk_size: int = 256):
+    def __init__(self, base, tokenizer=None, decoder_window: int = KNOB_DEFAULTS["decoder_window"],
+                 local_window: int | None = None, n_sink: int = 64, block_size: int = 128, n_rep: int = 4,
+                 topk: int = 4, chunk_size: int = 256):
         super().__init__(base, tokenizer)
         self.local_window = decoder_window if local_window is None else local_window
         self.n_sink, self.block_size, self.n_rep = n_sink, block_size, n_rep

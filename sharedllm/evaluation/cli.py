@@ -21,7 +21,7 @@ from sharedllm import provenance
 from sharedllm.provenance import REPO
 from sharedllm.assets import DEFAULT_ADAPTER, sharedllm_home
 from sharedllm.cli import InputError, adapter_argument
-from sharedllm.config import KNOBS
+from sharedllm.config import KNOB_DEFAULTS, KNOBS
 from sharedllm.flags import (
     add_base_argument,
     add_deprecated_alias,
@@ -218,7 +218,7 @@ def _check_sharedllm_knobs(args, options: dict) -> None:
         raise InputError(f"{', '.join(map(knob_flag, unused))} does not apply to sharedllm eval")
     try:
         if adapter is None:
-            SharedLLMConfig(**{"decoder_window": 1024, **knobs})
+            SharedLLMConfig(**knobs)
         else:
             SharedLLM._adapter_config(adapter, knobs)
     except (ValueError, TypeError) as err:  # TypeError: a knob of the wrong type, e.g. --knob tree_depth=abc
@@ -261,7 +261,7 @@ class Session:
         self.model_name = _portable_path(args.base)  # how results and journals name the base
         self.base.to(args.device)
         self.adapter = None if str(args.adapter).lower() == "none" else args.adapter
-        self.decoder_window = args.decoder_window or self._adapter_decoder_window() or 1024
+        self.decoder_window = args.decoder_window or self._adapter_decoder_window() or KNOB_DEFAULTS["decoder_window"]
         self.knobs = knobs_from_args(args)  # the SharedLLM knob flags, for sharedllm and cepe
         self.options = dict(_parse_knob(k) for k in args.knob)  # infllm's options (and deprecated SharedLLM knobs)
         self.command = shlex.join(["sharedllm", *sys.argv[1:]])
