@@ -186,16 +186,3 @@ def compress_node(
     if mode == "mean":
         gathered = gathered.view(n, n_heads, -1, length // n_kept, head_dim).mean(dim=3)
     return gathered
-
-
-def node_tiling(kept: list[tuple[torch.LongTensor, int]]) -> torch.Tensor:
-    """(N, C) count of how many kept nodes cover each token: all ones when the nodes tile the chunk. kept: (start,
-    length) pairs, start (N,) or (N, S)."""
-    n = kept[0][0].shape[0]
-    chunk_size = sum(length * start.view(n, -1).shape[1] for start, length in kept)
-    positions = torch.arange(chunk_size, device=kept[0][0].device)
-    coverage = torch.zeros(n, chunk_size, dtype=torch.long, device=positions.device)
-    for start, length in kept:
-        starts = start.view(n, -1, 1)  # (N, S, 1)
-        coverage += ((positions >= starts) & (positions < starts + length)).sum(dim=1)
-    return coverage

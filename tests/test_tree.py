@@ -11,11 +11,23 @@ from sharedllm.tree import (
     chunk_statistics,
     compress_node,
     cosine_half_scores,
-    node_tiling,
     search_tree,
     union_order,
     top_leaves,
 )
+
+
+def node_tiling(kept: list[tuple[torch.LongTensor, int]]) -> torch.Tensor:
+    """The layout invariant these tests check: (N, C) count of how many kept nodes cover each token, all ones when
+    the nodes tile the chunk. kept: (start, length) pairs, start (N,) or (N, S)."""
+    n = kept[0][0].shape[0]
+    chunk_size = sum(length * start.view(n, -1).shape[1] for start, length in kept)
+    positions = torch.arange(chunk_size, device=kept[0][0].device)
+    coverage = torch.zeros(n, chunk_size, dtype=torch.long, device=positions.device)
+    for start, length in kept:
+        starts = start.view(n, -1, 1)  # (N, S, 1)
+        coverage += ((positions >= starts) & (positions < starts + length)).sum(dim=1)
+    return coverage
 
 
 def test_tree_picks_planted_half_per_chunk():
