@@ -40,10 +40,10 @@ from safetensors.torch import load_file, save_file
 
 from sharedllm import data, provenance
 from sharedllm.cli import InputError
-from sharedllm.config import KNOB_DEFAULTS, KNOBS, SharedLLMConfig
+from sharedllm.config import ADAPTER_SHAPE_KNOBS, KNOB_DEFAULTS, KNOBS, SharedLLMConfig
 from sharedllm.distillation import teacher_window_logits, topk_distillation_loss
-from sharedllm.flags import (add_base_argument, add_knob_arguments, add_threads_argument, knobs_from_args,
-                             parse_length)
+from sharedllm.flags import (add_base_argument, add_knob_arguments, add_threads_argument, knob_flag,
+                             knobs_from_args, parse_length)
 from sharedllm.lora import (
     LORA_DIR, add_upper_lora, first_lora_layer, has_upper_lora, lora_modules, upper_lora_rank,
 )
@@ -307,10 +307,11 @@ def build_model(config: TrainConfig):
         # from_pretrained checks that the adapter was trained on this very base (weight fingerprint), and injects
         # its LoRA, unmerged, into that base in place: configure_trainable then trains it instead of a fresh one.
         start = SharedLLMForCausalLM.from_pretrained(config.init_adapter, base=base, merge_lora=False)
-        for knob in ("n_injected_layers", "injection"):  # they decide which modules and layers the weights fit
-            if getattr(start.config, knob) != config.knobs[knob]:
-                raise ValueError(f"--init-adapter {config.init_adapter} has {knob} {getattr(start.config, knob)}, "
-                                 f"this run {config.knobs[knob]}")
+        for knob in ADAPTER_SHAPE_KNOBS[start.config.injection]:  # which modules and layers its weights fit
+            if getattr(start.config, knob) != config.knobs[knob]:  # (a joint adapter's LoRA fits any M)
+                raise InputError(f"--init-adapter {config.init_adapter} has {knob} {getattr(start.config, knob)}, "
+                                 f"this run {config.knobs[knob]}: its weights do not fit; train with "
+                                 f"{knob_flag(knob)} {getattr(start.config, knob)}")
         model.cross_attention.load_state_dict(start.cross_attention.state_dict())
     return model, tokenizer
 

@@ -449,7 +449,7 @@ def test_init_adapter_starts_from_its_weights_and_lora_and_checks_them(workspace
     first, again = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("first", "again"))
     assert first["cross_attention.0.o_proj.weight"].abs().sum() > 0
     assert all(torch.equal(value, again[key]) for key, value in first.items())  # lr 0: nothing moved
-    with pytest.raises(ValueError, match="n_injected_layers 2, this run 1"):
+    with pytest.raises(InputError, match="n_injected_layers 2, this run 1: .* train with --n-injected-layers 2"):
         run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--n-injected-layers", "1",
                            "--init-adapter", str(tmp_path / "first")))
     run_cli(train_args(workspace, tmp_path / "lora", "--steps", "2", "--lora-rank", "2", "--eval-every", "2",
@@ -460,9 +460,18 @@ def test_init_adapter_starts_from_its_weights_and_lora_and_checks_them(workspace
                         for name in ("lora", "lora-again"))
     assert any(value.abs().sum() > 0 for key, value in lora.items() if "lora_B" in key)  # B starts at zero: it trained
     assert lora.keys() == lora_again.keys() and all(torch.equal(value, lora_again[key]) for key, value in lora.items())
-    with pytest.raises(ValueError, match="injection cross, this run joint"):  # its LoRA skips the bottom layers
+    with pytest.raises(InputError, match="injection cross, this run joint"):  # its LoRA skips the bottom layers
         run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--lora-rank", "2", "--injection", "joint",
                            "--init-adapter", str(tmp_path / "lora")))
+    # a joint adapter has no cross-attention and a LoRA on every layer: it starts a run that reads at another M
+    run_cli(train_args(workspace, tmp_path / "joint", "--steps", "1", "--lora-rank", "2", "--injection", "joint",
+                       "--eval-every", "1", "--save-every", "1"))
+    run_cli(train_args(workspace, tmp_path / "joint-m1", "--steps", "1", "--lr", "0", "--lora-rank", "2",
+                       "--injection", "joint", "--n-injected-layers", "1", "--eval-every", "1", "--save-every", "1",
+                       "--init-adapter", str(tmp_path / "joint")))
+    joint, joint_m1 = (load_file(str(tmp_path / name / training.LORA_DIR / LORA_WEIGHTS))
+                       for name in ("joint", "joint-m1"))
+    assert joint.keys() == joint_m1.keys() and all(torch.equal(value, joint_m1[key]) for key, value in joint.items())
     with pytest.raises(InputError, match="holds a LoRA of rank 2"):
         run_cli(train_args(workspace, tmp_path / "bad", "--steps", "1", "--init-adapter", str(tmp_path / "lora")))
     with pytest.raises(InputError, match="rank 2 .* got --lora-rank 4"):
