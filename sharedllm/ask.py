@@ -19,7 +19,8 @@ from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.cli import InputError
 from sharedllm.compat import cache_argument
 from sharedllm.context_cache import ContextCache
-from sharedllm.flags import add_base_argument, add_knob_arguments, add_threads_argument, knobs_from_args
+from sharedllm.flags import (add_base_argument, add_knob_arguments, add_threads_argument, knobs_from_args,
+                             positive_int)
 from sharedllm.rows import context_chunk_counts
 
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -172,7 +173,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "SmolLM2-135M)")
     add_base_argument(parser, default="the base the adapter records")
     add_threads_argument(parser)
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="longest answer, in tokens")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS, help="longest answer, in tokens")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     add_knob_arguments(parser, "SharedLLM knobs (default: the adapter's saved value)")
 
