@@ -109,6 +109,17 @@ def record(device, dtype: str | None = None, command: str | None = None, **hardw
     }
 
 
+def read_json(path):
+    """A result file as `sharedllm report` / `compare` read it: a file that is not JSON is the user's to move, so it
+    is named in one line (`InputError`), not a traceback."""
+    from sharedllm.cli import InputError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path} is not a result file (not JSON: {err}); move it out of {Path(path).parent}") from None
+
+
 def write_json(path, value, indent: int = 1) -> Path:
     """Write `value` as JSON to `path` atomically (`atomic.write_atomic`), creating its folder."""
     return write_atomic(path, json.dumps(value, indent=indent, default=str))

@@ -252,6 +252,14 @@ def test_report_refuses_to_replace_the_page_with_nothing(no_model, capsys):
     (no_model / "results" / "half.json").write_text('{"task": "ppl", "sco')  # e.g. a copy cut short
     assert "results/half.json is not a result file (not JSON" in error_line(capsys, ["report", "--docs", "docs"])
     assert (no_model / "docs" / "results.md").read_text() == "committed"
+    (no_model / "results" / "half.json").unlink()
+    for folder in ("heldout", "retrieval"):  # the headline folders are read the same way
+        (no_model / "results" / folder).mkdir()
+        (no_model / "results" / folder / "half.json").write_text('{"task": "heldout", "summ')
+        line = error_line(capsys, ["report", "--docs", "docs"])
+        assert f"results/{folder}/half.json is not a result file (not JSON" in line
+        (no_model / "results" / folder / "half.json").unlink()
+    assert (no_model / "docs" / "results.md").read_text() == "committed"
 
 
 def test_every_model_command_takes_threads_and_main_applies_it(monkeypatch, capsys):

@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from sharedllm.flags import format_length
+from sharedllm.provenance import read_json
 
 from .journal import by_machine
 from .retrieval_report import RETRIEVAL_DIR, load_retrieval, retrieval_section
@@ -75,10 +76,7 @@ def load_results(results_dir) -> list[dict]:
         raise InputError(f"no results folder {results_dir}")
     results = []
     for path in sorted(Path(results_dir).glob("*.json")):
-        try:
-            result = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise InputError(f"{path} is not a result file (not JSON: {err}); move it out of {results_dir}") from None
+        result = read_json(path)
         if not isinstance(result, dict):
             continue
         if "task" in result and "scores" in result:  # other JSON (e.g. bench output) is not ours
@@ -185,7 +183,9 @@ def load_heldout(results_dir) -> list[dict]:
     """The cell files of `sharedllm eval heldout` under RESULTS/heldout/ (newest file per cell wins)."""
     cells = {}
     for path in sorted(Path(results_dir, HEADLINE_DIR).glob("*.json")):
-        result = json.loads(path.read_text())
+        result = read_json(path)
+        if not isinstance(result, dict):
+            continue
         # a cell cut from a longer plan (`--targets-of`) scores other windows than its length's column
         headline = "targets_of" not in result.get("plan", {})
         if result.get("task") == "heldout" and isinstance(result.get("summary"), dict) and headline:

@@ -8,12 +8,12 @@ one row. Each cell shows correct / trials, the accuracy and its 95% Wilson inter
 accuracy below by 93%, which is what a ">= 95%" claim on 50 trials can and cannot say.
 """
 
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
 
 from sharedllm.flags import format_length
+from sharedllm.provenance import read_json
 
 RETRIEVAL_DIR = "retrieval"  # under the results folder
 RETRIEVAL_TASKS = ("passkey", "ruler")
@@ -39,7 +39,7 @@ def load_retrieval(results_dir) -> dict[str, dict[tuple, dict]]:
     """task -> {(method, *cell key): {"records": [...], "file": result}}; for each cell the newest file measuring it."""
     files = []
     for path in sorted(Path(results_dir, RETRIEVAL_DIR).glob("*.json")):
-        result = json.loads(path.read_text(encoding="utf-8"))
+        result = read_json(path)
         if isinstance(result, dict) and result.get("task") in RETRIEVAL_TASKS and "records" in result.get("details", {}):
             if result["task"] == "ruler" and result.get("data", {}).get("split") != "test":
                 from sharedllm.cli import InputError
