@@ -19,8 +19,8 @@ from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.cli import InputError
 from sharedllm.compat import cache_argument
 from sharedllm.context_cache import ContextCache
-from sharedllm.flags import (add_base_argument, add_knob_arguments, add_threads_argument, knobs_from_args,
-                             positive_int)
+from sharedllm.flags import (add_base_argument, add_device_argument, add_knob_arguments, add_threads_argument,
+                             default_device, knobs_from_args, positive_int)
 from sharedllm.rows import context_chunk_counts
 
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -148,7 +148,7 @@ def load_model(adapter: str | Path | None = None, device: str | None = None, bas
         model = SharedLLMForCausalLM.from_pretrained(adapter, base=base_model, config=config, **knobs)
     except ValueError as err:
         raise AskError(str(err)) from err
-    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), tokenizer
+    return model.to(device or default_device()), tokenizer
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_base_argument(parser, default="the base the adapter records")
     add_threads_argument(parser)
     parser.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS, help="longest answer, in tokens")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_device_argument(parser)
     add_knob_arguments(parser, "SharedLLM knobs (default: the adapter's saved value)")
 
 

@@ -136,6 +136,28 @@ def add_base_argument(parser, default: str = "the SmolLM2-135M from `sharedllm a
     parser.add_argument("--base", default=None, help=f"base causal LM folder or hub id (default: {default})")
 
 
+def add_device_argument(parser, choices: list[str] | None = None) -> None:
+    """`--device`: where a command runs its model, the same flag in every command that runs one. Its default, "auto",
+    becomes a device when the command line is parsed (argparse converts a string default with `type`), so that
+    building the parser for `--help` imports no torch."""
+    examples = ", ".join(choices) if choices else "cpu, cuda, cuda:1"
+    parser.add_argument("--device", type=_device, default=AUTO_DEVICE, choices=choices,
+                        help=f"torch device: {examples} (default: {AUTO_DEVICE}, cuda if available, else cpu)")
+
+
+AUTO_DEVICE = "auto"
+
+
+def _device(text: str) -> str:
+    return default_device() if text == AUTO_DEVICE else text
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def add_threads_argument(parser) -> None:
     """`--threads`: torch's threads for the command, the same flag in every command that runs a model."""
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",

@@ -262,6 +262,20 @@ def test_report_refuses_to_replace_the_page_with_nothing(no_model, capsys):
     assert (no_model / "docs" / "results.md").read_text() == "committed"
 
 
+@pytest.mark.parametrize("argv", [["eval", "ppl"], ["bench"], ["ask", "f.txt", "-q", "Who?"]], ids=lambda a: a[0])
+def test_every_inference_command_takes_one_device_flag(argv):
+    """flags.add_device_argument: "auto" (the default) becomes this machine's device when parsed; a device given
+    stays as given."""
+    from sharedllm import cli
+    from sharedllm.flags import default_device
+
+    parser = cli.build_parser(argv[0])
+    assert parser.parse_args(argv).device == default_device() == parser.parse_args([*argv, "--device", "auto"]).device
+    assert parser.parse_args([*argv, "--device", "cpu"]).device == "cpu"
+    help_text = " ".join(parser._subparsers._group_actions[0].choices[argv[0]].format_help().split())
+    assert "(default: auto, cuda if available, else cpu)" in help_text
+
+
 def test_every_model_command_takes_threads_and_main_applies_it(monkeypatch, capsys):
     import sys
     import types

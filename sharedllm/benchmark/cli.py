@@ -7,12 +7,11 @@ import os
 import warnings
 from pathlib import Path
 
-import torch
 
 from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.cli import InputError, adapter_argument
-from sharedllm.flags import (add_base_argument, add_knob_arguments, add_threads_argument, knobs_from_args,
-                             parse_length, positive_int)
+from sharedllm.flags import (add_base_argument, add_device_argument, add_knob_arguments, add_threads_argument,
+                             knobs_from_args, parse_length, positive_int)
 
 from .settings import BENCH_METHODS, CPU_LENGTHS, CUDA_LENGTHS, BenchSettings, resolve_knobs
 
@@ -37,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop repeating a cell once it has used this long (it always runs once)")
     parser.add_argument("--max-length", nargs="+", default=[], metavar="METHOD=LENGTH",
                         help="per-method length cap, e.g. full=32K streaming=32K (recorded as skipped)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser, choices=["cpu", "cuda"])
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     add_threads_argument(parser)
     add_knob_arguments(parser, "SharedLLM knobs, shared by every method that reads them (default: the adapter's "

@@ -25,6 +25,7 @@ from sharedllm.config import KNOB_DEFAULTS, KNOBS
 from sharedllm.flags import (
     add_base_argument,
     add_deprecated_alias,
+    add_device_argument,
     add_knob_arguments,
     add_threads_argument,
     format_length,
@@ -115,7 +116,7 @@ def add_arguments(parser):
     parser.add_argument("--limit", type=positive_int, help="longbench: at most this many records per dataset")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--output", help="folder for result JSON (default: results/; demo: runs/demo/results)")
     parser.add_argument("--docs", help="demo: where results.md and figures/ are regenerated (default: runs/demo, "
                                        "so a demo never overwrites the committed docs/results.md)")
