@@ -159,7 +159,7 @@ def provenance(result) -> list[str]:
     return [
         f"- **{result['method']}** ({result['_file']}): adapter `{result.get('adapter')}`, "
         f"config `{json.dumps(result.get('method_config', {}))}`; data {json.dumps(data)}; counts `{json.dumps(result.get('counts', {}))}`; "
-        f"{result.get('wall_time_s', 0):.0f} s on {hw.get('gpu') or hw.get('cpu')} "
+        f"{result.get('wall_time_s', 0):.0f} s on {_machine_name(hw)} "
         f"({hw.get('threads')} threads, {hw.get('dtype')}, torch {hw.get('torch')}, "
         f"transformers {hw.get('transformers')}); {result.get('notes', '')}",
         f"  `{result.get('command', '')}`",
@@ -402,8 +402,13 @@ def method_provenance(method, cells) -> list[str]:
     return lines
 
 
+def _machine_name(hw: dict) -> str | None:
+    """A hardware block's machine as `provenance.machine` names it in journals: the GPU, else the CPU."""
+    return hw.get("gpu") or hw.get("cpu")
+
+
 def _hardware_label(hw: dict) -> str:
-    return f"{hw.get('gpu') or hw.get('cpu')} ({hw.get('threads')} threads, {hw.get('dtype')})"
+    return f"{_machine_name(hw)} ({hw.get('threads')} threads, {hw.get('dtype')})"
 
 
 def _cost(cell) -> str:
@@ -421,8 +426,7 @@ def _cost(cell) -> str:
 def _elsewhere(machines: dict[str, int], cell, unit: str) -> str:
     """Where a result's trials ran, when not all on the machine its hardware block names (it finished a journal
     that another machine started); nothing for untagged records alone (journaled before the tags existed)."""
-    hw = cell.get("hardware", {})
-    if set(machines) <= {hw.get("gpu") or hw.get("cpu"), "not recorded"}:
+    if set(machines) <= {_machine_name(cell.get("hardware", {})), "not recorded"}:
         return ""
     return f"; {unit} by machine: " + ", ".join(f"{name} {n}" for name, n in machines.items())
 
