@@ -165,12 +165,32 @@ def add_threads_argument(parser) -> None:
                              "and when jobs share the machine")
 
 
-def positive_int(text: str) -> int:
-    """argparse `type=` for every count flag (`--threads`, `--trials`, `--max-windows`, ...): an integer >= 1."""
+def whole_number(minimum: int):
+    """argparse `type=` for a count flag: an integer >= `minimum` (0 where none is meaningful, e.g. bench's
+    `--decode-steps 0` times prefill only)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = whole_number(1)  # every count flag: --threads, --trials, --max-windows, --repeats, ...
+
+
+def positive_seconds(text: str) -> float:
+    """argparse `type=` for a time budget (`--max-seconds`, `--cell-seconds`): a number of seconds > 0 (a budget of
+    0 would write every window or cell as not run)."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
     return value

@@ -94,6 +94,20 @@ def test_eval_corpus_choice_is_checked_before_loading(no_model, capsys, extra, e
     assert expected in error_line(capsys, ["eval", "heldout", "--base", "fake", "--lengths", "1K", *extra])
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["bench", "--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
+    (["bench", "--decode-steps", "-1"], "argument --decode-steps: must be at least 0, got -1"),
+    (["bench", "--n-sink", "-4"], "argument --n-sink: must be at least 0, got -4"),
+    (["bench", "--n-sink", "4.5"], "argument --n-sink: not a whole number: '4.5'"),
+    (["bench", "--max-seconds", "0"], "argument --max-seconds: must be more than 0 seconds, got 0"),
+    (["bench", "--cell-seconds", "nan"], "argument --cell-seconds: must be more than 0 seconds, got nan"),
+    (["eval", "heldout", "--max-seconds", "-5"], "argument --max-seconds: must be more than 0 seconds, got -5"),
+    (["eval", "heldout", "--max-seconds", "1h"], "argument --max-seconds: not a number of seconds: '1h'"),
+], ids=lambda case: " ".join(case) if isinstance(case, list) else None)
+def test_count_and_time_flags_are_checked_by_the_parser(no_model, capsys, argv, expected):
+    assert error_line(capsys, [*argv, "--base", "fake"]).endswith(expected)
+
+
 def test_eval_depths_out_of_range(no_model, capsys):
     line = error_line(capsys, ["eval", "passkey", "--base", "fake", "--methods", "full", "--depths", "1.5"])
     assert line == "sharedllm eval: error: --depths must lie in [0, 1], got [1.5]"

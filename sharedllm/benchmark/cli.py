@@ -11,7 +11,7 @@ from pathlib import Path
 from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.cli import InputError, adapter_argument
 from sharedllm.flags import (add_base_argument, add_device_argument, add_knob_arguments, add_threads_argument,
-                             knobs_from_args, parse_length, positive_int)
+                             knobs_from_args, parse_length, positive_int, positive_seconds, whole_number)
 
 from .settings import BENCH_METHODS, CPU_LENGTHS, CUDA_LENGTHS, BenchSettings, resolve_knobs
 
@@ -29,10 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"input lengths, e.g. 4K 8K (default: {' '.join(CPU_LENGTHS)} on cpu, "
                         f"{' '.join(CUDA_LENGTHS)} on cuda)")
     parser.add_argument("--repeats", type=positive_int, default=3, help="prefill runs per cell; the median is reported")
-    parser.add_argument("--decode-steps", type=int, default=16, help="greedy steps timed after each prefill")
-    parser.add_argument("--max-seconds", type=float, default=300.0,
+    parser.add_argument("--decode-steps", type=whole_number(0), default=16,
+                        help="greedy steps timed after each prefill (0: prefill only)")
+    parser.add_argument("--max-seconds", type=positive_seconds, default=300.0,
                         help="skip a method's longer lengths once one of its prefills took longer than this")
-    parser.add_argument("--cell-seconds", type=float, default=30.0,
+    parser.add_argument("--cell-seconds", type=positive_seconds, default=30.0,
                         help="stop repeating a cell once it has used this long (it always runs once)")
     parser.add_argument("--max-length", nargs="+", default=[], metavar="METHOD=LENGTH",
                         help="per-method length cap, e.g. full=32K streaming=32K (recorded as skipped)")
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_knob_arguments(parser, "SharedLLM knobs, shared by every method that reads them (default: the adapter's "
                        "saved value, else the config default)")
     parser.add_argument("--streaming-block", type=positive_int, default=256, help="StreamingLLM prefill block size (tokens)")
-    parser.add_argument("--n-sink", type=int, default=4, help="StreamingLLM attention sinks")
+    parser.add_argument("--n-sink", type=whole_number(0), default=4, help="StreamingLLM attention sinks")
     parser.add_argument("--infllm", nargs="+", default=[], metavar="KNOB=VALUE",
                         help="InfLLM knobs (n_sink, block_size, n_rep, topk, chunk_size, local_window) over its "
                              "defaults; its local window defaults to --decoder-window")

@@ -33,6 +33,7 @@ from sharedllm.flags import (
     knobs_from_args,
     parse_length,
     positive_int,
+    positive_seconds,
     warn_deprecated,
 )
 
@@ -101,7 +102,7 @@ def add_arguments(parser):
                         help="PPL window cap over all documents (ppl: 100); heldout: windows per cell (16)")
     parser.add_argument("--max-length", type=parse_length,
                         help="heldout: longer cells are written with every window 'not run: past --max-length'")
-    parser.add_argument("--max-seconds", type=float,
+    parser.add_argument("--max-seconds", type=positive_seconds,
                         help="heldout: time budget per cell; the windows left are written as not run")
     parser.add_argument("--targets-of", type=parse_length, metavar="LENGTH",
                         help="heldout: score the windows of the LENGTH plan, each cut to its last T tokens, so that "
