@@ -134,17 +134,6 @@ ATTENTION_ONLY_KNOBS = ("selection_layer", "selection_score", "query_tokens", "q
 ADAPTER_SHAPE_KNOBS = {"cross": ("n_injected_layers", "injection"), "joint": ("injection",)}
 
 
-def check_adapter_overrides(saved: "SharedLLMConfig", overrides: dict) -> None:
-    """Knob overrides on a saved adapter may change how it reads (windows, tree, budgets, a joint adapter's M), not
-    which weights it has."""
-    for knob in ADAPTER_SHAPE_KNOBS[saved.injection]:
-        if knob in overrides and overrides[knob] != getattr(saved, knob):
-            fix = ("joint injection needs no adapter: use the untrained model (from_base, or --adapter none)"
-                   if knob == "injection" and overrides[knob] == "joint" else "train an adapter with that value")
-            raise ValueError(f"this adapter was trained with {knob}={getattr(saved, knob)!r}; its weights do not fit "
-                             f"{knob}={overrides[knob]!r}: {fix}")
-
-
 class SharedLLMConfig(PretrainedConfig):
     r"""
     Configuration of a SharedLLM model: a base causal LM (`text_config`) used twice, as the lower model (its
@@ -239,6 +228,21 @@ class SharedLLMConfig(PretrainedConfig):
             exact = self.selected_leaves + (self.query_tokens > 1)  # the Q query tokens add their best leaf
             return exact * self.node_budget(self.leaf_length) + (2**self.tree_depth - exact) * self.tokens_per_node
         return self.tokens_per_node * (self.tree_depth - 1) + 2 * self.node_budget(self.leaf_length)
+
+    def with_overrides(self, overrides: dict) -> "SharedLLMConfig":
+        """This saved adapter's config with knob overrides applied (in place) and checked: they may change how the
+        adapter reads (windows, tree, budgets, a joint adapter's M), not which weights it has. The one override path
+        of `from_pretrained`, eval's methods and bench."""
+        for knob in ADAPTER_SHAPE_KNOBS[self.injection]:
+            if knob in overrides and overrides[knob] != getattr(self, knob):
+                fix = ("joint injection needs no adapter: use the untrained model (from_base, or --adapter none)"
+                       if knob == "injection" and overrides[knob] == "joint" else "train an adapter with that value")
+                raise ValueError(f"this adapter was trained with {knob}={getattr(self, knob)!r}; its weights do not "
+                                 f"fit {knob}={overrides[knob]!r}: {fix}")
+        for knob, value in overrides.items():
+            setattr(self, knob, value)
+        self.validate_knobs()  # the overrides, and knobs AutoConfig set on its own way here
+        return self
 
     def validate_knobs(self) -> None:
         """Fail at config time, saying what to change, instead of deep inside a forward pass."""

@@ -544,20 +544,9 @@ class SharedLLM(Method):
 
             if has_upper_lora(adapter):  # its LoRA goes into the base in place (merged): keep the
                 base = copy.deepcopy(base)  # comparison's base, which the other methods of the run read, untouched
-            self.model = SharedLLMForCausalLM.from_pretrained(adapter, base=base, config=self._adapter_config(adapter, model_knobs))
+            self.model = SharedLLMForCausalLM.from_pretrained(adapter, base=base, **model_knobs)
         self.model.eval()
         self.adapter = adapter
-
-    @staticmethod
-    def _adapter_config(adapter: str, overrides: dict):
-        from sharedllm.config import SharedLLMConfig, check_adapter_overrides
-
-        config = SharedLLMConfig.from_pretrained(adapter)
-        check_adapter_overrides(config, overrides)
-        for knob, value in overrides.items():
-            setattr(config, knob, value)
-        config.validate_knobs()
-        return config
 
     def describe(self):
         return {"method": self.name, "adapter": self.adapter, **{k: getattr(self.model.config, k) for k in self.KNOBS}}

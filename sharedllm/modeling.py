@@ -29,7 +29,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, Generat
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from sharedllm.compat import CACHE_ARGUMENT, cache_argument
-from sharedllm.config import SharedLLMConfig, check_adapter_overrides
+from sharedllm.config import SharedLLMConfig
 from sharedllm.context_cache import ContextCache
 from sharedllm.context_encoder import (
     ContextEncoder,
@@ -253,13 +253,10 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         check_knob_names(kwargs, "from_pretrained")
         if not isinstance(config, SharedLLMConfig):
             config = load_adapter_config(directory)
-        check_adapter_overrides(config, kwargs)
+        config = config.with_overrides(kwargs)
         # AutoModelForCausalLM.from_pretrained hands attn_implementation over inside the config it loaded
         attn_implementation = attn_implementation or getattr(config, "_attn_implementation_internal", None)
         options = base_loading_options(dtype, torch_dtype, attn_implementation, device_map)
-        for knob, value in kwargs.items():
-            setattr(config, knob, value)
-        config.validate_knobs()  # overrides, and knobs AutoConfig set on its own way here, are checked as well
         weights_file = directory / ADAPTER_WEIGHTS
         if not weights_file.is_file():
             raise FileNotFoundError(f"{directory} has no {ADAPTER_WEIGHTS}: it is not a saved SharedLLM adapter")

@@ -103,9 +103,11 @@ def test_eval_corpus_choice_is_checked_before_loading(no_model, capsys, extra, e
     (["bench", "--cell-seconds", "nan"], "argument --cell-seconds: must be more than 0 seconds, got nan"),
     (["eval", "heldout", "--max-seconds", "-5"], "argument --max-seconds: must be more than 0 seconds, got -5"),
     (["eval", "heldout", "--max-seconds", "1h"], "argument --max-seconds: not a number of seconds: '1h'"),
+    (["bench", "--adapter", CROSS_ADAPTER, "--injection", "joint"],  # was a failed cell after loading the model
+     "its weights do not fit injection='joint': joint injection needs no adapter"),
 ], ids=lambda case: " ".join(case) if isinstance(case, list) else None)
-def test_count_and_time_flags_are_checked_by_the_parser(no_model, capsys, argv, expected):
-    assert error_line(capsys, [*argv, "--base", "fake"]).endswith(expected)
+def test_bench_and_eval_flags_are_checked_before_loading(no_model, capsys, argv, expected):
+    assert expected in error_line(capsys, [*argv, "--base", "fake"])
 
 
 def test_eval_depths_out_of_range(no_model, capsys):

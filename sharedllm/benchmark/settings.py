@@ -59,10 +59,10 @@ def resolve_knobs(adapter: str | None, given: dict) -> dict:
     validated as the model would validate them."""
     from sharedllm.config import SharedLLMConfig
 
-    knobs = dict(KNOB_DEFAULTS)
+    # raises ValueError, saying what to change, before any cell runs: an invalid combination, or an override the
+    # adapter's weights do not fit (a cross adapter read as joint); an optional knob given as None is switched off
     if adapter:
-        saved = SharedLLMConfig.from_pretrained(adapter)
-        knobs.update({name: getattr(saved, name) for name in KNOBS})
-    knobs.update(given)  # an optional knob given as None is switched off (`--selected-leaves none`)
-    SharedLLMConfig(**knobs)  # raises ValueError, saying what to change, on an invalid combination
-    return knobs
+        config = SharedLLMConfig.from_pretrained(adapter).with_overrides(given)
+    else:
+        config = SharedLLMConfig(**{**KNOB_DEFAULTS, **given})
+    return {name: getattr(config, name) for name in KNOBS}

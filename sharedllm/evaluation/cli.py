@@ -222,7 +222,7 @@ def _check_sharedllm_knobs(args, options: dict) -> None:
         if adapter is None:
             SharedLLMConfig(**knobs)
         else:
-            SharedLLM._adapter_config(adapter, knobs)
+            SharedLLMConfig.from_pretrained(adapter).with_overrides(knobs)
     except (ValueError, TypeError) as err:  # TypeError: a knob of the wrong type, e.g. --knob tree_depth=abc
         raise InputError(f"SharedLLM knobs: {err}") from err
 
