@@ -601,10 +601,18 @@ class CEPE(SharedLLM):
 
     def __init__(self, base, tokenizer=None, adapter: str | None = None, **model_knobs):
         if adapter is None:
-            chunk_size = model_knobs.pop("chunk_size", 512)
-            model_knobs = dict(n_injected_layers=base.config.num_hidden_layers, chunk_size=chunk_size,
-                               tree_depth=0, tokens_per_node=chunk_size, **model_knobs)
+            model_knobs = self.preset(base.config.num_hidden_layers, model_knobs)
         super().__init__(base, tokenizer, adapter=adapter, **model_knobs)
+
+    @staticmethod
+    def preset(n_layers: int, knobs: dict) -> dict:
+        """The untrained CEPE-style model's knobs (also what benchmark.flops counts): `knobs` with every one of the
+        base's `n_layers` injected, no tree, a node the whole chunk."""
+        if fixed := sorted({"n_injected_layers", "tree_depth", "tokens_per_node"} & set(knobs)):
+            raise ValueError(f"cepe: {', '.join(fixed)} are fixed by the CEPE-style preset (every layer, no tree)")
+        chunk_size = knobs.get("chunk_size", KNOB_DEFAULTS["chunk_size"])
+        return {**knobs, "n_injected_layers": n_layers, "chunk_size": chunk_size, "tree_depth": 0,
+                "tokens_per_node": chunk_size}
 
 
 # ----------------------------------------------------------------------------------------------------------------

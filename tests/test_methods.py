@@ -240,6 +240,8 @@ def test_cepe_is_every_layer_without_tree():
     described = load_method("cepe", tiny_model("llama"), **TINY_SHARED).describe()
     assert described["n_injected_layers"] == 4 and described["tree_depth"] == 0
     assert described["tokens_per_node"] == described["chunk_size"] == 16
+    with pytest.raises(ValueError, match="tree_depth are fixed by the CEPE-style preset"):  # was a TypeError
+        load_method("cepe", tiny_model("llama"), tree_depth=2, **TINY_SHARED)
 
 
 @needs_model

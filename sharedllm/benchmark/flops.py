@@ -3,7 +3,7 @@ FLOP/s and the utilisation of the matmul peak are computed from."""
 
 import math
 
-from sharedllm.config import KNOB_DEFAULTS, SharedLLMConfig
+from sharedllm.config import SharedLLMConfig
 
 
 def _layer_dims(text_config) -> dict:
@@ -91,8 +91,7 @@ def _method_config(method: str, knobs: dict, n_layers: int) -> SharedLLMConfig:
         from sharedllm.methods import CEPE  # lazy: the formulas need no model code
 
         shared = {name: knobs[name] for name in CEPE.shared_knobs if knobs.get(name) is not None}
-        return SharedLLMConfig(**shared, n_injected_layers=n_layers, tree_depth=0, leaf_tokens_per_node=None,
-                               tokens_per_node=shared.get("chunk_size", KNOB_DEFAULTS["chunk_size"]))
+        return SharedLLMConfig(**CEPE.preset(n_layers, shared))
     return SharedLLMConfig(**knobs)
 
 
