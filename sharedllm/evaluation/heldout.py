@@ -21,9 +21,7 @@ import numpy as np
 import torch
 
 from .journal import ReusedTrials
-
-STRIDE = 256  # window starts lie on this grid (the CEPE protocol, `ppl.py`)
-SCORED = 256  # tokens scored at the end of each window
+from .ppl import SCORED, STRIDE  # the CEPE protocol's grid and scored tail
 N_RESAMPLES = 1000
 CI_LEVEL = 0.95
 

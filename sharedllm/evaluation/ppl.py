@@ -18,9 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 PROTOCOLS = ("cepe", "sliding")
+STRIDE = 256  # window starts lie on this grid (both protocols)
+SCORED = 256  # tokens scored at the end of each CEPE window
 
 
-def cepe_windows(n_tokens, context_len, decoder_len, stride=256, scored=256, max_windows=None):
+def cepe_windows(n_tokens, context_len, decoder_len, stride=STRIDE, scored=SCORED, max_windows=None):
     """(start, end, score_start) of every CEPE window of a document of `n_tokens` tokens.
 
     No window if the document is shorter than T. With `max_windows`, keep that many windows evenly
@@ -36,7 +38,7 @@ def cepe_windows(n_tokens, context_len, decoder_len, stride=256, scored=256, max
     return [(s, s + total, s + total - scored) for s in starts]
 
 
-def sliding_windows(n_tokens, window_len, stride=256):
+def sliding_windows(n_tokens, window_len, stride=STRIDE):
     """(start, end, score_start) windows that score tokens 1..n_tokens-1 exactly once each.
 
     The first window scores all it can (token 0 has nothing to be predicted from); each later window
@@ -65,7 +67,7 @@ def _allocate(n_available, budget):
     return quota
 
 
-def plan_windows(doc_lengths, protocol, length, decoder_len=0, stride=256, scored=256, max_windows=None):
+def plan_windows(doc_lengths, protocol, length, decoder_len=0, stride=STRIDE, scored=SCORED, max_windows=None):
     """Per document, the list of windows the protocol evaluates (empty for documents that are skipped)."""
     if protocol == "sliding":
         plans = [sliding_windows(n, length, stride) for n in doc_lengths]
@@ -99,8 +101,8 @@ def _summary(window_sums, window_counts, protocol):
 
 
 @torch.no_grad()
-def perplexity(method, docs_token_ids, protocol, length, domains=None, decoder_len=0, stride=256,
-               scored=256, max_windows=None, progress=True):
+def perplexity(method, docs_token_ids, protocol, length, domains=None, decoder_len=0, stride=STRIDE,
+               scored=SCORED, max_windows=None, progress=True):
     """Perplexity of `method` on tokenised documents under `protocol` ("cepe" or "sliding").
 
     `length` is the window length T; `decoder_len` (CEPE only) is how much of T is the decoder window,
