@@ -136,6 +136,16 @@ def add_base_argument(parser, default: str = "the SmolLM2-135M from `sharedllm a
     parser.add_argument("--base", default=None, help=f"base causal LM folder or hub id (default: {default})")
 
 
+def add_adapter_argument(parser) -> None:
+    """`--adapter` of the commands that compare methods (eval, bench): the SharedLLM adapter the sharedllm method
+    reads, the shipped default unless given; "none" is the untrained model (`cli.adapter_argument` reads it)."""
+    from sharedllm.assets import DEFAULT_ADAPTER
+
+    parser.add_argument("--adapter", default=str(DEFAULT_ADAPTER),
+                        help="SharedLLM adapter folder that --methods sharedllm reads; 'none' = the untrained model, "
+                             f"set by the knob flags (default: the shipped adapter {DEFAULT_ADAPTER.name})")
+
+
 def add_device_argument(parser, choices: list[str] | None = None) -> None:
     """`--device`: where a command runs its model, the same flag in every command that runs one. Its default, "auto",
     becomes a device when the command line is parsed (argparse converts a string default with `type`), so that

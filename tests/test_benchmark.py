@@ -205,11 +205,10 @@ def test_matmul_peak_is_positive():
     assert measure_matmul_peak("cpu", torch.float32, size=128, repeats=3) > 0
 
 
-def test_cli_arguments_parse_lengths_and_caps(tmp_path, monkeypatch):
-    monkeypatch.setattr(benchmark.cli, "DEFAULT_ADAPTER", tmp_path / "none")  # no adapter: the config defaults
+def test_cli_arguments_parse_lengths_and_caps():
     parser = argparse.ArgumentParser()
     benchmark.add_arguments(parser)
-    args = parser.parse_args(["--lengths", "4K", "2048", "--max-length", "full=32k", "--chunk-size", "1K",
+    args = parser.parse_args(["--adapter", "none", "--lengths", "4K", "2048", "--max-length", "full=32k", "--chunk-size", "1K",
                               "--device", "cpu", "--tree-selection", "recent"])
     settings = benchmark.settings_from_args(args)
     assert settings.lengths == (4096, 2048)
@@ -227,6 +226,8 @@ def test_adapter_none_is_untrained_and_a_missing_adapter_fails_clearly(tmp_path)
     benchmark.add_arguments(parser)
     settings = benchmark.settings_from_args(parser.parse_args(["--adapter", "none", "--n-injected-layers", "2"]))
     assert settings.adapter is None and settings.knobs["n_injected_layers"] == 2  # the repository default not read
+    default = benchmark.settings_from_args(parser.parse_args([]))
+    assert default.adapter.endswith("smollm2-135m-joint-exercises") and default.knobs["injection"] == "joint"
     assert settings.knobs["decoder_window"] == KNOBS["decoder_window"].default
     with pytest.raises(InputError, match=r"no adapter in .*nope \(no config.json\)"):
         benchmark.settings_from_args(parser.parse_args(["--adapter", str(tmp_path / "nope")]))

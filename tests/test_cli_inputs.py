@@ -139,11 +139,14 @@ def test_longbench_without_data_or_with_a_missing_file(no_model, capsys):
 
 
 def test_default_adapter_is_found_from_any_folder(no_model):
+    from sharedllm.cli import build_parser
     from sharedllm.evaluation import cli
 
     assert Path.cwd() == no_model  # not the repository
-    assert (Path(cli.DEFAULT_ADAPTER) / "config.json").is_file()
-    assert cli._portable_path(str(cli.DEFAULT_ADAPTER)) == "adapters/smollm2-135m-joint-exercises"  # results name no machine path
+    for command in (["eval", "ppl"], ["bench"]):
+        adapter = build_parser(command[0]).parse_args(command).adapter
+        assert (Path(adapter) / "config.json").is_file()
+        assert cli._portable_path(adapter) == "adapters/smollm2-135m-joint-exercises"  # results name no machine path
 
 
 def test_a_wheel_carries_every_file_of_the_default_adapter():

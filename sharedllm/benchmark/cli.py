@@ -7,11 +7,10 @@ import os
 import warnings
 from pathlib import Path
 
-
-from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.cli import InputError, adapter_argument
-from sharedllm.flags import (add_base_argument, add_device_argument, add_knob_arguments, add_threads_argument,
-                             knobs_from_args, parse_length, positive_int, positive_seconds, whole_number)
+from sharedllm.flags import (add_adapter_argument, add_base_argument, add_device_argument, add_knob_arguments,
+                             add_threads_argument, knobs_from_args, parse_length, positive_int, positive_seconds,
+                             whole_number)
 
 from .settings import BENCH_METHODS, CPU_LENGTHS, CUDA_LENGTHS, BenchSettings, resolve_knobs
 
@@ -21,9 +20,7 @@ RESULT_FILE = "bench-{device}.json"  # inside --output
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_base_argument(parser)
     parser.add_argument("--model", dest="model_deprecated", default=None, help=argparse.SUPPRESS)  # old --base
-    parser.add_argument("--adapter", default=None,
-                        help=f"SharedLLM adapter dir; 'none' = untrained, set by the knob flags (default: the "
-                             f"shipped adapter {DEFAULT_ADAPTER.name})")
+    add_adapter_argument(parser)
     parser.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=BENCH_METHODS)
     parser.add_argument("--lengths", nargs="+", type=parse_length, default=None,
                         help=f"input lengths, e.g. 4K 8K (default: {' '.join(CPU_LENGTHS)} on cpu, "
@@ -68,8 +65,7 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
 
 
 def settings_from_args(args) -> BenchSettings:
-    default = str(DEFAULT_ADAPTER) if (DEFAULT_ADAPTER / "config.json").exists() else None
-    adapter = adapter_argument(args.adapter or default)  # 'none': untrained, its knobs from the flags and defaults
+    adapter = adapter_argument(args.adapter)  # 'none': untrained, its knobs from the flags and defaults
     lengths = args.lengths or [parse_length(n) for n in (CUDA_LENGTHS if args.device == "cuda" else CPU_LENGTHS)]
     caps = {}
     for method, length in _pairs(args.max_length, "--max-length"):

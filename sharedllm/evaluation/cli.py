@@ -19,10 +19,11 @@ import torch
 
 from sharedllm import provenance
 from sharedllm.provenance import REPO
-from sharedllm.assets import DEFAULT_ADAPTER, sharedllm_home
+from sharedllm.assets import sharedllm_home
 from sharedllm.cli import InputError, adapter_argument
 from sharedllm.config import KNOB_DEFAULTS, KNOBS
 from sharedllm.flags import (
+    add_adapter_argument,
     add_base_argument,
     add_deprecated_alias,
     add_device_argument,
@@ -82,9 +83,7 @@ def add_arguments(parser):
     add_deprecated_alias(parser, "--method", "--methods", nargs="+")
     add_base_argument(parser)
     add_threads_argument(parser)
-    parser.add_argument("--adapter", default=str(DEFAULT_ADAPTER),
-                        help="SharedLLM adapter folder for --methods sharedllm; 'none' = untrained (zero-init); "
-                             f"default: the shipped adapter {DEFAULT_ADAPTER.name}")
+    add_adapter_argument(parser)
     parser.add_argument("--lengths", nargs="+", type=parse_length, help="e.g. 4K 16K 32768")
     parser.add_argument("--protocol", choices=PROTOCOLS, help="perplexity protocol (default: cepe)")
     parser.add_argument("--domains", nargs="+", help="corpus domains (books math code); default: all")
