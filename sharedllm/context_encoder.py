@@ -131,12 +131,6 @@ def layer_mask(text_config, masks: dict, layer_index: int):
     return masks.get("sliding_attention", masks["full_attention"])  # Mistral: every layer slides if configured
 
 
-def _keys_are_plain_projections(layer: nn.Module) -> bool:
-    """True where a layer's keys are k_proj(input_layernorm(h)) then RoPE (Llama, Mistral, Qwen2), so that they can
-    be computed without the rest of the layer; False for attention with extra key transforms (e.g. a k_norm)."""
-    return not hasattr(layer.self_attn, "k_norm")
-
-
 def _rotated_keys_and_values(layer: nn.Module, hidden: torch.Tensor, position_embeddings) -> tuple:
     """(N, T, hidden) -> post-RoPE keys and values (N, Hkv, T, hd), as the layer's own attention computes them."""
     attention = layer.self_attn
@@ -468,9 +462,9 @@ class ContextEncoder:
         recorder = DynamicCache()  # collects each layer's keys/values as the attention computes them
         layer0 = None
         # only the keys/values of the last layer are ever read: skip its attention output and MLP (not layer 0,
-        # whose output gives the node vectors)
-        last = self.decoder.layers[n_layers - 1]
-        full_layers = n_layers - 1 if n_layers > 1 and _keys_are_plain_projections(last) else n_layers
+        # whose output gives the node vectors); its keys are k_proj(input_layernorm(h)) then RoPE, as in every base
+        # loading.check_supported accepts
+        full_layers = max(n_layers - 1, 1)
         for index, layer in enumerate(self.decoder.layers[:full_layers]):
             # the undecorated forward: with gradient checkpointing on, GradientCheckpointingLayer's wrapper drops the
             # recorder in training mode; this pass is frozen and gradient-free, so there is nothing to checkpoint
@@ -486,6 +480,7 @@ class ContextEncoder:
             )
             layer0 = hidden if index == 0 else layer0
         if full_layers < n_layers:
+            last = self.decoder.layers[n_layers - 1]
             recorder.update(*_rotated_keys_and_values(last, hidden, position_embeddings), n_layers - 1)
         keys = [recorder.layers[i].keys for i in range(n_layers)]
         values = [recorder.layers[i].values for i in range(n_layers)]

@@ -1,6 +1,7 @@
 """Bad input, each with a clear error that says what to change: forward tensors, knobs, folders and files."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -104,6 +105,26 @@ def test_from_base_refuses_a_non_llama_model(tmp_path):
     gpt2.save_pretrained(tmp_path / "gpt2")
     with pytest.raises(TypeError, match="is not a Llama-family causal LM"):
         SharedLLMForCausalLM.from_base(str(tmp_path / "gpt2"), **KNOBS)
+
+
+@pytest.mark.parametrize("arch, message", [
+    ("Qwen3", "per-head query/key norms"),
+    ("Granite", "scaled embedding_multiplier, residual_multiplier, logits_scaling"),
+    ("Phi3", "fused query/key/value projections"),
+    ("StableLm", "another norm (LayerNorm"),
+])
+def test_from_base_refuses_a_layer_that_computes_more_than_llamas(arch, message):
+    """A layer that passes the attribute check but computes more than SharedLLM recomputes (it would read the context
+    with wrong logits, silently, or fail deep inside): refused up front, naming the difference."""
+    import transformers
+
+    config = getattr(transformers, f"{arch}Config")(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        **(dict(embedding_multiplier=12.0, residual_multiplier=0.22, logits_scaling=8.0) if arch == "Granite" else {}))
+    base = getattr(transformers, f"{arch}ForCausalLM")(config)
+    with pytest.raises(TypeError, match=f"differs from the Llama layer SharedLLM recomputes: .*{re.escape(message)}"):
+        SharedLLMForCausalLM.from_base(base, **KNOBS)
 
 
 @pytest.mark.parametrize("where", ["missing", "not a model", "relative, hub-like"])
