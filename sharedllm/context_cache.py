@@ -88,11 +88,13 @@ class ContextCache(DynamicCache):
         `max_chunks_per_pass` chunks at a time, each pass written into one preallocated buffer."""
         check_chunk_encoding(model)
         cfg = model.config
-        ids = torch.as_tensor(document_ids, device=model.device).long()
+        ids = torch.as_tensor(document_ids, device=model.device)
         if ids.dim() == 2 and ids.shape[0] == 1:
             ids = ids[0]
         if ids.dim() != 1 or ids.numel() == 0:
             raise ValueError(f"encode one document: (L,) or (1, L) token ids with L >= 1, got shape {tuple(ids.shape)}")
+        model._check_inputs(ids[None], None, None, {})  # integer ids inside the vocabulary, as forward checks them
+        ids = ids.long()
         n = ids.shape[0] // cfg.chunk_size
         chunks = ids[: n * cfg.chunk_size].view(n, cfg.chunk_size)
         before = model.context_encoder.tokens_before(chunks, None)  # (n, S) the tokens before each chunk

@@ -17,6 +17,7 @@ Generation keeps the context key/values and a stock DynamicCache for the decoder
 exceed Ld, its oldest C tokens roll into a new context chunk (encoded once) and the window's cache is rebuilt.
 """
 
+import copy
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from sharedllm.compat import CACHE_ARGUMENT, cache_argument
@@ -111,6 +113,12 @@ class SharedLLMCache(DynamicCache):
         # in every layer), built once per context instead of at every decode step; a new context clears it
         self.injected = None
 
+    def crop(self, max_length: int):
+        """Assisted / speculative / prompt-lookup decoding crop rejected tokens from the cache; a SharedLLM window
+        cannot be cut back (chunks may have rolled into context), so those modes are refused here, clearly."""
+        raise NotImplementedError("SharedLLM's cache cannot be cropped: assisted, speculative and prompt-lookup "
+                                  "decoding (assistant_model=, prompt_lookup_num_tokens=) are not supported")
+
     def reorder_cache(self, beam_idx: torch.LongTensor):
         super().reorder_cache(beam_idx)
         self.context = self.context.select(beam_idx)
@@ -122,6 +130,35 @@ class SharedLLMCache(DynamicCache):
 # ----------------------------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_cache(cache) -> None:
+    """None, an empty cache (generate's, for a cached prefill) or one of SharedLLM's own: any other cache would be
+    read as empty and the tokens it stands for silently dropped."""
+    if cache is None or isinstance(cache, (SharedLLMCache, ContextCache)):
+        return
+    if not isinstance(cache, Cache):
+        raise TypeError(f"past_key_values must be a transformers Cache or None, got {type(cache).__name__} (legacy "
+                        "tuples of key/value tensors are not supported)")
+    if cache.get_seq_length() > 0:
+        raise ValueError(f"past_key_values is a {type(cache).__name__} already holding {cache.get_seq_length()} tokens: "
+                         "SharedLLM continues only the SharedLLMCache it returned, or reads a document from a "
+                         "ContextCache; pass the whole text without a cache instead")
+
+
+def _check_positions(position_ids, attention_mask) -> None:
+    """position_ids are accepted only where they say what SharedLLM computes from the mask (each row's real tokens
+    numbered from 0): packed sequences (positions restarting inside a row) would be read as one document."""
+    if position_ids is None:
+        return
+    expected, real = mask_positions(attention_mask), attention_mask.bool()
+    try:
+        given = position_ids.to(expected.device).expand_as(expected)
+    except RuntimeError:
+        raise ValueError(f"position_ids have shape {tuple(position_ids.shape)}, the input {tuple(expected.shape)}") from None
+    if not torch.equal(given[real], expected[real]):
+        raise ValueError("position_ids other than each row's real tokens numbered from 0 are not supported: SharedLLM "
+                         "positions tokens from the attention_mask; pass packed sequences as separate rows")
 
 
 def last_window_states(hidden, count, n) -> torch.Tensor:
@@ -156,6 +193,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         # the lower model: the same base modules read over the context chunks (it owns no parameters)
         self.context_encoder = ContextEncoder(self.config, base, self.cross_attention)
         self.post_init()
+        if getattr(base, "generation_config", None) is not None:  # the base's stop ids and sampling defaults:
+            self.generation_config = copy.deepcopy(base.generation_config)  # not a config of our text_config alone
 
     # -- construction, saving, loading ---------------------------------------------------------------------------
 
@@ -471,12 +510,17 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         """
         if "cache" in kwargs:  # transformers >= 5.24 names it `cache` (generate passes it so)
             past_key_values = kwargs.pop("cache")
+        _check_cache(past_key_values)
         decoding = isinstance(past_key_values, SharedLLMCache)
         # while decoding, generate's attention_mask covers the whole sequence and input_ids only the new tokens
         self._check_inputs(input_ids, None if decoding else attention_mask, labels, kwargs)
         if decoding:
             return self._decode_step(input_ids, past_key_values, logits_to_keep)
         if isinstance(past_key_values, ContextCache):
+            if full_logits:
+                raise ValueError("full_logits=True does not apply with a ContextCache: its forward reads each question "
+                                 "as one decoder window after the document; score the document and question together "
+                                 "without the cache for every position's logits")
             input_ids, attention_mask, labels, query_position = past_key_values.prepend_document(
                 self, input_ids, attention_mask, labels, query_position
             )
@@ -484,8 +528,15 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             return self._full_forward(input_ids, attention_mask, labels, query_position, True, logits_to_keep, lower)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        cached = past_key_values is not None  # an empty cache from generate(): a cached prefill
-        if not cached and (self.config.full_logits if full_logits is None else full_logits):
+        _check_positions(kwargs.pop("position_ids", None), attention_mask)
+        full_logits = self.config.full_logits if full_logits is None else full_logits
+        if use_cache and past_key_values is None and full_logits:
+            raise ValueError("use_cache=True does not combine with full_logits: a cache continues one decoder window "
+                             "(pass full_logits=False to prefill a cache, or use_cache=False to score every position)")
+        # an empty cache from generate(), or use_cache=True in a forward of one's own: a cached prefill, whose
+        # SharedLLMCache the next call continues with the new tokens only
+        cached = past_key_values is not None or bool(use_cache)
+        if not cached and full_logits:
             if query_position is not None:
                 raise ValueError(
                     "query_position does not apply with full_logits (each span's query is the token before the span "
@@ -574,7 +625,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             logits[target_rows, (start[rows][:, None] + position)[keep]] = span_logits[keep]
         loss = None
         if labels is not None:
-            targets = labels[:, 1:].masked_fill(~attention_mask.bool()[:, :-1], -100)  # padding predicts nothing
+            real = attention_mask.bool()  # padding predicts nothing and is never a target
+            targets = labels[:, 1:].masked_fill(~(real[:, :-1] & real[:, 1:]), -100)
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
         if logits_to_keep:
             logits = logits[:, -logits_to_keep:]
