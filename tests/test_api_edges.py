@@ -8,7 +8,7 @@ from conftest import tiny_model
 from test_model import pad_batch, randomise_adapter, wrap
 from transformers import DynamicCache
 
-from sharedllm.compat import cache_argument
+from sharedllm.compat import CACHE_ARGUMENT, cache_argument
 from sharedllm.context_cache import ContextCache
 from sharedllm.modeling import SharedLLMCache
 
@@ -36,7 +36,7 @@ def test_use_cache_in_a_forward_of_ones_own_decodes_as_generate_does():
         generated = model.generate(prompt, max_new_tokens=30, do_sample=False, pad_token_id=0, output_logits=True,
                                    return_dict_in_generate=True)  # 2 chunks of 16 roll into context on the way
         out = model(prompt, use_cache=True)
-        cache = out.past_key_values if hasattr(out, "past_key_values") else out.cache
+        cache = getattr(out, CACHE_ARGUMENT)  # out.cache (transformers >= 5.24; past_key_values before)
         assert isinstance(cache, SharedLLMCache)
         logits = [out.logits[0, -1]]
         for token in generated.sequences[0, 60:-1]:  # a hand-written greedy loop: one new token per call
