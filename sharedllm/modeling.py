@@ -31,7 +31,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from sharedllm.compat import CACHE_ARGUMENT, cache_argument
-from sharedllm.config import SharedLLMConfig
+from sharedllm.config import ADAPTER_SHAPE_KNOBS, KNOBS, SharedLLMConfig
 from sharedllm.context_cache import ContextCache
 from sharedllm.context_encoder import (
     ContextEncoder,
@@ -195,6 +195,25 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         self.post_init()
         if getattr(base, "generation_config", None) is not None:  # the base's stop ids and sampling defaults:
             self.generation_config = copy.deepcopy(base.generation_config)  # not a config of our text_config alone
+        self._built_with = self._knob_values()  # what `_check_changed_knobs` compares model.config against
+
+    def _knob_values(self) -> dict:
+        return {name: getattr(self.config, name) for name in KNOBS}
+
+    def _check_changed_knobs(self) -> None:
+        """Knobs set on `model.config` after construction (the README sets full_logits so) are checked before they
+        are read, as at construction; those that lay out the weights (a cross adapter's M, the injection) cannot
+        change on a built model. Otherwise a bad value failed deep inside a forward (an IndexError for a larger M)."""
+        values = self._knob_values()
+        if values == self._built_with:
+            return
+        for knob in ADAPTER_SHAPE_KNOBS[self._built_with["injection"]]:
+            if values[knob] != self._built_with[knob]:
+                raise ValueError(f"model.config.{knob} was changed from {self._built_with[knob]!r} to {values[knob]!r} "
+                                 f"after the model was built, but it lays out the weights; build the model with "
+                                 f"{knob}={values[knob]!r} (from_base / from_pretrained) instead")
+        self.config.validate_knobs()
+        self._built_with = values
 
     # -- construction, saving, loading ---------------------------------------------------------------------------
 
@@ -510,6 +529,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         """
         if "cache" in kwargs:  # transformers >= 5.24 names it `cache` (generate passes it so)
             past_key_values = kwargs.pop("cache")
+        self._check_changed_knobs()
         _check_cache(past_key_values)
         decoding = isinstance(past_key_values, SharedLLMCache)
         # while decoding, generate's attention_mask covers the whole sequence and input_ids only the new tokens

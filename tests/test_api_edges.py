@@ -96,3 +96,18 @@ def test_generation_settings_are_the_bases():
     base.generation_config.repetition_penalty = 1.3
     model = wrap(base)
     assert model.generation_config.eos_token_id == [2, 5] and model.generation_config.repetition_penalty == 1.3
+
+
+def test_knobs_changed_on_the_config_after_construction_are_checked():
+    model, ids = model_and_ids()
+    model.config.full_logits = True  # as the README does: fine
+    with torch.no_grad():
+        assert model(ids).logits.shape[1] == ids.shape[1]
+    model.config.full_logits = False
+    model.config.tokens_per_node = 64  # more than a leaf of 16 / 2**2 tokens
+    with pytest.raises(ValueError, match="a leaf of the context tree has"):
+        model(ids)
+    model.config.tokens_per_node = 2
+    model.config.n_injected_layers = 3  # a cross adapter with 2 modules: was an IndexError deep inside
+    with pytest.raises(ValueError, match="n_injected_layers was changed from 2 to 3 after the model was built"):
+        model(ids)
