@@ -79,7 +79,8 @@ from sharedllm.rows import context_chunk_counts, gather_tokens, left_align, mask
 
 @dataclass
 class SharedLLMOutput(CausalLMOutputWithPast):
-    """`logits` (B, W, V) cover the decoder-window tokens only, padded on the input's padding side.
+    """`logits` (B, W, V) cover the decoder-window tokens only, padded on the input's padding side (on the left
+    with a cache: generate, use_cache=True, a ContextCache, where new tokens are appended on the right).
     `context_lengths` (B,) = tokens of each row that went into context (k * C): logits[b, i] of an unpadded row
     belong to input token context_lengths[b] + i. With full_logits, logits are (B, L, V) in the input's layout
     and context_lengths are 0."""
