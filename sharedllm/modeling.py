@@ -102,6 +102,9 @@ class SharedLLMCache(DynamicCache):
         self.decoder_ids = decoder_ids  # (B, W) left-padded
         self.decoder_mask = decoder_mask  # (B, W)
         self.previous = previous  # (B, S) the chunk_overlap tokens before the window (joint injection)
+        # input positions (padding included) consumed so far: `get_seq_length` is the window's width, which is what
+        # the window's attention masks need, so generate cannot tell from it how much of a sequence this cache holds
+        self.tokens_seen = 0
 
     @property
     def context(self) -> EncodedContext:
@@ -145,6 +148,27 @@ def _check_cache(cache) -> None:
         raise ValueError(f"past_key_values is a {type(cache).__name__} already holding {cache.get_seq_length()} tokens: "
                          "SharedLLM continues only the SharedLLMCache it returned, or reads a document from a "
                          "ContextCache; pass the whole text without a cache instead")
+
+
+def _seen(out: "SharedLLMOutput", width: int) -> "SharedLLMOutput":
+    """Record on the cache a prefill returns how many input positions it has consumed."""
+    if (cache := getattr(out, CACHE_ARGUMENT)) is not None:
+        cache.tokens_seen = width
+    return out
+
+
+def _new_tokens(input_ids, attention_mask, cache) -> torch.LongTensor:
+    """The tokens of a decode call that `cache` has not seen. With a mask as wide as the whole sequence (generate's),
+    they are the last (mask width - tokens seen): `generate(ids, past_key_values=cache)` with a cache an earlier
+    call returned hands over more than those (it slices by the window's width), which were read twice before."""
+    if attention_mask is None or attention_mask.shape[1] == input_ids.shape[1]:
+        return input_ids  # only the new tokens, with or without their own mask
+    n_new = attention_mask.shape[1] - cache.tokens_seen
+    if not 1 <= n_new <= input_ids.shape[1]:
+        raise ValueError(f"this SharedLLMCache has read {cache.tokens_seen} positions, and the attention_mask covers "
+                         f"{attention_mask.shape[1]}: pass the whole sequence so far (with its mask), or only the new "
+                         "tokens")
+    return input_ids[:, -n_new:]
 
 
 def _check_positions(position_ids, attention_mask) -> None:
@@ -536,7 +560,9 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         # while decoding, generate's attention_mask covers the whole sequence and input_ids only the new tokens
         self._check_inputs(input_ids, None if decoding else attention_mask, labels, kwargs)
         if decoding:
-            return self._decode_step(input_ids, past_key_values, logits_to_keep)
+            return self._decode_step(_new_tokens(input_ids, attention_mask, past_key_values), past_key_values,
+                                     logits_to_keep)
+        width = input_ids.shape[1]  # the tokens a cache returned by this call has seen (before a document is prepended)
         if isinstance(past_key_values, ContextCache):
             if full_logits:
                 raise ValueError("full_logits=True does not apply with a ContextCache: its forward reads each question "
@@ -546,7 +572,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                 self, input_ids, attention_mask, labels, query_position
             )
             lower = lambda ids, index, before: past_key_values.lower_chunks(self, ids, index, before)  # noqa: E731
-            return self._full_forward(input_ids, attention_mask, labels, query_position, True, logits_to_keep, lower)
+            out = self._full_forward(input_ids, attention_mask, labels, query_position, True, logits_to_keep, lower)
+            return _seen(out, width)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         _check_positions(kwargs.pop("position_ids", None), attention_mask)
@@ -564,7 +591,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                     "it scores); pass full_logits=False to read one decoder window with that query"
                 )
             return self._all_logits(input_ids, attention_mask, labels, logits_to_keep)
-        return self._full_forward(input_ids, attention_mask, labels, query_position, cached, logits_to_keep)
+        return _seen(self._full_forward(input_ids, attention_mask, labels, query_position, cached, logits_to_keep), width)
 
     def _check_inputs(self, input_ids, attention_mask, labels, kwargs) -> None:
         """Refuse what would otherwise fail deep inside torch or, worse, give a quietly wrong answer."""
@@ -726,10 +753,24 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
 
     # -- generation -----------------------------------------------------------------------------------------------
 
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, past_key_values=None,
+                                      **kwargs):
+        """GenerationMixin's, except what a SharedLLMCache has already read: generate slices the sequence by the
+        cache's `get_seq_length`, which is the window's width, so a cache an earlier generate returned (a chat's next
+        turn) would be handed tokens it has read (transformers >= 5.24, where generate slices by
+        next_sequence_length; the cache is `cache` there, `past_key_values` before)."""
+        cache = cache if cache is not None else past_key_values
+        if isinstance(cache, SharedLLMCache) and next_sequence_length is not None:
+            next_sequence_length = input_ids.shape[1] - cache.tokens_seen
+        if next_sequence_length is not None:
+            kwargs["next_sequence_length"] = next_sequence_length
+        return super().prepare_inputs_for_generation(input_ids, **{CACHE_ARGUMENT: cache}, **kwargs)
+
     def _decode_step(self, new_ids, cache: SharedLLMCache, logits_to_keep) -> SharedLLMOutput:
         """Append new tokens to the decoder window; roll whole chunks into context when it would exceed Ld."""
         cfg = self.config
         n_new = new_ids.shape[1]
+        cache.tokens_seen += n_new
         ids = torch.cat([cache.decoder_ids, new_ids], dim=1)
         mask = torch.cat([cache.decoder_mask, torch.ones_like(new_ids)], dim=1)
         decoder_length = mask.sum(1)

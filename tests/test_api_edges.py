@@ -111,3 +111,27 @@ def test_knobs_changed_on_the_config_after_construction_are_checked():
     model.config.n_injected_layers = 3  # a cross adapter with 2 modules: was an IndexError deep inside
     with pytest.raises(ValueError, match="n_injected_layers was changed from 2 to 3 after the model was built"):
         model(ids)
+
+
+def test_generate_continues_a_cache_it_returned():
+    """generate(whole sequence, past_key_values=cache) with the cache an earlier generate returned (a chat's next
+    turn) reads only what the cache has not seen. It sliced the input by the window's width, so up to a window of
+    tokens were read twice, silently; the reference feeds the unseen tokens by hand, then decodes greedily."""
+    import copy
+
+    model, prompt = model_and_ids(length=50)
+    greedy = dict(do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+    with torch.no_grad():
+        first = model.generate(prompt, max_new_tokens=6, **greedy)
+        cache = getattr(first, CACHE_ARGUMENT)
+        turn = torch.cat([first.sequences, torch.randint(3, 128, (1, 25), generator=torch.Generator().manual_seed(3))], 1)
+        by_hand = copy.deepcopy(cache)
+        assert by_hand.tokens_seen == 55  # the prompt and 5 answer tokens: the 6th was never read back
+        out = model(turn[:, by_hand.tokens_seen :], **cache_argument(by_hand))  # the last answer token + the turn
+        expected = []
+        for _ in range(6):
+            expected.append(out.logits[0, -1])
+            out = model(expected[-1].argmax().view(1, 1), **cache_argument(by_hand))
+        second = model.generate(turn, max_new_tokens=6, **{**greedy, CACHE_ARGUMENT: cache})
+    for step, (theirs, mine) in enumerate(zip(second.logits, expected)):
+        assert torch.allclose(theirs[0], mine, atol=1e-4), step
