@@ -32,16 +32,20 @@ class ModelNotFoundError(InputError, FileNotFoundError):
 def portable_base_name(path: str | None) -> str | None:
     """Record the embedded default model by name, not by this machine's cache path, so adapters travel.
 
-    Any other path is recorded as given; so is every path on a machine where the default was never fetched."""
+    A local folder is recorded as an absolute path (a relative one would name a hub id when the adapter is loaded
+    from another working directory); a hub id as given."""
     if path is None or str(path) == DEFAULT_BASE:
+        return path
+    local = Path(path).expanduser()
+    if not local.is_dir():
         return path
     from sharedllm.assets import default_model_path
 
     try:
         default = default_model_path(fetch=False)
     except FileNotFoundError:  # the default is not on this machine, so `path` cannot be it
-        return path
-    return DEFAULT_BASE if Path(path).resolve() == default.resolve() else path
+        default = None
+    return DEFAULT_BASE if default is not None and local.resolve() == default.resolve() else str(local.resolve())
 
 
 def resolve_base_path(base: str | os.PathLike) -> str:

@@ -42,6 +42,20 @@ def test_from_base_local_path_without_the_default_model(tmp_path, empty_home):
     assert not (empty_home / "models").exists()  # nothing was fetched
 
 
+
+def test_a_relative_base_folder_is_recorded_absolute(tmp_path, empty_home, monkeypatch):
+    """Was recorded as given: "mine" read from another working directory is a hub id."""
+    tiny_model("llama").save_pretrained(tmp_path / "mine")
+    monkeypatch.chdir(tmp_path)
+    model = SharedLLMForCausalLM.from_base("mine", **KNOBS)
+    model.save_pretrained(tmp_path / "adapter")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    loaded = SharedLLMForCausalLM.from_pretrained(tmp_path / "adapter")
+    assert loaded.config.base_model == str((tmp_path / "mine").resolve())
+    assert portable_base_name("owner/model") == "owner/model"  # a hub id as given
+
+
 def test_base_without_tokenizer_files_loads_and_saves_no_tokenizer(tmp_path, empty_home):
     tiny_model("llama").save_pretrained(tmp_path / "bare")  # no tokenizer files
     model = SharedLLMForCausalLM.from_base(str(tmp_path / "bare"), **KNOBS)
