@@ -21,6 +21,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from sharedllm.compat import cache_argument
 from sharedllm.config import SharedLLMConfig
+from sharedllm.injection import head_states
 from sharedllm.rows import gather_tokens
 from sharedllm.tree import (
     attention_half_scores,
@@ -136,7 +137,7 @@ def _rotated_keys_and_values(layer: nn.Module, hidden: torch.Tensor, position_em
     attention = layer.self_attn
     normed = layer.input_layernorm(hidden)
     shape = (*hidden.shape[:-1], -1, attention.head_dim)
-    keys = attention.k_proj(normed).view(shape).transpose(1, 2)
+    keys = head_states(attention.k_proj, getattr(attention, "k_norm", None), normed, attention.head_dim).transpose(1, 2)
     values = attention.v_proj(normed).view(shape).transpose(1, 2)
     cos, sin = position_embeddings
     keys, _ = apply_rotary_pos_emb(keys, keys, cos, sin)
@@ -164,14 +165,15 @@ class ContextEncoder:
         # context with it). Read from the config at call time: the knob may change after construction.
         self.cross_attention = cross_attention
 
-    def scoring_projections(self, index: int | None = None) -> tuple[nn.Module, nn.Module]:
-        """(norm, q_proj) that turn a hidden state entering injected layer `index` (default: the scoring layer) into
-        that layer's query."""
+    def scoring_projections(self, index: int | None = None) -> tuple[nn.Module, nn.Module, nn.Module | None]:
+        """(norm, q_proj, per-head query norm or None) that turn a hidden state entering injected layer `index`
+        (default: the scoring layer) into that layer's query."""
         index = self.config.scoring_layer if index is None else index
         if self.config.injection == "cross":
-            return self.cross_attention[index].norm, self.cross_attention[index].q_proj
+            cross = self.cross_attention[index]
+            return cross.norm, cross.q_proj, cross.q_norm
         layer = self.decoder.layers[index]
-        return layer.input_layernorm, layer.self_attn.q_proj
+        return layer.input_layernorm, layer.self_attn.q_proj, getattr(layer.self_attn, "q_norm", None)
 
     def encode(self, input_ids, start, n_chunks, first_chunk_index, query, lower=None, previous=None) -> EncodedContext:
         """Encode the first n_chunks[b] whole chunks of row b's real tokens (which begin at start[b]); chunk j of
@@ -410,8 +412,8 @@ class ContextEncoder:
         the chunk it scores, so a chunk's selection depends on its own tokens only, never on how many chunks precede
         the query (forward and cached generation then select alike)."""
         n, n_kv, chunk_size, head_dim = keys.shape
-        norm, q_proj = self.scoring_projections(layer)
-        query = q_proj(norm(query_hidden)).view(n, -1, 1, head_dim)  # (N, Q * H, 1, hd)
+        norm, q_proj, q_norm = self.scoring_projections(layer)
+        query = head_states(q_proj, q_norm, norm(query_hidden), head_dim).view(n, -1, 1, head_dim)  # (N, Q * H, 1, hd)
         cos, sin = self.decoder.rotary_emb(query, (self.chunk_offsets(chunk_index) + chunk_size)[:, None])
         query, _ = apply_rotary_pos_emb(query, query, cos, sin)
         n_queries = 1 if query_hidden.dim() == 2 else query_hidden.shape[1]

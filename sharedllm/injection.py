@@ -9,6 +9,7 @@ key/value projection is needed. Two ways to read them (`config.injection`):
   attends to earlier tokens of one long sequence.
 """
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,13 @@ MASKED_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")  # others get sdpa: they ta
 def masked_attention_implementation(implementation: str) -> str:
     """The attention implementation that reads the context: the base's own where it takes an additive mask."""
     return implementation if implementation in MASKED_ATTENTION_IMPLEMENTATIONS else "sdpa"
+
+
+def head_states(projection: nn.Module, head_norm: nn.Module | None, hidden: torch.Tensor, head_dim: int):
+    """(..., hidden) -> (..., heads, hd): a query or key projection split into heads, then through the layer's
+    per-head norm where it has one (Qwen3's q_norm / k_norm), before RoPE, as the layer's own attention computes it."""
+    states = projection(hidden).view(*hidden.shape[:-1], -1, head_dim)
+    return states if head_norm is None else head_norm(states)
 
 
 @dataclass
@@ -71,6 +79,8 @@ class ContextCrossAttention(nn.Module):
         self.norm = type(source_norm)(source_norm.weight.shape[0], eps=source_norm.variance_epsilon)
         self.q_proj = nn.Linear(source_q.in_features, source_q.out_features, bias=source_q.bias is not None)
         self.o_proj = nn.Linear(source_q.out_features, source_q.in_features, bias=False)
+        # a per-head query norm (Qwen3) starts as a copy too; None where the layer has none (Llama, Mistral, Qwen2)
+        self.q_norm = copy.deepcopy(self_attn.q_norm) if getattr(self_attn, "q_norm", None) is not None else None
         self.to(device=source_q.weight.device, dtype=source_q.weight.dtype)
         with torch.no_grad():
             self.norm.weight.copy_(source_norm.weight)
@@ -82,7 +92,7 @@ class ContextCrossAttention(nn.Module):
     def forward(self, hidden_states: torch.Tensor, context: InjectedContext, layer: int) -> torch.Tensor:
         """hidden_states (B, T, hidden) -> the cross-attention's residual update (B, T, hidden)."""
         batch, length, _ = hidden_states.shape
-        query = self.q_proj(self.norm(hidden_states)).view(batch, length, -1, self.head_dim).transpose(1, 2)
+        query = head_states(self.q_proj, self.q_norm, self.norm(hidden_states), self.head_dim).transpose(1, 2)
         # (B, H, T, hd): every query sits at the chunk-level position n_b, after all of its row's chunks
         query, _ = apply_rotary_pos_emb(query, query, context.query_cos, context.query_sin)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.attn_implementation, eager_attention_forward)
@@ -131,8 +141,10 @@ def joint_self_attention(
     """
     batch, length, _ = hidden_states.shape
     shape = (batch, length, -1, self_attn.head_dim)
-    query = self_attn.q_proj(hidden_states).view(shape).transpose(1, 2)  # (B, H, T, hd)
-    key = self_attn.k_proj(hidden_states).view(shape).transpose(1, 2)  # (B, Hkv, T, hd)
+    query = head_states(self_attn.q_proj, getattr(self_attn, "q_norm", None), hidden_states,
+                        self_attn.head_dim).transpose(1, 2)  # (B, H, T, hd)
+    key = head_states(self_attn.k_proj, getattr(self_attn, "k_norm", None), hidden_states,
+                      self_attn.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
     value = self_attn.v_proj(hidden_states).view(shape).transpose(1, 2)
     cos, sin = position_embeddings
     query, key = apply_rotary_pos_emb(query, key, cos, sin)

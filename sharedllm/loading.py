@@ -138,27 +138,28 @@ def weights_fingerprint(tensors: dict[str, torch.Tensor], samples_per_tensor: in
 
 def check_supported(base: PreTrainedModel) -> None:
     """A base whose layers compute what SharedLLM's own attention paths recompute (injection, the upper model, chunk
-    scoring): Llama, Mistral, Qwen2 and alike. Refused with the reason otherwise, since a layer that does more (per-head
-    query/key norms, scaled embeddings or residuals, partial rotary) would give wrong logits without an error."""
+    scoring): Llama, Mistral, Qwen2, Qwen3 and alike. Refused with the reason otherwise, since a layer that does more
+    (scaled embeddings or residuals, partial rotary, whole-projection q/k norms) would give wrong logits silently."""
     decoder = getattr(base, "model", None)
     layer = decoder.layers[0] if decoder is not None and hasattr(decoder, "layers") else None
     needed = ("self_attn", "input_layernorm", "post_attention_layernorm", "mlp")
     if layer is None or not all(hasattr(layer, name) for name in needed) or not hasattr(base, "lm_head"):
         raise TypeError(
             f"{type(base).__name__} is not a Llama-family causal LM (model.layers[i] with self_attn, input_layernorm, "
-            "post_attention_layernorm, mlp, and an lm_head); SharedLLM supports Llama, Mistral, Qwen2 and alike"
+            "post_attention_layernorm, mlp, and an lm_head); SharedLLM supports Llama, Mistral, Qwen2, Qwen3 and alike"
         )
     if differences := _llama_differences(base.config, layer):
         raise TypeError(f"{type(base).__name__} differs from the Llama layer SharedLLM recomputes: "
-                        f"{'; '.join(differences)}; SharedLLM supports Llama, Mistral, Qwen2 and alike")
+                        f"{'; '.join(differences)}; SharedLLM supports Llama, Mistral, Qwen2, Qwen3 and alike")
 
 
 def _llama_differences(config, layer) -> list[str]:
     attention, differences = layer.self_attn, []
     if not all(hasattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")):
         differences.append("fused query/key/value projections (e.g. Phi-3)")
-    if any(getattr(attention, name, None) is not None for name in ("q_norm", "k_norm")):
-        differences.append("per-head query/key norms (e.g. Qwen3, OLMo 2)")
+    norms = [getattr(attention, name, None) for name in ("q_norm", "k_norm")]
+    if any(norm is not None and norm.weight.shape[-1] != attention.head_dim for norm in norms):
+        differences.append("query/key norms over the whole projection, not per head (e.g. OLMoE)")
     if not hasattr(layer.input_layernorm, "variance_epsilon"):
         differences.append(f"another norm ({type(layer.input_layernorm).__name__}, e.g. Gemma's or a LayerNorm)")
     scaled = [name for name in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random Llama / Qwen2 / Mistral models built in code (no weights, no hub)."""
+"""Shared fixtures: tiny random Llama / Qwen2 / Mistral / Qwen3 models built in code (no weights, no hub)."""
 
 import os
 
@@ -6,7 +6,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
 
 TINY = dict(
     vocab_size=128,
@@ -33,12 +34,14 @@ def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
         model = Qwen2ForCausalLM(Qwen2Config(**kwargs))
     elif arch == "mistral":
         model = MistralForCausalLM(MistralConfig(**kwargs))
+    elif arch == "qwen3":  # per-head query/key norms before RoPE
+        model = Qwen3ForCausalLM(Qwen3Config(**kwargs))
     else:
         raise ValueError(arch)
     model.set_attn_implementation("sdpa")  # as from_pretrained would; a bare constructor leaves it unset
     return model.eval()
 
 
-@pytest.fixture(params=["llama", "qwen2", "mistral"])
+@pytest.fixture(params=["llama", "qwen2", "mistral", "qwen3"])
 def arch(request):
     return request.param

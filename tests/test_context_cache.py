@@ -50,7 +50,7 @@ def assert_cached_answers_equal_scratch(model, document, questions):
 
 
 @pytest.mark.parametrize("selection", ["query", "attention", "recent"])
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_cached_generate_equals_from_scratch(selection, arch):
     model, document, questions = setup(selection, arch)
     context = assert_cached_answers_equal_scratch(model, document, questions)

@@ -74,7 +74,7 @@ def test_chunk_rotary_offsets_are_applied():
     assert torch.allclose(shifted, second, atol=1e-4)
 
 
-@pytest.mark.parametrize("arch_name", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch_name", ["llama", "qwen2", "qwen3"])
 def test_last_lower_layer_shortcut_gives_the_layers_own_keys(arch_name):
     """The lower pass computes only keys/values in its last layer; they must equal the full layer's."""
     from transformers import DynamicCache

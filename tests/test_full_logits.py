@@ -32,7 +32,7 @@ def span_reference(model, ids: torch.Tensor) -> torch.Tensor:
     return torch.cat(rows)[:n]
 
 
-@pytest.mark.parametrize("arch_name", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch_name", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("n", [20, 31, 32, 33, 47, 48, 49, 100])
 def test_full_logits_are_the_span_by_span_decoder_logits(arch_name, n):
     model = randomise_adapter(wrap(tiny_model(arch_name)))

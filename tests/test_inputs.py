@@ -108,7 +108,7 @@ def test_from_base_refuses_a_non_llama_model(tmp_path):
 
 
 @pytest.mark.parametrize("arch, message", [
-    ("Qwen3", "per-head query/key norms"),
+    ("Olmoe", "query/key norms over the whole projection, not per head"),
     ("Granite", "scaled embedding_multiplier, residual_multiplier, logits_scaling"),
     ("Phi3", "fused query/key/value projections"),
     ("StableLm", "another norm (LayerNorm"),
@@ -121,7 +121,8 @@ def test_from_base_refuses_a_layer_that_computes_more_than_llamas(arch, message)
     config = getattr(transformers, f"{arch}Config")(
         vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        **(dict(embedding_multiplier=12.0, residual_multiplier=0.22, logits_scaling=8.0) if arch == "Granite" else {}))
+        **(dict(embedding_multiplier=12.0, residual_multiplier=0.22, logits_scaling=8.0) if arch == "Granite" else {}),
+        **(dict(num_experts=4, num_experts_per_tok=2) if arch == "Olmoe" else {}))
     base = getattr(transformers, f"{arch}ForCausalLM")(config)
     with pytest.raises(TypeError, match=f"differs from the Llama layer SharedLLM recomputes: .*{re.escape(message)}"):
         SharedLLMForCausalLM.from_base(base, **KNOBS)

@@ -57,7 +57,7 @@ def reference_logits(base, ids, n_chunks, overlap, n_injected=None):
     return logits[-len(window) :]
 
 
-@pytest.mark.parametrize("arch_name", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch_name", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("n_chunks", [1, 3])
 @pytest.mark.parametrize("overlap", [0, 1, 5])
 def test_uncompressed_joint_injection_is_the_base_over_its_chunks(arch_name, n_chunks, overlap):

@@ -98,7 +98,7 @@ def test_context_changes_output_once_trained():
 
 
 @pytest.mark.parametrize("node_encoding", ["chunk", "node"])
-@pytest.mark.parametrize("arch_name", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch_name", ["llama", "qwen2", "qwen3"])
 def test_generate_matches_full_forward_across_rollover(arch_name, node_encoding):
     """Each generated step's logits equal a full forward of the same prefix (query fixed at the prompt's end),
     including the steps where the decoder window rolls whole chunks into context."""
