@@ -210,6 +210,13 @@ def check_output(config: TrainConfig) -> None:
     output = Path(config.output)
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output} is a file, not a folder")
+    if config.init_adapter is not None and Path(config.init_adapter).resolve() == output.resolve():
+        raise InputError(f"--init-adapter and --output are the same folder ({output}): the new run would replace the "
+                         "adapter it starts from (--overwrite deletes it before it loads); write the run to another "
+                         "folder")
+    if config.resume and (not output.exists() or not any(output.iterdir())):
+        raise InputError(f"--resume: there is no run to continue in {output} (the folder "
+                         f"{'does not exist' if not output.exists() else 'is empty'}); leave out --resume to start one")
     # A run that failed before its first step left only run.json: nothing to lose, a new run may take the folder.
     if not output.exists() or config.overwrite or all(p.name == RUN_FILE for p in output.iterdir()):
         return
@@ -400,11 +407,13 @@ def prepare_data(config: TrainConfig, documents: tuple[list, list, str], tokeniz
     train_docs, validation_docs, split = documents
     # Rank 0 tokenises and fills the cache first; the other ranks then read it.
     with accelerator.main_process_first():
-        def tokenize(docs):
-            return data.tokenize_documents(docs, tokenizer, config.token_cache, min_tokens=config.chunk_size,
+        def tokenize(docs, min_tokens):
+            return data.tokenize_documents(docs, tokenizer, config.token_cache, min_tokens=min_tokens,
                                            progress=config.progress and accelerator.is_main_process)
 
-        train_tokens, validation_tokens = tokenize(train_docs), tokenize(validation_docs)
+        # packing exists to use short documents: keep every one of them for the training windows
+        train_tokens = tokenize(train_docs, 1 if config.pack_documents else config.chunk_size)
+        validation_tokens = tokenize(validation_docs, config.chunk_size)
     separator = tokenizer.eos_token_id if config.pack_documents else None
     try:
         windows = data.build_windows(train_tokens, config.sample_len, config.stride, config.pack_documents, separator)

@@ -238,6 +238,8 @@ TRAIN_CASES = [
     ([*DATA, "--stop-after", "9", "--steps", "5"], "--stop-after must be in [1, --steps = 5], got 9"),
     ([*DATA, "--retrieval-fraction", "1.5"], "--retrieval-fraction must be in [0, 1], got 1.5"),
     ([*DATA, "--resume", "--overwrite"], "--resume continues the run in --output, --overwrite replaces it: pass one"),
+    ([*DATA, "--resume"], "--resume: there is no run to continue in run (the folder does not exist)"),  # was a new run
+    ([*DATA, "--init-adapter", "run"], "--init-adapter and --output are the same folder (run)"),  # --overwrite deleted it
     (["--validation-data", "book.txt"], "--validation-data goes with --data"),
     ([*DATA, "--domains", "books"], "--domains chooses asset corpora; with --data your files are the training data"),
     (["--data", "missing.txt"], "--data: no such file or directory: missing.txt"),

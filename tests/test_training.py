@@ -159,6 +159,19 @@ def test_documents_shorter_than_a_sample_fail_clearly_and_leave_the_folder_reusa
     assert (out / "model.safetensors").exists()
 
 
+def test_packing_trains_on_documents_shorter_than_a_chunk(workspace, tmp_path):
+    """--pack-documents exists to use short documents; they were dropped (shorter than a chunk) before packing."""
+    notes = [json.dumps({"text": f"note {i}: a short remark"}) for i in range(40)]  # 22 tokens each, chunk 16 < ...
+    notes += [json.dumps({"text": f"n{i}"}) for i in range(40)]  # ... and 2-3 tokens each, below a chunk
+    (tmp_path / "notes.jsonl").write_text("\n".join(notes))
+    out = tmp_path / "run"
+    argv = train_args(workspace, out, "--steps", "1", "--pack-documents")
+    argv[argv.index("--data") + 1] = str(tmp_path / "notes.jsonl")
+    run_cli(argv)
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["data"]["train_documents"] == 80
+
+
 def _checkpoint_files(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "checkpoints").rglob("*")) if p.is_file()}
 
