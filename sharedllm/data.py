@@ -25,7 +25,9 @@ from sharedllm.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 
-USER_FILE_SUFFIXES = (".txt", ".text", ".md", ".jsonl")
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")  # JSON lines; a .json file may also hold one array of records
+USER_FILE_SUFFIXES = TEXT_SUFFIXES + JSON_SUFFIXES  # matched case-insensitively
 
 
 def default_cache_dir() -> Path:
@@ -249,14 +251,21 @@ def _documents_from_file(path: Path, name: str, domain: str, Document, skips: Co
             raise ValueError(f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); convert "
                              f"it first, e.g. `iconv -f latin1 -t utf-8 {path} > {path.stem}.utf8{path.suffix}`") from None
     text = decode_text(raw, name)
-    if path.suffix != ".jsonl":
+    if path.suffix.lower() not in JSON_SUFFIXES:
         return [Document(doc_id=name, domain=domain, text=text)]
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):  # one JSON array of records
+        try:
+            entries = list(enumerate(json.loads(text), start=1))
+        except ValueError as error:
+            raise ValueError(f"{path} is not a JSON array of records ({error})") from None
+    else:
+        entries = list(enumerate(text.splitlines(), start=1))
     documents = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for line_number, line in entries:
+        if isinstance(line, str) and not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line) if isinstance(line, str) else line
             body = record["text"]
             if not isinstance(body, str):
                 raise TypeError(f"'text' is {type(body).__name__}")
@@ -287,8 +296,9 @@ def _documents_from_dataset(dataset, domain: str, Document, skips: Counter) -> l
 
 
 def load_user_documents(source, domain: str = "user") -> list:
-    """Documents from a text file, a JSON-lines file (one `{"text": ...}` per line; optional `id`,
-    `domain`), a directory of those (recursively; suffixes .txt .text .md .jsonl), or a HF
+    """Documents from a text file, a JSON-lines file (.jsonl / .ndjson / .json: one `{"text": ...}` per line, or a .json
+    array of such records; optional `id`, `domain`), a directory of those (recursively; suffixes .txt .text .md .jsonl
+    .ndjson .json, any case), or a HF
     `datasets.Dataset` with a `text` column. Bad files or lines in a folder are logged and skipped (non-UTF-8 bytes
     replaced); a single named file that is not UTF-8, or a source without any usable document, raises ValueError."""
     from sharedllm.assets import Document  # lazy: assets is a heavier module
@@ -297,7 +307,7 @@ def load_user_documents(source, domain: str = "user") -> list:
     if isinstance(source, (str, os.PathLike)):
         root = Path(source)
         if root.is_dir():
-            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in USER_FILE_SUFFIXES)
+            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in USER_FILE_SUFFIXES)
             names = [p.relative_to(root).as_posix() for p in files]
         elif root.is_file():
             files, names = [root], [root.name]
@@ -317,7 +327,7 @@ def load_user_documents(source, domain: str = "user") -> list:
     if not documents:
         where = source if isinstance(source, (str, os.PathLike)) else f"the {type(source).__name__}"
         raise ValueError(f"no usable document in {where}" + (f" (skipped {skipped})" if skipped else "")
-                         + f": text files ({', '.join(USER_FILE_SUFFIXES[:-1])}) or JSON lines with a 'text' field")
+                         + f": text files ({', '.join(TEXT_SUFFIXES)}) or JSON lines ({', '.join(JSON_SUFFIXES)}) with a 'text' field")
     if skips:
         logger.warning("user data: skipped %s", skipped)
     return documents

@@ -184,6 +184,19 @@ def test_user_files_with_bad_data_are_logged_and_skipped(tmp_path, caplog):
         assert expected in caplog.text
 
 
+def test_json_files_are_records_not_text(tmp_path):
+    """A .json / .ndjson file (any case) was one plain-text document, its JSON syntax included, and skipped in a folder."""
+    record = lambda i: json.dumps({"text": f"document number {i} " * 5})  # noqa: E731
+    (tmp_path / "lines.json").write_text(record(1) + "\n" + record(2))
+    (tmp_path / "array.JSON").write_text("[" + record(3) + ", " + record(4) + "]")
+    (tmp_path / "more.NDJSON").write_text(record(5))
+    assert [d.text.split()[2] for d in data.load_user_documents(tmp_path / "lines.json")] == ["1", "2"]
+    docs = data.load_user_documents(tmp_path)
+    assert sorted(d.doc_id for d in docs) == ["array.JSON:1", "array.JSON:2", "lines.json:1", "lines.json:2",
+                                              "more.NDJSON:1"]
+    assert not any("{" in d.text for d in docs)
+
+
 def test_single_file_and_missing_path(tmp_path):
     path = tmp_path / "one.jsonl"
     path.write_text(json.dumps({"text": "x" * 50, "id": "custom"}) + "\n\n")
