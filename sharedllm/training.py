@@ -267,27 +267,31 @@ def start_run(config: TrainConfig, accelerator) -> str:
 
 
 class StopOnInterrupt:
-    """The first Ctrl-C (SIGINT) asks the loop to stop after the current step, with a checkpoint; a second one
-    interrupts at once. Outside the main thread (where handlers cannot be set) Ctrl-C keeps its default."""
+    """The first Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption: SLURM, Kubernetes) asks the loop to stop after
+    the current step, with a checkpoint; a second one interrupts at once. Outside the main thread (where handlers
+    cannot be set) both keep their defaults."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        logger.warning("interrupted: finishing this step and saving a checkpoint (Ctrl-C again stops at once)")
+        logger.warning("%s: finishing this step and saving a checkpoint (a second signal stops at once)",
+                       signal.Signals(signum).name)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -268,7 +268,8 @@ main(["train", *sys.argv[1:]])
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch
-def test_ctrl_c_saves_a_checkpoint_and_resume_loses_nothing(workspace, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm (preemption)"])
+def test_ctrl_c_saves_a_checkpoint_and_resume_loses_nothing(workspace, tmp_path, stop):
     steps = ["--steps", "12", "--save-every", "100", "--eval-every", "100"]
     out = tmp_path / "interrupted"
     script = tmp_path / "train_slowly.py"
@@ -281,7 +282,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_loses_nothing(workspace, tmp_path)
         deadline = time.time() + 240
         while len(training.read_log(out / "train_log.jsonl")) < 2 and time.time() < deadline:
             time.sleep(0.1)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         output, _ = process.communicate(timeout=240)
     finally:
         process.kill()
