@@ -367,8 +367,13 @@ def parse_domains(entries: list[str] | None) -> tuple[list[str] | None, dict[str
     names, weights = [], {}
     for entry in entries:
         name, _, weight = entry.partition(":")
+        try:
+            weights[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise InputError(f"--domains {entry}: the weight after ':' must be a number, e.g. {name}:2") from None
+        if not weights[name] > 0:  # also refuses nan
+            raise InputError(f"--domains {entry}: a domain's weight must be more than 0")
         names.append(name)
-        weights[name] = float(weight) if weight else 1.0
     return names, (weights if any(":" in e for e in entries) else None)
 
 

@@ -239,6 +239,8 @@ TRAIN_CASES = [
     ([*DATA, "--retrieval-fraction", "1.5"], "--retrieval-fraction must be in [0, 1], got 1.5"),
     ([*DATA, "--resume", "--overwrite"], "--resume continues the run in --output, --overwrite replaces it: pass one"),
     ([*DATA, "--resume"], "--resume: there is no run to continue in run (the folder does not exist)"),  # was a new run
+    (["--domains", "books:x"], "--domains books:x: the weight after ':' must be a number, e.g. books:2"),  # a traceback
+    (["--domains", "books:0"], "--domains books:0: a domain's weight must be more than 0"),
     ([*DATA, "--init-adapter", "run"], "--init-adapter and --output are the same folder (run)"),  # --overwrite deleted it
     (["--validation-data", "book.txt"], "--validation-data goes with --data"),
     ([*DATA, "--domains", "books"], "--domains chooses asset corpora; with --data your files are the training data"),
