@@ -398,6 +398,10 @@ def load_training_documents(config: TrainConfig) -> tuple[list, list, str]:
         if config.validation_data is not None:
             train_docs, split = documents, "user data; validation from --validation-data"
             validation_docs = data.load_user_documents(config.validation_data)
+            held_out = {doc.text for doc in validation_docs}
+            if shared := [doc.doc_id for doc in train_docs if doc.text in held_out]:
+                raise InputError(f"{len(shared)} --validation-data document(s) are also in --data (the same text, e.g. "
+                                 f"{shared[0]}): validation would score text the adapter trained on; keep them apart")
         else:
             train_docs, validation_docs = data.split_documents(documents)
             split = "user data split by document-id hash (about 5% validation)"

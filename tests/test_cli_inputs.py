@@ -241,6 +241,7 @@ TRAIN_CASES = [
     ([*DATA, "--resume"], "--resume: there is no run to continue in run (the folder does not exist)"),  # was a new run
     (["--domains", "books:x"], "--domains books:x: the weight after ':' must be a number, e.g. books:2"),  # a traceback
     (["--domains", "books:0"], "--domains books:0: a domain's weight must be more than 0"),
+    ([*DATA, "--validation-data", "book.txt"], "1 --validation-data document(s) are also in --data (the same text"),
     ([*DATA, "--init-adapter", "run"], "--init-adapter and --output are the same folder (run)"),  # --overwrite deleted it
     (["--validation-data", "book.txt"], "--validation-data goes with --data"),
     ([*DATA, "--domains", "books"], "--domains chooses asset corpora; with --data your files are the training data"),
