@@ -810,10 +810,11 @@ def run_step(step: int, model, optimizer, scheduler, sampler, params, validation
     loss, kl = accelerator.reduce(train_step(model, sampler, config, accelerator, tokenizer), reduction="mean").tolist()
     if config.max_grad_norm:
         accelerator.clip_grad_norm_(params, config.max_grad_norm)
+    lr = scheduler.get_last_lr()[0]  # the rate this step's update uses (after scheduler.step: the next one's)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0]}
+    record = {"step": step, "loss": loss, "lr": lr}
     if config.distill_weight:
         record["distill_kl"] = kl
     if validation is not None and (step % config.eval_every == 0 or step == config.steps):

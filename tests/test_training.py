@@ -73,6 +73,8 @@ def test_train_writes_adapter_logs_curve_and_summary(workspace, tmp_path, monkey
     assert summary["data"]["train_documents"] == 6 and summary["data"]["validation_windows"] == 3
     assert summary["final_validation_ppl"] > 1 and "--n-chunks 2" in summary["command"]
     assert summary["hardware"]["processes"] == 1
+    log = training.read_log(out / "train_log.jsonl")  # each step logs the rate its update used: warm-up's 0 first
+    assert log[0]["lr"] == 0.0 and log[1]["lr"] == pytest.approx(1e-2)
     log = training.read_log(out / "train_log.jsonl")
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert [r["step"] for r in log if "val_ppl" in r] == [2, 4]
