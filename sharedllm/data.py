@@ -7,6 +7,7 @@ disk as uint32 `.npy` files, memory-mapped on later runs, so a 1M-token book cos
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -336,7 +337,15 @@ def load_user_documents(source, domain: str = "user") -> list:
 def split_documents(documents: list, validation_fraction: float = 0.05) -> tuple[list, list]:
     """A fixed train/validation split of user documents by a hash of the document id, not by order, so
     adding files never moves an existing document across the split. With two or more documents the
-    validation side gets at least one (the lowest hash)."""
+    validation side gets at least one (the lowest hash). One document (e.g. `--data book.txt`) has nothing to split
+    by: its last `validation_fraction` of text (from a line start) is held out instead, so that neither side is empty."""
+    if len(documents) == 1:
+        doc = documents[0]
+        cut = int(len(doc.text) * (1 - validation_fraction))
+        cut = doc.text.rfind("\n", 0, cut) + 1 or cut
+        return ([dataclasses.replace(doc, text=doc.text[:cut])],
+                [dataclasses.replace(doc, doc_id=f"{doc.doc_id}:tail", text=doc.text[cut:])])
+
     def bucket(doc) -> float:
         return int(hashlib.sha256(doc.doc_id.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
 

@@ -215,6 +215,10 @@ def test_user_split_is_fixed_by_document_id():
     shuffled_train, shuffled_validation = data.split_documents(docs[::-1] + [Document("new.txt", "user", "t")])
     assert {d.doc_id for d in validation} <= {d.doc_id for d in shuffled_validation}  # stable when files are added
     assert [len(part) for part in data.split_documents(docs[:2])] == [1, 1]
+    book = Document("book.txt", "user", "".join(f"line {i} of the book\n" for i in range(1000)))
+    (train_part,), (held_out,) = data.split_documents([book])  # one document: was all train or all validation
+    assert train_part.text + held_out.text == book.text and held_out.doc_id == "book.txt:tail"
+    assert held_out.text.startswith("line ") and 0.04 < len(held_out.text) / len(book.text) < 0.06
 
 
 # --- synthetic retrieval samples -------------------------------------------------------------------
