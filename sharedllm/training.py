@@ -883,7 +883,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--domains", nargs="+", default=None, metavar="NAME[:WEIGHT]",
         help="asset corpora to train on, each with an optional mixing weight (default: all, weighted by size)")
     add("--data", default=None, help="your own data instead of the assets: a .txt / .jsonl file or a folder of them")
-    add("--validation-data", default=None, help="validation documents for --data (default: ~5%% of --data by id hash; of one document, its last 5%% of text)")
+    add("--validation-data", default=None,
+        help="validation documents for --data (default: ~5%% of --data by id hash; of one document, its last 5%% of text)")
     add("--max-train-docs", type=int, default=None, help="use at most this many training documents (round-robin over domains)")
     add("--stride", type=parse_length, default=None, help="tokens between sample starts (default: half a sample, as CEPE)")
     add("--pack-documents", action="store_true",
