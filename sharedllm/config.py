@@ -229,6 +229,14 @@ class SharedLLMConfig(PretrainedConfig):
             return exact * self.node_budget(self.leaf_length) + (2**self.tree_depth - exact) * self.tokens_per_node
         return self.tokens_per_node * (self.tree_depth - 1) + 2 * self.node_budget(self.leaf_length)
 
+    @classmethod
+    def reading(cls, adapter: str | None, knobs: dict) -> "SharedLLMConfig":
+        """The config a model built with `knobs` reads with: the saved config of `adapter` with them over it
+        (`with_overrides`), or without an adapter the knobs over the defaults. Raises ValueError saying what to
+        change (an invalid combination, an override the adapter's weights do not fit): eval and bench check their
+        flags with it before loading anything."""
+        return cls.from_pretrained(adapter).with_overrides(knobs) if adapter else cls(**knobs)
+
     def with_overrides(self, overrides: dict) -> "SharedLLMConfig":
         """This saved adapter's config with knob overrides applied (in place) and checked: they may change how the
         adapter reads (windows, tree, budgets, a joint adapter's M), not which weights it has. The one override path

@@ -158,9 +158,10 @@ def _seen(out: "SharedLLMOutput", width: int) -> "SharedLLMOutput":
 
 
 def _new_tokens(input_ids, attention_mask, cache) -> torch.LongTensor:
-    """The tokens of a decode call that `cache` has not seen. With a mask as wide as the whole sequence (generate's),
-    they are the last (mask width - tokens seen): `generate(ids, past_key_values=cache)` with a cache an earlier
-    call returned hands over more than those (it slices by the window's width), which were read twice before."""
+    """The tokens of a decode call that `cache` has not seen. With a mask as wide as the whole sequence (the
+    transformers convention while decoding), they are the last (mask width - tokens seen): a call handing over more
+    of the sequence than that reads only its unseen tail, one whose mask disagrees with the cache is refused.
+    (generate itself hands over only unseen tokens: `prepare_inputs_for_generation`.)"""
     if attention_mask is None or attention_mask.shape[1] == input_ids.shape[1]:
         return input_ids  # only the new tokens, with or without their own mask
     n_new = attention_mask.shape[1] - cache.tokens_seen

@@ -59,10 +59,6 @@ def resolve_knobs(adapter: str | None, given: dict) -> dict:
     validated as the model would validate them."""
     from sharedllm.config import SharedLLMConfig
 
-    # raises ValueError, saying what to change, before any cell runs: an invalid combination, or an override the
-    # adapter's weights do not fit (a cross adapter read as joint); an optional knob given as None is switched off
-    if adapter:
-        config = SharedLLMConfig.from_pretrained(adapter).with_overrides(given)
-    else:
-        config = SharedLLMConfig(**{**KNOB_DEFAULTS, **given})
+    # before any cell runs; an optional knob given as None is switched off (`--selected-leaves none`)
+    config = SharedLLMConfig.reading(adapter, given)
     return {name: getattr(config, name) for name in KNOBS}

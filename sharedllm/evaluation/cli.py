@@ -218,10 +218,7 @@ def _check_sharedllm_knobs(args, options: dict) -> None:
     if unused := sorted(set(knobs) - set(SharedLLM.KNOBS)):  # full_logits: eval scores decoder windows only
         raise InputError(f"{', '.join(map(knob_flag, unused))} does not apply to sharedllm eval")
     try:
-        if adapter is None:
-            SharedLLMConfig(**knobs)
-        else:
-            SharedLLMConfig.from_pretrained(adapter).with_overrides(knobs)
+        SharedLLMConfig.reading(adapter, knobs)
     except (ValueError, TypeError) as err:  # TypeError: a knob of the wrong type, e.g. --knob tree_depth=abc
         raise InputError(f"SharedLLM knobs: {err}") from err
 
