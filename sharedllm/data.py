@@ -356,6 +356,16 @@ def split_documents(documents: list, validation_fraction: float = 0.05) -> tuple
     return ranked[n_validation:], ranked[:n_validation]
 
 
+def documents_fingerprint(documents: list) -> str:
+    """A hash of the documents' ids and texts, in order: a resumed run checks that it reads the data it stopped on
+    (the sampler's state counts draws from these very windows)."""
+    digest = hashlib.sha256()
+    for doc in documents:
+        digest.update(hashlib.sha256(doc.doc_id.encode("utf-8", errors="replace")).digest())
+        digest.update(hashlib.sha256(doc.text.encode("utf-8", errors="replace")).digest())
+    return digest.hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------------------------------
 # Synthetic retrieval samples
 

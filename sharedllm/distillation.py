@@ -48,12 +48,17 @@ def adapters_disabled(module: torch.nn.Module):
             layer.enable_adapters(not disabled)
 
 
+def check_teacher_window(base_config, sample_len: int) -> None:
+    """The teacher reads whole samples with full attention: past its native window its logits are no target."""
+    native = getattr(base_config, "max_position_embeddings", None)
+    if native is not None and sample_len > native:
+        raise ValueError(f"distillation needs samples within the base model's native window: {sample_len} "
+                         f"tokens > {native}")
+
+
 @torch.no_grad()
 def teacher_window_logits(base, input_ids: torch.Tensor, window: int) -> torch.Tensor:
     """The base model's own logits over the last `window` positions of full, unpadded rows, (B, window, V)."""
-    native = getattr(base.config, "max_position_embeddings", None)
-    if native is not None and input_ids.shape[1] > native:
-        raise ValueError(f"distillation needs samples within the base model's native window: {input_ids.shape[1]} "
-                         f"tokens > {native}; use fewer or smaller chunks")
+    check_teacher_window(base.config, input_ids.shape[1])
     with adapters_disabled(base):
         return base(input_ids, logits_to_keep=window).logits

@@ -41,7 +41,7 @@ from safetensors.torch import load_file, save_file
 from sharedllm import data, provenance
 from sharedllm.cli import InputError
 from sharedllm.config import ADAPTER_SHAPE_KNOBS, KNOB_DEFAULTS, KNOBS, SharedLLMConfig
-from sharedllm.distillation import teacher_window_logits, topk_distillation_loss
+from sharedllm.distillation import check_teacher_window, teacher_window_logits, topk_distillation_loss
 from sharedllm.flags import (add_base_argument, add_knob_arguments, add_threads_argument, knob_flag,
                              knobs_from_args, parse_length)
 from sharedllm.lora import (
@@ -87,7 +87,7 @@ class TrainConfig:
     batch_size: int = 1
     grad_accum: int = 8
     lr: float = 1e-4
-    warmup: int = 10
+    warmup: int | None = None  # None: 10 steps, or --steps when the run is shorter
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     lora_rank: int = 0
@@ -117,6 +117,8 @@ class TrainConfig:
         if unknown := sorted(set(self.knobs) - set(KNOBS)):
             raise ValueError(f"not a SharedLLM knob: {', '.join(unknown)}; valid: {', '.join(KNOBS)}")
         self.knobs = {**KNOB_DEFAULTS, **self.knobs}
+        if self.warmup is None:
+            self.warmup = min(10, self.steps)
 
     @property
     def chunk_size(self) -> int:
@@ -163,6 +165,9 @@ def validate_config(config: TrainConfig) -> None:
     for knob in ("stride", "max_train_docs"):
         if getattr(config, knob) is not None and getattr(config, knob) < 1:
             raise InputError(f"--{knob.replace('_', '-')} must be at least 1, got {getattr(config, knob)}")
+    if config.warmup > config.steps:
+        raise InputError(f"--warmup {config.warmup} is longer than --steps {config.steps}: the learning rate would "
+                         "never reach --lr")
     if config.stop_after is not None and not 1 <= config.stop_after <= config.steps:
         raise InputError(f"--stop-after must be in [1, --steps = {config.steps}], got {config.stop_after}")
     if not 0.0 <= config.retrieval_fraction <= 1.0:
@@ -308,6 +313,11 @@ def build_model(config: TrainConfig):
 
         config.base = str(default_model_path())  # recorded as such in the summary
     base, tokenizer = load_causal_lm(config.base)
+    if config.distill_weight:  # now, not at the first step after tokenising the data
+        try:
+            check_teacher_window(base.config, config.sample_len)
+        except ValueError as err:
+            raise InputError(f"--distill-weight: {err} (--n-chunks x --chunk-size + --decoder-window)") from err
     model = SharedLLMForCausalLM.from_base(base, tokenizer=tokenizer, **config.knobs)
     if config.init_adapter:
         lora = has_upper_lora(config.init_adapter)
@@ -452,6 +462,7 @@ def prepare_data(config: TrainConfig, documents: tuple[list, list, str], tokeniz
         "sample_len": config.sample_len,
         "stride": config.stride or config.sample_len // 2,
         "packed": config.pack_documents,
+        "fingerprint": data.documents_fingerprint([*train_docs, *validation_docs]),
     }
     return sampler, validation, summary
 
@@ -612,12 +623,17 @@ def save_checkpoint(output: Path, step: int, model, optimizer, scheduler, sample
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(directory: Path, model, optimizer, scheduler, sampler, config: TrainConfig, accelerator) -> dict:
+def load_checkpoint(directory: Path, model, optimizer, scheduler, sampler, config: TrainConfig, data_fingerprint: str,
+                    accelerator) -> dict:
     state = json.loads((directory / "trainer_state.json").read_text())
     changed = _changed_knobs(state["config"], config)
     if changed:
         raise InputError(f"cannot resume {directory}: these knobs differ from the interrupted run "
                          f"(saved, now): {changed}")
+    if state.get("data", data_fingerprint) != data_fingerprint:  # checkpoints before 2026-12-06 record none
+        raise InputError(f"cannot resume {directory}: the training or validation documents differ from the "
+                         f"interrupted run's (fingerprint {state['data']} there, {data_fingerprint} now), so the "
+                         "resumed run would draw other samples; restore them, or start a new run (--overwrite)")
     weights = load_file(str(directory / "trainable.safetensors"))
     params = dict(accelerator.unwrap_model(model).named_parameters())
     if set(weights) != {n for n, p in params.items() if p.requires_grad}:
@@ -762,7 +778,8 @@ def train(config: TrainConfig) -> Path:
     state = {"step": 0, "elapsed_s": 0.0}
     checkpoints = checkpoint_dirs(output, run_id) if config.resume else []
     if checkpoints:
-        state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler, sampler, config, accelerator)
+        state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler, sampler, config,
+                                data_summary["fingerprint"], accelerator)
         if accelerator.is_main_process:
             truncate_log(log_path, state["step"])
         logger.info("resumed from %s (step %d)", checkpoints[-1], state["step"])
@@ -791,7 +808,8 @@ def train(config: TrainConfig) -> Path:
             stop = accelerator.reduce(torch.tensor(float(interrupt.requested), device=accelerator.device),
                                       reduction="sum").item() > 0
             if step % config.save_every == 0 or step == last_step or stop:
-                state = {"step": step, "elapsed_s": record["elapsed_s"], "config": _knobs(config), "run_id": run_id}
+                state = {"step": step, "elapsed_s": record["elapsed_s"], "config": _knobs(config), "run_id": run_id,
+                         "data": data_summary["fingerprint"]}
                 save_checkpoint(output, step, model, optimizer, scheduler, sampler, state, accelerator)
             if stop:
                 logger.warning("stopped at step %d with a checkpoint in %s: rerun the same command with --resume to "
@@ -899,7 +917,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="peak learning rate. The paper uses 1e-5 with 128 sequences per step over many thousand steps; "
              "a short run with a few sequences per step has far fewer updates and noisier gradients, and the "
              "zero-initialised o_proj must first grow, so 1e-4 learns visibly in a few hundred steps")
-    add("--warmup", type=int, default=defaults.warmup, help="linear warmup steps before the cosine decay")
+    add("--warmup", type=int, default=None,
+        help="linear warmup steps before the cosine decay (default: 10, or --steps when fewer)")
     add("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay (paper: 0)")
     add("--max-grad-norm", type=float, default=defaults.max_grad_norm, help="gradient clipping norm (0 = off)")
     add("--lora-rank", type=int, default=defaults.lora_rank,
