@@ -355,10 +355,14 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             check_loaded_base(base, options)
         found = base_fingerprint(base)
         if config.base_fingerprint and found != config.base_fingerprint:
+            # The fingerprint samples weights rounded to bf16, which an fp32 or bf16 load of one checkpoint agree
+            # on; an fp16 load of an fp32 checkpoint rounds them elsewhere first.
+            fp16 = base.dtype == torch.float16
             raise ValueError(
                 f"the adapter in {directory} was trained on a base model with weight fingerprint "
                 f"{config.base_fingerprint} ({config.base_model}), but the given base has fingerprint {found}; "
-                "load it onto the base it was trained on"
+                + ("it is loaded in float16, whose rounding of a float32 checkpoint changes the fingerprint: load it "
+                   "in float32 or bfloat16" if fp16 else "load it onto the base it was trained on")
             )
         model = cls(config, base)
         state = read_adapter_weights(weights_file, config.adapter_sha256, str(base.device))

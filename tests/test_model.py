@@ -237,6 +237,9 @@ def test_save_reload_identical_and_wrong_base_fails(tmp_path):
         assert torch.equal(auto(ids).logits, expected)
     with pytest.raises(ValueError, match="fingerprint"):
         SharedLLMForCausalLM.from_pretrained(tmp_path / "adapter", base=tiny_model("qwen2", seed=5))
+    # the right base, loaded in float16 from its float32 checkpoint: said so, not "another base"
+    with pytest.raises(ValueError, match="loaded in float16, whose rounding of a float32 checkpoint"):
+        SharedLLMForCausalLM.from_pretrained(tmp_path / "adapter", dtype=torch.float16)
 
 
 def test_empty_and_malformed_inputs_fail_clearly():
