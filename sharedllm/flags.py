@@ -1,11 +1,13 @@
 """One command-line vocabulary for every command (litgpt-style): the SharedLLM knob flags derived from
-`config.KNOBS`, token lengths parsed and printed one way, and the flags several commands share.
+`config.KNOBS`, token lengths parsed and printed one way, and the flags several commands share (InfLLM's
+`--infllm KNOB=VALUE` among them).
 
 Commands import this module while building their parser, so it imports no torch or transformers (`sharedllm
 --help` stays fast); `config` is read lazily for the same reason.
 """
 
 import argparse
+import json
 import re
 import sys
 
@@ -129,6 +131,71 @@ class _Deprecated(argparse.Action):
 def warn_deprecated(old: str, new: str) -> None:
     """One stderr line per use of an old spelling (a command line, not a library call: no warnings machinery)."""
     print(f"warning: {old} is deprecated and will be removed in the next release: use {new}", file=sys.stderr)
+
+
+def add_old_knob_argument(parser) -> None:
+    """`--knob NAME=VALUE`, eval's old spelling of a SharedLLM knob flag (`--knob tree_depth=0` = `--tree-depth 0`):
+    hidden, with a warning, and kept because committed results record commands that use it (docs/results.md quotes
+    them). It fills the knob flag's own destination; the flag itself wins wherever it stands."""
+    parser.add_argument("--knob", action=_OldKnob, metavar="NAME=VALUE", help=argparse.SUPPRESS)
+
+
+class _OldKnob(argparse.Action):
+    def __call__(self, parser, namespace, text, option_string=None):
+        from sharedllm.config import KNOBS
+
+        name, sep, value = text.partition("=")
+        if not sep or name not in KNOBS:
+            raise argparse.ArgumentError(self, f"wants NAME=VALUE with NAME a SharedLLM knob ({', '.join(KNOBS)}), "
+                                               f"got {text!r}; InfLLM's options are --infllm KNOB=VALUE")
+        value = _old_knob_value(value)
+        warn_deprecated(f"{option_string} {text}", " ".join(knob_flags({name: value})))
+        if getattr(namespace, name) is None:  # its own flag was not given (yet: given later, it overwrites)
+            setattr(namespace, name, _SET_TO_NONE if value is None else value)
+
+
+def _old_knob_value(text: str):
+    """A value as --knob always read it: JSON where it parses (numbers, true / false, null), else the string (the
+    config's checks refuse a wrong type, `tree_depth=abc`, before anything loads, as they did)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def add_infllm_argument(parser) -> None:
+    """`--infllm KNOB=VALUE ...` of the commands that compare methods (eval, bench): InfLLM's own options over its
+    defaults, collected into one dict (`args.infllm`, InfLLM's keyword arguments), repeats included."""
+    parser.add_argument("--infllm", nargs="+", type=infllm_option, action=_Collect, default={}, metavar="KNOB=VALUE",
+                        help="InfLLM's options over its defaults, whole numbers, e.g. topk=8 n_sink=64 (the names: "
+                             "methods.InfLLM.KNOBS); its local window defaults to --decoder-window")
+
+
+def infllm_option(text: str) -> tuple[str, int]:
+    """argparse `type=` of --infllm: "topk=8" -> ("topk", 8). The names are InfLLM's own declaration
+    (`methods.InfLLM.KNOBS`), every one a whole number."""
+    from sharedllm.methods import InfLLM  # when a value is parsed, not when the parser is built: --help stays light
+
+    name, _, value = text.partition("=")
+    if name not in InfLLM.KNOBS or not (value.isascii() and value.isdigit()):
+        raise argparse.ArgumentTypeError(f"wants KNOB=N with KNOB one of {', '.join(InfLLM.KNOBS)} and N a whole "
+                                         f"number, got {text!r}")
+    return name, int(value)
+
+
+class _Collect(argparse.Action):
+    """(name, value) pairs into one dict, over repeats of the flag too (a later value wins)."""
+
+    def __call__(self, parser, namespace, pairs, option_string=None):
+        setattr(namespace, self.dest, {**getattr(namespace, self.dest), **dict(pairs)})  # a new dict: never the default
+
+
+def check_infllm_chosen(args) -> None:
+    """--infllm without infllm in --methods would be silently ignored: refuse it."""
+    from sharedllm.cli import InputError
+
+    if args.infllm and "infllm" not in args.methods:
+        raise InputError("--infllm sets infllm's options: add infllm to --methods")
 
 
 def add_base_argument(parser, default: str = "the SmolLM2-135M from `sharedllm assets`") -> None:

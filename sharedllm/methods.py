@@ -29,7 +29,6 @@ take 6 GB, so scoring applies `lm_head` to the hidden states of the predicting p
 
 import contextlib
 import copy
-import inspect
 import math
 
 import torch
@@ -139,13 +138,6 @@ class Method:
         if cls.reads_adapter and shared.get("adapter") is not None:
             taken["adapter"] = shared["adapter"]
         return {**taken, **options}
-
-    @classmethod
-    def own_options(cls, options: dict) -> dict:
-        """The entries of `options` (one command line's method options, e.g. infllm's topk=) this method's
-        constructor takes, so that a caller can hand the same options to every method."""
-        parameters = inspect.signature(cls.__init__).parameters
-        return {k: v for k, v in options.items() if k in parameters and k not in ("self", "base", "tokenizer")}
 
     @property
     def device(self) -> torch.device:
@@ -393,6 +385,8 @@ class InfLLM(PieceFedMethod):
 
     name = "infllm"
     shared_knobs = ("decoder_window",)
+    # its own options, all whole numbers: what `--infllm KNOB=VALUE` of eval and bench may set (sharedllm.flags)
+    KNOBS = ("n_sink", "block_size", "n_rep", "topk", "chunk_size", "local_window")
 
     def __init__(self, base, tokenizer=None, decoder_window: int = KNOB_DEFAULTS["decoder_window"],
                  local_window: int | None = None, n_sink: int = 64, block_size: int = 128, n_rep: int = 4,

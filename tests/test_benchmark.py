@@ -209,8 +209,9 @@ def test_cli_arguments_parse_lengths_and_caps():
     parser = argparse.ArgumentParser()
     benchmark.add_arguments(parser)
     args = parser.parse_args(["--adapter", "none", "--lengths", "4K", "2048", "--max-length", "full=32k", "--chunk-size", "1K",
-                              "--device", "cpu", "--tree-selection", "recent"])
+                              "--device", "cpu", "--tree-selection", "recent", "--infllm", "topk=8", "n_sink=16"])
     settings = benchmark.settings_from_args(args)
+    assert settings.options("infllm") == {"topk": 8, "n_sink": 16}  # InfLLM's keywords, as eval hands them over
     assert settings.lengths == (4096, 2048)
     assert settings.max_length == {"full": 32768}
     assert settings.knobs["chunk_size"] == 1024 and settings.knobs["tree_selection"] == "recent"

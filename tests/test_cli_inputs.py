@@ -47,8 +47,11 @@ EVAL_CASES = [
     (["--data", "missing.txt"], "--data: no such file or directory: missing.txt"),
     (["--data", "short.txt", "--lengths", "4K"],
      "no document is long enough for a window of 4K tokens (the longest has 14 bytes): pass shorter --lengths"),
-    (["--knob", "tree_depth"], "--knob takes KEY=VALUE, got 'tree_depth'"),
-    (["--methods", "full", "--knob", "tree_depth=1"], "--knob sets method options: it needs --methods sharedllm, cepe or infllm"),
+    (["--knob", "tree_depth"], "argument --knob: wants NAME=VALUE with NAME a SharedLLM knob (n_injected_layers"),
+    (["--methods", "full", "--knob", "tree_depth=1"], "--tree-depth is a knob of sharedllm, not of full"),  # as its flag
+    (["--methods", "full", "--infllm", "topk=8"], "--infllm sets infllm's options: add infllm to --methods"),
+    (["--methods", "infllm", "--infllm", "top_k=8"], "argument --infllm: wants KNOB=N with KNOB one of n_sink, "
+     "block_size, n_rep, topk, chunk_size, local_window and N a whole number, got 'top_k=8'"),
     (["--methods", "full", "--tree-depth", "1"], "--tree-depth is a knob of sharedllm, not of full"),
     (["--methods", "sharedllm", "--adapter", CROSS_ADAPTER, "--injection", "joint"],
      "its weights do not fit injection='joint'"),
@@ -58,7 +61,8 @@ EVAL_CASES = [
     (["--tasks", "niah_single"], "--tasks applies to ruler, not ppl"),
     (["--methods", "full", "window", "--label", "x"], "--label names one method's results"),
     (["--adapter", "no/such/adapter"], "no adapter in no/such/adapter (no config.json)"),
-    (["--knob", "decoder_windw=128"], "--knob decoder_windw: not a SharedLLM knob; valid: n_injected_layers"),
+    (["--knob", "decoder_windw=128"], "got 'decoder_windw=128'; InfLLM's options are --infllm KNOB=VALUE"),
+    (["--knob", "topk=8"], "got 'topk=8'; InfLLM's options are --infllm KNOB=VALUE"),  # its old InfLLM use
     (["--adapter", CROSS_ADAPTER, "--tree-depth", "5"],
      "SharedLLM knobs: a leaf of the context tree has chunk_size / 2**tree_depth = 8 tokens"),
     (["--tree-depth", "5"], "leaf_tokens_per_node must be between 1 and the leaf length"),  # the default preset's 64
@@ -103,6 +107,9 @@ def test_eval_corpus_choice_is_checked_before_loading(no_model, capsys, extra, e
     (["bench", "--cell-seconds", "nan"], "argument --cell-seconds: must be more than 0 seconds, got nan"),
     (["eval", "heldout", "--max-seconds", "-5"], "argument --max-seconds: must be more than 0 seconds, got -5"),
     (["eval", "heldout", "--max-seconds", "1h"], "argument --max-seconds: not a number of seconds: '1h'"),
+    (["bench", "--infllm", "topk=-1"], "argument --infllm: wants KNOB=N with KNOB one of n_sink, block_size"),
+    (["bench", "--infllm", "n_sinks=8"], "got 'n_sinks=8'"),  # was a failed cell after loading the model
+    (["bench", "--methods", "full", "--infllm", "topk=8"], "--infllm sets infllm's options: add infllm to --methods"),
     (["bench", "--adapter", CROSS_ADAPTER, "--injection", "joint"],  # was a failed cell after loading the model
      "its weights do not fit injection='joint': joint injection needs no adapter"),
 ], ids=lambda case: " ".join(case) if isinstance(case, list) else None)
@@ -236,6 +243,7 @@ TRAIN_CASES = [
     ([*DATA, "--injection", "joint"], "--injection joint adds no module, so without --lora-rank there is nothing"),
     ([*DATA, "--lr", "nan"], "--lr must be >= 0, got nan"),
     ([*DATA, "--stop-after", "9", "--steps", "5"], "--stop-after must be in [1, --steps = 5], got 9"),
+    ([*DATA, "--warmup", "20", "--steps", "5"], "--warmup 20 is longer than --steps 5: the learning rate would never"),
     ([*DATA, "--retrieval-fraction", "1.5"], "--retrieval-fraction must be in [0, 1], got 1.5"),
     ([*DATA, "--resume", "--overwrite"], "--resume continues the run in --output, --overwrite replaces it: pass one"),
     ([*DATA, "--resume"], "--resume: there is no run to continue in run (the folder does not exist)"),  # was a new run

@@ -10,7 +10,7 @@ from fakes import FakeMethod, fake_stack  # noqa: F401 (fixture)
 from sharedllm.cli import build_parser
 from sharedllm.config import KNOBS
 from sharedllm.evaluation.cli import TASKS
-from sharedllm.flags import knob_flag
+from sharedllm.flags import knob_flag, knobs_from_args
 
 KNOB_COMMANDS = [["train"], ["ask"], *(["eval", task] for task in TASKS)]
 
@@ -52,7 +52,7 @@ def test_old_eval_spellings_still_work_and_warn(capsys):
     assert args.methods == ["full"] and capsys.readouterr().err == ""
 
 
-def test_eval_passes_knob_flags_to_sharedllm_and_knob_options_to_infllm(fake_stack, monkeypatch, capsys):  # noqa: F811
+def test_eval_passes_knob_flags_to_sharedllm_and_infllm_options_to_infllm_alone(fake_stack, monkeypatch, capsys):  # noqa: F811
     import sharedllm.methods
     from sharedllm.evaluation import cli
 
@@ -66,8 +66,11 @@ def test_eval_passes_knob_flags_to_sharedllm_and_knob_options_to_infllm(fake_sta
         list(cli.Session(args).methods())
         return dict(built)
 
-    assert methods("--methods", "window", "infllm", "--decoder-window", "2K", "--knob", "topk=8") == {
+    assert methods("--methods", "window", "infllm", "--decoder-window", "2K", "--infllm", "topk=8") == {
         "window": {"decoder_window": 2048}, "infllm": {"decoder_window": 2048, "topk": 8}}
+    # streaming's constructor has an n_sink and a block_size too: InfLLM's options are not its
+    assert methods("--methods", "streaming", "infllm", "--infllm", "n_sink=8", "block_size=64") == {
+        "streaming": {"decoder_window": 1024}, "infllm": {"decoder_window": 1024, "n_sink": 8, "block_size": 64}}
     assert methods("--methods", "sharedllm", "--adapter", "none", "--tree-selection", "recent", "--chunk-size", "256") == {
         "sharedllm": {"decoder_window": 1024, "tree_selection": "recent", "chunk_size": 256}}  # no adapter: untrained
     # with an adapter, --decoder-window is the knob: it overrides the adapter's, as --knob decoder_window=N did
@@ -76,6 +79,25 @@ def test_eval_passes_knob_flags_to_sharedllm_and_knob_options_to_infllm(fake_sta
     # "none" switches an adapter's saved optional knob off: the method is handed None, not left to the adapter
     assert methods("--methods", "sharedllm", "--adapter", "my-adapter", "--selected-leaves", "none") == {
         "sharedllm": {"adapter": "my-adapter", "decoder_window": 1024, "selected_leaves": None}}
+
+
+@pytest.mark.parametrize("command", [["eval", "ppl"], ["bench"]], ids=" ".join)
+def test_infllm_options_are_one_flag_parsed_the_same_in_eval_and_bench(command, capsys):
+    parse = build_parser(command[0]).parse_args
+    assert parse([*command]).infllm == {}
+    assert parse([*command, "--infllm", "topk=8", "n_sink=16", "--infllm", "topk=2"]).infllm == {"topk": 2, "n_sink": 16}
+    assert "--infllm KNOB=VALUE [KNOB=VALUE ...]" in help_text(command, capsys)
+
+
+def test_the_old_knob_spelling_fills_the_knob_flag_which_wins_and_is_hidden(capsys):
+    parse = build_parser("eval").parse_args
+    args = parse(["eval", "ppl", "--knob", "tree_depth=0", "--knob", "selected_leaves=null"])
+    assert knobs_from_args(args) == {"tree_depth": 0, "selected_leaves": None}  # null: the optional knob switched off
+    for argv in (["--tree-selection", "query", "--knob", "tree_selection=recent"],
+                 ["--knob", "tree_selection=recent", "--tree-selection", "query"]):
+        assert parse(["eval", "ppl", *argv]).tree_selection == "query"  # as before: the flag wins over --knob
+    assert "use --selected-leaves none" in capsys.readouterr().err
+    assert "--knob" not in help_text(["eval", "ppl"], capsys)
 
 
 def test_eval_knob_given_the_old_way_warns_and_still_reaches_the_method(fake_stack, monkeypatch, capsys):  # noqa: F811

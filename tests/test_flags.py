@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from sharedllm.config import KNOBS, SharedLLMConfig
-from sharedllm.flags import add_knob_arguments, format_length, knob_flag, knob_flags, knobs_from_args, parse_length
+from sharedllm.flags import (add_knob_arguments, format_length, infllm_option, knob_flag, knob_flags, knobs_from_args,
+                             parse_length)
 
 
 @pytest.mark.parametrize("text, tokens", [("8192", 8192), ("8K", 8192), ("128k", 131072), ("1M", 1048576), (512, 512)])
@@ -83,3 +84,15 @@ def test_knob_flags_parse_back_to_the_same_knobs(full_logits):
     assert parsed == {k: saved[k] for k in KNOBS if k in saved and k != "decoder_window"}
     assert saved["selected_leaves"] is None and flags[flags.index("--selected-leaves") + 1] == "none"  # switched off
     assert "--decoder-window" not in flags and parsed["injection"] == "joint" and parsed["full_logits"] is full_logits
+
+
+def test_infllm_options_are_the_names_infllm_declares_with_whole_numbers(monkeypatch):
+    from sharedllm.methods import InfLLM
+
+    assert [infllm_option(f"{name}=8") for name in InfLLM.KNOBS] == [(name, 8) for name in InfLLM.KNOBS]
+    for text in ["topk", "topk=", "=8", "topk=1.5", "topk=-1", "topk=eight", "topk=\uff18", "top_k=8", "decoder_window=8"]:
+        with pytest.raises(argparse.ArgumentTypeError, match=f"with KNOB one of n_sink, .*, got {text!r}"):
+            infllm_option(text)
+    monkeypatch.setattr(InfLLM, "KNOBS", ("topk",))  # the names are read from the method, not retyped
+    with pytest.raises(argparse.ArgumentTypeError, match="KNOB one of topk and N"):
+        infllm_option("n_sink=8")

@@ -295,6 +295,16 @@ def test_an_adapter_with_a_lora_leaves_the_comparisons_base_alone(tmp_path):
 TINY_INFLLM = dict(local_window=32, n_sink=8, block_size=16, n_rep=2, chunk_size=24)
 
 
+def test_infllm_declares_every_option_of_its_own():
+    """InfLLM.KNOBS (what `--infllm` accepts) is its constructor's keywords less the comparison's decoder_window."""
+    import inspect
+
+    from sharedllm.methods import InfLLM
+
+    keywords = set(inspect.signature(InfLLM.__init__).parameters) - {"self", "base", "tokenizer", *InfLLM.shared_knobs}
+    assert set(InfLLM.KNOBS) == keywords and len(InfLLM.KNOBS) == len(keywords)
+
+
 def test_infllm_equals_full_when_every_block_is_retrieved(arch):
     """topk >= number of memory blocks: the retrieval machinery runs (blocks closed, scored, re-rotated in place)
     but every token is attended at its own position, so the result is full attention."""

@@ -8,9 +8,9 @@ import warnings
 from pathlib import Path
 
 from sharedllm.cli import InputError, adapter_argument
-from sharedllm.flags import (add_adapter_argument, add_base_argument, add_device_argument, add_knob_arguments,
-                             add_threads_argument, knobs_from_args, parse_length, positive_int, positive_seconds,
-                             whole_number)
+from sharedllm.flags import (add_adapter_argument, add_base_argument, add_device_argument, add_infllm_argument,
+                             add_knob_arguments, add_threads_argument, check_infllm_chosen, knobs_from_args,
+                             parse_length, positive_int, positive_seconds, whole_number)
 
 from .settings import BENCH_METHODS, CPU_LENGTHS, CUDA_LENGTHS, BenchSettings, resolve_knobs
 
@@ -41,9 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "saved value, else the config default)")
     parser.add_argument("--streaming-block", type=positive_int, default=256, help="StreamingLLM prefill block size (tokens)")
     parser.add_argument("--n-sink", type=whole_number(0), default=4, help="StreamingLLM attention sinks")
-    parser.add_argument("--infllm", nargs="+", default=[], metavar="KNOB=VALUE",
-                        help="InfLLM knobs (n_sink, block_size, n_rep, topk, chunk_size, local_window) over its "
-                             "defaults; its local window defaults to --decoder-window")
+    add_infllm_argument(parser)
     parser.add_argument("--no-isolate", dest="isolate", action="store_false",
                         help="run every cell in this process (faster, but peak memory is less reliable)")
     parser.add_argument("--output", default="results",
@@ -65,6 +63,7 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
 
 
 def settings_from_args(args) -> BenchSettings:
+    check_infllm_chosen(args)
     adapter = adapter_argument(args.adapter)  # 'none': untrained, its knobs from the flags and defaults
     lengths = args.lengths or [parse_length(n) for n in (CUDA_LENGTHS if args.device == "cuda" else CPU_LENGTHS)]
     caps = {}
@@ -72,17 +71,12 @@ def settings_from_args(args) -> BenchSettings:
         if method not in BENCH_METHODS:
             raise InputError(f"--max-length: unknown method {method!r}; valid: {', '.join(BENCH_METHODS)}")
         caps[method] = parse_length(length)
-    infllm = {}
-    for knob, value in _pairs(args.infllm, "--infllm"):
-        if not value.isdigit():
-            raise InputError(f"--infllm wants KNOB=INTEGER, got {knob}={value}")
-        infllm[knob] = int(value)
     try:
         knobs = resolve_knobs(adapter, knobs_from_args(args))
     except ValueError as error:
         raise InputError(str(error)) from error
     return BenchSettings(
-        methods=tuple(args.methods), infllm=infllm, lengths=tuple(lengths), repeats=args.repeats,
+        methods=tuple(args.methods), infllm=args.infllm, lengths=tuple(lengths), repeats=args.repeats,
         decode_steps=args.decode_steps, max_seconds=args.max_seconds, cell_seconds=args.cell_seconds,
         max_length=caps, device=args.device, dtype=args.dtype, threads=args.threads, isolate=args.isolate,
         adapter=adapter, knobs=knobs, streaming_block=args.streaming_block, n_sink=args.n_sink, seed=args.seed,

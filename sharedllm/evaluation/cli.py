@@ -21,21 +21,23 @@ from sharedllm import provenance
 from sharedllm.provenance import REPO
 from sharedllm.assets import sharedllm_home
 from sharedllm.cli import InputError, adapter_argument
-from sharedllm.config import KNOB_DEFAULTS, KNOBS
+from sharedllm.config import KNOB_DEFAULTS
 from sharedllm.flags import (
     add_adapter_argument,
     add_base_argument,
     add_deprecated_alias,
     add_device_argument,
+    add_infllm_argument,
     add_knob_arguments,
+    add_old_knob_argument,
     add_threads_argument,
+    check_infllm_chosen,
     format_length,
     knob_flag,
     knobs_from_args,
     parse_length,
     positive_int,
     positive_seconds,
-    warn_deprecated,
 )
 
 from . import report
@@ -91,10 +93,7 @@ def add_arguments(parser):
     parser.add_argument("--data", nargs="+",
                         help="user files instead of the corpus: text / JSON-lines documents (ppl, niah, ruler) "
                              "or LongBench-format JSON lines (longbench)")
-    parser.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE",
-                        help="an option of infllm (n_sink, block_size, n_rep, topk, chunk_size, local_window), "
-                             "repeatable, e.g. topk=8; a SharedLLM knob given this way is deprecated: use its flag "
-                             "below (e.g. --tree-selection recent)")
+    add_infllm_argument(parser)
     parser.add_argument("--label", help="name the (single) method's results under this label, e.g. "
                                         "sharedllm-recent for an ablation")
     parser.add_argument("--max-windows", type=positive_int,
@@ -126,6 +125,7 @@ def add_arguments(parser):
         notes={"decoder_window": "also the window of window / streaming / infllm (its local window) / cepe: the comparison "
                                  "is fair only at one Ld (default there: the sharedllm adapter's, else 1024)"},
     )
+    add_old_knob_argument(parser)
 
 
 def run(args):
@@ -151,13 +151,7 @@ def validate_args(args) -> None:
         raise InputError(f"unknown method {', '.join(map(repr, unknown))}; valid methods: {', '.join(METHODS)}")
     if args.label and len(args.methods) != 1:
         raise InputError("--label names one method's results: pass a single method in --methods with it")
-    options = dict(_parse_knob(text) for text in args.knob)
-    if args.knob and not {"sharedllm", "cepe", "infllm"} & set(args.methods):
-        raise InputError("--knob sets method options: it needs --methods sharedllm, cepe or infllm")
-    if set(SHAREDLLM_METHODS) & set(args.methods):
-        for key, value in options.items():
-            if key in KNOBS:
-                warn_deprecated(f"--knob {key}={value}", f"{knob_flag(key)} {value}")
+    check_infllm_chosen(args)
     from sharedllm.methods import METHOD_CLASSES
 
     for name in knobs_from_args(args):  # a knob no chosen method reads would be silently ignored
@@ -170,7 +164,7 @@ def validate_args(args) -> None:
         raise InputError(f"--depths must lie in [0, 1], got {args.depths}")
     _check_corpus_choice(args)
     if "sharedllm" in args.methods:
-        _check_sharedllm_knobs(args, options)
+        _check_sharedllm_knobs(args)
     if args.task == "heldout":
         if args.data:
             raise InputError("heldout scores the test split of sharedllm/splits.json; score user files with "
@@ -205,20 +199,15 @@ def _check_corpus_choice(args) -> None:
         raise InputError(f"unknown domain {', '.join(map(repr, unknown))}; valid domains: {', '.join(sorted(known))}")
 
 
-def _check_sharedllm_knobs(args, options: dict) -> None:
-    """The adapter exists and its config, with the knob flags and --knob applied as `methods.SharedLLM` will apply
-    them, passes SharedLLMConfig's checks (the base's own limits are checked once it loads)."""
+def _check_sharedllm_knobs(args) -> None:
+    """The adapter exists and its config, with the knob flags applied as `methods.SharedLLM` will apply them, passes
+    SharedLLMConfig's checks (the base's own limits are checked once it loads). A knob sharedllm does not read
+    (full_logits) was refused before, with every knob no chosen method reads."""
     from sharedllm.config import SharedLLMConfig
-    from sharedllm.methods import SharedLLM
 
     adapter = adapter_argument(args.adapter)
-    if unknown := sorted(set(options) - set(SharedLLM.KNOBS)):
-        raise InputError(f"--knob {', '.join(unknown)}: not a SharedLLM knob; valid: {', '.join(SharedLLM.KNOBS)}")
-    knobs = {**options, **knobs_from_args(args)}
-    if unused := sorted(set(knobs) - set(SharedLLM.KNOBS)):  # full_logits: eval scores decoder windows only
-        raise InputError(f"{', '.join(map(knob_flag, unused))} does not apply to sharedllm eval")
     try:
-        SharedLLMConfig.reading(adapter, knobs)
+        SharedLLMConfig.reading(adapter, knobs_from_args(args))
     except (ValueError, TypeError) as err:  # TypeError: a knob of the wrong type, e.g. --knob tree_depth=abc
         raise InputError(f"SharedLLM knobs: {err}") from err
 
@@ -261,7 +250,6 @@ class Session:
         self.adapter = None if str(args.adapter).lower() == "none" else args.adapter
         self.decoder_window = args.decoder_window or self._adapter_decoder_window() or KNOB_DEFAULTS["decoder_window"]
         self.knobs = knobs_from_args(args)  # the SharedLLM knob flags, for sharedllm and cepe
-        self.options = dict(_parse_knob(k) for k in args.knob)  # infllm's options (and deprecated SharedLLM knobs)
         self.command = shlex.join(["sharedllm", *sys.argv[1:]])
 
     def _adapter_decoder_window(self) -> int | None:
@@ -270,15 +258,13 @@ class Session:
 
     def methods(self):
         """Yield (name, method) one at a time so that only one method's extra weights live at once."""
-        from sharedllm.methods import METHOD_CLASSES, load_method
+        from sharedllm.methods import load_method
 
-        # one comparison: every method takes what it reads of the shared settings (Method.build), and of --knob
-        # the options its constructor has (infllm's topk=...); a SharedLLM knob given with --knob is a shared one
-        shared = {"adapter": self.adapter, "decoder_window": self.decoder_window,
-                  **{k: v for k, v in self.options.items() if k in KNOBS}, **self.knobs}  # a flag wins over --knob
-        own = {k: v for k, v in self.options.items() if k not in KNOBS}
+        # one comparison: every method takes what it reads of the shared settings (Method.build); infllm alone has
+        # options of its own here (--infllm)
+        shared = {"adapter": self.adapter, "decoder_window": self.decoder_window, **self.knobs}
         for name in self.args.methods:
-            options = METHOD_CLASSES[name].own_options(own)
+            options = self.args.infllm if name == "infllm" else {}
             yield self.args.label or name, load_method(name, self.base, self.tokenizer, shared=shared, **options)
 
     def documents(self, default_domains=None):
@@ -364,17 +350,6 @@ def _method_config(method) -> dict:
     """The method's knobs for a result file, its adapter path (if any) portable like the top level's."""
     config = method.describe() if hasattr(method, "describe") else {}
     return {**config, "adapter": _portable_path(config["adapter"])} if config.get("adapter") else config
-
-
-def _parse_knob(text: str) -> tuple[str, object]:
-    """'tree_depth=0' -> ('tree_depth', 0); numbers become numbers, anything else stays a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise InputError(f"--knob takes KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def print_table(title: str, rows: dict[str, dict[str, str]], note: str = "") -> None:

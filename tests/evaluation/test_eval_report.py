@@ -2,7 +2,7 @@
 
 import json
 
-from sharedllm.evaluation.cli import _parse_knob
+from sharedllm.flags import _old_knob_value
 from sharedllm.evaluation.report import latest_by_method, regenerate
 
 
@@ -37,6 +37,6 @@ def test_regenerated_page_lists_every_source(tmp_path):
     assert page.index("hand-written reading") < page.index("| window |")  # the notes come first, verbatim
 
 
-def test_knob_parsing():
-    assert _parse_knob("tree_depth=0") == ("tree_depth", 0)
-    assert _parse_knob("tree_selection=recent") == ("tree_selection", "recent")
+def test_old_knob_values_parse_as_they_did():
+    assert _old_knob_value("0") == 0
+    assert _old_knob_value("recent") == "recent"
