@@ -40,10 +40,11 @@ from safetensors.torch import load_file, save_file
 
 from sharedllm import data, provenance
 from sharedllm.cli import InputError
-from sharedllm.config import ADAPTER_SHAPE_KNOBS, KNOB_DEFAULTS, KNOBS, SharedLLMConfig
+from sharedllm.config import ADAPTER_SHAPE_KNOBS, KNOB_DEFAULTS, SharedLLMConfig
 from sharedllm.distillation import check_teacher_window, teacher_window_logits, topk_distillation_loss
 from sharedllm.flags import (add_base_argument, add_knob_arguments, add_threads_argument, knob_flag,
                              knobs_from_args, parse_length)
+from sharedllm.loading import check_knob_names, load_causal_lm
 from sharedllm.lora import (
     LORA_DIR, add_upper_lora, first_lora_layer, has_upper_lora, lora_modules, upper_lora_rank,
 )
@@ -114,8 +115,7 @@ class TrainConfig:
     command: str | None = None
 
     def __post_init__(self):
-        if unknown := sorted(set(self.knobs) - set(KNOBS)):
-            raise ValueError(f"not a SharedLLM knob: {', '.join(unknown)}; valid: {', '.join(KNOBS)}")
+        check_knob_names(self.knobs, "TrainConfig(knobs=...)")
         self.knobs = {**KNOB_DEFAULTS, **self.knobs}
         if self.warmup is None:
             self.warmup = min(10, self.steps)
@@ -305,7 +305,6 @@ class StopOnInterrupt:
 
 def build_model(config: TrainConfig):
     """The SharedLLM model on the base and its tokenizer."""
-    from sharedllm.loading import load_causal_lm
     from sharedllm.modeling import SharedLLMForCausalLM
 
     if config.base is None:

@@ -233,6 +233,11 @@ def test_distillation_past_the_teachers_window_is_refused_before_tokenising(work
         run_cli(train_args(workspace, tmp_path / "out", "--n-chunks", "40", "--distill-weight", "1"))
 
 
+def test_train_config_names_an_unknown_knob_as_from_base_does():
+    with pytest.raises(TypeError, match=r"TrainConfig\(knobs=...\): unknown argument\(s\) \['tree_dept'\]"):
+        training.TrainConfig(output="x", knobs={"tree_dept": 2})
+
+
 def test_default_warmup_fits_a_short_run():
     assert training.TrainConfig(output="x", steps=4).warmup == 4
     assert training.TrainConfig(output="x").warmup == 10
