@@ -1,6 +1,7 @@
 """SharedLLMConfig and the table of the method's knobs (`KNOBS`), validated when the config is built."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
@@ -235,7 +236,11 @@ class SharedLLMConfig(PretrainedConfig):
         (`with_overrides`), or without an adapter the knobs over the defaults. Raises ValueError saying what to
         change (an invalid combination, an override the adapter's weights do not fit): eval and bench check their
         flags with it before loading anything."""
-        return cls.from_pretrained(adapter).with_overrides(knobs) if adapter else cls(**knobs)
+        if not adapter:
+            return cls(**knobs)
+        from sharedllm.loading import load_adapter_config  # it imports this module
+
+        return load_adapter_config(Path(adapter)).with_overrides(knobs)
 
     def with_overrides(self, overrides: dict) -> "SharedLLMConfig":
         """This saved adapter's config with knob overrides applied (in place) and checked: they may change how the

@@ -54,3 +54,15 @@ def test_attention_selection_needs_chunk_encoding():
 def test_leaf_budget_must_fit_the_leaf():
     with pytest.raises(ValueError, match="leaf_tokens_per_node must be between 1 and the leaf length"):
         wrap_selection(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=9)
+
+
+def test_reading_a_folder_that_is_no_adapter_says_so(tmp_path):
+    """eval and bench check their flags against an adapter's config with `reading`: a base model's folder given as
+    --adapter was read as a config with no base recorded (a traceback later)."""
+    tiny_model("llama").save_pretrained(tmp_path / "base")
+    with pytest.raises(ValueError, match="holds a 'llama' model, not a SharedLLM adapter"):
+        SharedLLMConfig.reading(str(tmp_path / "base"), {})
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        SharedLLMConfig.reading(str(tmp_path / "damaged"), {})
