@@ -4,6 +4,7 @@ The files are encoded once into a `ContextCache` (the lower model's pass over ev
 then costs its tree search, node gathering and decoder window only. The prompt is the tokenizer's chat template
 around one user message, "<files>\n\nQuestion: <question>", split at the question so that the document's part is
 the same for every question. Answers go to stdout; progress, token counts and timings go to stderr.
+At a terminal, Ctrl-C stops the answer being generated and asks for the next question; the encoded files stay.
 """
 
 import argparse
@@ -27,6 +28,10 @@ DEFAULT_MAX_NEW_TOKENS = 256
 QUESTION_SEPARATOR = "\n\nQuestion: "
 PLAIN_TAIL = "\nAnswer:"  # for a tokenizer without a chat template
 _DOCUMENT_MARK, _QUESTION_MARK = "\x00DOCUMENT\x00", "\x00QUESTION\x00"
+# a stray byte or a few Latin-1 accents are replaced (with a warning); this share of bytes or more that are not
+# UTF-8 means a binary or other-encoding file, whose replaced text would take minutes to encode and answer nothing
+MAX_BAD_BYTE_SHARE = 0.01
+MIN_BAD_BYTES_REFUSED = 10  # so that a short note with one stray byte still reads
 
 
 class AskError(InputError):
@@ -40,20 +45,34 @@ class AskError(InputError):
 
 
 def read_files(paths: list[Path]) -> str:
-    """The files' text in the given order (UTF-8, bad bytes replaced), each under its name when there are several."""
-    from sharedllm.assets import decode_text
-
+    """The files' text in the given order (UTF-8, a few bad bytes replaced), each under its name when there are
+    several."""
     texts = []
     for path in map(Path, paths):
         if not path.exists():
             raise AskError(f"no such file: {path}")
         if not path.is_file():
             raise AskError(f"not a file: {path}")
-        text = decode_text(path.read_bytes(), str(path)).strip()
+        text = decode_document(path.read_bytes(), path).strip()
         if not text:
             raise AskError(f"{path} is empty")
         texts.append(f"{path.name}:\n{text}" if len(paths) > 1 else text)
     return "\n\n".join(texts)
+
+
+def decode_document(data: bytes, path: Path) -> str:
+    """UTF-8 text; refuses binary files (a PDF, UTF-16) and files that are mostly not UTF-8."""
+    from sharedllm.assets import decode_text
+
+    if b"\x00" in data:
+        raise AskError(f"{path} is not a text file (it holds NUL bytes: a PDF, a word processor file or UTF-16?); "
+                       "convert it to UTF-8 text first, e.g. `pdftotext` for a PDF")
+    # errors="ignore" drops exactly the bytes that are not UTF-8; the rest encodes back to the same bytes
+    n_bad = len(data) - len(data.decode("utf-8", errors="ignore").encode("utf-8"))
+    if n_bad >= max(MIN_BAD_BYTES_REFUSED, MAX_BAD_BYTE_SHARE * len(data)):
+        raise AskError(f"{path} is not UTF-8 text ({n_bad:,} of its {len(data):,} bytes are not UTF-8); convert it "
+                       f"first, e.g. `iconv -f latin1 -t utf-8 {path} > {path.stem}.utf8{path.suffix}`")
+    return decode_text(data, str(path))
 
 
 def prompt_parts(tokenizer) -> tuple[str, str, str]:
@@ -72,14 +91,19 @@ def _token_ids(tokenizer, text: str, special: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"]
 
 
-def read_questions(stream, prompt: str = "") -> Iterator[str]:
-    """Questions from a stream, one per line, until end of file or an empty line (`prompt` shown on stderr)."""
+def read_questions(stream, prompt: str = "", interactive: bool = True) -> Iterator[str]:
+    """Questions from a stream, one per line, until end of file (`prompt` shown on stderr). Typed at a terminal
+    (`interactive`) an empty line quits too; from a file, blank lines are skipped, as a list of questions may have
+    them between groups."""
     while True:
         print(prompt, end="", file=sys.stderr, flush=True)
         line = stream.readline()
-        if not line.strip():
+        if not line:  # end of input
             return
-        yield line.strip()
+        if line.strip():
+            yield line.strip()
+        elif interactive:
+            return
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -132,8 +156,7 @@ class Asker:
 def load_model(adapter: str | Path | None = None, device: str | None = None, base: str | None = None, **knobs):
     """The adapter (default: the shipped one) on `base` (default: the one it records), with that base's tokenizer;
     `knobs` (config.KNOBS) override the adapter's saved values."""
-    from sharedllm.config import SharedLLMConfig
-    from sharedllm.loading import load_causal_lm
+    from sharedllm.loading import load_adapter_config, load_causal_lm
     from sharedllm.modeling import SharedLLMForCausalLM
 
     adapter = Path(adapter) if adapter else DEFAULT_ADAPTER
@@ -142,11 +165,17 @@ def load_model(adapter: str | Path | None = None, device: str | None = None, bas
             f"no adapter in {adapter}; pass --adapter DIR (a folder written by "
             "`sharedllm train` or save_pretrained)"
         )
-    config = SharedLLMConfig.from_pretrained(adapter)
-    base_model, tokenizer = load_causal_lm(base or config.base_model)
-    try:  # a knob the adapter cannot take, or a base it was not trained on
-        model = SharedLLMForCausalLM.from_pretrained(adapter, base=base_model, config=config, **knobs)
+    try:  # a plain base model's folder, or a damaged config.json
+        config = load_adapter_config(adapter)
     except ValueError as err:
+        raise AskError(str(err)) from err
+    if not (base or config.base_model):
+        raise AskError(f"the adapter in {adapter} records no base model; pass --base MODEL")
+    # the base is loaded here rather than by from_pretrained for its tokenizer (required, and the base's own)
+    base_model, tokenizer = load_causal_lm(base or config.base_model)
+    try:  # a knob the adapter cannot take, a base it was not trained on, missing or damaged adapter weights
+        model = SharedLLMForCausalLM.from_pretrained(adapter, base=base_model, config=config, **knobs)
+    except (ValueError, FileNotFoundError) as err:
         raise AskError(str(err)) from err
     return model.to(device or default_device()), tokenizer
 
@@ -162,12 +191,15 @@ def _log(message: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE",
-                        help="text files, read as one document in this order (UTF-8; bad bytes replaced)")
+                        help="text files, read as one document in this order (UTF-8; a few bad bytes are "
+                             "replaced, binary files such as PDFs are refused: convert them to text first)")
     parser.add_argument("--question", "-q", action="append", default=[],
                         help="a question about the files (repeat for more); without any, questions come from stdin")
     parser.add_argument("--interactive", "-i", action="store_true",
-                        help="after the --question ones, answer questions from stdin, one per line, until end of "
-                             "input or an empty line; the files are encoded once")
+                        help="after the --question ones, answer questions from stdin, one per line; the files are "
+                             "encoded once. At a terminal an empty line or Ctrl-D quits and Ctrl-C stops the "
+                             "current answer; piped in (ask doc.txt < questions.txt), blank lines are skipped and "
+                             "the questions end at end of input")
     parser.add_argument("--adapter", type=Path, default=None,
                         help=f"adapter folder (default: the shipped adapter {DEFAULT_ADAPTER.name} on its base, "
                              "SmolLM2-135M)")
@@ -197,10 +229,25 @@ def run(args) -> int:
         _log(f"question: {question}")
         asker.answer(question, args.max_new_tokens)
     if args.interactive or not args.question:
+        at_terminal = sys.stdin.isatty()
         prompt = ""
-        if sys.stdin.isatty():
-            _log("type a question and press enter; an empty line or end of input (Ctrl-D) quits")
+        if at_terminal:
+            _log("type a question and press enter; an empty line or end of input (Ctrl-D) quits, Ctrl-C stops an "
+                 "answer")
             prompt = "question> "
-        for question in read_questions(sys.stdin, prompt):
-            asker.answer(question, args.max_new_tokens)
+        for question in read_questions(sys.stdin, prompt, interactive=at_terminal):
+            if at_terminal:
+                answer_or_stop(asker, question, args.max_new_tokens)
+            else:
+                asker.answer(question, args.max_new_tokens)
     return 0
+
+
+def answer_or_stop(asker: Asker, question: str, max_new_tokens: int) -> None:
+    """Answer, or on Ctrl-C stop this answer only: the encoded files (minutes of work) stay for the next question.
+    The cache is never modified by an answer, so a stopped one leaves nothing behind. Ctrl-C at the prompt quits."""
+    try:
+        asker.answer(question, max_new_tokens)
+    except KeyboardInterrupt:
+        print(flush=True)  # end the answer's partial line on stdout
+        _log("[interrupted]")

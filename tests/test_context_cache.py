@@ -1,6 +1,8 @@
 """ContextCache (a document encoded once, many questions) on tiny random models: cached answers equal from-scratch
 answers token for token, through the stock generate(), at batch 1 and > 1; save/load; refusals."""
 
+import io
+
 import pytest
 import torch
 from conftest import tiny_model
@@ -251,11 +253,16 @@ def test_ask_streams_answers_equal_to_from_scratch(ask_setup, capsys):
     assert "encoded once in" in err and err.count("tokens in context") == 2 and "answered in" in err
 
 
-def test_ask_interactive_answers_stdin_until_empty_line(ask_setup, capsys, monkeypatch):
-    import io
+class TerminalInput(io.StringIO):
+    """stdin as typed at a terminal (`sharedllm ask` quits at an empty line only there)."""
 
+    def isatty(self):
+        return True
+
+
+def test_ask_interactive_answers_stdin_until_empty_line(ask_setup, capsys, monkeypatch):
     model, tokenizer, files, document = ask_setup
-    monkeypatch.setattr("sys.stdin", io.StringIO("Who sat?\nWhat mat?\n\nnever asked\n"))
+    monkeypatch.setattr("sys.stdin", TerminalInput("Who sat?\nWhat mat?\n\nnever asked\n"))
     assert run_cli([*files, "-q", "First?", "--interactive", "--max-new-tokens", "6"]) == 0
     out, err = capsys.readouterr()
     expected = [expected_answer(model, tokenizer, document, q, 6) for q in ("First?", "Who sat?", "What mat?")]
