@@ -6,8 +6,10 @@ the paired bootstrap interval (`heldout.paired_ratio`): how hard a window is can
 intervals overlap can still separate. A pair of retrieval files (`eval passkey` /
 `eval ruler`) gives, per cell, both accuracies on the trials both ran and how many trials each won, with the exact
 two-sided sign test on those wins (McNemar's test for right/wrong answers). Trials are matched by their position
-(length, task, depth, trial) and must hold the same prompt (same needle value), so files made with another seed or
-other data are refused instead of compared.
+(length, task, depth, trial) and must hold the same prompt (same needle value). Two files must name the same base
+model and the same data (its source, split and domains, as the result records them): a RULER needle's value
+depends on the seed and its position only, not on the haystack, so runs on other data are refused by what the
+files record, and runs of another seed by their needle values.
 """
 
 import json
@@ -31,6 +33,7 @@ def run(args):
     first, second = (load(path) for path in args.files)
     if first["task"] != second["task"]:
         _refuse(f"{args.files[0]} is a {first['task']} result, {args.files[1]} a {second['task']} one")
+    refuse_other_inputs(first, second)
     lines = heldout_lines(first, second) if first["task"] == "heldout" else retrieval_lines(first, second)
     print("\n".join([f"A = {args.files[0]} ({label(first)})", f"B = {args.files[1]} ({label(second)})", *lines]))
 
@@ -52,6 +55,22 @@ def load(path) -> dict:
     if task in RETRIEVAL_TASKS and "records" in result.get("details", {}):
         return result
     _refuse(f"{path} is not a held-out, passkey or RULER result of `sharedllm eval` (task {task!r})")
+
+
+# What a result records about its data (held-out cells' domain is checked with their windows, in heldout_lines).
+DATA_FIELDS = ("source", "split", "domains")
+
+
+def refuse_other_inputs(first: dict, second: dict):
+    """Refuse two runs of another base model or on other data: their trials or windows are not the same prompts."""
+    # by the model folder's name: results name its path, which differs between homes and machines
+    models = [Path(str(r.get("model"))).name for r in (first, second)]
+    if models[0] != models[1]:
+        _refuse(f"runs of another base model: {first.get('model')} vs {second.get('model')}")
+    for field in DATA_FIELDS:
+        values = [(r.get("data") or {}).get(field) for r in (first, second)]
+        if values[0] != values[1]:
+            _refuse(f"runs on other data: data {field} {values[0]!r} vs {values[1]!r}")
 
 
 def label(result: dict) -> str:
@@ -103,10 +122,9 @@ def per_document_lines(common: list[tuple[str, int]], a: list[float], b: list[fl
 
 
 def trial_position(task: str, record: dict) -> tuple:
-    """Where a trial sits in its run: the same position in two runs of one seed holds the same prompt."""
-    if task == "passkey":
-        return int(record["length"]), float(record["depth"]), int(record["trial"])
-    return record["task"], int(record["length"]), int(record["trial"])
+    """Where a trial sits in its run, its cell, depth (passkey's; RULER draws it) and number: the same position in
+    two runs of one seed holds the same prompt."""
+    return *trial_cell(task, record), record.get("depth"), int(record["trial"])
 
 
 def trial_answer(task: str, record: dict):

@@ -1,13 +1,17 @@
-"""LongBench / InfiniteBench-format evaluation on files the user provides (the data cannot be fetched here).
+"""LongBench evaluation on files the user provides (the data cannot be fetched here).
 
-Records are JSON lines with `input`, `context`, `answers`, `length`, `dataset`, `all_classes`. Prompts use
-LongBench's published templates (config/dataset2prompt.json) and per-dataset max_new_tokens
-(config/dataset2maxlen.json); prompts longer than the token budget keep their first and last halves
-(LongBench's middle truncation, applied to token ids); decoding is greedy; the score of a record is the
-best over its gold answers, as in LongBench's eval.py.
+Records are LongBench's (and LongBench-E's) JSON lines: `input`, `context`, `answers` (a non-empty list of
+strings), `dataset` (default: the file name; `<name>_e` is LongBench-E's copy of `<name>`), and `all_classes`
+for trec. The English datasets use LongBench's published templates (config/dataset2prompt.json), per-dataset
+max_new_tokens (config/dataset2maxlen.json) and metrics; another dataset name gets a generic QA prompt and token
+F1. Chinese datasets (their metrics tokenize with jieba) and InfiniteBench files (`answer`, other prompts and
+metrics) are refused when the files are read, not scored wrongly. Prompts longer than the token budget keep their
+first and last halves (LongBench's middle truncation, applied to token ids); decoding is greedy; the score of a
+record is the best over its gold answers, as in LongBench's eval.py.
 """
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -59,13 +63,16 @@ METRIC_FUNCTIONS = {
 }
 # Few-shot datasets: the model keeps producing examples after its answer; LongBench keeps line one.
 FIRST_LINE_ONLY = {"trec", "triviaqa", "samsum"}
+# LongBench's Chinese datasets: their F1 and ROUGE tokenize with jieba and their prompts are Chinese; the English
+# prompt and whitespace F1 would score them wrongly, so they are refused.
+CHINESE_DATASETS = {"multifieldqa_zh", "dureader", "vcsum", "lsht", "passage_retrieval_zh"}
 
 
 def load_records(paths) -> list[dict]:
     """JSON-lines records from user files; `dataset` defaults to the file name without extension.
 
-    A file that is missing, not UTF-8, holds no record, or has a line that is not a record with `input`, `context`
-    and `answers` raises InputError naming the file and line: a bad file is never scored as an empty table."""
+    A file that is missing, not UTF-8, holds no record, or has a line that `check_record` refuses raises InputError
+    naming the file and line: a bad file is never scored as an empty table, nor fails midway through a run."""
     records = []
     for path in map(Path, paths):
         try:
@@ -86,15 +93,48 @@ def load_records(paths) -> list[dict]:
                 raise InputError(f"{path} line {number}: not JSON ({err.msg} at column {err.colno})") from None
             if not isinstance(record, dict):
                 raise InputError(f"{path} line {number}: a JSON {type(record).__name__}, not a record (object)")
-            missing = {"input", "context", "answers"} - record.keys()
-            if missing:
-                raise InputError(f"{path} line {number}: record without {sorted(missing)}")
-            record.setdefault("dataset", path.stem.removesuffix("_e"))
+            record["dataset"] = dataset_name(record.get("dataset", path.stem))
+            check_record(record, f"{path} line {number}")
             records.append(record)
             found += 1
         if not found:
             raise InputError(f"{path} holds no record (one JSON object per line, LongBench format)")
     return records
+
+
+def dataset_name(name) -> str:
+    """LongBench-E names its copy of a dataset `<name>_e` (file and records): the same prompt and metric."""
+    if not isinstance(name, str):
+        return name  # check_record names the field
+    base = name.removesuffix("_e")
+    return base if base in METRICS else name
+
+
+def check_record(record: dict, where: str) -> None:
+    """Refuse, before any generation, a record that would crash or be scored wrongly midway through a run."""
+    if "answer" in record and "answers" not in record:
+        raise InputError(f"{where}: field `answer`, not LongBench's `answers` (an InfiniteBench record? its prompts "
+                         "and metrics are not implemented)")
+    missing = {"input", "context", "answers"} - record.keys()
+    if missing:
+        raise InputError(f"{where}: record without {sorted(missing)}")
+    for field in ("input", "context", "dataset"):
+        if not isinstance(record[field], str):
+            raise InputError(f"{where}: field `{field}` is a JSON {type(record[field]).__name__}, not a string")
+    dataset, answers, language = record["dataset"], record["answers"], record.get("language")
+    if dataset in CHINESE_DATASETS or dataset.endswith("_zh") or language not in (None, "en"):
+        raise InputError(f"{where}: dataset {dataset}, language {language or 'zh'}: only English datasets are "
+                         "implemented (the Chinese ones' prompts and jieba-tokenized metrics are not)")
+    if isinstance(answers, str):
+        answers = [answers]
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+        raise InputError(f"{where}: field `answers` must be a non-empty list of strings, got {answers!r:.80}")
+    if METRICS.get(dataset) == "classification":
+        classes = record.get("all_classes")
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+            raise InputError(f"{where}: {dataset} needs field `all_classes`, a non-empty list of class names")
+    if METRICS.get(dataset) == "retrieval" and not all(re.search(r"Paragraph \d+", a) for a in answers):
+        raise InputError(f"{where}: {dataset} answers name the paragraph as \"Paragraph N\", got {answers!r:.80}")
 
 
 def build_prompt(record: dict) -> str:

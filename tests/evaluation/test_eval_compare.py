@@ -1,5 +1,6 @@
 """`sharedllm compare`: paired ratios of held-out cells on the windows both scored, per-trial wins of retrieval runs
-on the same prompts, and refusals (another length, no shared window or trial, another prompt at one position)."""
+on the same prompts, and refusals (another length, no shared window or trial, another prompt at one position,
+another base model or other data)."""
 
 import json
 import math
@@ -27,6 +28,20 @@ def _passkey(tmp_path, name, correct, keys=None):
                for i, c in enumerate(correct)]
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps({"task": "passkey", "method": name, "adapter": None, "details": {"records": records}}))
+    return str(path)
+
+
+HOME_MODEL = "$SHAREDLLM_HOME/models/SmolLM2-135M-Instruct"
+
+
+def _ruler(tmp_path, name, scores, model=HOME_MODEL, **data):
+    """A RULER file: its needle values depend on task, seed, length and trial only, whatever the haystack."""
+    records = [{"length": 16384, "task": "niah_single", "trial": i, "golds": [str(1000 + i)], "score": score}
+               for i, score in enumerate(scores)]
+    result = {"task": "ruler", "method": name, "adapter": None, "model": model,
+              "data": {"split": "test", "domains": ["books"]} | data, "details": {"records": records}}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(result))
     return str(path)
 
 
@@ -96,6 +111,25 @@ def test_retrieval_refuses_other_prompts_and_other_tasks(tmp_path, capsys):
     assert code == 2 and "not the same prompts" in text
     code, text = _compare(capsys, a, _heldout(tmp_path, "h", [2.0]))
     assert code == 2 and "is a passkey result" in text
+
+
+@pytest.mark.parametrize("other, message", [
+    (dict(split="validation"), "runs on other data: data split 'test' vs 'validation'"),
+    (dict(domains=["math"]), "runs on other data: data domains ['books'] vs ['math']"),
+    (dict(split="user", source="mine.txt"), "runs on other data: data source None vs 'mine.txt'"),
+    (dict(model="/models/SmolLM2-360M-Instruct"),
+     f"runs of another base model: {HOME_MODEL} vs /models/SmolLM2-360M-Instruct"),
+])
+def test_retrieval_refuses_runs_on_other_data_or_models_though_the_needles_match(tmp_path, capsys, other, message):
+    a = _ruler(tmp_path, "a", [1.0, 0.0])
+    code, text = _compare(capsys, a, _ruler(tmp_path, "b", [1.0, 1.0], **other))
+    assert code == 2 and text.strip().endswith(message)
+
+
+def test_retrieval_pairs_one_model_named_from_two_homes(tmp_path, capsys):
+    a = _ruler(tmp_path, "a", [1.0, 0.0], model="/root/.cache/sharedllm/models/SmolLM2-135M-Instruct")
+    code, text = _compare(capsys, a, _ruler(tmp_path, "b", [1.0, 1.0]))
+    assert code == 0 and "niah_single 16K: A 1/2, B 2/2; A won 0, lost 1" in text
 
 
 def test_sign_test_matches_the_binomial_tails():
