@@ -29,7 +29,7 @@ TASK_TITLES = {
     "passkey": "Passkey retrieval (Landmark format)",
     "niah": "Needle in a haystack (real prose)",
     "ruler": "RULER-style synthetic tasks",
-    "longbench": "LongBench / InfiniteBench format",
+    "longbench": "LongBench format (English sets)",
 }
 NOTES_FILE = "NOTES.md"
 PROTOCOL_NOTES = {
