@@ -1,7 +1,9 @@
 """`sharedllm` command line: one subcommand per module, each module owns its arguments.
 
 Every command module exposes `add_arguments(parser)` and `run(args) -> int | None`. Modules are imported only
-for the subcommand that runs, so `sharedllm --help` and argument errors never pay for importing torch.
+for the subcommand that runs, so `sharedllm --help` never imports torch. `sharedllm CMD ...` imports CMD's module
+to build its parser, and train, eval, report, compare, bench and ask import torch at their top: their argument
+errors come after that import (only `assets` spares it).
 """
 
 import argparse

@@ -71,6 +71,18 @@ EVAL_CASES = [
     (["--max-windows", "0"], "argument --max-windows: must be at least 1, got 0"),
     (["--max-windows", "2.5"], "argument --max-windows: not a whole number: '2.5'"),
     (["--methods", "full", "--data", "book.txt", "--domains", "books"], "--domains chooses corpus domains"),
+    (["--methods", "full", "--split", "validation"], "--split chooses a corpus split; with --data your files are the data"),
+    # the first sliding window scores from token 1: these methods predict only inside their decoder window
+    (["--protocol", "sliding"], "--protocol sliding scores each document from its first tokens on, which sharedllm "
+     "cannot predict (only inside the decoder window): use --protocol cepe, or sliding with full / streaming / infllm / yarn"),
+    (["--methods", "full", "window", "cepe", "--protocol", "sliding"], "which window, cepe cannot predict"),
+    (["--methods", "full", "--lengths", "256"], "ppl scores the last 256 tokens of each window after at least one token "
+     "of context: --lengths must be more than 256, got 256"),
+    (["--methods", "full", "--protocol", "sliding", "--lengths", "100", "1K"], "--lengths must be more than 256, got 100"),
+    (["--methods", "full", "--lengths", "1K", "1024"], "--lengths lists 1K more than once: pass each once"),
+    (["--methods", "full", "window", "full"], "--methods lists full more than once"),
+    (["--output", "book.txt"], "--output book.txt: book.txt is a file, not a folder"),  # was an error after the run
+    (["--output", "book.txt/results"], "--output book.txt/results: book.txt is a file, not a folder"),
 ]
 
 
@@ -92,7 +104,7 @@ def test_bad_length_strings(no_model, capsys, lengths, shown, option):
 @pytest.mark.parametrize("extra, expected", [
     (["--domains", "poetry"], "unknown domain 'poetry'; valid domains: books, code, math"),
     (["--split", "dev"], "--split must be one of train, validation, test, got 'dev'"),
-    (["--data", "book.txt"], "heldout scores the test split of sharedllm/splits.json; score user files with"),
+    (["--data", "book.txt"], "--data applies to demo / longbench / niah / ppl / ruler, not heldout"),
 ])
 def test_eval_corpus_choice_is_checked_before_loading(no_model, capsys, extra, expected):
     assert expected in error_line(capsys, ["eval", "heldout", "--base", "fake", "--lengths", "1K", *extra])
@@ -115,6 +127,70 @@ def test_eval_corpus_choice_is_checked_before_loading(no_model, capsys, extra, e
 ], ids=lambda case: " ".join(case) if isinstance(case, list) else None)
 def test_bench_and_eval_flags_are_checked_before_loading(no_model, capsys, argv, expected):
     assert expected in error_line(capsys, [*argv, "--base", "fake"])
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["passkey", "--data", "book.txt"], "--data applies to demo / longbench / niah / ppl / ruler, not passkey"),
+    (["passkey", "--domains", "books"], "--domains applies to demo / heldout / niah / ppl / ruler, not passkey"),
+    (["passkey", "--split", "validation"], "--split applies to demo / heldout / niah / ppl / ruler, not passkey"),
+    (["longbench", "--data", "x.jsonl", "--split", "test"], "--split applies to demo / heldout / niah / ppl / ruler"),
+    (["ppl", "--max-length", "4K"], "--max-length applies to heldout, not ppl"),
+    (["ppl", "--max-seconds", "60"], "--max-seconds applies to heldout, not ppl"),
+    (["ppl", "--targets-of", "8K"], "--targets-of applies to heldout, not ppl"),
+    (["niah", "--overwrite"], "--overwrite applies to heldout, not niah"),
+    (["ppl", "--seed", "1"], "--seed applies to demo / heldout / niah / passkey / ruler, not ppl"),
+    (["longbench", "--data", "x.jsonl", "--seed", "1"], "--seed applies to demo / heldout / niah / passkey / ruler"),
+    (["passkey", "--depths", "0.5", "0.5"], "--depths lists 0.5 more than once"),
+    (["heldout", "--lengths", "200"], "heldout scores the last 256 tokens of each window"),
+    (["demo", "--docs", "book.txt"], "--docs book.txt: book.txt is a file, not a folder"),
+], ids=lambda case: " ".join(case) if isinstance(case, list) else None)
+def test_eval_flags_a_task_would_ignore_or_fail_on_are_refused_before_loading(no_model, capsys, argv, expected):
+    line = error_line(capsys, ["eval", *argv, "--base", "fake", "--methods", "full"])
+    assert line.startswith("sharedllm eval: error: ") and expected in line
+
+
+def test_a_passkey_length_shorter_than_the_bare_prompt_is_refused_before_any_method_runs(no_model, monkeypatch, capsys):
+    import sharedllm.methods
+
+    monkeypatch.setattr(sharedllm.loading, "load_causal_lm", lambda path, dtype=None: (FakeBase(), char_tokenizer()))
+    monkeypatch.setattr(sharedllm.methods, "load_method", lambda *a, **k: pytest.fail("a method was built"))
+    line = error_line(capsys, ["eval", "passkey", "--base", "fake", "--methods", "full", "--lengths", "100", "4K"])
+    assert "a passkey prompt without filler has 2" in line and "tokens: --lengths 100 is too short for one" in line
+
+
+def _adapter_on(base: str, folder: Path) -> str:
+    """The shipped cross adapter's config, recorded as trained on `base`."""
+    config = json.loads((Path(CROSS_ADAPTER) / "config.json").read_text())
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**config, "base_model": base}))
+    return str(folder)
+
+
+def test_eval_loads_the_base_the_adapter_records_unless_told_otherwise(no_model, monkeypatch, capsys):
+    """As `ask` does; the default model is named as before (results and journals key on its name)."""
+    from sharedllm.evaluation import cli
+
+    def loaded(path, dtype=None):
+        raise cli.InputError(f"loaded {path}")
+
+    monkeypatch.setattr(sharedllm.loading, "load_causal_lm", loaded)
+    adapter = _adapter_on("/models/other-base", no_model / "mine")
+    argv = ["eval", "ppl", "--methods", "full", "--data", "book.txt", "--lengths", "1K", "--adapter", adapter]
+    assert error_line(capsys, argv).endswith("loaded /models/other-base")
+    assert error_line(capsys, [*argv, "--base", "given"]).endswith("loaded given")
+    assert cli._recorded_base(CROSS_ADAPTER) is None and cli._recorded_base("none") is None
+
+
+def test_an_adapter_on_another_base_is_one_line_before_any_method_runs(no_model, monkeypatch, capsys):
+    import sharedllm.methods
+
+    monkeypatch.setattr(sharedllm.loading, "load_causal_lm", lambda path, dtype=None: (FakeBase(), char_tokenizer()))
+    monkeypatch.setattr(sharedllm.loading, "base_fingerprint", lambda model: "0123456789abcdef")
+    monkeypatch.setattr(sharedllm.methods, "load_method", lambda *a, **k: pytest.fail("a method was built"))
+    line = error_line(capsys, ["eval", "ppl", "--methods", "full", "sharedllm", "--data", "book.txt", "--lengths", "1K",
+                               "--adapter", CROSS_ADAPTER, "--base", "other"])
+    assert line.startswith(f"sharedllm eval: error: --adapter {CROSS_ADAPTER} was trained on ")
+    assert "not on --base other (fingerprint 0123456789abcdef): leave --base out to load the adapter's own base" in line
 
 
 def test_eval_depths_out_of_range(no_model, capsys):

@@ -44,7 +44,7 @@ from . import report
 from .journal import TrialJournal, provenance_counts
 from .needle import RULER_TASKS, effective_length, load_haystack, run_needle_grid, run_ruler
 from .passkey import DEFAULT_DEPTHS, run_passkey
-from .ppl import PROTOCOLS, perplexity
+from .ppl import PROTOCOLS, SCORED, perplexity
 
 TASKS = ("ppl", "heldout", "passkey", "niah", "ruler", "longbench", "demo")
 DEMO_METHODS = ["full", "window", "streaming", "sharedllm"]
@@ -67,12 +67,21 @@ DEFAULTS = {
 for task_defaults in DEFAULTS.values():
     task_defaults.setdefault("output", "results/")
     task_defaults.setdefault("docs", "docs")
+    task_defaults.setdefault("split", "test")
+    task_defaults.setdefault("seed", 0)
 
 
-# Options that only some tasks read: given to another task they would be ignored without a word.
+# Options that only some tasks read: given to another task they would be ignored without a word. Each defaults to
+# None ("not given") on the command line; DEFAULTS fills it in once this is checked.
+CORPUS_TASKS = {"ppl", "heldout", "niah", "ruler", "demo"}  # the tasks that read documents of the corpus
 TASK_OPTIONS = {"protocol": {"ppl"}, "max_windows": {"ppl", "heldout", "demo"}, "trials": {"passkey", "niah", "ruler", "demo"},
                 "depths": {"passkey", "niah", "demo"}, "tasks": {"ruler"}, "threshold": {"ruler"},
-                "limit": {"longbench"}, "docs": {"demo"}}
+                "limit": {"longbench"}, "docs": {"demo"}, "max_length": {"heldout"}, "max_seconds": {"heldout"},
+                "targets_of": {"heldout"}, "overwrite": {"heldout"}, "domains": CORPUS_TASKS, "split": CORPUS_TASKS,
+                "data": {"ppl", "niah", "ruler", "longbench", "demo"},
+                "seed": {"heldout", "passkey", "niah", "ruler", "demo"}}  # ppl windows and longbench draw nothing
+# The corpus choices, which --data replaces.
+CORPUS_OPTIONS = {"domains": "corpus domains", "split": "a corpus split"}
 
 
 SHAREDLLM_METHODS = ("sharedllm", "cepe")  # the methods the SharedLLM knob flags configure
@@ -83,13 +92,16 @@ def add_arguments(parser):
     parser.add_argument("--methods", nargs="+",
                         help="full window streaming infllm yarn cepe sharedllm (--method: deprecated spelling)")
     add_deprecated_alias(parser, "--method", "--methods", nargs="+")
-    add_base_argument(parser)
+    add_base_argument(parser, default="the base the --adapter records, as `ask` loads it; else the SmolLM2-135M "
+                                      "from `sharedllm assets`")
     add_threads_argument(parser)
     add_adapter_argument(parser)
     parser.add_argument("--lengths", nargs="+", type=parse_length, help="e.g. 4K 16K 32768")
-    parser.add_argument("--protocol", choices=PROTOCOLS, help="perplexity protocol (default: cepe)")
+    parser.add_argument("--protocol", choices=PROTOCOLS,
+                        help="perplexity protocol (default: cepe; sliding scores from a document's first tokens, which "
+                             "window / sharedllm / cepe cannot)")
     parser.add_argument("--domains", nargs="+", help="corpus domains (books math code); default: all")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", help="corpus split of sharedllm/splits.json (default: test)")
     parser.add_argument("--data", nargs="+",
                         help="user files instead of the corpus: text / JSON-lines documents (ppl, niah, ruler) "
                              "or LongBench-format JSON lines (longbench)")
@@ -106,14 +118,16 @@ def add_arguments(parser):
                         help="heldout: score the windows of the LENGTH plan, each cut to its last T tokens, so that "
                              "every --lengths T scores the same tokens (perplexity against context length); "
                              "the cells are named ..._targets<LENGTH>.json and stay out of the headline")
-    parser.add_argument("--overwrite", action="store_true", help="heldout: rerun cells whose JSON exists")
+    parser.add_argument("--overwrite", action="store_true", default=None,
+                        help="heldout: rerun cells whose JSON exists (without it, a cell of the same settings is kept, "
+                             "one of other settings refused)")
     parser.add_argument("--trials", type=positive_int, help="trials per cell (passkey, niah, ruler: 10)")
     parser.add_argument("--depths", nargs="+", type=float, help="needle depths in [0, 1]")
     parser.add_argument("--tasks", nargs="+", choices=list(RULER_TASKS), help="RULER tasks (default: all)")
     parser.add_argument("--threshold", type=float,
                         help="RULER effective-length threshold (default: full attention at the native length)")
     parser.add_argument("--limit", type=positive_int, help="longbench: at most this many records per dataset")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, help="seed of the heldout windows and the trials (default: 0)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     add_device_argument(parser)
     parser.add_argument("--output", help="folder for result JSON (default: results/; demo: runs/demo/results)")
@@ -129,18 +143,43 @@ def add_arguments(parser):
 
 
 def run(args):
-    for option, tasks in TASK_OPTIONS.items():
-        if getattr(args, option) is not None and args.task not in tasks:
-            raise InputError(f"--{option.replace('_', '-')} applies to {' / '.join(sorted(tasks))}, not {args.task}")
-    if args.data and args.domains:
-        raise InputError("--domains chooses corpus domains; with --data your files are the data: pass one")
+    _check_given_options(args)
     for key, value in DEFAULTS[args.task].items():
         if getattr(args, key, None) is None:
             setattr(args, key, list(value) if isinstance(value, (list, tuple)) else value)
+    if args.base is None:  # as `ask` does: an adapter is read on the base it was trained on
+        args.base = _recorded_base(args.adapter)
     validate_args(args)
     session = Session(args)
     return {"ppl": run_ppl, "heldout": run_heldout, "passkey": run_passkey_task, "niah": run_niah, "ruler": run_ruler_task,
             "longbench": run_longbench_task, "demo": run_demo}[args.task](session)
+
+
+def _check_given_options(args) -> None:
+    """Options given to a task that would ignore them (checked before DEFAULTS fills the ones not given)."""
+    for option, tasks in TASK_OPTIONS.items():
+        if getattr(args, option) is not None and args.task not in tasks:
+            raise InputError(f"--{option.replace('_', '-')} applies to {' / '.join(sorted(tasks))}, not {args.task}")
+    for option, what in CORPUS_OPTIONS.items():
+        if args.data and getattr(args, option) is not None:
+            raise InputError(f"--{option} chooses {what}; with --data your files are the data: pass one")
+
+
+def _recorded_base(adapter) -> str | None:
+    """The base model an adapter records, or None for the default model (which Session names as it always has:
+    results and trial journals key on that name) and without an adapter."""
+    from sharedllm.loading import DEFAULT_BASE
+
+    config = Path(str(adapter)) / "config.json"
+    if _chosen_adapter(adapter) is None or not config.is_file():
+        return None
+    base = json.loads(config.read_text()).get("base_model")
+    return None if base == DEFAULT_BASE else base
+
+
+def _chosen_adapter(value) -> str | None:
+    """--adapter as the methods read it: 'none' (any case) is no adapter."""
+    return None if str(value).lower() == "none" else value
 
 
 def validate_args(args) -> None:
@@ -162,16 +201,21 @@ def validate_args(args) -> None:
             raise InputError(f"{knob_flag(name)} is a knob of {' / '.join(readers)}, not of {', '.join(args.methods)}")
     if args.depths and not all(0.0 <= d <= 1.0 for d in args.depths):
         raise InputError(f"--depths must lie in [0, 1], got {args.depths}")
+    _check_no_repeats(args)
+    _check_window_lengths(args)
+    if args.task == "ppl" and args.protocol == "sliding":
+        _check_sliding_methods(args.methods)
+    _check_folder("--output", args.output)
+    if args.task == "demo":
+        _check_folder("--docs", args.docs)
     _check_corpus_choice(args)
     if "sharedllm" in args.methods:
         _check_sharedllm_knobs(args)
     if args.task == "heldout":
-        if args.data:
-            raise InputError("heldout scores the test split of sharedllm/splits.json; score user files with "
-                             "`eval ppl --data`")
         if args.targets_of and max(args.lengths) > args.targets_of:
             raise InputError(f"--targets-of {format_length(args.targets_of)} cuts windows to each --lengths T: every T "
                              f"must be at most {format_length(args.targets_of)}, got {format_length(max(args.lengths))}")
+        _check_existing_cells(args)
     if args.task == "longbench":
         if not args.data:
             raise InputError("longbench needs --data FILE.jsonl ... (LongBench cannot be downloaded here)")
@@ -186,6 +230,45 @@ def validate_args(args) -> None:
             # follows once the tokenizer loads.
             longest = max(len(d.text.encode("utf-8")) for d in documents)
             _require_windows(args.lengths, longest, "bytes", slack=1)
+
+
+def _check_no_repeats(args) -> None:
+    """A value listed twice would be run twice, and its trials counted twice (a journal keys them by value)."""
+    for option in ("methods", "lengths", "depths", "domains", "tasks"):
+        values = getattr(args, option) or []
+        if repeated := [v for i, v in enumerate(values) if v in values[:i]]:
+            shown = ", ".join(format_length(v) if option == "lengths" else str(v) for v in dict.fromkeys(repeated))
+            raise InputError(f"--{option} lists {shown} more than once: pass each once")
+
+
+def _check_window_lengths(args) -> None:
+    """A perplexity window scores its last SCORED tokens, the first of them predicted from at least one token before
+    (the sliding protocol's stride is as long): a shorter window fails in the scoring, after the model loaded."""
+    if args.task in ("ppl", "heldout", "demo") and (short := [n for n in args.lengths if n <= SCORED]):
+        raise InputError(f"{args.task} scores the last {SCORED} tokens of each window after at least one token of "
+                         f"context: --lengths must be more than {SCORED}, got {', '.join(map(format_length, short))}")
+
+
+def _check_sliding_methods(methods) -> None:
+    """The sliding protocol scores a document from its second token on; window, sharedllm and cepe predict only inside
+    their decoder window (the tokens before it are cut, or become context chunks), so their first window fails."""
+    from sharedllm.methods import METHOD_CLASSES, SharedLLM, WindowAttention
+
+    decoder_window_only = (WindowAttention, SharedLLM)
+    if unfit := [m for m in methods if issubclass(METHOD_CLASSES[m], decoder_window_only)]:
+        fit = [m for m, cls in METHOD_CLASSES.items() if not issubclass(cls, decoder_window_only)]
+        raise InputError(f"--protocol sliding scores each document from its first tokens on, which {', '.join(unfit)} "
+                         f"cannot predict (only inside the decoder window): use --protocol cepe, or sliding with "
+                         f"{' / '.join(fit)}")
+
+
+def _check_folder(flag: str, path) -> None:
+    """A folder results go into: a file there, or above it, would fail at mkdir once the work is done."""
+    for folder in (Path(path), *Path(path).parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise InputError(f"{flag} {path}: {folder} is a file, not a folder")
+            return
 
 
 def _check_corpus_choice(args) -> None:
@@ -210,6 +293,47 @@ def _check_sharedllm_knobs(args) -> None:
         SharedLLMConfig.reading(adapter, knobs_from_args(args))
     except (ValueError, TypeError) as err:  # TypeError: a knob of the wrong type, e.g. --knob tree_depth=abc
         raise InputError(f"SharedLLM knobs: {err}") from err
+
+
+def _check_existing_cells(args) -> None:
+    """Each heldout cell file already in --output against the settings known before anything loads (the model's
+    name, the method's config and the windows are checked once they load): refused now rather than after loading."""
+    from sharedllm.assets import DEFAULT_DOMAINS
+
+    from . import heldout
+
+    names = {args.label: args.methods[0]} if args.label else {m: m for m in args.methods}
+    for name, method in names.items():
+        for domain in args.domains or DEFAULT_DOMAINS:
+            for length in args.lengths:
+                path = Path(args.output) / heldout.cell_filename(name, domain, length, args.targets_of or length)
+                if path.exists():
+                    _keep_cell(path, _cell_settings_before_loading(args, method, length), args.overwrite)
+
+
+def _cell_settings_before_loading(args, method: str, length: int) -> dict:
+    """The settings of a heldout cell (`heldout.cell_settings`) the command line decides."""
+    return {"split": args.split, "adapter": _result_adapter(_chosen_adapter(args.adapter), method),
+            "dtype": args.dtype, "seed": args.seed, "max_windows": args.max_windows,
+            "targets_of": args.targets_of if args.targets_of not in (None, length) else None}
+
+
+def _keep_cell(path: Path, settings: dict, overwrite: bool) -> bool:
+    """Whether a heldout run keeps the cell file at `path` rather than scoring the cell: yes when it was made with
+    `settings` (a stopped grid resumes), no with --overwrite. A cell of other settings is never kept as this run's:
+    refused, and one of another split is refused even with --overwrite (the file names do not say the split)."""
+    from . import heldout
+
+    recorded = heldout.cell_settings(provenance.read_json(path))
+    differences = heldout.settings_differences(recorded, settings)
+    if "split" in differences:
+        raise InputError(f"{path} holds the {recorded['split']} split's cell, not the {settings['split']} split's: "
+                         f"pass another --output")
+    if differences and not overwrite:
+        shown = "; ".join(f"{name} {there!r} there, {here!r} now" for name, (there, here) in differences.items())
+        raise InputError(f"{path} was made with other settings ({shown}): pass --label NAME or another --output to "
+                         f"keep both, or --overwrite to replace it")
+    return not overwrite
 
 
 def _user_documents(paths) -> list:
@@ -247,10 +371,29 @@ class Session:
         self.base, self.tokenizer = load_causal_lm(args.base, dtype=DTYPES[args.dtype])
         self.model_name = _portable_path(args.base)  # how results and journals name the base
         self.base.to(args.device)
-        self.adapter = None if str(args.adapter).lower() == "none" else args.adapter
+        self.adapter = _chosen_adapter(args.adapter)
+        self._check_adapter_base()
         self.decoder_window = args.decoder_window or self._adapter_decoder_window() or KNOB_DEFAULTS["decoder_window"]
         self.knobs = knobs_from_args(args)  # the SharedLLM knob flags, for sharedllm and cepe
         self.command = shlex.join(["sharedllm", *sys.argv[1:]])
+
+    def _check_adapter_base(self) -> None:
+        """An adapter on a base it was not trained on fails inside its method (`from_pretrained`), after the methods
+        before it ran: refused here, once the base has loaded and before any method runs."""
+        from sharedllm.loading import base_fingerprint
+        from sharedllm.methods import METHOD_CLASSES
+
+        config = Path(self.adapter or "") / "config.json"
+        if not (self.adapter and config.is_file() and any(METHOD_CLASSES[m].reads_adapter for m in self.args.methods)):
+            return
+        recorded = json.loads(config.read_text())
+        trained_on, found = recorded.get("base_fingerprint"), base_fingerprint(self.base)
+        if trained_on and found != trained_on:
+            fp16 = ("; a float16 load of a float32 checkpoint changes the fingerprint: use --dtype float32 or bfloat16"
+                    if self.args.dtype == "float16" else "")
+            raise InputError(f"--adapter {self.adapter} was trained on {recorded.get('base_model')} (weight "
+                             f"fingerprint {trained_on}), not on --base {self.args.base} (fingerprint {found}): leave "
+                             f"--base out to load the adapter's own base{fp16}")
 
     def _adapter_decoder_window(self) -> int | None:
         config = Path(self.adapter or "") / "config.json"
@@ -312,9 +455,7 @@ class Session:
         return journal, done
 
     def result_adapter(self, method) -> str | None:
-        """The adapter a result file names: this comparison's, for the methods that read it (by the method's own
-        name, not a --label), as the README writes it."""
-        return _portable_path(self.adapter) if method.name in SHAREDLLM_METHODS else None
+        return _result_adapter(self.adapter, method.name)
 
     def write(self, task, name, method, protocol, data, scores, counts, details, wall_time_s, notes=""):
         result = {
@@ -329,6 +470,12 @@ class Session:
         provenance.write_json(path, result)
         print(f"wrote {path}")
         return path
+
+
+def _result_adapter(adapter: str | None, method: str) -> str | None:
+    """The adapter a result file names: the comparison's, for the methods that read it (by the method's own name,
+    not a --label), as the README writes it."""
+    return _portable_path(adapter) if method in SHAREDLLM_METHODS else None
 
 
 def _portable_path(path: str | None) -> str | None:
@@ -411,7 +558,8 @@ def run_ppl(session):
 
 def run_heldout(session):
     """Every method on the same seeded held-out windows per (domain, length): one JSON per cell, cells already
-    written are skipped (a grid resumes where it stopped), windows a method cannot run are recorded as not run."""
+    written with the same settings are skipped (a grid resumes where it stopped), windows a method cannot run are
+    recorded as not run."""
     from sharedllm.assets import DEFAULT_DOMAINS
 
     from . import heldout
@@ -419,53 +567,67 @@ def run_heldout(session):
     a = session.args
     domains = a.domains or list(DEFAULT_DOMAINS)
     docs = {domain: heldout.heldout_documents(domain, session.tokenizer, a.split) for domain in domains}
-    out, rows = Path(a.output), {}
+    rows = {}
     for name, method in session.methods():
-        for domain in domains:
+        for domain, length, plan_length, plan, path in _cells_to_score(session, name, method, docs):
             doc_lengths = {doc_id: len(ids) for doc_id, ids in docs[domain].items()}
-            for length in a.lengths:
-                plan_length = a.targets_of or length
-                path = out / heldout.cell_filename(name, domain, length, plan_length)
-                if path.exists() and not a.overwrite:
-                    print(f"exists, skipped: {path}")
-                    continue
-                # the plan of plan_length cut to length (itself without --targets-of)
-                plan = heldout.targets_of(heldout.plan_windows(doc_lengths, plan_length, a.max_windows, a.seed),
-                                          plan_length, length)
-                too_long = a.max_length and length > a.max_length
-                not_run = f"past --max-length {format_length(a.max_length)}" if too_long else method.same_as_another(length)
-                start = time.time()
-                journal, done = session.journal("heldout", f"{name}_{domain}_{length}", method,
-                                                windows=heldout.windows_id(plan, length))
-                records = heldout.score_windows(method, docs[domain], plan, length, not_run, a.max_seconds,
-                                                done=done, on_record=journal.append)
-                summary = heldout.summarise(records, a.seed)
-                if not plan:
-                    summary["not_run"] = f"no {domain} test document has {plan_length} tokens"
-                result = {
-                    "task": "heldout", "protocol": "cepe-heldout", "method": name, "method_config": _method_config(method),
-                    "model": session.model_name, "adapter": session.result_adapter(method),
-                    "domain": domain, "length": length,
-                    "data": {"split": a.split, "domain": domain, "docs": doc_lengths,
-                             "windows_available": heldout.count_windows(doc_lengths, plan_length)},
-                    "plan": {"seed": a.seed, "budget": a.max_windows, "stride": heldout.STRIDE, "scored": heldout.SCORED,
-                             "windows_id": heldout.windows_id(plan, length),
-                             **({"targets_of": plan_length} if plan_length != length else {})},
-                    "summary": summary, "windows": records, "wall_time_s": time.time() - start,
-                    **session.provenance(),
-                }
-                provenance.write_json(path, result)
-                print(f"wrote {path}")
-                if summary["complete"]:
-                    journal.remove(records)
-                elif journal.path.exists():  # e.g. out of --max-seconds: --overwrite later scores only the rest
-                    print(f"  incomplete: its scored windows stay in {journal.path}; --overwrite continues the cell")
-                rows.setdefault(name, {})[f"{domain}@{format_length(length)}"] = report.heldout_cell_text(summary)
+            too_long = a.max_length and length > a.max_length
+            not_run = f"past --max-length {format_length(a.max_length)}" if too_long else method.same_as_another(length)
+            start = time.time()
+            journal, done = session.journal("heldout", f"{name}_{domain}_{length}", method,
+                                            windows=heldout.windows_id(plan, length))
+            records = heldout.score_windows(method, docs[domain], plan, length, not_run, a.max_seconds,
+                                            done=done, on_record=journal.append)
+            summary = heldout.summarise(records, a.seed)
+            if not plan:
+                summary["not_run"] = f"no {domain} {a.split} document has {plan_length} tokens"
+            result = {
+                "task": "heldout", "protocol": "cepe-heldout", "method": name, "method_config": _method_config(method),
+                "model": session.model_name, "adapter": session.result_adapter(method),
+                "domain": domain, "length": length,
+                "data": {"split": a.split, "domain": domain, "docs": doc_lengths,
+                         "windows_available": heldout.count_windows(doc_lengths, plan_length)},
+                "plan": {"seed": a.seed, "budget": a.max_windows, "stride": heldout.STRIDE, "scored": heldout.SCORED,
+                         "windows_id": heldout.windows_id(plan, length),
+                         **({"targets_of": plan_length} if plan_length != length else {})},
+                "summary": summary, "windows": records, "wall_time_s": time.time() - start,
+                **session.provenance(),
+            }
+            provenance.write_json(path, result)
+            print(f"wrote {path}")
+            if summary["complete"]:
+                journal.remove(records)
+            elif journal.path.exists():  # e.g. out of --max-seconds: --overwrite later scores only the rest
+                print(f"  incomplete: its scored windows stay in {journal.path}; --overwrite continues the cell")
+            rows.setdefault(name, {})[f"{domain}@{format_length(length)}"] = report.heldout_cell_text(summary)
         del method
     if not rows:
         return
     print_table(f"held-out perplexity (CEPE windows, last 256 tokens scored), model {a.base}, "
                 f"{a.max_windows} windows per cell, seed {a.seed}", rows)
+
+
+def _cells_to_score(session, name: str, method, docs: dict) -> list[tuple]:
+    """(domain, length, plan length, plan, path) of each of `method`'s cells that this run scores: all of them
+    are checked against the cell files already there (`_keep_cell`) before the first is scored."""
+    from . import heldout
+
+    a, cells = session.args, []
+    for domain in docs:
+        doc_lengths = {doc_id: len(ids) for doc_id, ids in docs[domain].items()}
+        for length in a.lengths:
+            plan_length = a.targets_of or length
+            # the plan of plan_length cut to length (itself without --targets-of)
+            plan = heldout.targets_of(heldout.plan_windows(doc_lengths, plan_length, a.max_windows, a.seed),
+                                      plan_length, length)
+            path = Path(a.output) / heldout.cell_filename(name, domain, length, plan_length)
+            settings = {**_cell_settings_before_loading(a, method.name, length), "model": session.model_name,
+                        "method_config": _method_config(method), "windows_id": heldout.windows_id(plan, length)}
+            if path.exists() and _keep_cell(path, settings, a.overwrite):
+                print(f"exists, skipped: {path}")
+            else:
+                cells.append((domain, length, plan_length, plan, path))
+    return cells
 
 
 def passkey_results(session, lengths, depths, trials, notes=""):
@@ -487,8 +649,22 @@ def passkey_results(session, lengths, depths, trials, notes=""):
     return rows
 
 
+def _check_passkey_lengths(tokenizer, args) -> None:
+    """A passkey prompt holds its instruction, needle and question whatever its filler: a shorter length would fail
+    in the prompt search of its first trial. Checked once the tokenizer has loaded, before any method runs."""
+    from .passkey import encode, passkey_key, passkey_prompt
+
+    for length in args.lengths:
+        keys = {passkey_key(args.seed, length, depth, trial) for depth in args.depths for trial in range(args.trials)}
+        bare = max(len(encode(tokenizer, passkey_prompt(0, 0.0, key))) for key in keys)
+        if bare > length:
+            raise InputError(f"a passkey prompt without filler has {bare} tokens: --lengths {format_length(length)} "
+                             f"is too short for one")
+
+
 def run_passkey_task(session):
     a = session.args
+    _check_passkey_lengths(session.tokenizer, a)
     rows = passkey_results(session, a.lengths, a.depths, a.trials)
     print_table(f"passkey accuracy (Landmark format), model {a.base}, depths {a.depths}", rows)
 
@@ -586,6 +762,7 @@ def run_longbench_task(session):
 
 def run_demo(session):
     a = session.args
+    _check_passkey_lengths(session.tokenizer, a)
     note = (f"DEMO SETTINGS: {a.max_windows} PPL windows and {a.trials} passkey trials per method at depth(s) "
             f"{a.depths}: indicative only; the full protocols use 100 windows and >= 10 trials per cell")
     ppl_rows, data = ppl_results(session, "cepe", a.lengths, a.max_windows, notes=note)

@@ -2,7 +2,8 @@
 
 A *cell* is (domain, window length T, method). For a domain and a length, `plan_windows` draws a fixed list
 of windows (document, start) once, from a seeded permutation of every CEPE window position of the test split
-(starts every 256 tokens of each test document >= T; sharedllm/splits.json fixes which documents are test).
+(starts every 256 tokens of each test document >= T; sharedllm/splits.json fixes which documents are test;
+`eval heldout --split` scores another split's documents the same way).
 The plan depends only on the documents, T, the budget and the seed, never on the method, so every method of a
 column is scored on exactly the same windows. A larger budget extends the plan: the first N windows of a
 budget-M plan (M > N) are the budget-N plan.
@@ -14,8 +15,10 @@ limit, out of its time budget, an error) is recorded as `not_run` with the reaso
 """
 
 import hashlib
+import json
 import math
 import time
+from pathlib import PurePath
 
 import numpy as np
 import torch
@@ -27,7 +30,7 @@ CI_LEVEL = 0.95
 
 
 def heldout_documents(domain: str, tokenizer, split: str = "test") -> dict[str, np.ndarray]:
-    """{doc_id: token ids} of a domain's held-out documents, in splits.json order (the split is fixed there)."""
+    """{doc_id: token ids} of a domain's documents of `split`, in splits.json order (the split is fixed there)."""
     from sharedllm.assets import load_documents
     from sharedllm.data import tokenize_documents
 
@@ -170,6 +173,37 @@ def cell_filename(method: str, domain: str, length: int, plan_length: int | None
     the targets of a longer plan (`targets_of`) names that plan's length too."""
     suffix = f"_targets{plan_length}" if plan_length not in (None, length) else ""
     return f"heldout_{domain}_{length}_{method}{suffix}.json"
+
+
+def cell_settings(result: dict) -> dict:
+    """What a cell file's numbers depend on besides its name (domain, length, method or label): a grid run keeps
+    the file as its own only when it runs with these settings too (`settings_differences`)."""
+    plan = result.get("plan", {})
+    return {"split": result.get("data", {}).get("split"), "model": result.get("model"),
+            "adapter": result.get("adapter"), "method_config": result.get("method_config", {}),
+            "dtype": result.get("hardware", {}).get("dtype"),
+            "seed": plan.get("seed"), "max_windows": plan.get("budget"), "targets_of": plan.get("targets_of"),
+            "windows_id": plan.get("windows_id")}
+
+
+def settings_differences(recorded: dict, settings: dict) -> dict[str, tuple]:
+    """{name: (recorded value, value in settings)} for each of `settings` that a cell file's `cell_settings` holds
+    otherwise (a method_config by knob). The model is compared by its folder's name: cells written before models
+    were named portably hold the assets home's path on their machine (/root/.cache/sharedllm/models/X for
+    $SHAREDLLM_HOME/models/X). A knob only the newer method_config names came into the code between the two runs,
+    at a default that kept what the code did before, so it is not compared."""
+    settings = json.loads(json.dumps(settings, default=str))  # as a file holds it: lists, not tuples
+    differences = {}
+    for name, value in settings.items():
+        there = recorded.get(name)
+        if name == "method_config":
+            differences.update({knob: (there[knob], v) for knob, v in value.items()
+                                if knob in there and there[knob] != v})
+        elif name == "model" and there and value and PurePath(there).name == PurePath(value).name:
+            continue
+        elif there != value:
+            differences[name] = (there, value)
+    return differences
 
 
 def targets_length(result: dict) -> int:

@@ -93,6 +93,43 @@ def test_targets_of_scores_every_length_on_the_longest_plans_tokens(corpus, caps
         _heldout(cli, tmp, "--methods", "full", "--targets-of", "512")
 
 
+def test_a_cell_file_of_other_settings_is_refused_not_skipped(corpus, monkeypatch, capsys):
+    """A rerun skips a cell only when its file was made with the same settings; one of another adapter, knobs, seed or
+    budget is refused (before loading where the command line decides it), one of another split even with --overwrite."""
+    import sharedllm.loading
+    from fakes import FakeMethod
+
+    from sharedllm.evaluation import cli
+
+    tmp, out = corpus, corpus / "results" / "heldout"
+    _heldout(cli, tmp, "--methods", "window", "--lengths", "512")
+    cell = out / "heldout_books_512_window.json"
+    written = cell.read_bytes()
+    load = sharedllm.loading.load_causal_lm
+    monkeypatch.setattr(sharedllm.loading, "load_causal_lm", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(InputError, match=r"heldout_books_512_window.json was made with other settings \(seed 0 there, 1 "
+                                         r"now\): pass --label NAME or another --output to keep both, or --overwrite"):
+        _heldout(cli, tmp, "--methods", "window", "--lengths", "512", "--seed", "1")
+    with pytest.raises(InputError, match="max_windows 4 there, 2 now"):
+        _heldout(cli, tmp, "--methods", "window", "--lengths", "512", "--max-windows", "2")
+    for overwrite in ([], ["--overwrite"]):
+        with pytest.raises(InputError, match="holds the test split's cell, not the validation split's: pass another"):
+            _heldout(cli, tmp, "--methods", "window", "--lengths", "512", "--split", "validation", *overwrite)
+    monkeypatch.setattr(sharedllm.loading, "load_causal_lm", load)
+    # a knob shows in the method's config, once it is built: refused before any window is scored
+    token_nll = FakeMethod.token_nll
+    monkeypatch.setattr(FakeMethod, "token_nll", lambda *a: pytest.fail("a window was scored"))
+    with pytest.raises(InputError, match="decoder_window 1024 there, 512 now"):
+        _heldout(cli, tmp, "--methods", "window", "--lengths", "512", "--decoder-window", "512")
+    assert cell.read_bytes() == written
+    capsys.readouterr()
+    _heldout(cli, tmp, "--methods", "window", "--lengths", "512")  # the same settings: kept
+    assert f"exists, skipped: {cell}" in capsys.readouterr().out and cell.read_bytes() == written
+    monkeypatch.setattr(FakeMethod, "token_nll", token_nll)
+    _heldout(cli, tmp, "--methods", "window", "--lengths", "512", "--max-windows", "2", "--overwrite")
+    assert json.loads(cell.read_text())["plan"]["budget"] == 2
+
+
 def test_stopped_or_out_of_budget_cell_continues_from_its_journal(corpus, monkeypatch):
     from fakes import FakeMethod
 

@@ -166,10 +166,10 @@ def test_eval_demo_end_to_end_writes_results_and_report(fake_stack, capsys):
     assert len(list((tmp / "docs" / "figures").glob("*.png"))) == 5  # one PPL plot + 4 heatmaps
 
 
-TRIAL_TASKS = {  # 6 trials each: 2 depths x 3 trials, 2 tasks x 3 trials
+TRIAL_TASKS = {  # 6 trials each: 2 depths x 3 trials, 2 tasks x 3 trials; niah and ruler on book.txt
     "passkey": ["--depths", "0", "1", "--lengths", "512"],
-    "niah": ["--depths", "0", "1", "--lengths", "512"],
-    "ruler": ["--tasks", "niah_single", "niah_multikey", "--lengths", "1K"],  # a multikey prompt needs > 512 chars
+    "niah": ["--depths", "0", "1", "--lengths", "512", "--data", "book.txt"],
+    "ruler": ["--tasks", "niah_single", "niah_multikey", "--lengths", "1K", "--data", "book.txt"],  # multikey: > 512 chars
 }
 
 
@@ -190,8 +190,9 @@ def test_stopped_trial_run_continues_from_its_journal(task, fake_stack, monkeypa
         return generate(self, input_ids, max_new_tokens)
 
     def run(out, *extra):
-        cli, args = _parse([task, "--methods", "full", "--base", "fake", "--trials", "3",
-                            "--data", str(tmp / "book.txt"), "--output", str(tmp / out), *TRIAL_TASKS[task], *extra])
+        argv = [str(tmp / a) if a == "book.txt" else a for a in TRIAL_TASKS[task]]
+        cli, args = _parse([task, "--methods", "full", "--base", "fake", "--trials", "3", "--output", str(tmp / out),
+                            *argv, *extra])
         cli.run(args)
 
     monkeypatch.setattr(FakeMethod, "generate", counted)
