@@ -2,8 +2,8 @@
 
 Tasks: ppl (CEPE or sliding protocol), heldout (the headline grid: every method on the same seeded held-out
 windows per domain and length, a bootstrap interval per cell, one JSON per cell), passkey (Landmark format),
-niah (needle in real prose), ruler (synthetic RULER-style tasks), longbench (user-provided LongBench /
-InfiniteBench JSON lines), and demo (the newcomer run: PPL and passkey beyond the base model's 8K window for
+niah (needle in real prose), ruler (synthetic RULER-style tasks), longbench (user-provided LongBench(-E)
+JSON lines, English sets), and demo (the newcomer run: PPL and passkey beyond the base model's 8K window for
 full / window / streaming / sharedllm, in a few minutes on a laptop CPU). Each (task, method) writes one JSON under --output with the
 protocol, data, counts, scores, hardware and command; `sharedllm report` turns them into docs/results.md.
 """

@@ -180,14 +180,15 @@ def included_notes(folder: Path, levels_down: int) -> list[str]:
 
 
 def load_heldout(results_dir) -> list[dict]:
-    """The cell files of `sharedllm eval heldout` under RESULTS/heldout/ (newest file per cell wins)."""
+    """The test-split cell files of `sharedllm eval heldout` under RESULTS/heldout/ (newest file per cell wins)."""
     cells = {}
     for path in sorted(Path(results_dir, HEADLINE_DIR).glob("*.json")):
         result = read_json(path)
         if not isinstance(result, dict):
             continue
         # a cell cut from a longer plan (`--targets-of`) scores other windows than its length's column
-        headline = "targets_of" not in result.get("plan", {})
+        # and a cell of another split (an ablation on validation documents) is no test number
+        headline = "targets_of" not in result.get("plan", {}) and result.get("data", {}).get("split", "test") == "test"
         if result.get("task") == "heldout" and isinstance(result.get("summary"), dict) and headline:
             result["_file"] = f"{HEADLINE_DIR}/{path.name}"
             key = (result["domain"], int(result["length"]), result["method"])

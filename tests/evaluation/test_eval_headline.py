@@ -266,3 +266,15 @@ def test_a_broken_point_is_drawn_off_scale_and_the_rest_keep_the_plot(tmp_path):
     cells = [{**_cell(m, n, v["ppl"]), "summary": {**_cell(m, n, v["ppl"])["summary"], **v}}
              for m, points in series.items() for n, v in points]
     assert report.plot_heldout(cells, tmp_path / "plot.png", "t") and (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_a_cell_of_another_split_stays_out_of_the_headline(tmp_path):
+    """An ablation on validation documents written into results/heldout is no test number (it was shown as one)."""
+    folder = tmp_path / "heldout"
+    folder.mkdir()
+    cell = {"task": "heldout", "domain": "books", "length": 4096, "method": "sharedllm", "plan": {},
+            "summary": {"complete": True}, "created": "2026-12-06"}
+    (folder / "heldout_books_4096_sharedllm.json").write_text(json.dumps({**cell, "data": {"split": "test"}}))
+    (folder / "heldout_books_4096_sharedllm-val.json").write_text(
+        json.dumps({**cell, "data": {"split": "validation"}, "created": "2026-12-07"}))
+    assert [c["data"]["split"] for c in report.load_heldout(tmp_path)] == ["test"]
