@@ -168,17 +168,18 @@ def _adapter_on(base: str, folder: Path) -> str:
 
 def test_eval_loads_the_base_the_adapter_records_unless_told_otherwise(no_model, monkeypatch, capsys):
     """As `ask` does; the default model is named as before (results and journals key on its name)."""
-    from sharedllm.evaluation import cli
+    from sharedllm.cli import InputError
+    from sharedllm.evaluation import checks
 
     def loaded(path, dtype=None):
-        raise cli.InputError(f"loaded {path}")
+        raise InputError(f"loaded {path}")
 
     monkeypatch.setattr(sharedllm.loading, "load_causal_lm", loaded)
     adapter = _adapter_on("/models/other-base", no_model / "mine")
     argv = ["eval", "ppl", "--methods", "full", "--data", "book.txt", "--lengths", "1K", "--adapter", adapter]
     assert error_line(capsys, argv).endswith("loaded /models/other-base")
     assert error_line(capsys, [*argv, "--base", "given"]).endswith("loaded given")
-    assert cli._recorded_base(CROSS_ADAPTER) is None and cli._recorded_base("none") is None
+    assert checks.recorded_base(CROSS_ADAPTER) is None and checks.recorded_base("none") is None
 
 
 def test_an_adapter_on_another_base_is_one_line_before_any_method_runs(no_model, monkeypatch, capsys):
@@ -223,13 +224,13 @@ def test_longbench_without_data_or_with_a_missing_file(no_model, capsys):
 
 def test_default_adapter_is_found_from_any_folder(no_model):
     from sharedllm.cli import build_parser
-    from sharedllm.evaluation import cli
+    from sharedllm.evaluation import session
 
     assert Path.cwd() == no_model  # not the repository
     for command in (["eval", "ppl"], ["bench"]):
         adapter = build_parser(command[0]).parse_args(command).adapter
         assert (Path(adapter) / "config.json").is_file()
-        assert cli._portable_path(adapter) == "adapters/smollm2-135m-joint-exercises"  # results name no machine path
+        assert session.portable_path(adapter) == "adapters/smollm2-135m-joint-exercises"  # results name no machine path
 
 
 def test_a_wheel_carries_every_file_of_the_default_adapter():
@@ -251,14 +252,14 @@ def test_a_wheel_carries_every_file_of_the_default_adapter():
 
 def test_the_default_model_is_named_by_its_place_in_the_assets_home(tmp_path, monkeypatch):
     """Two machines with different homes key a run's journal alike, so one continues what the other stopped."""
-    from sharedllm.evaluation import cli
+    from sharedllm.evaluation import session
 
     names = set()
     for home in (tmp_path / "a", tmp_path / "b"):
         monkeypatch.setenv("SHAREDLLM_HOME", str(home))
-        names.add(cli._portable_path(str(home / "models" / "SmolLM2-135M-Instruct")))
+        names.add(session.portable_path(str(home / "models" / "SmolLM2-135M-Instruct")))
     assert names == {"$SHAREDLLM_HOME/models/SmolLM2-135M-Instruct"}
-    assert cli._portable_path(str(tmp_path / "elsewhere")) == str(tmp_path / "elsewhere")  # any other path as given
+    assert session.portable_path(str(tmp_path / "elsewhere")) == str(tmp_path / "elsewhere")  # any other path as given
 
 
 def test_no_window_in_tokens_is_caught_before_any_method_runs(no_model, monkeypatch, capsys):

@@ -54,7 +54,7 @@ def test_old_eval_spellings_still_work_and_warn(capsys):
 
 def test_eval_passes_knob_flags_to_sharedllm_and_infllm_options_to_infllm_alone(fake_stack, monkeypatch, capsys):  # noqa: F811
     import sharedllm.methods
-    from sharedllm.evaluation import cli
+    from sharedllm.evaluation import session
 
     built = {}
     monkeypatch.setattr(sharedllm.methods, "load_method", lambda name, base, tok, shared=None, **options: built.setdefault(
@@ -63,7 +63,7 @@ def test_eval_passes_knob_flags_to_sharedllm_and_infllm_options_to_infllm_alone(
     def methods(*argv):
         built.clear()
         args = build_parser("eval").parse_args(["eval", "ppl", "--base", "fake", *argv])
-        list(cli.Session(args).methods())
+        list(session.Session(args).methods())
         return dict(built)
 
     assert methods("--methods", "window", "infllm", "--decoder-window", "2K", "--infllm", "topk=8") == {

@@ -6,22 +6,18 @@ niah (needle in real prose), ruler (synthetic RULER-style tasks), longbench (use
 JSON lines, English sets), and demo (the newcomer run: PPL and passkey beyond the base model's 8K window for
 full / window / streaming / sharedllm, in a few minutes on a laptop CPU). Each (task, method) writes one JSON under --output with the
 protocol, data, counts, scores, hardware and command; `sharedllm report` turns them into docs/results.md.
+
+This module holds the parser, the per-task defaults, `run` and the task runners; the checks made before any model
+loads are in checks.py, the loaded base, methods, journals and result files (`Session`) in session.py.
 """
 
-import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from sharedllm import provenance
-from sharedllm.provenance import REPO
-from sharedllm.assets import sharedllm_home
-from sharedllm.cli import InputError, adapter_argument
-from sharedllm.config import KNOB_DEFAULTS
+from sharedllm.cli import InputError
 from sharedllm.flags import (
     add_adapter_argument,
     add_base_argument,
@@ -31,25 +27,24 @@ from sharedllm.flags import (
     add_knob_arguments,
     add_old_knob_argument,
     add_threads_argument,
-    check_infllm_chosen,
     format_length,
-    knob_flag,
-    knobs_from_args,
     parse_length,
     positive_int,
     positive_seconds,
 )
 
 from . import report
-from .journal import TrialJournal, provenance_counts
-from .needle import RULER_TASKS, effective_length, load_haystack, run_needle_grid, run_ruler
+from .checks import (cell_settings_before_loading, check_given_options, keep_cell, recorded_base, require_windows,
+                     validate_args)
+from .journal import provenance_counts
+from .needle import RULER_TASKS, effective_length, run_needle_grid, run_ruler
 from .passkey import DEFAULT_DEPTHS, run_passkey
-from .ppl import PROTOCOLS, SCORED, perplexity
+from .ppl import PROTOCOLS, perplexity
+from .session import DTYPES, Session, method_config, portable_path
 
 TASKS = ("ppl", "heldout", "passkey", "niah", "ruler", "longbench", "demo")
 DEMO_METHODS = ["full", "window", "streaming", "sharedllm"]
 SYNTHETIC = {"source": "synthetic", "split": None, "n_docs": 0}  # passkey needs no corpus
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Per-task defaults for options whose sensible value depends on the task (None on the command line).
 DEFAULTS = {
     "ppl": dict(methods=["sharedllm"], lengths=[4096, 8192, 16384], max_windows=100, protocol="cepe"),
@@ -69,22 +64,6 @@ for task_defaults in DEFAULTS.values():
     task_defaults.setdefault("docs", "docs")
     task_defaults.setdefault("split", "test")
     task_defaults.setdefault("seed", 0)
-
-
-# Options that only some tasks read: given to another task they would be ignored without a word. Each defaults to
-# None ("not given") on the command line; DEFAULTS fills it in once this is checked.
-CORPUS_TASKS = {"ppl", "heldout", "niah", "ruler", "demo"}  # the tasks that read documents of the corpus
-TASK_OPTIONS = {"protocol": {"ppl"}, "max_windows": {"ppl", "heldout", "demo"}, "trials": {"passkey", "niah", "ruler", "demo"},
-                "depths": {"passkey", "niah", "demo"}, "tasks": {"ruler"}, "threshold": {"ruler"},
-                "limit": {"longbench"}, "docs": {"demo"}, "max_length": {"heldout"}, "max_seconds": {"heldout"},
-                "targets_of": {"heldout"}, "overwrite": {"heldout"}, "domains": CORPUS_TASKS, "split": CORPUS_TASKS,
-                "data": {"ppl", "niah", "ruler", "longbench", "demo"},
-                "seed": {"heldout", "passkey", "niah", "ruler", "demo"}}  # ppl windows and longbench draw nothing
-# The corpus choices, which --data replaces.
-CORPUS_OPTIONS = {"domains": "corpus domains", "split": "a corpus split"}
-
-
-SHAREDLLM_METHODS = ("sharedllm", "cepe")  # the methods the SharedLLM knob flags configure
 
 
 def add_arguments(parser):
@@ -143,360 +122,16 @@ def add_arguments(parser):
 
 
 def run(args):
-    _check_given_options(args)
+    check_given_options(args)
     for key, value in DEFAULTS[args.task].items():
         if getattr(args, key, None) is None:
             setattr(args, key, list(value) if isinstance(value, (list, tuple)) else value)
     if args.base is None:  # as `ask` does: an adapter is read on the base it was trained on
-        args.base = _recorded_base(args.adapter)
+        args.base = recorded_base(args.adapter)
     validate_args(args)
     session = Session(args)
     return {"ppl": run_ppl, "heldout": run_heldout, "passkey": run_passkey_task, "niah": run_niah, "ruler": run_ruler_task,
             "longbench": run_longbench_task, "demo": run_demo}[args.task](session)
-
-
-def _check_given_options(args) -> None:
-    """Options given to a task that would ignore them (checked before DEFAULTS fills the ones not given)."""
-    for option, tasks in TASK_OPTIONS.items():
-        if getattr(args, option) is not None and args.task not in tasks:
-            raise InputError(f"--{option.replace('_', '-')} applies to {' / '.join(sorted(tasks))}, not {args.task}")
-    for option, what in CORPUS_OPTIONS.items():
-        if args.data and getattr(args, option) is not None:
-            raise InputError(f"--{option} chooses {what}; with --data your files are the data: pass one")
-
-
-def _recorded_base(adapter) -> str | None:
-    """The base model an adapter records, or None for the default model (which Session names as it always has:
-    results and trial journals key on that name) and without an adapter."""
-    from sharedllm.loading import DEFAULT_BASE
-
-    config = Path(str(adapter)) / "config.json"
-    if _chosen_adapter(adapter) is None or not config.is_file():
-        return None
-    base = json.loads(config.read_text()).get("base_model")
-    return None if base == DEFAULT_BASE else base
-
-
-def _chosen_adapter(value) -> str | None:
-    """--adapter as the methods read it: 'none' (any case) is no adapter."""
-    return None if str(value).lower() == "none" else value
-
-
-def validate_args(args) -> None:
-    """Everything that can be checked before a model is loaded, each with one message saying what to change."""
-    from sharedllm.methods import METHODS
-
-    if unknown := [m for m in args.methods if m not in METHODS]:
-        raise InputError(f"unknown method {', '.join(map(repr, unknown))}; valid methods: {', '.join(METHODS)}")
-    if args.label and len(args.methods) != 1:
-        raise InputError("--label names one method's results: pass a single method in --methods with it")
-    check_infllm_chosen(args)
-    from sharedllm.methods import METHOD_CLASSES
-
-    for name in knobs_from_args(args):  # a knob no chosen method reads would be silently ignored
-        readers = [m for m in METHODS if name in METHOD_CLASSES[m].shared_knobs]
-        if not readers:  # full_logits: eval scores decoder windows itself
-            raise InputError(f"{knob_flag(name)} does not apply to sharedllm eval")
-        if not set(readers) & set(args.methods):
-            raise InputError(f"{knob_flag(name)} is a knob of {' / '.join(readers)}, not of {', '.join(args.methods)}")
-    if args.depths and not all(0.0 <= d <= 1.0 for d in args.depths):
-        raise InputError(f"--depths must lie in [0, 1], got {args.depths}")
-    _check_no_repeats(args)
-    _check_window_lengths(args)
-    if args.task == "ppl" and args.protocol == "sliding":
-        _check_sliding_methods(args.methods)
-    _check_folder("--output", args.output)
-    if args.task == "demo":
-        _check_folder("--docs", args.docs)
-    _check_corpus_choice(args)
-    if "sharedllm" in args.methods:
-        _check_sharedllm_knobs(args)
-    if args.task == "heldout":
-        if args.targets_of and max(args.lengths) > args.targets_of:
-            raise InputError(f"--targets-of {format_length(args.targets_of)} cuts windows to each --lengths T: every T "
-                             f"must be at most {format_length(args.targets_of)}, got {format_length(max(args.lengths))}")
-        _check_existing_cells(args)
-    if args.task == "longbench":
-        if not args.data:
-            raise InputError("longbench needs --data FILE.jsonl ... (LongBench cannot be downloaded here)")
-        from .longbench import load_records
-
-        load_records(args.data)  # raises InputError naming the file and line of a bad record
-    elif args.data:
-        documents = _user_documents(args.data)
-        if args.task in ("ppl", "demo") and (args.task == "demo" or args.protocol == "cepe"):
-            # A token covers at least one byte (byte-level BPE; SentencePiece with byte fallback may add one prefix
-            # token): a document of fewer than T - 1 bytes has no T-token window. The exact check, on token counts,
-            # follows once the tokenizer loads.
-            longest = max(len(d.text.encode("utf-8")) for d in documents)
-            _require_windows(args.lengths, longest, "bytes", slack=1)
-
-
-def _check_no_repeats(args) -> None:
-    """A value listed twice would be run twice, and its trials counted twice (a journal keys them by value)."""
-    for option in ("methods", "lengths", "depths", "domains", "tasks"):
-        values = getattr(args, option) or []
-        if repeated := [v for i, v in enumerate(values) if v in values[:i]]:
-            shown = ", ".join(format_length(v) if option == "lengths" else str(v) for v in dict.fromkeys(repeated))
-            raise InputError(f"--{option} lists {shown} more than once: pass each once")
-
-
-def _check_window_lengths(args) -> None:
-    """A perplexity window scores its last SCORED tokens, the first of them predicted from at least one token before
-    (the sliding protocol's stride is as long): a shorter window fails in the scoring, after the model loaded."""
-    if args.task in ("ppl", "heldout", "demo") and (short := [n for n in args.lengths if n <= SCORED]):
-        raise InputError(f"{args.task} scores the last {SCORED} tokens of each window after at least one token of "
-                         f"context: --lengths must be more than {SCORED}, got {', '.join(map(format_length, short))}")
-
-
-def _check_sliding_methods(methods) -> None:
-    """The sliding protocol scores a document from its second token on; window, sharedllm and cepe predict only inside
-    their decoder window (the tokens before it are cut, or become context chunks), so their first window fails."""
-    from sharedllm.methods import METHOD_CLASSES, SharedLLM, WindowAttention
-
-    decoder_window_only = (WindowAttention, SharedLLM)
-    if unfit := [m for m in methods if issubclass(METHOD_CLASSES[m], decoder_window_only)]:
-        fit = [m for m, cls in METHOD_CLASSES.items() if not issubclass(cls, decoder_window_only)]
-        raise InputError(f"--protocol sliding scores each document from its first tokens on, which {', '.join(unfit)} "
-                         f"cannot predict (only inside the decoder window): use --protocol cepe, or sliding with "
-                         f"{' / '.join(fit)}")
-
-
-def _check_folder(flag: str, path) -> None:
-    """A folder results go into: a file there, or above it, would fail at mkdir once the work is done."""
-    for folder in (Path(path), *Path(path).parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise InputError(f"{flag} {path}: {folder} is a file, not a folder")
-            return
-
-
-def _check_corpus_choice(args) -> None:
-    """--domains and --split name a domain and a split of splits.json (checked here, not after the model loads)."""
-    from sharedllm.assets import SPLITS, load_splits
-
-    if args.split not in SPLITS:
-        raise InputError(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
-    known = load_splits()
-    if unknown := [d for d in args.domains or () if d not in known]:
-        raise InputError(f"unknown domain {', '.join(map(repr, unknown))}; valid domains: {', '.join(sorted(known))}")
-
-
-def _check_sharedllm_knobs(args) -> None:
-    """The adapter exists and its config, with the knob flags applied as `methods.SharedLLM` will apply them, passes
-    SharedLLMConfig's checks (the base's own limits are checked once it loads). A knob sharedllm does not read
-    (full_logits) was refused before, with every knob no chosen method reads."""
-    from sharedllm.config import SharedLLMConfig
-
-    adapter = adapter_argument(args.adapter)
-    try:
-        SharedLLMConfig.reading(adapter, knobs_from_args(args))
-    except (ValueError, TypeError) as err:  # TypeError: a knob of the wrong type, e.g. --knob tree_depth=abc
-        raise InputError(f"SharedLLM knobs: {err}") from err
-
-
-def _check_existing_cells(args) -> None:
-    """Each heldout cell file already in --output against the settings known before anything loads (the model's
-    name, the method's config and the windows are checked once they load): refused now rather than after loading."""
-    from sharedllm.assets import DEFAULT_DOMAINS
-
-    from . import heldout
-
-    names = {args.label: args.methods[0]} if args.label else {m: m for m in args.methods}
-    for name, method in names.items():
-        for domain in args.domains or DEFAULT_DOMAINS:
-            for length in args.lengths:
-                path = Path(args.output) / heldout.cell_filename(name, domain, length, args.targets_of or length)
-                if path.exists():
-                    _keep_cell(path, _cell_settings_before_loading(args, method, length), args.overwrite)
-
-
-def _cell_settings_before_loading(args, method: str, length: int) -> dict:
-    """The settings of a heldout cell (`heldout.cell_settings`) the command line decides."""
-    return {"split": args.split, "adapter": _result_adapter(_chosen_adapter(args.adapter), method),
-            "dtype": args.dtype, "seed": args.seed, "max_windows": args.max_windows,
-            "targets_of": args.targets_of if args.targets_of not in (None, length) else None}
-
-
-def _keep_cell(path: Path, settings: dict, overwrite: bool) -> bool:
-    """Whether a heldout run keeps the cell file at `path` rather than scoring the cell: yes when it was made with
-    `settings` (a stopped grid resumes), no with --overwrite. A cell of other settings is never kept as this run's:
-    refused, and one of another split is refused even with --overwrite (the file names do not say the split)."""
-    from . import heldout
-
-    recorded = heldout.cell_settings(provenance.read_json(path))
-    differences = heldout.settings_differences(recorded, settings)
-    if "split" in differences:
-        raise InputError(f"{path} holds the {recorded['split']} split's cell, not the {settings['split']} split's: "
-                         f"pass another --output")
-    if differences and not overwrite:
-        shown = "; ".join(f"{name} {there!r} there, {here!r} now" for name, (there, here) in differences.items())
-        raise InputError(f"{path} was made with other settings ({shown}): pass --label NAME or another --output to "
-                         f"keep both, or --overwrite to replace it")
-    return not overwrite
-
-
-def _user_documents(paths) -> list:
-    from sharedllm.data import load_user_documents
-
-    try:
-        return [d for path in paths for d in load_user_documents(path)]
-    except (ValueError, FileNotFoundError) as err:
-        raise InputError(f"--data: {err}") from err
-
-
-def _require_windows(lengths, longest: int, unit: str, slack: int = 0) -> None:
-    """CEPE windows are T tokens of one document: a length no document reaches would report no score at all."""
-    if too_long := [n for n in lengths if n > longest + slack]:
-        raise InputError(f"no document is long enough for a window of {', '.join(map(format_length, too_long))} tokens (the "
-                         f"longest has {longest:,} {unit}): pass shorter --lengths or longer documents")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# shared plumbing: model, methods, data, result files
-
-
-class Session:
-    """The base model (loaded once), the command line, and result writing for one `sharedllm eval` run."""
-
-    def __init__(self, args):
-        from sharedllm.loading import load_causal_lm
-
-        self.args = args
-        provenance.pin_commit()  # results name the code this run starts with
-        if args.base is None:
-            from sharedllm.assets import default_model_path
-
-            args.base = str(default_model_path())
-        self.base, self.tokenizer = load_causal_lm(args.base, dtype=DTYPES[args.dtype])
-        self.model_name = _portable_path(args.base)  # how results and journals name the base
-        self.base.to(args.device)
-        self.adapter = _chosen_adapter(args.adapter)
-        self._check_adapter_base()
-        self.decoder_window = args.decoder_window or self._adapter_decoder_window() or KNOB_DEFAULTS["decoder_window"]
-        self.knobs = knobs_from_args(args)  # the SharedLLM knob flags, for sharedllm and cepe
-        self.command = shlex.join(["sharedllm", *sys.argv[1:]])
-
-    def _check_adapter_base(self) -> None:
-        """An adapter on a base it was not trained on fails inside its method (`from_pretrained`), after the methods
-        before it ran: refused here, once the base has loaded and before any method runs."""
-        from sharedllm.loading import base_fingerprint
-        from sharedllm.methods import METHOD_CLASSES
-
-        config = Path(self.adapter or "") / "config.json"
-        if not (self.adapter and config.is_file() and any(METHOD_CLASSES[m].reads_adapter for m in self.args.methods)):
-            return
-        recorded = json.loads(config.read_text())
-        trained_on, found = recorded.get("base_fingerprint"), base_fingerprint(self.base)
-        if trained_on and found != trained_on:
-            fp16 = ("; a float16 load of a float32 checkpoint changes the fingerprint: use --dtype float32 or bfloat16"
-                    if self.args.dtype == "float16" else "")
-            raise InputError(f"--adapter {self.adapter} was trained on {recorded.get('base_model')} (weight "
-                             f"fingerprint {trained_on}), not on --base {self.args.base} (fingerprint {found}): leave "
-                             f"--base out to load the adapter's own base{fp16}")
-
-    def _adapter_decoder_window(self) -> int | None:
-        config = Path(self.adapter or "") / "config.json"
-        return json.loads(config.read_text())["decoder_window"] if self.adapter and config.is_file() else None
-
-    def methods(self):
-        """Yield (name, method) one at a time so that only one method's extra weights live at once."""
-        from sharedllm.methods import load_method
-
-        # one comparison: every method takes what it reads of the shared settings (Method.build); infllm alone has
-        # options of its own here (--infllm)
-        shared = {"adapter": self.adapter, "decoder_window": self.decoder_window, **self.knobs}
-        for name in self.args.methods:
-            options = self.args.infllm if name == "infllm" else {}
-            yield self.args.label or name, load_method(name, self.base, self.tokenizer, shared=shared, **options)
-
-    def documents(self, default_domains=None):
-        """Tokenised documents (cached ids, no special tokens) and a description of their source."""
-        from sharedllm.data import tokenize_documents
-
-        docs, source = self.raw_documents(default_domains)
-        return tokenize_documents(docs, self.tokenizer), source
-
-    def raw_documents(self, default_domains=None):
-        args = self.args
-        if args.data:
-            docs = _user_documents(args.data)
-            return docs, {"source": ",".join(args.data), "split": "user", "domains": sorted({d.domain for d in docs})}
-        from sharedllm.assets import DEFAULT_DOMAINS, load_documents
-
-        domains = args.domains or default_domains or list(DEFAULT_DOMAINS)
-        return load_documents(args.split, domains), {"split": args.split, "domains": domains}
-
-    def haystack(self):
-        args = self.args
-        if args.data:
-            return "\n\n".join(d.text for d in self.raw_documents()[0]), {"source": ",".join(args.data), "split": "user"}
-        domains = args.domains or ["books"]
-        return load_haystack(args.split, domains), {"split": args.split, "domains": domains}
-
-    def provenance(self) -> dict:
-        """hardware, command, git commit and time of a result (sharedllm.provenance, as train and bench write them)."""
-        return provenance.record(self.base.device, self.args.dtype, command=self.command,
-                                 attention=getattr(self.base.config, "_attn_implementation", None))
-
-    def journal(self, task: str, name: str, method, **settings) -> tuple[TrialJournal, list[dict]]:
-        """The trial journal of `method`'s run of `task`, and the trials a stopped run of the same settings left
-        in it (rerunning the command continues that run). The adapter and the model are keyed as results name them
-        (`_portable_path`), so that the same command continues from another clone, home or machine."""
-        keys = {"method": _method_config(method), "model": self.model_name, "dtype": self.args.dtype,
-                "seed": self.args.seed, **settings}
-        journal = TrialJournal(self.args.output, task, name, keys, machine=provenance.machine(self.base.device))
-        done = journal.load()
-        if done:
-            print(f"{name}: {len(done)} {task} trials already done in {journal.path} (a stopped run): continuing")
-        for other in journal.others():  # never silently: a stopped run's work the user may have expected to go on
-            print(f"{name}: not continuing {other}: a stopped run with other settings (the method's knobs, the "
-                  f"model, the seed or the {task} settings differ)")
-        return journal, done
-
-    def result_adapter(self, method) -> str | None:
-        return _result_adapter(self.adapter, method.name)
-
-    def write(self, task, name, method, protocol, data, scores, counts, details, wall_time_s, notes=""):
-        result = {
-            "task": task, "protocol": protocol, "method": name,
-            "method_config": _method_config(method),
-            "model": self.model_name,
-            "adapter": self.result_adapter(method),
-            "data": data, "lengths": self.args.lengths, "counts": counts, "scores": scores, "details": details,
-            "seed": self.args.seed, "wall_time_s": wall_time_s, **self.provenance(), "notes": notes,
-        }
-        path = Path(self.args.output) / f"{task}_{name}_{protocol}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-        provenance.write_json(path, result)
-        print(f"wrote {path}")
-        return path
-
-
-def _result_adapter(adapter: str | None, method: str) -> str | None:
-    """The adapter a result file names: the comparison's, for the methods that read it (by the method's own name,
-    not a --label), as the README writes it."""
-    return _portable_path(adapter) if method in SHAREDLLM_METHODS else None
-
-
-def _portable_path(path: str | None) -> str | None:
-    """A path as another machine would name it: inside the repository as the README writes it (adapters/...),
-    inside the assets home as $SHAREDLLM_HOME/... Results and trial journals key on it, so that they name no
-    machine and the same command continues a stopped run from another clone or home (a GPU machine's, say)."""
-    if path is None:
-        return path
-    resolved = Path(path).resolve()
-    if resolved.is_relative_to(REPO):
-        return resolved.relative_to(REPO).as_posix()
-    home = sharedllm_home().resolve()
-    if resolved.is_relative_to(home):
-        return f"$SHAREDLLM_HOME/{resolved.relative_to(home).as_posix()}"
-    return path
-
-
-def _method_config(method) -> dict:
-    """The method's knobs for a result file, its adapter path (if any) portable like the top level's."""
-    config = method.describe() if hasattr(method, "describe") else {}
-    return {**config, "adapter": _portable_path(config["adapter"])} if config.get("adapter") else config
 
 
 def print_table(title: str, rows: dict[str, dict[str, str]], note: str = "") -> None:
@@ -529,7 +164,7 @@ def ppl_results(session, protocol, lengths, max_windows, default_domains=None, n
     docs, data = session.documents(default_domains)
     ids = _with_bos(session.tokenizer, docs) if protocol == "sliding" else [d.ids for d in docs]
     if protocol == "cepe":
-        _require_windows(lengths, max((len(d) for d in ids), default=0), "tokens")
+        require_windows(lengths, max((len(d) for d in ids), default=0), "tokens")
     data["n_docs"] = len(docs)
     rows = {}
     for name, method in session.methods():
@@ -582,7 +217,7 @@ def run_heldout(session):
             if not plan:
                 summary["not_run"] = f"no {domain} {a.split} document has {plan_length} tokens"
             result = {
-                "task": "heldout", "protocol": "cepe-heldout", "method": name, "method_config": _method_config(method),
+                "task": "heldout", "protocol": "cepe-heldout", "method": name, "method_config": method_config(method),
                 "model": session.model_name, "adapter": session.result_adapter(method),
                 "domain": domain, "length": length,
                 "data": {"split": a.split, "domain": domain, "docs": doc_lengths,
@@ -609,7 +244,7 @@ def run_heldout(session):
 
 def _cells_to_score(session, name: str, method, docs: dict) -> list[tuple]:
     """(domain, length, plan length, plan, path) of each of `method`'s cells that this run scores: all of them
-    are checked against the cell files already there (`_keep_cell`) before the first is scored."""
+    are checked against the cell files already there (`keep_cell`) before the first is scored."""
     from . import heldout
 
     a, cells = session.args, []
@@ -621,9 +256,9 @@ def _cells_to_score(session, name: str, method, docs: dict) -> list[tuple]:
             plan = heldout.targets_of(heldout.plan_windows(doc_lengths, plan_length, a.max_windows, a.seed),
                                       plan_length, length)
             path = Path(a.output) / heldout.cell_filename(name, domain, length, plan_length)
-            settings = {**_cell_settings_before_loading(a, method.name, length), "model": session.model_name,
-                        "method_config": _method_config(method), "windows_id": heldout.windows_id(plan, length)}
-            if path.exists() and _keep_cell(path, settings, a.overwrite):
+            settings = {**cell_settings_before_loading(a, method.name, length), "model": session.model_name,
+                        "method_config": method_config(method), "windows_id": heldout.windows_id(plan, length)}
+            if path.exists() and keep_cell(path, settings, a.overwrite):
                 print(f"exists, skipped: {path}")
             else:
                 cells.append((domain, length, plan_length, plan, path))
@@ -770,7 +405,7 @@ def run_demo(session):
     rows = {m: {**{f"PPL@{k}": v for k, v in ppl_rows.get(m, {}).items()},
                 **{f"passkey@{k}": v for k, v in passkey_rows.get(m, {}).items()}} for m in a.methods}
     print_table(f"SharedLLM demo: model {a.base} (native window "
-                f"{getattr(session.base.config, 'max_position_embeddings', '?')}), adapter {_portable_path(session.adapter)}, "
+                f"{getattr(session.base.config, 'max_position_embeddings', '?')}), adapter {portable_path(session.adapter)}, "
                 f"{data.get('domains')} {data.get('split')} split, CEPE PPL protocol", rows, note)
     path = report.regenerate(a.output, a.docs)
     print(f"regenerated {path} and {Path(a.docs) / 'figures'}")

@@ -229,7 +229,7 @@ def test_run_passkey_grid_counts_and_accuracy(tmp_path):
 
 
 def test_result_files_name_adapters_inside_the_repository_by_their_relative_path(tmp_path):
-    from sharedllm.evaluation import cli as eval_cli
+    from sharedllm.evaluation import session
 
     class Described:
         def __init__(self, adapter):
@@ -238,11 +238,11 @@ def test_result_files_name_adapters_inside_the_repository_by_their_relative_path
         def describe(self):
             return {"method": "sharedllm", "adapter": self.adapter, "tree_depth": 3}
 
-    inside = str(eval_cli.REPO / "adapters" / "smollm2-135m-joint-exercises")
-    assert eval_cli._method_config(Described(inside)) == {
+    inside = str(session.REPO / "adapters" / "smollm2-135m-joint-exercises")
+    assert session.method_config(Described(inside)) == {
         "method": "sharedllm", "adapter": "adapters/smollm2-135m-joint-exercises", "tree_depth": 3}
-    assert eval_cli._method_config(Described(str(tmp_path)))["adapter"] == str(tmp_path)  # elsewhere: kept whole
-    assert eval_cli._method_config(Described(None)) == {"method": "sharedllm", "adapter": None, "tree_depth": 3}
+    assert session.method_config(Described(str(tmp_path)))["adapter"] == str(tmp_path)  # elsewhere: kept whole
+    assert session.method_config(Described(None)) == {"method": "sharedllm", "adapter": None, "tree_depth": 3}
 
 
 def test_a_labelled_ruler_result_still_names_its_adapter():

@@ -254,7 +254,7 @@ def test_trial_journal_is_keyed_by_the_adapter_inside_the_repository_not_its_abs
     results do (adapters/...), not by this clone's absolute path; another adapter keys another journal."""
     from types import SimpleNamespace
 
-    from sharedllm.evaluation.cli import REPO, Session
+    from sharedllm.evaluation.session import REPO, Session
 
     class Described:
         name = "sharedllm"

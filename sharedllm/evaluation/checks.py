@@ -1,0 +1,209 @@
+"""The checks of a `sharedllm eval` command line made before any model loads: options given to a task that would
+ignore them, methods, knobs, lengths, folders, the corpus choice, user files and the heldout cells already written,
+each refused with one line saying what to change (`InputError`).
+"""
+
+import json
+from pathlib import Path
+
+from sharedllm import provenance
+from sharedllm.cli import InputError, adapter_argument
+from sharedllm.flags import check_infllm_chosen, format_length, knob_flag, knobs_from_args
+
+from .ppl import SCORED
+from .session import chosen_adapter, result_adapter, user_documents
+
+# Options that only some tasks read: given to another task they would be ignored without a word. Each defaults to
+# None ("not given") on the command line; DEFAULTS (cli.py) fills it in once this is checked.
+CORPUS_TASKS = {"ppl", "heldout", "niah", "ruler", "demo"}  # the tasks that read documents of the corpus
+TASK_OPTIONS = {"protocol": {"ppl"}, "max_windows": {"ppl", "heldout", "demo"}, "trials": {"passkey", "niah", "ruler", "demo"},
+                "depths": {"passkey", "niah", "demo"}, "tasks": {"ruler"}, "threshold": {"ruler"},
+                "limit": {"longbench"}, "docs": {"demo"}, "max_length": {"heldout"}, "max_seconds": {"heldout"},
+                "targets_of": {"heldout"}, "overwrite": {"heldout"}, "domains": CORPUS_TASKS, "split": CORPUS_TASKS,
+                "data": {"ppl", "niah", "ruler", "longbench", "demo"},
+                "seed": {"heldout", "passkey", "niah", "ruler", "demo"}}  # ppl windows and longbench draw nothing
+# The corpus choices, which --data replaces.
+CORPUS_OPTIONS = {"domains": "corpus domains", "split": "a corpus split"}
+
+
+def check_given_options(args) -> None:
+    """Options given to a task that would ignore them (checked before DEFAULTS fills the ones not given)."""
+    for option, tasks in TASK_OPTIONS.items():
+        if getattr(args, option) is not None and args.task not in tasks:
+            raise InputError(f"--{option.replace('_', '-')} applies to {' / '.join(sorted(tasks))}, not {args.task}")
+    for option, what in CORPUS_OPTIONS.items():
+        if args.data and getattr(args, option) is not None:
+            raise InputError(f"--{option} chooses {what}; with --data your files are the data: pass one")
+
+
+def recorded_base(adapter) -> str | None:
+    """The base model an adapter records, or None for the default model (which Session names as it always has:
+    results and trial journals key on that name) and without an adapter."""
+    from sharedllm.loading import DEFAULT_BASE
+
+    config = Path(str(adapter)) / "config.json"
+    if chosen_adapter(adapter) is None or not config.is_file():
+        return None
+    base = json.loads(config.read_text()).get("base_model")
+    return None if base == DEFAULT_BASE else base
+
+
+def validate_args(args) -> None:
+    """Everything that can be checked before a model is loaded, each with one message saying what to change."""
+    from sharedllm.methods import METHODS
+
+    if unknown := [m for m in args.methods if m not in METHODS]:
+        raise InputError(f"unknown method {', '.join(map(repr, unknown))}; valid methods: {', '.join(METHODS)}")
+    if args.label and len(args.methods) != 1:
+        raise InputError("--label names one method's results: pass a single method in --methods with it")
+    check_infllm_chosen(args)
+    from sharedllm.methods import METHOD_CLASSES
+
+    for name in knobs_from_args(args):  # a knob no chosen method reads would be silently ignored
+        readers = [m for m in METHODS if name in METHOD_CLASSES[m].shared_knobs]
+        if not readers:  # full_logits: eval scores decoder windows itself
+            raise InputError(f"{knob_flag(name)} does not apply to sharedllm eval")
+        if not set(readers) & set(args.methods):
+            raise InputError(f"{knob_flag(name)} is a knob of {' / '.join(readers)}, not of {', '.join(args.methods)}")
+    if args.depths and not all(0.0 <= d <= 1.0 for d in args.depths):
+        raise InputError(f"--depths must lie in [0, 1], got {args.depths}")
+    _check_no_repeats(args)
+    _check_window_lengths(args)
+    if args.task == "ppl" and args.protocol == "sliding":
+        _check_sliding_methods(args.methods)
+    _check_folder("--output", args.output)
+    if args.task == "demo":
+        _check_folder("--docs", args.docs)
+    _check_corpus_choice(args)
+    if "sharedllm" in args.methods:
+        _check_sharedllm_knobs(args)
+    if args.task == "heldout":
+        if args.targets_of and max(args.lengths) > args.targets_of:
+            raise InputError(f"--targets-of {format_length(args.targets_of)} cuts windows to each --lengths T: every T "
+                             f"must be at most {format_length(args.targets_of)}, got {format_length(max(args.lengths))}")
+        _check_existing_cells(args)
+    if args.task == "longbench":
+        if not args.data:
+            raise InputError("longbench needs --data FILE.jsonl ... (LongBench cannot be downloaded here)")
+        from .longbench import load_records
+
+        load_records(args.data)  # raises InputError naming the file and line of a bad record
+    elif args.data:
+        documents = user_documents(args.data)
+        if args.task in ("ppl", "demo") and (args.task == "demo" or args.protocol == "cepe"):
+            # A token covers at least one byte (byte-level BPE; SentencePiece with byte fallback may add one prefix
+            # token): a document of fewer than T - 1 bytes has no T-token window. The exact check, on token counts,
+            # follows once the tokenizer loads.
+            longest = max(len(d.text.encode("utf-8")) for d in documents)
+            require_windows(args.lengths, longest, "bytes", slack=1)
+
+
+def _check_no_repeats(args) -> None:
+    """A value listed twice would be run twice, and its trials counted twice (a journal keys them by value)."""
+    for option in ("methods", "lengths", "depths", "domains", "tasks"):
+        values = getattr(args, option) or []
+        if repeated := [v for i, v in enumerate(values) if v in values[:i]]:
+            shown = ", ".join(format_length(v) if option == "lengths" else str(v) for v in dict.fromkeys(repeated))
+            raise InputError(f"--{option} lists {shown} more than once: pass each once")
+
+
+def _check_window_lengths(args) -> None:
+    """A perplexity window scores its last SCORED tokens, the first of them predicted from at least one token before
+    (the sliding protocol's stride is as long): a shorter window fails in the scoring, after the model loaded."""
+    if args.task in ("ppl", "heldout", "demo") and (short := [n for n in args.lengths if n <= SCORED]):
+        raise InputError(f"{args.task} scores the last {SCORED} tokens of each window after at least one token of "
+                         f"context: --lengths must be more than {SCORED}, got {', '.join(map(format_length, short))}")
+
+
+def _check_sliding_methods(methods) -> None:
+    """The sliding protocol scores a document from its second token on; window, sharedllm and cepe predict only inside
+    their decoder window (the tokens before it are cut, or become context chunks), so their first window fails."""
+    from sharedllm.methods import METHOD_CLASSES, SharedLLM, WindowAttention
+
+    decoder_window_only = (WindowAttention, SharedLLM)
+    if unfit := [m for m in methods if issubclass(METHOD_CLASSES[m], decoder_window_only)]:
+        fit = [m for m, cls in METHOD_CLASSES.items() if not issubclass(cls, decoder_window_only)]
+        raise InputError(f"--protocol sliding scores each document from its first tokens on, which {', '.join(unfit)} "
+                         f"cannot predict (only inside the decoder window): use --protocol cepe, or sliding with "
+                         f"{' / '.join(fit)}")
+
+
+def _check_folder(flag: str, path) -> None:
+    """A folder results go into: a file there, or above it, would fail at mkdir once the work is done."""
+    for folder in (Path(path), *Path(path).parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise InputError(f"{flag} {path}: {folder} is a file, not a folder")
+            return
+
+
+def _check_corpus_choice(args) -> None:
+    """--domains and --split name a domain and a split of splits.json (checked here, not after the model loads)."""
+    from sharedllm.assets import SPLITS, load_splits
+
+    if args.split not in SPLITS:
+        raise InputError(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
+    known = load_splits()
+    if unknown := [d for d in args.domains or () if d not in known]:
+        raise InputError(f"unknown domain {', '.join(map(repr, unknown))}; valid domains: {', '.join(sorted(known))}")
+
+
+def _check_sharedllm_knobs(args) -> None:
+    """The adapter exists and its config, with the knob flags applied as `methods.SharedLLM` will apply them, passes
+    SharedLLMConfig's checks (the base's own limits are checked once it loads). A knob sharedllm does not read
+    (full_logits) was refused before, with every knob no chosen method reads."""
+    from sharedllm.config import SharedLLMConfig
+
+    adapter = adapter_argument(args.adapter)
+    try:
+        SharedLLMConfig.reading(adapter, knobs_from_args(args))
+    except (ValueError, TypeError) as err:  # TypeError: a knob of the wrong type, e.g. --knob tree_depth=abc
+        raise InputError(f"SharedLLM knobs: {err}") from err
+
+
+def _check_existing_cells(args) -> None:
+    """Each heldout cell file already in --output against the settings known before anything loads (the model's
+    name, the method's config and the windows are checked once they load): refused now rather than after loading."""
+    from sharedllm.assets import DEFAULT_DOMAINS
+
+    from . import heldout
+
+    names = {args.label: args.methods[0]} if args.label else {m: m for m in args.methods}
+    for name, method in names.items():
+        for domain in args.domains or DEFAULT_DOMAINS:
+            for length in args.lengths:
+                path = Path(args.output) / heldout.cell_filename(name, domain, length, args.targets_of or length)
+                if path.exists():
+                    keep_cell(path, cell_settings_before_loading(args, method, length), args.overwrite)
+
+
+def cell_settings_before_loading(args, method: str, length: int) -> dict:
+    """The settings of a heldout cell (`heldout.cell_settings`) the command line decides."""
+    return {"split": args.split, "adapter": result_adapter(chosen_adapter(args.adapter), method),
+            "dtype": args.dtype, "seed": args.seed, "max_windows": args.max_windows,
+            "targets_of": args.targets_of if args.targets_of not in (None, length) else None}
+
+
+def keep_cell(path: Path, settings: dict, overwrite: bool) -> bool:
+    """Whether a heldout run keeps the cell file at `path` rather than scoring the cell: yes when it was made with
+    `settings` (a stopped grid resumes), no with --overwrite. A cell of other settings is never kept as this run's:
+    refused, and one of another split is refused even with --overwrite (the file names do not say the split)."""
+    from . import heldout
+
+    recorded = heldout.cell_settings(provenance.read_json(path))
+    differences = heldout.settings_differences(recorded, settings)
+    if "split" in differences:
+        raise InputError(f"{path} holds the {recorded['split']} split's cell, not the {settings['split']} split's: "
+                         f"pass another --output")
+    if differences and not overwrite:
+        shown = "; ".join(f"{name} {there!r} there, {here!r} now" for name, (there, here) in differences.items())
+        raise InputError(f"{path} was made with other settings ({shown}): pass --label NAME or another --output to "
+                         f"keep both, or --overwrite to replace it")
+    return not overwrite
+
+
+def require_windows(lengths, longest: int, unit: str, slack: int = 0) -> None:
+    """CEPE windows are T tokens of one document: a length no document reaches would report no score at all."""
+    if too_long := [n for n in lengths if n > longest + slack]:
+        raise InputError(f"no document is long enough for a window of {', '.join(map(format_length, too_long))} tokens (the "
+                         f"longest has {longest:,} {unit}): pass shorter --lengths or longer documents")
