@@ -61,6 +61,7 @@ def test_grid_writes_complete_json_and_plots(tmp_path):
     assert all(t["met"] in (True, False) for t in written["targets"])  # every target measurable on this grid
     table = benchmark.format_table(written)
     assert "targets:" in table and "sharedllm" in table
+    assert not (tmp_path / "bench-cpu.partial.json").exists()  # moved onto the result when the grid was done
     paths = benchmark.plot_results(written, tmp_path / "figures")
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
 
@@ -79,9 +80,69 @@ def test_skipped_cells_are_recorded_with_reason(tmp_path):
     assert "skipped: prefill at 64 took" in benchmark.format_table(results)
 
 
+def bench(monkeypatch, capsys, tmp_path, *argv, **settings) -> tuple[int, str]:
+    """`sharedllm bench` through its entry point into tmp_path, its grid the tiny one (tiny_settings(**settings)) on
+    the tiny model: (exit code, stderr)."""
+    from sharedllm.benchmark import grid
+    from sharedllm.cli import main
+
+    tiny_grid = lambda base, _, output: run_benchmark(  # noqa: E731
+        tiny_model("llama"), tiny_settings(**settings), output=output, progress=False)
+    monkeypatch.setattr(grid, "run_benchmark", tiny_grid)
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "--base", "fake", "--adapter", "none", "--device", "cpu", "--output", str(tmp_path),
+              "--figures", str(tmp_path / "figures"), *argv])
+    return done.value.code, capsys.readouterr().err
+
+
+def test_bench_replaces_a_result_only_when_asked_and_only_with_a_finished_grid(monkeypatch, capsys, tmp_path):
+    from sharedllm.benchmark import grid
+
+    result, partial = tmp_path / "bench-cpu.json", tmp_path / "bench-cpu.partial.json"
+    result.write_text("the committed run")
+    code, err = bench(monkeypatch, capsys, tmp_path, methods=("window",))
+    assert code == 2 and "bench-cpu.json exists: pass --overwrite to replace it" in err
+    # interrupted at the second cell: the previous result stays whole, the first cell is in the partial file
+    measure = grid._run_cell_in_process
+    calls = []
+
+    def interrupted(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return measure(*args)
+
+    monkeypatch.setattr(grid, "_run_cell_in_process", interrupted)
+    code, err = bench(monkeypatch, capsys, tmp_path, "--overwrite", methods=("window",))
+    assert code == 130 and f"the cells measured so far are in {partial}" in err
+    assert result.read_text() == "the committed run" and not (tmp_path / "figures").exists()
+    assert [c["length"] for c in json.loads(partial.read_text())["cells"]] == [96]
+    monkeypatch.setattr(grid, "_run_cell_in_process", measure)
+    result.unlink()
+    code, err = bench(monkeypatch, capsys, tmp_path, methods=("window",))
+    assert code == 2 and "bench-cpu.partial.json holds the cells of an interrupted run" in err
+    code, err = bench(monkeypatch, capsys, tmp_path, "--overwrite", methods=("window",))
+    assert code == 0 and len(json.loads(result.read_text())["cells"]) == 2 and not partial.exists()
+    assert (tmp_path / "figures" / "bench_time.png").exists()
+
+
+def test_bench_with_no_cell_measured_fails_and_replaces_nothing(monkeypatch, capsys, tmp_path):
+    from sharedllm.benchmark import grid
+    from sharedllm.benchmark.measure import skipped_cell
+
+    monkeypatch.setattr(grid, "_run_cell_in_process", lambda base, method, length, settings: skipped_cell(
+        method, length, "RuntimeError: out of memory", "failed"))
+    code, err = bench(monkeypatch, capsys, tmp_path, methods=("window", "full"))
+    assert code == 1 and "no cell ran (each failed or was skipped)" in err
+    assert not (tmp_path / "bench-cpu.json").exists() and not (tmp_path / "figures").exists()
+    cells = json.loads((tmp_path / "bench-cpu.partial.json").read_text())["cells"]
+    assert [c["status"] for c in cells] == ["failed", "failed", "skipped", "skipped"]  # 160 not run after 96 failed
+
+
 def fake_cell(method, length, prefill, decode, memory, utilisation=0.6, matmul_peak=100.0):
     return dict(method=method, length=length, status="ok", prefill_s=prefill, decode_s=decode,
-                peak_memory_bytes=memory, flops_utilisation=utilisation, matmul_peak_flops_per_s=matmul_peak)
+                peak_memory_bytes=memory, flops_utilisation=utilisation, matmul_peak_flops_per_s=matmul_peak,
+                achieved_flops_per_s=utilisation * matmul_peak, repeats=1)
 
 
 def test_ratios_and_targets_from_given_timings():
@@ -122,6 +183,37 @@ def test_ratios_and_targets_from_given_timings():
 
     missing = {t["name"]: t for t in check_targets(cells, at=1000, long=8000)}
     assert missing["prefill_scaling"]["met"] is None and "not measured" in missing["prefill_scaling"]["note"]
+
+
+def test_targets_say_a_run_without_decode_steps_has_no_decode_time():
+    cells = [fake_cell("window", 1000, 0.5, None, 100), fake_cell("sharedllm", 1000, 2.0, None, 250)]
+    decode = {t["name"]: t for t in check_targets(cells, at=1000)}["decode_vs_window"]
+    assert decode["note"] == "not measured: needs --decode-steps > 0"
+    decode = {t["name"]: t for t in check_targets(cells[1:], at=1000)}["decode_vs_window"]
+    assert decode["note"] == "not measured: needs window and sharedllm at 1000"
+
+
+def test_replot_takes_the_device_and_target_lengths_of_its_json(capsys, tmp_path):
+    from sharedllm.cli import main
+
+    cells = [fake_cell("full", 1000, 30.0, 0.05, 900), fake_cell("sharedllm", 1000, 2.0, 0.025, 250),
+             fake_cell("sharedllm", 4000, 10.0, 0.025, 300)]
+    hardware = dict(device="cuda", cpu="x86", gpu="H100", threads=1, dtype="bfloat16", attention="sdpa", torch="2",
+                    transformers="5")
+    meta = dict(hardware=hardware, base_model="m", matmul_peak_flops_per_s=1e9,
+                settings=dict(target_length=1000, target_long_length=4000))  # a quick check's lengths
+    path = tmp_path / "bench-cuda.json"
+    path.write_text(json.dumps(dict(meta=meta, cells=cells, targets=[])))
+
+    def replot(*argv) -> str:
+        with pytest.raises(SystemExit) as done:
+            main(["bench", "--replot", str(path), "--figures", str(tmp_path / "figures"), *argv])
+        assert done.value.code == 0
+        return capsys.readouterr().out
+
+    assert "sharedllm prefill 4000 / 1000 <= 4.5: 5 (MISSED" in replot()  # not "not measured" at 32K / 128K
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["bench_memory-cuda.png", "bench_time-cuda.png"]
+    assert "needs sharedllm at 1000 and 8000" in replot("--target-long-length", "8000")  # a length given still wins
 
 
 def test_prefill_flops_formula():

@@ -124,9 +124,44 @@ def test_eval_corpus_choice_is_checked_before_loading(no_model, capsys, extra, e
     (["bench", "--methods", "full", "--infllm", "topk=8"], "--infllm sets infllm's options: add infllm to --methods"),
     (["bench", "--adapter", CROSS_ADAPTER, "--injection", "joint"],  # was a failed cell after loading the model
      "its weights do not fit injection='joint': joint injection needs no adapter"),
+    (["bench", "--max-length", "full=abc"], "argument --max-length: not a token length: 'abc'"),  # was a traceback
+    (["bench", "--max-length", "fulll=8K"], "argument --max-length: wants METHOD=LENGTH with METHOD one of sharedllm"),
+    # each was measured (or capped) twice, the ratios reading the first
+    (["bench", "--lengths", "4K", "4096"], "--lengths lists 4K more than once: pass each once"),
+    (["bench", "--methods", "full", "window", "full"], "--methods lists full more than once: pass each once"),
+    (["bench", "--max-length", "full=8K", "full=16K"], "--max-length lists full more than once: pass each once"),
 ], ids=lambda case: " ".join(case) if isinstance(case, list) else None)
 def test_bench_and_eval_flags_are_checked_before_loading(no_model, capsys, argv, expected):
     assert expected in error_line(capsys, [*argv, "--base", "fake"])
+
+
+def test_bench_refuses_to_replace_a_result_before_loading(no_model, capsys):
+    (no_model / "results").mkdir()
+    (no_model / "results" / "bench-cpu.json").write_text("a 25-minute run")
+    line = error_line(capsys, ["bench", "--base", "fake", "--adapter", "none", "--device", "cpu"])
+    assert line.endswith("results/bench-cpu.json exists: pass --overwrite to replace it (and its figures) once this "
+                         "grid is done, or another --output")
+    assert (no_model / "results" / "bench-cpu.json").read_text() == "a 25-minute run"
+
+
+BENCH_RESULT = json.dumps({"meta": {}, "cells": [], "targets": []})
+REPLOT_CASES = [
+    (["--replot", "missing.json"], "--replot missing.json: no such file"),  # were tracebacks
+    (["--replot", "book.txt"], "book.txt is not a result file (not JSON"),
+    (["--replot", "eval.json"], "--replot eval.json is not a `sharedllm bench` result (it has no meta and cells)"),
+    # grid flags were ignored
+    (["--replot", "bench.json", "--lengths", "4K", "--methods", "full"], "--replot redoes the table, targets and plots "
+     "of bench.json as it was measured: --methods, --lengths would be ignored"),
+    (["--replot", "bench.json", "--output", "elsewhere"], "--output would be ignored"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", REPLOT_CASES, ids=[" ".join(c[0]) for c in REPLOT_CASES])
+def test_bench_replot_bad_input_is_one_line(no_model, capsys, argv, expected):
+    (no_model / "eval.json").write_text(json.dumps({"task": "ppl", "scores": {}}))
+    (no_model / "bench.json").write_text(BENCH_RESULT)
+    assert expected in error_line(capsys, ["bench", *argv, "--figures", "figures"])
+    assert not (no_model / "figures").exists()
 
 
 @pytest.mark.parametrize("argv, expected", [

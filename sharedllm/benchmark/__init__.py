@@ -17,15 +17,15 @@ achieved FLOP/s of the prefill against a matmul peak measured in the same proces
     settings.py   BenchSettings, the knob resolution (given > adapter > config.KNOBS defaults)
     measure.py    clocks, peak memory, matmul peak, one cell over the method's prefill / step
     flops.py      the analytic prefill FLOPs per method
-    grid.py       the grid of cells, each in a fresh subprocess (or in-process), the JSON after every cell
+    grid.py       the grid of cells, each in a fresh subprocess (or in-process), the JSON when it is done
     report.py     ratios, targets, table, plots (also from a saved JSON)
     cli.py        the `sharedllm bench` flags
 
 Python API:
 
     settings = BenchSettings(lengths=(4096, 8192), repeats=1)
-    results = run_benchmark(model_path_or_loaded_model, settings, output="results/bench-cpu.json")
-    print(format_table(results)); plot_results(results, "docs/figures")
+    results = run_benchmark(model_path_or_loaded_model, settings, output="runs/bench/bench-cpu.json")
+    print(format_table(results)); plot_results(results, "runs/bench")
 """
 
 from .cli import add_arguments, run, settings_from_args

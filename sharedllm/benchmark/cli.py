@@ -2,19 +2,20 @@
 `sharedllm.flags`, as in train and eval), the settings they make, and the run."""
 
 import argparse
-import json
-import os
+import sys
 import warnings
 from pathlib import Path
 
 from sharedllm.cli import InputError, adapter_argument
 from sharedllm.flags import (add_adapter_argument, add_base_argument, add_device_argument, add_infllm_argument,
-                             add_knob_arguments, add_threads_argument, check_infllm_chosen, knobs_from_args,
-                             parse_length, positive_int, positive_seconds, whole_number)
+                             add_knob_arguments, add_threads_argument, check_infllm_chosen, format_length,
+                             knobs_from_args, parse_length, positive_int, positive_seconds, whole_number)
 
 from .settings import BENCH_METHODS, CPU_LENGTHS, CUDA_LENGTHS, BenchSettings, resolve_knobs
 
 RESULT_FILE = "bench-{device}.json"  # inside --output
+TARGET_FLAGS = ("target_length", "target_long_length")  # unset: BenchSettings' defaults, or a replotted run's own
+REPLOT_FLAGS = {"replot", "figures", *TARGET_FLAGS}  # every other flag makes a grid, which --replot does not run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip a method's longer lengths once one of its prefills took longer than this")
     parser.add_argument("--cell-seconds", type=positive_seconds, default=30.0,
                         help="stop repeating a cell once it has used this long (it always runs once)")
-    parser.add_argument("--max-length", nargs="+", default=[], metavar="METHOD=LENGTH",
+    parser.add_argument("--max-length", nargs="+", type=method_length, default=[], metavar="METHOD=LENGTH",
                         help="per-method length cap, e.g. full=32K streaming=32K (recorded as skipped)")
     add_device_argument(parser, choices=["cpu", "cuda"])
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -46,31 +47,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run every cell in this process (faster, but peak memory is less reliable)")
     parser.add_argument("--output", default="results",
                         help=f"folder of the result JSON, {RESULT_FILE.format(device='<device>')} (default: results)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing result JSON (and its figures) once the grid is done")
     parser.add_argument("--figures", default="docs/figures", help="folder of bench_time.png and bench_memory.png")
-    parser.add_argument("--target-length", type=parse_length, default=32768, help="length the targets are judged at")
-    parser.add_argument("--target-long-length", type=parse_length, default=131072,
-                        help="long length of the scaling targets")
+    parser.add_argument("--target-length", type=parse_length, default=None,
+                        help="length the targets are judged at (default: 32K; with --replot, the run's own)")
+    parser.add_argument("--target-long-length", type=parse_length, default=None,
+                        help="long length of the scaling targets (default: 128K; with --replot, the run's own)")
     parser.add_argument("--replot", default=None, metavar="JSON",
-                        help="only redo the table, targets and plots from a result JSON")
+                        help="only redo the table, targets and plots from a result JSON (takes no grid flag)")
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
-    pairs = [item.partition("=")[::2] for item in items]
-    if bad := [item for item, (key, value) in zip(items, pairs) if not key or not value]:
-        raise InputError(f"{flag} wants KEY=VALUE, got {', '.join(map(repr, bad))}")
-    return pairs
+def method_length(text: str) -> tuple[str, int]:
+    """argparse `type=` of --max-length: "full=32K" -> ("full", 32768)."""
+    method, sep, length = text.partition("=")
+    if not sep or method not in BENCH_METHODS:
+        raise argparse.ArgumentTypeError(f"wants METHOD=LENGTH with METHOD one of {', '.join(BENCH_METHODS)}, "
+                                         f"got {text!r}")
+    return method, parse_length(length)  # its ArgumentTypeError names a bad length
+
+
+def _refuse_repeats(flag: str, values, show=str) -> None:
+    """A value listed twice would be measured twice (or capped twice), and the ratios would read the first."""
+    if repeated := [value for i, value in enumerate(values) if value in values[:i]]:
+        raise InputError(f"{flag} lists {', '.join(map(show, dict.fromkeys(repeated)))} more than once: pass each once")
+
+
+def _given(args, names) -> dict:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def settings_from_args(args) -> BenchSettings:
     check_infllm_chosen(args)
     adapter = adapter_argument(args.adapter)  # 'none': untrained, its knobs from the flags and defaults
     lengths = args.lengths or [parse_length(n) for n in (CUDA_LENGTHS if args.device == "cuda" else CPU_LENGTHS)]
-    caps = {}
-    for method, length in _pairs(args.max_length, "--max-length"):
-        if method not in BENCH_METHODS:
-            raise InputError(f"--max-length: unknown method {method!r}; valid: {', '.join(BENCH_METHODS)}")
-        caps[method] = parse_length(length)
+    _refuse_repeats("--methods", args.methods)
+    _refuse_repeats("--lengths", lengths, format_length)
+    _refuse_repeats("--max-length", [method for method, _ in args.max_length])
+    caps = dict(args.max_length)
     try:
         knobs = resolve_knobs(adapter, knobs_from_args(args))
     except ValueError as error:
@@ -80,7 +95,7 @@ def settings_from_args(args) -> BenchSettings:
         decode_steps=args.decode_steps, max_seconds=args.max_seconds, cell_seconds=args.cell_seconds,
         max_length=caps, device=args.device, dtype=args.dtype, threads=args.threads, isolate=args.isolate,
         adapter=adapter, knobs=knobs, streaming_block=args.streaming_block, n_sink=args.n_sink, seed=args.seed,
-        target_length=args.target_length, target_long_length=args.target_long_length,
+        **_given(args, TARGET_FLAGS),
     )
 
 
@@ -110,23 +125,96 @@ def output_file(output: str, device: str) -> Path:
 
 
 def run(args) -> int:
-    from .grid import run_benchmark
-    from .report import check_targets, compute_ratios, format_table, plot_results
-
     warnings.simplefilter("default", FutureWarning)  # deprecations are for the person typing the command
-    suffix = "" if args.device == "cpu" else f"-{args.device}"
-    if args.replot:
-        results = json.loads(Path(args.replot).read_text())
-        compute_ratios(results["cells"])  # re-derived, so that the targets can be judged at other lengths too
-        results["targets"] = check_targets(results["cells"], args.target_length, args.target_long_length)
-    else:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        base = base_from_args(args)
-        settings = settings_from_args(args)
-        output = output_file(args.output, args.device)
+    return _replot(args) if args.replot else _measure(args)
+
+
+def _measure(args) -> int:
+    """Run the grid; the result JSON and the figures are replaced only by a finished grid with a cell that ran."""
+    from .grid import partial_path, run_benchmark
+    from .report import format_table, measured_any
+
+    base = base_from_args(args)
+    settings = settings_from_args(args)
+    output = output_file(args.output, args.device)
+    partial = partial_path(output)
+    _refuse_to_replace(output, partial, args.overwrite)
+    try:
         results = run_benchmark(base, settings, output=output)
-        print(f"wrote {output}")
+    except KeyboardInterrupt:
+        untouched = f"{output} left as it was" if output.exists() else f"{output} not written"
+        kept = f"; the cells measured so far are in {partial}" if partial.exists() else ""
+        print(f"the grid did not finish: {untouched}{kept}", file=sys.stderr)
+        raise
     print(format_table(results))
-    for path in plot_results(results, args.figures, suffix):
-        print(f"wrote {path}")
+    if not measured_any(results):
+        print(f"no cell ran (each failed or was skipped): {output} and the figures left as they were; the cells are "
+              f"in {partial}", file=sys.stderr)
+        return 1
+    print(f"wrote {output}")
+    _plot(results, args.figures)
     return 0
+
+
+def _refuse_to_replace(output: Path, partial: Path, overwrite: bool) -> None:
+    """A run replaces a result only when asked: the committed one took 25 minutes, an interrupted one's cells too."""
+    if overwrite:
+        partial.unlink(missing_ok=True)  # an older interrupted run's cells, which --overwrite discards
+    elif output.exists():
+        raise InputError(f"{output} exists: pass --overwrite to replace it (and its figures) once this grid is done, "
+                         "or another --output")
+    elif partial.exists():
+        raise InputError(f"{partial} holds the cells of an interrupted run: move it away, or pass --overwrite to "
+                         "discard it")
+
+
+def _replot(args) -> int:
+    """The table, targets and plots of a saved run, the targets judged at its own lengths unless given."""
+    from .report import finish, format_table, measured_any
+
+    _refuse_grid_flags(args)
+    results = _read_result(args.replot)
+    stored = results["meta"].get("settings", {})
+    lengths = {name: stored.get(name, getattr(BenchSettings, name)) for name in TARGET_FLAGS}
+    finish(results, **{**lengths, **_given(args, TARGET_FLAGS)})  # re-derived, so that other lengths can be judged
+    print(format_table(results))
+    if not measured_any(results):
+        print(f"no cell of {args.replot} ran (each failed or was skipped): nothing to plot, the figures left as "
+              "they were", file=sys.stderr)
+        return 1
+    _plot(results, args.figures)
+    return 0
+
+
+def _refuse_grid_flags(args) -> None:
+    """--replot reads a finished run: a flag that makes a grid (--lengths, --device, ...) would be ignored."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    spelled = {}  # destination -> its flag, the first of its spellings (argparse has no public map)
+    for action in parser._actions:
+        spelled.setdefault(action.dest, action.option_strings[0] if action.option_strings else action.dest)
+    given = [spelled[name] for name, default in defaults.items()
+             if name not in REPLOT_FLAGS and getattr(args, name, default) != default]
+    if given:
+        raise InputError(f"--replot redoes the table, targets and plots of {args.replot} as it was measured: "
+                         f"{', '.join(given)} would be ignored (only --figures, --target-length and "
+                         "--target-long-length go with it)")
+
+
+def _read_result(path: str) -> dict:
+    from sharedllm.provenance import read_json
+
+    if not Path(path).is_file():
+        raise InputError(f"--replot {path}: no such file")
+    results = read_json(path)  # one line for a file that is not JSON
+    if not (isinstance(results, dict) and {"meta", "cells"} <= results.keys()):
+        raise InputError(f"--replot {path} is not a `sharedllm bench` result (it has no meta and cells)")
+    return results
+
+
+def _plot(results: dict, figures: str) -> None:
+    from .report import plot_results
+
+    for path in plot_results(results, figures):
+        print(f"wrote {path}")

@@ -1,5 +1,6 @@
 """The grid of (method, length) cells: each cell in a fresh subprocess (clean peak memory) or in this process,
-longer lengths skipped once a method got too slow, the result JSON rewritten after every cell."""
+longer lengths skipped once a method got too slow; the cells written to a side file after every cell, which
+replaces the result JSON only when the grid is done."""
 
 import contextlib
 import json
@@ -15,7 +16,7 @@ import torch
 from sharedllm import provenance
 
 from .measure import measure_cell, measure_matmul_peak, skipped_cell
-from .report import finish
+from .report import finish, measured_any
 from .settings import BenchSettings
 
 WORKER_FLAG = "--bench-worker"
@@ -125,15 +126,26 @@ def _attention_backend(base_config, device: str) -> str:
     return f"{name} (CPU)" if not device.startswith("cuda") else name
 
 
+def partial_path(output: str | Path) -> Path:
+    """Where a running grid keeps its cells: beside the result JSON (bench-cpu.json -> bench-cpu.partial.json)."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.partial{output.suffix}")
+
+
 def run_benchmark(base, settings: BenchSettings, output: str | Path | None = None, progress: bool = True) -> dict:
     """Measure every (method, length) of the grid. `base` is a model path (needed when settings.isolate) or a loaded
-    causal LM (in-process only). Writes the JSON file `output` after every cell when given, so an interrupted grid
-    keeps what it measured."""
+    causal LM (in-process only). With `output`, the cells go to `partial_path(output)` after every cell, and that
+    file replaces `output` once the grid is done and at least one cell ran: an interrupted or wholly failed grid
+    leaves the previous `output` as it was, its own cells in the partial file."""
+    partial = partial_path(output) if output else None
     with _threads(settings):
-        return _run_grid(base, settings, output, progress)
+        results = _run_grid(base, settings, partial, progress)
+    if partial and measured_any(results):
+        partial.replace(output)  # a rename: a reader sees the previous file or the new one, whole
+    return results
 
 
-def _run_grid(base, settings: BenchSettings, output, progress: bool) -> dict:
+def _run_grid(base, settings: BenchSettings, partial: Path | None, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
     if settings.isolate and not isinstance(base, (str, os.PathLike)):
@@ -159,8 +171,8 @@ def _run_grid(base, settings: BenchSettings, output, progress: bool) -> dict:
                 cell = _run_cell_in_process(loaded, method, length, settings)
             results["cells"].append(cell)
             finish(results, settings.target_length, settings.target_long_length)
-            if output:
-                provenance.write_json(output, results)
+            if partial:
+                provenance.write_json(partial, results)
     return results
 
 
