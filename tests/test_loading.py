@@ -25,12 +25,12 @@ def empty_home(tmp_path, monkeypatch):
 @pytest.fixture
 def fake_default(empty_home):
     """A tiny model standing in for the fetched embedded default (its folder and completion stamp)."""
-    from sharedllm.assets import MODEL_NAME, STAMP_FILE
+    from sharedllm.assets import MODEL_GGUF_SHA256, MODEL_NAME, MODEL_PACKAGE, STAMP_FILE
 
     folder = empty_home / "models" / MODEL_NAME
     tiny_model("llama").save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
-    (folder / STAMP_FILE).write_text("{}")
+    (folder / STAMP_FILE).write_text(json.dumps({"package": MODEL_PACKAGE, "gguf_sha256": MODEL_GGUF_SHA256}))
     return folder
 
 

@@ -7,9 +7,10 @@ results/heldout/NOTES.md when there is one. Then the retrieval headline (passkey
 from results/retrieval/*.json; `retrieval_report`). Then, as "Previous results", the hand-written results/NOTES.md and the
 older tables, built as follows.
 
-A table is one setting (task, protocol, model, adapter, data); rows are methods, columns lengths. When a
-cell was measured more than once, the newest result wins. Below each table: the counts behind every
-row and the exact command that produced it, so that no number stands without its protocol.
+A table is one setting (task, protocol, model, data); rows are methods, columns lengths. A row is one method
+label with one adapter and one set of knobs (`group_rows`): a label that ran with several is several rows, named by
+what differs. When a cell was measured more than once, the newest result wins. Below each table: the counts behind
+every row and the exact command that produced it, so that no number stands without its protocol.
 """
 
 import json
@@ -95,22 +96,76 @@ def setting_key(result) -> tuple:
             data.get("split") or "", ",".join(data.get("domains") or []) or data.get("source", ""))
 
 
-def latest_by_method(results) -> dict[str, dict]:
-    """method -> its newest result in this setting (files are named with their timestamp too).
+def oldest_to_newest(results: list[dict]) -> list[dict]:
+    """The order in which "the newest file wins": by creation time, ties by file name (named with their timestamp)."""
+    return sorted(results, key=lambda r: (r.get("created", ""), r["_file"]))
 
-    Perplexity is merged per length instead: each length's score and counts come from the newest file that
-    measured that length, so runs at different lengths (or with different window caps) fill one row; every
+
+def run_setting(result) -> dict:
+    """What a row holds fixed besides its method label and data: the base model, the adapter and every knob.
+
+    The model is named by its folder: results name one model under several paths ($SHAREDLLM_HOME/models/X,
+    /root/.cache/sharedllm/models/X). The result's `adapter` stands for the config's copy of it, which is the path
+    on the machine that ran it (/tmp/run6/adapters/X for adapters/X)."""
+    knobs = {**result.get("method_config", {}), "adapter": result.get("adapter")}
+    return {**knobs, "model": Path(str(result.get("model", ""))).name}
+
+
+def same_setting(a: dict, b: dict) -> bool:
+    """Two run settings agree on every name both hold. A knob only the newer method_config names came into the code
+    between the two runs, at the default that kept what the code did before (as `heldout.settings_differences`)."""
+    return all(a[name] == b[name] for name in a.keys() & b.keys())
+
+
+def group_rows(results) -> list[tuple[str, list[dict]]]:
+    """[(method label, its files oldest first)], one row per label and setting: a label rerun with another
+    adapter, model or knob value starts a row of its own, so that no row mixes the numbers of two settings."""
+    rows = []
+    for result in oldest_to_newest(results):
+        setting = run_setting(result)
+        row = next((files for method, files in rows if method == result["method"]
+                    and all(same_setting(run_setting(f), setting) for f in files)), None)
+        if row is None:
+            rows.append((result["method"], [result]))
+        else:
+            row.append(result)
+    return rows
+
+
+def row_labels(rows: list[tuple[str, list[dict]]]) -> list[str]:
+    """Each row's name: its method label, followed by the settings that tell its rows apart when the label ran
+    with several (`sharedllm (adapter="a")` and `sharedllm (adapter="b")`)."""
+    settings = [{name: value for f in files for name, value in run_setting(f).items()} for _, files in rows]
+    labels = []
+    for i, (method, _) in enumerate(rows):
+        siblings = [s for (m, _), s in zip(rows, settings) if m == method]
+        differing = sorted({name for a in siblings for b in siblings
+                            for name in a.keys() & b.keys() if a[name] != b[name]})
+        shown = ", ".join(f"{name}={json.dumps(settings[i][name])}" for name in differing if name in settings[i])
+        labels.append(f"{method} ({shown})" if shown else method)
+    if len(set(labels)) < len(labels):  # settings that differ only pairwise: the newest file tells them apart
+        labels = [f"{label} [{files[-1]['_file']}]" for label, (_, files) in zip(labels, rows)]
+    return labels
+
+
+def latest_by_method(results) -> dict[str, dict]:
+    """row label (`row_labels`) -> its newest result in this setting.
+
+    Perplexity is merged per length instead: each length's score and counts come from the newest file of the row
+    that measured that length, so runs at different lengths (or with different window caps) fill one row; every
     contributing file is listed under `_sources` for the provenance.
     """
     best = {}
-    for r in sorted(results, key=lambda r: (r.get("created", ""), r["_file"])):
-        previous = best.get(r["method"])
-        if r["task"] == "ppl" and previous is not None:
-            merged = {**r, "scores": {**previous["scores"], **r["scores"]}, "counts": {**previous["counts"], **r["counts"]}}
-            merged["_sources"] = [s for s in previous["_sources"] if set(s["scores"]) - set(r["scores"])] + [r]
-            best[r["method"]] = merged
-        else:
-            best[r["method"]] = {**r, "_sources": [r]}
+    rows = group_rows(results)
+    for label, (_, files) in zip(row_labels(rows), rows):
+        for r in files:
+            previous = best.get(label)
+            if r["task"] == "ppl" and previous is not None:
+                merged = {**r, "scores": {**previous["scores"], **r["scores"]}, "counts": {**previous["counts"], **r["counts"]}}
+                merged["_sources"] = [s for s in previous["_sources"] if set(s["scores"]) - set(r["scores"])] + [r]
+                best[label] = merged
+            else:
+                best[label] = {**r, "_sources": [r]}
     return best
 
 
@@ -181,7 +236,7 @@ def included_notes(folder: Path, levels_down: int) -> list[str]:
 
 def load_heldout(results_dir) -> list[dict]:
     """The test-split cell files of `sharedllm eval heldout` under RESULTS/heldout/ (newest file per cell wins)."""
-    cells = {}
+    found = []
     for path in sorted(Path(results_dir, HEADLINE_DIR).glob("*.json")):
         result = read_json(path)
         if not isinstance(result, dict):
@@ -190,11 +245,11 @@ def load_heldout(results_dir) -> list[dict]:
         # and a cell of another split (an ablation on validation documents) is no test number
         headline = "targets_of" not in result.get("plan", {}) and result.get("data", {}).get("split", "test") == "test"
         if result.get("task") == "heldout" and isinstance(result.get("summary"), dict) and headline:
-            result["_file"] = f"{HEADLINE_DIR}/{path.name}"
-            key = (result["domain"], int(result["length"]), result["method"])
-            if key not in cells or result.get("created", "") >= cells[key].get("created", ""):
-                cells[key] = result
-    return list(cells.values())
+            found.append(result | {"_file": f"{HEADLINE_DIR}/{path.name}"})
+    newest = {}
+    for result in oldest_to_newest(found):  # a newer file of a cell replaces the older
+        newest[(result["domain"], int(result["length"]), result["method"])] = result
+    return list(newest.values())
 
 
 def heldout_cell_text(summary: dict) -> str:
@@ -508,7 +563,7 @@ def regenerate(results_dir="results", docs_dir="docs") -> Path:
             if task == "ppl" and plot_ppl(by_method, figures / f"{name}.png", f"{protocol} PPL, {model}, {data}"):
                 lines += [f"![perplexity vs length](figures/{name}.png)", ""]
             if task in ("passkey", "niah"):
-                for method, result in by_method.items():
+                for method, result in by_method.items():  # method: the row's label
                     figure = f"{name}-{slug(method)}.png"
                     plot_heatmap(result["details"]["cells"], figures / figure, f"{task}: {method}, {model}")
                     lines += [f"![{task} {method}](figures/{figure})"]

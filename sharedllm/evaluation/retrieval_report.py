@@ -2,10 +2,12 @@
 result files of `sharedllm eval passkey` / `eval ruler` in RESULTS/retrieval/ (written there by
 `scripts/evaluate_grid.sh retrieval`), then the hand-written reading of them in RESULTS/retrieval/NOTES.md if any.
 
-A file may hold several lengths (and RULER files several tasks); a cell is one (method, length) for passkey and one
-(method, task, length) for RULER, taken from the newest file that measured it, so runs of one length at a time fill
-one row. Each cell shows correct / trials, the accuracy and its 95% Wilson interval: 50 of 50 trials bound the
-accuracy below by 93%, which is what a ">= 95%" claim on 50 trials can and cannot say.
+A file may hold several lengths (and RULER files several tasks); a cell is one (row, length) for passkey and one
+(row, task, length) for RULER, taken from the newest file of its row that measured it, so runs of one length at a time
+fill one row. A row is one method label with one base model, adapter and set of knobs (`report.group_rows`): a label
+run with another base or adapter is a row of its own, named by what differs, never a cell replaced. Each cell shows
+correct / trials, the accuracy and its 95% Wilson interval: 50 of 50 trials bound the accuracy below by 93%, which
+is what a ">= 95%" claim on 50 trials can and cannot say.
 """
 
 import math
@@ -36,7 +38,10 @@ def trial_cell(task: str, record: dict) -> tuple:
 
 
 def load_retrieval(results_dir) -> dict[str, dict[tuple, dict]]:
-    """task -> {(method, *cell key): {"records": [...], "file": result}}; for each cell the newest file measuring it."""
+    """task -> {(row label, *cell key): {"records": [...], "file": result}}; for each cell the newest file of its row
+    measuring it (the row label is the method, plus what tells its rows apart: `report.row_labels`)."""
+    from .report import group_rows, row_labels
+
     files = []
     for path in sorted(Path(results_dir, RETRIEVAL_DIR).glob("*.json")):
         result = read_json(path)
@@ -48,12 +53,15 @@ def load_retrieval(results_dir) -> dict[str, dict[tuple, dict]]:
                                  "headline reads test haystacks only: move it out of the folder")
             files.append(result | {"_file": f"{RETRIEVAL_DIR}/{path.name}"})
     cells = defaultdict(dict)
-    for result in sorted(files, key=lambda r: (r.get("created", ""), r["_file"])):  # newer files overwrite cells
-        by_cell = defaultdict(list)
-        for record in result["details"]["records"]:
-            by_cell[(result["method"], *trial_cell(result["task"], record))].append(record)
-        for key, records in by_cell.items():
-            cells[result["task"]][key] = {"records": records, "file": result}
+    for task in RETRIEVAL_TASKS:
+        rows = group_rows([result for result in files if result["task"] == task])
+        for label, (_, row_files) in zip(row_labels(rows), rows):
+            for result in row_files:  # oldest first: newer files overwrite cells
+                by_cell = defaultdict(list)
+                for record in result["details"]["records"]:
+                    by_cell[(label, *trial_cell(task, record))].append(record)
+                for key, records in by_cell.items():
+                    cells[task][key] = {"records": records, "file": result}
     return cells
 
 
@@ -111,12 +119,14 @@ def retrieval_section(results_dir, figures: Path) -> list[str]:
              f"From `{results_dir}/{RETRIEVAL_DIR}/` (`sharedllm eval passkey` / `eval ruler`, greedy generation; "
              "passkey: Landmark format, synthetic filler, depths 0-100%; RULER: the needle templates in held-out "
              "test books prose, string-match scoring). Each cell: correct / trials (accuracy, 95% Wilson interval); "
-             "a cell comes from the newest file that measured it.", ""]
+             "a cell comes from the newest file that measured it with the row's base model, adapter and knobs.", ""]
     for task in RETRIEVAL_TASKS:
         cells = loaded.get(task)
         if not cells:
             continue
-        lines += [f"### {'Passkey retrieval (Landmark)' if task == 'passkey' else 'RULER needle tasks'}", ""]
+        models = sorted({Path(str(cell["file"].get("model", ""))).name for cell in cells.values()} - {""})
+        lines += [f"### {'Passkey retrieval (Landmark)' if task == 'passkey' else 'RULER needle tasks'}"
+                  + (f" — model `{', '.join(models)}`" if models else ""), ""]
         lines += retrieval_table(task, cells) + [""]
         methods = _method_order({key[0] for key in cells})
         if task == "passkey":

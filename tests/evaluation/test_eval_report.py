@@ -40,3 +40,28 @@ def test_regenerated_page_lists_every_source(tmp_path):
 def test_old_knob_values_parse_as_they_did():
     assert _old_knob_value("0") == 0
     assert _old_knob_value("recent") == "recent"
+
+
+def test_runs_of_one_method_with_two_adapters_are_two_rows_not_merged():
+    a = ppl_result("sharedllm", "2026-01-01", {2048: 10.0, 8192: 9.0}, 8) | {"adapter": "adapters/a"}
+    b = ppl_result("sharedllm", "2026-01-02", {8192: 7.0}, 8) | {"adapter": "adapters/b"}
+    rows = latest_by_method([a, b])
+    assert rows['sharedllm (adapter="adapters/a")']["scores"] == {"2048": 10.0, "8192": 9.0}
+    assert rows['sharedllm (adapter="adapters/b")']["scores"] == {"8192": 7.0}
+
+
+def test_a_knob_value_change_is_a_row_of_its_own_a_knob_added_later_is_not():
+    old = ppl_result("sharedllm", "2026-01-01", {2048: 10.0}, 8) | {"method_config": {"tree_depth": 3}}
+    newer_code = ppl_result("sharedllm", "2026-01-02", {8192: 9.0}, 8) | {"method_config": {"tree_depth": 3, "lookback": 0}}
+    other_knob = ppl_result("sharedllm", "2026-01-03", {8192: 5.0}, 8) | {"method_config": {"tree_depth": 0}}
+    rows = latest_by_method([old, newer_code, other_knob])
+    assert rows["sharedllm (tree_depth=3)"]["scores"] == {"2048": 10.0, "8192": 9.0}
+    assert rows["sharedllm (tree_depth=0)"]["scores"] == {"8192": 5.0}
+
+
+def test_the_newest_file_wins_ties_by_file_name():
+    from sharedllm.evaluation.report import oldest_to_newest
+
+    files = [{"created": "2026-01-02", "_file": "a"}, {"created": "2026-01-01", "_file": "z"},
+             {"created": "2026-01-02", "_file": "b"}]
+    assert [f["_file"] for f in oldest_to_newest(files)] == ["z", "a", "b"]

@@ -66,6 +66,7 @@ def test_section_table_heatmap_and_provenance(tmp_path):
     figures = tmp_path / "figures"
     figures.mkdir()
     lines = retrieval_section(tmp_path, figures)
+    assert "### Passkey retrieval (Landmark)" in lines  # the test files name no model
     assert "| method | 8K | 32K |" in lines
     assert "| sharedllm | 3/4 (75%, 30-95) | 4/4 (100%, 51-100) |" in lines
     assert "| window | 0/4 (0%, 0-49) | – |" in lines
@@ -75,6 +76,26 @@ def test_section_table_heatmap_and_provenance(tmp_path):
     assert provenance == ["- **sharedllm** (8K, 32K): adapter `adapters/x`, config `{\"method\": \"sharedllm\"}`; "
                           "files `retrieval/p.json` (0 s) on None (None threads, None)"]  # one file, named once
     assert "  (relabelled: was x)" in lines  # a renamed file says so
+
+
+def test_a_run_with_another_base_or_adapter_is_a_row_of_its_own_not_a_replaced_cell(tmp_path):
+    folder = tmp_path / "retrieval"
+    home = {"model": "$SHAREDLLM_HOME/models/SmolLM2-135M-Instruct"}
+    _write(folder, "a.json", _passkey("sharedllm", "2026-12-01", {8192: 4, 16384: 4}) | home)
+    # the same base under another path, and a knob the newer code names at its old default: the same row
+    _write(folder, "b.json", _passkey("sharedllm", "2026-12-02", {16384: 1}) | {"model": "/root/.cache/sharedllm/models/"
+           "SmolLM2-135M-Instruct", "method_config": {"method": "sharedllm", "leaf_lookback": 0}})
+    _write(folder, "c.json", _passkey("sharedllm", "2026-12-03", {8192: 0}) | {"model": "/m/SmolLM2-360M"})
+    _write(folder, "d.json", _passkey("sharedllm", "2026-12-04", {8192: 2}) | home | {"adapter": "adapters/y"})
+    passkey = load_retrieval(tmp_path)["passkey"]
+    texts = {key: cell_text("passkey", cell["records"]) for key, cell in passkey.items()}
+    assert texts == {
+        ('sharedllm (adapter="adapters/x", model="SmolLM2-135M-Instruct")', 8192): "4/4 (100%, 51-100)",
+        ('sharedllm (adapter="adapters/x", model="SmolLM2-135M-Instruct")', 16384): "1/4 (25%, 5-70)",
+        ('sharedllm (adapter="adapters/x", model="SmolLM2-360M")', 8192): "0/4 (0%, 0-49)",
+        ('sharedllm (adapter="adapters/y", model="SmolLM2-135M-Instruct")', 8192): "2/4 (50%, 15-85)"}
+    lines = retrieval_section(tmp_path, tmp_path)
+    assert "### Passkey retrieval (Landmark) — model `SmolLM2-135M-Instruct, SmolLM2-360M`" in lines
 
 
 def test_a_ruler_run_off_the_test_split_is_refused(tmp_path):
