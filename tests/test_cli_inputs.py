@@ -130,6 +130,7 @@ def test_eval_corpus_choice_is_checked_before_loading(no_model, capsys, extra, e
     (["bench", "--lengths", "4K", "4096"], "--lengths lists 4K more than once: pass each once"),
     (["bench", "--methods", "full", "window", "full"], "--methods lists full more than once: pass each once"),
     (["bench", "--max-length", "full=8K", "full=16K"], "--max-length lists full more than once: pass each once"),
+    (["bench", "--methods", "sharedllm", "--max-length", "full=8K"], "--max-length caps full, not in --methods (sharedllm)"),
 ], ids=lambda case: " ".join(case) if isinstance(case, list) else None)
 def test_bench_and_eval_flags_are_checked_before_loading(no_model, capsys, argv, expected):
     assert expected in error_line(capsys, [*argv, "--base", "fake"])

@@ -86,6 +86,8 @@ def settings_from_args(args) -> BenchSettings:
     _refuse_repeats("--lengths", lengths, format_length)
     _refuse_repeats("--max-length", [method for method, _ in args.max_length])
     caps = dict(args.max_length)
+    if unmeasured := [method for method in caps if method not in args.methods]:  # a cap that caps nothing
+        raise InputError(f"--max-length caps {', '.join(unmeasured)}, not in --methods ({' '.join(args.methods)})")
     try:
         knobs = resolve_knobs(adapter, knobs_from_args(args))
     except ValueError as error:
