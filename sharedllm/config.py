@@ -127,6 +127,13 @@ KNOBS = {
     ),
 }
 KNOB_DEFAULTS = {name: knob.default for name, knob in KNOBS.items()}
+
+
+def recorded_knobs(method_config: dict) -> dict:
+    """A result's recorded method config with every SharedLLM knob it does not name at its default: a knob comes into
+    the code at the default that keeps what the code did before, so a run recorded before the knob existed ran at
+    that value (and a run that set it otherwise is another setting)."""
+    return {**KNOB_DEFAULTS, **method_config}
 # knobs read only by tree_selection "attention"; each one's default switches it off
 ATTENTION_ONLY_KNOBS = ("selection_layer", "selection_score", "query_tokens", "query_chunks", "query_layer",
                         "context_chunks", "recent_chunks", "leaf_lookback")

@@ -23,6 +23,8 @@ from pathlib import PurePath
 import numpy as np
 import torch
 
+from sharedllm.config import recorded_knobs
+
 from .journal import ReusedTrials
 from .ppl import SCORED, STRIDE  # the CEPE protocol's grid and scored tail
 N_RESAMPLES = 1000
@@ -190,15 +192,14 @@ def settings_differences(recorded: dict, settings: dict) -> dict[str, tuple]:
     """{name: (recorded value, value in settings)} for each of `settings` that a cell file's `cell_settings` holds
     otherwise (a method_config by knob). The model is compared by its folder's name: cells written before models
     were named portably hold the assets home's path on their machine (/root/.cache/sharedllm/models/X for
-    $SHAREDLLM_HOME/models/X). A knob only the newer method_config names came into the code between the two runs,
-    at a default that kept what the code did before, so it is not compared."""
+    $SHAREDLLM_HOME/models/X). A knob a method_config does not name is read at its default (`recorded_knobs`)."""
     settings = json.loads(json.dumps(settings, default=str))  # as a file holds it: lists, not tuples
     differences = {}
     for name, value in settings.items():
         there = recorded.get(name)
         if name == "method_config":
-            differences.update({knob: (there[knob], v) for knob, v in value.items()
-                                if knob in there and there[knob] != v})
+            there, value = recorded_knobs(there or {}), recorded_knobs(value)
+            differences.update({knob: (there.get(knob), v) for knob, v in value.items() if there.get(knob) != v})
         elif name == "model" and there and value and PurePath(there).name == PurePath(value).name:
             continue
         elif there != value:

@@ -19,6 +19,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from sharedllm.config import recorded_knobs
 from sharedllm.flags import format_length
 from sharedllm.provenance import read_json
 
@@ -107,13 +108,12 @@ def run_setting(result) -> dict:
     The model is named by its folder: results name one model under several paths ($SHAREDLLM_HOME/models/X,
     /root/.cache/sharedllm/models/X). The result's `adapter` stands for the config's copy of it, which is the path
     on the machine that ran it (/tmp/run6/adapters/X for adapters/X)."""
-    knobs = {**result.get("method_config", {}), "adapter": result.get("adapter")}
+    knobs = {**recorded_knobs(result.get("method_config", {})), "adapter": result.get("adapter")}
     return {**knobs, "model": Path(str(result.get("model", ""))).name}
 
 
 def same_setting(a: dict, b: dict) -> bool:
-    """Two run settings agree on every name both hold. A knob only the newer method_config names came into the code
-    between the two runs, at the default that kept what the code did before (as `heldout.settings_differences`)."""
+    """Two run settings agree on every name both hold (every knob: `recorded_knobs`)."""
     return all(a[name] == b[name] for name in a.keys() & b.keys())
 
 

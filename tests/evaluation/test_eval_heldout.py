@@ -45,14 +45,14 @@ def test_targets_of_a_longer_plan_keep_the_scored_tokens_and_cut_the_context():
 
 
 def test_cell_settings_compare_what_the_numbers_depend_on():
-    """A cell file written before models were named portably, or before a knob existed, still matches the same
-    settings; another knob value, seed or split does not."""
+    """A cell file written before models were named portably, or before a knob existed (read at its default),
+    still matches the same settings; another knob value, seed or split does not."""
     old = {"model": "/root/.cache/sharedllm/models/SmolLM2-135M-Instruct", "adapter": "adapters/a",
            "method_config": {"method": "sharedllm", "adapter": "adapters/a", "tree_depth": 3},
            "data": {"split": "test"}, "hardware": {"dtype": "float32"},
            "plan": {"seed": 0, "budget": 16, "windows_id": "86a615626a52"}}
     now = {"split": "test", "model": "$SHAREDLLM_HOME/models/SmolLM2-135M-Instruct", "adapter": "adapters/a",
-           "method_config": {"method": "sharedllm", "adapter": "adapters/a", "tree_depth": 3, "leaf_lookback": None},
+           "method_config": {"method": "sharedllm", "adapter": "adapters/a", "tree_depth": 3, "leaf_lookback": 0},
            "dtype": "float32", "seed": 0, "max_windows": 16, "targets_of": None, "windows_id": "86a615626a52"}
     recorded = heldout.cell_settings(old)
     assert heldout.settings_differences(recorded, now) == {}
@@ -60,6 +60,10 @@ def test_cell_settings_compare_what_the_numbers_depend_on():
     assert heldout.settings_differences(recorded, other) == {
         "tree_depth": (3, 2), "seed": (0, 1), "model": ("/root/.cache/sharedllm/models/SmolLM2-135M-Instruct", "other/base")}
     assert heldout.settings_differences(recorded, {"split": "validation"}) == {"split": ("test", "validation")}
+    # a knob the old file predates, set now to another value than its default: another setting (the union's 128K
+    # cells, recorded before query_layer, were kept as the default's, whose query_layer is 17)
+    later = {**now, "method_config": {**now["method_config"], "query_layer": 17}}
+    assert heldout.settings_differences(recorded, later) == {"query_layer": (None, 17)}
 
 
 def test_every_method_is_scored_on_the_same_windows():
