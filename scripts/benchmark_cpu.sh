@@ -3,7 +3,8 @@
 # nothing else running: about 25 minutes, plus infllm's cells, which the committed run predates). full / streaming /
 # infllm / cepe stop at 32K, where every comparative target is judged; sharedllm and window go on to 128K for the
 # length-scaling targets.
-#   scripts/benchmark_cpu.sh
+#   scripts/benchmark_cpu.sh --overwrite    # replaces results/bench-cpu.json and docs/figures/bench_*.png (bench refuses
+#   to replace an existing result without it), or pass --output DIR --figures DIR to write elsewhere
 # The committed run was made from a checkout of commit 129c176 (the code measured) with
 #   --output /tmp/benchout/bench-cpu.json --figures /tmp/benchout/figures, then copied here (--output is now a
 # folder: /tmp/benchout). It used the cross adapter's knobs (adapters/smollm2-135m, the default then) (C 256, Ld 512, M 4, D 3, P 16), given here

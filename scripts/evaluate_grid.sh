@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The headline grid of docs/results.md (issue 11): every method scored on the same held-out windows per domain and
 # length (`sharedllm eval heldout`, one JSON per cell in $RESULTS/heldout/), then the retrieval headline for
-# sharedllm: passkey and RULER needles from 8K / 16K to 128K (into $RESULTS/retrieval/). Resumable: a cell whose JSON
-# exists is skipped, and passkey / RULER continue from their trial journals, so after an interruption run the same
-# command again (pass --overwrite through EXTRA to redo perplexity cells). Nothing is replaced silently: a window a
+# sharedllm: passkey and RULER needles from 8K / 16K to 128K (into $RESULTS/retrieval/). Resumable: a cell written
+# with the same settings is skipped, one written with other settings stops the script with what differs, and passkey /
+# RULER continue from their trial journals, so after an interruption run the same command again (EXTRA=--overwrite
+# redoes the perplexity cells). Nothing is replaced silently: a window a
 # method does not run is written as "not run: <reason>" (past its --max-length, out of its --max-seconds budget, or
 # an error).
 #   scripts/evaluate_grid.sh            # everything below, in order
@@ -27,7 +28,8 @@
 # with 10 trials, two thirds of it at 128K.
 set -euo pipefail
 export HF_HUB_OFFLINE=1
-# the default adapter (sharedllm.assets.DEFAULT_ADAPTER, relative to here); adapters/smollm2-135m with LD=512 for cross
+# the default adapter (sharedllm.assets.DEFAULT_ADAPTER, relative to here); adapters/smollm2-135m with LD=512 for cross,
+# into another RESULTS folder (its cells in $RESULTS/heldout would be refused: another adapter and decoder window)
 ADAPTER=${ADAPTER:-$(python -c "import os; from sharedllm.assets import DEFAULT_ADAPTER; print(os.path.relpath(DEFAULT_ADAPTER))")}
 LD=${LD:-1024}
 WINDOWS=${WINDOWS:-16}

@@ -32,7 +32,9 @@ if [[ $STAGE == quality || $STAGE == all ]]; then
     done
 fi
 if [[ $STAGE == bench || $STAGE == all ]]; then
-    # prefill time against streaming, same process; run on a quiet machine
+    # prefill time against streaming, same process; run on a quiet machine. bench refuses to replace a result: a rerun
+    # into the same OUT_DIR (the committed results/experiments/frontier/bench/ by default) needs --overwrite on these
+    # lines, or pass another OUT_DIR
     for point in "${POINTS[@]}"; do
         read -r m layer <<< "$point"
         python -m sharedllm bench --methods sharedllm streaming --adapter none --injection joint --n-injected-layers $m \

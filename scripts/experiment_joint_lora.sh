@@ -26,7 +26,7 @@ COMMON=(--n-chunks 2 --decoder-window 512 --lora-rank 8 --batch-size 1 --grad-ac
         --seed 0 --domains books:0.5 math:0.3 code:0.2 --eval-windows 8 --eval-every "$EVAL" --save-every 10
         --log-every 5 --steps "$STEPS" --no-progress)
 case "$RUN" in
-  untrained) ARM=(--eval-retrieval --lr 0 --steps 1 --eval-every 1) ;;
+  untrained) ARM=(--eval-retrieval --lr 0 --steps 1 --warmup 0 --eval-every 1) ;;
   lm)        ARM=(--eval-retrieval) ;;
   levers)    ARM=(--retrieval-fraction 0.3 --distill-weight 2 --distill-top-k 50) ;;
   exercises) ARM=(--retrieval-fraction 0.3) ;;

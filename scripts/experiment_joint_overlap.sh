@@ -33,7 +33,8 @@ $PPL --methods sharedllm $JOINT --tree-depth 0 --tokens-per-node 512 --context-b
     --label joint-full-log-chunks
 $PPL --methods sharedllm $JOINT_TREE --context-bias log_chunks --lengths 8K --label joint-tree-log-chunks
 $PPL --methods sharedllm --adapter adapters/smollm2-135m --lengths 2K 8K --label shipped-adapter  # the trained cross adapter
-# cost against streaming and the window alone, same process (figures go to the output folder, not docs/)
+# cost against streaming and the window alone, same process (figures go to the output folder, not docs/); bench
+# refuses to replace a result: a rerun into the same OUT_DIR (the committed one by default) needs --overwrite here
 python -m sharedllm bench --methods sharedllm streaming window --adapter adapters/smollm2-135m-joint --lengths 8K 16K \
     --repeats 3 --decode-steps 4 --threads 2 --output "$OUT/bench" --figures "$OUT/bench"
 # the field's protocol (greedy generation, first integer of the output), a small cell: 8K, depths 0.25 / 0.75

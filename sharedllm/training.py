@@ -964,7 +964,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--stop-after", type=int, default=None, help="end the run after this step with a checkpoint and the adapter "
         "saved; the learning-rate schedule stays that of --steps, and --resume continues it later")
     add("--resume", action="store_true", help="continue the run in --output from its newest checkpoint (exactly: same "
-        "result as no interruption; a first Ctrl-C during training saves a checkpoint at the current step)")
+        "result as no interruption; a first Ctrl-C during training saves a checkpoint at the current step); refuses "
+        "changed knobs or documents")
     add("--overwrite", action="store_true", help="start a new run in an --output that is not empty: deletes a previous "
         "run's checkpoints, log and adapter there (without it, train refuses such a folder)")
     add("--no-progress", dest="progress", action="store_false", help="no progress bar while tokenising")

@@ -79,10 +79,14 @@ def add_arguments(parser):
     parser.add_argument("--protocol", choices=PROTOCOLS,
                         help="perplexity protocol (default: cepe; sliding scores from a document's first tokens, which "
                              "window / sharedllm / cepe cannot)")
-    parser.add_argument("--domains", nargs="+", help="corpus domains (books math code); default: all")
-    parser.add_argument("--split", help="corpus split of sharedllm/splits.json (default: test)")
+    parser.add_argument("--domains", nargs="+",
+                        help="corpus domains (books math code) of ppl / heldout (default: all), niah / ruler's "
+                             "haystack and demo (default: books)")
+    parser.add_argument("--split",
+                        help="corpus split of sharedllm/splits.json that ppl / heldout / niah / ruler / demo read "
+                             "(default: test)")
     parser.add_argument("--data", nargs="+",
-                        help="user files instead of the corpus: text / JSON-lines documents (ppl, niah, ruler) "
+                        help="user files instead of the corpus: text / JSON-lines documents (ppl, niah, ruler, demo) "
                              "or LongBench-format JSON lines (longbench)")
     add_infllm_argument(parser)
     parser.add_argument("--label", help="name the (single) method's results under this label, e.g. "
@@ -106,7 +110,8 @@ def add_arguments(parser):
     parser.add_argument("--threshold", type=float,
                         help="RULER effective-length threshold (default: full attention at the native length)")
     parser.add_argument("--limit", type=positive_int, help="longbench: at most this many records per dataset")
-    parser.add_argument("--seed", type=int, help="seed of the heldout windows and the trials (default: 0)")
+    parser.add_argument("--seed", type=int, help="seed of the heldout windows and of the passkey / niah / ruler / demo "
+                                                 "trials (default: 0)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     add_device_argument(parser)
     parser.add_argument("--output", help="folder for result JSON (default: results/; demo: runs/demo/results)")

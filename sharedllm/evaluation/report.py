@@ -454,7 +454,9 @@ def method_provenance(method, cells) -> list[str]:
                   + "; ".join("files " + ", ".join(dict.fromkeys(f"`{c['_file']}` ({_cost(c)})" for c in cells))
                               + f" on {hardware}" for hardware, cells in by_hardware.items())]
         lines += [f"  `{command}`" for command in dict.fromkeys(c.get("command", "") for c in mine)]
-        lines += [f"  (relabelled: {note})" for note in dict.fromkeys(c["relabelled"] for c in mine if c.get("relabelled"))]
+        # the command wrote under another name, which may hold another run's cell now: a rerun names the label
+        lines += [f"  (relabelled: {note}; a rerun passes `--label {method}`)"
+                  for note in dict.fromkeys(c["relabelled"] for c in mine if c.get("relabelled"))]
     return lines
 
 

@@ -75,7 +75,7 @@ def test_section_table_heatmap_and_provenance(tmp_path):
     provenance = [line for line in lines if line.startswith("- **sharedllm**")]
     assert provenance == ["- **sharedllm** (8K, 32K): adapter `adapters/x`, config `{\"method\": \"sharedllm\"}`; "
                           "files `retrieval/p.json` (0 s) on None (None threads, None)"]  # one file, named once
-    assert "  (relabelled: was x)" in lines  # a renamed file says so
+    assert "  (relabelled: was x; a rerun passes `--label sharedllm`)" in lines  # a renamed file says so
 
 
 def test_a_run_with_another_base_or_adapter_is_a_row_of_its_own_not_a_replaced_cell(tmp_path):

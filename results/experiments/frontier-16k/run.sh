@@ -12,6 +12,8 @@
 # windows results/heldout uses (its seeded plan's first 8 draws). Cost: `sharedllm bench` at 16K against streaming
 # in the same process (median of 3 prefills each).
 # Usage: results/experiments/frontier-16k/run.sh [quality|bench|all] [M: only this point]
+# bench refuses to replace a result: rerunning the bench stage into the committed bench/m* folders needs
+# --overwrite on its two bench lines.
 set -euo pipefail
 OUT=results/experiments/frontier-16k
 STAGE=${1:-all}

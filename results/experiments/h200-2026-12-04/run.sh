@@ -40,7 +40,7 @@ step() {  # step SECONDS ARGS...: one `sharedllm eval` under a time limit
   log "end: $*"; pack
 }
 if [ "$SMOKE" = 1 ]; then
-  step 300 passkey --methods sharedllm --lengths 4K --trials 1 --depths 0 50 --seed 0 --output /root/res/retrieval
+  step 300 passkey --methods sharedllm --lengths 4K --trials 1 --depths 0 0.5 --seed 0 --output /root/res/retrieval
   step 300 ruler --methods sharedllm --lengths 4K --tasks niah_single --trials 1 --split test --seed 0 --output /root/res/retrieval
   step 300 heldout --methods window --domains books --lengths 4K --max-windows 1 --output /root/res/heldout
   exit 0
