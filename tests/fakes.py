@@ -50,6 +50,8 @@ class FakeBase:
 class FakeMethod:
     """NLL 1.0 per token (PPL e) for 'full', 2.0 otherwise; generation reads the pass key from the prompt."""
 
+    reads_adapter = False  # no weights of an adapter to tag its journaled trials with
+
     def __init__(self, name, tokenizer, **knobs):
         self.name, self.tokenizer, self.knobs = name, tokenizer, knobs
 

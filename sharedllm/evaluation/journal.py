@@ -10,6 +10,9 @@ once none are left.
 
 Each trial it journals is tagged with the machine it ran on (`ran_on`), so that a result finished from a journal
 that a lent GPU started can say where its trials ran: its hardware block names only the machine that finished it.
+A trial of a method that reads an adapter is also tagged with the adapter's weights (`weights`, the start of their
+sha256): an adapter retrained into the same folder keeps its path, and its stopped run's trials are refused, not
+reused.
 """
 
 import hashlib
@@ -19,8 +22,10 @@ from pathlib import Path
 
 
 class TrialJournal:
-    def __init__(self, folder, task: str, name: str, settings: dict, machine: str | None = None):
+    def __init__(self, folder, task: str, name: str, settings: dict, machine: str | None = None,
+                 weights: str | None = None):
         self.machine = machine  # not in the settings' digest: a run stopped on one machine continues on another
+        self.weights = weights  # checked against each trial's tag instead (journals of older runs have none)
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
         self.prefix = f".{task}_{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}_"
         self.path = Path(folder) / f"{self.prefix}{digest}.partial.jsonl"
@@ -42,6 +47,12 @@ class TrialJournal:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 break
+        if stale := [r for r in records if self.weights and r.get("weights") not in (None, self.weights)]:
+            from sharedllm.cli import InputError
+
+            raise InputError(f"{self.path} holds {len(stale)} trials of other adapter weights (sha256 "
+                             f"{stale[0]['weights']}..., now {self.weights}...): the adapter was changed since that run "
+                             "stopped; delete the journal to score it again")
         return records
 
     def append(self, record: dict) -> None:
@@ -49,6 +60,8 @@ class TrialJournal:
         names it too, and `remove` finds it)."""
         if self.machine is not None:
             record.setdefault("ran_on", self.machine)
+        if self.weights is not None:
+            record.setdefault("weights", self.weights)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

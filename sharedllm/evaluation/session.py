@@ -40,8 +40,11 @@ class Session:
         self.model_name = portable_path(args.base)  # how results and journals name the base
         self.base.to(args.device)
         self.adapter = chosen_adapter(args.adapter)
+        config = Path(self.adapter or "") / "config.json"
+        self.adapter_config = json.loads(config.read_text()) if self.adapter and config.is_file() else {}
         self._check_adapter_base()
-        self.decoder_window = args.decoder_window or self._adapter_decoder_window() or KNOB_DEFAULTS["decoder_window"]
+        self.decoder_window = (args.decoder_window or self.adapter_config.get("decoder_window")
+                               or KNOB_DEFAULTS["decoder_window"])
         self.knobs = knobs_from_args(args)  # the SharedLLM knob flags, for sharedllm and cepe
         self.command = shlex.join(["sharedllm", *sys.argv[1:]])
 
@@ -51,10 +54,9 @@ class Session:
         from sharedllm.loading import base_fingerprint
         from sharedllm.methods import METHOD_CLASSES
 
-        config = Path(self.adapter or "") / "config.json"
-        if not (self.adapter and config.is_file() and any(METHOD_CLASSES[m].reads_adapter for m in self.args.methods)):
+        if not (self.adapter_config and any(METHOD_CLASSES[m].reads_adapter for m in self.args.methods)):
             return
-        recorded = json.loads(config.read_text())
+        recorded = self.adapter_config
         trained_on, found = recorded.get("base_fingerprint"), base_fingerprint(self.base)
         if trained_on and found != trained_on:
             fp16 = ("; a float16 load of a float32 checkpoint changes the fingerprint: use --dtype float32 or bfloat16"
@@ -62,10 +64,6 @@ class Session:
             raise InputError(f"--adapter {self.adapter} was trained on {recorded.get('base_model')} (weight "
                              f"fingerprint {trained_on}), not on --base {self.args.base} (fingerprint {found}): leave "
                              f"--base out to load the adapter's own base{fp16}")
-
-    def _adapter_decoder_window(self) -> int | None:
-        config = Path(self.adapter or "") / "config.json"
-        return json.loads(config.read_text())["decoder_window"] if self.adapter and config.is_file() else None
 
     def methods(self):
         """Yield (name, method) one at a time so that only one method's extra weights live at once."""
@@ -113,7 +111,10 @@ class Session:
         (`portable_path`), so that the same command continues from another clone, home or machine."""
         keys = {"method": method_config(method), "model": self.model_name, "dtype": self.args.dtype,
                 "seed": self.args.seed, **settings}
-        journal = TrialJournal(self.args.output, task, name, keys, machine=provenance.machine(self.base.device))
+        # the adapter's weights are not in the name (a stopped run continues from another clone), but tag each trial
+        weights = self.adapter_config.get("adapter_sha256") if method.reads_adapter else None
+        journal = TrialJournal(self.args.output, task, name, keys, machine=provenance.machine(self.base.device),
+                               weights=weights and weights[:16])
         done = journal.load()
         if done:
             print(f"{name}: {len(done)} {task} trials already done in {journal.path} (a stopped run): continuing")

@@ -258,6 +258,7 @@ def test_trial_journal_is_keyed_by_the_adapter_inside_the_repository_not_its_abs
 
     class Described:
         name = "sharedllm"
+        reads_adapter = False
 
         def __init__(self, adapter):
             self.adapter = adapter
@@ -287,3 +288,32 @@ def test_a_finished_run_keeps_the_trials_of_another_run_sharing_its_journal(tmp_
     assert journal.load() == long
     journal.remove(long)
     assert not journal.path.exists()
+
+
+def test_a_journal_of_other_adapter_weights_is_refused_not_reused(tmp_path):
+    """An adapter retrained into the same folder keeps its path, so its journal's name: the trials of the stopped run
+    carry the weights they were scored with, and another adapter's are refused."""
+    from sharedllm.cli import InputError
+    from sharedllm.evaluation.journal import TrialJournal
+
+    settings = {"method": {"method": "sharedllm", "adapter": "adapters/mine"}}
+    TrialJournal(tmp_path, "passkey", "sharedllm", settings, weights="aaaa").append({"trial": 0, "correct": True})
+    assert TrialJournal(tmp_path, "passkey", "sharedllm", settings, weights="aaaa").load()[0]["weights"] == "aaaa"
+    with pytest.raises(InputError, match="holds 1 trials of other adapter weights .* delete the journal"):
+        TrialJournal(tmp_path, "passkey", "sharedllm", settings, weights="bbbb").load()
+    untagged = TrialJournal(tmp_path, "passkey", "other", settings, weights="bbbb")  # a journal from before the tags
+    untagged.path.write_text('{"trial": 0, "correct": true}\n')
+    assert untagged.load() == [{"trial": 0, "correct": True}]
+
+
+def test_a_session_tags_the_trials_of_an_adapter_reading_method_with_its_weights(tmp_path):
+    from types import SimpleNamespace
+
+    from sharedllm.evaluation.session import Session
+
+    session = SimpleNamespace(args=SimpleNamespace(output=str(tmp_path), dtype="fp32", seed=0), model_name="base",
+                              base=SimpleNamespace(device="cpu"), adapter_config={"adapter_sha256": "0123456789abcdef99"})
+    reader = SimpleNamespace(name="sharedllm", reads_adapter=True, describe=lambda: {"method": "sharedllm"})
+    other = SimpleNamespace(name="window", reads_adapter=False, describe=lambda: {"method": "window"})
+    assert Session.journal(session, "passkey", "sharedllm", reader)[0].weights == "0123456789abcdef"
+    assert Session.journal(session, "passkey", "window", other)[0].weights is None
