@@ -91,9 +91,9 @@ def _token_ids(tokenizer, text: str, special: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"]
 
 
-def read_questions(stream, prompt: str = "", interactive: bool = True) -> Iterator[str]:
+def read_questions(stream, prompt: str = "", at_terminal: bool = True) -> Iterator[str]:
     """Questions from a stream, one per line, until end of file (`prompt` shown on stderr). Typed at a terminal
-    (`interactive`) an empty line quits too; from a file, blank lines are skipped, as a list of questions may have
+    an empty line quits too; from a file, blank lines are skipped, as a list of questions may have
     them between groups."""
     while True:
         print(prompt, end="", file=sys.stderr, flush=True)
@@ -102,7 +102,7 @@ def read_questions(stream, prompt: str = "", interactive: bool = True) -> Iterat
             return
         if line.strip():
             yield line.strip()
-        elif interactive:
+        elif at_terminal:
             return
 
 
@@ -235,7 +235,7 @@ def run(args) -> int:
             _log("type a question and press enter; an empty line or end of input (Ctrl-D) quits, Ctrl-C stops an "
                  "answer")
             prompt = "question> "
-        for question in read_questions(sys.stdin, prompt, interactive=at_terminal):
+        for question in read_questions(sys.stdin, prompt, at_terminal):
             if at_terminal:
                 answer_or_stop(asker, question, args.max_new_tokens)
             else:

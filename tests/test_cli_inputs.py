@@ -136,13 +136,23 @@ def test_bench_and_eval_flags_are_checked_before_loading(no_model, capsys, argv,
     assert expected in error_line(capsys, [*argv, "--base", "fake"])
 
 
-def test_bench_refuses_to_replace_a_result_before_loading(no_model, capsys):
+def test_bench_refuses_to_replace_a_result_before_loading(no_model, capsys, monkeypatch):
     (no_model / "results").mkdir()
     (no_model / "results" / "bench-cpu.json").write_text("a 25-minute run")
     line = error_line(capsys, ["bench", "--base", "fake", "--adapter", "none", "--device", "cpu"])
     assert line.endswith("results/bench-cpu.json exists: pass --overwrite to replace it (and its figures) once this "
                          "grid is done, or another --output")
     assert (no_model / "results" / "bench-cpu.json").read_text() == "a 25-minute run"
+    import sharedllm.assets  # without --base: refused before the default model is built (a minute on a new machine)
+
+    monkeypatch.setattr(sharedllm.assets, "default_model_path", lambda: pytest.fail("built the default model first"))
+    assert error_line(capsys, ["bench", "--adapter", "none", "--device", "cpu"]).endswith("or another --output")
+
+
+def test_eval_reads_a_damaged_adapter_config_as_one_line(no_model, capsys):
+    (no_model / "mine").mkdir()
+    (no_model / "mine" / "config.json").write_text("{not json")
+    assert "--adapter: " in error_line(capsys, ["eval", "ppl", "--data", "book.txt", "--adapter", "mine"])
 
 
 BENCH_RESULT = json.dumps({"meta": {}, "cells": [], "targets": []})

@@ -136,11 +136,11 @@ def _measure(args) -> int:
     from .grid import partial_path, run_benchmark
     from .report import format_table, measured_any
 
-    base = base_from_args(args)
     settings = settings_from_args(args)
     output = output_file(args.output, args.device)
     partial = partial_path(output)
-    _refuse_to_replace(output, partial, args.overwrite)
+    _refuse_to_replace(output, partial, args.overwrite)  # before the base, which may be built first (a minute)
+    base = base_from_args(args)
     try:
         results = run_benchmark(base, settings, output=output)
     except KeyboardInterrupt:

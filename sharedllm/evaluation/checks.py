@@ -41,10 +41,15 @@ def recorded_base(adapter) -> str | None:
     results and trial journals key on that name) and without an adapter."""
     from sharedllm.loading import DEFAULT_BASE
 
-    config = Path(str(adapter)) / "config.json"
-    if chosen_adapter(adapter) is None or not config.is_file():
+    from sharedllm.loading import load_adapter_config
+
+    folder = Path(str(adapter))
+    if chosen_adapter(adapter) is None or not (folder / "config.json").is_file():
         return None
-    base = json.loads(config.read_text()).get("base_model")
+    try:  # a damaged config.json, or a base model's folder given as the adapter
+        base = load_adapter_config(folder).base_model
+    except ValueError as err:
+        raise InputError(f"--adapter: {err}") from err
     return None if base == DEFAULT_BASE else base
 
 

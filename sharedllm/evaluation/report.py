@@ -455,8 +455,8 @@ def method_provenance(method, cells) -> list[str]:
                               + f" on {hardware}" for hardware, cells in by_hardware.items())]
         lines += [f"  `{command}`" for command in dict.fromkeys(c.get("command", "") for c in mine)]
         # the command wrote under another name, which may hold another run's cell now: a rerun names the label
-        lines += [f"  (relabelled: {note}; a rerun passes `--label {method}`)"
-                  for note in dict.fromkeys(c["relabelled"] for c in mine if c.get("relabelled"))]
+        lines += [f"  (relabelled: {note}; a rerun passes `--label {label}`)"  # the file's name, not the row's
+                  for note, label in dict.fromkeys((c["relabelled"], c["method"]) for c in mine if c.get("relabelled"))]
     return lines
 
 

@@ -48,3 +48,8 @@ def test_longbench_e_names_read_as_their_datasets(tmp_path):
 def test_a_single_answer_string_and_other_names_still_load(tmp_path):
     (record,) = _load(tmp_path, QA | {"answers": "Paris", "language": "en"}, "my_custom_set.jsonl")
     assert record["dataset"] == "my_custom_set" and longbench.score_record(record, "Paris") == 1.0
+
+
+def test_code_sets_that_name_their_programming_language_are_read(tmp_path):
+    # LongBench's lcc / repobench-p records say "language": "python" (or java, c#): English sets, not Chinese ones
+    assert _load(tmp_path, QA | {"dataset": "lcc", "language": "python"}, "lcc.jsonl")
