@@ -65,7 +65,9 @@ import sys
 from sharedllm.evaluation.retrieval_report import load_retrieval
 from sharedllm.flags import parse_length
 results, task, length, *ruler_task = sys.argv[1:]
-sys.exit(0 if ("sharedllm", *ruler_task, parse_length(length)) in load_retrieval(results).get(task, {}) else 1)
+cell = (*ruler_task, parse_length(length))  # keyed by the row's label, which names its setting when there are several
+sys.exit(0 if any(key[1:] == cell and found["file"]["method"] == "sharedllm"
+                  for key, found in load_retrieval(results).get(task, {}).items()) else 1)
 EOF
 }
 
