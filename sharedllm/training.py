@@ -303,6 +303,22 @@ class StopOnInterrupt:
 # Model
 
 
+def check_distillation_window(config: TrainConfig) -> None:
+    """The distillation teacher reads whole samples with full attention: they must fit the base's native window
+    (read from its config, before any model or data loads)."""
+    if not config.distill_weight:
+        return
+    from transformers import AutoConfig
+
+    from sharedllm.assets import default_model_path
+
+    base_config = AutoConfig.from_pretrained(config.base or str(default_model_path()))
+    try:
+        check_teacher_window(base_config, config.sample_len)
+    except ValueError as err:
+        raise InputError(f"--distill-weight: {err} (--n-chunks x --chunk-size + --decoder-window)") from err
+
+
 def build_model(config: TrainConfig):
     """The SharedLLM model on the base and its tokenizer."""
     from sharedllm.modeling import SharedLLMForCausalLM
@@ -312,11 +328,6 @@ def build_model(config: TrainConfig):
 
         config.base = str(default_model_path())  # recorded as such in the summary
     base, tokenizer = load_causal_lm(config.base)
-    if config.distill_weight:  # now, not at the first step after tokenising the data
-        try:
-            check_teacher_window(base.config, config.sample_len)
-        except ValueError as err:
-            raise InputError(f"--distill-weight: {err} (--n-chunks x --chunk-size + --decoder-window)") from err
     model = SharedLLMForCausalLM.from_base(base, tokenizer=tokenizer, **config.knobs)
     if config.init_adapter:
         lora = has_upper_lora(config.init_adapter)
@@ -461,7 +472,6 @@ def prepare_data(config: TrainConfig, documents: tuple[list, list, str], tokeniz
         "sample_len": config.sample_len,
         "stride": config.stride or config.sample_len // 2,
         "packed": config.pack_documents,
-        "fingerprint": data.documents_fingerprint([*train_docs, *validation_docs]),
     }
     return sampler, validation, summary
 
@@ -622,17 +632,22 @@ def save_checkpoint(output: Path, step: int, model, optimizer, scheduler, sample
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(directory: Path, model, optimizer, scheduler, sampler, config: TrainConfig, data_fingerprint: str,
-                    accelerator) -> dict:
+def check_resumed_documents(directory: Path, data_fingerprint: str) -> None:
+    """The checkpoint's sampler state counts draws from its run's windows: other documents would train on other
+    samples than the run it claims to continue."""
+    state = json.loads((directory / "trainer_state.json").read_text())
+    if state.get("data", data_fingerprint) != data_fingerprint:  # checkpoints before 2026-12-06 record none
+        raise InputError(f"cannot resume {directory}: the training or validation documents differ from the "
+                         f"interrupted run's (fingerprint {state['data']} there, {data_fingerprint} now), so the "
+                         "resumed run would draw other samples; restore them, or start a new run (--overwrite)")
+
+
+def load_checkpoint(directory: Path, model, optimizer, scheduler, sampler, config: TrainConfig, accelerator) -> dict:
     state = json.loads((directory / "trainer_state.json").read_text())
     changed = _changed_knobs(state["config"], config)
     if changed:
         raise InputError(f"cannot resume {directory}: these knobs differ from the interrupted run "
                          f"(saved, now): {changed}")
-    if state.get("data", data_fingerprint) != data_fingerprint:  # checkpoints before 2026-12-06 record none
-        raise InputError(f"cannot resume {directory}: the training or validation documents differ from the "
-                         f"interrupted run's (fingerprint {state['data']} there, {data_fingerprint} now), so the "
-                         "resumed run would draw other samples; restore them, or start a new run (--overwrite)")
     weights = load_file(str(directory / "trainable.safetensors"))
     params = dict(accelerator.unwrap_model(model).named_parameters())
     if set(weights) != {n for n, p in params.items() if p.requires_grad}:
@@ -759,13 +774,19 @@ def train(config: TrainConfig) -> Path:
         documents = load_training_documents(config)
     except (ValueError, FileNotFoundError) as err:
         raise InputError(f"{'--data' if config.data is not None else 'training corpora'}: {err}") from err
+    check_distillation_window(config)  # before start_run, which under --overwrite deletes the previous run
     run_id = start_run(config, accelerator)
+    fingerprint = data.documents_fingerprint([*documents[0], *documents[1]])
+    checkpoints = checkpoint_dirs(output, run_id) if config.resume else []
+    if checkpoints:  # before loading the model and tokenising the data
+        check_resumed_documents(checkpoints[-1], fingerprint)
     set_seed(config.seed)  # LoRA initialisation, anything random in the model
 
     model, tokenizer = build_model(config)
     params = configure_trainable(model, config)
     logger.info("trainable parameters: %d (%s)", sum(p.numel() for p in params), trainable_description(config))
     sampler, validation, data_summary = prepare_data(config, documents, tokenizer, accelerator)
+    data_summary["fingerprint"] = fingerprint
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     # The scheduler is stepped by hand once per optimiser step (accelerate's wrapper would step it once per
     # process), so the schedule is the same for any number of processes.
@@ -775,10 +796,8 @@ def train(config: TrainConfig) -> Path:
 
     log_path = output / LOG_FILE
     state = {"step": 0, "elapsed_s": 0.0}
-    checkpoints = checkpoint_dirs(output, run_id) if config.resume else []
     if checkpoints:
-        state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler, sampler, config,
-                                data_summary["fingerprint"], accelerator)
+        state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler, sampler, config, accelerator)
         if accelerator.is_main_process:
             truncate_log(log_path, state["step"])
         logger.info("resumed from %s (step %d)", checkpoints[-1], state["step"])

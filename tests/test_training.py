@@ -212,7 +212,7 @@ def test_resume_and_pruning_skip_checkpoints_of_another_run(workspace, tmp_path)
     assert foreign.is_dir()  # never deleted
 
 
-def test_resume_refuses_changed_documents(workspace, tmp_path):
+def test_resume_refuses_changed_documents(workspace, tmp_path, monkeypatch):
     """The sampler's state counts draws from the interrupted run's windows: other documents would silently train
     on other samples than the run it claims to continue."""
     data_file, out, steps = tmp_path / "train.jsonl", tmp_path / "out", ["--steps", "4", "--save-every", "2"]
@@ -220,15 +220,18 @@ def test_resume_refuses_changed_documents(workspace, tmp_path):
     argv = [*train_args(workspace, out, *steps), "--data", str(data_file)]
     run_cli([*argv, "--stop-after", "2"])
     data_file.write_text(data_file.read_text().replace("alpha", "omega", 1))
+    monkeypatch.setattr(training, "build_model", lambda *a: pytest.fail("loaded the model first"))
     with pytest.raises(InputError, match="the training or validation documents differ from the interrupted run's"):
         run_cli([*argv, "--resume"])
+    monkeypatch.undo()
     data_file.write_text((workspace / "train.jsonl").read_text())
     run_cli([*argv, "--resume"])  # the same documents again: resumes
     assert [r["step"] for r in training.read_log(out / "train_log.jsonl")] == [1, 2, 3, 4]
 
 
-def test_distillation_past_the_teachers_window_is_refused_before_tokenising(workspace, tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "prepare_data", lambda *a, **k: pytest.fail("tokenised the data first"))
+def test_distillation_past_the_teachers_window_is_refused_before_the_output_is_touched(workspace, tmp_path, monkeypatch):
+    # refused before start_run, which under --overwrite deletes the previous run
+    monkeypatch.setattr(training, "start_run", lambda *a, **k: pytest.fail("set up the output first"))
     with pytest.raises(InputError, match=r"--distill-weight: .* native window: 672 tokens > 512 \(--n-chunks x --chunk-size"):
         run_cli(train_args(workspace, tmp_path / "out", "--n-chunks", "40", "--distill-weight", "1"))
 
