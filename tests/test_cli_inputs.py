@@ -459,3 +459,10 @@ def test_every_model_command_takes_threads_and_main_applies_it(monkeypatch, caps
     with pytest.raises(SystemExit) as refused:
         cli.main(["probe", "--threads", "0"])
     assert refused.value.code == 2 and "must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_missing_corpus_is_one_line_before_loading(no_model, capsys):
+    """The corpus is read after the base model loads: without it (no `sharedllm assets` yet, or a test document
+    missing) eval was a FileNotFoundError traceback then."""
+    for argv in (["eval", "heldout", "--domains", "books", "--lengths", "4K"], ["eval", "ruler", "--lengths", "4K"]):
+        assert "corpus is not in" in error_line(capsys, argv) and "run `sharedllm assets` first" in error_line(capsys, argv)

@@ -151,6 +151,14 @@ def _check_corpus_choice(args) -> None:
     known = load_splits()
     if unknown := [d for d in args.domains or () if d not in known]:
         raise InputError(f"unknown domain {', '.join(map(repr, unknown))}; valid domains: {', '.join(sorted(known))}")
+    if args.task in CORPUS_TASKS and not args.data:  # the corpus is read after the model loads: check it is there
+        from sharedllm.assets import load_documents
+
+        haystack = args.task in ("niah", "ruler") and not args.domains  # their haystack is books by default
+        try:  # a few MB of text for the test split
+            load_documents(args.split, ["books"] if haystack else args.domains)
+        except FileNotFoundError as err:
+            raise InputError(str(err)) from err
 
 
 def _check_sharedllm_knobs(args) -> None:
