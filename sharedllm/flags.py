@@ -190,12 +190,20 @@ class _Collect(argparse.Action):
         setattr(namespace, self.dest, {**getattr(namespace, self.dest), **dict(pairs)})  # a new dict: never the default
 
 
-def check_infllm_chosen(args) -> None:
-    """--infllm without infllm in --methods would be silently ignored: refuse it."""
+def check_infllm_options(args) -> None:
+    """--infllm without infllm in --methods would be silently ignored, and values InfLLM cannot run with fail once it
+    is built: refuse both."""
     from sharedllm.cli import InputError
 
     if args.infllm and "infllm" not in args.methods:
         raise InputError("--infllm sets infllm's options: add infllm to --methods")
+    if args.infllm:
+        from sharedllm.methods import InfLLM
+
+        try:  # values it cannot run with, refused before the model loads and the methods before it run
+            InfLLM.check_options(**args.infllm)
+        except ValueError as err:
+            raise InputError(f"--infllm: {err}") from err
 
 
 def add_base_argument(parser, default: str = "the SmolLM2-135M from `sharedllm assets`") -> None:

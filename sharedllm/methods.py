@@ -29,6 +29,7 @@ take 6 GB, so scoring applies `lm_head` to the hidden states of the predicting p
 
 import contextlib
 import copy
+import inspect
 import math
 
 import torch
@@ -392,17 +393,27 @@ class InfLLM(PieceFedMethod):
                  local_window: int | None = None, n_sink: int = 64, block_size: int = 128, n_rep: int = 4,
                  topk: int = 4, chunk_size: int = 256):
         super().__init__(base, tokenizer)
+        self.check_options(local_window=decoder_window if local_window is None else local_window, n_sink=n_sink,
+                           block_size=block_size, n_rep=n_rep, topk=topk, chunk_size=chunk_size)
         self.local_window = decoder_window if local_window is None else local_window
         self.n_sink, self.block_size, self.n_rep = n_sink, block_size, n_rep
         self.topk, self.chunk_size, self.piece_size = topk, chunk_size, chunk_size
-        if min(self.local_window, block_size, chunk_size) < 1 or n_sink < 0 or topk < 0:
-            raise ValueError("infllm needs local_window, block_size, chunk_size >= 1 and n_sink, topk >= 0")
-        if not 1 <= n_rep <= block_size:
-            raise ValueError(f"infllm needs 1 <= n_rep <= block_size, got n_rep={n_rep}, block_size={block_size}")
         native = getattr(base.config, "max_position_embeddings", None)
         if native is not None and self.attended_tokens > native:
             raise ValueError(f"infllm attends up to {self.attended_tokens} tokens (n_sink + topk * block_size + "
                              f"local_window + block_size + chunk_size), past the base's trained {native}")
+
+    @classmethod
+    def check_options(cls, **options) -> None:
+        """Refuse options InfLLM cannot run with (eval and bench call it with --infllm's before loading anything); an
+        option not given keeps its default, and the local window defaults to a valid decoder window."""
+        defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items() if name in cls.KNOBS}
+        o = {**defaults, "local_window": 1, **options}
+        if min(o["local_window"], o["block_size"], o["chunk_size"]) < 1 or o["n_sink"] < 0 or o["topk"] < 0:
+            raise ValueError("infllm needs local_window, block_size, chunk_size >= 1 and n_sink, topk >= 0")
+        if not 1 <= o["n_rep"] <= o["block_size"]:
+            raise ValueError(f"infllm needs 1 <= n_rep <= block_size, got n_rep={o['n_rep']}, "
+                             f"block_size={o['block_size']}")
 
     @property
     def attended_tokens(self) -> int:

@@ -50,6 +50,8 @@ EVAL_CASES = [
     (["--knob", "tree_depth"], "argument --knob: wants NAME=VALUE with NAME a SharedLLM knob (n_injected_layers"),
     (["--methods", "full", "--knob", "tree_depth=1"], "--tree-depth is a knob of sharedllm, not of full"),  # as its flag
     (["--methods", "full", "--infllm", "topk=8"], "--infllm sets infllm's options: add infllm to --methods"),
+    (["--methods", "infllm", "--infllm", "n_rep=200"], "--infllm: infllm needs 1 <= n_rep <= block_size, got n_rep=200"),
+    (["--methods", "infllm", "--infllm", "block_size=0"], "--infllm: infllm needs local_window, block_size, chunk_size"),
     (["--methods", "infllm", "--infllm", "top_k=8"], "argument --infllm: wants KNOB=N with KNOB one of n_sink, "
      "block_size, n_rep, topk, chunk_size, local_window and N a whole number, got 'top_k=8'"),
     (["--methods", "full", "--tree-depth", "1"], "--tree-depth is a knob of sharedllm, not of full"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sharedllm.cli import InputError, adapter_argument
 from sharedllm.flags import (add_adapter_argument, add_base_argument, add_device_argument, add_infllm_argument,
-                             add_knob_arguments, add_threads_argument, check_infllm_chosen, format_length,
+                             add_knob_arguments, add_threads_argument, check_infllm_options, format_length,
                              knobs_from_args, parse_length, positive_int, positive_seconds, whole_number)
 
 from .settings import BENCH_METHODS, CPU_LENGTHS, CUDA_LENGTHS, BenchSettings, resolve_knobs
@@ -79,7 +79,7 @@ def _given(args, names) -> dict:
 
 
 def settings_from_args(args) -> BenchSettings:
-    check_infllm_chosen(args)
+    check_infllm_options(args)
     adapter = adapter_argument(args.adapter)  # 'none': untrained, its knobs from the flags and defaults
     lengths = args.lengths or [parse_length(n) for n in (CUDA_LENGTHS if args.device == "cuda" else CPU_LENGTHS)]
     _refuse_repeats("--methods", args.methods)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sharedllm import provenance
 from sharedllm.cli import InputError, adapter_argument
-from sharedllm.flags import check_infllm_chosen, format_length, knob_flag, knobs_from_args
+from sharedllm.flags import check_infllm_options, format_length, knob_flag, knobs_from_args
 
 from .ppl import SCORED
 from .session import chosen_adapter, result_adapter, user_documents
@@ -61,7 +61,7 @@ def validate_args(args) -> None:
         raise InputError(f"unknown method {', '.join(map(repr, unknown))}; valid methods: {', '.join(METHODS)}")
     if args.label and len(args.methods) != 1:
         raise InputError("--label names one method's results: pass a single method in --methods with it")
-    check_infllm_chosen(args)
+    check_infllm_options(args)
     from sharedllm.methods import METHOD_CLASSES
 
     for name in knobs_from_args(args):  # a knob no chosen method reads would be silently ignored
