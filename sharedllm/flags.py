@@ -206,6 +206,14 @@ def check_infllm_options(args) -> None:
             raise InputError(f"--infllm: {err}") from err
 
 
+def refuse_repeats(flag: str, values, show=str) -> None:
+    """A value listed twice would be run (or capped) twice, and its trials counted twice: one line naming it."""
+    from sharedllm.cli import InputError
+
+    if repeated := [value for i, value in enumerate(values) if value in values[:i]]:
+        raise InputError(f"{flag} lists {', '.join(map(show, dict.fromkeys(repeated)))} more than once: pass each once")
+
+
 def add_base_argument(parser, default: str = "the SmolLM2-135M from `sharedllm assets`") -> None:
     """`--base`: the base causal LM, the same flag in every command that loads one."""
     parser.add_argument("--base", default=None, help=f"base causal LM folder or hub id (default: {default})")

@@ -9,7 +9,8 @@ from pathlib import Path
 from sharedllm.cli import InputError, adapter_argument
 from sharedllm.flags import (add_adapter_argument, add_base_argument, add_device_argument, add_infllm_argument,
                              add_knob_arguments, add_threads_argument, check_infllm_options, format_length,
-                             knobs_from_args, parse_length, positive_int, positive_seconds, whole_number)
+                             knobs_from_args, parse_length, positive_int, positive_seconds, refuse_repeats,
+                             whole_number)
 
 from .settings import BENCH_METHODS, CPU_LENGTHS, CUDA_LENGTHS, BenchSettings, resolve_knobs
 
@@ -68,12 +69,6 @@ def method_length(text: str) -> tuple[str, int]:
     return method, parse_length(length)  # its ArgumentTypeError names a bad length
 
 
-def _refuse_repeats(flag: str, values, show=str) -> None:
-    """A value listed twice would be measured twice (or capped twice), and the ratios would read the first."""
-    if repeated := [value for i, value in enumerate(values) if value in values[:i]]:
-        raise InputError(f"{flag} lists {', '.join(map(show, dict.fromkeys(repeated)))} more than once: pass each once")
-
-
 def _given(args, names) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
@@ -82,9 +77,9 @@ def settings_from_args(args) -> BenchSettings:
     check_infllm_options(args)
     adapter = adapter_argument(args.adapter)  # 'none': untrained, its knobs from the flags and defaults
     lengths = args.lengths or [parse_length(n) for n in (CUDA_LENGTHS if args.device == "cuda" else CPU_LENGTHS)]
-    _refuse_repeats("--methods", args.methods)
-    _refuse_repeats("--lengths", lengths, format_length)
-    _refuse_repeats("--max-length", [method for method, _ in args.max_length])
+    refuse_repeats("--methods", args.methods)
+    refuse_repeats("--lengths", lengths, format_length)
+    refuse_repeats("--max-length", [method for method, _ in args.max_length])
     caps = dict(args.max_length)
     if unmeasured := [method for method in caps if method not in args.methods]:  # a cap that caps nothing
         raise InputError(f"--max-length caps {', '.join(unmeasured)}, not in --methods ({' '.join(args.methods)})")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sharedllm import provenance
 from sharedllm.cli import InputError, adapter_argument
-from sharedllm.flags import check_infllm_options, format_length, knob_flag, knobs_from_args
+from sharedllm.flags import check_infllm_options, format_length, knob_flag, knobs_from_args, refuse_repeats
 
 from .ppl import SCORED
 from .session import chosen_adapter, result_adapter, user_documents
@@ -106,10 +106,7 @@ def validate_args(args) -> None:
 def _check_no_repeats(args) -> None:
     """A value listed twice would be run twice, and its trials counted twice (a journal keys them by value)."""
     for option in ("methods", "lengths", "depths", "domains", "tasks"):
-        values = getattr(args, option) or []
-        if repeated := [v for i, v in enumerate(values) if v in values[:i]]:
-            shown = ", ".join(format_length(v) if option == "lengths" else str(v) for v in dict.fromkeys(repeated))
-            raise InputError(f"--{option} lists {shown} more than once: pass each once")
+        refuse_repeats(f"--{option}", getattr(args, option) or [], format_length if option == "lengths" else str)
 
 
 def _check_window_lengths(args) -> None:
