@@ -277,7 +277,21 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     # A GGUF-loaded model carries a GgufHfQuantizer that refuses to serialise; the weights are dense already.
     model.hf_quantizer = None
     del model.config.quantization_config
-    model.to(torch.bfloat16).save_pretrained(out)
+    _save_model(model.to(torch.bfloat16), tokenizer, out)
+
+
+def _save_model(model, tokenizer, out: Path) -> None:
+    """The converted model into `out`, the staging folder: a failed build removes it, and only a finished one gets the
+    stamp. safetensors reports a failed write (a full disk, ...) as its own SafetensorError, no OSError: raised as one,
+    so that it is one line naming the folder, as other disk errors are."""
+    from safetensors import SafetensorError
+
+    try:
+        model.save_pretrained(out)
+    except SafetensorError as err:
+        detail = " ".join(str(err).split())  # its message may span lines
+        raise OSError(f"writing the safetensors weights to {out} failed (no space left on the disk, or no write "
+                      f"permission?): {detail}") from err
     tokenizer.save_pretrained(out)
 
 

@@ -393,6 +393,39 @@ def test_a_full_disk_while_building_is_a_one_line_error(fake_model_build, monkey
     assert [p.name for p in (assets.sharedllm_home() / "models").iterdir()] == [".lock"]  # staging removed
 
 
+def test_a_failed_safetensors_write_is_a_one_line_error_and_leaves_no_model(fake_model_build, monkeypatch, capsys):
+    """safetensors raises its own SafetensorError (no OSError) when the disk fills mid-write: one line naming the
+    folder and the likely cause, and no half-written folder that a later run would take as the model."""
+    import transformers.modeling_utils
+    from conftest import tiny_model
+    from safetensors import SafetensorError
+    from tiny_tokenizer import tiny_tokenizer
+
+    written = []
+
+    def disk_full(tensors, filename, metadata=None):  # what save_pretrained calls, as safetensors fails on ENOSPC
+        with open(filename, "wb") as half:
+            half.write(b"\0" * 64)
+        written.append(filename)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    monkeypatch.setattr(assets, "_convert_gguf",
+                        lambda gguf, out: assets._save_model(tiny_model(), tiny_tokenizer(), out))
+    parser = argparse.ArgumentParser()
+    assets.add_arguments(parser)
+    assert assets.run(parser.parse_args(["--model-only"])) == 1
+    err = capsys.readouterr().err
+    line, models = err.strip().splitlines()[-1], assets.sharedllm_home() / "models"  # after transformers' progress bar
+    assert "Traceback" not in err
+    assert line.startswith(f"error: building the default model in {models} failed: writing the safetensors weights "
+                           f"to {models}")
+    assert "no space left on the disk" in line and line.endswith("No space left on device (os error 28)")
+    assert written and [p.name for p in models.iterdir()] == [".lock"]  # the half-written file went with the staging
+    with pytest.raises(FileNotFoundError, match="not found"):
+        assets.default_model_path(fetch=False)
+
+
 def test_default_model_path_rejects_a_wrong_checksum(fake_model_build, monkeypatch):
     monkeypatch.setattr(assets, "MODEL_GGUF_SHA256", "0" * 64)
     with pytest.raises(RuntimeError, match="sha256"):

@@ -86,8 +86,8 @@ def bench(monkeypatch, capsys, tmp_path, *argv, **settings) -> tuple[int, str]:
     from sharedllm.benchmark import grid
     from sharedllm.cli import main
 
-    tiny_grid = lambda base, _, output: run_benchmark(  # noqa: E731
-        tiny_model("llama"), tiny_settings(**settings), output=output, progress=False)
+    tiny_grid = lambda base, _, output, overwrite: run_benchmark(  # noqa: E731
+        tiny_model("llama"), tiny_settings(**settings), output=output, progress=False, overwrite=overwrite)
     monkeypatch.setattr(grid, "run_benchmark", tiny_grid)
     with pytest.raises(SystemExit) as done:
         main(["bench", "--base", "fake", "--adapter", "none", "--device", "cpu", "--output", str(tmp_path),
@@ -124,6 +124,23 @@ def test_bench_replaces_a_result_only_when_asked_and_only_with_a_finished_grid(m
     code, err = bench(monkeypatch, capsys, tmp_path, "--overwrite", methods=("window",))
     assert code == 0 and len(json.loads(result.read_text())["cells"]) == 2 and not partial.exists()
     assert (tmp_path / "figures" / "bench_time.png").exists()
+
+
+def test_run_benchmark_replaces_a_result_only_when_asked(tmp_path):
+    """The Python API refuses as `sharedllm bench` does, before anything loads (the base here is no model at all)."""
+    result, partial = tmp_path / "bench-cpu.json", tmp_path / "bench-cpu.partial.json"
+    result.write_text("the committed run")
+    settings = tiny_settings(methods=("window",))
+    with pytest.raises(ValueError, match="bench-cpu.json exists: pass --overwrite to replace it"):
+        run_benchmark(str(tmp_path / "no-model"), settings, output=result, progress=False)
+    assert result.read_text() == "the committed run" and not partial.exists()
+    result.unlink()
+    partial.write_text("an interrupted run's cells")
+    with pytest.raises(ValueError, match="bench-cpu.partial.json holds the cells of an interrupted run"):
+        run_benchmark(str(tmp_path / "no-model"), settings, output=result, progress=False)
+    result.write_text("the committed run")
+    run_benchmark(tiny_model("llama"), settings, output=result, progress=False, overwrite=True)
+    assert len(json.loads(result.read_text())["cells"]) == 2 and not partial.exists()
 
 
 def test_bench_with_no_cell_measured_fails_and_replaces_nothing(monkeypatch, capsys, tmp_path):
@@ -214,6 +231,21 @@ def test_replot_takes_the_device_and_target_lengths_of_its_json(capsys, tmp_path
     assert "sharedllm prefill 4000 / 1000 <= 4.5: 5 (MISSED" in replot()  # not "not measured" at 32K / 128K
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["bench_memory-cuda.png", "bench_time-cuda.png"]
     assert "needs sharedllm at 1000 and 8000" in replot("--target-long-length", "8000")  # a length given still wins
+
+
+def test_replot_names_each_grid_flag_as_typed(capsys, tmp_path):
+    """Flags named otherwise than their destination (--model, --no-isolate) or added in a group (the knobs) are named as
+    typed."""
+    from sharedllm.cli import main
+
+    path = tmp_path / "bench-cpu.json"
+    path.write_text(json.dumps(dict(meta={}, cells=[], targets=[])))
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "--replot", str(path), "--model", "m", "--no-isolate", "--chunk-size", "1K", "--no-full-logits",
+              "--overwrite", "--target-length", "1K", "--figures", str(tmp_path / "figures")])
+    assert done.value.code == 2
+    assert "--model, --chunk-size, --full-logits, --no-isolate, --overwrite would be ignored" in capsys.readouterr().err
+    assert not (tmp_path / "figures").exists()
 
 
 def test_prefill_flops_formula():

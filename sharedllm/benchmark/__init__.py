@@ -24,6 +24,7 @@ achieved FLOP/s of the prefill against a matmul peak measured in the same proces
 Python API:
 
     settings = BenchSettings(lengths=(4096, 8192), repeats=1)
+    # an existing result (or an interrupted run's partial file) is refused unless overwrite=True (bench --overwrite)
     results = run_benchmark(model_path_or_loaded_model, settings, output="runs/bench/bench-cpu.json")
     print(format_table(results)); plot_results(results, "runs/bench")
 """

@@ -128,16 +128,16 @@ def run(args) -> int:
 
 def _measure(args) -> int:
     """Run the grid; the result JSON and the figures are replaced only by a finished grid with a cell that ran."""
-    from .grid import partial_path, run_benchmark
+    from .grid import partial_path, refuse_to_replace, run_benchmark
     from .report import format_table, measured_any
 
     settings = settings_from_args(args)
     output = output_file(args.output, args.device)
     partial = partial_path(output)
-    _refuse_to_replace(output, partial, args.overwrite)  # before the base, which may be built first (a minute)
+    refuse_to_replace(output, args.overwrite)  # before the base, which may be built first (a minute)
     base = base_from_args(args)
     try:
-        results = run_benchmark(base, settings, output=output)
+        results = run_benchmark(base, settings, output=output, overwrite=args.overwrite)
     except KeyboardInterrupt:
         untouched = f"{output} left as it was" if output.exists() else f"{output} not written"
         kept = f"; the cells measured so far are in {partial}" if partial.exists() else ""
@@ -151,18 +151,6 @@ def _measure(args) -> int:
     print(f"wrote {output}")
     _plot(results, args.figures)
     return 0
-
-
-def _refuse_to_replace(output: Path, partial: Path, overwrite: bool) -> None:
-    """A run replaces a result only when asked: the committed one took 25 minutes, an interrupted one's cells too."""
-    if overwrite:
-        partial.unlink(missing_ok=True)  # an older interrupted run's cells, which --overwrite discards
-    elif output.exists():
-        raise InputError(f"{output} exists: pass --overwrite to replace it (and its figures) once this grid is done, "
-                         "or another --output")
-    elif partial.exists():
-        raise InputError(f"{partial} holds the cells of an interrupted run: move it away, or pass --overwrite to "
-                         "discard it")
 
 
 def _replot(args) -> int:

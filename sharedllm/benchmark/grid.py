@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from sharedllm import provenance
+from sharedllm.cli import InputError
 
 from .measure import measure_cell, measure_matmul_peak, skipped_cell
 from .report import finish, measured_any
@@ -132,12 +133,33 @@ def partial_path(output: str | Path) -> Path:
     return output.with_name(f"{output.stem}.partial{output.suffix}")
 
 
-def run_benchmark(base, settings: BenchSettings, output: str | Path | None = None, progress: bool = True) -> dict:
+def refuse_to_replace(output: str | Path, overwrite: bool) -> None:
+    """A run replaces a result only when asked: the committed one took 25 minutes, an interrupted one's cells too.
+    With `overwrite`, an older interrupted run's cells are discarded now; the result itself is replaced only once the
+    grid is done."""
+    output = Path(output)
+    partial = partial_path(output)
+    if overwrite:
+        partial.unlink(missing_ok=True)
+    elif output.exists():
+        raise InputError(f"{output} exists: pass --overwrite to replace it (and its figures) once this grid is done, "
+                         "or another --output")
+    elif partial.exists():
+        raise InputError(f"{partial} holds the cells of an interrupted run: move it away, or pass --overwrite to "
+                         "discard it")
+
+
+def run_benchmark(base, settings: BenchSettings, output: str | Path | None = None, progress: bool = True,
+                  overwrite: bool = False) -> dict:
     """Measure every (method, length) of the grid. `base` is a model path (needed when settings.isolate) or a loaded
     causal LM (in-process only). With `output`, the cells go to `partial_path(output)` after every cell, and that
     file replaces `output` once the grid is done and at least one cell ran: an interrupted or wholly failed grid
-    leaves the previous `output` as it was, its own cells in the partial file."""
-    partial = partial_path(output) if output else None
+    leaves the previous `output` as it was, its own cells in the partial file. An `output` or partial file that
+    exists is refused (`InputError`, a ValueError) before anything runs, unless `overwrite` (`--overwrite`)."""
+    partial = None
+    if output:
+        refuse_to_replace(output, overwrite)
+        output, partial = Path(output), partial_path(output)
     with _threads(settings):
         results = _run_grid(base, settings, partial, progress)
     if partial and measured_any(results):
