@@ -334,25 +334,53 @@ def load_user_documents(source, domain: str = "user") -> list:
     return documents
 
 
-def split_documents(documents: list, validation_fraction: float = 0.05) -> tuple[list, list]:
-    """A fixed train/validation split of user documents by a hash of the document id, not by order, so
-    adding files never moves an existing document across the split. With two or more documents the
-    validation side gets at least one (the lowest hash). One document (e.g. `--data book.txt`) has nothing to split
-    by: its last `validation_fraction` of text (from a line start) is held out instead, so that neither side is empty."""
-    if len(documents) == 1:
-        doc = documents[0]
-        cut = int(len(doc.text) * (1 - validation_fraction))
-        cut = doc.text.rfind("\n", 0, cut) + 1 or cut
-        return ([dataclasses.replace(doc, text=doc.text[:cut])],
-                [dataclasses.replace(doc, doc_id=f"{doc.doc_id}:tail", text=doc.text[cut:])])
+VALIDATION_FRACTION = 0.05  # of --data held out for validation when no --validation-data is given
+
+
+def splits_by_document(n_documents: int, validation_fraction: float = VALIDATION_FRACTION) -> bool:
+    """Whether `split_documents` holds out whole documents: only when there are enough of them that one document
+    is at most `validation_fraction` of the collection (20 at 5%); fewer would lose a third or half of the
+    text to validation (2-3 documents)."""
+    return n_documents * validation_fraction >= 1
+
+
+def split_description(n_documents: int, validation_fraction: float = VALIDATION_FRACTION) -> str:
+    """What `split_documents` does with `n_documents`, as a run records it."""
+    share = f"{validation_fraction:.0%}"
+    if splits_by_document(n_documents, validation_fraction):
+        return f"user data split by document-id hash (about {share} of the documents held out for validation)"
+    which = "one user document: its" if n_documents == 1 else f"{n_documents} user documents: each one's"
+    return (f"{which} last {share} of text held out for validation (the adapter trains on the text before it: "
+            "validation reads unseen text of documents it trains on; --validation-data gives unseen documents)")
+
+
+def _tail_cut(text: str, validation_fraction: float) -> int:
+    """Where the held-out tail of `text` starts: at the `1 - validation_fraction` mark, moved back to the start of
+    its line if that is within as far again (a text with few line breaks would otherwise hold out most of itself)."""
+    mark = int(len(text) * (1 - validation_fraction))
+    line_start = text.rfind("\n", max(0, mark - (len(text) - mark)), mark) + 1
+    return line_start or mark
+
+
+def split_documents(documents: list, validation_fraction: float = VALIDATION_FRACTION) -> tuple[list, list]:
+    """A fixed train/validation split of user documents (`split_description` says which).
+
+    Enough documents (`splits_by_document`) are split by a hash of the document id, not by order, so adding files
+    never moves an existing document across the split, and validation never reads a document trained on; the
+    validation side gets at least one (the lowest hash). Fewer documents (e.g. `--data book.txt`, or a few
+    chapters) have too few to split by: the last `validation_fraction` of each one's text (from a line start) is
+    held out instead, as `<doc_id>:tail`, so that neither side is empty or takes a third of the text."""
+    if not splits_by_document(len(documents), validation_fraction):
+        cuts = [_tail_cut(doc.text, validation_fraction) for doc in documents]
+        return ([dataclasses.replace(doc, text=doc.text[:cut]) for doc, cut in zip(documents, cuts)],
+                [dataclasses.replace(doc, doc_id=f"{doc.doc_id}:tail", text=doc.text[cut:])
+                 for doc, cut in zip(documents, cuts)])
 
     def bucket(doc) -> float:
         return int(hashlib.sha256(doc.doc_id.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
 
     ranked = sorted(documents, key=bucket)
-    n_validation = sum(bucket(d) < validation_fraction for d in ranked)
-    if len(ranked) >= 2:
-        n_validation = min(max(n_validation, 1), len(ranked) - 1)
+    n_validation = min(max(sum(bucket(d) < validation_fraction for d in ranked), 1), len(ranked) - 1)
     return ranked[n_validation:], ranked[:n_validation]
 
 

@@ -12,7 +12,8 @@ Output folder (a new run needs an empty or new folder, or --overwrite; --resume 
   model.safetensors, config.json   the adapter (`SharedLLMForCausalLM.from_pretrained(output)`)
   upper_lora/                      the LoRA, if --lora-rank > 0 (`load_upper_lora`)
   checkpoints/step-NNNNNNN/        trainable weights, optimizer, scheduler, RNG and sampler state
-  train_log.jsonl, loss_curve.png  one record per step (train) and per evaluation (validation)
+  train_log.jsonl, loss_curve.png  one record per step: loss, lr, tokens, elapsed_s, and at an evaluation
+                                   step val_loss, val_ppl (val_retrieval_acc)
   training_summary.json            knobs, data, steps, tokens, wall time, final ppl, provenance (hardware, command, commit)
 """
 
@@ -424,8 +425,7 @@ def load_training_documents(config: TrainConfig) -> tuple[list, list, str]:
                                  f"{shared[0]}): validation would score text the adapter trained on; keep them apart")
         else:
             train_docs, validation_docs = data.split_documents(documents)
-            split = ("user data split by document-id hash (about 5% validation)" if len(documents) > 1 else
-                     "one user document: its last 5% of text held out for validation")
+            split = data.split_description(len(documents))
     else:
         from sharedllm.assets import load_documents
 
@@ -461,7 +461,8 @@ def prepare_data(config: TrainConfig, documents: tuple[list, list, str], tokeniz
         validation = data.evaluation_windows(data.build_windows(validation_tokens, config.sample_len),
                                              config.eval_windows)
     except ValueError:
-        logger.warning("no validation document has a full sample of %d tokens: validation is off", config.sample_len)
+        logger.warning("no validation document has a full sample of %d tokens: validation is off%s", config.sample_len,
+                       "" if config.data is None else " (--validation-data can give it longer documents)")
         validation = None
     summary = {
         "split": split,
@@ -639,7 +640,9 @@ def check_resumed_documents(directory: Path, data_fingerprint: str) -> None:
     if state.get("data", data_fingerprint) != data_fingerprint:  # checkpoints before 2026-12-06 record none
         raise InputError(f"cannot resume {directory}: the training or validation documents differ from the "
                          f"interrupted run's (fingerprint {state['data']} there, {data_fingerprint} now), so the "
-                         "resumed run would draw other samples; restore them, or start a new run (--overwrite)")
+                         "resumed run would draw other samples; restore them, or start a new run (--overwrite). A "
+                         "run on --data of 2-19 documents started before 2026-12-06 split them otherwise (whole "
+                         "documents held out): start it anew")
 
 
 def load_checkpoint(directory: Path, model, optimizer, scheduler, sampler, config: TrainConfig, accelerator) -> dict:
@@ -697,10 +700,12 @@ def read_log(path: Path) -> list[dict]:
     return records
 
 
-def truncate_log(path: Path, step: int) -> None:
-    """On resume, drop records of steps the interrupted run did after its last checkpoint (they are redone)."""
+def truncate_log(path: Path, step: int) -> list[dict]:
+    """On resume, drop records of steps the interrupted run did after its last checkpoint (they are redone);
+    returns the records kept."""
     kept = [r for r in read_log(path) if r["step"] <= step]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
 
 
 def append_log(path: Path, record: dict) -> None:
@@ -796,11 +801,16 @@ def train(config: TrainConfig) -> Path:
 
     log_path = output / LOG_FILE
     state = {"step": 0, "elapsed_s": 0.0}
+    unlogged = None
     if checkpoints:
         state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler, sampler, config, accelerator)
-        if accelerator.is_main_process:
-            truncate_log(log_path, state["step"])
+        kept = truncate_log(log_path, state["step"]) if accelerator.is_main_process else []
         logger.info("resumed from %s (step %d)", checkpoints[-1], state["step"])
+        # A step's checkpoint is written before its validation and its log record: a crash in between (validation
+        # out of memory, a kill) left the step without its record, kept in the checkpoint for this. Only the main
+        # process reads the log; every rank takes part in the validation.
+        missing = accelerator.is_main_process and all(r["step"] != state["step"] for r in kept)
+        unlogged = state.get("record") if _on_any_rank(missing, accelerator) else None
     elif accelerator.is_main_process:
         if config.resume:
             logger.info("--resume: no checkpoint in %s, starting from step 0", output / CHECKPOINTS)
@@ -809,26 +819,30 @@ def train(config: TrainConfig) -> Path:
     samples_per_step = config.batch_size * config.grad_accum * accelerator.num_processes
     start_time, elapsed_before = time.time(), state["elapsed_s"]
     last_step = min(config.steps, config.stop_after or config.steps)
+
+    def elapsed() -> float:
+        return round(elapsed_before + time.time() - start_time, 2)
+
+    def checkpoint(record: dict) -> None:
+        trainer_state = {"step": record["step"], "elapsed_s": record["elapsed_s"], "config": _knobs(config),
+                         "run_id": run_id, "data": data_summary["fingerprint"], "record": dict(record)}
+        save_checkpoint(output, record["step"], model, optimizer, scheduler, sampler, trainer_state, accelerator)
+
+    if unlogged is not None:  # finish the checkpoint's step as the interrupted run would have
+        unlogged.update(run_validation(unlogged["step"], model, validation, config, accelerator, tokenizer),
+                        elapsed_s=elapsed())
+        log_step(log_path, unlogged, config, accelerator)
     with StopOnInterrupt() as interrupt:
         for step in range(state["step"] + 1, last_step + 1):
-            record = run_step(step, model, optimizer, scheduler, sampler, params, validation, config, accelerator,
-                              tokenizer)
-            record.update(tokens=step * samples_per_step * config.sample_len,
-                          elapsed_s=round(elapsed_before + time.time() - start_time, 2))
-            if accelerator.is_main_process:
-                append_log(log_path, record)
-                if step % config.log_every == 0 or "val_loss" in record or step == config.steps:
-                    logger.info("step %d/%d  loss %.4f  lr %.2e%s%s", step, config.steps, record["loss"],
-                                record["lr"], f"  val ppl {record['val_ppl']:.3f}" if "val_ppl" in record else "",
-                                f"  val retrieval {record['val_retrieval_acc']:.0%}"
-                                if "val_retrieval_acc" in record else "")
+            record = run_step(step, model, optimizer, scheduler, sampler, params, config, accelerator, tokenizer)
+            record.update(tokens=step * samples_per_step * config.sample_len, elapsed_s=elapsed())
             # Every rank must agree to stop at the same step, or the checkpoint's collectives would hang.
-            stop = accelerator.reduce(torch.tensor(float(interrupt.requested), device=accelerator.device),
-                                      reduction="sum").item() > 0
+            stop = _on_any_rank(interrupt.requested, accelerator)
+            # The checkpoint before the validation: a crash there (out of memory, a bug) loses no training.
             if step % config.save_every == 0 or step == last_step or stop:
-                state = {"step": step, "elapsed_s": record["elapsed_s"], "config": _knobs(config), "run_id": run_id,
-                         "data": data_summary["fingerprint"]}
-                save_checkpoint(output, step, model, optimizer, scheduler, sampler, state, accelerator)
+                checkpoint(record)
+            record.update(run_validation(step, model, validation, config, accelerator, tokenizer), elapsed_s=elapsed())
+            log_step(log_path, record, config, accelerator)
             if stop:
                 logger.warning("stopped at step %d with a checkpoint in %s: rerun the same command with --resume to "
                                "continue exactly", step, output / CHECKPOINTS)
@@ -841,9 +855,15 @@ def train(config: TrainConfig) -> Path:
     return output
 
 
-def run_step(step: int, model, optimizer, scheduler, sampler, params, validation, config: TrainConfig,
-             accelerator, tokenizer) -> dict:
-    """One optimiser step (and the validation due at it); returns its log record."""
+def _on_any_rank(flag: bool, accelerator) -> bool:
+    """Whether `flag` is set on any process: a decision one rank makes that every rank must follow (a call on
+    every rank, in the same order)."""
+    return accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), reduction="sum").item() > 0
+
+
+def run_step(step: int, model, optimizer, scheduler, sampler, params, config: TrainConfig, accelerator,
+             tokenizer) -> dict:
+    """One optimiser step; returns the training part of its log record."""
     loss, kl = accelerator.reduce(train_step(model, sampler, config, accelerator, tokenizer), reduction="mean").tolist()
     if config.max_grad_norm:
         accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -854,12 +874,29 @@ def run_step(step: int, model, optimizer, scheduler, sampler, params, validation
     record = {"step": step, "loss": loss, "lr": lr}
     if config.distill_weight:
         record["distill_kl"] = kl
-    if validation is not None and (step % config.eval_every == 0 or step == config.steps):
-        val_loss = evaluate(model, validation, config, accelerator)
-        record.update(val_loss=val_loss, val_ppl=math.exp(val_loss))
-        if config.retrieval_fraction or config.eval_retrieval:
-            record["val_retrieval_acc"] = evaluate_retrieval(model, validation, config, tokenizer, accelerator)
     return record
+
+
+def run_validation(step: int, model, validation, config: TrainConfig, accelerator, tokenizer) -> dict:
+    """The validation due at `step`, as log record fields ({} where none is due)."""
+    if validation is None or not (step % config.eval_every == 0 or step == config.steps):
+        return {}
+    val_loss = evaluate(model, validation, config, accelerator)
+    result = {"val_loss": val_loss, "val_ppl": math.exp(val_loss)}
+    if config.retrieval_fraction or config.eval_retrieval:
+        result["val_retrieval_acc"] = evaluate_retrieval(model, validation, config, tokenizer, accelerator)
+    return result
+
+
+def log_step(log_path: Path, record: dict, config: TrainConfig, accelerator) -> None:
+    """Append the step's record to the log (main process), and a console line every --log-every steps."""
+    if not accelerator.is_main_process:
+        return
+    append_log(log_path, record)
+    if record["step"] % config.log_every == 0 or "val_loss" in record or record["step"] == config.steps:
+        logger.info("step %d/%d  loss %.4f  lr %.2e%s%s", record["step"], config.steps, record["loss"], record["lr"],
+                    f"  val ppl {record['val_ppl']:.3f}" if "val_ppl" in record else "",
+                    f"  val retrieval {record['val_retrieval_acc']:.0%}" if "val_retrieval_acc" in record else "")
 
 
 def finish(output: Path, model, config: TrainConfig, data_summary: dict, accelerator, steps_done: int) -> None:
@@ -920,7 +957,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="asset corpora to train on, each with an optional mixing weight (default: all, weighted by size)")
     add("--data", default=None, help="your own data instead of the assets: a .txt / .jsonl file or a folder of them")
     add("--validation-data", default=None,
-        help="validation documents for --data (default: ~5%% of --data by id hash; of one document, its last 5%% of text)")
+        help="validation documents for --data (default: ~5%% of --data's documents by id hash; of fewer than 20 "
+             "documents, the last 5%% of each one's text)")
     add("--max-train-docs", type=int, default=None, help="use at most this many training documents (round-robin over domains)")
     add("--stride", type=parse_length, default=None, help="tokens between sample starts (default: half a sample, as CEPE)")
     add("--pack-documents", action="store_true",

@@ -121,6 +121,40 @@ def test_resume_after_interruption_is_exact(workspace, tmp_path, monkeypatch):
         run_cli(train_args(workspace, tmp_path / "resumed", *steps, "--resume", "--lr", "5e-3"))
 
 
+def test_a_crash_in_validation_keeps_its_steps_checkpoint_and_resume_finishes_its_record(workspace, tmp_path,
+                                                                                        monkeypatch):
+    """Validation (out of GPU memory, a bug in it) used to run before the checkpoint of its step: a crash there lost
+    every step since the previous checkpoint."""
+    steps = ["--steps", "6", "--save-every", "2", "--eval-every", "2"]
+    run_cli(train_args(workspace, tmp_path / "straight", *steps))
+    out = tmp_path / "crashed"
+    real_evaluate, evaluated = training.evaluate, []
+
+    def out_of_memory_at_step_4(*args, **kwargs):
+        evaluated.append(1)
+        if len(evaluated) == 2:
+            raise torch.OutOfMemoryError("simulated: validation out of memory at step 4")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", out_of_memory_at_step_4)
+    with pytest.raises(torch.OutOfMemoryError):
+        run_cli(train_args(workspace, out, *steps))
+    assert training.checkpoint_dirs(out)[-1].name == "step-0000004"  # saved before its validation ran
+    assert [r["step"] for r in training.read_log(out / "train_log.jsonl")] == [1, 2, 3]
+
+    real_step, trained = training.train_step, []
+    monkeypatch.setattr(training, "evaluate", real_evaluate)
+    monkeypatch.setattr(training, "train_step", lambda *a, **k: trained.append(1) or real_step(*a, **k))
+    run_cli(train_args(workspace, out, *steps, "--resume"))
+    assert len(trained) == 2  # steps 5 and 6: continued from step 4's checkpoint, not step 2's
+    straight, resumed = (load_file(str(p / "model.safetensors")) for p in (tmp_path / "straight", out))
+    assert all(torch.equal(value, resumed[key]) for key, value in straight.items())
+    logs = [training.read_log(p / "train_log.jsonl") for p in (tmp_path / "straight", out)]
+    assert [r["step"] for r in logs[1]] == [1, 2, 3, 4, 5, 6]  # step 4's record finished on resume, validation too
+    for field in ("loss", "lr", "tokens", "val_loss"):
+        assert [r.get(field) for r in logs[0]] == [r.get(field) for r in logs[1]], field
+
+
 def test_stop_after_then_resume_matches_a_straight_run(workspace, tmp_path):
     steps = ["--steps", "4", "--save-every", "2", "--eval-every", "2"]
     run_cli(train_args(workspace, tmp_path / "straight", *steps))
@@ -131,6 +165,12 @@ def test_stop_after_then_resume_matches_a_straight_run(workspace, tmp_path):
     run_cli(train_args(workspace, tmp_path / "stopped", *steps, "--resume"))
     straight, resumed = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("straight", "stopped"))
     assert all(torch.equal(value, resumed[key]) for key, value in straight.items())
+
+
+def test_a_few_user_documents_all_train_and_validate_on_their_tails(workspace):
+    config = training.TrainConfig(output="", data=str(workspace / "validation.jsonl"))  # 2 documents
+    train_docs, validation_docs, split = training.load_training_documents(config)
+    assert len(train_docs) == len(validation_docs) == 2 and split.startswith("2 user documents: each one's last 5%")
 
 
 def test_train_refuses_a_folder_that_is_not_a_run_unless_told_to_overwrite(workspace, tmp_path):
