@@ -29,6 +29,25 @@ def test_write_json_is_atomic_and_creates_the_folder(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["b.json"]  # no temporary file left behind
 
 
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary_one(tmp_path, monkeypatch):
+    """A full disk (or Ctrl-C) while writing: the previous file stays whole and no `.NAME.PID.tmp` is left."""
+    import os
+
+    import pytest
+
+    from sharedllm.atomic import write_atomic
+
+    path = write_atomic(tmp_path / "doc.txt", "the old text")
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(path, "the new text")
+    assert [p.name for p in tmp_path.iterdir()] == ["doc.txt"] and path.read_text() == "the old text"
+
+
 def test_rewritten_results_do_not_make_a_checkout_dirty(tmp_path):
     """A grid overwrites committed result files as it goes; only changes outside results/ (code) are dirty."""
     import subprocess
