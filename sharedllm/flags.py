@@ -7,7 +7,6 @@ Commands import this module while building their parser, so it imports no torch 
 """
 
 import argparse
-import json
 import re
 import sys
 
@@ -59,10 +58,19 @@ def add_knob_arguments(parser: argparse.ArgumentParser, title: str | None = None
             group.add_argument(knob_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
                                help=text)
             continue
-        kind = parse_length if name in LENGTH_KNOBS else knob.type
         if knob.optional:
-            kind, text = _or_none(kind), text + f"; {NONE!r} sets it back to that default"
-        group.add_argument(knob_flag(name), dest=name, type=kind, choices=knob.choices, default=None, help=text)
+            text += f"; {NONE!r} sets it back to that default"
+        group.add_argument(knob_flag(name), dest=name, type=knob_type(name), choices=knob.choices, default=None,
+                           help=text)
+
+
+def knob_type(name: str):
+    """The argparse `type=` of a (non-bool) knob's flag: its type, token lengths spelled as lengths, "none" for an
+    optional knob."""
+    from sharedllm.config import KNOBS
+
+    kind = parse_length if name in LENGTH_KNOBS else KNOBS[name].type
+    return _or_none(kind) if KNOBS[name].optional else kind
 
 
 # An optional knob's flag given "none" sets the knob back to None, so an adapter's saved value can be switched off
@@ -136,7 +144,8 @@ def warn_deprecated(old: str, new: str) -> None:
 def add_old_knob_argument(parser) -> None:
     """`--knob NAME=VALUE`, eval's old spelling of a SharedLLM knob flag (`--knob tree_depth=0` = `--tree-depth 0`):
     hidden, with a warning, and kept because committed results record commands that use it (docs/results.md quotes
-    them). It fills the knob flag's own destination; the flag itself wins wherever it stands."""
+    them). Its value is read as the knob's flag reads it, and a knob given twice is refused (which one was meant?).
+    It fills the knob flag's own destination; the flag itself wins wherever it stands."""
     parser.add_argument("--knob", action=_OldKnob, metavar="NAME=VALUE", help=argparse.SUPPRESS)
 
 
@@ -148,19 +157,38 @@ class _OldKnob(argparse.Action):
         if not sep or name not in KNOBS:
             raise argparse.ArgumentError(self, f"wants NAME=VALUE with NAME a SharedLLM knob ({', '.join(KNOBS)}), "
                                                f"got {text!r}; InfLLM's options are --infllm KNOB=VALUE")
-        value = _old_knob_value(value)
-        warn_deprecated(f"{option_string} {text}", " ".join(knob_flags({name: value})))
+        given = getattr(namespace, self.dest) or []  # the knobs --knob gave so far (its dest holds nothing else)
+        if name in given:
+            raise argparse.ArgumentError(self, f"gives {name} more than once: pass each knob once")
+        setattr(namespace, self.dest, [*given, name])
+        try:
+            value = _old_knob_value(name, value)
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentError(self, f"{name}: {err}") from None
+        as_flags = knob_flags({name: None if value is _SET_TO_NONE else value})
+        warn_deprecated(f"{option_string} {text}", " ".join(as_flags))
         if getattr(namespace, name) is None:  # its own flag was not given (yet: given later, it overwrites)
-            setattr(namespace, name, _SET_TO_NONE if value is None else value)
+            setattr(namespace, name, value)
 
 
-def _old_knob_value(text: str):
-    """A value as --knob always read it: JSON where it parses (numbers, true / false, null), else the string (the
-    config's checks refuse a wrong type, `tree_depth=abc`, before anything loads, as they did)."""
+def _old_knob_value(name: str, text: str):
+    """A --knob value read as the knob's flag reads it (`knob_type`, its choices; true / false for a switch), and
+    null, which --knob read as JSON, as "none" for an optional knob."""
+    from sharedllm.config import KNOBS
+
+    knob = KNOBS[name]
+    if knob.type is bool:
+        if text not in ("true", "false"):
+            raise argparse.ArgumentTypeError(f"wants true or false, got {text!r}")
+        return text == "true"
+    parse = knob_type(name)
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+        value = parse(NONE if knob.optional and text == "null" else text)
+    except (TypeError, ValueError):  # as argparse words it for the flag
+        raise argparse.ArgumentTypeError(f"invalid {parse.__name__} value: {text!r}") from None
+    if knob.choices and value not in knob.choices:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(map(repr, knob.choices))})")
+    return value
 
 
 def add_infllm_argument(parser) -> None:

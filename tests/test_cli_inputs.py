@@ -3,6 +3,7 @@ nothing loaded (the model loaders fail the test if they are reached)."""
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fakes import PROSE, FakeBase, char_tokenizer
@@ -68,7 +69,11 @@ EVAL_CASES = [
     (["--adapter", CROSS_ADAPTER, "--tree-depth", "5"],
      "SharedLLM knobs: a leaf of the context tree has chunk_size / 2**tree_depth = 8 tokens"),
     (["--tree-depth", "5"], "leaf_tokens_per_node must be between 1 and the leaf length"),  # the default preset's 64
-    (["--adapter", "none", "--knob", "tree_selection=best"], "SharedLLM knobs: tree_selection must be one of ('query'"),
+    # read as the knob's flag reads it (was: as JSON, then refused by the config's checks, or not: abc was a string)
+    (["--adapter", "none", "--knob", "tree_selection=best"], "argument --knob: tree_selection: invalid choice: 'best'"),
+    (["--knob", "tree_depth=abc"], "argument --knob: tree_depth: invalid int value: 'abc'"),
+    (["--knob", "tree_depth=1", "--knob", "tree_depth=2"],  # the first won, without a word
+     "argument --knob: gives tree_depth more than once: pass each knob once"),
     (["--adapter", "none", "--tree-selection", "best"], "argument --tree-selection: invalid choice: 'best'"),
     (["--max-windows", "0"], "argument --max-windows: must be at least 1, got 0"),
     (["--max-windows", "2.5"], "argument --max-windows: not a whole number: '2.5'"),
@@ -83,6 +88,8 @@ EVAL_CASES = [
     (["--methods", "full", "--protocol", "sliding", "--lengths", "100", "1K"], "--lengths must be more than 256, got 100"),
     (["--methods", "full", "--lengths", "1K", "1024"], "--lengths lists 1K more than once: pass each once"),
     (["--methods", "full", "window", "full"], "--methods lists full more than once"),
+    # each file was scored twice, however it was spelled
+    (["--data", "book.txt", "./book.txt"], "--data lists book.txt more than once: pass each once"),
     (["--output", "book.txt"], "--output book.txt: book.txt is a file, not a folder"),  # was an error after the run
     (["--output", "book.txt/results"], "--output book.txt/results: book.txt is a file, not a folder"),
 ]
@@ -204,6 +211,66 @@ def test_a_passkey_length_shorter_than_the_bare_prompt_is_refused_before_any_met
     monkeypatch.setattr(sharedllm.methods, "load_method", lambda *a, **k: pytest.fail("a method was built"))
     line = error_line(capsys, ["eval", "passkey", "--base", "fake", "--methods", "full", "--lengths", "100", "4K"])
     assert "a passkey prompt without filler has 2" in line and "tokens: --lengths 100 is too short for one" in line
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["niah", "--lengths", "100", "4K"], "a niah prompt without haystack and its 32-token answer have 4"),
+    (["ruler", "--lengths", "1K", "4K"], "a ruler common_words prompt without haystack and its 120-token answer have "
+                                         "14"),
+    (["ruler", "--tasks", "niah_single", "--lengths", "4K", "200"],
+     "a ruler niah_single prompt without haystack and its 128-token answer have 4"),
+], ids=lambda case: " ".join(case) if isinstance(case, list) else None)
+def test_a_needle_length_shorter_than_the_bare_prompt_is_refused_before_any_method_runs(no_model, monkeypatch, capsys,
+                                                                                         argv, expected):
+    """As passkey's: it failed in the prompt search of the first trial, after the methods before it had run."""
+    import sharedllm.methods
+
+    monkeypatch.setattr(sharedllm.loading, "load_causal_lm", lambda path, dtype=None: (FakeBase(), char_tokenizer()))
+    monkeypatch.setattr(sharedllm.methods, "load_method", lambda *a, **k: pytest.fail("a method was built"))
+    line = error_line(capsys, ["eval", *argv, "--base", "fake", "--methods", "full", "--data", "book.txt"])
+    too_short = {"100", "1K", "200"} & set(argv)
+    assert expected in line and line.endswith(f"tokens: --lengths {too_short.pop()} is too short for one")
+
+
+def _stale_journal(folder: Path, argv: list[str], task: str, **settings) -> Path:
+    """The journal a stopped run of `argv` left of sharedllm's trials, tagged with other adapter weights than its
+    adapter's (retrained into its folder since), named as `Session.journal` names it."""
+    from sharedllm.cli import build_parser
+    from sharedllm.evaluation import cli, session
+    from sharedllm.evaluation.journal import TrialJournal
+
+    args = build_parser("eval").parse_args(argv)
+    for key, value in cli.DEFAULTS[args.task].items():  # as eval's run fills them
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    adapter = session.chosen_adapter(args.adapter)
+    shared = session.shared_settings(args, adapter, session.read_adapter_config(adapter))
+    config = session.method_config_before_loading("sharedllm", args, shared)
+    journal = TrialJournal(folder / args.output, task, "sharedllm",
+                           session.journal_keys(args, config, session.model_name(args.base), **settings),
+                           weights="0123456789abcdef")
+    journal.append({"length": 4096, "depth": 0.5, "trial": 0, "correct": True})
+    return journal.path
+
+
+@pytest.mark.parametrize("task", ["passkey", "niah", "ruler", "demo"])
+def test_a_journal_of_other_adapter_weights_is_refused_before_loading(no_model, capsys, task):
+    """It was refused when sharedllm's turn came, after full had run; a journal of other settings is not refused."""
+    from sharedllm.evaluation import session
+
+    argv = ["eval", task, "--base", "fake", "--methods", "full", "sharedllm", "--lengths", "4K", "--output", "out",
+            *([] if task == "passkey" else ["--data", "book.txt"])]
+    settings = dict(zip(("haystack", "data"), session.haystack(SimpleNamespace(data=["book.txt"])))) if task in (
+        "niah", "ruler") else {}
+    other = _stale_journal(no_model, [*argv, "--seed", "1"], "passkey" if task == "demo" else task, **settings)
+    with pytest.raises(pytest.fail.Exception, match="a model was loaded"):  # not this run's: it goes on
+        main(argv)
+    stale = _stale_journal(no_model, argv, "passkey" if task == "demo" else task, **settings)
+    assert stale != other
+    line = error_line(capsys, argv)
+    assert line.startswith(f"sharedllm eval: error: {stale.relative_to(no_model)} holds 1 trials of other adapter "
+                           "weights (sha256 0123456789abcdef..., now ")
+    assert line.endswith("the adapter was changed since that run stopped; delete the journal to score it again")
 
 
 def _adapter_on(base: str, folder: Path) -> str:

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from sharedllm.config import KNOBS, SharedLLMConfig
-from sharedllm.flags import (add_knob_arguments, format_length, infllm_option, knob_flag, knob_flags, knobs_from_args,
-                             parse_length)
+from sharedllm.flags import (add_knob_arguments, add_old_knob_argument, format_length, infllm_option, knob_flag,
+                             knob_flags, knobs_from_args, parse_length)
 
 
 @pytest.mark.parametrize("text, tokens", [("8192", 8192), ("8K", 8192), ("128k", 131072), ("1M", 1048576), (512, 512)])
@@ -56,6 +56,53 @@ def test_none_switches_an_optional_knob_off():
     help_text = " ".join(parser.format_help().split())
     assert "default: the tree; 'none' sets it back to that default" in help_text
     assert "follows P" not in help_text  # it said so for every optional knob, e.g. context_chunks (every chunk)
+
+
+def old_knob_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_knob_arguments(parser)
+    add_old_knob_argument(parser)
+    return parser
+
+
+def test_the_old_knob_spelling_reads_values_as_the_knob_flags_do():
+    """--knob read JSON, so `tree_depth=abc` went through as a string and `decoder_window=2K` was refused; its values
+    are now what the knob's flag makes of them (the spellings committed commands use parse as they did)."""
+    parse = old_knob_parser().parse_args
+    old = ["tree_depth=0", "tree_selection=recent", "tokens_per_node=64", "node_encoding=node", "chunk_size=256",
+           "injection=joint", "selected_leaves=null", "context_chunks=none", "decoder_window=2K", "full_logits=true"]
+    assert knobs_from_args(parse([arg for text in old for arg in ("--knob", text)])) == {
+        "tree_depth": 0, "tree_selection": "recent", "tokens_per_node": 64, "node_encoding": "node", "chunk_size": 256,
+        "injection": "joint", "selected_leaves": None, "context_chunks": None, "decoder_window": 2048,
+        "full_logits": True}
+    assert knobs_from_args(parse(["--knob", "decoder_window=2K", "--knob", "selected_leaves=none"])) == knobs_from_args(
+        parse(["--decoder-window", "2K", "--selected-leaves", "none"]))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("tree_depth=abc", "argument --knob: tree_depth: invalid int value: 'abc'"),
+    ("tree_depth=1.5", "argument --knob: tree_depth: invalid int value: '1.5'"),
+    ("tree_depth=null", "argument --knob: tree_depth: invalid int value: 'null'"),  # not optional: no "none"
+    ("decoder_window=2.5K", "argument --knob: decoder_window: not a token length: '2.5K' (use e.g. 8192, 8K or 128K)"),
+    ("tree_selection=best",
+     "argument --knob: tree_selection: invalid choice: 'best' (choose from 'query', 'attention', 'recent')"),
+    ("full_logits=1", "argument --knob: full_logits: wants true or false, got '1'"),
+])
+def test_the_old_knob_spelling_refuses_what_the_knob_flag_refuses(capsys, text, message):
+    with pytest.raises(SystemExit):
+        old_knob_parser().parse_args(["--knob", text])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+
+
+def test_a_knob_given_twice_the_old_way_is_refused_not_first_wins(capsys):
+    for second in ("tree_depth=2", "tree_depth=1"):
+        argv = ["--knob", "tree_depth=1", "--knob", second]
+        with pytest.raises(SystemExit):
+            old_knob_parser().parse_args(argv)
+        assert capsys.readouterr().err.strip().endswith("argument --knob: gives tree_depth more than once: pass each "
+                                                        "knob once")
+    assert knobs_from_args(old_knob_parser().parse_args(["--knob", "tree_depth=1", "--knob", "chunk_size=256"])) == {
+        "tree_depth": 1, "chunk_size": 256}
 
 
 def test_config_defaults_come_from_the_table():

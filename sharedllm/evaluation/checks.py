@@ -1,6 +1,6 @@
 """The checks of a `sharedllm eval` command line made before any model loads: options given to a task that would
-ignore them, methods, knobs, lengths, folders, the corpus choice, user files and the heldout cells already written,
-each refused with one line saying what to change (`InputError`).
+ignore them, methods, knobs, lengths, folders, the corpus choice, user files, the heldout cells already written and
+the trial journals of stopped runs, each refused with one line saying what to change (`InputError`).
 """
 
 import json
@@ -10,8 +10,10 @@ from sharedllm import provenance
 from sharedllm.cli import InputError, adapter_argument
 from sharedllm.flags import check_infllm_options, format_length, knob_flag, knobs_from_args, refuse_repeats
 
+from .journal import TrialJournal, journals_of
 from .ppl import SCORED
-from .session import chosen_adapter, result_adapter, user_documents
+from .session import (chosen_adapter, haystack, journal_keys, method_config_before_loading, model_name,
+                      read_adapter_config, result_adapter, shared_settings, user_documents, weights_tag)
 
 # Options that only some tasks read: given to another task they would be ignored without a word. Each defaults to
 # None ("not given") on the command line; DEFAULTS (cli.py) fills it in once this is checked.
@@ -24,6 +26,8 @@ TASK_OPTIONS = {"protocol": {"ppl"}, "max_windows": {"ppl", "heldout", "demo"}, 
                 "seed": {"heldout", "passkey", "niah", "ruler", "demo"}}  # ppl windows and longbench draw nothing
 # The corpus choices, which --data replaces.
 CORPUS_OPTIONS = {"domains": "corpus domains", "split": "a corpus split"}
+# The trial journal each task keeps per method (`Session.journal`): demo's passkey trials are passkey's.
+JOURNAL_TASKS = {"passkey": "passkey", "demo": "passkey", "niah": "niah", "ruler": "ruler", "heldout": "heldout"}
 
 
 def check_given_options(args) -> None:
@@ -101,12 +105,16 @@ def validate_args(args) -> None:
             # follows once the tokenizer loads.
             longest = max(len(d.text.encode("utf-8")) for d in documents)
             require_windows(args.lengths, longest, "bytes", slack=1)
+    _check_journal_weights(args)
 
 
 def _check_no_repeats(args) -> None:
     """A value listed twice would be run twice, and its trials counted twice (a journal keys them by value)."""
     for option in ("methods", "lengths", "depths", "domains", "tasks"):
         refuse_repeats(f"--{option}", getattr(args, option) or [], format_length if option == "lengths" else str)
+    given = args.data or []  # one file, however it is spelled, named as it was first given
+    files = [Path(path).resolve() for path in given]
+    refuse_repeats("--data", files, lambda file: given[files.index(file)])
 
 
 def _check_window_lengths(args) -> None:
@@ -167,24 +175,104 @@ def _check_sharedllm_knobs(args) -> None:
     adapter = adapter_argument(args.adapter)
     try:
         SharedLLMConfig.reading(adapter, knobs_from_args(args))
-    except (ValueError, TypeError) as err:  # TypeError: a knob of the wrong type, e.g. --knob tree_depth=abc
+    except (ValueError, TypeError) as err:  # TypeError: a knob of the wrong type (which the flags refuse first)
         raise InputError(f"SharedLLM knobs: {err}") from err
 
 
 def _check_existing_cells(args) -> None:
-    """Each heldout cell file already in --output against the settings known before anything loads (the model's
-    name, the method's config and the windows are checked once they load): refused now rather than after loading."""
+    """Each heldout cell file already in --output against every setting `cli._cells_to_score` compares once the
+    model has loaded: the command line's, the model's name, the method's config (`method_config_before_loading`)
+    and the windows (`_HeldoutWindows`, with the tokenizer alone). Refused now rather than after the methods before
+    it ran; what the settings cost is paid only where a cell file is there."""
     from sharedllm.assets import DEFAULT_DOMAINS
 
     from . import heldout
 
-    names = {args.label: args.methods[0]} if args.label else {m: m for m in args.methods}
-    for name, method in names.items():
+    adapter = chosen_adapter(args.adapter)
+    shared, windows = shared_settings(args, adapter, read_adapter_config(adapter)), _HeldoutWindows(args)
+    for name, method in _result_names(args).items():
+        built = {}  # the method's config, once a cell of it is there (yarn's reads the base's config.json)
         for domain in args.domains or DEFAULT_DOMAINS:
             for length in args.lengths:
                 path = Path(args.output) / heldout.cell_filename(name, domain, length, args.targets_of or length)
                 if path.exists():
-                    keep_cell(path, cell_settings_before_loading(args, method, length), args.overwrite)
+                    built = built or {"model": model_name(args.base),
+                                      "method_config": method_config_before_loading(method, args, shared)}
+                    settings = {**cell_settings_before_loading(args, method, length), **built,
+                                "windows_id": windows(domain, length)}
+                    keep_cell(path, settings, args.overwrite)
+
+
+def _result_names(args) -> dict[str, str]:
+    """{the name results and journals give a method: the method}: its --label, else its own."""
+    return {args.label: args.methods[0]} if args.label else {m: m for m in args.methods}
+
+
+def _check_journal_weights(args) -> None:
+    """A stopped run's journal of trials scored with other adapter weights (the adapter retrained into its folder)
+    is refused when its method's turn comes (`TrialJournal.load`), after the methods before it ran: refused here
+    instead, with the same message, for every method that reads the adapter. Each journal's name is computed as
+    `Session.journal` computes it, without loading the model; what that costs (niah / ruler's haystack, heldout's
+    windows and so the tokenizer) is paid only where a journal of the method is there at all."""
+    from sharedllm.methods import METHOD_CLASSES
+
+    task, adapter = JOURNAL_TASKS.get(args.task), chosen_adapter(args.adapter)
+    adapter_config = read_adapter_config(adapter)
+    weights = weights_tag(adapter_config)
+    if task is None or weights is None:  # no journal, or no weights to tell apart
+        return
+    shared = shared_settings(args, adapter, adapter_config)
+    for name, method in _result_names(args).items():
+        if not METHOD_CLASSES[method].reads_adapter:
+            continue
+        config = None
+        for journal_name, settings in _journals(task, name, args):
+            if journals_of(args.output, task, journal_name):
+                config = config or method_config_before_loading(method, args, shared)
+                keys = journal_keys(args, config, model_name(args.base), **settings())
+                TrialJournal(args.output, task, journal_name, keys, weights=weights).load()
+
+
+def _journals(task: str, name: str, args):
+    """(journal name, its task settings as a function) of each journal a method's run reads, named as the task runners
+    of cli.py name them: one per method, heldout's one per cell it scores (a cell file kept never reads its journal)."""
+    if task == "passkey":
+        yield name, dict
+    elif task in ("niah", "ruler"):
+        yield name, lambda: dict(zip(("haystack", "data"), haystack(args)))
+    else:
+        from sharedllm.assets import DEFAULT_DOMAINS
+
+        from . import heldout
+
+        windows = _HeldoutWindows(args)
+        for domain in args.domains or DEFAULT_DOMAINS:
+            for length in args.lengths:
+                cell = Path(args.output) / heldout.cell_filename(name, domain, length, args.targets_of or length)
+                if args.overwrite or not cell.exists():
+                    yield f"{name}_{domain}_{length}", lambda domain=domain, length=length: {
+                        "windows": windows(domain, length)}
+
+
+class _HeldoutWindows:
+    """`heldout.windows_id` of a cell's windows, which are drawn from the documents' token counts: the tokenizer is
+    read here alone (the model loads later) on first use, and each domain is tokenized once (cached for the run)."""
+
+    def __init__(self, args):
+        self.args, self.tokenizer, self.doc_lengths = args, None, {}
+
+    def __call__(self, domain: str, length: int) -> str:
+        from sharedllm import loading
+
+        from . import heldout
+
+        a = self.args
+        if domain not in self.doc_lengths:
+            self.tokenizer = self.tokenizer or loading.load_tokenizer(a.base or loading.DEFAULT_BASE)
+            docs = heldout.heldout_documents(domain, self.tokenizer, a.split)
+            self.doc_lengths[domain] = {doc_id: len(ids) for doc_id, ids in docs.items()}
+        plan = heldout.cell_plan(self.doc_lengths[domain], length, a.targets_of or length, a.max_windows, a.seed)
+        return heldout.windows_id(plan, length)
 
 
 def cell_settings_before_loading(args, method: str, length: int) -> dict:

@@ -257,9 +257,7 @@ def _cells_to_score(session, name: str, method, docs: dict) -> list[tuple]:
         doc_lengths = {doc_id: len(ids) for doc_id, ids in docs[domain].items()}
         for length in a.lengths:
             plan_length = a.targets_of or length
-            # the plan of plan_length cut to length (itself without --targets-of)
-            plan = heldout.targets_of(heldout.plan_windows(doc_lengths, plan_length, a.max_windows, a.seed),
-                                      plan_length, length)
+            plan = heldout.cell_plan(doc_lengths, length, plan_length, a.max_windows, a.seed)
             path = Path(a.output) / heldout.cell_filename(name, domain, length, plan_length)
             settings = {**cell_settings_before_loading(a, method.name, length), "model": session.model_name,
                         "method_config": method_config(method), "windows_id": heldout.windows_id(plan, length)}
@@ -302,6 +300,27 @@ def _check_passkey_lengths(tokenizer, args) -> None:
                              f"is too short for one")
 
 
+def _check_needle_lengths(tokenizer, args) -> None:
+    """A niah / ruler prompt holds its template, needles and question whatever its haystack, and its answer counts in
+    the length (RULER): a shorter length would fail in the prompt search of its first trial. Checked as passkey's
+    lengths are, once the tokenizer has loaded, before any method runs."""
+    from .needle import NIAH_ANSWER_TOKENS, make_sample, niah_sample, shortest_length
+
+    for length in args.lengths:
+        if args.task == "niah":
+            samples = [niah_sample(tokenizer, length, f"{args.seed}/{trial}", depth=depth,
+                                   max_new_tokens=NIAH_ANSWER_TOKENS, fill=False)
+                       for depth in args.depths for trial in range(args.trials)]
+        else:
+            samples = [make_sample(task, tokenizer, length, f"{args.seed}/{trial}", fill=False)
+                       for task in args.tasks or RULER_TASKS for trial in range(args.trials)]
+        needed, sample = max(((shortest_length(tokenizer, sample), sample) for sample in samples), key=lambda x: x[0])
+        if needed > length:
+            what = "niah" if args.task == "niah" else f"ruler {sample.task}"
+            raise InputError(f"a {what} prompt without haystack and its {sample.max_new_tokens}-token answer have "
+                             f"{needed} tokens: --lengths {format_length(length)} is too short for one")
+
+
 def run_passkey_task(session):
     a = session.args
     _check_passkey_lengths(session.tokenizer, a)
@@ -311,6 +330,7 @@ def run_passkey_task(session):
 
 def run_niah(session):
     a = session.args
+    _check_needle_lengths(session.tokenizer, a)
     haystack, data = session.haystack()
     rows = {}
     for name, method in session.methods():
@@ -332,6 +352,7 @@ def run_niah(session):
 
 def run_ruler_task(session):
     a = session.args
+    _check_needle_lengths(session.tokenizer, a)
     tasks = a.tasks or list(RULER_TASKS)
     haystack, data = session.haystack()
     native = getattr(session.base.config, "max_position_embeddings", None)

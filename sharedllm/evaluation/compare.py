@@ -20,6 +20,7 @@ from pathlib import Path
 from sharedllm.flags import format_length
 
 from .heldout import paired_ratio, scored_windows, targets_length
+from .report import model_folder
 from .retrieval_report import RETRIEVAL_TASKS, trial_cell, trial_score
 
 
@@ -63,9 +64,7 @@ DATA_FIELDS = ("source", "split", "domains")
 
 def refuse_other_inputs(first: dict, second: dict):
     """Refuse two runs of another base model or on other data: their trials or windows are not the same prompts."""
-    # by the model folder's name: results name its path, which differs between homes and machines
-    models = [Path(str(r.get("model"))).name for r in (first, second)]
-    if models[0] != models[1]:
+    if model_folder(first.get("model")) != model_folder(second.get("model")):
         _refuse(f"runs of another base model: {first.get('model')} vs {second.get('model')}")
     for field in DATA_FIELDS:
         values = [(r.get("data") or {}).get(field) for r in (first, second)]

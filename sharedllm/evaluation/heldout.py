@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import time
-from pathlib import PurePath
 
 import numpy as np
 import torch
@@ -65,6 +64,12 @@ def targets_of(plan: list[dict], plan_length: int, length: int) -> list[dict]:
         raise ValueError(f"windows of {plan_length} tokens cannot be cut to {length} (needs {SCORED} <= T <= "
                          f"{plan_length})")
     return [{"doc": w["doc"], "start": w["start"] + plan_length - length} for w in plan]
+
+
+def cell_plan(doc_lengths: dict[str, int], length: int, plan_length: int, n_windows: int, seed: int = 0) -> list[dict]:
+    """The windows a cell of `length` scores: the plan of `plan_length` (its own length, or --targets-of's) cut to its
+    last `length` tokens."""
+    return targets_of(plan_windows(doc_lengths, plan_length, n_windows, seed), plan_length, length)
 
 
 def count_windows(doc_lengths: dict[str, int], length: int, stride: int = STRIDE) -> int:
@@ -190,19 +195,17 @@ def cell_settings(result: dict) -> dict:
 
 def settings_differences(recorded: dict, settings: dict) -> dict[str, tuple]:
     """{name: (recorded value, value in settings)} for each of `settings` that a cell file's `cell_settings` holds
-    otherwise (a method_config by knob). The model is compared by its folder's name: cells written before models
-    were named portably hold the assets home's path on their machine (/root/.cache/sharedllm/models/X for
-    $SHAREDLLM_HOME/models/X). A knob a method_config does not name is read at its default (`recorded_knobs`)."""
+    otherwise (a method_config by knob), by the report's rule of one setting (`report.setting_differences`: the model
+    by its folder's name, a knob a method_config does not name at its default). Only the names in `settings` are
+    compared: a check made before loading does not know the model, the method's config or the windows yet."""
+    from .report import setting_differences
+
     settings = json.loads(json.dumps(settings, default=str))  # as a file holds it: lists, not tuples
     differences = {}
-    for name, value in settings.items():
-        there = recorded.get(name)
+    for name, (there, value) in setting_differences({name: recorded.get(name) for name in settings}, settings).items():
         if name == "method_config":
-            there, value = recorded_knobs(there or {}), recorded_knobs(value)
-            differences.update({knob: (there.get(knob), v) for knob, v in value.items() if there.get(knob) != v})
-        elif name == "model" and there and value and PurePath(there).name == PurePath(value).name:
-            continue
-        elif there != value:
+            differences.update(setting_differences(recorded_knobs(there or {}), recorded_knobs(value)))
+        else:
             differences[name] = (there, value)
     return differences
 

@@ -27,14 +27,13 @@ class TrialJournal:
         self.machine = machine  # not in the settings' digest: a run stopped on one machine continues on another
         self.weights = weights  # checked against each trial's tag instead (journals of older runs have none)
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        self.prefix = f".{task}_{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}_"
-        self.path = Path(folder) / f"{self.prefix}{digest}.partial.jsonl"
+        self.task, self.name = task, name
+        self.path = Path(folder) / f"{journal_prefix(task, name)}{digest}.partial.jsonl"
 
     def others(self) -> list[Path]:
         """Journals of the same task and name with other settings: stopped runs this one does not continue (other
         knobs, model, seed or task settings; a knob added to the method since changes them too)."""
-        pattern = f"{self.prefix}{'?' * 12}.partial.jsonl"
-        return sorted(path for path in self.path.parent.glob(pattern) if path != self.path)
+        return [path for path in journals_of(self.path.parent, self.task, self.name) if path != self.path]
 
     def load(self) -> list[dict]:
         """The records of the trials already done (none when there is no journal). A last line cut short by the
@@ -73,6 +72,15 @@ class TrialJournal:
             self.path.write_text("".join(json.dumps(record) + "\n" for record in left), encoding="utf-8")
         else:
             self.path.unlink(missing_ok=True)
+
+
+def journal_prefix(task: str, name: str) -> str:
+    return f".{task}_{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}_"
+
+
+def journals_of(folder, task: str, name: str) -> list[Path]:
+    """Every journal of `task` and `name` in `folder`, whatever its settings."""
+    return sorted(Path(folder).glob(f"{journal_prefix(task, name)}{'?' * 12}.partial.jsonl"))
 
 
 class ReusedTrials:

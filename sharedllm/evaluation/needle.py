@@ -103,7 +103,11 @@ def insert_at_depths(sentences: list[str], inserts: list[tuple[float, str]]) -> 
     return " ".join(parts)
 
 
-def _fill(tokenizer, budget, build_with_n_sentences):
+def _fill(tokenizer, budget, build_with_n_sentences, fill=True):
+    """The longest prompt of at most `budget` tokens; without `fill`, the shortest (no haystack at all): what the
+    length check made before any method runs counts (`shortest_length`)."""
+    if not fill:
+        return build_with_n_sentences(0)
     n = longest_fitting(build_with_n_sentences, tokenizer, budget)
     return build_with_n_sentences(n)
 
@@ -120,10 +124,11 @@ def _value(rng, value_type):
 
 
 def niah_sample(tokenizer, length, seed, n_keys=1, n_values=1, n_queries=1, haystack_text=None, depth=None,
-                value_type="number", max_new_tokens=128, task="niah_single") -> Sample:
+                value_type="number", max_new_tokens=128, task="niah_single", fill=True) -> Sample:
     """NIAH with n_keys keys (n_queries of them asked), n_values values per asked key.
 
-    The first needle goes at `depth` (random if None); the others at random depths.
+    The first needle goes at `depth` (random if None); the others at random depths. `fill=False`: the prompt without
+    haystack (`_fill`).
     """
     rng = random.Random(f"{task}/{seed}/{length}/{depth}")
     kind = "numbers" if value_type == "number" else "uuids"
@@ -141,7 +146,7 @@ def niah_sample(tokenizer, length, seed, n_keys=1, n_values=1, n_queries=1, hays
         context = insert_at_depths(_cycle(sentences, n), list(zip(depths, needles)))
         return NIAH_TEMPLATE.format(kind=kind, context=context, query=query)
 
-    prompt = _fill(tokenizer, length - max_new_tokens, build)
+    prompt = _fill(tokenizer, length - max_new_tokens, build, fill)
     golds = [v for k in asked for v in values[k]]
     return Sample(task, prompt, golds, max_new_tokens, {"depth": depths[0], "keys": asked})
 
@@ -151,7 +156,7 @@ def _variable_name(rng):
 
 
 def variable_tracking_sample(tokenizer, length, seed, n_hops=4, max_new_tokens=30,
-                             task="variable_tracking") -> Sample:
+                             task="variable_tracking", fill=True) -> Sample:
     """One chain of n_hops + 1 variables holding the same value, statements in order inside filler."""
     rng = random.Random(f"{task}/{seed}/{length}")
     names = []
@@ -167,7 +172,7 @@ def variable_tracking_sample(tokenizer, length, seed, n_hops=4, max_new_tokens=3
         context = insert_at_depths(_cycle(FILLER_SENTENCES, n), list(zip(depths, statements)))
         return VT_TEMPLATE.format(context=context, value=value, n=len(names))
 
-    prompt = _fill(tokenizer, length - max_new_tokens, build)
+    prompt = _fill(tokenizer, length - max_new_tokens, build, fill)
     return Sample(task, prompt, names, max_new_tokens, {"value": value})
 
 
@@ -177,7 +182,7 @@ def _pseudo_words(rng, count):
 
 
 def common_words_sample(tokenizer, length, seed, n_common=10, max_new_tokens=120,
-                        task="common_words") -> Sample:
+                        task="common_words", fill=True) -> Sample:
     """Numbered list: n_common words repeated freq_common times, uncommon words 3 times each.
 
     RULER repeats common words 30 times; short prompts (< 4K tokens) use 10 so that the list still
@@ -186,7 +191,7 @@ def common_words_sample(tokenizer, length, seed, n_common=10, max_new_tokens=120
     budget = length - max_new_tokens
     freq_common, freq_uncommon = (30, 3) if length >= 4096 else (10, 3)
     rng = random.Random(f"{task}/{seed}/{length}")
-    words = _pseudo_words(rng, n_common + budget // 2)  # every list entry costs >= 2 tokens
+    words = _pseudo_words(rng, n_common + max(budget, 0) // 2)  # every list entry costs >= 2 tokens
     common, uncommon = words[:n_common], words[n_common:]
 
     def build(n):
@@ -195,18 +200,25 @@ def common_words_sample(tokenizer, length, seed, n_common=10, max_new_tokens=120
         context = "\n".join(f"{i}. {w}" for i, w in enumerate(items, start=1))
         return CWE_TEMPLATE.format(context=context)
 
-    prompt = _fill(tokenizer, budget, build)
+    prompt = _fill(tokenizer, budget, build, fill)
     return Sample(task, prompt, common, max_new_tokens, {"freq_common": freq_common})
 
 
-def make_sample(task, tokenizer, length, seed, haystack_text=None, depth=None) -> Sample:
+def make_sample(task, tokenizer, length, seed, haystack_text=None, depth=None, fill=True) -> Sample:
     """One seeded sample of a RULER task at `length` tokens (prompt + answer budget)."""
-    spec = dict(RULER_TASKS[task])
+    spec = dict(RULER_TASKS[task], fill=fill)
     if task.startswith("niah"):
         return niah_sample(tokenizer, length, seed, haystack_text=haystack_text, depth=depth, task=task, **spec)
     if task == "variable_tracking":
         return variable_tracking_sample(tokenizer, length, seed, **spec)
     return common_words_sample(tokenizer, length, seed, **spec)
+
+
+def shortest_length(tokenizer, sample: Sample) -> int:
+    """Tokens of a sample built with `fill=False` (its prompt without haystack) and of its answer, which RULER counts
+    in the length: a shorter length has no prompt of that sample. No haystack sentence is in such a prompt, so the
+    haystack need not be read to count it."""
+    return len(encode(tokenizer, sample.prompt)) + sample.max_new_tokens
 
 
 def score_sample(sample: Sample, output: str) -> float:
@@ -219,8 +231,11 @@ def sample_trial(method, tokenizer, sample, **key) -> dict:
     return {**key, "golds": sample.golds, "output": output, "score": score_sample(sample, output)}
 
 
+NIAH_ANSWER_TOKENS = 32  # the generation budget of a needle-in-prose trial (one 7-digit number)
+
+
 @torch.no_grad()
-def run_needle_grid(method, tokenizer, lengths, depths, trials, seed, haystack_text, max_new_tokens=32,
+def run_needle_grid(method, tokenizer, lengths, depths, trials, seed, haystack_text, max_new_tokens=NIAH_ANSWER_TOKENS,
                     progress=True, done=(), on_record=None):
     """NIAH (single key -> 7-digit number) on real prose: accuracy per (length, depth) cell. `done` / `on_record`:
     trials of a stopped run reused / each new trial's record, as in `passkey.run_passkey`."""

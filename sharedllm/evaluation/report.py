@@ -17,7 +17,7 @@ import json
 import re
 import statistics
 from collections import defaultdict
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from sharedllm.config import recorded_knobs
 from sharedllm.flags import format_length
@@ -93,7 +93,7 @@ def slug(text: str) -> str:
 
 def setting_key(result) -> tuple:
     data = result.get("data", {})
-    return (result["task"], result.get("protocol", ""), Path(str(result.get("model", ""))).name,
+    return (result["task"], result.get("protocol", ""), model_folder(result.get("model")),
             data.get("split") or "", ",".join(data.get("domains") or []) or data.get("source", ""))
 
 
@@ -105,16 +105,37 @@ def oldest_to_newest(results: list[dict]) -> list[dict]:
 def run_setting(result) -> dict:
     """What a row holds fixed besides its method label and data: the base model, the adapter and every knob.
 
-    The model is named by its folder: results name one model under several paths ($SHAREDLLM_HOME/models/X,
-    /root/.cache/sharedllm/models/X). The result's `adapter` stands for the config's copy of it, which is the path
-    on the machine that ran it (/tmp/run6/adapters/X for adapters/X)."""
+    The model is named by its folder (`model_folder`). The result's `adapter` stands for the config's copy of it,
+    which is the path on the machine that ran it (/tmp/run6/adapters/X for adapters/X)."""
     knobs = {**recorded_knobs(result.get("method_config", {})), "adapter": result.get("adapter")}
-    return {**knobs, "model": Path(str(result.get("model", ""))).name}
+    return {**knobs, "model": model_folder(result.get("model"))}
+
+
+def model_folder(model) -> str:
+    """A result's base model as results are compared by it: its folder's name, since results written before models
+    were named portably hold the path on the machine that made them (/root/.cache/sharedllm/models/X for
+    $SHAREDLLM_HOME/models/X); "" when none is recorded."""
+    return PurePath(str(model)).name if model else ""
+
+
+def setting_differences(a: dict, b: dict) -> dict[str, tuple]:
+    """{name: (value in a, value in b)} for each name two settings hold otherwise: the one rule of "same setting",
+    for report's rows (`run_setting`) and heldout's cell files (`heldout.settings_differences`).
+
+    The model is compared by `model_folder`. A name only one side holds reads as None there: every knob is on both
+    sides (`recorded_knobs` fills the ones a file predates), so such a name is an option no defaults table covers (a
+    baseline's option an older file lacks, a knob removed since), and a run is not known to have matched a value it
+    did not record: a cell made with selection_head=6 is not the current code's setting."""
+    differences = {}
+    for name in {**a, **b}:  # a's names first, in order
+        there, here = a.get(name), b.get(name)
+        if there != here and not (name == "model" and model_folder(there) == model_folder(here)):
+            differences[name] = (there, here)
+    return differences
 
 
 def same_setting(a: dict, b: dict) -> bool:
-    """Two run settings agree on every name both hold (every knob: `recorded_knobs`)."""
-    return all(a[name] == b[name] for name in a.keys() & b.keys())
+    return not setting_differences(a, b)
 
 
 def group_rows(results) -> list[tuple[str, list[dict]]]:
@@ -139,8 +160,7 @@ def row_labels(rows: list[tuple[str, list[dict]]]) -> list[str]:
     labels = []
     for i, (method, _) in enumerate(rows):
         siblings = [s for (m, _), s in zip(rows, settings) if m == method]
-        differing = sorted({name for a in siblings for b in siblings
-                            for name in a.keys() & b.keys() if a[name] != b[name]})
+        differing = sorted({name for a in siblings for b in siblings for name in setting_differences(a, b)})
         shown = ", ".join(f"{name}={json.dumps(settings[i][name])}" for name in differing if name in settings[i])
         labels.append(f"{method} ({shown})" if shown else method)
     if len(set(labels)) < len(labels):  # settings that differ only pairwise: the newest file tells them apart
@@ -415,7 +435,7 @@ def headline_section(results_dir, figures: Path) -> list[str]:
               "window is ever replaced by another. Test documents: `sharedllm/splits.json`.", ""]
     for domain in sorted({c["domain"] for c in cells}):
         domain_cells = [c for c in cells if c["domain"] == domain]
-        models = sorted({Path(str(c.get("model", ""))).name for c in domain_cells})
+        models = sorted({model_folder(c.get("model")) for c in domain_cells})
         docs = max((c["data"]["docs"] for c in domain_cells), key=len)
         lines += [f"### {domain} — model `{', '.join(models)}`, {len(docs)} test documents "
                   f"({', '.join(f'{d} {n:,} tok' for d, n in docs.items())})", ""]

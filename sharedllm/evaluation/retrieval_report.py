@@ -110,7 +110,7 @@ def passkey_heatmap_cells(cells: dict[tuple, dict], method: str) -> list[dict]:
 def retrieval_section(results_dir, figures: Path) -> list[str]:
     """The report's retrieval headline (nothing when RESULTS/retrieval/ holds no result)."""
     from .passkey import plot_heatmap
-    from .report import _method_order, included_notes, method_provenance, slug
+    from .report import _method_order, included_notes, method_provenance, model_folder, slug
 
     loaded = load_retrieval(results_dir)
     if not loaded:
@@ -124,7 +124,7 @@ def retrieval_section(results_dir, figures: Path) -> list[str]:
         cells = loaded.get(task)
         if not cells:
             continue
-        models = sorted({Path(str(cell["file"].get("model", ""))).name for cell in cells.values()} - {""})
+        models = sorted({model_folder(cell["file"].get("model")) for cell in cells.values()} - {""})
         lines += [f"### {'Passkey retrieval (Landmark)' if task == 'passkey' else 'RULER needle tasks'}"
                   + (f" — model `{', '.join(models)}`" if models else ""), ""]
         lines += retrieval_table(task, cells) + [""]

@@ -2,6 +2,7 @@
 a time, documents, trial journals, result files) and how results name adapters, models and method configs portably.
 """
 
+import functools
 import json
 import shlex
 import sys
@@ -37,15 +38,12 @@ class Session:
 
             args.base = str(default_model_path())
         self.base, self.tokenizer = load_causal_lm(args.base, dtype=DTYPES[args.dtype])
-        self.model_name = portable_path(args.base)  # how results and journals name the base
+        self.model_name = model_name(args.base)  # how results and journals name the base
         self.base.to(args.device)
         self.adapter = chosen_adapter(args.adapter)
-        config = Path(self.adapter or "") / "config.json"
-        self.adapter_config = json.loads(config.read_text()) if self.adapter and config.is_file() else {}
+        self.adapter_config = read_adapter_config(self.adapter)
         self._check_adapter_base()
-        self.decoder_window = (args.decoder_window or self.adapter_config.get("decoder_window")
-                               or KNOB_DEFAULTS["decoder_window"])
-        self.knobs = knobs_from_args(args)  # the SharedLLM knob flags, for sharedllm and cepe
+        self.shared = shared_settings(args, self.adapter, self.adapter_config)
         self.command = shlex.join(["sharedllm", *sys.argv[1:]])
 
     def _check_adapter_base(self) -> None:
@@ -69,12 +67,9 @@ class Session:
         """Yield (name, method) one at a time so that only one method's extra weights live at once."""
         from sharedllm.methods import load_method
 
-        # one comparison: every method takes what it reads of the shared settings (Method.build); infllm alone has
-        # options of its own here (--infllm)
-        shared = {"adapter": self.adapter, "decoder_window": self.decoder_window, **self.knobs}
         for name in self.args.methods:
-            options = self.args.infllm if name == "infllm" else {}
-            yield self.args.label or name, load_method(name, self.base, self.tokenizer, shared=shared, **options)
+            yield self.args.label or name, load_method(name, self.base, self.tokenizer, shared=self.shared,
+                                                       **own_options(self.args, name))
 
     def documents(self, default_domains=None):
         """Tokenised documents (cached ids, no special tokens) and a description of their source."""
@@ -94,11 +89,7 @@ class Session:
         return load_documents(args.split, domains), {"split": args.split, "domains": domains}
 
     def haystack(self):
-        args = self.args
-        if args.data:
-            return "\n\n".join(d.text for d in self.raw_documents()[0]), {"source": ",".join(args.data), "split": "user"}
-        domains = args.domains or ["books"]
-        return load_haystack(args.split, domains), {"split": args.split, "domains": domains}
+        return haystack(self.args)
 
     def provenance(self) -> dict:
         """hardware, command, git commit and time of a result (sharedllm.provenance, as train and bench write them)."""
@@ -109,12 +100,11 @@ class Session:
         """The trial journal of `method`'s run of `task`, and the trials a stopped run of the same settings left
         in it (rerunning the command continues that run). The adapter and the model are keyed as results name them
         (`portable_path`), so that the same command continues from another clone, home or machine."""
-        keys = {"method": method_config(method), "model": self.model_name, "dtype": self.args.dtype,
-                "seed": self.args.seed, **settings}
+        keys = journal_keys(self.args, method_config(method), self.model_name, **settings)
         # the adapter's weights are not in the name (a stopped run continues from another clone), but tag each trial
-        weights = self.adapter_config.get("adapter_sha256") if method.reads_adapter else None
+        weights = weights_tag(self.adapter_config) if method.reads_adapter else None
         journal = TrialJournal(self.args.output, task, name, keys, machine=provenance.machine(self.base.device),
-                               weights=weights and weights[:16])
+                               weights=weights)
         done = journal.load()
         if done:
             print(f"{name}: {len(done)} {task} trials already done in {journal.path} (a stopped run): continuing")
@@ -164,14 +154,111 @@ def portable_path(path: str | None) -> str | None:
 
 def method_config(method) -> dict:
     """The method's knobs for a result file, its adapter path (if any) portable like the top level's."""
-    config = method.describe() if hasattr(method, "describe") else {}
+    return portable_config(method.describe() if hasattr(method, "describe") else {})
+
+
+def portable_config(config: dict) -> dict:
+    """A method's config with its adapter path (if any) as `portable_path` writes it."""
     return {**config, "adapter": portable_path(config["adapter"])} if config.get("adapter") else config
+
+
+def model_name(base: str | None) -> str:
+    """How results and trial journals name the base: --base as `portable_path` writes it, or the default model's
+    folder (`assets.default_model_path`, named here without building it)."""
+    if base is None:
+        from sharedllm.assets import MODEL_NAME
+
+        base = str(sharedllm_home() / "models" / MODEL_NAME)
+    return portable_path(base)
+
+
+def journal_keys(args, config: dict, model: str, **settings) -> dict:
+    """What the name of a method's trial journal fingerprints (`TrialJournal`): the method's config, the model's name,
+    the dtype, the seed and the task's `settings`."""
+    return {"method": config, "model": model, "dtype": args.dtype, "seed": args.seed, **settings}
+
+
+def weights_tag(adapter_config: dict) -> str | None:
+    """The tag of the trials of a method that reads the adapter (`TrialJournal.weights`): the start of its weights'
+    sha256 as its config.json records it (None for an adapter saved without one, and without an adapter)."""
+    weights = adapter_config.get("adapter_sha256")
+    return weights and weights[:16]
+
+
+def method_config_before_loading(name: str, args, shared: dict) -> dict:
+    """`method_config` of method `name` as this run will build it, from the command line, the adapter's config.json
+    and the base's config.json, without loading any weights. sharedllm and cepe build a model from weights: their
+    config is the one `SharedLLMConfig.reading` gives (what their constructors build with); every other method is
+    built on a stand-in base that holds only the base's config (read on first use: yarn's native length), which is
+    all their constructors read."""
+    from sharedllm.config import SharedLLMConfig
+    from sharedllm.methods import CEPE, METHOD_CLASSES, SharedLLM, load_method
+
+    method_class, options = METHOD_CLASSES[name], own_options(args, name)
+    try:
+        if not issubclass(method_class, SharedLLM):
+            return method_config(load_method(name, _ConfigOnlyBase(args.base), None, shared=shared, **options))
+        knobs = method_class.settings(shared, **options)
+        adapter = knobs.pop("adapter", None)
+        if issubclass(method_class, CEPE) and adapter is None:
+            knobs = CEPE.preset(_ConfigOnlyBase(args.base).config.num_hidden_layers, knobs)
+        config = SharedLLMConfig.reading(adapter, knobs)
+    except ValueError as err:  # what building the method would raise, after the methods before it had run
+        raise InputError(str(err)) from err
+    return portable_config({"method": name, "adapter": adapter, **{k: getattr(config, k) for k in method_class.KNOBS}})
+
+
+class _ConfigOnlyBase:
+    """The base model as far as the baselines' constructors read it: its config, from its config.json (no weights)."""
+
+    def __init__(self, base: str | None):
+        self.name = base
+
+    @functools.cached_property
+    def config(self):
+        from transformers import AutoConfig
+
+        from sharedllm.loading import DEFAULT_BASE, hub_model_not_found, resolve_base_path
+
+        path = resolve_base_path(self.name or DEFAULT_BASE)
+        try:
+            return AutoConfig.from_pretrained(path)
+        except OSError as error:  # as load_causal_lm reports a base it cannot find
+            if Path(path).is_dir():
+                raise
+            raise hub_model_not_found(path, error) from None
 
 
 # The command line as Session and the checks read it (checks.py imports these: session.py is the lower module).
 def chosen_adapter(value) -> str | None:
     """--adapter as the methods read it: 'none' (any case) is no adapter."""
     return None if str(value).lower() == "none" else value
+
+
+def read_adapter_config(adapter: str | None) -> dict:
+    """The adapter's config.json as saved ({} without an adapter, or where it has none)."""
+    config = Path(adapter or "") / "config.json"
+    return json.loads(config.read_text()) if adapter and config.is_file() else {}
+
+
+def shared_settings(args, adapter: str | None, adapter_config: dict) -> dict:
+    """The settings every method of one comparison takes what it reads of (`Method.build`): the adapter, one decoder
+    window (the flag's, else the adapter's, else the default) and the SharedLLM knob flags (sharedllm and cepe)."""
+    decoder_window = args.decoder_window or adapter_config.get("decoder_window") or KNOB_DEFAULTS["decoder_window"]
+    return {"adapter": adapter, "decoder_window": decoder_window, **knobs_from_args(args)}
+
+
+def own_options(args, name: str) -> dict:
+    """A method's options of its own, over the shared settings: infllm alone has some here (--infllm)."""
+    return args.infllm if name == "infllm" else {}
+
+
+def haystack(args) -> tuple[str, dict]:
+    """The haystack text of niah / ruler (the --data files, else the corpus' books) and how results describe it."""
+    if args.data:
+        return "\n\n".join(d.text for d in user_documents(args.data)), {"source": ",".join(args.data), "split": "user"}
+    domains = args.domains or ["books"]
+    return load_haystack(args.split, domains), {"split": args.split, "domains": domains}
 
 
 def user_documents(paths) -> list:

@@ -17,7 +17,12 @@ DOCS = {"the_adventures_of_sherlock_holmes": PROSE[:3000], "plrabn12": PROSE[:20
 
 @pytest.fixture
 def corpus(fake_stack, monkeypatch):  # noqa: F811
+    import sharedllm.loading
+    from fakes import char_tokenizer
+
     monkeypatch.setenv("SHAREDLLM_HOME", str(fake_stack / "home"))
+    # the base's tokenizer, which the checks read alone for the windows of the cells (and journals) already there
+    monkeypatch.setattr(sharedllm.loading, "load_tokenizer", lambda base, required=True: char_tokenizer())
     books = fake_stack / "home" / "corpora" / "books"
     books.mkdir(parents=True)
     for doc_id, text in DOCS.items():  # one token per character
@@ -108,19 +113,28 @@ def test_a_cell_file_of_other_settings_is_refused_not_skipped(corpus, monkeypatc
     load = sharedllm.loading.load_causal_lm
     monkeypatch.setattr(sharedllm.loading, "load_causal_lm", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(InputError, match=r"heldout_books_512_window.json was made with other settings \(seed 0 there, 1 "
-                                         r"now\): pass --label NAME or another --output to keep both, or --overwrite"):
+                                         r"now; windows_id '\w+' there, '\w+' now\): pass --label NAME or another "
+                                         r"--output to keep both, or --overwrite"):
         _heldout(cli, tmp, "--methods", "window", "--lengths", "512", "--seed", "1")
     with pytest.raises(InputError, match="max_windows 4 there, 2 now"):
         _heldout(cli, tmp, "--methods", "window", "--lengths", "512", "--max-windows", "2")
     for overwrite in ([], ["--overwrite"]):
         with pytest.raises(InputError, match="holds the test split's cell, not the validation split's: pass another"):
             _heldout(cli, tmp, "--methods", "window", "--lengths", "512", "--split", "validation", *overwrite)
+    # the method's config (a knob here) and the model's name are known before loading too: refused before full ran
+    with pytest.raises(InputError, match="decoder_window 1024 there, 512 now"):
+        _heldout(cli, tmp, "--methods", "full", "window", "--lengths", "512", "--decoder-window", "512")
+    with pytest.raises(InputError, match=r"model 'fake' there, 'other' now"):
+        _heldout(cli, tmp, "--methods", "full", "window", "--lengths", "512", "--base", "other")
+    # and the windows, with the tokenizer alone: the same seed and budget on other documents (another corpus version)
+    books = tmp / "home" / "corpora" / "books" / "plrabn12.txt"
+    books.write_text(PROSE[:2500])
+    with pytest.raises(InputError, match=r"\(windows_id '\w+' there, '\w+' now\)"):
+        _heldout(cli, tmp, "--methods", "full", "window", "--lengths", "512")
+    books.write_text(DOCS["plrabn12"])
     monkeypatch.setattr(sharedllm.loading, "load_causal_lm", load)
-    # a knob shows in the method's config, once it is built: refused before any window is scored
     token_nll = FakeMethod.token_nll
     monkeypatch.setattr(FakeMethod, "token_nll", lambda *a: pytest.fail("a window was scored"))
-    with pytest.raises(InputError, match="decoder_window 1024 there, 512 now"):
-        _heldout(cli, tmp, "--methods", "window", "--lengths", "512", "--decoder-window", "512")
     assert cell.read_bytes() == written
     capsys.readouterr()
     _heldout(cli, tmp, "--methods", "window", "--lengths", "512")  # the same settings: kept
@@ -163,6 +177,37 @@ def test_stopped_or_out_of_budget_cell_continues_from_its_journal(corpus, monkey
     _heldout(cli, tmp, "--methods", "window", "--lengths", "512", "--overwrite")
     cell = json.loads((heldout_dir / "heldout_books_512_window.json").read_text())
     assert len(calls) == 3 and cell["summary"]["complete"] and not list(heldout_dir.glob(".heldout_*"))
+
+
+def test_a_cells_journal_of_other_adapter_weights_is_refused_before_loading(corpus, monkeypatch):
+    """It was refused when sharedllm's cells came, after every method before it had scored its cells."""
+    import sharedllm.loading
+    from fakes import char_tokenizer
+
+    from sharedllm.assets import DEFAULT_ADAPTER
+    from sharedllm.evaluation import cli, heldout, session
+    from sharedllm.evaluation.journal import TrialJournal
+
+    out = corpus / "results" / "heldout"
+    monkeypatch.setattr(sharedllm.loading, "load_causal_lm", lambda *a, **k: pytest.fail("the model was loaded"))
+    argv = ["--methods", "full", "sharedllm", "--adapter", str(DEFAULT_ADAPTER), "--lengths", "512"]
+    _, args = _parse(["heldout", "--base", "fake", "--domains", "books", "--max-windows", "4", "--seed", "0",
+                      "--output", str(out), *argv])
+    shared = session.shared_settings(args, str(DEFAULT_ADAPTER), session.read_adapter_config(str(DEFAULT_ADAPTER)))
+    doc_lengths = {doc: len(ids) for doc, ids in heldout.heldout_documents("books", char_tokenizer(), "test").items()}
+    windows = heldout.windows_id(heldout.cell_plan(doc_lengths, 512, 512, 4, 0), 512)
+    keys = session.journal_keys(args, session.method_config_before_loading("sharedllm", args, shared), "fake",
+                                windows=windows)
+    stale = TrialJournal(out, "heldout", "sharedllm_books_512", keys, weights="0123456789abcdef")
+    stale.append({"doc": "plrabn12", "start": 0, "mean_nll": 2.0, "scored_tokens": 256})
+    with pytest.raises(InputError, match=f"{stale.path} holds 1 trials of other adapter weights .*delete the journal"):
+        _heldout(cli, corpus, *argv)
+    # a cell file there is kept (or refused) without its journal being read; --overwrite reads the journal again
+    (out / "heldout_books_512_sharedllm.json").write_text(json.dumps({"data": {"split": "test"}}))
+    with pytest.raises(InputError, match="heldout_books_512_sharedllm.json was made with other settings"):
+        _heldout(cli, corpus, *argv)
+    with pytest.raises(InputError, match="holds 1 trials of other adapter weights"):
+        _heldout(cli, corpus, *argv, "--overwrite")
 
 
 def _cell(method, length, ppl=None, windows_id="p1", not_run=None, n=16):

@@ -64,6 +64,9 @@ def test_cell_settings_compare_what_the_numbers_depend_on():
     # cells, recorded before query_layer, were kept as the default's, whose query_layer is 17)
     later = {**now, "method_config": {**now["method_config"], "query_layer": 17}}
     assert heldout.settings_differences(recorded, later) == {"query_layer": (None, 17)}
+    # a knob removed since, set in the file: not what the current code runs (`report.setting_differences`)
+    removed = heldout.cell_settings({**old, "method_config": {**old["method_config"], "selection_head": 6}})
+    assert heldout.settings_differences(removed, now) == {"selection_head": (6, None)}
 
 
 def test_every_method_is_scored_on_the_same_windows():

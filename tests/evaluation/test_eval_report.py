@@ -2,8 +2,7 @@
 
 import json
 
-from sharedllm.flags import _old_knob_value
-from sharedllm.evaluation.report import latest_by_method, regenerate
+from sharedllm.evaluation.report import latest_by_method, model_folder, regenerate, same_setting, setting_differences
 
 
 def ppl_result(method, created, scores, windows):
@@ -37,11 +36,6 @@ def test_regenerated_page_lists_every_source(tmp_path):
     assert page.index("hand-written reading") < page.index("| window |")  # the notes come first, verbatim
 
 
-def test_old_knob_values_parse_as_they_did():
-    assert _old_knob_value("0") == 0
-    assert _old_knob_value("recent") == "recent"
-
-
 def test_runs_of_one_method_with_two_adapters_are_two_rows_not_merged():
     a = ppl_result("sharedllm", "2026-01-01", {2048: 10.0, 8192: 9.0}, 8) | {"adapter": "adapters/a"}
     b = ppl_result("sharedllm", "2026-01-02", {8192: 7.0}, 8) | {"adapter": "adapters/b"}
@@ -52,11 +46,31 @@ def test_runs_of_one_method_with_two_adapters_are_two_rows_not_merged():
 
 def test_a_knob_value_change_is_a_row_of_its_own_a_knob_added_later_is_not():
     old = ppl_result("sharedllm", "2026-01-01", {2048: 10.0}, 8) | {"method_config": {"tree_depth": 3}}
-    newer_code = ppl_result("sharedllm", "2026-01-02", {8192: 9.0}, 8) | {"method_config": {"tree_depth": 3, "lookback": 0}}
+    # a knob the old file predates, at its default (`recorded_knobs`)
+    newer_code = ppl_result("sharedllm", "2026-01-02", {8192: 9.0}, 8) | {
+        "method_config": {"tree_depth": 3, "leaf_lookback": 0}}
     other_knob = ppl_result("sharedllm", "2026-01-03", {8192: 5.0}, 8) | {"method_config": {"tree_depth": 0}}
     rows = latest_by_method([old, newer_code, other_knob])
     assert rows["sharedllm (tree_depth=3)"]["scores"] == {"2048": 10.0, "8192": 9.0}
     assert rows["sharedllm (tree_depth=0)"]["scores"] == {"8192": 5.0}
+    # a name outside the knob table has no default to read the old file at: not known to be the same setting
+    unknown = ppl_result("sharedllm", "2026-01-04", {8192: 6.0}, 8) | {
+        "method_config": {"tree_depth": 3, "lookback": 1}}
+    assert set(latest_by_method([old, unknown])) == {"sharedllm", "sharedllm (lookback=1)"}
+
+
+def test_one_rule_of_same_setting_model_by_folder_one_sided_name_unset():
+    name = "SmolLM2-135M-Instruct"
+    home, machine = f"$SHAREDLLM_HOME/models/{name}", f"/root/.cache/sharedllm/models/{name}"
+    assert model_folder(home) == model_folder(machine) == model_folder(name) == name
+    assert model_folder(None) == model_folder("") == ""
+    a = {"model": machine, "adapter": "adapters/a", "tree_depth": 3}
+    assert same_setting(a, a | {"model": home}) and not same_setting(a, a | {"model": "/models/SmolLM2-360M-Instruct"})
+    # a name only one side holds reads as None there: unset matches, a value (a knob removed since) does not
+    assert same_setting(a, a | {"selection_head": None})
+    assert setting_differences(a | {"selection_head": 6}, a) == {"selection_head": (6, None)}
+    assert setting_differences(a, a | {"model": "other/base", "tree_depth": 2}) == {
+        "model": (machine, "other/base"), "tree_depth": (3, 2)}
 
 
 def test_the_newest_file_wins_ties_by_file_name():

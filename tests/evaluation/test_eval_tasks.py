@@ -317,3 +317,54 @@ def test_a_session_tags_the_trials_of_an_adapter_reading_method_with_its_weights
     other = SimpleNamespace(name="window", reads_adapter=False, describe=lambda: {"method": "window"})
     assert Session.journal(session, "passkey", "sharedllm", reader)[0].weights == "0123456789abcdef"
     assert Session.journal(session, "passkey", "window", other)[0].weights is None
+
+
+def test_method_configs_known_before_loading_are_those_of_the_built_methods(tmp_path, monkeypatch):
+    """The checks made before loading (heldout's cell files, the journals' names) read each method's config without
+    its weights (`method_config_before_loading`): it must be what the built method describes, for every method."""
+    from conftest import tiny_model
+
+    from sharedllm import SharedLLMForCausalLM
+    from sharedllm.evaluation import session
+    from sharedllm.methods import METHODS, load_method
+
+    monkeypatch.setenv("SHAREDLLM_HOME", str(tmp_path / "home"))
+    base = tiny_model("llama", max_position_embeddings=4096)  # infllm attends up to ~2K tokens
+    base.save_pretrained(tmp_path / "base")
+    SharedLLMForCausalLM.from_base(base, n_injected_layers=2, chunk_size=16, decoder_window=48, tree_depth=2,
+                                   tokens_per_node=2).save_pretrained(tmp_path / "adapter")
+    adapter = str(tmp_path / "adapter")
+    for flags in [["--adapter", adapter], ["--adapter", adapter, "--decoder-window", "64", "--tree-depth", "1"],
+                  ["--adapter", "none", "--chunk-size", "256", "--infllm", "topk=2"]]:
+        _, args = _parse(["ppl", "--base", str(tmp_path / "base"), *flags])
+        chosen = session.chosen_adapter(args.adapter)
+        shared = session.shared_settings(args, chosen, session.read_adapter_config(chosen))
+        for name in METHODS:
+            built = load_method(name, base, None, shared=shared, **session.own_options(args, name))
+            assert session.method_config_before_loading(name, args, shared) == session.method_config(built), name
+
+
+@pytest.mark.parametrize("task", [*RULER_TASKS, "niah"])
+def test_the_shortest_length_of_a_needle_prompt_is_where_its_prompt_search_starts_to_fail(task):
+    """The length check made before any method runs (`cli._check_needle_lengths`) counts a sample built without
+    haystack: its prompt search succeeds at exactly the lengths that count says it fits in."""
+    from sharedllm.evaluation.needle import NIAH_ANSWER_TOKENS, niah_sample, shortest_length
+
+    tokenizer = char_tokenizer()
+
+    def sample(length, seed, **kwargs):  # as run_ruler and run_needle_grid build their trials
+        if task == "niah":
+            return niah_sample(tokenizer, length, seed, depth=0.5, max_new_tokens=NIAH_ANSWER_TOKENS, **kwargs)
+        return make_sample(task, tokenizer, length, seed, **kwargs)
+
+    for seed in ("0/3", "1/0"):
+        around = shortest_length(tokenizer, sample(1000, seed, fill=False))
+        fits, built = [], []
+        for length in range(around - 12, around + 12):  # the needles' names and values change with the length
+            fits.append(shortest_length(tokenizer, sample(length, seed, fill=False)) <= length)
+            try:
+                built.append(bool(sample(length, seed, haystack_text=PROSE).prompt))
+            except ValueError as error:
+                assert "even the empty prompt is longer" in str(error)
+                built.append(False)
+        assert built == fits and True in fits and False in fits
