@@ -337,21 +337,12 @@ def load_user_documents(source, domain: str = "user") -> list:
 VALIDATION_FRACTION = 0.05  # of --data held out for validation when no --validation-data is given
 
 
-def splits_by_document(n_documents: int, validation_fraction: float = VALIDATION_FRACTION) -> bool:
-    """Whether `split_documents` holds out whole documents: only when there are enough of them that one document
-    is at most `validation_fraction` of the collection (20 at 5%); fewer would lose a third or half of the
-    text to validation (2-3 documents)."""
-    return n_documents * validation_fraction >= 1
-
-
 def split_description(n_documents: int, validation_fraction: float = VALIDATION_FRACTION) -> str:
     """What `split_documents` does with `n_documents`, as a run records it."""
     share = f"{validation_fraction:.0%}"
-    if splits_by_document(n_documents, validation_fraction):
-        return f"user data split by document-id hash (about {share} of the documents held out for validation)"
-    which = "one user document: its" if n_documents == 1 else f"{n_documents} user documents: each one's"
-    return (f"{which} last {share} of text held out for validation (the adapter trains on the text before it: "
-            "validation reads unseen text of documents it trains on; --validation-data gives unseen documents)")
+    if n_documents == 1:
+        return f"one user document: its last {share} of text held out for validation"
+    return f"user data split by document-id hash (about {share} validation)"
 
 
 def _tail_cut(text: str, validation_fraction: float) -> int:
@@ -363,18 +354,19 @@ def _tail_cut(text: str, validation_fraction: float) -> int:
 
 
 def split_documents(documents: list, validation_fraction: float = VALIDATION_FRACTION) -> tuple[list, list]:
-    """A fixed train/validation split of user documents (`split_description` says which).
+    """A fixed train/validation split of user documents by a hash of the document id, not by order, so
+    adding files never moves an existing document across the split. With two or more documents the
+    validation side gets at least one (the lowest hash). One document (e.g. `--data book.txt`) has nothing to split
+    by: its last `validation_fraction` of text (from a line start) is held out instead, so that neither side is empty.
 
-    Enough documents (`splits_by_document`) are split by a hash of the document id, not by order, so adding files
-    never moves an existing document across the split, and validation never reads a document trained on; the
-    validation side gets at least one (the lowest hash). Fewer documents (e.g. `--data book.txt`, or a few
-    chapters) have too few to split by: the last `validation_fraction` of each one's text (from a line start) is
-    held out instead, as `<doc_id>:tail`, so that neither side is empty or takes a third of the text."""
-    if not splits_by_document(len(documents), validation_fraction):
-        cuts = [_tail_cut(doc.text, validation_fraction) for doc in documents]
-        return ([dataclasses.replace(doc, text=doc.text[:cut]) for doc, cut in zip(documents, cuts)],
-                [dataclasses.replace(doc, doc_id=f"{doc.doc_id}:tail", text=doc.text[cut:])
-                 for doc, cut in zip(documents, cuts)])
+    Whole documents, also of only 2-3 (a third to a half of the text then validates): tails of each document were
+    tried (2026-12-06) and left most collections of chapter-sized files with no validation window at all, since
+    validation windows never cross documents."""
+    if len(documents) == 1:
+        doc = documents[0]
+        cut = _tail_cut(doc.text, validation_fraction)
+        return ([dataclasses.replace(doc, text=doc.text[:cut])],
+                [dataclasses.replace(doc, doc_id=f"{doc.doc_id}:tail", text=doc.text[cut:])])
 
     def bucket(doc) -> float:
         return int(hashlib.sha256(doc.doc_id.encode()).hexdigest()[:8], 16) / 0x1_0000_0000

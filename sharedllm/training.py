@@ -640,9 +640,7 @@ def check_resumed_documents(directory: Path, data_fingerprint: str) -> None:
     if state.get("data", data_fingerprint) != data_fingerprint:  # checkpoints before 2026-12-06 record none
         raise InputError(f"cannot resume {directory}: the training or validation documents differ from the "
                          f"interrupted run's (fingerprint {state['data']} there, {data_fingerprint} now), so the "
-                         "resumed run would draw other samples; restore them, or start a new run (--overwrite). A "
-                         "run on --data of 2-19 documents started before 2026-12-06 split them otherwise (whole "
-                         "documents held out): start it anew")
+                         "resumed run would draw other samples; restore them, or start a new run (--overwrite)")
 
 
 def load_checkpoint(directory: Path, model, optimizer, scheduler, sampler, config: TrainConfig, accelerator) -> dict:
@@ -838,10 +836,15 @@ def train(config: TrainConfig) -> Path:
             record.update(tokens=step * samples_per_step * config.sample_len, elapsed_s=elapsed())
             # Every rank must agree to stop at the same step, or the checkpoint's collectives would hang.
             stop = _on_any_rank(interrupt.requested, accelerator)
-            # The checkpoint before the validation: a crash there (out of memory, a bug) loses no training.
-            if step % config.save_every == 0 or step == last_step or stop:
+            saved = step % config.save_every == 0 or step == last_step or stop
+            if saved:  # before the validation: a crash there (out of memory, a bug) loses no training
                 checkpoint(record)
-            record.update(run_validation(step, model, validation, config, accelerator, tokenizer), elapsed_s=elapsed())
+            validated = run_validation(step, model, validation, config, accelerator, tokenizer)
+            record.update(validated, elapsed_s=elapsed())
+            if validated and not stop and _on_any_rank(interrupt.requested, accelerator):  # a signal during validation
+                stop = True  # stops here, as "finishing this step" promised, not after the next one
+                if not saved:
+                    checkpoint(record)
             log_step(log_path, record, config, accelerator)
             if stop:
                 logger.warning("stopped at step %d with a checkpoint in %s: rerun the same command with --resume to "
@@ -957,8 +960,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="asset corpora to train on, each with an optional mixing weight (default: all, weighted by size)")
     add("--data", default=None, help="your own data instead of the assets: a .txt / .jsonl file or a folder of them")
     add("--validation-data", default=None,
-        help="validation documents for --data (default: ~5%% of --data's documents by id hash; of fewer than 20 "
-             "documents, the last 5%% of each one's text)")
+        help="validation documents for --data (default: ~5%% of --data by id hash; of one document, its last 5%% of text)")
     add("--max-train-docs", type=int, default=None, help="use at most this many training documents (round-robin over domains)")
     add("--stride", type=parse_length, default=None, help="tokens between sample starts (default: half a sample, as CEPE)")
     add("--pack-documents", action="store_true",

@@ -214,59 +214,18 @@ def test_user_split_is_fixed_by_document_id():
     assert not {d.doc_id for d in train} & {d.doc_id for d in validation}
     shuffled_train, shuffled_validation = data.split_documents(docs[::-1] + [Document("new.txt", "user", "t")])
     assert {d.doc_id for d in validation} <= {d.doc_id for d in shuffled_validation}  # stable when files are added
-    assert "document-id hash" in data.split_description(60)
+    assert [len(part) for part in data.split_documents(docs[:2])] == [1, 1]
+    assert "document-id hash" in data.split_description(2)
     book = Document("book.txt", "user", "".join(f"line {i} of the book\n" for i in range(1000)))
     (train_part,), (held_out,) = data.split_documents([book])  # one document: was all train or all validation
     assert train_part.text + held_out.text == book.text and held_out.doc_id == "book.txt:tail"
     assert held_out.text.startswith("line ") and 0.04 < len(held_out.text) / len(book.text) < 0.06
 
 
-def lined_document(name: str, lines: int) -> Document:
-    return Document(name, "user", "".join(f"{name} line {i}\n" for i in range(lines)))
-
-
-@pytest.mark.parametrize("n_docs", [2, 3, 19])
-def test_a_few_documents_each_hold_out_their_tail_not_a_whole_document(n_docs):
-    """Holding out one of 2-3 documents sent a third to a half of the user's text to validation."""
-    docs = [lined_document(f"part{i}.txt", 400 + 300 * i) for i in range(n_docs)]
-    train, validation = data.split_documents(docs)
-    assert [d.doc_id for d in train] == [d.doc_id for d in docs]  # every document trains, in the given order
-    assert [d.doc_id for d in validation] == [f"{d.doc_id}:tail" for d in docs]
-    for doc, head, tail in zip(docs, train, validation):
-        assert head.text + tail.text == doc.text and tail.text.startswith(f"{doc.doc_id} line ")  # from a line start
-        assert 0.04 < len(tail.text) / len(doc.text) < 0.06
-    assert (train, validation) == data.split_documents(docs)  # deterministic
-    description = data.split_description(n_docs)
-    assert f"{n_docs} user documents: each one's last 5% of text held out" in description
-    assert "trains on the text before it" in description  # says that validation reads documents it trained on
-
-
-def test_split_switches_to_whole_documents_at_twenty():
-    assert not data.splits_by_document(19) and data.splits_by_document(20)
-    docs = [lined_document(f"part{i}.txt", 50) for i in range(20)]
-    train, validation = data.split_documents(docs)
-    assert len(train) + len(validation) == 20 and 1 <= len(validation) < 4
-    assert not {d.text for d in train} & {d.text for d in validation}  # no document on both sides
-
-
 def test_a_tail_is_cut_at_a_line_start_only_near_the_mark():
     text = "title\n" + "word " * 400  # its one line break is far before the 95% mark
     (head,), (tail,) = data.split_documents([Document("essay.txt", "user", text)])
     assert head.text + tail.text == text and 0.04 < len(tail.text) / len(text) < 0.06  # was all but "title"
-
-
-def test_the_fingerprint_follows_the_split_documents():
-    """What train fingerprints for --resume: the documents as split (training.train)."""
-    def fingerprint(docs):
-        train, validation = data.split_documents(docs)
-        return data.documents_fingerprint([*train, *validation])
-
-    docs = [lined_document(f"part{i}.txt", 100) for i in range(3)]
-    assert fingerprint(docs) == fingerprint(list(docs))  # the same run again
-    edited = [docs[0], docs[1], Document("part2.txt", "user", docs[2].text.replace("line 99", "line 98"))]
-    assert fingerprint(edited) != fingerprint(docs)  # an edit in a held-out tail
-    # whole documents (how a few were split before 2026-12-06): a run started so is refused, not mixed up
-    assert data.documents_fingerprint(docs) != fingerprint(docs)
 
 
 # --- synthetic retrieval samples -------------------------------------------------------------------

@@ -155,6 +155,24 @@ def test_a_crash_in_validation_keeps_its_steps_checkpoint_and_resume_finishes_it
         assert [r.get(field) for r in logs[0]] == [r.get(field) for r in logs[1]], field
 
 
+def test_a_signal_during_validation_stops_at_that_step(workspace, tmp_path, monkeypatch):
+    """Ctrl-C / SIGTERM while step 2 validates: "finishing this step" stops there with a checkpoint of step 2 (the
+    stop vote before validation let it train and save one more step first)."""
+    out = tmp_path / "stopped"
+    real_evaluate = training.evaluate
+
+    def interrupted_evaluate(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # StopOnInterrupt takes the first one as a request
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", interrupted_evaluate)
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 2"):
+        run_cli(train_args(workspace, out, "--steps", "6", "--save-every", "100", "--eval-every", "2"))
+    assert [p.name for p in training.checkpoint_dirs(out)] == ["step-0000002"]
+    assert [r["step"] for r in training.read_log(out / "train_log.jsonl")] == [1, 2]
+    assert "val_loss" in training.read_log(out / "train_log.jsonl")[-1]
+
+
 def test_stop_after_then_resume_matches_a_straight_run(workspace, tmp_path):
     steps = ["--steps", "4", "--save-every", "2", "--eval-every", "2"]
     run_cli(train_args(workspace, tmp_path / "straight", *steps))
@@ -165,12 +183,6 @@ def test_stop_after_then_resume_matches_a_straight_run(workspace, tmp_path):
     run_cli(train_args(workspace, tmp_path / "stopped", *steps, "--resume"))
     straight, resumed = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("straight", "stopped"))
     assert all(torch.equal(value, resumed[key]) for key, value in straight.items())
-
-
-def test_a_few_user_documents_all_train_and_validate_on_their_tails(workspace):
-    config = training.TrainConfig(output="", data=str(workspace / "validation.jsonl"))  # 2 documents
-    train_docs, validation_docs, split = training.load_training_documents(config)
-    assert len(train_docs) == len(validation_docs) == 2 and split.startswith("2 user documents: each one's last 5%")
 
 
 def test_train_refuses_a_folder_that_is_not_a_run_unless_told_to_overwrite(workspace, tmp_path):
