@@ -28,10 +28,16 @@ class InputError(ValueError):
     line, without a traceback. Raise it only for the user's input, never for a bug."""
 
 
+def chosen_adapter(value) -> str | None:
+    """--adapter's rule: None or 'none' (any case) is no adapter (the untrained model), else `value`, unchecked
+    (`adapter_argument` also refuses a folder without an adapter)."""
+    return None if value is None or str(value).lower() == "none" else value
+
+
 def adapter_argument(value) -> str | None:
-    """--adapter as `eval` and `bench` read it: None or 'none' (any case) = the untrained model, else a folder that
-    must hold an adapter's config.json."""
-    if value is None or str(value).lower() == "none":
+    """--adapter as `eval` and `bench` read it: None for no adapter (`chosen_adapter`), else a folder that must hold
+    an adapter's config.json."""
+    if chosen_adapter(value) is None:
         return None
     if not (Path(value) / "config.json").is_file():
         raise InputError(f"no adapter in {value} (no config.json); train one with "

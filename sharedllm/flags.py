@@ -249,7 +249,7 @@ def add_base_argument(parser, default: str = "the SmolLM2-135M from `sharedllm a
 
 def add_adapter_argument(parser) -> None:
     """`--adapter` of the commands that compare methods (eval, bench): the SharedLLM adapter the sharedllm method
-    reads, the shipped default unless given; "none" is the untrained model (`cli.adapter_argument` reads it)."""
+    reads, the shipped default unless given; "none" is the untrained model (`cli.chosen_adapter`)."""
     from sharedllm.assets import DEFAULT_ADAPTER
 
     parser.add_argument("--adapter", default=str(DEFAULT_ADAPTER),

@@ -83,6 +83,10 @@ EVAL_CASES = [
     (["--protocol", "sliding"], "--protocol sliding scores each document from its first tokens on, which sharedllm "
      "cannot predict (only inside the decoder window): use --protocol cepe, or sliding with full / streaming / infllm / yarn"),
     (["--methods", "full", "window", "cepe", "--protocol", "sliding"], "which window, cepe cannot predict"),
+    # cepe alone read only the adapter's decoder window: the 2026-11-23 "cepe-40-steps" rows scored the preset
+    (["--methods", "cepe", "--adapter", CROSS_ADAPTER], "--methods cepe scores the untrained CEPE-style preset, which "
+     f"would read only the decoder window of --adapter {CROSS_ADAPTER}: score a trained CEPE-style adapter as --methods "
+     f"sharedllm --adapter {CROSS_ADAPTER} --label cepe"),
     (["--methods", "full", "--lengths", "256"], "ppl scores the last 256 tokens of each window after at least one token "
      "of context: --lengths must be more than 256, got 256"),
     (["--methods", "full", "--protocol", "sliding", "--lengths", "100", "1K"], "--lengths must be more than 256, got 100"),
@@ -235,7 +239,7 @@ def test_a_needle_length_shorter_than_the_bare_prompt_is_refused_before_any_meth
 def _stale_journal(folder: Path, argv: list[str], task: str, **settings) -> Path:
     """The journal a stopped run of `argv` left of sharedllm's trials, tagged with other adapter weights than its
     adapter's (retrained into its folder since), named as `Session.journal` names it."""
-    from sharedllm.cli import build_parser
+    from sharedllm.cli import build_parser, chosen_adapter
     from sharedllm.evaluation import cli, session
     from sharedllm.evaluation.journal import TrialJournal
 
@@ -243,7 +247,7 @@ def _stale_journal(folder: Path, argv: list[str], task: str, **settings) -> Path
     for key, value in cli.DEFAULTS[args.task].items():  # as eval's run fills them
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    adapter = session.chosen_adapter(args.adapter)
+    adapter = chosen_adapter(args.adapter)
     shared = session.shared_settings(args, adapter, session.read_adapter_config(adapter))
     config = session.method_config_before_loading("sharedllm", args, shared)
     journal = TrialJournal(folder / args.output, task, "sharedllm",
@@ -346,6 +350,21 @@ def test_default_adapter_is_found_from_any_folder(no_model):
         adapter = build_parser(command[0]).parse_args(command).adapter
         assert (Path(adapter) / "config.json").is_file()
         assert session.portable_path(adapter) == "adapters/smollm2-135m-joint-exercises"  # results name no machine path
+
+
+@pytest.mark.parametrize("value", [None, "none", "None", "NONE"])
+def test_adapter_none_in_any_case_is_no_adapter_checked_or_not(no_model, value):
+    from sharedllm.cli import adapter_argument, chosen_adapter
+
+    assert chosen_adapter(value) is None and adapter_argument(value) is None
+
+
+def test_a_missing_adapter_is_refused_only_by_adapter_argument(no_model):
+    from sharedllm.cli import InputError, adapter_argument, chosen_adapter
+
+    assert chosen_adapter("no/such/adapter") == "no/such/adapter"  # for checks of methods that may not read it
+    with pytest.raises(InputError, match=r"no adapter in no/such/adapter \(no config.json\)"):
+        adapter_argument("no/such/adapter")
 
 
 def test_a_wheel_carries_every_file_of_the_default_adapter():

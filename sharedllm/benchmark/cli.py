@@ -134,7 +134,8 @@ def _measure(args) -> int:
     settings = settings_from_args(args)
     output = output_file(args.output, args.device)
     partial = partial_path(output)
-    refuse_to_replace(output, args.overwrite)  # before the base, which may be built first (a minute)
+    # run_benchmark checks this too; here it comes before the base, which may be built first (a minute)
+    refuse_to_replace(output, args.overwrite)
     base = base_from_args(args)
     try:
         results = run_benchmark(base, settings, output=output, overwrite=args.overwrite)

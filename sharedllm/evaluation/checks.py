@@ -3,17 +3,18 @@ ignore them, methods, knobs, lengths, folders, the corpus choice, user files, th
 the trial journals of stopped runs, each refused with one line saying what to change (`InputError`).
 """
 
+import functools
 import json
 from pathlib import Path
 
 from sharedllm import provenance
-from sharedllm.cli import InputError, adapter_argument
+from sharedllm.cli import InputError, adapter_argument, chosen_adapter
 from sharedllm.flags import check_infllm_options, format_length, knob_flag, knobs_from_args, refuse_repeats
 
 from .journal import TrialJournal, journals_of
 from .ppl import SCORED
-from .session import (chosen_adapter, haystack, journal_keys, method_config_before_loading, model_name,
-                      read_adapter_config, result_adapter, shared_settings, user_documents, weights_tag)
+from .session import (haystack, journal_keys, method_config_before_loading, model_name, read_adapter_config,
+                      result_adapter, shared_settings, user_documents, weights_tag)
 
 # Options that only some tasks read: given to another task they would be ignored without a word. Each defaults to
 # None ("not given") on the command line; DEFAULTS (cli.py) fills it in once this is checked.
@@ -59,6 +60,7 @@ def recorded_base(adapter) -> str | None:
 
 def validate_args(args) -> None:
     """Everything that can be checked before a model is loaded, each with one message saying what to change."""
+    _heldout_doc_lengths.cache_clear()  # the documents may have changed since an earlier call in this process
     from sharedllm.methods import METHODS
 
     if unknown := [m for m in args.methods if m not in METHODS]:
@@ -77,6 +79,7 @@ def validate_args(args) -> None:
     if args.depths and not all(0.0 <= d <= 1.0 for d in args.depths):
         raise InputError(f"--depths must lie in [0, 1], got {args.depths}")
     _check_no_repeats(args)
+    _check_cepe_adapter(args)
     _check_window_lengths(args)
     if args.task == "ppl" and args.protocol == "sliding":
         _check_sliding_methods(args.methods)
@@ -123,6 +126,20 @@ def _check_window_lengths(args) -> None:
     if args.task in ("ppl", "heldout", "demo") and (short := [n for n in args.lengths if n <= SCORED]):
         raise InputError(f"{args.task} scores the last {SCORED} tokens of each window after at least one token of "
                          f"context: --lengths must be more than {SCORED}, got {', '.join(map(format_length, short))}")
+
+
+def _check_cepe_adapter(args) -> None:
+    """cepe is the untrained CEPE-style preset: of the comparison's adapter it reads only the decoder window. An
+    --adapter given with cepe alone looks like a trained CEPE-style adapter being scored, and is not: the
+    cepe-40-steps rows of 2026-11-23 scored the preset (= window with a 1024-token decoder window) under the
+    adapter's name."""
+    from sharedllm.assets import DEFAULT_ADAPTER
+
+    adapter = chosen_adapter(args.adapter)
+    if "cepe" in args.methods and "sharedllm" not in args.methods and adapter not in (None, str(DEFAULT_ADAPTER)):
+        raise InputError(f"--methods cepe scores the untrained CEPE-style preset, which would read only the decoder "
+                         f"window of --adapter {args.adapter}: score a trained CEPE-style adapter as --methods "
+                         f"sharedllm --adapter {args.adapter} --label cepe, or set the preset's --decoder-window")
 
 
 def _check_sliding_methods(methods) -> None:
@@ -182,14 +199,14 @@ def _check_sharedllm_knobs(args) -> None:
 def _check_existing_cells(args) -> None:
     """Each heldout cell file already in --output against every setting `cli._cells_to_score` compares once the
     model has loaded: the command line's, the model's name, the method's config (`method_config_before_loading`)
-    and the windows (`_HeldoutWindows`, with the tokenizer alone). Refused now rather than after the methods before
+    and the windows (`_windows_id`, with the tokenizer alone). Refused now rather than after the methods before
     it ran; what the settings cost is paid only where a cell file is there."""
     from sharedllm.assets import DEFAULT_DOMAINS
 
     from . import heldout
 
     adapter = chosen_adapter(args.adapter)
-    shared, windows = shared_settings(args, adapter, read_adapter_config(adapter)), _HeldoutWindows(args)
+    shared = shared_settings(args, adapter, read_adapter_config(adapter))
     for name, method in _result_names(args).items():
         built = {}  # the method's config, once a cell of it is there (yarn's reads the base's config.json)
         for domain in args.domains or DEFAULT_DOMAINS:
@@ -199,7 +216,7 @@ def _check_existing_cells(args) -> None:
                     built = built or {"model": model_name(args.base),
                                       "method_config": method_config_before_loading(method, args, shared)}
                     settings = {**cell_settings_before_loading(args, method, length), **built,
-                                "windows_id": windows(domain, length)}
+                                "windows_id": _windows_id(args, domain, length)}
                     keep_cell(path, settings, args.overwrite)
 
 
@@ -217,9 +234,11 @@ def _check_journal_weights(args) -> None:
     from sharedllm.methods import METHOD_CLASSES
 
     task, adapter = JOURNAL_TASKS.get(args.task), chosen_adapter(args.adapter)
+    if task is None:  # a task without journals
+        return
     adapter_config = read_adapter_config(adapter)
     weights = weights_tag(adapter_config)
-    if task is None or weights is None:  # no journal, or no weights to tell apart
+    if weights is None:  # no weights to tell apart
         return
     shared = shared_settings(args, adapter, adapter_config)
     for name, method in _result_names(args).items():
@@ -245,34 +264,32 @@ def _journals(task: str, name: str, args):
 
         from . import heldout
 
-        windows = _HeldoutWindows(args)
         for domain in args.domains or DEFAULT_DOMAINS:
             for length in args.lengths:
                 cell = Path(args.output) / heldout.cell_filename(name, domain, length, args.targets_of or length)
                 if args.overwrite or not cell.exists():
                     yield f"{name}_{domain}_{length}", lambda domain=domain, length=length: {
-                        "windows": windows(domain, length)}
+                        "windows": _windows_id(args, domain, length)}
 
 
-class _HeldoutWindows:
-    """`heldout.windows_id` of a cell's windows, which are drawn from the documents' token counts: the tokenizer is
-    read here alone (the model loads later) on first use, and each domain is tokenized once (cached for the run)."""
+def _windows_id(args, domain: str, length: int) -> str:
+    """`heldout.windows_id` of a cell's windows, which are drawn from the documents' token counts (the tokenizer
+    alone: the model loads later)."""
+    from . import heldout
 
-    def __init__(self, args):
-        self.args, self.tokenizer, self.doc_lengths = args, None, {}
+    doc_lengths = _heldout_doc_lengths(args.base, args.split, domain)
+    plan = heldout.cell_plan(doc_lengths, length, args.targets_of or length, args.max_windows, args.seed)
+    return heldout.windows_id(plan, length)
 
-    def __call__(self, domain: str, length: int) -> str:
-        from sharedllm import loading
 
-        from . import heldout
+@functools.cache  # the cell and the journal checks ask for the same domains: tokenized once per validate_args
+def _heldout_doc_lengths(base: str | None, split: str, domain: str) -> dict[str, int]:
+    from sharedllm import loading
 
-        a = self.args
-        if domain not in self.doc_lengths:
-            self.tokenizer = self.tokenizer or loading.load_tokenizer(a.base or loading.DEFAULT_BASE)
-            docs = heldout.heldout_documents(domain, self.tokenizer, a.split)
-            self.doc_lengths[domain] = {doc_id: len(ids) for doc_id, ids in docs.items()}
-        plan = heldout.cell_plan(self.doc_lengths[domain], length, a.targets_of or length, a.max_windows, a.seed)
-        return heldout.windows_id(plan, length)
+    from . import heldout
+
+    docs = heldout.heldout_documents(domain, loading.load_tokenizer(base or loading.DEFAULT_BASE), split)
+    return {doc_id: len(ids) for doc_id, ids in docs.items()}
 
 
 def cell_settings_before_loading(args, method: str, length: int) -> dict:

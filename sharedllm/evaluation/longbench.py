@@ -121,12 +121,10 @@ def check_record(record: dict, where: str) -> None:
     for field in ("input", "context", "dataset"):
         if not isinstance(record[field], str):
             raise InputError(f"{where}: field `{field}` is a JSON {type(record[field]).__name__}, not a string")
-    dataset, answers, language = record["dataset"], record["answers"], record.get("language")
+    dataset, answers, language = record["dataset"], gold_answers(record), record.get("language")
     if dataset in CHINESE_DATASETS or dataset.endswith("_zh") or language == "zh":  # code sets name theirs ("python")
         raise InputError(f"{where}: dataset {dataset}, language {language or 'zh'}: only English datasets are "
                          "implemented (the Chinese ones' prompts and jieba-tokenized metrics are not)")
-    if isinstance(answers, str):
-        answers = [answers]
     if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
         raise InputError(f"{where}: field `answers` must be a non-empty list of strings, got {answers!r:.80}")
     if METRICS.get(dataset) == "classification":
@@ -135,6 +133,12 @@ def check_record(record: dict, where: str) -> None:
             raise InputError(f"{where}: {dataset} needs field `all_classes`, a non-empty list of class names")
     if METRICS.get(dataset) == "retrieval" and not all(re.search(r"Paragraph \d+", a) for a in answers):
         raise InputError(f"{where}: {dataset} answers name the paragraph as \"Paragraph N\", got {answers!r:.80}")
+
+
+def gold_answers(record: dict) -> list:
+    """A record's `answers` as a list: some files hold a single answer as a string."""
+    answers = record["answers"]
+    return [answers] if isinstance(answers, str) else answers
 
 
 def build_prompt(record: dict) -> str:
@@ -156,7 +160,7 @@ def score_record(record: dict, prediction: str) -> float:
     if dataset in FIRST_LINE_ONLY:
         prediction = prediction.lstrip("\n").split("\n")[0]
     metric = METRICS.get(dataset, "f1")
-    answers = record["answers"] if isinstance(record["answers"], list) else [record["answers"]]
+    answers = gold_answers(record)
     if metric == "classification":
         return max(metrics.classification_score(prediction, a, record["all_classes"]) for a in answers)
     return max(METRIC_FUNCTIONS[metric](prediction, str(a)) for a in answers)

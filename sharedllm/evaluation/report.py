@@ -135,6 +135,7 @@ def setting_differences(a: dict, b: dict) -> dict[str, tuple]:
 
 
 def same_setting(a: dict, b: dict) -> bool:
+    """Two run settings that `setting_differences` finds nothing between."""
     return not setting_differences(a, b)
 
 

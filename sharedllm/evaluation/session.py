@@ -13,7 +13,7 @@ import torch
 
 from sharedllm import provenance
 from sharedllm.assets import sharedllm_home
-from sharedllm.cli import InputError
+from sharedllm.cli import InputError, chosen_adapter
 from sharedllm.config import KNOB_DEFAULTS
 from sharedllm.flags import knobs_from_args
 from sharedllm.provenance import REPO
@@ -22,7 +22,10 @@ from .journal import TrialJournal
 from .needle import load_haystack
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SHAREDLLM_METHODS = ("sharedllm", "cepe")  # the methods the SharedLLM knob flags configure
+# The methods whose results name the comparison's adapter (`result_adapter`). Not `Method.reads_adapter`, which is
+# sharedllm alone: cepe (the untrained preset) reads the adapter's decoder window only, yet its results and heldout
+# cells have always named it (`keep_cell` compares it); its method_config says adapter null.
+SHAREDLLM_METHODS = ("sharedllm", "cepe")
 
 
 class Session:
@@ -132,8 +135,8 @@ class Session:
 
 
 def result_adapter(adapter: str | None, method: str) -> str | None:
-    """The adapter a result file names: the comparison's, for the methods that read it (by the method's own name,
-    not a --label), as the README writes it."""
+    """The adapter a result file names: the comparison's, for SHAREDLLM_METHODS (by the method's own name, not a
+    --label), as the README writes it."""
     return portable_path(adapter) if method in SHAREDLLM_METHODS else None
 
 
@@ -230,11 +233,6 @@ class _ConfigOnlyBase:
 
 
 # The command line as Session and the checks read it (checks.py imports these: session.py is the lower module).
-def chosen_adapter(value) -> str | None:
-    """--adapter as the methods read it: 'none' (any case) is no adapter."""
-    return None if str(value).lower() == "none" else value
-
-
 def read_adapter_config(adapter: str | None) -> dict:
     """The adapter's config.json as saved ({} without an adapter, or where it has none)."""
     config = Path(adapter or "") / "config.json"

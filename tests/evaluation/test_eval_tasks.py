@@ -325,6 +325,7 @@ def test_method_configs_known_before_loading_are_those_of_the_built_methods(tmp_
     from conftest import tiny_model
 
     from sharedllm import SharedLLMForCausalLM
+    from sharedllm.cli import chosen_adapter
     from sharedllm.evaluation import session
     from sharedllm.methods import METHODS, load_method
 
@@ -337,7 +338,7 @@ def test_method_configs_known_before_loading_are_those_of_the_built_methods(tmp_
     for flags in [["--adapter", adapter], ["--adapter", adapter, "--decoder-window", "64", "--tree-depth", "1"],
                   ["--adapter", "none", "--chunk-size", "256", "--infllm", "topk=2"]]:
         _, args = _parse(["ppl", "--base", str(tmp_path / "base"), *flags])
-        chosen = session.chosen_adapter(args.adapter)
+        chosen = chosen_adapter(args.adapter)
         shared = session.shared_settings(args, chosen, session.read_adapter_config(chosen))
         for name in METHODS:
             built = load_method(name, base, None, shared=shared, **session.own_options(args, name))
