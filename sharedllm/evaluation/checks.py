@@ -203,20 +203,17 @@ def _check_existing_cells(args) -> None:
     it ran; what the settings cost is paid only where a cell file is there."""
     from sharedllm.assets import DEFAULT_DOMAINS
 
-    from . import heldout
-
     adapter = chosen_adapter(args.adapter)
     shared = shared_settings(args, adapter, read_adapter_config(adapter))
     for name, method in _result_names(args).items():
-        built = {}  # the method's config, once a cell of it is there (yarn's reads the base's config.json)
+        config = None  # the method's config, once a cell of it is there (yarn's reads the base's config.json)
         for domain in args.domains or DEFAULT_DOMAINS:
             for length in args.lengths:
-                path = Path(args.output) / heldout.cell_filename(name, domain, length, args.targets_of or length)
+                path = cell_path(args, name, domain, length)
                 if path.exists():
-                    built = built or {"model": model_name(args.base),
-                                      "method_config": method_config_before_loading(method, args, shared)}
-                    settings = {**cell_settings_before_loading(args, method, length), **built,
-                                "windows_id": _windows_id(args, domain, length)}
+                    config = config or method_config_before_loading(method, args, shared)
+                    settings = cell_settings(args, method, length, model_name(args.base), config,
+                                             _windows_id(args, domain, length))
                     keep_cell(path, settings, args.overwrite)
 
 
@@ -262,12 +259,9 @@ def _journals(task: str, name: str, args):
     else:
         from sharedllm.assets import DEFAULT_DOMAINS
 
-        from . import heldout
-
         for domain in args.domains or DEFAULT_DOMAINS:
             for length in args.lengths:
-                cell = Path(args.output) / heldout.cell_filename(name, domain, length, args.targets_of or length)
-                if args.overwrite or not cell.exists():
+                if args.overwrite or not cell_path(args, name, domain, length).exists():
                     yield f"{name}_{domain}_{length}", lambda domain=domain, length=length: {
                         "windows": _windows_id(args, domain, length)}
 
@@ -292,11 +286,20 @@ def _heldout_doc_lengths(base: str | None, split: str, domain: str) -> dict[str,
     return {doc_id: len(ids) for doc_id, ids in docs.items()}
 
 
-def cell_settings_before_loading(args, method: str, length: int) -> dict:
-    """The settings of a heldout cell (`heldout.cell_settings`) the command line decides."""
+def cell_path(args, name: str, domain: str, length: int) -> Path:
+    """Where heldout writes the cell of `name` (a method, or its --label) in `domain` at `length`."""
+    from . import heldout
+
+    return Path(args.output) / heldout.cell_filename(name, domain, length, args.targets_of or length)
+
+
+def cell_settings(args, method: str, length: int, model: str, method_config: dict, windows_id: str) -> dict:
+    """What a heldout cell file is kept by (`heldout.cell_settings`), the same before loading (these checks) and
+    after (`cli._cells_to_score`): the command line's settings, the model's name, the method's config, the windows."""
     return {"split": args.split, "adapter": result_adapter(chosen_adapter(args.adapter), method),
             "dtype": args.dtype, "seed": args.seed, "max_windows": args.max_windows,
-            "targets_of": args.targets_of if args.targets_of not in (None, length) else None}
+            "targets_of": args.targets_of if args.targets_of not in (None, length) else None,
+            "model": model, "method_config": method_config, "windows_id": windows_id}
 
 
 def keep_cell(path: Path, settings: dict, overwrite: bool) -> bool:

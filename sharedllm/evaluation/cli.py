@@ -34,7 +34,7 @@ from sharedllm.flags import (
 )
 
 from . import report
-from .checks import (cell_settings_before_loading, check_given_options, keep_cell, recorded_base, require_windows,
+from .checks import (cell_path, cell_settings, check_given_options, keep_cell, recorded_base, require_windows,
                      validate_args)
 from .journal import provenance_counts
 from .needle import RULER_TASKS, effective_length, run_needle_grid, run_ruler
@@ -258,9 +258,9 @@ def _cells_to_score(session, name: str, method, docs: dict) -> list[tuple]:
         for length in a.lengths:
             plan_length = a.targets_of or length
             plan = heldout.cell_plan(doc_lengths, length, plan_length, a.max_windows, a.seed)
-            path = Path(a.output) / heldout.cell_filename(name, domain, length, plan_length)
-            settings = {**cell_settings_before_loading(a, method.name, length), "model": session.model_name,
-                        "method_config": method_config(method), "windows_id": heldout.windows_id(plan, length)}
+            path = cell_path(a, name, domain, length)
+            settings = cell_settings(a, method.name, length, session.model_name, method_config(method),
+                                     heldout.windows_id(plan, length))
             if path.exists() and keep_cell(path, settings, a.overwrite):
                 print(f"exists, skipped: {path}")
             else:
