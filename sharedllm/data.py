@@ -17,12 +17,15 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from sharedllm.atomic import write_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +162,8 @@ def build_windows(docs: list[TokenizedDocument], sample_len: int, stride: int | 
 
 def evaluation_windows(windows: dict[str, DomainWindows], count: int) -> torch.Tensor:
     """A fixed set of `count` windows spread evenly over all domains' windows (independent of any seed)."""
+    import torch  # here and in next_batch, where ids become tensors: train's parser reads this module, torch-free
+
     flat = [(domain, i) for domain in sorted(windows) for i in range(len(windows[domain]))]
     picks = np.unique(np.linspace(0, len(flat) - 1, num=min(count, len(flat))).round().astype(np.int64))
     return torch.stack([torch.from_numpy(windows[flat[p][0]][flat[p][1]].astype(np.int64)) for p in picks])
@@ -217,6 +222,8 @@ class WindowSampler:
 
     def next_batch(self, batch_size: int) -> torch.Tensor:
         """This rank's next (batch_size, sample_len) int64 token ids."""
+        import torch
+
         rows = [self.windows[d][i].astype(np.int64) for d, i in self.next_window_ids(batch_size)]
         return torch.from_numpy(np.stack(rows))
 

@@ -3,12 +3,14 @@
 `--infllm KNOB=VALUE` among them).
 
 Commands import this module while building their parser, so it imports no torch or transformers (`sharedllm
---help` stays fast); `config` is read lazily for the same reason.
+--help` stays fast): the knob table comes from `sharedllm.knobs`, which is light for the same reason.
 """
 
 import argparse
 import re
 import sys
+
+from sharedllm.knobs import KNOBS
 
 _LENGTH = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
 _SCALE = {"": 1, "k": 1024, "m": 1024 * 1024}
@@ -47,8 +49,6 @@ def add_knob_arguments(parser: argparse.ArgumentParser, title: str | None = None
     choices and help. Every flag defaults to None, meaning "not given": the command then keeps the adapter's
     saved value or the config default (`knobs_from_args` returns only the given ones). `notes` appends what a
     knob means to this command in particular (knob name -> text) to its help."""
-    from sharedllm.config import KNOBS
-
     group = parser.add_argument_group(title or "SharedLLM knobs (default: the adapter's saved value, else the config default)")
     for name, knob in KNOBS.items():
         # an optional knob's help says what its None default means (P, the tree, every chunk, ...)
@@ -67,8 +67,6 @@ def add_knob_arguments(parser: argparse.ArgumentParser, title: str | None = None
 def knob_type(name: str):
     """The argparse `type=` of a (non-bool) knob's flag: its type, token lengths spelled as lengths, "none" for an
     optional knob."""
-    from sharedllm.config import KNOBS
-
     kind = parse_length if name in LENGTH_KNOBS else KNOBS[name].type
     return _or_none(kind) if KNOBS[name].optional else kind
 
@@ -94,8 +92,6 @@ LENGTH_KNOBS = ("chunk_size", "decoder_window")
 def knobs_from_args(args: argparse.Namespace) -> dict:
     """The knobs given on the command line (flags left at None are not given; an optional knob given "none" is
     returned as None, which overrides the adapter's saved value)."""
-    from sharedllm.config import KNOBS
-
     given = {name: getattr(args, name) for name in KNOBS if getattr(args, name, None) is not None}
     return {name: None if value is _SET_TO_NONE else value for name, value in given.items()}
 
@@ -104,8 +100,6 @@ def knob_flags(knobs: dict, skip=()) -> list[str]:
     """The command-line flags that give `knobs` (e.g. an adapter's saved config.json), one per knob in it, in
     `config.KNOBS` order; the inverse of `knobs_from_args` after `add_knob_arguments`. An optional knob saved as None
     is given as `none` (so that the flags switch another adapter's saved value off too); any other None is left out."""
-    from sharedllm.config import KNOBS
-
     flags = []
     for name, knob in KNOBS.items():
         if name in skip or name not in knobs or (knobs[name] is None and not knob.optional):
@@ -151,8 +145,6 @@ def add_old_knob_argument(parser) -> None:
 
 class _OldKnob(argparse.Action):
     def __call__(self, parser, namespace, text, option_string=None):
-        from sharedllm.config import KNOBS
-
         name, sep, value = text.partition("=")
         if not sep or name not in KNOBS:
             raise argparse.ArgumentError(self, f"wants NAME=VALUE with NAME a SharedLLM knob ({', '.join(KNOBS)}), "
@@ -174,8 +166,6 @@ class _OldKnob(argparse.Action):
 def _old_knob_value(name: str, text: str):
     """A --knob value read as the knob's flag reads it (`knob_type`, its choices; true / false for a switch), and
     null, which --knob read as JSON, as "none" for an optional knob."""
-    from sharedllm.config import KNOBS
-
     knob = KNOBS[name]
     if knob.type is bool:
         if text not in ("true", "false"):

@@ -17,7 +17,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from sharedllm.cli import InputError
-from sharedllm.config import KNOBS, SharedLLMConfig
+from sharedllm.config import SharedLLMConfig
 
 ADAPTER_WEIGHTS = "model.safetensors"  # the adapter's cross-attention weights in a saved folder
 
@@ -176,12 +176,6 @@ def _llama_differences(config, layer) -> list[str]:
 AUTO_PLUMBING = ("_from_auto", "adapter_kwargs", "trust_remote_code")
 HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 SINGLE_DEVICE_MAPS = ("cpu", "cuda", "mps", "xpu")
-
-
-def check_knob_names(knobs: dict, caller: str) -> None:
-    unknown = sorted(set(knobs) - set(KNOBS))
-    if unknown:
-        raise TypeError(f"{caller}: unknown argument(s) {unknown}; SharedLLM knobs are {', '.join(KNOBS)}")
 
 
 def base_loading_options(dtype, torch_dtype, attn_implementation, device_map) -> dict:

@@ -49,13 +49,13 @@ from sharedllm.injection import (
     masked_attention_implementation,
     window_attention_mask,
 )
+from sharedllm.knobs import check_knob_names
 from sharedllm.loading import (
     ADAPTER_WEIGHTS,
     AUTO_PLUMBING,
     HUB_OPTIONS,
     base_fingerprint,
     base_loading_options,
-    check_knob_names,
     check_loaded_base,
     check_supported,
     file_sha256,

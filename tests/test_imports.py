@@ -1,6 +1,8 @@
-"""`import sharedllm` and `sharedllm --help` stay light (no torch), and the Auto classes still load a saved adapter
-in either import order."""
+"""`import sharedllm`, `sharedllm --help`, every command's parser (its --help and argument errors), `report` and
+`compare` stay light (no torch, no transformers), and the Auto classes still load a saved adapter in either import
+order."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import pytest
 from conftest import tiny_model
 from fakes import char_tokenizer
 
+from sharedllm.cli import COMMANDS
 from sharedllm.modeling import SharedLLMForCausalLM
 
 REPO = str(Path(__file__).resolve().parents[1])
@@ -35,6 +38,52 @@ def test_import_and_help_load_no_torch():
     """)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "train" in result.stdout and "eval" in result.stdout
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_command_parser_loads_no_torch(command):
+    """`sharedllm CMD --help` and CMD's argument errors answer before torch or transformers load (seconds on a small
+    CPU): the command modules, and what they import to build their parser, import them where a model runs."""
+    result = run_python(f"""
+        import sys
+        from sharedllm.cli import build_parser
+        build_parser({command!r})
+        print("torch" in sys.modules, "transformers" in sys.modules)
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "False"], f"building the {command} parser imported torch / transformers"
+
+
+def test_report_and_compare_run_without_torch(tmp_path):
+    """`report` and `compare` read result JSON only: they run without importing a model library."""
+    results = tmp_path / "results"
+    results.mkdir()
+    cells = [{"length": 4096, "depth": depth, "correct": 1, "trials": 1, "accuracy": 1.0} for depth in (0.0, 1.0)]
+    passkey = {"task": "passkey", "protocol": "landmark", "method": "full", "model": "m",
+               "data": {"source": "synthetic"}, "scores": {"4096": 1.0}, "counts": {"4096": {"trials": 2}},
+               "details": {"cells": cells}, "created": "2026-01-01"}  # its heatmap is plotted
+    (results / "passkey_full.json").write_text(json.dumps(passkey))
+    cell_files = []
+    for method, nlls in (("a", [2.0, 3.0]), ("b", [2.5, 3.5])):  # two held-out cells on the same windows
+        windows = [{"doc": "d", "start": 256 * i, "mean_nll": nll, "scored_tokens": 256} for i, nll in enumerate(nlls)]
+        cell = {"task": "heldout", "method": method, "adapter": None, "domain": "books", "length": 4096, "plan": {},
+                "windows": windows}
+        cell_files.append(str(tmp_path / f"{method}.json"))
+        (tmp_path / f"{method}.json").write_text(json.dumps(cell))
+    report = ["report", "--results", str(results), "--docs", str(tmp_path / "docs")]
+    result = run_python(f"""
+        import sys
+        from sharedllm.cli import main
+        for argv in ({report!r}, {["compare", *cell_files]!r}):
+            try:
+                main(argv)
+            except SystemExit as stop:
+                assert stop.code == 0, argv
+        print("torch" in sys.modules, "transformers" in sys.modules)
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "docs" / "results.md").is_file() and "windows scored by both" in result.stdout
+    assert result.stdout.split()[-2:] == ["False", "False"], "report or compare imported torch / transformers"
 
 
 @pytest.fixture(scope="module")

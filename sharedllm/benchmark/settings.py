@@ -1,11 +1,13 @@
 """What one benchmark run measures: the methods, lengths, budgets and the SharedLLM knobs every method shares."""
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
-from sharedllm.config import KNOB_DEFAULTS, KNOBS
 from sharedllm.flags import parse_length
+from sharedllm.knobs import KNOB_DEFAULTS, KNOBS
+
+if TYPE_CHECKING:
+    import torch
 
 BENCH_METHODS = ("sharedllm", "full", "streaming", "infllm", "cepe", "window")
 CPU_LENGTHS = ("4K", "8K", "16K", "32K")
@@ -40,7 +42,9 @@ class BenchSettings:
     target_long_length: int = 131072
 
     @property
-    def torch_dtype(self) -> torch.dtype:
+    def torch_dtype(self) -> "torch.dtype":
+        import torch  # here: the settings serve `sharedllm bench`'s parser, which loads no model library
+
         return {"float32": torch.float32, "bfloat16": torch.bfloat16}[self.dtype]
 
     @property

@@ -20,9 +20,8 @@ import math
 import time
 
 import numpy as np
-import torch
 
-from sharedllm.config import recorded_knobs
+from sharedllm.knobs import recorded_knobs
 
 from .journal import ReusedTrials
 from .ppl import SCORED, STRIDE  # the CEPE protocol's grid and scored tail
@@ -83,7 +82,6 @@ def windows_id(plan: list[dict], length: int) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-@torch.no_grad()
 def score_windows(method, docs: dict[str, np.ndarray], plan: list[dict], length: int, not_run: str | None = None,
                   max_seconds: float | None = None, progress: bool = True, done=(), on_record=None) -> list[dict]:
     """Per window of `plan`: {"doc", "start", "mean_nll", "scored_tokens", "seconds"} or {"doc", "start", "not_run"}.
@@ -119,12 +117,15 @@ def score_windows(method, docs: dict[str, np.ndarray], plan: list[dict], length:
 
 def _score_window(method, docs: dict[str, np.ndarray], window: dict, length: int) -> dict:
     """One window's record: its mean NLL over the SCORED last tokens, or why it could not run."""
+    import torch  # here, where the method runs: the plans and statistics (compare, report) need none
+
     spec = {"doc": window["doc"], "start": window["start"]}
     text = docs[window["doc"]][window["start"] : window["start"] + length]
     ids = torch.from_numpy(np.array(text, dtype=np.int64))  # a copy: cached ids are read-only memory maps
     tic = time.perf_counter()
     try:
-        nll = torch.as_tensor(method.token_nll(ids, length - SCORED), dtype=torch.float64)
+        with torch.no_grad():
+            nll = torch.as_tensor(method.token_nll(ids, length - SCORED), dtype=torch.float64)
     except (RuntimeError, ValueError, MemoryError) as error:
         return {**spec, "not_run": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
     if nll.numel() != SCORED:

@@ -22,8 +22,6 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-import torch
-
 from .journal import ReusedTrials
 from .metrics import string_match_all
 from .passkey import FILLER, encode, generate_text, longest_fitting
@@ -234,7 +232,6 @@ def sample_trial(method, tokenizer, sample, **key) -> dict:
 NIAH_ANSWER_TOKENS = 32  # the generation budget of a needle-in-prose trial (one 7-digit number)
 
 
-@torch.no_grad()
 def run_needle_grid(method, tokenizer, lengths, depths, trials, seed, haystack_text, max_new_tokens=NIAH_ANSWER_TOKENS,
                     progress=True, done=(), on_record=None):
     """NIAH (single key -> 7-digit number) on real prose: accuracy per (length, depth) cell. `done` / `on_record`:
@@ -258,7 +255,6 @@ def run_needle_grid(method, tokenizer, lengths, depths, trials, seed, haystack_t
     return {"cells": cells, "records": records}
 
 
-@torch.no_grad()
 def run_ruler(method, tokenizer, lengths, tasks, trials, seed, haystack_text=None, progress=True, done=(),
               on_record=None):
     """Mean score per task and length, and the average over tasks per length. `done` / `on_record`: trials of a

@@ -10,8 +10,6 @@ number of tokens and the needle sits at the requested depth. Correct = the first
 import itertools
 import random
 
-import torch
-
 from sharedllm.flags import format_length
 
 from .journal import ReusedTrials
@@ -135,8 +133,13 @@ def passkey_correct(generated_text: str, key: int) -> bool:
 
 
 def generate_text(method, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """The method's greedy answer to `prompt`: every passkey, niah and ruler trial runs the method here, the one
+    place these protocols import torch (their prompts, defaults and plots need none: eval's parser, the report)."""
+    import torch
+
     input_ids = torch.tensor(encode(tokenizer, prompt), dtype=torch.long)
-    new_ids = method.generate(input_ids, max_new_tokens)
+    with torch.no_grad():
+        new_ids = method.generate(input_ids, max_new_tokens)
     return tokenizer.decode(torch.as_tensor(new_ids).tolist(), skip_special_tokens=True)
 
 
@@ -149,7 +152,6 @@ def passkey_trial(method, tokenizer, seed: int, length: int, depth: float, trial
             "prompt_tokens": len(encode(tokenizer, prompt)), "output": output, "correct": passkey_correct(output, key)}
 
 
-@torch.no_grad()
 def run_passkey(method, tokenizer, lengths, depths=DEFAULT_DEPTHS, trials=10, seed=0, max_new_tokens=10,
                 progress=True, done=(), on_record=None):
     """Accuracy per (length, depth) cell over `trials` prompts; also per length and per trial.

@@ -14,7 +14,6 @@ import math
 from collections import defaultdict
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 PROTOCOLS = ("cepe", "sliding")
@@ -100,7 +99,6 @@ def _summary(window_sums, window_counts, protocol):
             "scored_tokens": n_tokens}
 
 
-@torch.no_grad()
 def perplexity(method, docs_token_ids, protocol, length, domains=None, decoder_len=0, stride=STRIDE,
                scored=SCORED, max_windows=None, progress=True):
     """Perplexity of `method` on tokenised documents under `protocol` ("cepe" or "sliding").
@@ -110,6 +108,8 @@ def perplexity(method, docs_token_ids, protocol, length, domains=None, decoder_l
     per-domain breakdown. Returns ppl, mean_nll, per_domain, n_docs, n_docs_skipped, n_windows and
     scored_tokens.
     """
+    import torch  # here, where the method runs: the protocols' names and windows (eval's parser, its checks) need none
+
     domains = list(domains) if domains is not None else ["all"] * len(docs_token_ids)
     plans = plan_windows([len(ids) for ids in docs_token_ids], protocol, length, decoder_len, stride,
                          scored, max_windows)
@@ -118,7 +118,8 @@ def perplexity(method, docs_token_ids, protocol, length, domains=None, decoder_l
     for ids, domain, windows in zip(docs_token_ids, domains, plans):
         ids = torch.from_numpy(np.array(ids, dtype=np.int64))  # a copy: cached ids are read-only memmaps
         for start, end, score_start in windows:
-            nll = torch.as_tensor(method.token_nll(ids[start:end], score_start - start), dtype=torch.float64)
+            with torch.no_grad():
+                nll = torch.as_tensor(method.token_nll(ids[start:end], score_start - start), dtype=torch.float64)
             if nll.numel() != end - score_start:
                 raise ValueError(f"token_nll returned {nll.numel()} values for {end - score_start} tokens")
             sums[domain].append(nll.sum().item())

@@ -19,8 +19,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path, PurePath
 
-from sharedllm.config import recorded_knobs
 from sharedllm.flags import format_length
+from sharedllm.knobs import recorded_knobs
 from sharedllm.provenance import read_json
 
 from .journal import by_machine

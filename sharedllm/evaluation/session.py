@@ -9,19 +9,18 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from sharedllm import provenance
 from sharedllm.assets import sharedllm_home
 from sharedllm.cli import InputError, chosen_adapter
-from sharedllm.config import KNOB_DEFAULTS
 from sharedllm.flags import knobs_from_args
+from sharedllm.knobs import KNOB_DEFAULTS
 from sharedllm.provenance import REPO
 
 from .journal import TrialJournal
 from .needle import load_haystack
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# --dtype: the torch dtypes a base loads in, by name (torch is imported where it loads, not by eval's parser)
+DTYPES = ("float32", "bfloat16", "float16")
 # The methods whose results name the comparison's adapter (`result_adapter`). Not `Method.reads_adapter`, which is
 # sharedllm alone: cepe (the untrained preset) reads the adapter's decoder window only, yet its results and heldout
 # cells have always named it (`keep_cell` compares it); its method_config says adapter null.
@@ -32,6 +31,8 @@ class Session:
     """The base model (loaded once), the command line, and result writing for one `sharedllm eval` run."""
 
     def __init__(self, args):
+        import torch
+
         from sharedllm.loading import load_causal_lm
 
         self.args = args
@@ -40,7 +41,7 @@ class Session:
             from sharedllm.assets import default_model_path
 
             args.base = str(default_model_path())
-        self.base, self.tokenizer = load_causal_lm(args.base, dtype=DTYPES[args.dtype])
+        self.base, self.tokenizer = load_causal_lm(args.base, dtype=getattr(torch, args.dtype))
         self.model_name = model_name(args.base)  # how results and journals name the base
         self.base.to(args.device)
         self.adapter = chosen_adapter(args.adapter)
