@@ -78,6 +78,7 @@ def fake_stack(monkeypatch, tmp_path):
     tokenizer = char_tokenizer()
     monkeypatch.setenv("SHAREDLLM_HOME", str(tmp_path / "home"))  # token cache: never the real home
     monkeypatch.setattr(sharedllm.loading, "load_causal_lm", lambda path, dtype=None: (FakeBase(), tokenizer))
+    monkeypatch.setattr(sharedllm.loading, "load_tokenizer", lambda path, required=True: tokenizer)  # eval's checks
     monkeypatch.setattr(sharedllm.methods, "load_method", lambda name, base, tok, shared=None, **options: FakeMethod(
         name, tok, **sharedllm.methods.METHOD_CLASSES[name].settings(shared, **options)))
     (tmp_path / "book.txt").write_text(PROSE)

@@ -22,6 +22,8 @@ def no_model(monkeypatch, tmp_path):
 
     monkeypatch.setattr(sharedllm.loading, "load_causal_lm", refuse)
     monkeypatch.setattr(training, "build_model", refuse)
+    # the base's tokenizer alone may load (eval's checks read it): a real one-token-per-character one stands in
+    monkeypatch.setattr(sharedllm.loading, "load_tokenizer", lambda base, required=True: char_tokenizer())
     monkeypatch.setenv("SHAREDLLM_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "book.txt").write_text(PROSE)
@@ -208,11 +210,9 @@ def test_eval_flags_a_task_would_ignore_or_fail_on_are_refused_before_loading(no
     assert line.startswith("sharedllm eval: error: ") and expected in line
 
 
-def test_a_passkey_length_shorter_than_the_bare_prompt_is_refused_before_any_method_runs(no_model, monkeypatch, capsys):
-    import sharedllm.methods
-
-    monkeypatch.setattr(sharedllm.loading, "load_causal_lm", lambda path, dtype=None: (FakeBase(), char_tokenizer()))
-    monkeypatch.setattr(sharedllm.methods, "load_method", lambda *a, **k: pytest.fail("a method was built"))
+def test_a_passkey_length_shorter_than_the_bare_prompt_is_refused_before_the_model_loads(no_model, capsys):
+    """It failed in the prompt search of the first trial; then it was refused once the base model had loaded (a
+    minute for a 7B base): now with its tokenizer alone (`no_model` fails the test if the model loads)."""
     line = error_line(capsys, ["eval", "passkey", "--base", "fake", "--methods", "full", "--lengths", "100", "4K"])
     assert "a passkey prompt without filler has 2" in line and "tokens: --lengths 100 is too short for one" in line
 
@@ -224,13 +224,9 @@ def test_a_passkey_length_shorter_than_the_bare_prompt_is_refused_before_any_met
     (["ruler", "--tasks", "niah_single", "--lengths", "4K", "200"],
      "a ruler niah_single prompt without haystack and its 128-token answer have 4"),
 ], ids=lambda case: " ".join(case) if isinstance(case, list) else None)
-def test_a_needle_length_shorter_than_the_bare_prompt_is_refused_before_any_method_runs(no_model, monkeypatch, capsys,
-                                                                                         argv, expected):
+def test_a_needle_length_shorter_than_the_bare_prompt_is_refused_before_the_model_loads(no_model, capsys, argv,
+                                                                                      expected):
     """As passkey's: it failed in the prompt search of the first trial, after the methods before it had run."""
-    import sharedllm.methods
-
-    monkeypatch.setattr(sharedllm.loading, "load_causal_lm", lambda path, dtype=None: (FakeBase(), char_tokenizer()))
-    monkeypatch.setattr(sharedllm.methods, "load_method", lambda *a, **k: pytest.fail("a method was built"))
     line = error_line(capsys, ["eval", *argv, "--base", "fake", "--methods", "full", "--data", "book.txt"])
     too_short = {"100", "1K", "200"} & set(argv)
     assert expected in line and line.endswith(f"tokens: --lengths {too_short.pop()} is too short for one")
@@ -283,6 +279,23 @@ def _adapter_on(base: str, folder: Path) -> str:
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({**config, "base_model": base}))
     return str(folder)
+
+
+def test_the_length_checks_read_the_tokenizer_of_the_base_eval_loads(no_model, monkeypatch, capsys):
+    """--base, else the base the adapter records, else the default model (as Session: `default_model_path`)."""
+    import sharedllm.assets
+    from sharedllm.cli import InputError
+
+    def tokenizer_of(path, required=True):
+        raise InputError(f"tokenizer of {path}")
+
+    monkeypatch.setattr(sharedllm.loading, "load_tokenizer", tokenizer_of)
+    monkeypatch.setattr(sharedllm.assets, "default_model_path", lambda fetch=True: no_model / "default")
+    argv = ["eval", "niah", "--methods", "full", "--data", "book.txt", "--lengths", "1K"]
+    assert error_line(capsys, argv).endswith(f"tokenizer of {no_model / 'default'}")
+    assert error_line(capsys, [*argv, "--base", "given"]).endswith("tokenizer of given")
+    assert error_line(capsys, [*argv, "--adapter", _adapter_on("owner/base", no_model / "mine")]).endswith(
+        "tokenizer of owner/base")
 
 
 def test_eval_loads_the_base_the_adapter_records_unless_told_otherwise(no_model, monkeypatch, capsys):
@@ -415,10 +428,11 @@ def test_no_window_in_tokens_is_caught_before_any_method_runs(no_model, monkeypa
 ])
 @pytest.mark.parametrize("command", [
     ["eval", "ppl", "--methods", "window", "--lengths", "1K", "--data", "book.txt"],
+    ["eval", "passkey", "--methods", "window", "--lengths", "1K"],  # its length check loads the tokenizer
     ["bench", "--methods", "window", "--lengths", "1K", "--adapter", "none"],
     ["bench", "--methods", "window", "--lengths", "1K", "--adapter", "none", "--no-isolate"],
     ["ask", "book.txt", "-q", "Who?"],
-], ids=["eval", "bench", "bench in-process", "ask"])
+], ids=["eval", "eval passkey", "bench", "bench in-process", "ask"])
 def test_a_missing_base_model_is_one_line(tmp_path, monkeypatch, capsys, command, base, message):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

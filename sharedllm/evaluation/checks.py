@@ -60,8 +60,9 @@ def recorded_base(adapter) -> str | None:
 
 def validate_args(args) -> None:
     """Everything that can be checked before a model is loaded, each with one message saying what to change."""
-    _heldout_doc_lengths.cache_clear()  # the documents may have changed since an earlier call in this process
     from sharedllm.methods import METHODS
+
+    tokens = _BaseTokens(args.base)  # loaded at most once, by the checks below that need it
 
     if unknown := [m for m in args.methods if m not in METHODS]:
         raise InputError(f"unknown method {', '.join(map(repr, unknown))}; valid methods: {', '.join(METHODS)}")
@@ -93,7 +94,7 @@ def validate_args(args) -> None:
         if args.targets_of and max(args.lengths) > args.targets_of:
             raise InputError(f"--targets-of {format_length(args.targets_of)} cuts windows to each --lengths T: every T "
                              f"must be at most {format_length(args.targets_of)}, got {format_length(max(args.lengths))}")
-        _check_existing_cells(args)
+        _check_existing_cells(args, tokens)
     if args.task == "longbench":
         if not args.data:
             raise InputError("longbench needs --data FILE.jsonl ... (LongBench cannot be downloaded here)")
@@ -108,7 +109,43 @@ def validate_args(args) -> None:
             # follows once the tokenizer loads.
             longest = max(len(d.text.encode("utf-8")) for d in documents)
             require_windows(args.lengths, longest, "bytes", slack=1)
-    _check_journal_weights(args)
+    _check_journal_weights(args, tokens)
+    if args.task in ("passkey", "demo"):
+        _check_passkey_lengths(tokens.tokenizer, args)
+    elif args.task in ("niah", "ruler"):
+        _check_needle_lengths(tokens.tokenizer, args)
+
+
+class _BaseTokens:
+    """What the checks read of the base's tokenizer, loaded alone (the model loads after them): the tokenizer and the
+    heldout documents' token counts, each loaded once for all the checks of one `validate_args` (the cell and the
+    journal checks ask for the same domains). Not kept past it: the documents may change between two commands run
+    in one process."""
+
+    def __init__(self, base: str | None):
+        self.base = base  # as Session loads it: None is the default model
+        self._doc_lengths = {}
+
+    @functools.cached_property
+    def tokenizer(self):
+        from sharedllm import loading
+
+        path = loading.resolve_base_path(self.base or loading.DEFAULT_BASE)
+        try:
+            return loading.load_tokenizer(path)
+        except OSError as error:  # as load_causal_lm reports a base it cannot find
+            if Path(path).is_dir():
+                raise
+            raise loading.hub_model_not_found(path, error) from None
+
+    def doc_lengths(self, split: str, domain: str) -> dict[str, int]:
+        """{document id: its token count} of the heldout documents of `domain` in `split`."""
+        from . import heldout
+
+        if (split, domain) not in self._doc_lengths:
+            docs = heldout.heldout_documents(domain, self.tokenizer, split)
+            self._doc_lengths[split, domain] = {doc_id: len(ids) for doc_id, ids in docs.items()}
+        return self._doc_lengths[split, domain]
 
 
 def _check_no_repeats(args) -> None:
@@ -126,6 +163,39 @@ def _check_window_lengths(args) -> None:
     if args.task in ("ppl", "heldout", "demo") and (short := [n for n in args.lengths if n <= SCORED]):
         raise InputError(f"{args.task} scores the last {SCORED} tokens of each window after at least one token of "
                          f"context: --lengths must be more than {SCORED}, got {', '.join(map(format_length, short))}")
+
+
+def _check_passkey_lengths(tokenizer, args) -> None:
+    """A passkey prompt holds its instruction, needle and question whatever its filler: a shorter length would fail
+    in the prompt search of its first trial, after the base model loaded and the methods before it ran."""
+    from .passkey import encode, passkey_key, passkey_prompt
+
+    for length in args.lengths:
+        keys = {passkey_key(args.seed, length, depth, trial) for depth in args.depths for trial in range(args.trials)}
+        bare = max(len(encode(tokenizer, passkey_prompt(0, 0.0, key))) for key in keys)
+        if bare > length:
+            raise InputError(f"a passkey prompt without filler has {bare} tokens: --lengths {format_length(length)} "
+                             f"is too short for one")
+
+
+def _check_needle_lengths(tokenizer, args) -> None:
+    """A niah / ruler prompt holds its template, needles and question whatever its haystack, and its answer counts in
+    the length (RULER): a shorter length would fail in the prompt search of its first trial, as passkey's would."""
+    from .needle import NIAH_ANSWER_TOKENS, RULER_TASKS, make_sample, niah_sample, shortest_length
+
+    for length in args.lengths:
+        if args.task == "niah":
+            samples = [niah_sample(tokenizer, length, f"{args.seed}/{trial}", depth=depth,
+                                   max_new_tokens=NIAH_ANSWER_TOKENS, fill=False)
+                       for depth in args.depths for trial in range(args.trials)]
+        else:
+            samples = [make_sample(task, tokenizer, length, f"{args.seed}/{trial}", fill=False)
+                       for task in args.tasks or RULER_TASKS for trial in range(args.trials)]
+        needed, sample = max(((shortest_length(tokenizer, sample), sample) for sample in samples), key=lambda x: x[0])
+        if needed > length:
+            what = "niah" if args.task == "niah" else f"ruler {sample.task}"
+            raise InputError(f"a {what} prompt without haystack and its {sample.max_new_tokens}-token answer have "
+                             f"{needed} tokens: --lengths {format_length(length)} is too short for one")
 
 
 def _check_cepe_adapter(args) -> None:
@@ -196,7 +266,7 @@ def _check_sharedllm_knobs(args) -> None:
         raise InputError(f"SharedLLM knobs: {err}") from err
 
 
-def _check_existing_cells(args) -> None:
+def _check_existing_cells(args, tokens: _BaseTokens) -> None:
     """Each heldout cell file already in --output against every setting `cli._cells_to_score` compares once the
     model has loaded: the command line's, the model's name, the method's config (`method_config_before_loading`)
     and the windows (`_windows_id`, with the tokenizer alone). Refused now rather than after the methods before
@@ -213,7 +283,7 @@ def _check_existing_cells(args) -> None:
                 if path.exists():
                     config = config or method_config_before_loading(method, args, shared)
                     settings = cell_settings(args, method, length, model_name(args.base), config,
-                                             _windows_id(args, domain, length))
+                                             _windows_id(args, domain, length, tokens))
                     keep_cell(path, settings, args.overwrite)
 
 
@@ -222,7 +292,7 @@ def _result_names(args) -> dict[str, str]:
     return {args.label: args.methods[0]} if args.label else {m: m for m in args.methods}
 
 
-def _check_journal_weights(args) -> None:
+def _check_journal_weights(args, tokens: _BaseTokens) -> None:
     """A stopped run's journal of trials scored with other adapter weights (the adapter retrained into its folder)
     is refused when its method's turn comes (`TrialJournal.load`), after the methods before it ran: refused here
     instead, with the same message, for every method that reads the adapter. Each journal's name is computed as
@@ -242,14 +312,14 @@ def _check_journal_weights(args) -> None:
         if not METHOD_CLASSES[method].reads_adapter:
             continue
         config = None
-        for journal_name, settings in _journals(task, name, args):
+        for journal_name, settings in _journals(task, name, args, tokens):
             if journals_of(args.output, task, journal_name):
                 config = config or method_config_before_loading(method, args, shared)
                 keys = journal_keys(args, config, model_name(args.base), **settings())
                 TrialJournal(args.output, task, journal_name, keys, weights=weights).load()
 
 
-def _journals(task: str, name: str, args):
+def _journals(task: str, name: str, args, tokens: _BaseTokens):
     """(journal name, its task settings as a function) of each journal a method's run reads, named as the task runners
     of cli.py name them: one per method, heldout's one per cell it scores (a cell file kept never reads its journal)."""
     if task == "passkey":
@@ -263,27 +333,17 @@ def _journals(task: str, name: str, args):
             for length in args.lengths:
                 if args.overwrite or not cell_path(args, name, domain, length).exists():
                     yield f"{name}_{domain}_{length}", lambda domain=domain, length=length: {
-                        "windows": _windows_id(args, domain, length)}
+                        "windows": _windows_id(args, domain, length, tokens)}
 
 
-def _windows_id(args, domain: str, length: int) -> str:
+def _windows_id(args, domain: str, length: int, tokens: _BaseTokens) -> str:
     """`heldout.windows_id` of a cell's windows, which are drawn from the documents' token counts (the tokenizer
     alone: the model loads later)."""
     from . import heldout
 
-    doc_lengths = _heldout_doc_lengths(args.base, args.split, domain)
+    doc_lengths = tokens.doc_lengths(args.split, domain)
     plan = heldout.cell_plan(doc_lengths, length, args.targets_of or length, args.max_windows, args.seed)
     return heldout.windows_id(plan, length)
-
-
-@functools.cache  # the cell and the journal checks ask for the same domains: tokenized once per validate_args
-def _heldout_doc_lengths(base: str | None, split: str, domain: str) -> dict[str, int]:
-    from sharedllm import loading
-
-    from . import heldout
-
-    docs = heldout.heldout_documents(domain, loading.load_tokenizer(base or loading.DEFAULT_BASE), split)
-    return {doc_id: len(ids) for doc_id, ids in docs.items()}
 
 
 def cell_path(args, name: str, domain: str, length: int) -> Path:

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from sharedllm import provenance
-from sharedllm.cli import InputError
 from sharedllm.flags import (
     add_adapter_argument,
     add_base_argument,
@@ -287,50 +286,14 @@ def passkey_results(session, lengths, depths, trials, notes=""):
     return rows
 
 
-def _check_passkey_lengths(tokenizer, args) -> None:
-    """A passkey prompt holds its instruction, needle and question whatever its filler: a shorter length would fail
-    in the prompt search of its first trial. Checked once the tokenizer has loaded, before any method runs."""
-    from .passkey import encode, passkey_key, passkey_prompt
-
-    for length in args.lengths:
-        keys = {passkey_key(args.seed, length, depth, trial) for depth in args.depths for trial in range(args.trials)}
-        bare = max(len(encode(tokenizer, passkey_prompt(0, 0.0, key))) for key in keys)
-        if bare > length:
-            raise InputError(f"a passkey prompt without filler has {bare} tokens: --lengths {format_length(length)} "
-                             f"is too short for one")
-
-
-def _check_needle_lengths(tokenizer, args) -> None:
-    """A niah / ruler prompt holds its template, needles and question whatever its haystack, and its answer counts in
-    the length (RULER): a shorter length would fail in the prompt search of its first trial. Checked as passkey's
-    lengths are, once the tokenizer has loaded, before any method runs."""
-    from .needle import NIAH_ANSWER_TOKENS, make_sample, niah_sample, shortest_length
-
-    for length in args.lengths:
-        if args.task == "niah":
-            samples = [niah_sample(tokenizer, length, f"{args.seed}/{trial}", depth=depth,
-                                   max_new_tokens=NIAH_ANSWER_TOKENS, fill=False)
-                       for depth in args.depths for trial in range(args.trials)]
-        else:
-            samples = [make_sample(task, tokenizer, length, f"{args.seed}/{trial}", fill=False)
-                       for task in args.tasks or RULER_TASKS for trial in range(args.trials)]
-        needed, sample = max(((shortest_length(tokenizer, sample), sample) for sample in samples), key=lambda x: x[0])
-        if needed > length:
-            what = "niah" if args.task == "niah" else f"ruler {sample.task}"
-            raise InputError(f"a {what} prompt without haystack and its {sample.max_new_tokens}-token answer have "
-                             f"{needed} tokens: --lengths {format_length(length)} is too short for one")
-
-
 def run_passkey_task(session):
     a = session.args
-    _check_passkey_lengths(session.tokenizer, a)
     rows = passkey_results(session, a.lengths, a.depths, a.trials)
     print_table(f"passkey accuracy (Landmark format), model {a.base}, depths {a.depths}", rows)
 
 
 def run_niah(session):
     a = session.args
-    _check_needle_lengths(session.tokenizer, a)
     haystack, data = session.haystack()
     rows = {}
     for name, method in session.methods():
@@ -352,7 +315,6 @@ def run_niah(session):
 
 def run_ruler_task(session):
     a = session.args
-    _check_needle_lengths(session.tokenizer, a)
     tasks = a.tasks or list(RULER_TASKS)
     haystack, data = session.haystack()
     native = getattr(session.base.config, "max_position_embeddings", None)
@@ -423,7 +385,6 @@ def run_longbench_task(session):
 
 def run_demo(session):
     a = session.args
-    _check_passkey_lengths(session.tokenizer, a)
     note = (f"DEMO SETTINGS: {a.max_windows} PPL windows and {a.trials} passkey trials per method at depth(s) "
             f"{a.depths}: indicative only; the full protocols use 100 windows and >= 10 trials per cell")
     ppl_rows, data = ppl_results(session, "cepe", a.lengths, a.max_windows, notes=note)

@@ -347,7 +347,7 @@ def test_method_configs_known_before_loading_are_those_of_the_built_methods(tmp_
 
 @pytest.mark.parametrize("task", [*RULER_TASKS, "niah"])
 def test_the_shortest_length_of_a_needle_prompt_is_where_its_prompt_search_starts_to_fail(task):
-    """The length check made before any method runs (`cli._check_needle_lengths`) counts a sample built without
+    """The length check made before any method runs (`checks._check_needle_lengths`) counts a sample built without
     haystack: its prompt search succeeds at exactly the lengths that count says it fits in."""
     from sharedllm.evaluation.needle import NIAH_ANSWER_TOKENS, niah_sample, shortest_length
 
