@@ -15,6 +15,8 @@ import importlib.machinery
 import logging
 import sys
 
+from sharedllm.lazy import lazy_exports
+
 __all__ = ["SharedLLMConfig", "SharedLLMForCausalLM", "SharedLLMCache", "base_fingerprint", "load_causal_lm"]
 __version__ = "0.1.0"
 
@@ -22,18 +24,7 @@ __version__ = "0.1.0"
 _EXPORTS = {"SharedLLMConfig": "sharedllm.config", "SharedLLMForCausalLM": "sharedllm.modeling",
             "SharedLLMCache": "sharedllm.modeling", "base_fingerprint": "sharedllm.loading",
             "load_causal_lm": "sharedllm.loading", "register_auto_classes": "sharedllm.modeling"}
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'sharedllm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 # --------------------------------------------------------------------------------------------------

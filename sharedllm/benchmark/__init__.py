@@ -29,7 +29,7 @@ Python API:
     print(format_table(results)); plot_results(results, "runs/bench")
 """
 
-import importlib
+from sharedllm.lazy import lazy_exports
 
 __all__ = [
     "BENCH_METHODS", "BenchSettings", "add_arguments", "check_targets", "compute_ratios", "finish", "format_table",
@@ -39,22 +39,11 @@ __all__ = [
 # public name -> submodule defining it, imported on first access (PEP 562): `sharedllm bench` builds its parser from
 # cli.py and settings.py, which import no torch; grid.py, measure.py and flops.py load with the first cell
 _EXPORTS = {
-    **dict.fromkeys(("add_arguments", "run", "settings_from_args"), "cli"),
-    "prefill_flops": "flops",
-    "run_benchmark": "grid",
-    **dict.fromkeys(("measure_cell", "measure_matmul_peak"), "measure"),
-    **dict.fromkeys(("check_targets", "compute_ratios", "finish", "format_table", "plot_results"), "report"),
-    **dict.fromkeys(("BENCH_METHODS", "BenchSettings", "resolve_knobs"), "settings"),
+    **dict.fromkeys(("add_arguments", "run", "settings_from_args"), ".cli"),
+    "prefill_flops": ".flops",
+    "run_benchmark": ".grid",
+    **dict.fromkeys(("measure_cell", "measure_matmul_peak"), ".measure"),
+    **dict.fromkeys(("check_targets", "compute_ratios", "finish", "format_table", "plot_results"), ".report"),
+    **dict.fromkeys(("BENCH_METHODS", "BenchSettings", "resolve_knobs"), ".settings"),
 }
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

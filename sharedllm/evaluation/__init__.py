@@ -10,7 +10,7 @@ import torch only where they run a method (`ppl.perplexity`, `heldout`'s scoring
 eval's parser, `report` and `compare` load no model library (tests/test_imports.py).
 """
 
-import importlib
+from sharedllm.lazy import lazy_exports
 
 __all__ = [
     "RULER_TASKS", "build_passkey_prompt", "cepe_windows", "classification_score", "code_sim_score",
@@ -21,20 +21,9 @@ __all__ = [
 # compare) does not import every protocol
 _EXPORTS = {
     **dict.fromkeys(("code_sim_score", "classification_score", "edit_similarity", "first_integer", "rouge_l",
-                     "string_match_all", "token_f1"), "metrics"),
-    **dict.fromkeys(("RULER_TASKS", "effective_length", "make_sample"), "needle"),
-    **dict.fromkeys(("build_passkey_prompt", "passkey_correct", "run_passkey"), "passkey"),
-    **dict.fromkeys(("cepe_windows", "perplexity", "sliding_windows"), "ppl"),
+                     "string_match_all", "token_f1"), ".metrics"),
+    **dict.fromkeys(("RULER_TASKS", "effective_length", "make_sample"), ".needle"),
+    **dict.fromkeys(("build_passkey_prompt", "passkey_correct", "run_passkey"), ".passkey"),
+    **dict.fromkeys(("cepe_windows", "perplexity", "sliding_windows"), ".ppl"),
 }
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
