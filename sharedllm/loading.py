@@ -6,6 +6,7 @@ reads, the base's weight fingerprint, the loading options checked as transformer
 folder's config and weights read with every check (digest, finite values, only adapter tensors).
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -97,13 +98,27 @@ def load_causal_lm(
     `AutoModelForCausalLM.from_pretrained` (e.g. attn_implementation, device_map)."""
     path = resolve_base_path(base)
     dtype = torch.float32 if dtype is None else dtype  # not the checkpoint's dtype: fp32 unless asked
-    try:
+    with _base_not_found_in_one_line(path):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).eval()
+    return model, load_tokenizer(path, required=tokenizer_required)
+
+
+def load_base_tokenizer(base: str | os.PathLike):
+    """The tokenizer of the base `load_causal_lm(base)` loads, without its model (eval's checks before loading)."""
+    path = resolve_base_path(base)
+    with _base_not_found_in_one_line(path):
+        return load_tokenizer(path)
+
+
+@contextlib.contextmanager
+def _base_not_found_in_one_line(path: str):
+    """A hub name that could not be fetched raises `hub_model_not_found` (one line); a local folder's error stays."""
+    try:
+        yield
     except OSError as error:
         if Path(path).is_dir():
             raise
         raise hub_model_not_found(path, error) from None
-    return model, load_tokenizer(path, required=tokenizer_required)
 
 
 def hub_model_not_found(name: str, error: OSError) -> ModelNotFoundError:

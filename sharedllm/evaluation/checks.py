@@ -130,13 +130,7 @@ class _BaseTokens:
     def tokenizer(self):
         from sharedllm import loading
 
-        path = loading.resolve_base_path(self.base or loading.DEFAULT_BASE)
-        try:
-            return loading.load_tokenizer(path)
-        except OSError as error:  # as load_causal_lm reports a base it cannot find
-            if Path(path).is_dir():
-                raise
-            raise loading.hub_model_not_found(path, error) from None
+        return loading.load_base_tokenizer(self.base or loading.DEFAULT_BASE)
 
     def doc_lengths(self, split: str, domain: str) -> dict[str, int]:
         """{document id: its token count} of the heldout documents of `domain` in `split`."""
