@@ -16,7 +16,7 @@ from pathlib import Path
 from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.cli import InputError
 from sharedllm.flags import (add_base_argument, add_device_argument, add_knob_arguments, add_threads_argument,
-                             default_device, knobs_from_args, positive_int)
+                             knobs_from_args, positive_int, resolve_device)
 
 DEFAULT_MAX_NEW_TOKENS = 256
 QUESTION_SEPARATOR = "\n\nQuestion: "
@@ -186,7 +186,7 @@ def load_model(adapter: str | Path | None = None, device: str | None = None, bas
         model = SharedLLMForCausalLM.from_pretrained(adapter, base=base_model, config=config, **knobs)
     except (ValueError, FileNotFoundError) as err:
         raise AskError(str(err)) from err
-    return model.to(device or default_device()), tokenizer
+    return model.to(resolve_device(device)), tokenizer
 
 
 # ----------------------------------------------------------------------------------------------------------------

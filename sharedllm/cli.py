@@ -4,9 +4,9 @@ Every command module exposes `add_arguments(parser)` and `run(args) -> int | Non
 for the subcommand that runs, so `sharedllm --help` never imports torch. `sharedllm CMD ...` imports CMD's module
 to build its parser, and no command module imports torch or transformers to build it (tests/test_imports.py), so
 every `sharedllm CMD --help` and a bad flag value answer at once. They load where a model runs, once `run` has
-started (train's trainer, eval's checks, session and protocols, bench's grid, ask's model), and where parsing needs
-them: `--device auto` becomes a device, `--infllm` values are checked against InfLLM. `report` and `compare` read
-result JSON and never load them.
+started (train's trainer, eval's checks, session and protocols, bench's grid, ask's model; `--device auto` becomes
+a device there too), and where parsing needs them: `--infllm` values are checked against InfLLM. `report` and
+`compare` read result JSON and never load them.
 """
 
 import argparse

@@ -248,19 +248,21 @@ def add_adapter_argument(parser) -> None:
 
 
 def add_device_argument(parser, choices: list[str] | None = None) -> None:
-    """`--device`: where a command runs its model, the same flag in every command that runs one. Its default, "auto",
-    becomes a device when the command line is parsed (argparse converts a string default with `type`), so that
-    building the parser for `--help` imports no torch."""
+    """`--device`: where a command runs its model, the same flag in every command that runs one. It stays a name
+    while parsing ("auto" included): `resolve_device` turns "auto" into this machine's device where the command
+    starts its work, because asking torch for CUDA costs seconds of import that `--help` and a refused flag should
+    not pay."""
     examples = ", ".join(choices) if choices else "cpu, cuda, cuda:1"
-    parser.add_argument("--device", type=_device, default=AUTO_DEVICE, choices=choices,
+    parser.add_argument("--device", default=AUTO_DEVICE, choices=[AUTO_DEVICE, *choices] if choices else None,
                         help=f"torch device: {examples} (default: {AUTO_DEVICE}, cuda if available, else cpu)")
 
 
 AUTO_DEVICE = "auto"
 
 
-def _device(text: str) -> str:
-    return default_device() if text == AUTO_DEVICE else text
+def resolve_device(name: str | None) -> str:
+    """--device's value as a torch device name: "auto" (or None) is cuda if available, else cpu."""
+    return default_device() if name in (None, AUTO_DEVICE) else name
 
 
 def default_device() -> str:

@@ -521,16 +521,28 @@ def test_report_refuses_to_replace_the_page_with_nothing(no_model, capsys):
 
 @pytest.mark.parametrize("argv", [["eval", "ppl"], ["bench"], ["ask", "f.txt", "-q", "Who?"]], ids=lambda a: a[0])
 def test_every_inference_command_takes_one_device_flag(argv):
-    """flags.add_device_argument: "auto" (the default) becomes this machine's device when parsed; a device given
-    stays as given."""
+    """flags.add_device_argument: the flag stays a name while parsing, "auto" by default; `resolve_device` makes
+    "auto" this machine's device and leaves a device given as given."""
     from sharedllm import cli
-    from sharedllm.flags import default_device
+    from sharedllm.flags import default_device, resolve_device
 
     parser = cli.build_parser(argv[0])
-    assert parser.parse_args(argv).device == default_device() == parser.parse_args([*argv, "--device", "auto"]).device
-    assert parser.parse_args([*argv, "--device", "cpu"]).device == "cpu"
+    assert parser.parse_args(argv).device == "auto" == parser.parse_args([*argv, "--device", "auto"]).device
+    assert resolve_device("auto") == default_device() == resolve_device(None)
+    assert parser.parse_args([*argv, "--device", "cpu"]).device == resolve_device("cpu") == "cpu"
     help_text = " ".join(parser._subparsers._group_actions[0].choices[argv[0]].format_help().split())
     assert "(default: auto, cuda if available, else cpu)" in help_text
+
+
+def test_bench_device_choices_take_auto(capsys):
+    """bench's --device has choices (cpu, cuda): "auto" is one of them, a device outside them a one-line error."""
+    from sharedllm import cli
+
+    parser = cli.build_parser("bench")
+    assert parser.parse_args(["bench", "--device", "auto"]).device == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--device", "tpu"])
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err
 
 
 def test_every_model_command_takes_threads_and_main_applies_it(monkeypatch, capsys):

@@ -54,6 +54,21 @@ def test_a_command_parser_loads_no_torch(command):
     assert result.stdout.split() == ["False", "False"], f"building the {command} parser imported torch / transformers"
 
 
+@pytest.mark.parametrize("argv", [["eval", "heldout", "--methods", "window"], ["bench", "--lengths", "1K"],
+                                  ["ask", "f.txt", "-q", "Who?"]], ids=lambda a: a[0])
+def test_parsing_a_command_line_loads_no_torch(argv):
+    """Parsing a whole command line, defaults included (`--device auto`), imports no torch: a missing or refused
+    argument answers at once. "auto" becomes a device where the command starts its work (flags.resolve_device)."""
+    result = run_python(f"""
+        import sys
+        from sharedllm.cli import build_parser
+        args = build_parser({argv[0]!r}).parse_args({argv!r})
+        print(args.device, "torch" in sys.modules)
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["auto", "False"], "parsing the command line imported torch"
+
+
 def test_report_and_compare_run_without_torch(tmp_path):
     """`report` and `compare` read result JSON only: they run without importing a model library."""
     results = tmp_path / "results"

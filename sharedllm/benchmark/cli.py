@@ -10,7 +10,7 @@ from sharedllm.cli import InputError, adapter_argument
 from sharedllm.flags import (add_adapter_argument, add_base_argument, add_device_argument, add_infllm_argument,
                              add_knob_arguments, add_threads_argument, check_infllm_options, format_length,
                              knobs_from_args, parse_length, positive_int, positive_seconds, refuse_repeats,
-                             whole_number)
+                             resolve_device, whole_number)
 
 from .settings import BENCH_METHODS, CPU_LENGTHS, CUDA_LENGTHS, BenchSettings, resolve_knobs
 
@@ -76,7 +76,8 @@ def _given(args, names) -> dict:
 def settings_from_args(args) -> BenchSettings:
     check_infllm_options(args)
     adapter = adapter_argument(args.adapter)  # 'none': untrained, its knobs from the flags and defaults
-    lengths = args.lengths or [parse_length(n) for n in (CUDA_LENGTHS if args.device == "cuda" else CPU_LENGTHS)]
+    device = resolve_device(args.device)
+    lengths = args.lengths or [parse_length(n) for n in (CUDA_LENGTHS if device == "cuda" else CPU_LENGTHS)]
     refuse_repeats("--methods", args.methods)
     refuse_repeats("--lengths", lengths, format_length)
     refuse_repeats("--max-length", [method for method, _ in args.max_length])
@@ -90,7 +91,7 @@ def settings_from_args(args) -> BenchSettings:
     return BenchSettings(
         methods=tuple(args.methods), infllm=args.infllm, lengths=tuple(lengths), repeats=args.repeats,
         decode_steps=args.decode_steps, max_seconds=args.max_seconds, cell_seconds=args.cell_seconds,
-        max_length=caps, device=args.device, dtype=args.dtype, threads=args.threads, isolate=args.isolate,
+        max_length=caps, device=device, dtype=args.dtype, threads=args.threads, isolate=args.isolate,
         adapter=adapter, knobs=knobs, streaming_block=args.streaming_block, n_sink=args.n_sink, seed=args.seed,
         **_given(args, TARGET_FLAGS),
     )
@@ -132,7 +133,7 @@ def _measure(args) -> int:
     from .report import format_table, measured_any
 
     settings = settings_from_args(args)
-    output = output_file(args.output, args.device)
+    output = output_file(args.output, settings.device)
     partial = partial_path(output)
     # run_benchmark checks this too; here it comes before the base, which may be built first (a minute)
     refuse_to_replace(output, args.overwrite)

@@ -12,7 +12,7 @@ from pathlib import Path
 from sharedllm import provenance
 from sharedllm.assets import sharedllm_home
 from sharedllm.cli import InputError, chosen_adapter
-from sharedllm.flags import knobs_from_args
+from sharedllm.flags import knobs_from_args, resolve_device
 from sharedllm.knobs import KNOB_DEFAULTS
 from sharedllm.provenance import REPO
 
@@ -43,7 +43,7 @@ class Session:
             args.base = str(default_model_path())
         self.base, self.tokenizer = load_causal_lm(args.base, dtype=getattr(torch, args.dtype))
         self.model_name = model_name(args.base)  # how results and journals name the base
-        self.base.to(args.device)
+        self.base.to(resolve_device(args.device))  # "auto": cuda if available
         self.adapter = chosen_adapter(args.adapter)
         self.adapter_config = read_adapter_config(self.adapter)
         self._check_adapter_base()
