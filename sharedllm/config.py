@@ -211,6 +211,11 @@ class SharedLLMConfig(PretrainedConfig):
             ),
             (self.recent_chunks >= 0, f"recent_chunks must be >= 0, got {self.recent_chunks}"),
             (
+                self.context_positions == "stacked" or (self.injection == "joint" and self.context_chunks is not None),
+                f"context_positions='ordered' lays the chunks read side by side: it needs injection='joint' and "
+                f"context_chunks set, got injection={self.injection!r}, context_chunks={self.context_chunks}",
+            ),
+            (
                 self.selection_layer is None or 0 <= self.selection_layer < self.n_injected_layers,
                 f"selection_layer must be an injected layer, 0..{self.n_injected_layers - 1} (n_injected_layers - 1), "
                 f"got {self.selection_layer}",
@@ -243,12 +248,27 @@ class SharedLLMConfig(PretrainedConfig):
                 f"by its budget (tokens_per_node {self.tokens_per_node}, leaf {self.node_budget(leaf)}); pick budgets dividing {leaf}"
             )
         if self.text_config is not None:
+            self._check_ordered_positions()
             n_layers = self.text_config.num_hidden_layers
             if self.n_injected_layers > n_layers:
                 raise ValueError(
                     f"n_injected_layers = {self.n_injected_layers} exceeds the base model's depth "
                     f"({n_layers} layers); use at most {n_layers}"
                 )
+
+    def _check_ordered_positions(self) -> None:
+        """Ordered chunks sit at -(r C) - 1 (the sink) .. -1 before a window at 0..Ld-1: every distance the window's
+        attention meets must be one the base was trained on, or its attention breaks (docs/method.md, Positions)."""
+        trained = getattr(self.text_config, "max_position_embeddings", None)
+        if self.context_positions != "ordered" or trained is None:
+            return
+        span = self.chunks_read * self.chunk_size + 1 + self.decoder_window  # sink + chunks read + window
+        if span > trained:
+            raise ValueError(
+                f"context_positions='ordered' puts the {self.chunks_read} chunks read of {self.chunk_size} tokens, the "
+                f"sink and the {self.decoder_window}-token window in {span} positions, past the base's trained "
+                f"{trained}: read fewer chunks (context_chunks, query_chunks) or use context_positions='stacked'"
+            )
 
     def _check_attention_only_knobs(self) -> None:
         """Knobs that only attention selection reads must be off under another tree_selection: one error naming

@@ -39,6 +39,7 @@ from sharedllm.context_encoder import (
     LowerChunksMemo,
     append_chunks,
     layer_mask,
+    ordered_positions,
     self_attention_masks,
     top_chunks,
 )
@@ -417,10 +418,13 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             context = top_chunks(context, cfg.context_chunks, cfg.recent_chunks, cfg.query_tokens, cfg.query_chunks,
                                  cfg.n_query_vectors)
         keys, values = context.keys, context.values
+        joint = self.config.injection == "joint"
+        if joint and self.config.context_positions == "ordered":
+            keys, sink = ordered_positions(keys, sink, context.n_chunks, context.per_chunk, self.config.chunk_size,
+                                           self.decoder.rotary_emb)
         reference = keys[0]  # dtype and device of everything below
         slots = torch.arange(reference.shape[2], device=reference.device)[None, :]
         valid = slots < (context.n_chunks * context.per_chunk)[:, None]
-        joint = self.config.injection == "joint"
         mask = None
         bias = joint and self.config.context_bias == "log_chunks"
         if not valid.all() or bias:

@@ -18,24 +18,26 @@ def joint(base, **overrides):
     return wrap(base, **{**knobs, **overrides})
 
 
-def reference_logits(base, ids, n_chunks, overlap, n_injected=None):
+def reference_logits(base, ids, n_chunks, overlap, n_injected=None, ordered=False):
     """The base over [sink, prefix_0, chunk_0, ..., prefix_{n-1}, chunk_{n-1}, window] with a mask: each chunk sees
     its own prefix and itself; the window sees the sink, every chunk token (no prefix) and itself causally. A chunk's prefix is
     the `overlap` tokens before it in the text (BOS alone for the first; nothing with overlap 0). Every chunk sits at
-    the positions just before the window. In layers at or above `n_injected` (default: none) the window sees the
-    sink and itself only. This is what joint injection with nothing compressed must compute."""
+    the positions just before the window (`ordered`: chunk c at (c - n)C + 0..C-1, the sink at -nC - 1). In layers at
+    or above `n_injected` (default: none) the window sees the sink and itself only. This is what joint injection with
+    nothing compressed must compute."""
     chunks, window = ids[: n_chunks * CHUNK].view(n_chunks, CHUNK), ids[n_chunks * CHUNK :]
-    # the attention sink: BOS alone at -C - 1, seen by the window only
-    pieces, positions, groups = [torch.tensor([base.config.bos_token_id])], [torch.tensor([-CHUNK - 1])], [torch.tensor([-1])]
+    shift = lambda c: (c - n_chunks + 1) * CHUNK if ordered else 0  # noqa: E731  chunk c's place before the window
+    # the attention sink: BOS alone just before the first chunk, seen by the window only
+    pieces, positions, groups = [torch.tensor([base.config.bos_token_id])], [torch.tensor([-CHUNK - 1 + shift(0)])], [torch.tensor([-1])]
     is_prefix = [torch.zeros(1, dtype=torch.bool)]
     for c in range(n_chunks):
         prefix = chunks[c - 1, CHUNK - overlap :] if c else torch.tensor([base.config.bos_token_id])[:overlap]
         pieces += [prefix, chunks[c]]
-        positions += [torch.arange(-CHUNK - len(prefix), 0)]
+        positions += [torch.arange(-CHUNK - len(prefix), 0) + shift(c)]
         groups += [torch.full((len(prefix) + CHUNK,), c)]
         is_prefix += [torch.ones(len(prefix), dtype=torch.bool), torch.zeros(CHUNK, dtype=torch.bool)]
     sequence = torch.cat(pieces + [window])
-    position_ids = torch.cat(positions + [torch.arange(len(window))]) + 2 * CHUNK
+    position_ids = torch.cat(positions + [torch.arange(len(window))]) + (n_chunks + 2) * CHUNK
     group = torch.cat(groups + [torch.full((len(window),), n_chunks)])
     is_prefix = torch.cat(is_prefix + [torch.zeros(len(window), dtype=torch.bool)])
     index = torch.arange(len(sequence))
@@ -76,6 +78,47 @@ def test_uncompressed_joint_injection_is_the_base_over_its_chunks(arch_name, n_c
     assert not torch.allclose(out.logits[0], window_only, atol=1e-2)
 
 
+ORDERED = dict(tree_selection="attention", context_chunks=4, context_positions="ordered")  # 4 >= the chunks here
+
+
+@pytest.mark.parametrize("n_chunks", [1, 3])
+@pytest.mark.parametrize("overlap", [0, 5])
+def test_ordered_chunks_sit_side_by_side_in_text_order(n_chunks, overlap):
+    """context_positions="ordered": chunk c of n at (c - n)C before the window, the sink before the first; with one
+    chunk that is where stacking puts it."""
+    base = tiny_model("llama")
+    base.set_attn_implementation("eager")
+    ids = torch.randint(3, 128, (n_chunks * CHUNK + WINDOW,), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = joint(base, chunk_overlap=overlap, **ORDERED)(ids[None]).logits[0]
+        expected = reference_logits(base, ids, n_chunks, overlap, ordered=True)
+        stacked = reference_logits(base, ids, n_chunks, overlap)
+    assert torch.allclose(out, expected, atol=1e-4), (out - expected).abs().max()
+    assert torch.allclose(out, stacked, atol=1e-4) == (n_chunks == 1)
+
+
+def test_ordered_chunks_with_m_below_n():
+    """Layers above M read the sink (moved with the chunks) and the window only."""
+    base = tiny_model("llama")
+    base.set_attn_implementation("eager")
+    ids = torch.randint(3, 128, (3 * CHUNK + WINDOW,), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        out = joint(base, n_injected_layers=1, chunk_overlap=5, **ORDERED)(ids[None]).logits[0]
+        expected = reference_logits(base, ids, 3, 5, n_injected=1, ordered=True)
+    assert torch.allclose(out, expected, atol=1e-4), (out - expected).abs().max()
+
+
+def test_ordered_positions_are_refused_where_they_do_not_fit():
+    base = tiny_model("llama")
+    with pytest.raises(ValueError, match="context_positions='ordered'.*injection='joint' and context_chunks"):
+        joint(base, context_positions="ordered", tree_selection="attention")
+    trained = base.config.max_position_embeddings
+    chunks = trained // CHUNK  # chunks read * C alone fill the trained positions: no room for the sink and window
+    with pytest.raises(ValueError, match="past the base's trained"):
+        joint(base, **{**ORDERED, "context_chunks": chunks})
+    joint(base, **{**ORDERED, "context_chunks": (trained - WINDOW - 1) // CHUNK})  # fits
+
+
 @pytest.mark.parametrize("n_injected", [1, 2])
 def test_layers_above_m_read_the_sink_alone(n_injected):
     """Joint injection in the bottom M < N layers: those read sink + chunks + window, the layers above read sink +
@@ -105,9 +148,12 @@ def test_joint_injection_adds_no_parameters_and_saves(tmp_path):
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_joint_batched_generation_equals_single_rows(side):
-    """Rows of different lengths roll chunks into context at different steps; padding must not leak."""
-    model = joint(tiny_model(), tree_depth=1, tokens_per_node=4, leaf_tokens_per_node=8)
+@pytest.mark.parametrize("positions", ["stacked", "ordered"])
+def test_joint_batched_generation_equals_single_rows(side, positions):
+    """Rows of different lengths roll chunks into context at different steps; padding must not leak (ordered: each
+    row's chunks move by its own count)."""
+    ordered = dict(ORDERED, context_chunks=2) if positions == "ordered" else {}  # 2 of the rows' up to 5 chunks
+    model = joint(tiny_model(), tree_depth=1, tokens_per_node=4, leaf_tokens_per_node=8, **ordered)
     generator = torch.Generator().manual_seed(3)
     rows = [torch.randint(3, 128, (n,), generator=generator) for n in (70, 41)]
     ids, mask = pad_batch(rows, side)
