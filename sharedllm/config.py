@@ -216,6 +216,11 @@ class SharedLLMConfig(PretrainedConfig):
                 f"context_chunks set, got injection={self.injection!r}, context_chunks={self.context_chunks}",
             ),
             (
+                self.context_positions == "stacked" or self.context_bias == "none",
+                "context_bias='log_chunks' gives chunks that share their positions one chunk's share of the softmax; "
+                "with context_positions='ordered' no two chunks share positions: pass context_bias='none'",
+            ),
+            (
                 self.selection_layer is None or 0 <= self.selection_layer < self.n_injected_layers,
                 f"selection_layer must be an injected layer, 0..{self.n_injected_layers - 1} (n_injected_layers - 1), "
                 f"got {self.selection_layer}",

@@ -112,6 +112,8 @@ def test_ordered_positions_are_refused_where_they_do_not_fit():
     base = tiny_model("llama")
     with pytest.raises(ValueError, match="context_positions='ordered'.*injection='joint' and context_chunks"):
         joint(base, context_positions="ordered", tree_selection="attention")
+    with pytest.raises(ValueError, match="no two chunks share positions"):
+        joint(base, context_bias="log_chunks", **ORDERED)
     trained = base.config.max_position_embeddings
     chunks = trained // CHUNK  # chunks read * C alone fill the trained positions: no room for the sink and window
     with pytest.raises(ValueError, match="past the base's trained"):
