@@ -211,14 +211,16 @@ class SharedLLMConfig(PretrainedConfig):
             ),
             (self.recent_chunks >= 0, f"recent_chunks must be >= 0, got {self.recent_chunks}"),
             (
-                self.context_positions == "stacked" or (self.injection == "joint" and self.context_chunks is not None),
-                f"context_positions='ordered' lays the chunks read side by side: it needs injection='joint' and "
-                f"context_chunks set, got injection={self.injection!r}, context_chunks={self.context_chunks}",
+                self.chunk_spacing == 0 or (self.chunk_spacing > 0 and self.injection == "joint"
+                                            and self.context_chunks is not None),
+                f"chunk_spacing lays the chunks read out in their order: it must be >= 0, and above 0 needs "
+                f"injection='joint' and context_chunks set, got chunk_spacing={self.chunk_spacing}, "
+                f"injection={self.injection!r}, context_chunks={self.context_chunks}",
             ),
             (
-                self.context_positions == "stacked" or self.context_bias == "none",
-                "context_bias='log_chunks' gives chunks that share their positions one chunk's share of the softmax; "
-                "with context_positions='ordered' no two chunks share positions: pass context_bias='none'",
+                self.chunk_spacing == 0 or self.context_bias == "none",
+                "context_bias='log_chunks' gives chunks stacked on the same positions one chunk's share of the softmax; "
+                "with chunk_spacing above 0 they are not stacked: pass context_bias='none'",
             ),
             (
                 self.selection_layer is None or 0 <= self.selection_layer < self.n_injected_layers,
@@ -253,7 +255,7 @@ class SharedLLMConfig(PretrainedConfig):
                 f"by its budget (tokens_per_node {self.tokens_per_node}, leaf {self.node_budget(leaf)}); pick budgets dividing {leaf}"
             )
         if self.text_config is not None:
-            self._check_ordered_positions()
+            self._check_chunk_spacing()
             n_layers = self.text_config.num_hidden_layers
             if self.n_injected_layers > n_layers:
                 raise ValueError(
@@ -261,18 +263,19 @@ class SharedLLMConfig(PretrainedConfig):
                     f"({n_layers} layers); use at most {n_layers}"
                 )
 
-    def _check_ordered_positions(self) -> None:
-        """Ordered chunks sit at -(r C) - 1 (the sink) .. -1 before a window at 0..Ld-1: every distance the window's
-        attention meets must be one the base was trained on, or its attention breaks (docs/method.md, Positions)."""
+    def _check_chunk_spacing(self) -> None:
+        """Spaced chunks reach back (k - 1)g + C + 1 (the sink) before a window at 0..Ld-1: every distance the
+        window's attention meets must be one the base was trained on, or its attention breaks (docs/method.md,
+        Positions)."""
         trained = getattr(self.text_config, "max_position_embeddings", None)
-        if self.context_positions != "ordered" or trained is None:
+        if self.chunk_spacing == 0 or trained is None:
             return
-        span = self.chunks_read * self.chunk_size + 1 + self.decoder_window  # sink + chunks read + window
+        span = (self.chunks_read - 1) * self.chunk_spacing + self.chunk_size + 1 + self.decoder_window
         if span > trained:
             raise ValueError(
-                f"context_positions='ordered' puts the {self.chunks_read} chunks read of {self.chunk_size} tokens, the "
-                f"sink and the {self.decoder_window}-token window in {span} positions, past the base's trained "
-                f"{trained}: read fewer chunks (context_chunks, query_chunks) or use context_positions='stacked'"
+                f"chunk_spacing={self.chunk_spacing} puts the {self.chunks_read} chunks read of {self.chunk_size} "
+                f"tokens, the sink and the {self.decoder_window}-token window in {span} positions, past the base's "
+                f"trained {trained}: lower chunk_spacing or read fewer chunks (context_chunks, query_chunks)"
             )
 
     def _check_attention_only_knobs(self) -> None:

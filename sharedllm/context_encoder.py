@@ -528,20 +528,20 @@ def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: i
     )
 
 
-def ordered_positions(keys: list[torch.Tensor], sink, n_chunks: torch.LongTensor, per_chunk: int, chunk_size: int,
-                      rotary_emb: nn.Module) -> tuple[list[torch.Tensor], tuple]:
-    """`context_positions="ordered"`: the chunks read, each encoded at -C..-1 (stacked), moved side by side in their
-    order (they are gathered in text order): chunk j of a row's n at (j - n)C + 0..C-1, the last one where it was,
-    and the sink just before the first, at -nC - 1 (in every layer: one place for one token). Keys are post-RoPE, so
-    each moves by one more rotation.
+def spaced_positions(keys: list[torch.Tensor], sink, n_chunks: torch.LongTensor, per_chunk: int, spacing: int,
+                     rotary_emb: nn.Module) -> tuple[list[torch.Tensor], tuple]:
+    """`chunk_spacing` g > 0: the chunks read, each encoded at -C..-1 (stacked), spread out in their order (they are
+    gathered in text order): chunk j of a row's n moved by (j - n + 1)g, the last one where it was, and the sink
+    with the first, just before it (in every layer: one place for one token). g = C lays them side by side. Keys are
+    post-RoPE, so each moves by one more rotation.
 
     keys: per injected layer (B, Hkv, r * K, hd), K = per_chunk; sink: per layer of the base (keys, values), keys
     (1, Hkv, 1, hd). Returns the keys moved and the sink with its keys moved per row, (B, Hkv, 1, hd)."""
     reference = keys[0]
     chunk = torch.arange(reference.shape[2], device=reference.device) // per_chunk  # (r * K,) each slot's chunk
     # (B, r * K): padding slots (chunk >= n_b) stay where they are; they are masked
-    shift = ((chunk[None, :] - n_chunks[:, None] + 1) * chunk_size).clamp(max=0)
-    sink_shift = ((1 - n_chunks.clamp(min=1)) * chunk_size)[:, None]  # (B, 1)
+    shift = ((chunk[None, :] - n_chunks[:, None] + 1) * spacing).clamp(max=0)
+    sink_shift = ((1 - n_chunks.clamp(min=1)) * spacing)[:, None]  # (B, 1)
     sink_keys, sink_values = sink
     batch = reference.shape[0]
     moved = [rotate(k, shift, rotary_emb) for k in keys]

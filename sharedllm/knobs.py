@@ -15,7 +15,6 @@ NODE_COMPRESSIONS = ("stride", "stride_last", "mean")
 NODE_ENCODINGS = ("chunk", "node")
 INJECTIONS = ("cross", "joint")
 CONTEXT_BIASES = ("none", "log_chunks")
-CONTEXT_POSITIONS = ("stacked", "ordered")
 
 
 @dataclass(frozen=True)
@@ -121,13 +120,12 @@ KNOBS = {
         "default every chunk. Why: chunks share positions, so many of them dilute the window's attention",
         optional=True,
     ),
-    "context_positions": Knob(
-        str, "stacked", "joint injection, where the chunks read sit: stacked = each at the positions -C..-1 just before "
-        "the window (any input length, as InfLLM places its blocks); ordered = side by side in their text order, the "
-        "last just before the window (needs context_chunks, and the chunks read plus the window inside the base's "
-        "trained positions). Why: stacked chunks share positions, so the window cannot tell their order, and their "
-        "keys compete at every distance",
-        choices=CONTEXT_POSITIONS,
+    "chunk_spacing": Knob(
+        int, 0, "g, joint injection: positions between the starts of consecutive chunks read, in their text order, the "
+        "last one just before the window (chunk j of the k read at (j - k + 1)g - C + 0..C-1): 0 = stacked, every "
+        "chunk at -C..-1 (any input length, as InfLLM places its blocks); C = side by side. Above 0 it needs "
+        "context_chunks, and the chunks read plus the window inside the base's trained positions. Why: stacked "
+        "chunks share positions, so the window cannot tell their order",
     ),
     "recent_chunks": Knob(
         int, 0, "r, with context_chunks: the r most recent chunks (the text just before the window) are always among "
@@ -149,7 +147,7 @@ def recorded_knobs(method_config: dict) -> dict:
     return {**KNOB_DEFAULTS, **method_config}
 # knobs read only by tree_selection "attention"; each one's default switches it off
 ATTENTION_ONLY_KNOBS = ("selection_layer", "selection_score", "query_tokens", "query_chunks", "query_layer",
-                        "context_chunks", "recent_chunks", "leaf_lookback", "context_positions")
+                        "context_chunks", "recent_chunks", "leaf_lookback", "chunk_spacing")
 # per injection, the knobs that lay out a trained adapter's weights: a cross adapter has weights per injected layer;
 # a joint adapter has none per layer (its LoRA, if any, covers every layer), so M is a reading knob for it
 ADAPTER_SHAPE_KNOBS = {"cross": ("n_injected_layers", "injection"), "joint": ("injection",)}

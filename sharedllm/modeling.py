@@ -39,8 +39,8 @@ from sharedllm.context_encoder import (
     LowerChunksMemo,
     append_chunks,
     layer_mask,
-    ordered_positions,
     self_attention_masks,
+    spaced_positions,
     top_chunks,
 )
 from sharedllm.injection import (
@@ -419,9 +419,9 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                                  cfg.n_query_vectors)
         keys, values = context.keys, context.values
         joint = self.config.injection == "joint"
-        if joint and self.config.context_positions == "ordered":
-            keys, sink = ordered_positions(keys, sink, context.n_chunks, context.per_chunk, self.config.chunk_size,
-                                           self.decoder.rotary_emb)
+        if joint and self.config.chunk_spacing:
+            keys, sink = spaced_positions(keys, sink, context.n_chunks, context.per_chunk, self.config.chunk_spacing,
+                                          self.decoder.rotary_emb)
         reference = keys[0]  # dtype and device of everything below
         slots = torch.arange(reference.shape[2], device=reference.device)[None, :]
         valid = slots < (context.n_chunks * context.per_chunk)[:, None]

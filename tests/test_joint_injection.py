@@ -18,15 +18,15 @@ def joint(base, **overrides):
     return wrap(base, **{**knobs, **overrides})
 
 
-def reference_logits(base, ids, n_chunks, overlap, n_injected=None, ordered=False):
+def reference_logits(base, ids, n_chunks, overlap, n_injected=None, spacing=0):
     """The base over [sink, prefix_0, chunk_0, ..., prefix_{n-1}, chunk_{n-1}, window] with a mask: each chunk sees
     its own prefix and itself; the window sees the sink, every chunk token (no prefix) and itself causally. A chunk's prefix is
     the `overlap` tokens before it in the text (BOS alone for the first; nothing with overlap 0). Every chunk sits at
-    the positions just before the window (`ordered`: chunk c at (c - n)C + 0..C-1, the sink at -nC - 1). In layers at
+    the positions just before the window (`spacing` g: chunk c moved by (c - n + 1)g, the sink before the first). In layers at
     or above `n_injected` (default: none) the window sees the sink and itself only. This is what joint injection with
     nothing compressed must compute."""
     chunks, window = ids[: n_chunks * CHUNK].view(n_chunks, CHUNK), ids[n_chunks * CHUNK :]
-    shift = lambda c: (c - n_chunks + 1) * CHUNK if ordered else 0  # noqa: E731  chunk c's place before the window
+    shift = lambda c: (c - n_chunks + 1) * spacing  # noqa: E731  chunk c's place before the window
     # the attention sink: BOS alone just before the first chunk, seen by the window only
     pieces, positions, groups = [torch.tensor([base.config.bos_token_id])], [torch.tensor([-CHUNK - 1 + shift(0)])], [torch.tensor([-1])]
     is_prefix = [torch.zeros(1, dtype=torch.bool)]
@@ -78,47 +78,51 @@ def test_uncompressed_joint_injection_is_the_base_over_its_chunks(arch_name, n_c
     assert not torch.allclose(out.logits[0], window_only, atol=1e-2)
 
 
-ORDERED = dict(tree_selection="attention", context_chunks=4, context_positions="ordered")  # 4 >= the chunks here
+SPACED = dict(tree_selection="attention", context_chunks=4)  # 4 >= the chunks here: every chunk is read
 
 
 @pytest.mark.parametrize("n_chunks", [1, 3])
 @pytest.mark.parametrize("overlap", [0, 5])
-def test_ordered_chunks_sit_side_by_side_in_text_order(n_chunks, overlap):
-    """context_positions="ordered": chunk c of n at (c - n)C before the window, the sink before the first; with one
-    chunk that is where stacking puts it."""
+@pytest.mark.parametrize("spacing", [5, CHUNK])
+def test_spaced_chunks_sit_in_text_order(n_chunks, overlap, spacing):
+    """chunk_spacing g: chunk c of n moved by (c - n + 1)g from the stacked place, the sink before the first (g = C:
+    side by side); with one chunk that is where stacking puts it."""
     base = tiny_model("llama")
     base.set_attn_implementation("eager")
     ids = torch.randint(3, 128, (n_chunks * CHUNK + WINDOW,), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        out = joint(base, chunk_overlap=overlap, **ORDERED)(ids[None]).logits[0]
-        expected = reference_logits(base, ids, n_chunks, overlap, ordered=True)
+        out = joint(base, chunk_overlap=overlap, chunk_spacing=spacing, **SPACED)(ids[None]).logits[0]
+        expected = reference_logits(base, ids, n_chunks, overlap, spacing=spacing)
         stacked = reference_logits(base, ids, n_chunks, overlap)
     assert torch.allclose(out, expected, atol=1e-4), (out - expected).abs().max()
     assert torch.allclose(out, stacked, atol=1e-4) == (n_chunks == 1)
 
 
-def test_ordered_chunks_with_m_below_n():
+def test_spaced_chunks_with_m_below_n():
     """Layers above M read the sink (moved with the chunks) and the window only."""
     base = tiny_model("llama")
     base.set_attn_implementation("eager")
     ids = torch.randint(3, 128, (3 * CHUNK + WINDOW,), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        out = joint(base, n_injected_layers=1, chunk_overlap=5, **ORDERED)(ids[None]).logits[0]
-        expected = reference_logits(base, ids, 3, 5, n_injected=1, ordered=True)
+        out = joint(base, n_injected_layers=1, chunk_overlap=5, chunk_spacing=CHUNK, **SPACED)(ids[None]).logits[0]
+        expected = reference_logits(base, ids, 3, 5, n_injected=1, spacing=CHUNK)
     assert torch.allclose(out, expected, atol=1e-4), (out - expected).abs().max()
 
 
-def test_ordered_positions_are_refused_where_they_do_not_fit():
+def test_chunk_spacing_is_refused_where_it_does_not_fit():
     base = tiny_model("llama")
-    with pytest.raises(ValueError, match="context_positions='ordered'.*injection='joint' and context_chunks"):
-        joint(base, context_positions="ordered", tree_selection="attention")
-    with pytest.raises(ValueError, match="no two chunks share positions"):
-        joint(base, context_bias="log_chunks", **ORDERED)
+    with pytest.raises(ValueError, match="chunk_spacing lays the chunks read out.*injection='joint' and context_chunks"):
+        joint(base, chunk_spacing=CHUNK, tree_selection="attention")
+    with pytest.raises(ValueError, match="chunk_spacing lays the chunks read out"):
+        joint(base, chunk_spacing=-1, **SPACED)
+    with pytest.raises(ValueError, match="with chunk_spacing above 0 they are not stacked"):
+        joint(base, context_bias="log_chunks", chunk_spacing=CHUNK, **SPACED)
     trained = base.config.max_position_embeddings
-    chunks = trained // CHUNK  # chunks read * C alone fill the trained positions: no room for the sink and window
+    fits = (trained - CHUNK - 1 - WINDOW) // CHUNK + 1  # chunks that fit side by side with the sink and window
+    joint(base, chunk_spacing=CHUNK, **{**SPACED, "context_chunks": fits})
     with pytest.raises(ValueError, match="past the base's trained"):
-        joint(base, **{**ORDERED, "context_chunks": chunks})
-    joint(base, **{**ORDERED, "context_chunks": (trained - WINDOW - 1) // CHUNK})  # fits
+        joint(base, chunk_spacing=CHUNK, **{**SPACED, "context_chunks": fits + 1})
+    joint(base, chunk_spacing=CHUNK // 2, **{**SPACED, "context_chunks": fits + 1})  # closer spacing fits more
 
 
 @pytest.mark.parametrize("n_injected", [1, 2])
@@ -150,12 +154,12 @@ def test_joint_injection_adds_no_parameters_and_saves(tmp_path):
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("positions", ["stacked", "ordered"])
+@pytest.mark.parametrize("positions", ["stacked", "spaced"])
 def test_joint_batched_generation_equals_single_rows(side, positions):
-    """Rows of different lengths roll chunks into context at different steps; padding must not leak (ordered: each
+    """Rows of different lengths roll chunks into context at different steps; padding must not leak (spaced: each
     row's chunks move by its own count)."""
-    ordered = dict(ORDERED, context_chunks=2) if positions == "ordered" else {}  # 2 of the rows' up to 5 chunks
-    model = joint(tiny_model(), tree_depth=1, tokens_per_node=4, leaf_tokens_per_node=8, **ordered)
+    spaced = dict(SPACED, context_chunks=2, chunk_spacing=CHUNK) if positions == "spaced" else {}  # 2 of up to 5
+    model = joint(tiny_model(), tree_depth=1, tokens_per_node=4, leaf_tokens_per_node=8, **spaced)
     generator = torch.Generator().manual_seed(3)
     rows = [torch.randint(3, 128, (n,), generator=generator) for n in (70, 41)]
     ids, mask = pad_batch(rows, side)

@@ -231,7 +231,7 @@ ATTENTION_ONLY_ON = {
     "context_chunks": ({"context_chunks": 2}, {}),
     "recent_chunks": ({"recent_chunks": 1}, {"context_chunks": 2}),
     "leaf_lookback": ({"leaf_lookback": 2}, {"selected_leaves": 1}),
-    "context_positions": ({"context_positions": "ordered"}, {"context_chunks": 2, "injection": "joint"}),
+    "chunk_spacing": ({"chunk_spacing": 8}, {"context_chunks": 2, "injection": "joint"}),
 }
 
 
