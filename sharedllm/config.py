@@ -145,6 +145,8 @@ class SharedLLMConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be of type {knob.type.__name__}, got {value!r} ({type(value).__name__})")
             if knob.choices is not None and value not in knob.choices:
                 raise ValueError(f"{name} must be one of {knob.choices}, got {value!r}")
+            if knob.minimum is not None and value < knob.minimum:
+                raise ValueError(f"{name} must be >= {knob.minimum}, got {value}")
         self._check_attention_only_knobs()
         checks = [
             (
@@ -156,50 +158,46 @@ class SharedLLMConfig(PretrainedConfig):
                 "injection='joint' reads its context from the whole-chunk pass: it needs node_encoding='chunk'",
             ),
             (
-                self.leaf_tokens_per_node is None or 1 <= self.leaf_tokens_per_node <= self.chunk_size // 2**max(self.tree_depth, 0),
-                f"leaf_tokens_per_node must be between 1 and the leaf length chunk_size / 2**tree_depth, got "
-                f"{self.leaf_tokens_per_node}",
+                self.leaf_tokens_per_node is None or self.leaf_tokens_per_node <= self.leaf_length,
+                f"leaf_tokens_per_node must be at most the leaf length chunk_size / 2**tree_depth = {self.leaf_length}, "
+                f"got {self.leaf_tokens_per_node}",
             ),
             (
                 self.selected_leaves is None
-                or (1 <= self.tree_depth and 1 <= self.selected_leaves <= 2**self.tree_depth
+                or (1 <= self.tree_depth and self.selected_leaves <= 2**self.tree_depth
                     and self.tree_selection in ("attention", "recent")),
                 f"selected_leaves ranks the 2**tree_depth leaves by their tokens' attention scores (or recency): it "
-                f"needs tree_depth >= 1, 1 <= selected_leaves <= 2**tree_depth and tree_selection 'attention' or "
+                f"needs tree_depth >= 1, selected_leaves <= 2**tree_depth and tree_selection 'attention' or "
                 f"'recent', got selected_leaves={self.selected_leaves}, tree_depth={self.tree_depth}, "
                 f"tree_selection={self.tree_selection!r}",
             ),
             (
-                self.leaf_lookback == 0 or (self.selected_leaves is not None and 0 < self.leaf_lookback <= self.leaf_length),
-                f"leaf_lookback widens the attention ranking of selected_leaves: it must be >= 0, and above 0 needs "
-                f"selected_leaves and at most the leaf length {self.leaf_length}, got "
+                self.leaf_lookback == 0 or (self.selected_leaves is not None and self.leaf_lookback <= self.leaf_length),
+                f"leaf_lookback widens the attention ranking of selected_leaves: above 0 it needs selected_leaves and "
+                f"at most the leaf length {self.leaf_length}, got "
                 f"leaf_lookback={self.leaf_lookback}, selected_leaves={self.selected_leaves}",
             ),
             (
-                self.query_tokens == 1 or (self.query_tokens > 1 and (
-                    self.selected_leaves is None or self.selected_leaves < 2**self.tree_depth)),
-                f"query_tokens scores the context with the scoring layer's queries of several tokens: it must be >= 1 "
-                f"and needs a leaf left to add above 1 (selected_leaves < 2**tree_depth), got "
+                self.query_tokens == 1 or self.selected_leaves is None or self.selected_leaves < 2**self.tree_depth,
+                f"query_tokens scores the context with the scoring layer's queries of several tokens: above 1 it needs "
+                f"a leaf left to add (selected_leaves < 2**tree_depth), got "
                 f"query_tokens={self.query_tokens}, selected_leaves={self.selected_leaves}",
             ),
             (
-                self.query_chunks == 0 or (self.query_chunks > 0 and self.query_tokens > 1
-                                           and self.context_chunks is not None),
-                f"query_chunks adds chunks chosen by several query tokens to the context_chunks read: it must be >= 0 "
-                f"and needs query_tokens > 1 and context_chunks set, got query_chunks={self.query_chunks}, "
+                self.query_chunks == 0 or (self.query_tokens > 1 and self.context_chunks is not None),
+                f"query_chunks adds chunks chosen by several query tokens to the context_chunks read: above 0 it "
+                f"needs query_tokens > 1 and context_chunks set, got query_chunks={self.query_chunks}, "
                 f"query_tokens={self.query_tokens}, context_chunks={self.context_chunks} (for the query token alone pass "
                 f"query_tokens 1 with query_chunks 0)",
             ),
             (
-                self.query_layer is None or (self.query_chunks > 0 and 0 <= self.query_layer < self.n_injected_layers),
+                self.query_layer is None or (self.query_chunks > 0 and self.query_layer < self.n_injected_layers),
                 f"query_layer ranks the chunks of query_chunks: it needs query_chunks > 0 and an injected layer, "
                 f"0..{self.n_injected_layers - 1} (n_injected_layers - 1), got query_layer={self.query_layer}, "
                 f"query_chunks={self.query_chunks}",
             ),
-            (self.n_injected_layers >= 1, f"n_injected_layers must be >= 1, got {self.n_injected_layers}"),
             (
-                self.context_chunks is None or self.context_chunks >= 1
-                or (self.context_chunks == 0 and self.query_chunks > 0),
+                self.context_chunks != 0 or self.query_chunks > 0,
                 f"context_chunks ranks chunks by the scoring layer's attention: it must be >= 1 (0 with query_chunks "
                 f"above 0: only the query tokens choose), got context_chunks={self.context_chunks}, "
                 f"query_chunks={self.query_chunks}",
@@ -209,12 +207,10 @@ class SharedLLMConfig(PretrainedConfig):
                 f"recent_chunks counts among the context_chunks read: it needs context_chunks >= recent_chunks, got "
                 f"recent_chunks={self.recent_chunks}, context_chunks={self.context_chunks}",
             ),
-            (self.recent_chunks >= 0, f"recent_chunks must be >= 0, got {self.recent_chunks}"),
             (
-                self.chunk_spacing == 0 or (self.chunk_spacing > 0 and self.injection == "joint"
-                                            and self.context_chunks is not None),
-                f"chunk_spacing lays the chunks read out in their order: it must be >= 0, and above 0 needs "
-                f"injection='joint' and context_chunks set, got chunk_spacing={self.chunk_spacing}, "
+                self.chunk_spacing == 0 or (self.injection == "joint" and self.context_chunks is not None),
+                f"chunk_spacing lays the chunks read out in their order: above 0 it needs injection='joint' and "
+                f"context_chunks set, got chunk_spacing={self.chunk_spacing}, "
                 f"injection={self.injection!r}, context_chunks={self.context_chunks}",
             ),
             (
@@ -223,17 +219,12 @@ class SharedLLMConfig(PretrainedConfig):
                 "with chunk_spacing above 0 they are not stacked: pass context_bias='none'",
             ),
             (
-                self.selection_layer is None or 0 <= self.selection_layer < self.n_injected_layers,
+                self.selection_layer is None or self.selection_layer < self.n_injected_layers,
                 f"selection_layer must be an injected layer, 0..{self.n_injected_layers - 1} (n_injected_layers - 1), "
                 f"got {self.selection_layer}",
             ),
-            (self.tree_depth >= 0, f"tree_depth must be >= 0, got {self.tree_depth}"),
-            (self.tokens_per_node >= 1, f"tokens_per_node must be >= 1, got {self.tokens_per_node}"),
-            (self.decoder_window >= 1, f"decoder_window must be >= 1, got {self.decoder_window}"),
-            (self.chunk_overlap >= 0, f"chunk_overlap must be >= 0, got {self.chunk_overlap}"),
-            (self.max_chunks_per_pass >= 1, f"max_chunks_per_pass must be >= 1, got {self.max_chunks_per_pass}"),
             (
-                self.chunk_size >= 1 and self.chunk_size % 2**self.tree_depth == 0,
+                self.chunk_size % 2**self.tree_depth == 0,
                 f"chunk_size ({self.chunk_size}) must be divisible by 2**tree_depth ({2**self.tree_depth}) so that "
                 f"the tree halves a chunk evenly; use a chunk_size that is a multiple of {2**self.tree_depth} "
                 "or a smaller tree_depth",
@@ -242,7 +233,7 @@ class SharedLLMConfig(PretrainedConfig):
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        leaf = self.chunk_size // 2**self.tree_depth
+        leaf = self.leaf_length
         if leaf < self.tokens_per_node:
             raise ValueError(
                 f"a leaf of the context tree has chunk_size / 2**tree_depth = {leaf} tokens, fewer than "

@@ -27,33 +27,36 @@ class Knob:
     help: str
     choices: tuple | None = None
     optional: bool = False  # None is allowed: the knob then follows another one (see its help)
+    minimum: int | None = None  # an int knob's smallest valid value; the config refuses less (one rule, one message)
 
 
 # the method's knobs: what `from_base(base, **knobs)` and `from_pretrained(folder, **knobs)` accept
 KNOBS = {
     "n_injected_layers": Knob(
         int, 4, "M: bottom layers that take part in self-injection (fixed by a cross adapter's weights; a joint "
-        "adapter reads at any M)",
+        "adapter reads at any M)", minimum=1,
     ),
-    "chunk_size": Knob(int, 512, "C: context tokens per chunk"),
-    "decoder_window": Knob(int, 1024, "Ld: the most tokens the upper model reads; older tokens become context chunks"),
-    "tree_depth": Knob(int, 3, "D: levels of the context tree; 0 = no tree (the whole chunk is one node)"),
-    "tokens_per_node": Knob(int, 32, "P: key/value positions kept per tree node and injected layer"),
+    "chunk_size": Knob(int, 512, "C: context tokens per chunk", minimum=1),
+    "decoder_window": Knob(
+        int, 1024, "Ld: the most tokens the upper model reads; older tokens become context chunks", minimum=1,
+    ),
+    "tree_depth": Knob(int, 3, "D: levels of the context tree; 0 = no tree (the whole chunk is one node)", minimum=0),
+    "tokens_per_node": Knob(int, 32, "P: key/value positions kept per tree node and injected layer", minimum=1),
     "leaf_tokens_per_node": Knob(
         int, None, "positions kept per node of the finest level; default P; the leaf length C / 2**D keeps the "
-        "finest level exact", optional=True,
+        "finest level exact", optional=True, minimum=1,
     ),
     "selected_leaves": Knob(
         int, None, "n: rank every leaf (C / 2**D tokens) of a chunk at once and keep the n best at the leaf budget, "
         "every other leaf at P positions, instead of the tree's greedy descent (attention or recent selection). Why: "
         "the descent follows the single best token and loses a needle whose leaf ranks second (docs/method.md); "
-        "default: the tree", optional=True,
+        "default: the tree", optional=True, minimum=1,
     ),
     "leaf_lookback": Knob(
         int, 0, "s, with selected_leaves: a leaf is ranked by its best token among its own and the s tokens before it "
         "in its chunk, so the leaf after a matched key near a leaf border, where the value it looks up goes on, is "
         "kept exact too. Why: a needle's best token is its key words just before the value, and a value cut by a "
-        "leaf border was copied truncated (docs/method.md); 0 = each leaf by its own tokens",
+        "leaf border was copied truncated (docs/method.md); 0 = each leaf by its own tokens", minimum=0,
     ),
     "tree_selection": Knob(
         str, "query", "query: cosine of node vectors to the query (the paper); attention: the last injected "
@@ -62,7 +65,8 @@ KNOBS = {
     ),
     "selection_layer": Knob(
         int, None, "tree_selection attention: the injected layer whose query scores the tokens (0-based); default the "
-        "last injected layer. The base's retrieval heads may sit lower: calibrate it (docs/method.md)", optional=True,
+        "last injected layer. The base's retrieval heads may sit lower: calibrate it (docs/method.md)",
+        optional=True, minimum=0,
     ),
     "selection_score": Knob(
         str, "logit", "tree_selection attention: how the scoring layer's heads score a token: logit = the best head's "
@@ -75,11 +79,11 @@ KNOBS = {
         "score the context, the best (query, head) as the best head. What the query token selects stays; the Q "
         "tokens' best adds one exact leaf per chunk (with selected_leaves) and query_chunks chunks. Why: the "
         "question's key words look a needle up where its last token does not (docs/method.md); 1 = the query token "
-        "alone",
+        "alone", minimum=1,
     ),
     "query_chunks": Knob(
         int, 0, "m, with query_tokens > 1 and context_chunks k: m more chunks read, the best of the others under the "
-        "Q tokens' best (k + m read)",
+        "Q tokens' best (k + m read)", minimum=0,
     ),
     "query_layer": Knob(
         int, None, "with query_tokens > 1 and query_chunks m: an injected layer whose queries and keys rank chunks "
@@ -87,7 +91,7 @@ KNOBS = {
         "scoring layer and every leaf choice stay as without it. Why: at 128K the question's key words find a "
         "needle's chunk from layers 8-17, whose queries still match the needle's words, and not from layer 20, which "
         "picks the needle's leaf better (docs/method.md); default: none (the scoring layer adds nothing)",
-        optional=True,
+        optional=True, minimum=0,
     ),
     "node_compression": Knob(
         str, "stride", "how a node's keys/values become its budget: stride (from the node's first token, the "
@@ -106,7 +110,7 @@ KNOBS = {
     "chunk_overlap": Knob(
         int, 64, "S, joint injection: each chunk is read after the S tokens before it in the text (at most C; its left context "
         "and attention sink; the text's first chunk after BOS), which are then left out; 0 = every chunk alone. "
-        "Cross injection reads chunks alone, as the paper does",
+        "Cross injection reads chunks alone, as the paper does", minimum=0,
     ),
     "context_bias": Knob(
         str, "none", "joint injection: none, or log_chunks (every context logit lowered by log n, n = the row's "
@@ -118,20 +122,20 @@ KNOBS = {
         "under the scoring layer's query (a global top-k over chunks, as InfLLM retrieves blocks; the others stay "
         "cached, and only the k are gathered for attention); 0 with query_chunks: only the query tokens' chunks; "
         "default every chunk. Why: chunks share positions, so many of them dilute the window's attention",
-        optional=True,
+        optional=True, minimum=0,
     ),
     "chunk_spacing": Knob(
         int, 0, "g, joint injection: positions between the starts of consecutive chunks read, in their text order, the "
         "last one just before the window (chunk j of the k read at (j - k + 1)g - C + 0..C-1): 0 = stacked, every "
         "chunk at -C..-1 (any input length, as InfLLM places its blocks); C = side by side. Above 0 it needs "
         "context_chunks, and the chunks read plus the window inside the base's trained positions. Why: stacked "
-        "chunks share positions, so the window cannot tell their order",
+        "chunks share positions, so the window cannot tell their order", minimum=0,
     ),
     "recent_chunks": Knob(
         int, 0, "r, with context_chunks: the r most recent chunks (the text just before the window) are always among "
-        "the k read, whatever their score; the query ranks the rest",
+        "the k read, whatever their score; the query ranks the rest", minimum=0,
     ),
-    "max_chunks_per_pass": Knob(int, 16, "chunks encoded by one lower-model call; bounds peak memory"),
+    "max_chunks_per_pass": Knob(int, 16, "chunks encoded by one lower-model call; bounds peak memory", minimum=1),
     "full_logits": Knob(
         bool, False, "logits for every input position (harnesses such as lm-eval); each chunk-sized span is then "
         "scored by its own decoder pass",

@@ -70,7 +70,7 @@ EVAL_CASES = [
     (["--knob", "topk=8"], "got 'topk=8'; InfLLM's options are --infllm KNOB=VALUE"),  # its old InfLLM use
     (["--adapter", CROSS_ADAPTER, "--tree-depth", "5"],
      "SharedLLM knobs: a leaf of the context tree has chunk_size / 2**tree_depth = 8 tokens"),
-    (["--tree-depth", "5"], "leaf_tokens_per_node must be between 1 and the leaf length"),  # the default preset's 64
+    (["--tree-depth", "5"], "leaf_tokens_per_node must be at most the leaf length"),  # the default preset's 64
     # read as the knob's flag reads it (was: as JSON, then refused by the config's checks, or not: abc was a string)
     (["--adapter", "none", "--knob", "tree_selection=best"], "argument --knob: tree_selection: invalid choice: 'best'"),
     (["--knob", "tree_depth=abc"], "argument --knob: tree_depth: invalid int value: 'abc'"),

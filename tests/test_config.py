@@ -5,6 +5,7 @@ from conftest import tiny_model
 from test_model import wrap
 
 from sharedllm import SharedLLMConfig, SharedLLMForCausalLM
+from sharedllm.knobs import KNOBS
 
 SELECTION_KNOBS = dict(n_injected_layers=2, chunk_size=32, decoder_window=48)  # two tree levels: 8-token leaves
 
@@ -51,8 +52,17 @@ def test_attention_selection_needs_chunk_encoding():
         wrap_selection(tree_depth=2, tokens_per_node=4, tree_selection="attention", node_encoding="node")
 
 
+@pytest.mark.parametrize("name", [name for name, knob in KNOBS.items() if knob.minimum is not None])
+def test_every_knob_below_its_minimum_is_refused_by_name(name):
+    """The table's `minimum` is the one lower bound of each count knob: one below it is refused with the knob's
+    name, whatever the other knobs say (a negative tree depth used to reach 2**depth arithmetic first)."""
+    below = KNOBS[name].minimum - 1
+    with pytest.raises(ValueError, match=f"^{name} must be >= {below + 1}, got {below}$"):
+        SharedLLMConfig(**{name: below})
+
+
 def test_leaf_budget_must_fit_the_leaf():
-    with pytest.raises(ValueError, match="leaf_tokens_per_node must be between 1 and the leaf length"):
+    with pytest.raises(ValueError, match="leaf_tokens_per_node must be at most the leaf length chunk_size / 2\\*\\*tree_depth = 8"):
         wrap_selection(tree_depth=2, tokens_per_node=4, leaf_tokens_per_node=9)
 
 

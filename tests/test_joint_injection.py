@@ -113,7 +113,7 @@ def test_chunk_spacing_is_refused_where_it_does_not_fit():
     base = tiny_model("llama")
     with pytest.raises(ValueError, match="chunk_spacing lays the chunks read out.*injection='joint' and context_chunks"):
         joint(base, chunk_spacing=CHUNK, tree_selection="attention")
-    with pytest.raises(ValueError, match="chunk_spacing lays the chunks read out"):
+    with pytest.raises(ValueError, match="chunk_spacing must be >= 0"):
         joint(base, chunk_spacing=-1, **SPACED)
     with pytest.raises(ValueError, match="with chunk_spacing above 0 they are not stacked"):
         joint(base, context_bias="log_chunks", chunk_spacing=CHUNK, **SPACED)

@@ -213,7 +213,7 @@ def test_selected_leaves_keeps_the_planted_leaf_exact(monkeypatch):
 
 @pytest.mark.parametrize("knobs, message", [
     (dict(tree_selection="query", selected_leaves=1), "tree_selection 'attention' or 'recent'"),
-    (dict(tree_selection="attention", selected_leaves=5), "1 <= selected_leaves <= 2\\*\\*tree_depth"),
+    (dict(tree_selection="attention", selected_leaves=5), "needs tree_depth >= 1, selected_leaves <= 2\\*\\*tree_depth"),
     (dict(tree_selection="attention", tree_depth=0, selected_leaves=1), "tree_depth >= 1"),
 ])
 def test_selected_leaves_checks(knobs, message):
