@@ -11,6 +11,7 @@ import re
 import sys
 
 from sharedllm.knobs import KNOBS
+from sharedllm.method_table import INFLLM_OPTIONS, check_infllm_values
 
 _LENGTH = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
 _SCALE = {"": 1, "k": 1024, "m": 1024 * 1024}
@@ -186,17 +187,15 @@ def add_infllm_argument(parser) -> None:
     defaults, collected into one dict (`args.infllm`, InfLLM's keyword arguments), repeats included."""
     parser.add_argument("--infllm", nargs="+", type=infllm_option, action=_Collect, default={}, metavar="KNOB=VALUE",
                         help="InfLLM's options over its defaults, whole numbers, e.g. topk=8 n_sink=64 (the names: "
-                             "methods.InfLLM.KNOBS); its local window defaults to --decoder-window")
+                             "method_table.INFLLM_OPTIONS); its local window defaults to --decoder-window")
 
 
 def infllm_option(text: str) -> tuple[str, int]:
     """argparse `type=` of --infllm: "topk=8" -> ("topk", 8). The names are InfLLM's own declaration
-    (`methods.InfLLM.KNOBS`), every one a whole number."""
-    from sharedllm.methods import InfLLM  # when a value is parsed, not when the parser is built: --help stays light
-
+    (`method_table.INFLLM_OPTIONS`, `methods.InfLLM.KNOBS`), every one a whole number."""
     name, _, value = text.partition("=")
-    if name not in InfLLM.KNOBS or not (value.isascii() and value.isdigit()):
-        raise argparse.ArgumentTypeError(f"wants KNOB=N with KNOB one of {', '.join(InfLLM.KNOBS)} and N a whole "
+    if name not in INFLLM_OPTIONS or not (value.isascii() and value.isdigit()):
+        raise argparse.ArgumentTypeError(f"wants KNOB=N with KNOB one of {', '.join(INFLLM_OPTIONS)} and N a whole "
                                          f"number, got {text!r}")
     return name, int(value)
 
@@ -216,10 +215,8 @@ def check_infllm_options(args) -> None:
     if args.infllm and "infllm" not in args.methods:
         raise InputError("--infllm sets infllm's options: add infllm to --methods")
     if args.infllm:
-        from sharedllm.methods import InfLLM
-
         try:  # values it cannot run with, refused before the model loads and the methods before it run
-            InfLLM.check_options(**args.infllm)
+            check_infllm_values(**args.infllm)
         except ValueError as err:
             raise InputError(f"--infllm: {err}") from err
 

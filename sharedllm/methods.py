@@ -11,7 +11,7 @@ All methods run on the same base causal LM (Llama / Qwen2 / Mistral family, a tr
 
 `shared` holds the settings of a whole comparison: `adapter` (a SharedLLM adapter folder) and SharedLLM knobs
 (`config.KNOBS` names such as `decoder_window`). Each method class takes from it what it declares
-(`Method.shared_knobs`, `Method.reads_adapter`) and ignores the rest, so a caller never asks which method takes
+(`Method.shared_knobs`, `Method.reads_adapter`, from `sharedllm.method_table`) and ignores the rest, so a caller never asks which method takes
 what; `options` are the method's own keyword options (`n_sink=`, `topk=`, ...) and win over `shared`.
 
 Methods:
@@ -29,7 +29,6 @@ take 6 GB, so scoring applies `lm_head` to the hidden states of the predicting p
 
 import contextlib
 import copy
-import inspect
 import math
 
 import torch
@@ -39,10 +38,8 @@ from transformers.models.llama.modeling_llama import rotate_half
 
 from sharedllm.compat import cache_argument, output_cache
 from sharedllm.config import KNOB_DEFAULTS
-from sharedllm.config import KNOBS as CONFIG_KNOBS
 from sharedllm.flags import format_length
-
-METHODS = ("full", "window", "streaming", "infllm", "yarn", "sharedllm", "cepe")
+from sharedllm.method_table import INFLLM_DEFAULTS, INFLLM_OPTIONS, METHOD_READS, METHODS, check_infllm_values
 
 # lm_head rows per step when turning hidden states into NLL: bounds the (rows, vocab) logits to ~200 MB in fp32.
 LOGIT_ROWS_PER_STEP = 1024
@@ -120,6 +117,14 @@ class Method:
     name: str
     shared_knobs: tuple[str, ...] = ()  # the SharedLLM knobs (config.KNOBS names) of a comparison this method reads
     reads_adapter = False  # whether a comparison's SharedLLM adapter is this method's
+
+    def __init_subclass__(cls, **kwargs):
+        """A method of the comparison (a class with its own `name`, not a shared base such as PieceFedMethod) reads
+        what its row of `method_table.METHOD_READS` says: written once there, where eval checks it before torch."""
+        super().__init_subclass__(**kwargs)
+        if "name" in vars(cls):
+            reads = METHOD_READS[cls.name]
+            cls.shared_knobs, cls.reads_adapter = reads.shared_knobs, reads.reads_adapter
 
     def __init__(self, base, tokenizer=None):
         self.base = base
@@ -210,7 +215,6 @@ class WindowAttention(FullAttention):
     """
 
     name = "window"
-    shared_knobs = ("decoder_window",)
 
     def __init__(self, base, tokenizer=None, decoder_window: int = KNOB_DEFAULTS["decoder_window"]):
         super().__init__(base, tokenizer)
@@ -341,7 +345,6 @@ class StreamingLLM(PieceFedMethod):
     """
 
     name = "streaming"
-    shared_knobs = ("decoder_window",)
 
     def __init__(self, base, tokenizer=None, decoder_window: int = KNOB_DEFAULTS["decoder_window"],
                  window: int | None = None, n_sink: int = 4, block_size: int = 256):
@@ -385,16 +388,16 @@ class InfLLM(PieceFedMethod):
     """
 
     name = "infllm"
-    shared_knobs = ("decoder_window",)
     # its own options, all whole numbers: what `--infllm KNOB=VALUE` of eval and bench may set (sharedllm.flags)
-    KNOBS = ("n_sink", "block_size", "n_rep", "topk", "chunk_size", "local_window")
+    KNOBS = INFLLM_OPTIONS
 
     def __init__(self, base, tokenizer=None, decoder_window: int = KNOB_DEFAULTS["decoder_window"],
-                 local_window: int | None = None, n_sink: int = 64, block_size: int = 128, n_rep: int = 4,
-                 topk: int = 4, chunk_size: int = 256):
+                 local_window: int | None = None, n_sink: int = INFLLM_DEFAULTS["n_sink"],
+                 block_size: int = INFLLM_DEFAULTS["block_size"], n_rep: int = INFLLM_DEFAULTS["n_rep"],
+                 topk: int = INFLLM_DEFAULTS["topk"], chunk_size: int = INFLLM_DEFAULTS["chunk_size"]):
         super().__init__(base, tokenizer)
-        self.check_options(local_window=decoder_window if local_window is None else local_window, n_sink=n_sink,
-                           block_size=block_size, n_rep=n_rep, topk=topk, chunk_size=chunk_size)
+        check_infllm_values(local_window=decoder_window if local_window is None else local_window, n_sink=n_sink,
+                            block_size=block_size, n_rep=n_rep, topk=topk, chunk_size=chunk_size)
         self.local_window = decoder_window if local_window is None else local_window
         self.n_sink, self.block_size, self.n_rep = n_sink, block_size, n_rep
         self.topk, self.chunk_size, self.piece_size = topk, chunk_size, chunk_size
@@ -402,18 +405,6 @@ class InfLLM(PieceFedMethod):
         if native is not None and self.attended_tokens > native:
             raise ValueError(f"infllm attends up to {self.attended_tokens} tokens (n_sink + topk * block_size + "
                              f"local_window + block_size + chunk_size), past the base's trained {native}")
-
-    @classmethod
-    def check_options(cls, **options) -> None:
-        """Refuse options InfLLM cannot run with (eval and bench call it with --infllm's before loading anything); an
-        option not given keeps its default, and the local window defaults to a valid decoder window."""
-        defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items() if name in cls.KNOBS}
-        o = {**defaults, "local_window": 1, **options}
-        if min(o["local_window"], o["block_size"], o["chunk_size"]) < 1 or o["n_sink"] < 0 or o["topk"] < 0:
-            raise ValueError("infllm needs local_window, block_size, chunk_size >= 1 and n_sink, topk >= 0")
-        if not 1 <= o["n_rep"] <= o["block_size"]:
-            raise ValueError(f"infllm needs 1 <= n_rep <= block_size, got n_rep={o['n_rep']}, "
-                             f"block_size={o['block_size']}")
 
     @property
     def attended_tokens(self) -> int:
@@ -530,10 +521,7 @@ class SharedLLM(Method):
     """
 
     name = "sharedllm"
-    # the model's knobs, but full_logits: scoring asks for the decoder window's logits itself, whatever it says
-    KNOBS = tuple(name for name in CONFIG_KNOBS if name != "full_logits")
-    shared_knobs = KNOBS
-    reads_adapter = True
+    KNOBS = METHOD_READS["sharedllm"].shared_knobs  # the model's knobs, but full_logits (sharedllm.method_table)
 
     def __init__(self, base, tokenizer=None, adapter: str | None = None, **model_knobs):
         super().__init__(base, tokenizer)
@@ -599,10 +587,7 @@ class CEPE(SharedLLM):
     """Encoder-decoder context (CEPE-style) through the same class: every layer cross-attends to its own
     encoding of every context token (tree_depth = 0, tokens_per_node = chunk_size: no tree, no compression)."""
 
-    name = "cepe"
-    # a comparison's adapter is a SharedLLM one, not an encoder-decoder one: pass a CEPE adapter as `adapter=`
-    shared_knobs = ("chunk_size", "decoder_window", "max_chunks_per_pass")
-    reads_adapter = False
+    name = "cepe"  # reads the comparison's chunk_size, decoder_window and max_chunks_per_pass, never its adapter
 
     def __init__(self, base, tokenizer=None, adapter: str | None = None, **model_knobs):
         if adapter is None:

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from sharedllm import flags
 from sharedllm.config import KNOBS, SharedLLMConfig
 from sharedllm.flags import (add_knob_arguments, add_old_knob_argument, format_length, infllm_option, knob_flag,
                              knob_flags, knobs_from_args, parse_length)
@@ -140,6 +141,6 @@ def test_infllm_options_are_the_names_infllm_declares_with_whole_numbers(monkeyp
     for text in ["topk", "topk=", "=8", "topk=1.5", "topk=-1", "topk=eight", "topk=\uff18", "top_k=8", "decoder_window=8"]:
         with pytest.raises(argparse.ArgumentTypeError, match=f"with KNOB one of n_sink, .*, got {text!r}"):
             infllm_option(text)
-    monkeypatch.setattr(InfLLM, "KNOBS", ("topk",))  # the names are read from the method, not retyped
+    monkeypatch.setattr(flags, "INFLLM_OPTIONS", ("topk",))  # the names are read from the table, not retyped
     with pytest.raises(argparse.ArgumentTypeError, match="KNOB one of topk and N"):
         infllm_option("n_sink=8")

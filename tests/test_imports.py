@@ -69,6 +69,26 @@ def test_parsing_a_command_line_loads_no_torch(argv):
     assert result.stdout.split() == ["auto", "False"], "parsing the command line imported torch"
 
 
+@pytest.mark.parametrize("argv, error", [
+    (["--methods", "bogus"], "unknown method 'bogus'"),
+    (["--methods", "window", "--chunk-spacing", "3"], "--chunk-spacing is a knob of sharedllm, not of window"),
+    (["--methods", "infllm", "--infllm", "n_rep=0"], "infllm needs 1 <= n_rep <= block_size"),
+], ids=["method", "knob", "infllm"])
+def test_eval_refuses_a_method_mistake_without_torch(argv, error):
+    """A wrong method name, a knob no chosen method reads and an InfLLM option it cannot run with are refused from
+    `method_table` before anything imports torch (they took 5-12 s on the 2-core CPU, most of it importing it)."""
+    result = run_python(f"""
+        import sys
+        from sharedllm.cli import main
+        try:
+            main(["eval", "heldout", "--lengths", "8K", *{argv!r}])
+        except SystemExit as stop:
+            print("exit", stop.code, "torch" in sys.modules)
+    """)
+    assert error in result.stderr, result.stderr[-2000:]
+    assert result.stdout.split() == ["exit", "2", "False"], "the refusal imported torch"
+
+
 def test_report_and_compare_run_without_torch(tmp_path):
     """`report` and `compare` read result JSON only: they run without importing a model library."""
     results = tmp_path / "results"

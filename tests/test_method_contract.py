@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_model
+from sharedllm.method_table import METHOD_READS
 from sharedllm.methods import METHODS, load_method
 
 # chunks of 16 and a decoder window of 48: a 88-token prompt gives SharedLLM 3 context chunks and a 40-token window,
@@ -71,3 +72,16 @@ def test_method_contract(name):
 
     json.dumps(method.describe())
     assert method.describe()["method"] == name
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_window_only_in_the_method_table_is_what_the_method_does(name):
+    """eval refuses `--protocol sliding` (scoring from a document's second token) for the methods the table marks
+    `window_only`, before loading them: each marked one cannot score a token older than its decoder window, and
+    each other one can."""
+    method, tokens = build(name), ids(120)  # past every decoder window here (window's 96, sharedllm's 48)
+    if METHOD_READS[name].window_only:
+        with pytest.raises(ValueError, match="decoder window"):
+            method.token_nll(tokens, 1)
+    else:
+        assert torch.isfinite(method.token_nll(tokens, 1)).all()

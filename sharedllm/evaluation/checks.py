@@ -10,6 +10,7 @@ from pathlib import Path
 from sharedllm import provenance
 from sharedllm.cli import InputError, adapter_argument, chosen_adapter
 from sharedllm.flags import check_infllm_options, format_length, knob_flag, knobs_from_args, refuse_repeats
+from sharedllm.method_table import METHOD_READS, METHODS
 
 from .journal import TrialJournal, journals_of
 from .ppl import SCORED
@@ -58,25 +59,26 @@ def recorded_base(adapter) -> str | None:
     return None if base == DEFAULT_BASE else base
 
 
-def validate_args(args) -> None:
-    """Everything that can be checked before a model is loaded, each with one message saying what to change."""
-    from sharedllm.methods import METHODS
-
-    tokens = _BaseTokens(args.base)  # loaded at most once, by the checks below that need it
-
+def check_methods(args) -> None:
+    """The methods and what is given to them, from the method table alone (no torch: a typo answers at once)."""
     if unknown := [m for m in args.methods if m not in METHODS]:
         raise InputError(f"unknown method {', '.join(map(repr, unknown))}; valid methods: {', '.join(METHODS)}")
     if args.label and len(args.methods) != 1:
         raise InputError("--label names one method's results: pass a single method in --methods with it")
     check_infllm_options(args)
-    from sharedllm.methods import METHOD_CLASSES
-
     for name in knobs_from_args(args):  # a knob no chosen method reads would be silently ignored
-        readers = [m for m in METHODS if name in METHOD_CLASSES[m].shared_knobs]
+        readers = [m for m in METHODS if name in METHOD_READS[m].shared_knobs]
         if not readers:  # full_logits: eval scores decoder windows itself
             raise InputError(f"{knob_flag(name)} does not apply to sharedllm eval")
         if not set(readers) & set(args.methods):
             raise InputError(f"{knob_flag(name)} is a knob of {' / '.join(readers)}, not of {', '.join(args.methods)}")
+
+
+def validate_args(args) -> None:
+    """Everything else that can be checked before a model is loaded (after `check_methods`), each with one message
+    saying what to change."""
+    tokens = _BaseTokens(args.base)  # loaded at most once, by the checks below that need it
+
     if args.depths and not all(0.0 <= d <= 1.0 for d in args.depths):
         raise InputError(f"--depths must lie in [0, 1], got {args.depths}")
     _check_no_repeats(args)
@@ -209,11 +211,8 @@ def _check_cepe_adapter(args) -> None:
 def _check_sliding_methods(methods) -> None:
     """The sliding protocol scores a document from its second token on; window, sharedllm and cepe predict only inside
     their decoder window (the tokens before it are cut, or become context chunks), so their first window fails."""
-    from sharedllm.methods import METHOD_CLASSES, SharedLLM, WindowAttention
-
-    decoder_window_only = (WindowAttention, SharedLLM)
-    if unfit := [m for m in methods if issubclass(METHOD_CLASSES[m], decoder_window_only)]:
-        fit = [m for m, cls in METHOD_CLASSES.items() if not issubclass(cls, decoder_window_only)]
+    if unfit := [m for m in methods if METHOD_READS[m].window_only]:
+        fit = [m for m, reads in METHOD_READS.items() if not reads.window_only]
         raise InputError(f"--protocol sliding scores each document from its first tokens on, which {', '.join(unfit)} "
                          f"cannot predict (only inside the decoder window): use --protocol cepe, or sliding with "
                          f"{' / '.join(fit)}")
@@ -292,8 +291,6 @@ def _check_journal_weights(args, tokens: _BaseTokens) -> None:
     instead, with the same message, for every method that reads the adapter. Each journal's name is computed as
     `Session.journal` computes it, without loading the model; what that costs (niah / ruler's haystack, heldout's
     windows and so the tokenizer) is paid only where a journal of the method is there at all."""
-    from sharedllm.methods import METHOD_CLASSES
-
     task, adapter = JOURNAL_TASKS.get(args.task), chosen_adapter(args.adapter)
     if task is None:  # a task without journals
         return
@@ -303,7 +300,7 @@ def _check_journal_weights(args, tokens: _BaseTokens) -> None:
         return
     shared = shared_settings(args, adapter, adapter_config)
     for name, method in _result_names(args).items():
-        if not METHOD_CLASSES[method].reads_adapter:
+        if not METHOD_READS[method].reads_adapter:
             continue
         config = None
         for journal_name, settings in _journals(task, name, args, tokens):

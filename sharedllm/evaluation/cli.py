@@ -33,8 +33,8 @@ from sharedllm.flags import (
 )
 
 from . import report
-from .checks import (cell_path, cell_settings, check_given_options, keep_cell, recorded_base, require_windows,
-                     validate_args)
+from .checks import (cell_path, cell_settings, check_given_options, check_methods, keep_cell, recorded_base,
+                     require_windows, validate_args)
 from .journal import provenance_counts
 from .needle import RULER_TASKS, effective_length, run_needle_grid, run_ruler
 from .passkey import DEFAULT_DEPTHS, run_passkey
@@ -130,6 +130,7 @@ def run(args):
     for key, value in DEFAULTS[args.task].items():
         if getattr(args, key, None) is None:
             setattr(args, key, list(value) if isinstance(value, (list, tuple)) else value)
+    check_methods(args)
     if args.base is None:  # as `ask` does: an adapter is read on the base it was trained on
         args.base = recorded_base(args.adapter)
     validate_args(args)
