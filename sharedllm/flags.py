@@ -66,10 +66,13 @@ def add_knob_arguments(parser: argparse.ArgumentParser, title: str | None = None
 
 
 def knob_type(name: str):
-    """The argparse `type=` of a (non-bool) knob's flag: its type, token lengths spelled as lengths, "none" for an
-    optional knob."""
-    kind = parse_length if name in LENGTH_KNOBS else KNOBS[name].type
-    return _or_none(kind) if KNOBS[name].optional else kind
+    """The argparse `type=` of a (non-bool) knob's flag: its type, token lengths spelled as lengths, at least the
+    knob's minimum (refused while parsing, before any model library loads), "none" for an optional knob."""
+    knob = KNOBS[name]
+    kind = parse_length if name in LENGTH_KNOBS else knob.type
+    if knob.minimum is not None:
+        kind = at_least(knob.minimum, kind)
+    return _or_none(kind) if knob.optional else kind
 
 
 # An optional knob's flag given "none" sets the knob back to None, so an adapter's saved value can be switched off
@@ -275,20 +278,30 @@ def add_threads_argument(parser) -> None:
                              "and when jobs share the machine")
 
 
-def whole_number(minimum: int):
-    """argparse `type=` for a count flag: an integer >= `minimum` (0 where none is meaningful, e.g. bench's
-    `--decode-steps 0` times prefill only)."""
+def at_least(minimum: int, kind):
+    """argparse `type=`: `kind`'s value, refused below `minimum`."""
 
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    def parse(text: str):
+        value = kind(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
 
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse names the type in its error messages
     return parse
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def whole_number(minimum: int):
+    """argparse `type=` for a count flag: an integer >= `minimum` (0 where none is meaningful, e.g. bench's
+    `--decode-steps 0` times prefill only)."""
+    return at_least(minimum, _whole)
 
 
 positive_int = whole_number(1)  # every count flag: --threads, --trials, --max-windows, --repeats, ...

@@ -463,7 +463,7 @@ TRAIN_CASES = [
     ([*DATA, "--steps", "-3"], "--steps must be at least 1, got -3"),
     ([*DATA, "--grad-accum", "0"], "--grad-accum must be at least 1, got 0"),
     ([*DATA, "--chunk-size", "100", "--tree-depth", "3"], "chunk_size (100) must be divisible by 2**tree_depth (8)"),
-    ([*DATA, "--tokens-per-node", "0"], "tokens_per_node must be >= 1, got 0"),
+    ([*DATA, "--tokens-per-node", "0"], "argument --tokens-per-node: must be at least 1, got 0"),
     ([*DATA, "--full-logits"], "--full-logits does not apply to training"),
     ([*DATA, "--injection", "joint"], "--injection joint adds no module, so without --lora-rank there is nothing"),
     ([*DATA, "--lr", "nan"], "--lr must be >= 0, got nan"),

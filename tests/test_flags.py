@@ -45,6 +45,18 @@ def test_every_knob_is_a_flag_with_the_configs_type_and_choices():
         parser.parse_args(["--tree-selection", "random"])
 
 
+@pytest.mark.parametrize("name", [name for name, knob in KNOBS.items() if knob.minimum is not None])
+def test_a_knob_flag_below_the_knobs_minimum_is_refused_while_parsing(name, capsys):
+    """The table's minimum is refused by the flag itself (before a model library loads), and the minimum passes."""
+    parser = argparse.ArgumentParser()
+    add_knob_arguments(parser)
+    minimum = KNOBS[name].minimum
+    assert getattr(parser.parse_args([knob_flag(name), str(minimum)]), name) == minimum
+    with pytest.raises(SystemExit):
+        parser.parse_args([knob_flag(name), str(minimum - 1)])
+    assert f"argument {knob_flag(name)}: " in capsys.readouterr().err
+
+
 def test_none_switches_an_optional_knob_off():
     parser = argparse.ArgumentParser()
     add_knob_arguments(parser)
