@@ -11,8 +11,9 @@ All methods run on the same base causal LM (Llama / Qwen2 / Mistral family, a tr
 
 `shared` holds the settings of a whole comparison: `adapter` (a SharedLLM adapter folder) and SharedLLM knobs
 (`config.KNOBS` names such as `decoder_window`). Each method class takes from it what it declares
-(`Method.shared_knobs`, `Method.reads_adapter`, from `sharedllm.method_table`) and ignores the rest, so a caller never asks which method takes
-what; `options` are the method's own keyword options (`n_sink=`, `topk=`, ...) and win over `shared`.
+(`Method.shared_knobs`, `Method.reads_adapter`, from its row of `sharedllm.method_table`) and ignores the rest, so a
+caller never asks which method takes what; `options` are the method's own keyword options (`n_sink=`, `topk=`, ...)
+and win over `shared`.
 
 Methods:
     full       the base model, full attention over all T tokens (the upper bound while T fits its training)
