@@ -1,7 +1,7 @@
 """The comparison's methods by name and what each reads of a comparison's shared settings, and InfLLM's own options.
 
-Light on purpose (no torch, no transformers): eval and bench refuse a wrong method name, a knob no chosen method
-reads or a bad `--infllm` value from this table in a fraction of a second, before any model code loads.
+Light on purpose (no torch, no transformers): eval refuses a wrong method name or a knob no chosen method reads, and
+eval and bench a bad `--infllm` value, from this table in a fraction of a second, before any model code loads.
 `sharedllm.methods` gives its classes these declarations (`Method.__init_subclass__`), so each is written once.
 """
 

@@ -588,7 +588,7 @@ class CEPE(SharedLLM):
     """Encoder-decoder context (CEPE-style) through the same class: every layer cross-attends to its own
     encoding of every context token (tree_depth = 0, tokens_per_node = chunk_size: no tree, no compression)."""
 
-    name = "cepe"  # reads the comparison's chunk_size, decoder_window and max_chunks_per_pass, never its adapter
+    name = "cepe"  # what it reads of a comparison (never its adapter): its row of method_table.METHOD_READS
 
     def __init__(self, base, tokenizer=None, adapter: str | None = None, **model_knobs):
         if adapter is None:

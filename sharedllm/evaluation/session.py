@@ -14,6 +14,7 @@ from sharedllm.assets import sharedllm_home
 from sharedllm.cli import InputError, chosen_adapter
 from sharedllm.flags import knobs_from_args, resolve_device
 from sharedllm.knobs import KNOB_DEFAULTS
+from sharedllm.method_table import METHOD_READS
 from sharedllm.provenance import REPO
 
 from .journal import TrialJournal
@@ -54,9 +55,7 @@ class Session:
         """An adapter on a base it was not trained on fails inside its method (`from_pretrained`), after the methods
         before it ran: refused here, once the base has loaded and before any method runs."""
         from sharedllm.loading import base_fingerprint
-        from sharedllm.methods import METHOD_CLASSES
-
-        if not (self.adapter_config and any(METHOD_CLASSES[m].reads_adapter for m in self.args.methods)):
+        if not (self.adapter_config and any(METHOD_READS[m].reads_adapter for m in self.args.methods)):
             return
         recorded = self.adapter_config
         trained_on, found = recorded.get("base_fingerprint"), base_fingerprint(self.base)
