@@ -21,8 +21,8 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from sharedllm.compat import cache_argument
 from sharedllm.config import SharedLLMConfig
-from sharedllm.infllm import rotate
 from sharedllm.injection import head_states
+from sharedllm.rope import rotate
 from sharedllm.rows import gather_tokens
 from sharedllm.tree import (
     attention_half_scores,

@@ -32,21 +32,10 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.masking_utils import AttentionMaskInterface
-from transformers.models.llama.modeling_llama import rotate_half
+
+from sharedllm.rope import rotate
 
 ATTENTION_NAME = "sharedllm_infllm"
-
-
-def rotate(x: torch.Tensor, positions: torch.Tensor, rotary_emb: torch.nn.Module) -> torch.Tensor:
-    """Rotate x (B, H, S, D) by RoPE angles of `positions` (B, S), any integers (negative = backwards).
-
-    Applied to a key rotated at p it gives the key rotated at p + positions. cos/sin come from the model's own
-    rotary module with its attention scaling divided out (the cached keys carry it once already); fp32 math.
-    """
-    cos, sin = rotary_emb(x.float(), positions)  # (B, S, D) each
-    scaling = getattr(rotary_emb, "attention_scaling", 1.0)
-    cos, sin = cos[:, None] / scaling, sin[:, None] / scaling  # (B, 1, S, D)
-    return (x.float() * cos + rotate_half(x.float()) * sin).to(x.dtype)
 
 
 def group_heads(query: torch.Tensor, n_kv_heads: int) -> torch.Tensor:

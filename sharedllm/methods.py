@@ -35,12 +35,12 @@ import math
 import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
-from transformers.models.llama.modeling_llama import rotate_half
 
 from sharedllm.compat import cache_argument, output_cache
 from sharedllm.config import KNOB_DEFAULTS
 from sharedllm.flags import format_length
 from sharedllm.method_table import INFLLM_DEFAULTS, INFLLM_OPTIONS, METHOD_READS, METHODS, check_infllm_values
+from sharedllm.rope import rotate
 
 # lm_head rows per step when turning hidden states into NLL: bounds the (rows, vocab) logits to ~200 MB in fp32.
 LOGIT_ROWS_PER_STEP = 1024
@@ -295,20 +295,6 @@ class PieceFedMethod(Method):
 # StreamingLLM (Xiao et al. 2023): attention sinks + recent window, positions inside the cache
 
 
-def shift_rope(keys: torch.Tensor, shift: int, rotary_emb: torch.nn.Module) -> torch.Tensor:
-    """Move RoPE-rotated keys (B, H, S, D) by `shift` positions: a key rotated at p becomes the key rotated at p + shift.
-
-    Rotations compose, R(shift) R(p) = R(p + shift), so the keys need not be recomputed. cos/sin come from the model's
-    own rotary module (so any fixed-frequency RoPE variant works) with its attention scaling divided out, because
-    the cached keys already carry that scaling once. Computed in fp32: keys are re-rotated at every eviction.
-    """
-    position_ids = torch.tensor([[shift]], device=keys.device)
-    cos, sin = rotary_emb(keys.float(), position_ids)  # (1, 1, D) each
-    scaling = getattr(rotary_emb, "attention_scaling", 1.0)
-    cos, sin = cos[0, 0] / scaling, sin[0, 0] / scaling  # (D,)
-    return (keys.float() * cos + rotate_half(keys.float()) * sin).to(keys.dtype)
-
-
 class SinkCache(Cache):
     """KV cache of StreamingLLM: the first `n_sink` tokens plus the most recent ones, at most `window` in all.
 
@@ -332,7 +318,9 @@ class SinkCache(Cache):
         if n_evict <= 0:
             return
         for layer in self.layers:  # keys / values: (B, H_kv, S, D)
-            recent_keys = shift_rope(layer.keys[:, :, self.n_sink + n_evict :], -n_evict, self.rotary_emb)
+            recent_keys = layer.keys[:, :, self.n_sink + n_evict :]
+            back = torch.full((recent_keys.shape[0], recent_keys.shape[2]), -n_evict, device=recent_keys.device)  # (B, S)
+            recent_keys = rotate(recent_keys, back, self.rotary_emb)  # the key at p becomes the key at p - n_evict
             layer.keys = torch.cat([layer.keys[:, :, : self.n_sink], recent_keys], dim=-2)
             layer.values = torch.cat([layer.values[:, :, : self.n_sink], layer.values[:, :, self.n_sink + n_evict :]], dim=-2)
 

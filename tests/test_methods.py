@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from conftest import tiny_model
-from sharedllm.methods import METHODS, SinkCache, load_method, shift_rope
+from sharedllm.methods import METHODS, SinkCache, load_method
+from sharedllm.rope import rotate
 
 VOCAB = 128
 
@@ -113,7 +114,7 @@ def test_streaming_matches_sink_plus_recent_reference(block_size):
 
 
 @pytest.mark.parametrize("rope", [None, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}])
-def test_shift_rope_moves_a_key_by_the_shift(rope):
+def test_rotate_moves_a_key_by_the_shift(rope):
     overrides = {} if rope is None else {"rope_parameters": {"rope_theta": 10000.0, **rope}}
     rotary_emb = tiny_model("llama", **overrides).model.rotary_emb
     key = torch.randn(1, 2, 1, 16)  # (B, H, S, D)
@@ -123,7 +124,8 @@ def test_shift_rope_moves_a_key_by_the_shift(rope):
         return apply_rotary_pos_emb(key, key, cos, sin)[1]
 
     for position, shift in [(37, 30), (300, 299), (5, 0)]:
-        torch.testing.assert_close(shift_rope(rotated_at(position), -shift, rotary_emb), rotated_at(position - shift),
+        back = torch.full((1, 1), -shift)  # (B, S)
+        torch.testing.assert_close(rotate(rotated_at(position), back, rotary_emb), rotated_at(position - shift),
                                    atol=1e-5, rtol=0)
 
 
@@ -356,8 +358,6 @@ def test_infllm_retrieves_a_planted_block_in_the_model():
     """Plant one block's representative keys along the next chunk's (layer-0) queries at the scoring distance:
     the model's own retrieval must pick it, and did not without the plant."""
     import copy
-
-    from sharedllm.infllm import rotate
 
     base = tiny_model("llama")
     infllm = load_method("infllm", base, topk=2, **TINY_INFLLM)
