@@ -121,7 +121,8 @@ KNOBS = {
         int, None, "k, tree_selection attention: the window reads only the k chunks whose best token scores highest "
         "under the scoring layer's query (a global top-k over chunks, as InfLLM retrieves blocks; the others stay "
         "cached, and only the k are gathered for attention); 0 with query_chunks: only the query tokens' chunks; "
-        "default every chunk. Why: chunks share positions, so many of them dilute the window's attention",
+        "default every chunk. Why: stacked chunks share positions, so many of them dilute the window's attention "
+        "(spaced ones, chunk_spacing, do not: docs/method.md)",
         optional=True, minimum=0,
     ),
     "chunk_spacing": Knob(
