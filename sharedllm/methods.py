@@ -317,10 +317,10 @@ class SinkCache(Cache):
         n_evict = self.get_seq_length() + n_new - self.window
         if n_evict <= 0:
             return
+        back = torch.tensor([[-n_evict]], device=self.layers[0].keys.device)  # (1, 1): one shift for every key
         for layer in self.layers:  # keys / values: (B, H_kv, S, D)
-            recent_keys = layer.keys[:, :, self.n_sink + n_evict :]
-            back = torch.full((recent_keys.shape[0], recent_keys.shape[2]), -n_evict, device=recent_keys.device)  # (B, S)
-            recent_keys = rotate(recent_keys, back, self.rotary_emb)  # the key at p becomes the key at p - n_evict
+            # the key at p becomes the key at p - n_evict
+            recent_keys = rotate(layer.keys[:, :, self.n_sink + n_evict :], back, self.rotary_emb)
             layer.keys = torch.cat([layer.keys[:, :, : self.n_sink], recent_keys], dim=-2)
             layer.values = torch.cat([layer.values[:, :, : self.n_sink], layer.values[:, :, self.n_sink + n_evict :]], dim=-2)
 

@@ -10,7 +10,8 @@ from transformers.models.llama.modeling_llama import rotate_half
 
 
 def rotate(x: torch.Tensor, positions: torch.Tensor, rotary_emb: torch.nn.Module) -> torch.Tensor:
-    """Rotate x (B, H, S, D) by RoPE angles of `positions` (B, S), any integers (negative = backwards).
+    """Rotate x (B, H, S, D) by RoPE angles of `positions` (B, S), any integers (negative = backwards); (1, 1)
+    rotates every key by one shift (its cos/sin broadcast).
 
     Applied to a key rotated at p it gives the key rotated at p + positions. cos/sin come from the model's own
     rotary module (so any fixed-frequency RoPE variant works) with its attention scaling divided out, because the
