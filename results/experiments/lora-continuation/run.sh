@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The lora-continuation experiment (README.md): continue the default's LoRA on its own recipe, then the rule's checks.
+#   results/experiments/lora-continuation/run.sh train | perplexity | retrieval | floors
+set -euo pipefail
+export HF_HUB_OFFLINE=1
+HERE=results/experiments/lora-continuation
+DEFAULT=adapters/smollm2-135m-joint-exercises
+RUN=runs/lora-continuation/more
+READ=(--methods sharedllm --adapter "$RUN" --decoder-window 1024 --label more --threads 1)
+case "${1:?train, perplexity, retrieval or floors}" in
+  train)  # the default's recipe (scripts/experiment_joint_lora.sh exercises) from its LoRA: 60 more steps, new samples
+    read -ra KNOBS <<< "$(python scripts/knob_flags.py "$DEFAULT" --except decoder_window)"
+    python -m sharedllm train --output "$RUN" "${KNOBS[@]}" --n-chunks 2 --decoder-window 512 --lora-rank 8 \
+      --batch-size 1 --grad-accum 4 --warmup 3 --domains books:0.5 math:0.3 code:0.2 --eval-windows 8 \
+      --eval-every 15 --save-every 5 --log-every 5 --no-progress --retrieval-fraction 0.3 \
+      --init-adapter "$DEFAULT" --lr 2e-4 --seed 2 --steps 60 --threads 2 ;;
+  perplexity)  # rule 1: validation 8K, the 16 windows of the default's cells
+    for domain in books math code; do
+      python -m sharedllm eval heldout "${READ[@]}" --split validation --domains "$domain" --lengths 8K \
+        --max-windows 16 --output "$HERE/heldout-8k-validation"
+    done ;;
+  retrieval)  # rule 2, in the order that decides most often
+    python -m sharedllm eval passkey "${READ[@]}" --lengths 8K --depths 1.0 --trials 10 --seed 0 \
+      --output "$HERE/passkey-8k-depth-1"
+    python -m sharedllm eval ruler "${READ[@]}" --tasks niah_single --trials 10 --split validation --lengths 16K \
+      --output "$HERE/ruler-16k-validation"
+    python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --split validation --domains books \
+      --lengths 16K --output "$HERE/ruler-16k-validation-multikey" ;;
+  floors)  # recorded, decides nothing: each LoRA's own window floor (the base with it merged, the window alone)
+    for arm in default more; do
+      adapter=$DEFAULT; [ "$arm" = more ] && adapter=$RUN
+      [ -d "runs/lora-continuation/merged-$arm" ] || python scripts/export_merged_base.py "$adapter" "runs/lora-continuation/merged-$arm"
+      python -m sharedllm eval heldout --methods window --base "runs/lora-continuation/merged-$arm" --decoder-window 1024 \
+        --label "floor-$arm" --threads 1 --split validation --domains books math code --lengths 8K --max-windows 16 \
+        --output "$HERE/floors-8k-validation"
+    done ;;
+  *) echo "unknown step $1 (train, perplexity, retrieval or floors)" >&2; exit 2 ;;
+esac
