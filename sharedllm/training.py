@@ -651,7 +651,8 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
         axes[0].plot(*zip(*kl), lw=1, label="distillation KL alone (unweighted)")
     if train or kl:
         axes[0].legend(fontsize=8)
-    axes[0].set(xlabel="step", ylabel="loss", title="training loss (decoder window LM + weighted KL)")
+    terms = "decoder window LM + weighted KL" if kl else "decoder window LM"  # the KL only when distilling
+    axes[0].set(xlabel="step", ylabel="loss", title=f"training loss ({terms})")
     if validation:
         axes[1].plot(*zip(*validation), marker="o")
     axes[1].set(xlabel="step", ylabel="validation perplexity", title="validation perplexity")

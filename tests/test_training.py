@@ -538,6 +538,17 @@ def test_loss_curve_gets_a_retrieval_panel_when_logged(tmp_path):
     assert widths[0] > widths[1]  # three panels against two
 
 
+def test_loss_curve_names_the_kl_only_when_distilling(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    titles = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: titles.append(fig.axes[0].get_title()))
+    for name, record in [("distilled", {"step": 1, "loss": 2.0, "distill_kl": 0.3}), ("lm", {"step": 1, "loss": 2.0})]:
+        training.append_log(tmp_path / f"{name}.jsonl", record)
+        training.plot_curves(tmp_path / f"{name}.jsonl", tmp_path / f"{name}.png")
+    assert "KL" in titles[0] and "KL" not in titles[1]
+
+
 def test_trailing_mean_is_the_mean_of_the_last_window_values():
     assert training.trailing_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert training.trailing_mean([2.0, 4.0], 5) == [2.0, 3.0]  # fewer values than the window at the start
