@@ -1,0 +1,18 @@
+"""Each LoRA's window floor against the other's, on the same windows (README.md, "Floors").
+
+`sharedllm compare` refuses runs of two base folders, since another base may tokenize the texts into other windows;
+these two are the one base with one LoRA or the other merged (`scripts/export_merged_base.py`), same tokenizer, so
+the windows are the same and the paired comparison holds. This calls compare's own held-out lines past that check.
+
+    python results/experiments/lora-continuation/compare_floors.py
+"""
+
+from pathlib import Path
+
+from sharedllm.evaluation.compare import heldout_lines, load
+
+FOLDER = Path(__file__).parent / "floors-8k-validation"
+
+for domain in ("books", "math", "code"):
+    first, second = (load(FOLDER / f"heldout_{domain}_8192_floor-{arm}.json") for arm in ("default", "more"))
+    print("\n".join(heldout_lines(first, second)[:3]))
