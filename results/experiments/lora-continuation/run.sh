@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The lora-continuation experiment (README.md): continue the default's LoRA on its own recipe, then the rule's checks.
-#   results/experiments/lora-continuation/run.sh train | perplexity | retrieval | floors
+#   results/experiments/lora-continuation/run.sh train | perplexity | retrieval | floors | floors-test
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 HERE=results/experiments/lora-continuation
 DEFAULT=adapters/smollm2-135m-joint-exercises
 RUN=runs/lora-continuation/more
 READ=(--methods sharedllm --adapter "$RUN" --decoder-window 1024 --label more --threads 1)
-case "${1:?train, perplexity, retrieval or floors}" in
+case "${1:?train, perplexity, retrieval, floors or floors-test}" in
   train)  # the default's recipe (scripts/experiment_joint_lora.sh exercises) from its LoRA: 60 more steps, new samples
     read -ra KNOBS <<< "$(python scripts/knob_flags.py "$DEFAULT" --except decoder_window)"
     python -m sharedllm train --output "$RUN" "${KNOBS[@]}" --n-chunks 2 --decoder-window 512 --lora-rank 8 \
@@ -34,5 +34,11 @@ case "${1:?train, perplexity, retrieval or floors}" in
         --label "floor-$arm" --threads 1 --split validation --domains books math code --lengths 8K --max-windows 16 \
         --output "$HERE/floors-8k-validation"
     done ;;
-  *) echo "unknown step $1 (train, perplexity, retrieval or floors)" >&2; exit 2 ;;
+  floors-test)  # the same on the test split's 16 windows (the merged bases from `floors`)
+    for arm in default more; do
+      python -m sharedllm eval heldout --methods window --base "runs/lora-continuation/merged-$arm" --decoder-window 1024 \
+        --label "floor-$arm" --threads 1 --domains books math code --lengths 8K --max-windows 16 \
+        --output "$HERE/floors-8k-test"
+    done ;;
+  *) echo "unknown step $1 (train, perplexity, retrieval, floors or floors-test)" >&2; exit 2 ;;
 esac
