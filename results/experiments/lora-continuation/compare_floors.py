@@ -4,14 +4,15 @@
 these two are the one base with one LoRA or the other merged (`scripts/export_merged_base.py`), same tokenizer, so
 the windows are the same and the paired comparison holds. This calls compare's own held-out lines past that check.
 
-    python results/experiments/lora-continuation/compare_floors.py
+    python results/experiments/lora-continuation/compare_floors.py [validation|test]
 """
 
+import sys
 from pathlib import Path
 
 from sharedllm.evaluation.compare import heldout_lines, load
 
-FOLDER = Path(__file__).parent / "floors-8k-validation"
+FOLDER = Path(__file__).parent / f"floors-8k-{sys.argv[1] if len(sys.argv) > 1 else 'validation'}"
 
 for domain in ("books", "math", "code"):
     first, second = (load(FOLDER / f"heldout_{domain}_8192_floor-{arm}.json") for arm in ("default", "more"))
