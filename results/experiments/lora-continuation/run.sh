@@ -26,19 +26,14 @@ case "${1:?train, perplexity, retrieval, floors or floors-test}" in
       --output "$HERE/ruler-16k-validation"
     python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --split validation --domains books \
       --lengths 16K --output "$HERE/ruler-16k-validation-multikey" ;;
-  floors)  # recorded, decides nothing: each LoRA's own window floor (the base with it merged, the window alone)
+  floors|floors-test)  # recorded, decides nothing: each LoRA's own window floor (the base with it merged, the window alone)
+    split=validation; [ "$1" = floors-test ] && split=test
     for arm in default more; do
       adapter=$DEFAULT; [ "$arm" = more ] && adapter=$RUN
       [ -d "runs/lora-continuation/merged-$arm" ] || python scripts/export_merged_base.py "$adapter" "runs/lora-continuation/merged-$arm"
       python -m sharedllm eval heldout --methods window --base "runs/lora-continuation/merged-$arm" --decoder-window 1024 \
-        --label "floor-$arm" --threads 1 --split validation --domains books math code --lengths 8K --max-windows 16 \
-        --output "$HERE/floors-8k-validation"
-    done ;;
-  floors-test)  # the same on the test split's 16 windows (the merged bases from `floors`)
-    for arm in default more; do
-      python -m sharedllm eval heldout --methods window --base "runs/lora-continuation/merged-$arm" --decoder-window 1024 \
-        --label "floor-$arm" --threads 1 --domains books math code --lengths 8K --max-windows 16 \
-        --output "$HERE/floors-8k-test"
+        --label "floor-$arm" --threads 1 --split "$split" --domains books math code --lengths 8K --max-windows 16 \
+        --output "$HERE/floors-8k-$split"
     done ;;
   *) echo "unknown step $1 (train, perplexity, retrieval, floors or floors-test)" >&2; exit 2 ;;
 esac
