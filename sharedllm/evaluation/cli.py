@@ -177,7 +177,8 @@ def ppl_results(session, protocol, lengths, max_windows, default_domains=None, n
         decoder_len = (method.describe().get("decoder_window") or 0) if hasattr(method, "describe") else 0
         for length in lengths:
             r = perplexity(method, ids, protocol, length, domains=[d.domain for d in docs],
-                           decoder_len=min(decoder_len, length), max_windows=max_windows)
+                           doc_ids=[d.doc_id for d in docs], decoder_len=min(decoder_len, length),
+                           max_windows=max_windows)
             scores[str(length)] = r["ppl"]
             counts[str(length)] = {"docs": r["n_docs"], "docs_too_short": r["n_docs_skipped"],
                                    "windows": r["n_windows"], "scored_tokens": r["scored_tokens"]}

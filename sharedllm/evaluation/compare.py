@@ -3,19 +3,22 @@
 A pair of held-out perplexity cells (`sharedllm eval heldout`, same domain and length, or two lengths cut from one
 plan with `--targets-of`) gives PPL(A) / PPL(B) over the windows both scored (paired by the tokens they score), with
 the paired bootstrap interval (`heldout.paired_ratio`): how hard a window is cancels, so two methods whose own
-intervals overlap can still separate. A pair of retrieval files (`eval passkey` /
-`eval ruler`) gives, per cell, both accuracies on the trials both ran and how many trials each won, with the exact
-two-sided sign test on those wins (McNemar's test for right/wrong answers). Trials are matched by their position
-(length, task, depth, trial) and must hold the same prompt (same needle value). Two files must name the same base
-model and the same data (its source, split and domains, as the result records them): a RULER needle's value
-depends on the seed and its position only, not on the haystack, so runs on other data are refused by what the
-files record, and runs of another seed by their needle values.
+intervals overlap can still separate. Two `sharedllm eval ppl` runs of one protocol (a user's `--data`, say) give
+the same per length they both ran, token-weighted under the sliding protocol as its PPL is. A pair of retrieval
+files (`eval passkey` / `eval ruler`) gives, per cell, both accuracies on the trials both ran and how many trials
+each won, with the exact two-sided sign test on those wins (McNemar's test for right/wrong answers). Trials are
+matched by their position (length, task, depth, trial) and must hold the same prompt (same needle value). Two files
+must name the same base model and the same data (its source, split and domains, as the result records them): a
+RULER needle's value depends on the seed and its position only, not on the haystack, so runs on other data are
+refused by what the files record, and runs of another seed by their needle values.
 """
 
 import json
 import math
 from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 from sharedllm.flags import format_length
 
@@ -26,8 +29,9 @@ from .retrieval_report import RETRIEVAL_TASKS, trial_cell, trial_score
 
 def add_arguments(parser):
     parser.add_argument("files", nargs=2, metavar="RESULT.json",
-                        help="two result files of one task: held-out cells of the same domain and length, or two "
-                             "passkey / two RULER files; ratios and wins are the first over the second")
+                        help="two result files of one task: held-out cells of the same domain and length, two `eval "
+                             "ppl` runs of one protocol, or two passkey / two RULER files; ratios and wins are the "
+                             "first over the second")
 
 
 def run(args):
@@ -35,7 +39,7 @@ def run(args):
     if first["task"] != second["task"]:
         _refuse(f"{args.files[0]} is a {first['task']} result, {args.files[1]} a {second['task']} one")
     refuse_other_inputs(first, second)
-    lines = heldout_lines(first, second) if first["task"] == "heldout" else retrieval_lines(first, second)
+    lines = {"heldout": heldout_lines, "ppl": ppl_lines}.get(first["task"], retrieval_lines)(first, second)
     print("\n".join([f"A = {args.files[0]} ({label(first)})", f"B = {args.files[1]} ({label(second)})", *lines]))
 
 
@@ -55,7 +59,11 @@ def load(path) -> dict:
         return result
     if task in RETRIEVAL_TASKS and "records" in result.get("details", {}):
         return result
-    _refuse(f"{path} is not a held-out, passkey or RULER result of `sharedllm eval` (task {task!r})")
+    if task == "ppl" and isinstance(result.get("details"), dict):
+        if all("windows" in cell for cell in result["details"].values()):
+            return result
+        _refuse(f"{path} records no per-window NLL (an `eval ppl` run from before they were recorded): run it again")
+    _refuse(f"{path} is not a held-out, perplexity, passkey or RULER result of `sharedllm eval` (task {task!r})")
 
 
 # What a result records about its data (held-out cells' domain is checked with their windows, in heldout_lines).
@@ -85,38 +93,63 @@ def heldout_lines(first: dict, second: dict) -> list[str]:
     if plans[0] != plans[1]:
         _refuse(f"held-out cells of another length: {first['length']} vs {second['length']} (cells of two lengths "
                 f"compare only on one plan's targets: `eval heldout --targets-of`)")
-    scored = [scored_windows(r) for r in (first, second)]  # paired by the tokens they score
-    common = [key for key in scored[0] if key in scored[1]]
-    if not common:
-        _refuse("the two cells share no scored window (another window plan, or nothing scored)")
-    a, b = ([s[key]["mean_nll"] for key in common] for s in scored)
-    ratio, low, high = paired_ratio(a, b)
-    tokens = sum(scored[0][key]["scored_tokens"] for key in common)
-    left_out = [len(s) - len(common) for s in scored]
-    separated = round(high, 3) < 1 or round(low, 3) > 1  # as printed: 1.000 [1.000, 1.000] is level, not separated
     lengths = [format_length(int(r["length"])) for r in (first, second)]
     cell = lengths[0] if plans[0] == int(first["length"]) == int(second["length"]) else \
         f"A {lengths[0]} / B {lengths[1]} of context on the targets of the {format_length(plans[0])} plan"
-    return [f"{first['domain']} {cell}: {len(common)} windows scored by both "
-            f"({tokens} tokens)" + (f"; left out, scored by one only: A {left_out[0]}, B {left_out[1]}"
-                                    if any(left_out) else ""),
-            f"PPL A {math.exp(sum(a) / len(a)):.3f}, B {math.exp(sum(b) / len(b)):.3f}",
+    return paired_lines(f"{first['domain']} {cell}", [scored_windows(r) for r in (first, second)])
+
+
+def ppl_lines(first: dict, second: dict) -> list[str]:
+    """Per length both `eval ppl` runs scored: the paired ratio over the windows both scored (the same tokens)."""
+    if first["protocol"] != second["protocol"]:
+        _refuse(f"perplexity runs of another protocol: {first['protocol']} vs {second['protocol']}")
+    lengths = sorted(set(first["details"]) & set(second["details"]), key=int)
+    if not lengths:
+        _refuse(f"the two runs share no length: {sorted(first['details'], key=int)} vs "
+                f"{sorted(second['details'], key=int)}")
+    lines = []
+    for length in lengths:
+        scored = [{(w["domain"], w["doc"], w["score_start"], w["end"]): w for w in r["details"][length]["windows"]}
+                  for r in (first, second)]
+        lines += paired_lines(f"{format_length(int(length))} ({first['protocol']} protocol)", scored,
+                              weighted=first["protocol"] == "sliding")
+    return lines
+
+
+def paired_lines(cell: str, scored: list[dict], weighted: bool = False) -> list[str]:
+    """The lines of one paired cell from two {key of the tokens scored: window record} maps: windows both scored,
+    both PPLs on them, the paired ratio and its interval (`weighted`: by scored tokens), and per document."""
+    common = [key for key in scored[0] if key in scored[1]]
+    if not common:
+        _refuse(f"{cell}: the two runs share no scored window (another window plan, or nothing scored)")
+    a, b = ([s[key]["mean_nll"] for key in common] for s in scored)
+    weights = [scored[0][key]["scored_tokens"] for key in common] if weighted else None
+    ratio, low, high = paired_ratio(a, b, weights=weights)
+    tokens = sum(scored[0][key]["scored_tokens"] for key in common)
+    left_out = [len(s) - len(common) for s in scored]
+    separated = round(high, 3) < 1 or round(low, 3) > 1  # as printed: 1.000 [1.000, 1.000] is level, not separated
+    docs = [scored[0][key]["doc"] for key in common]
+    return [f"{cell}: {len(common)} windows scored by both ({tokens} tokens)"
+            + (f"; left out, scored by one only: A {left_out[0]}, B {left_out[1]}" if any(left_out) else ""),
+            f"PPL A {math.exp(np.average(a, weights=weights)):.3f}, B {math.exp(np.average(b, weights=weights)):.3f}",
             f"PPL A / PPL B = {ratio:.3f} [{low:.3f}, {high:.3f}] (95% paired bootstrap over windows; < 1: A is "
-            f"better, {'separated' if separated else 'not separated'} from 1)", *per_document_lines(common, a, b)]
+            f"better, {'separated' if separated else 'not separated'} from 1)",
+            *per_document_lines(docs, a, b, weights)]
 
 
-def per_document_lines(common: list[tuple[str, int]], a: list[float], b: list[float]) -> list[str]:
+def per_document_lines(docs: list[str], a: list[float], b: list[float], weights: list | None = None) -> list[str]:
     """The ratio per document, when the windows come from several: a column's windows fall in its documents by
     chance, and with few documents (2 test books) which one they fall in can move the ratio more than the length."""
     by_doc = defaultdict(list)
-    for (doc, _), nll_a, nll_b in zip(common, a, b):
-        by_doc[doc].append((nll_a, nll_b))
+    for i, doc in enumerate(docs):
+        by_doc[doc].append(i)
     if len(by_doc) < 2:
         return []
     lines = ["per document (PPL A / PPL B on its windows, paired interval):"]
-    for doc, pairs in sorted(by_doc.items()):
-        ratio, low, high = paired_ratio([p[0] for p in pairs], [p[1] for p in pairs])
-        lines.append(f"  {doc}: {ratio:.3f} [{low:.3f}, {high:.3f}] ({len(pairs)} windows)")
+    for doc, rows in sorted(by_doc.items()):
+        ratio, low, high = paired_ratio([a[i] for i in rows], [b[i] for i in rows],
+                                        weights=[weights[i] for i in rows] if weights else None)
+        lines.append(f"  {doc}: {ratio:.3f} [{low:.3f}, {high:.3f}] ({len(rows)} windows)")
     return lines
 
 

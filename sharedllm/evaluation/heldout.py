@@ -133,26 +133,32 @@ def _score_window(method, docs: dict[str, np.ndarray], window: dict, length: int
     return {**spec, "mean_nll": nll.mean().item(), "scored_tokens": SCORED, "seconds": time.perf_counter() - tic}
 
 
-def bootstrap_interval(window_nlls, n_resamples: int = N_RESAMPLES, seed: int = 0,
-                       level: float = CI_LEVEL) -> tuple[float, float]:
-    """Percentile bootstrap interval of PPL = exp(mean of window NLLs), resampling windows with replacement."""
+def bootstrap_interval(window_nlls, n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = CI_LEVEL,
+                       weights=None) -> tuple[float, float]:
+    """Percentile bootstrap interval of PPL = exp(mean of window NLLs), resampling windows with replacement; with
+    `weights` (each window's scored tokens, the sliding protocol's), of exp(the weighted mean)."""
     values = np.asarray(window_nlls, dtype=np.float64)
     if values.size == 0:
         raise ValueError("no windows to resample")
-    draws = np.random.default_rng(seed).integers(0, values.size, size=(n_resamples, values.size))
-    means = values[draws].mean(axis=1)  # (n_resamples,)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    weights = np.ones_like(values) if weights is None else np.asarray(weights, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    per_batch = max(1, 2**22 // values.size)  # a full run of `eval ppl` has thousands of windows: bound the memory
+    means = []
+    for done in range(0, n_resamples, per_batch):
+        draws = rng.integers(0, values.size, size=(min(per_batch, n_resamples - done), values.size))
+        means.append((values * weights)[draws].sum(axis=1) / weights[draws].sum(axis=1))  # (batch,)
+    low, high = np.quantile(np.concatenate(means), [(1 - level) / 2, (1 + level) / 2])
     return math.exp(low), math.exp(high)
 
 
 def paired_ratio(window_nlls, reference_nlls, n_resamples: int = N_RESAMPLES, seed: int = 0,
-                 level: float = CI_LEVEL) -> tuple[float, float, float]:
+                 level: float = CI_LEVEL, weights=None) -> tuple[float, float, float]:
     """PPL of one method over another's on the same windows, exp(mean NLL difference), and its percentile bootstrap
     interval resampling windows as pairs: how hard a window is cancels, so the interval is far narrower than the
-    two cells' own intervals."""
+    two cells' own intervals. `weights` as in `bootstrap_interval`."""
     differences = np.asarray(window_nlls, dtype=np.float64) - np.asarray(reference_nlls, dtype=np.float64)
-    low, high = bootstrap_interval(differences, n_resamples, seed, level)
-    return math.exp(differences.mean()), low, high
+    low, high = bootstrap_interval(differences, n_resamples, seed, level, weights)
+    return math.exp(np.average(differences, weights=weights)), low, high
 
 
 def summarise(records: list[dict], seed: int = 0) -> dict:

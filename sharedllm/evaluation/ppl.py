@@ -7,11 +7,11 @@
   by the first window that covers it in its last `stride` positions, i.e. with the most context;
   PPL = exp(total NLL / total scored tokens).
 
-`method.token_nll(input_ids, score_start)` returns the NLL of tokens [score_start, T) of the window.
+`method.token_nll(input_ids, score_start)` returns the NLL of tokens [score_start, T) of the window. Each window's
+mean NLL is recorded, so that two runs of the same windows pair (`sharedllm compare`).
 """
 
 import math
-from collections import defaultdict
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -86,52 +86,55 @@ def plan_windows(doc_lengths, protocol, length, decoder_len=0, stride=STRIDE, sc
             for n, q in zip(doc_lengths, quota)]
 
 
-def _summary(window_sums, window_counts, protocol):
-    """PPL and counts for one group of windows: (sum NLL, n tokens) per window."""
-    n_tokens = sum(window_counts)
-    if not window_counts:
+def _summary(windows, protocol):
+    """PPL and counts for one group of window records (each with its mean_nll and scored_tokens)."""
+    n_tokens = sum(w["scored_tokens"] for w in windows)
+    if not windows:
         return {"ppl": None, "mean_nll": None, "n_windows": 0, "scored_tokens": 0}
     if protocol == "cepe":
-        mean_nll = sum(s / c for s, c in zip(window_sums, window_counts)) / len(window_counts)
+        mean_nll = sum(w["mean_nll"] for w in windows) / len(windows)
     else:
-        mean_nll = sum(window_sums) / n_tokens
-    return {"ppl": math.exp(mean_nll), "mean_nll": mean_nll, "n_windows": len(window_counts),
-            "scored_tokens": n_tokens}
+        mean_nll = sum(w["mean_nll"] * w["scored_tokens"] for w in windows) / n_tokens
+    return {"ppl": math.exp(mean_nll), "mean_nll": mean_nll, "n_windows": len(windows), "scored_tokens": n_tokens}
 
 
-def perplexity(method, docs_token_ids, protocol, length, domains=None, decoder_len=0, stride=STRIDE,
+def perplexity(method, docs_token_ids, protocol, length, domains=None, doc_ids=None, decoder_len=0, stride=STRIDE,
                scored=SCORED, max_windows=None, progress=True):
     """Perplexity of `method` on tokenised documents under `protocol` ("cepe" or "sliding").
 
     `length` is the window length T; `decoder_len` (CEPE only) is how much of T is the decoder window,
     recorded so that a number states its n*C + Ld split. `domains` labels each document for the
-    per-domain breakdown. Returns ppl, mean_nll, per_domain, n_docs, n_docs_skipped, n_windows and
-    scored_tokens.
+    per-domain breakdown, `doc_ids` names it in the window records. Returns ppl, mean_nll, per_domain,
+    n_docs, n_docs_skipped, n_windows, scored_tokens and `windows`: one record per window (doc, domain,
+    start, score_start, end, mean_nll, scored_tokens), so that two runs pair window by window
+    (`sharedllm compare`).
     """
     import torch  # here, where the method runs: the protocols' names and windows (eval's parser, its checks) need none
 
     domains = list(domains) if domains is not None else ["all"] * len(docs_token_ids)
+    doc_ids = list(doc_ids) if doc_ids is not None else [str(i) for i in range(len(docs_token_ids))]
     plans = plan_windows([len(ids) for ids in docs_token_ids], protocol, length, decoder_len, stride,
                          scored, max_windows)
-    sums, counts = defaultdict(list), defaultdict(list)
+    records = []
     bar = tqdm(total=sum(map(len, plans)), desc=f"ppl {protocol} T={length}", disable=not progress)
-    for ids, domain, windows in zip(docs_token_ids, domains, plans):
+    for ids, doc_id, domain, windows in zip(docs_token_ids, doc_ids, domains, plans):
         ids = torch.from_numpy(np.array(ids, dtype=np.int64))  # a copy: cached ids are read-only memmaps
         for start, end, score_start in windows:
             with torch.no_grad():
                 nll = torch.as_tensor(method.token_nll(ids[start:end], score_start - start), dtype=torch.float64)
             if nll.numel() != end - score_start:
                 raise ValueError(f"token_nll returned {nll.numel()} values for {end - score_start} tokens")
-            sums[domain].append(nll.sum().item())
-            counts[domain].append(nll.numel())
+            records.append({"doc": doc_id, "domain": domain, "start": start, "score_start": score_start, "end": end,
+                            "mean_nll": nll.mean().item(), "scored_tokens": nll.numel()})
             bar.update()
     bar.close()
-    result = _summary([s for d in sums for s in sums[d]], [c for d in counts for c in counts[d]], protocol)
-    result["per_domain"] = {d: _summary(sums[d], counts[d], protocol) for d in sorted(sums)}
+    result = _summary(records, protocol)
+    result["per_domain"] = {d: _summary([w for w in records if w["domain"] == d], protocol)
+                            for d in sorted({w["domain"] for w in records})}
     for d in result["per_domain"]:
         result["per_domain"][d]["n_docs"] = sum(1 for dom, p in zip(domains, plans) if dom == d and p)
     result["n_docs"] = sum(1 for p in plans if p)
     result["n_docs_skipped"] = len(plans) - result["n_docs"]
     result.update(protocol=protocol, length=length, decoder_len=decoder_len, stride=stride,
-                  scored_per_window=scored if protocol == "cepe" else None, max_windows=max_windows)
+                  scored_per_window=scored if protocol == "cepe" else None, max_windows=max_windows, windows=records)
     return result

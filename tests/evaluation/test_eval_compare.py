@@ -1,14 +1,17 @@
-"""`sharedllm compare`: paired ratios of held-out cells on the windows both scored, per-trial wins of retrieval runs
-on the same prompts, and refusals (another length, no shared window or trial, another prompt at one position,
-another base model or other data)."""
+"""`sharedllm compare`: paired ratios of held-out cells and of `eval ppl` runs on the windows both scored, per-trial
+wins of retrieval runs on the same prompts, and refusals (another length or protocol, no shared window or trial,
+another prompt at one position, another base model or other data, a run without per-window NLLs)."""
 
 import json
 import math
 
 import pytest
 
+import torch
+
 from sharedllm.cli import main
 from sharedllm.evaluation.compare import sign_test
+from sharedllm.evaluation.ppl import perplexity
 
 
 def _heldout(tmp_path, name, nlls, length=4096, domain="books", targets_of=None, docs=None):
@@ -94,6 +97,58 @@ def test_heldout_pairs_two_context_lengths_on_one_plans_targets(tmp_path, capsys
     # a 1K cell of its own plan scores other tokens: refused, not paired by chance
     code, text = _compare(capsys, _heldout(tmp_path, "own", [3.0, 4.0], length=1024), long)
     assert code == 2 and "another length" in text and "--targets-of" in text
+
+
+class PerDocumentNLL:
+    """token_nll: one constant per document, told apart by the token ids (document i holds ids 10_000 * i + ...)."""
+
+    def __init__(self, *nlls):
+        self.nlls = nlls
+
+    def token_nll(self, input_ids, score_start):
+        return torch.full((len(input_ids) - score_start,), self.nlls[int(input_ids[0]) // 10_000])
+
+
+def _ppl(tmp_path, name, method, protocol="sliding", length=1024, drop_windows=False):
+    """An `eval ppl` result file as the session writes it, from `perplexity` itself (two user documents)."""
+    docs = [[10_000 * i + t for t in range(n)] for i, n in enumerate((3000, 1300))]
+    detail = perplexity(method, docs, protocol, length, doc_ids=["x.txt", "y.txt"], progress=False)
+    if drop_windows:  # a run from before windows were recorded
+        del detail["windows"]
+    result = {"task": "ppl", "protocol": protocol, "method": name, "adapter": None, "model": HOME_MODEL,
+              "data": {"source": "x.txt,y.txt", "split": "user", "domains": ["all"]}, "details": {str(length): detail}}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(result))
+    return str(path), detail
+
+
+def test_ppl_runs_pair_window_by_window_token_weighted_under_the_sliding_protocol(tmp_path, capsys):
+    a, detail = _ppl(tmp_path, "a", PerDocumentNLL(1.0, 2.0))
+    b, _ = _ppl(tmp_path, "b", PerDocumentNLL(1.5, 1.5))
+    code, text = _compare(capsys, a, b)
+    assert code == 0
+    tokens = {doc: sum(w["scored_tokens"] for w in detail["windows"] if w["doc"] == doc) for doc in ("x.txt", "y.txt")}
+    weighted = (tokens["x.txt"] * -0.5 + tokens["y.txt"] * 0.5) / sum(tokens.values())  # = log PPL(A) - log PPL(B)
+    per_window = [(-0.5 if w["doc"] == "x.txt" else 0.5) for w in detail["windows"]]
+    assert abs(weighted - sum(per_window) / len(per_window)) > 0.01  # the first window scores 1023 tokens, not 256
+    assert f"PPL A / PPL B = {math.exp(weighted):.3f}" in text
+    n_windows, n_tokens = len(detail["windows"]), sum(tokens.values())
+    assert f"1K (sliding protocol): {n_windows} windows scored by both ({n_tokens} tokens)" in text
+    assert f"  x.txt: {math.exp(-0.5):.3f} [{math.exp(-0.5):.3f}, {math.exp(-0.5):.3f}]" in text
+    a, _ = _ppl(tmp_path, "a", PerDocumentNLL(1.0, 2.0), protocol="cepe", length=1024)
+    b, _ = _ppl(tmp_path, "b", PerDocumentNLL(1.5, 1.5), protocol="cepe", length=1024)
+    code, text = _compare(capsys, a, b)  # the CEPE protocol's PPL is over windows: 8 of x, 2 of y
+    assert code == 0 and f"PPL A / PPL B = {math.exp((8 * -0.5 + 2 * 0.5) / 10):.3f}" in text
+
+
+def test_ppl_runs_are_refused_across_protocols_and_without_window_records(tmp_path, capsys):
+    a, _ = _ppl(tmp_path, "a", PerDocumentNLL(1.0, 2.0))
+    code, text = _compare(capsys, a, _ppl(tmp_path, "b", PerDocumentNLL(1.0, 2.0), protocol="cepe")[0])
+    assert code == 2 and "another protocol: sliding vs cepe" in text
+    code, text = _compare(capsys, a, _ppl(tmp_path, "old", PerDocumentNLL(1.0, 2.0), drop_windows=True)[0])
+    assert code == 2 and "records no per-window NLL" in text
+    code, text = _compare(capsys, a, _ppl(tmp_path, "c", PerDocumentNLL(1.0, 2.0), length=2048)[0])
+    assert code == 2 and "share no length" in text
 
 
 def test_retrieval_counts_wins_and_losses_on_the_same_prompts(tmp_path, capsys):

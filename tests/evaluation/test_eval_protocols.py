@@ -124,6 +124,22 @@ def test_sliding_perplexity_is_exp_of_total_nll_over_tokens():
     assert result["ppl"] == pytest.approx(math.exp(expected / result["scored_tokens"]))
 
 
+def test_perplexity_records_every_window_so_that_two_runs_pair():
+    docs, domains = _docs()
+    result = perplexity(RecordingMethod(), docs, "sliding", 1024, domains=domains, doc_ids=["a.txt", "b.txt", "s.txt"],
+                        progress=False)
+    windows = result["windows"]
+    assert len(windows) == result["n_windows"] and sum(w["scored_tokens"] for w in windows) == result["scored_tokens"]
+    assert {w["doc"] for w in windows} == {"a.txt", "b.txt", "s.txt"}
+    for w in windows:
+        assert w["scored_tokens"] == w["end"] - w["score_start"] and w["start"] <= w["score_start"] < w["end"]
+        in_b = w["doc"] == "b.txt"
+        assert w["mean_nll"] == (2.0 if in_b else 1.0) and w["domain"] == ("b" if in_b else "a")
+    first = perplexity(RecordingMethod(), docs, "cepe", 2048, progress=False)["windows"][0]
+    assert first == {"doc": "0", "domain": "all", "start": 0, "score_start": 1792, "end": 2048, "mean_nll": 1.0,
+                     "scored_tokens": 256}
+
+
 def test_perplexity_rejects_a_method_returning_the_wrong_number_of_nlls():
     class Wrong:
         def token_nll(self, input_ids, score_start):
