@@ -8,9 +8,10 @@ the same per length they both ran, token-weighted under the sliding protocol as 
 files (`eval passkey` / `eval ruler`) gives, per cell, both accuracies on the trials both ran and how many trials
 each won, with the exact two-sided sign test on those wins (McNemar's test for right/wrong answers). Trials are
 matched by their position (length, task, depth, trial) and must hold the same prompt (same needle value). Two files
-must name the same base model and the same data (its source, split and domains, as the result records them): a
-RULER needle's value depends on the seed and its position only, not on the haystack, so runs on other data are
-refused by what the files record, and runs of another seed by their needle values.
+must name the same tokenizer (or, from before results recorded it, the same base model) and the same data (its
+source, split and domains, as the result records them): a RULER needle's value depends on the seed and its position
+only, not on the haystack, so runs on other data are refused by what the files record, and runs of another seed by
+their needle values.
 """
 
 import json
@@ -40,7 +41,10 @@ def run(args):
         _refuse(f"{args.files[0]} is a {first['task']} result, {args.files[1]} a {second['task']} one")
     refuse_other_inputs(first, second)
     lines = {"heldout": heldout_lines, "ppl": ppl_lines}.get(first["task"], retrieval_lines)(first, second)
-    print("\n".join([f"A = {args.files[0]} ({label(first)})", f"B = {args.files[1]} ({label(second)})", *lines]))
+    bases = [model_folder(r.get("model")) for r in (first, second)]
+    other_bases = [f"bases: A {bases[0]}, B {bases[1]} (one tokenizer)"] if bases[0] != bases[1] else []
+    print("\n".join([f"A = {args.files[0]} ({label(first)})", f"B = {args.files[1]} ({label(second)})", *other_bases,
+                     *lines]))
 
 
 def _refuse(message: str):
@@ -71,9 +75,19 @@ DATA_FIELDS = ("source", "split", "domains")
 
 
 def refuse_other_inputs(first: dict, second: dict):
-    """Refuse two runs of another base model or on other data: their trials or windows are not the same prompts."""
-    if model_folder(first.get("model")) != model_folder(second.get("model")):
-        _refuse(f"runs of another base model: {first.get('model')} vs {second.get('model')}")
+    """Refuse two runs of another tokenizer or on other data: their trials or windows are not the same prompts.
+
+    Two bases of one tokenizer fingerprint (recorded since 2026-12-06) read the same tokens, so their runs pair: a
+    base and its fine-tune, or one LoRA merged and another. Results from before name no tokenizer and pair only
+    on one base model (by its folder's name)."""
+    tokenizers = [r.get("tokenizer") for r in (first, second)]
+    if None in tokenizers:
+        if model_folder(first.get("model")) != model_folder(second.get("model")):
+            _refuse(f"runs of another base model: {first.get('model')} vs {second.get('model')} (a result that "
+                    f"records its tokenizer pairs with another base of the same tokenizer: rerun with this release)")
+    elif tokenizers[0] != tokenizers[1]:
+        _refuse(f"runs of another tokenizer ({tokenizers[0]} vs {tokenizers[1]}; bases {first.get('model')} vs "
+                f"{second.get('model')}): their windows and prompts are other tokens")
     for field in DATA_FIELDS:
         values = [(r.get("data") or {}).get(field) for r in (first, second)]
         if values[0] != values[1]:

@@ -37,12 +37,14 @@ def _passkey(tmp_path, name, correct, keys=None):
 HOME_MODEL = "$SHAREDLLM_HOME/models/SmolLM2-135M-Instruct"
 
 
-def _ruler(tmp_path, name, scores, model=HOME_MODEL, **data):
+def _ruler(tmp_path, name, scores, model=HOME_MODEL, tokenizer=None, **data):
     """A RULER file: its needle values depend on task, seed, length and trial only, whatever the haystack."""
     records = [{"length": 16384, "task": "niah_single", "trial": i, "golds": [str(1000 + i)], "score": score}
                for i, score in enumerate(scores)]
     result = {"task": "ruler", "method": name, "adapter": None, "model": model,
               "data": {"split": "test", "domains": ["books"]} | data, "details": {"records": records}}
+    if tokenizer:
+        result["tokenizer"] = tokenizer
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(result))
     return str(path)
@@ -178,7 +180,18 @@ def test_retrieval_refuses_other_prompts_and_other_tasks(tmp_path, capsys):
 def test_retrieval_refuses_runs_on_other_data_or_models_though_the_needles_match(tmp_path, capsys, other, message):
     a = _ruler(tmp_path, "a", [1.0, 0.0])
     code, text = _compare(capsys, a, _ruler(tmp_path, "b", [1.0, 1.0], **other))
-    assert code == 2 and text.strip().endswith(message)
+    assert code == 2 and message in text
+
+
+def test_two_bases_of_one_tokenizer_pair_and_other_tokenizers_do_not(tmp_path, capsys):
+    a = _ruler(tmp_path, "a", [1.0, 0.0], tokenizer="5f1c0ffee0d15ea5")
+    merged = _ruler(tmp_path, "b", [1.0, 1.0], model="runs/merged-lora", tokenizer="5f1c0ffee0d15ea5")
+    code, text = _compare(capsys, a, merged)
+    assert code == 0 and "bases: A SmolLM2-135M-Instruct, B merged-lora (one tokenizer)" in text
+    code, text = _compare(capsys, a, _ruler(tmp_path, "c", [1.0, 1.0], tokenizer="0123456789abcdef"))
+    assert code == 2 and "runs of another tokenizer (5f1c0ffee0d15ea5 vs 0123456789abcdef" in text
+    code, text = _compare(capsys, a, _ruler(tmp_path, "d", [1.0, 1.0], model="runs/merged-lora"))
+    assert code == 2 and "runs of another base model" in text  # a result from before tokenizers were recorded
 
 
 def test_retrieval_pairs_one_model_named_from_two_homes(tmp_path, capsys):

@@ -3,6 +3,7 @@ with fake methods (no model weights)."""
 
 import argparse
 import json
+import math
 import re
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from fakes import PROSE, FakeBase, FakeMethod, char_tokenizer, fake_stack  # noqa: F401 (fixture)
 
 from sharedllm import provenance
+from sharedllm.cli import main
 from sharedllm.evaluation import longbench, report
 from sharedllm.evaluation.needle import (RULER_TASKS, effective_length, insert_at_depths, make_sample,
                                          niah_sample, prose_sentences, score_sample)
@@ -147,7 +149,7 @@ def test_eval_demo_end_to_end_writes_results_and_report(fake_stack, capsys):
     files = sorted((tmp / "results").glob("*.json"))
     assert len(files) == 8  # (ppl, passkey) x (full, window, streaming, sharedllm)
     required = {"task", "protocol", "method", "model", "adapter", "data", "lengths", "counts", "scores",
-                "wall_time_s", "hardware", "command"}
+                "wall_time_s", "hardware", "command", "tokenizer"}
     for f in files:
         result = json.loads(f.read_text())
         assert required <= result.keys() and {"cpu", "threads", "dtype", "torch", "transformers"} <= result["hardware"].keys()
@@ -161,6 +163,11 @@ def test_eval_demo_end_to_end_writes_results_and_report(fake_stack, capsys):
             assert result["counts"]["trials_per_cell"] == 1  # demo: one trial per method
     out = capsys.readouterr().out
     assert "DEMO SETTINGS" in out and "PPL@1K" in out and "passkey@1K" in out
+    # two ppl runs of one data pair window by window (`sharedllm compare`): full reads NLL 1, window NLL 2
+    ppl = {json.loads(f.read_text())["method"]: str(f) for f in files if f.name.startswith("ppl_")}
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", ppl["full"], ppl["window"]])
+    assert exit_.value.code == 0 and f"PPL A / PPL B = {math.exp(-1):.3f}" in capsys.readouterr().out
     markdown = (tmp / "docs" / "results.md").read_text()
     assert "| full | 2.72 (1 win) |" in markdown and "| window | 0% (n=1x1) |" in markdown
     assert len(list((tmp / "docs" / "figures").glob("*.png"))) == 5  # one PPL plot + 4 heatmaps
