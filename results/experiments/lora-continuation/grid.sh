@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The rest of the headline grid with the candidate (README.md, "The rest of the grid"); two lanes, one thread each.
 #   results/experiments/lora-continuation/grid.sh perplexity-16k | multikey-32k | single-32k | passkey-16k
+#                                                 | perplexity-32k | passkey-32k
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 HERE=results/experiments/lora-continuation
 READ=(--methods sharedllm --adapter runs/lora-continuation/more --decoder-window 1024 --label more --threads 1)
-case "${1:?perplexity-16k, multikey-32k, single-32k or passkey-16k}" in
+LANES="perplexity-16k, multikey-32k, single-32k, passkey-16k, perplexity-32k or passkey-32k"
+case "${1:?$LANES}" in
   perplexity-16k)  # against results/heldout/heldout_*_16384_sharedllm.json on their first 8 windows
     for domain in books code math; do
       python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths 16K --max-windows 8 \
@@ -17,5 +19,12 @@ case "${1:?perplexity-16k, multikey-32k, single-32k or passkey-16k}" in
     python -m sharedllm eval ruler "${READ[@]}" --tasks niah_single --trials 10 --lengths 32K --output "$HERE/ruler-32k-test" ;;
   passkey-16k)  # against results/retrieval/passkey_sharedllm_landmark_20261204-231540.json (50/50); its journal continues a stopped run
     python -m sharedllm eval passkey "${READ[@]}" --lengths 16K --trials 10 --seed 0 --output "$HERE/passkey-16k" ;;
-  *) echo "unknown lane $1 (perplexity-16k, multikey-32k, single-32k or passkey-16k)" >&2; exit 2 ;;
+  perplexity-32k)  # against results/heldout/heldout_{books,math}_32768_sharedllm.json, all 16 windows (no code test document has 32K)
+    for domain in books math; do
+      python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths 32K --max-windows 16 \
+        --output "$HERE/heldout-32k-test"
+    done ;;
+  passkey-32k)  # against results/retrieval/passkey_sharedllm_landmark_20261205-062725.json (50/50); its journal continues a stopped run
+    python -m sharedllm eval passkey "${READ[@]}" --lengths 32K --trials 10 --seed 0 --output "$HERE/passkey-32k" ;;
+  *) echo "unknown lane $1 ($LANES)" >&2; exit 2 ;;
 esac
