@@ -19,7 +19,6 @@ Tasks (RULER, NVIDIA, with its templates):
 import itertools
 import random
 import re
-import uuid
 from dataclasses import dataclass, field
 
 from .journal import ReusedTrials
@@ -115,24 +114,22 @@ def _cycle(sentences, n):
     return [sentences[i % len(sentences)] for i in range(n)]
 
 
-def _value(rng, value_type):
-    if value_type == "number":
-        return str(rng.randint(1_000_000, 9_999_999))
-    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+def _value(rng):
+    """A needle's value: a 7-digit number, as RULER's niah tasks with number values draw it."""
+    return str(rng.randint(1_000_000, 9_999_999))
 
 
 def niah_sample(tokenizer, length, seed, n_keys=1, n_values=1, n_queries=1, haystack_text=None, depth=None,
-                value_type="number", max_new_tokens=128, task="niah_single", fill=True) -> Sample:
+                max_new_tokens=128, task="niah_single", fill=True) -> Sample:
     """NIAH with n_keys keys (n_queries of them asked), n_values values per asked key.
 
     The first needle goes at `depth` (random if None); the others at random depths. `fill=False`: the prompt without
     haystack (`_fill`).
     """
     rng = random.Random(f"{task}/{seed}/{length}/{depth}")
-    kind = "numbers" if value_type == "number" else "uuids"
     keys = [f"{a}-{b}" for a, b in zip(rng.sample(ADJECTIVES, n_keys), rng.sample(NOUNS, n_keys))]
-    values = {key: [_value(rng, value_type) for _ in range(n_values)] for key in keys}
-    needles = [NEEDLE_TEMPLATE.format(kind=kind, key=k, value=v) for k in keys for v in values[k]]
+    values = {key: [_value(rng) for _ in range(n_values)] for key in keys}
+    needles = [NEEDLE_TEMPLATE.format(kind="numbers", key=k, value=v) for k in keys for v in values[k]]
     depths = [rng.random() if depth is None else depth] + [rng.random() for _ in needles[1:]]
     asked = keys[:n_queries]
     query = asked[0] if n_queries == 1 else ", ".join(asked[:-1]) + ", and " + asked[-1]
@@ -142,7 +139,7 @@ def niah_sample(tokenizer, length, seed, n_keys=1, n_values=1, n_queries=1, hays
 
     def build(n):
         context = insert_at_depths(_cycle(sentences, n), list(zip(depths, needles)))
-        return NIAH_TEMPLATE.format(kind=kind, context=context, query=query)
+        return NIAH_TEMPLATE.format(kind="numbers", context=context, query=query)
 
     prompt = _fill(tokenizer, length - max_new_tokens, build, fill)
     golds = [v for k in asked for v in values[k]]

@@ -58,6 +58,14 @@ def test_ruler_task_shapes():
     assert max(n for w, n in __import__("collections").Counter(words).items() if w not in cwe.golds) == 3
 
 
+def test_ruler_needle_values_stay_those_of_the_recorded_results():
+    # results/retrieval/ruler_sharedllm_ruler_20261204-230316.json, trials 0 and 1: `compare` pairs runs made months
+    # apart on these prompts, so a change in how a value is drawn must fail here, not pair other prompts silently
+    tokenizer = WhitespaceTokenizer()
+    golds = [make_sample("niah_multikey", tokenizer, 32768, f"0/{trial}", fill=False).golds for trial in (0, 1)]
+    assert golds == [["1454294"], ["2631896"]]
+
+
 def test_niah_needle_sits_at_a_sentence_boundary_at_its_depth():
     tokenizer = WhitespaceTokenizer()
     for depth in (0.0, 0.3, 1.0):
