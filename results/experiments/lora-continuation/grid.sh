@@ -2,11 +2,14 @@
 # The rest of the headline grid with the candidate (README.md, "The rest of the grid"); two lanes, one thread each.
 #   results/experiments/lora-continuation/grid.sh perplexity-16k | multikey-32k | single-32k | passkey-16k
 #                                                 | perplexity-32k | passkey-32k | perplexity-64k
+#                                                 | perplexity-16k-all | perplexity-128k | passkey-64k | passkey-128k
+#                                                 | ruler-128k
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 HERE=results/experiments/lora-continuation
 READ=(--methods sharedllm --adapter runs/lora-continuation/more --decoder-window 1024 --label more --threads 1)
-LANES="perplexity-16k, multikey-32k, single-32k, passkey-16k, perplexity-32k, passkey-32k or perplexity-64k"
+LANES="perplexity-16k, multikey-32k, single-32k, passkey-16k, perplexity-32k, passkey-32k, perplexity-64k,
+perplexity-16k-all, perplexity-128k, passkey-64k, passkey-128k or ruler-128k"
 case "${1:?$LANES}" in
   perplexity-16k)  # against results/heldout/heldout_*_16384_sharedllm.json on their first 8 windows
     for domain in books code math; do
@@ -28,6 +31,24 @@ case "${1:?$LANES}" in
     for domain in books math; do
       python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths 64K --max-windows 16 \
         --output "$HERE/heldout-64k-test"
+    done ;;
+  perplexity-16k-all)  # all 16 windows of results/heldout/heldout_*_16384_sharedllm.json (perplexity-16k read the first 8)
+    for domain in books code math; do
+      python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths 16K --max-windows 16 \
+        --output "$HERE/heldout-16k-test-16"
+    done ;;
+  perplexity-128k)  # against results/heldout/heldout_{books,math}_131072_sharedllm.json, all 16 windows
+    for domain in books math; do
+      python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths 128K --max-windows 16 \
+        --output "$HERE/heldout-128k-test"
+    done ;;
+  passkey-64k)  # against results/retrieval/passkey_sharedllm_landmark_20261205-202626.json (50/50)
+    python -m sharedllm eval passkey "${READ[@]}" --lengths 64K --trials 10 --seed 0 --output "$HERE/passkey-64k" ;;
+  passkey-128k)  # against results/retrieval/passkey_sharedllm_landmark_20261206-084033.json (50/50)
+    python -m sharedllm eval passkey "${READ[@]}" --lengths 128K --trials 10 --seed 0 --output "$HERE/passkey-128k" ;;
+  ruler-128k)  # against results/retrieval/ruler_sharedllm_ruler_20261204-220819.json (single 7/10), 20261205-234809 (multikey 6/10)
+    for task in niah_single niah_multikey; do
+      python -m sharedllm eval ruler "${READ[@]}" --tasks "$task" --trials 10 --lengths 128K --output "$HERE/ruler-128k-test"
     done ;;
   passkey-32k)  # against results/retrieval/passkey_sharedllm_landmark_20261205-062725.json (50/50); its journal continues a stopped run
     python -m sharedllm eval passkey "${READ[@]}" --lengths 32K --trials 10 --seed 0 --output "$HERE/passkey-32k" ;;
