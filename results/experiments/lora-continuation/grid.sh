@@ -10,12 +10,16 @@ HERE=results/experiments/lora-continuation
 READ=(--methods sharedllm --adapter runs/lora-continuation/more --decoder-window 1024 --label more --threads 1)
 LANES="perplexity-16k, multikey-32k, single-32k, passkey-16k, perplexity-32k, passkey-32k, perplexity-64k,
 perplexity-16k-all, perplexity-128k, passkey-64k, passkey-128k or ruler-128k"
+heldout() {  # LENGTH WINDOWS FOLDER DOMAIN...: one held-out cell per domain, read as the default reads
+  local length=$1 windows=$2 folder=$3; shift 3
+  for domain in "$@"; do
+    python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths "$length" --max-windows "$windows" \
+      --output "$HERE/$folder"
+  done
+}
 case "${1:?$LANES}" in
   perplexity-16k)  # against results/heldout/heldout_*_16384_sharedllm.json on their first 8 windows
-    for domain in books code math; do
-      python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths 16K --max-windows 8 \
-        --output "$HERE/heldout-16k-test"
-    done ;;
+    heldout 16K 8 heldout-16k-test books code math ;;
   multikey-32k)  # against results/retrieval/ruler_sharedllm_ruler_20261204-230316.json (7/10)
     python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --lengths 32K --output "$HERE/ruler-32k-test" ;;
   single-32k)  # against results/retrieval/ruler_sharedllm_ruler_20261204-210010.json (10/10)
@@ -23,25 +27,13 @@ case "${1:?$LANES}" in
   passkey-16k)  # against results/retrieval/passkey_sharedllm_landmark_20261204-231540.json (50/50); its journal continues a stopped run
     python -m sharedllm eval passkey "${READ[@]}" --lengths 16K --trials 10 --seed 0 --output "$HERE/passkey-16k" ;;
   perplexity-32k)  # against results/heldout/heldout_{books,math}_32768_sharedllm.json, all 16 windows (no code test document has 32K)
-    for domain in books math; do
-      python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths 32K --max-windows 16 \
-        --output "$HERE/heldout-32k-test"
-    done ;;
+    heldout 32K 16 heldout-32k-test books math ;;
   perplexity-64k)  # against results/heldout/heldout_{books,math}_65536_sharedllm.json, all 16 windows
-    for domain in books math; do
-      python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths 64K --max-windows 16 \
-        --output "$HERE/heldout-64k-test"
-    done ;;
+    heldout 64K 16 heldout-64k-test books math ;;
   perplexity-16k-all)  # all 16 windows of results/heldout/heldout_*_16384_sharedllm.json (perplexity-16k read the first 8)
-    for domain in books code math; do
-      python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths 16K --max-windows 16 \
-        --output "$HERE/heldout-16k-test-16"
-    done ;;
+    heldout 16K 16 heldout-16k-test-16 books code math ;;
   perplexity-128k)  # against results/heldout/heldout_{books,math}_131072_sharedllm.json, all 16 windows
-    for domain in books math; do
-      python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths 128K --max-windows 16 \
-        --output "$HERE/heldout-128k-test"
-    done ;;
+    heldout 128K 16 heldout-128k-test books math ;;
   passkey-64k)  # against results/retrieval/passkey_sharedllm_landmark_20261205-202626.json (50/50)
     python -m sharedllm eval passkey "${READ[@]}" --lengths 64K --trials 10 --seed 0 --output "$HERE/passkey-64k" ;;
   passkey-128k)  # against results/retrieval/passkey_sharedllm_landmark_20261206-084033.json (50/50)
