@@ -141,12 +141,13 @@ def bootstrap_interval(window_nlls, n_resamples: int = N_RESAMPLES, seed: int = 
     if values.size == 0:
         raise ValueError("no windows to resample")
     weights = np.ones_like(values) if weights is None else np.asarray(weights, dtype=np.float64)
+    weighted = values * weights
     rng = np.random.default_rng(seed)
     per_batch = max(1, 2**22 // values.size)  # a full run of `eval ppl` has thousands of windows: bound the memory
     means = []
     for done in range(0, n_resamples, per_batch):
         draws = rng.integers(0, values.size, size=(min(per_batch, n_resamples - done), values.size))
-        means.append((values * weights)[draws].sum(axis=1) / weights[draws].sum(axis=1))  # (batch,)
+        means.append(weighted[draws].sum(axis=1) / weights[draws].sum(axis=1))  # (batch,)
     low, high = np.quantile(np.concatenate(means), [(1 - level) / 2, (1 + level) / 2])
     return math.exp(low), math.exp(high)
 

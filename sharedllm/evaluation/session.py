@@ -98,11 +98,16 @@ class Session:
         """hardware, command, git commit and time of a result (sharedllm.provenance, as train and bench write them),
         and the tokenizer's fingerprint: two results of one tokenizer read the same token windows and prompts, so
         `compare` pairs them even across two base folders (a base and its merged fine-tune, say)."""
-        from sharedllm.data import tokenizer_fingerprint
-
         return {**provenance.record(self.base.device, self.args.dtype, command=self.command,
                                     attention=getattr(self.base.config, "_attn_implementation", None)),
-                "tokenizer": tokenizer_fingerprint(self.tokenizer)}
+                "tokenizer": self.tokenizer_fingerprint}
+
+    @functools.cached_property
+    def tokenizer_fingerprint(self) -> str:
+        """Hashed once per run (it serialises the whole tokenizer), not once per result file."""
+        from sharedllm.data import tokenizer_fingerprint
+
+        return tokenizer_fingerprint(self.tokenizer)
 
     def journal(self, task: str, name: str, method, **settings) -> tuple[TrialJournal, list[dict]]:
         """The trial journal of `method`'s run of `task`, and the trials a stopped run of the same settings left
