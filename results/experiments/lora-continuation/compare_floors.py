@@ -1,8 +1,9 @@
 """Each LoRA's window floor against the other's, on the same windows (README.md, "Floors").
 
-`sharedllm compare` refuses runs of two base folders, since another base may tokenize the texts into other windows;
-these two are the one base with one LoRA or the other merged (`scripts/export_merged_base.py`), same tokenizer, so
-the windows are the same and the paired comparison holds. This calls compare's own held-out lines past that check.
+`sharedllm compare` pairs two base folders only when both results record one tokenizer; these floor files were
+written before results recorded it (63f838c), so it refuses them. They are the one base with one LoRA or the other
+merged (`scripts/export_merged_base.py`), same tokenizer, so the windows are the same and the paired comparison
+holds. This calls compare's own held-out lines past that check; floors written since pair with `sharedllm compare`.
 
     python results/experiments/lora-continuation/compare_floors.py [validation|test]
 """
