@@ -14,8 +14,8 @@ from sharedllm.method_table import METHOD_READS, METHODS
 
 from .journal import TrialJournal, journals_of
 from .ppl import SCORED
-from .session import (haystack, journal_keys, method_config_before_loading, model_name, read_adapter_config,
-                      result_adapter, shared_settings, user_documents, weights_tag)
+from .session import (haystack, journal_keys, method_config_before_loading, model_name, ppl_journal_settings,
+                      raw_documents, read_adapter_config, result_adapter, shared_settings, user_documents, weights_tag)
 
 # Options that only some tasks read: given to another task they would be ignored without a word. Each defaults to
 # None ("not given") on the command line; DEFAULTS (cli.py) fills it in once this is checked.
@@ -28,8 +28,9 @@ TASK_OPTIONS = {"protocol": {"ppl"}, "max_windows": {"ppl", "heldout", "demo"}, 
                 "seed": {"heldout", "passkey", "niah", "ruler", "demo"}}  # ppl windows and longbench draw nothing
 # The corpus choices, which --data replaces.
 CORPUS_OPTIONS = {"domains": "corpus domains", "split": "a corpus split"}
-# The trial journal each task keeps per method (`Session.journal`): demo's passkey trials are passkey's.
-JOURNAL_TASKS = {"passkey": "passkey", "demo": "passkey", "niah": "niah", "ruler": "ruler", "heldout": "heldout"}
+# The journals each task keeps per method (`Session.journal`): demo's windows and trials are ppl's and passkey's.
+JOURNAL_TASKS = {"ppl": ("ppl",), "demo": ("ppl", "passkey"), "passkey": ("passkey",), "niah": ("niah",),
+                 "ruler": ("ruler",), "heldout": ("heldout",)}
 
 
 def check_given_options(args) -> None:
@@ -289,10 +290,10 @@ def _check_journal_weights(args, tokens: _BaseTokens) -> None:
     """A stopped run's journal of trials scored with other adapter weights (the adapter retrained into its folder)
     is refused when its method's turn comes (`TrialJournal.load`), after the methods before it ran: refused here
     instead, with the same message, for every method that reads the adapter. Each journal's name is computed as
-    `Session.journal` computes it, without loading the model; what that costs (niah / ruler's haystack, heldout's
-    windows and so the tokenizer) is paid only where a journal of the method is there at all."""
-    task, adapter = JOURNAL_TASKS.get(args.task), chosen_adapter(args.adapter)
-    if task is None:  # a task without journals
+    `Session.journal` computes it, without loading the model; what that costs (ppl's documents, niah / ruler's
+    haystack, heldout's windows and so the tokenizer) is paid only where a journal of the method is there at all."""
+    tasks, adapter = JOURNAL_TASKS.get(args.task, ()), chosen_adapter(args.adapter)
+    if not tasks:  # a task without journals
         return
     adapter_config = read_adapter_config(adapter)
     weights = weights_tag(adapter_config)
@@ -303,11 +304,12 @@ def _check_journal_weights(args, tokens: _BaseTokens) -> None:
         if not METHOD_READS[method].reads_adapter:
             continue
         config = None
-        for journal_name, settings in _journals(task, name, args, tokens):
-            if journals_of(args.output, task, journal_name):
-                config = config or method_config_before_loading(method, args, shared)
-                keys = journal_keys(args, config, model_name(args.base), **settings())
-                TrialJournal(args.output, task, journal_name, keys, weights=weights).load()
+        for task in tasks:
+            for journal_name, settings in _journals(task, name, args, tokens):
+                if journals_of(args.output, task, journal_name):
+                    config = config or method_config_before_loading(method, args, shared)
+                    keys = journal_keys(args, config, model_name(args.base), **settings())
+                    TrialJournal(args.output, task, journal_name, keys, weights=weights).load()
 
 
 def _journals(task: str, name: str, args, tokens: _BaseTokens):
@@ -315,6 +317,9 @@ def _journals(task: str, name: str, args, tokens: _BaseTokens):
     of cli.py name them: one per method, heldout's one per cell it scores (a cell file kept never reads its journal)."""
     if task == "passkey":
         yield name, dict
+    elif task == "ppl":
+        protocol = args.protocol if args.task == "ppl" else "cepe"  # demo's perplexity is CEPE's
+        yield name, lambda: ppl_journal_settings(protocol, raw_documents(args)[0])
     elif task in ("niah", "ruler"):
         yield name, lambda: dict(zip(("haystack", "data"), haystack(args)))
     else:

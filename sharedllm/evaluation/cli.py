@@ -39,7 +39,7 @@ from .journal import provenance_counts
 from .needle import RULER_TASKS, effective_length, run_needle_grid, run_ruler
 from .passkey import DEFAULT_DEPTHS, run_passkey
 from .ppl import PROTOCOLS, perplexity
-from .session import DTYPES, Session, method_config, portable_path
+from .session import DTYPES, Session, method_config, portable_path, ppl_journal_settings, raw_documents
 
 TASKS = ("ppl", "heldout", "passkey", "niah", "ruler", "longbench", "demo")
 DEMO_METHODS = ["full", "window", "streaming", "sharedllm"]
@@ -166,7 +166,12 @@ def _with_bos(tokenizer, docs):
 
 
 def ppl_results(session, protocol, lengths, max_windows, default_domains=None, notes=""):
-    docs, data = session.documents(default_domains)
+    """Each method's perplexity at each length; every window is journaled as it is scored, so a stopped run
+    continues where it stopped when the same command runs again (a 48-window run of 8K takes ~25 minutes on a CPU)."""
+    from sharedllm.data import tokenize_documents
+
+    raw, data = raw_documents(session.args, default_domains)
+    docs = tokenize_documents(raw, session.tokenizer)  # cached ids, no special tokens
     ids = _with_bos(session.tokenizer, docs) if protocol == "sliding" else [d.ids for d in docs]
     if protocol == "cepe":
         require_windows(lengths, max((len(d) for d in ids), default=0), "tokens")
@@ -175,17 +180,22 @@ def ppl_results(session, protocol, lengths, max_windows, default_domains=None, n
     for name, method in session.methods():
         start, scores, counts, details = time.time(), {}, {}, {}
         decoder_len = (method.describe().get("decoder_window") or 0) if hasattr(method, "describe") else 0
+        journal, done = session.journal("ppl", name, method, **ppl_journal_settings(protocol, raw))
+        windows = []
         for length in lengths:
             r = perplexity(method, ids, protocol, length, domains=[d.domain for d in docs],
                            doc_ids=[d.doc_id for d in docs], decoder_len=min(decoder_len, length),
-                           max_windows=max_windows)
+                           max_windows=max_windows, done=done, on_record=journal.append)
             scores[str(length)] = r["ppl"]
             counts[str(length)] = {"docs": r["n_docs"], "docs_too_short": r["n_docs_skipped"],
-                                   "windows": r["n_windows"], "scored_tokens": r["scored_tokens"]}
+                                   "windows": r["n_windows"], "scored_tokens": r["scored_tokens"],
+                                   **provenance_counts(r["windows"], done)}
+            windows += r["windows"]
             details[str(length)] = r
             rows.setdefault(name, {})[format_length(length)] = (
                 f"{r['ppl']:.2f} ({r['n_windows']} win, {r['scored_tokens']} tok)" if r["ppl"] else "no doc >= T")
         session.write("ppl", name, method, protocol, data, scores, counts, details, time.time() - start, notes)
+        journal.remove(windows)
         del method
     return rows, data
 

@@ -8,17 +8,20 @@
   PPL = exp(total NLL / total scored tokens).
 
 `method.token_nll(input_ids, score_start)` returns the NLL of tokens [score_start, T) of the window. Each window's
-mean NLL is recorded, so that two runs of the same windows pair (`sharedllm compare`).
+mean NLL is recorded, so that two runs of the same windows pair (`sharedllm compare`), and can be journaled as it is
+scored, so that a stopped run continues where it stopped (`eval ppl`).
 """
 
 import math
 
 import numpy as np
-from tqdm.auto import tqdm
+
+from .journal import ReusedTrials
 
 PROTOCOLS = ("cepe", "sliding")
 STRIDE = 256  # window starts lie on this grid (both protocols)
 SCORED = 256  # tokens scored at the end of each CEPE window
+WINDOW_KEY = ("doc", "start", "end", "score_start")  # what a window record is found by in a stopped run's journal
 
 
 def cepe_windows(n_tokens, context_len, decoder_len, stride=STRIDE, scored=SCORED, max_windows=None):
@@ -99,7 +102,7 @@ def _summary(windows, protocol):
 
 
 def perplexity(method, docs_token_ids, protocol, length, domains=None, doc_ids=None, decoder_len=0, stride=STRIDE,
-               scored=SCORED, max_windows=None, progress=True):
+               scored=SCORED, max_windows=None, progress=True, done=(), on_record=None):
     """Perplexity of `method` on tokenised documents under `protocol` ("cepe" or "sliding").
 
     `length` is the window length T; `decoder_len` (CEPE only) is how much of T is the decoder window,
@@ -107,7 +110,8 @@ def perplexity(method, docs_token_ids, protocol, length, domains=None, doc_ids=N
     per-domain breakdown, `doc_ids` names it in the window records. Returns ppl, mean_nll, per_domain,
     n_docs, n_docs_skipped, n_windows, scored_tokens and `windows`: one record per window (doc, domain,
     start, score_start, end, mean_nll, scored_tokens), so that two runs pair window by window
-    (`sharedllm compare`).
+    (`sharedllm compare`). `done`: window records of a stopped run, reused (found by `WINDOW_KEY`); `on_record(record)`
+    after each window scored here.
     """
     import torch  # here, where the method runs: the protocols' names and windows (eval's parser, its checks) need none
 
@@ -115,19 +119,24 @@ def perplexity(method, docs_token_ids, protocol, length, domains=None, doc_ids=N
     doc_ids = list(doc_ids) if doc_ids is not None else [str(i) for i in range(len(docs_token_ids))]
     plans = plan_windows([len(ids) for ids in docs_token_ids], protocol, length, decoder_len, stride,
                          scored, max_windows)
+    planned = [(doc_id, start, end, score_start) for doc_id, windows in zip(doc_ids, plans)
+               for start, end, score_start in windows]
+    reuse = ReusedTrials(done, WINDOW_KEY, planned, on_record, f"ppl {protocol} T={length}", progress)
     records = []
-    bar = tqdm(total=sum(map(len, plans)), desc=f"ppl {protocol} T={length}", disable=not progress)
     for ids, doc_id, domain, windows in zip(docs_token_ids, doc_ids, domains, plans):
         ids = torch.from_numpy(np.array(ids, dtype=np.int64))  # a copy: cached ids are read-only memmaps
         for start, end, score_start in windows:
-            with torch.no_grad():
-                nll = torch.as_tensor(method.token_nll(ids[start:end], score_start - start), dtype=torch.float64)
-            if nll.numel() != end - score_start:
-                raise ValueError(f"token_nll returned {nll.numel()} values for {end - score_start} tokens")
-            records.append({"doc": doc_id, "domain": domain, "start": start, "score_start": score_start, "end": end,
-                            "mean_nll": nll.mean().item(), "scored_tokens": nll.numel()})
-            bar.update()
-    bar.close()
+
+            def run() -> dict:
+                with torch.no_grad():
+                    nll = torch.as_tensor(method.token_nll(ids[start:end], score_start - start), dtype=torch.float64)
+                if nll.numel() != end - score_start:
+                    raise ValueError(f"token_nll returned {nll.numel()} values for {end - score_start} tokens")
+                return {"doc": doc_id, "domain": domain, "start": start, "score_start": score_start, "end": end,
+                        "mean_nll": nll.mean().item(), "scored_tokens": nll.numel()}
+
+            records.append(reuse((doc_id, start, end, score_start), run))
+    reuse.close()
     result = _summary(records, protocol)
     result["per_domain"] = {d: _summary([w for w in records if w["domain"] == d], protocol)
                             for d in sorted({w["domain"] for w in records})}

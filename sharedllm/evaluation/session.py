@@ -3,6 +3,7 @@ a time, documents, trial journals, result files) and how results name adapters, 
 """
 
 import functools
+import hashlib
 import json
 import shlex
 import sys
@@ -73,23 +74,6 @@ class Session:
         for name in self.args.methods:
             yield self.args.label or name, load_method(name, self.base, self.tokenizer, shared=self.shared,
                                                        **own_options(self.args, name))
-
-    def documents(self, default_domains=None):
-        """Tokenised documents (cached ids, no special tokens) and a description of their source."""
-        from sharedllm.data import tokenize_documents
-
-        docs, source = self.raw_documents(default_domains)
-        return tokenize_documents(docs, self.tokenizer), source
-
-    def raw_documents(self, default_domains=None):
-        args = self.args
-        if args.data:
-            docs = user_documents(args.data)
-            return docs, {"source": ",".join(args.data), "split": "user", "domains": sorted({d.domain for d in docs})}
-        from sharedllm.assets import DEFAULT_DOMAINS, load_documents
-
-        domains = args.domains or default_domains or list(DEFAULT_DOMAINS)
-        return load_documents(args.split, domains), {"split": args.split, "domains": domains}
 
     def haystack(self):
         return haystack(self.args)
@@ -259,6 +243,28 @@ def shared_settings(args, adapter: str | None, adapter_config: dict) -> dict:
 def own_options(args, name: str) -> dict:
     """A method's options of its own, over the shared settings: infllm alone has some here (--infllm)."""
     return args.infllm if name == "infllm" else {}
+
+
+def raw_documents(args, default_domains=None) -> tuple[list, dict]:
+    """The documents of `eval ppl` and `demo` (the --data files, else the corpus' --domains of --split) and how results
+    describe them."""
+    if args.data:
+        docs = user_documents(args.data)
+        return docs, {"source": ",".join(args.data), "split": "user", "domains": sorted({d.domain for d in docs})}
+    from sharedllm.assets import DEFAULT_DOMAINS, load_documents
+
+    domains = args.domains or default_domains or list(DEFAULT_DOMAINS)
+    return load_documents(args.split, domains), {"split": args.split, "domains": domains}
+
+
+def ppl_journal_settings(protocol: str, documents) -> dict:
+    """What a perplexity run's journal fingerprints besides `journal_keys`: the protocol and the documents' text, so a
+    --data file edited since the run stopped starts afresh instead of pairing old windows with new text."""
+    digest = hashlib.sha1()
+    for doc in documents:
+        for part in (doc.doc_id, doc.domain, doc.text):
+            digest.update(part.encode("utf-8") + b"\0")
+    return {"protocol": protocol, "documents": digest.hexdigest()[:16]}
 
 
 def haystack(args) -> tuple[str, dict]:

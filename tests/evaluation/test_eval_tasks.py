@@ -11,7 +11,7 @@ import torch
 from fakes import PROSE, FakeBase, FakeMethod, char_tokenizer, fake_stack  # noqa: F401 (fixture)
 
 from sharedllm import provenance
-from sharedllm.cli import main
+from sharedllm.cli import InputError, main
 from sharedllm.evaluation import longbench, report
 from sharedllm.evaluation.needle import (RULER_TASKS, effective_length, insert_at_depths, make_sample,
                                          niah_sample, prose_sentences, score_sample)
@@ -247,6 +247,72 @@ def test_stopped_trial_run_continues_from_its_journal(task, fake_stack, monkeypa
     if task == "passkey":  # its records do not depend on the fake's call count
         untagged = lambda records: [{k: v for k, v in r.items() if k != "ran_on"} for r in records]  # noqa: E731
         assert untagged(resumed["details"]["records"]) == untagged(clean["details"]["records"])
+
+
+def test_stopped_ppl_run_continues_from_its_journal(fake_stack, monkeypatch, capsys):
+    """A perplexity run stopped after 2 of its 6 windows (3 per length) scores only the other 4 when started again
+    and writes the windows an uninterrupted run writes; the same command on an edited --data file starts afresh."""
+    tmp, calls = fake_stack, []
+
+    def counted(self, input_ids, score_start):  # an NLL of the window's own tokens: a window reused for another shows
+        calls.append(len(input_ids))
+        if stop_after is not None and len(calls) > stop_after:
+            raise KeyboardInterrupt
+        return input_ids[score_start:].double() % 7
+
+    def run(out):
+        cli, args = _parse(["ppl", "--methods", "full", "--base", "fake", "--lengths", "512", "1K", "--max-windows",
+                            "3", "--data", str(tmp / "book.txt"), "--output", str(tmp / out)])
+        cli.run(args)
+
+    monkeypatch.setattr(FakeMethod, "token_nll", counted)
+    stop_after = 2
+    with pytest.raises(KeyboardInterrupt):
+        run("results")
+    (journal,) = (tmp / "results").glob(".ppl_full_*.partial.jsonl")
+    assert len(journal.read_text().splitlines()) == 2
+    stop_after, calls[:] = None, []
+    run("results")
+    assert len(calls) == 4 and "2/3" in capsys.readouterr().err  # the 512 bar starts at its 2 journaled windows
+    assert not list((tmp / "results").glob(".ppl_*"))  # removed once the result is written
+    run("clean")
+    resumed, clean = (json.loads(next((tmp / out).glob("ppl_*.json")).read_text()) for out in ("results", "clean"))
+    untagged = lambda windows: [{k: v for k, v in w.items() if k != "ran_on"} for w in windows]  # noqa: E731
+    for length in ("512", "1024"):
+        assert untagged(resumed["details"][length]["windows"]) == untagged(clean["details"][length]["windows"])
+    assert resumed["scores"] == clean["scores"] and len({w["mean_nll"] for w in clean["details"]["512"]["windows"]}) > 1
+    assert [resumed["counts"][n]["trials_from_a_stopped_run"] for n in ("512", "1024")] == [2, 0]
+
+    stop_after, calls[:] = 1, []
+    with pytest.raises(KeyboardInterrupt):
+        run("edited")
+    (tmp / "book.txt").write_text(PROSE.upper())
+    stop_after, calls[:] = None, []
+    run("edited")
+    assert len(calls) == 6 and "not continuing" in capsys.readouterr().out  # its old windows read other text
+
+
+@pytest.mark.parametrize("task", ["ppl", "demo"])
+def test_a_ppl_journal_of_other_adapter_weights_is_refused_before_loading(task, fake_stack, monkeypatch):
+    """As the trial tasks' are: the checks name the journal as `ppl_results` does (its protocol and documents)."""
+    import sharedllm.loading
+
+    from sharedllm.assets import DEFAULT_ADAPTER
+    from sharedllm.evaluation import session
+    from sharedllm.evaluation.journal import TrialJournal
+
+    monkeypatch.setattr(sharedllm.loading, "load_causal_lm", lambda *a, **k: pytest.fail("the model was loaded"))
+    cli, args = _parse([task, "--methods", "sharedllm", "--base", "fake", "--adapter", str(DEFAULT_ADAPTER),
+                        "--lengths", "1K", "--data", str(fake_stack / "book.txt"), "--output",
+                        str(fake_stack / "results")])
+    shared = session.shared_settings(args, str(DEFAULT_ADAPTER), session.read_adapter_config(str(DEFAULT_ADAPTER)))
+    defaulted = argparse.Namespace(**{**vars(args), "seed": 0})  # as `run` fills it in (every task's default)
+    keys = session.journal_keys(defaulted, session.method_config_before_loading("sharedllm", args, shared), "fake",
+                                **session.ppl_journal_settings("cepe", session.raw_documents(args)[0]))
+    stale = TrialJournal(args.output, "ppl", "sharedllm", keys, weights="0123456789abcdef")
+    stale.append({"doc": "book", "start": 0, "end": 1024, "score_start": 768, "mean_nll": 2.0, "scored_tokens": 256})
+    with pytest.raises(InputError, match=f"{stale.path} holds 1 trials of other adapter weights"):
+        cli.run(args)
 
 
 def test_eval_ppl_sliding_and_report_picks_latest(fake_stack):
