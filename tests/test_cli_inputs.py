@@ -107,6 +107,20 @@ def test_eval_ppl_bad_input_is_one_line_before_loading(no_model, capsys, extra, 
     assert expected in error_line(capsys, argv)
 
 
+@pytest.mark.parametrize("task", ["ppl", "demo"])
+def test_perplexity_data_of_two_documents_of_one_name_is_refused(no_model, capsys, task):
+    """Their windows are recorded, journaled and paired by the document's name: they would take each other's."""
+    for folder in ("docs/one", "docs/two"):
+        (no_model / folder).mkdir(parents=True)
+        (no_model / folder / "book.txt").write_text(PROSE)
+    (no_model / "records.jsonl").write_text("".join(json.dumps({"id": "a", "text": PROSE}) + "\n" for _ in range(2)))
+    run = lambda *argv: error_line(capsys, ["eval", task, "--base", "fake", *argv])  # noqa: E731
+    assert "--data: two documents are named 'book.txt'" in run("--data", "docs/one/book.txt", "docs/two/book.txt")
+    assert "--data: two documents are named 'a'" in run("--data", "records.jsonl")
+    # a folder names its files by their paths inside it: past this check, to the next one
+    assert "no document is long enough for a window of 64K" in run("--data", "docs", "--lengths", "64K")
+
+
 @pytest.mark.parametrize("lengths, shown", [("4Q", "'4Q'"), ("0", "'0'"), ("-4096", "'-4096'"), ("4.5", "'4.5'"),
                                             ("K", "'K'")])
 @pytest.mark.parametrize("option", ["--lengths", "--max-length", "--decoder-window"])

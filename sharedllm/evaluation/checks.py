@@ -106,6 +106,8 @@ def validate_args(args) -> None:
         load_records(args.data)  # raises InputError naming the file and line of a bad record
     elif args.data:
         documents = user_documents(args.data)
+        if args.task in ("ppl", "demo"):
+            _check_unique_ids(documents)
         if args.task in ("ppl", "demo") and (args.task == "demo" or args.protocol == "cepe"):
             # A token covers at least one byte (byte-level BPE; SentencePiece with byte fallback may add one prefix
             # token): a document of fewer than T - 1 bytes has no T-token window. The exact check, on token counts,
@@ -117,6 +119,18 @@ def validate_args(args) -> None:
         _check_passkey_lengths(tokens.tokenizer, args)
     elif args.task in ("niah", "ruler"):
         _check_needle_lengths(tokens.tokenizer, args)
+
+
+def _check_unique_ids(documents) -> None:
+    """Perplexity windows are recorded, journaled and paired (`sharedllm compare`) by their document's id: two
+    documents of one id would take each other's windows."""
+    seen = set()
+    for doc in documents:
+        if doc.doc_id in seen:
+            raise InputError(f"--data: two documents are named {doc.doc_id!r} (files of one name in two --data "
+                             "arguments, or JSON records of one 'id'): perplexity windows are recorded by document, "
+                             "so give each its own name (a folder of files names them by their paths inside it)")
+        seen.add(doc.doc_id)
 
 
 class _BaseTokens:
