@@ -66,6 +66,9 @@ for task_defaults in DEFAULTS.values():
 
 
 def add_arguments(parser):
+    parser.epilog = ("A stopped run (Ctrl-C, the end of a session) continues where it stopped when the same command runs "
+                     "again: every task but longbench journals each window or trial as it finishes in --output (heldout "
+                     "also keeps the cells already written). `sharedllm compare A.json B.json` pairs two results.")
     parser.add_argument("task", choices=TASKS)
     parser.add_argument("--methods", nargs="+",
                         help="full window streaming infllm yarn cepe sharedllm (--method: deprecated spelling)")

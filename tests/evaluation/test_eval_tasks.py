@@ -315,6 +315,16 @@ def test_a_ppl_journal_of_other_adapter_weights_is_refused_before_loading(task, 
         cli.run(args)
 
 
+def test_eval_help_names_the_tasks_that_continue_a_stopped_run():
+    from sharedllm.cli import build_parser
+    from sharedllm.evaluation.checks import JOURNAL_TASKS
+    from sharedllm.evaluation.cli import TASKS
+
+    help_text = " ".join(build_parser("eval")._subparsers._group_actions[0].choices["eval"].format_help().split())
+    assert "every task but longbench journals each window or trial" in help_text
+    assert set(TASKS) - set(JOURNAL_TASKS) == {"longbench"}
+
+
 def test_eval_ppl_sliding_and_report_picks_latest(fake_stack):
     tmp = fake_stack
     cli, args = _parse(["ppl", "--methods", "full", "--base", "fake", "--protocol", "sliding", "--lengths", "512",
