@@ -104,7 +104,8 @@ class Session:
                                weights=weights)
         done = journal.load()
         if done:
-            print(f"{name}: {len(done)} {task} trials already done in {journal.path} (a stopped run): continuing")
+            unit = "windows" if task in ("ppl", "heldout") else "trials"
+            print(f"{name}: {len(done)} {task} {unit} already done in {journal.path} (a stopped run): continuing")
         for other in journal.others():  # never silently: a stopped run's work the user may have expected to go on
             print(f"{name}: not continuing {other}: a stopped run with other settings (the method's knobs, the "
                   f"model, the seed or the {task} settings differ)")

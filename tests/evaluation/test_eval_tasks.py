@@ -273,7 +273,9 @@ def test_stopped_ppl_run_continues_from_its_journal(fake_stack, monkeypatch, cap
     assert len(journal.read_text().splitlines()) == 2
     stop_after, calls[:] = None, []
     run("results")
-    assert len(calls) == 4 and "2/3" in capsys.readouterr().err  # the 512 bar starts at its 2 journaled windows
+    shown = capsys.readouterr()
+    assert len(calls) == 4 and "2/3" in shown.err  # the 512 bar starts at its 2 journaled windows
+    assert "full: 2 ppl windows already done in" in shown.out
     assert not list((tmp / "results").glob(".ppl_*"))  # removed once the result is written
     run("clean")
     resumed, clean = (json.loads(next((tmp / out).glob("ppl_*.json")).read_text()) for out in ("results", "clean"))
