@@ -3,13 +3,13 @@
 #   results/experiments/lora-continuation/grid.sh perplexity-16k | multikey-32k | single-32k | passkey-16k
 #                                                 | perplexity-32k | passkey-32k | perplexity-64k
 #                                                 | perplexity-16k-all | perplexity-128k | passkey-64k | passkey-128k
-#                                                 | ruler-128k
+#                                                 | single-128k | multikey-128k
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 HERE=results/experiments/lora-continuation
 READ=(--methods sharedllm --adapter runs/lora-continuation/more --decoder-window 1024 --label more --threads 1)
 LANES="perplexity-16k, multikey-32k, single-32k, passkey-16k, perplexity-32k, passkey-32k, perplexity-64k,
-perplexity-16k-all, perplexity-128k, passkey-64k, passkey-128k or ruler-128k"
+perplexity-16k-all, perplexity-128k, passkey-64k, passkey-128k, single-128k or multikey-128k"
 heldout() {  # LENGTH WINDOWS FOLDER DOMAIN...: one held-out cell per domain, read as the default reads
   local length=$1 windows=$2 folder=$3; shift 3
   for domain in "$@"; do
@@ -38,10 +38,10 @@ case "${1:?$LANES}" in
     python -m sharedllm eval passkey "${READ[@]}" --lengths 64K --trials 10 --seed 0 --output "$HERE/passkey-64k" ;;
   passkey-128k)  # against results/retrieval/passkey_sharedllm_landmark_20261206-084033.json (50/50)
     python -m sharedllm eval passkey "${READ[@]}" --lengths 128K --trials 10 --seed 0 --output "$HERE/passkey-128k" ;;
-  ruler-128k)  # against results/retrieval/ruler_sharedllm_ruler_20261204-220819.json (single 7/10), 20261205-234809 (multikey 6/10)
-    for task in niah_single niah_multikey; do
-      python -m sharedllm eval ruler "${READ[@]}" --tasks "$task" --trials 10 --lengths 128K --output "$HERE/ruler-128k-test"
-    done ;;
+  single-128k)  # against results/retrieval/ruler_sharedllm_ruler_20261204-220819.json (7/10)
+    python -m sharedllm eval ruler "${READ[@]}" --tasks niah_single --trials 10 --lengths 128K --output "$HERE/ruler-128k-test" ;;
+  multikey-128k)  # against results/retrieval/ruler_sharedllm_ruler_20261205-234809.json (6/10); its journal continues a stopped run
+    python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --lengths 128K --output "$HERE/ruler-128k-test" ;;
   passkey-32k)  # against results/retrieval/passkey_sharedllm_landmark_20261205-062725.json (50/50); its journal continues a stopped run
     python -m sharedllm eval passkey "${READ[@]}" --lengths 32K --trials 10 --seed 0 --output "$HERE/passkey-32k" ;;
   *) echo "unknown lane $1 ($LANES)" >&2; exit 2 ;;
