@@ -184,7 +184,6 @@ def ppl_results(session, protocol, lengths, max_windows, default_domains=None, n
         start, scores, counts, details = time.time(), {}, {}, {}
         decoder_len = (method.describe().get("decoder_window") or 0) if hasattr(method, "describe") else 0
         journal, done = session.journal("ppl", name, method, **ppl_journal_settings(protocol, raw))
-        windows = []
         for length in lengths:
             r = perplexity(method, ids, protocol, length, domains=[d.domain for d in docs],
                            doc_ids=[d.doc_id for d in docs], decoder_len=min(decoder_len, length),
@@ -193,12 +192,11 @@ def ppl_results(session, protocol, lengths, max_windows, default_domains=None, n
             counts[str(length)] = {"docs": r["n_docs"], "docs_too_short": r["n_docs_skipped"],
                                    "windows": r["n_windows"], "scored_tokens": r["scored_tokens"],
                                    **provenance_counts(r["windows"], done)}
-            windows += r["windows"]
             details[str(length)] = r
             rows.setdefault(name, {})[format_length(length)] = (
                 f"{r['ppl']:.2f} ({r['n_windows']} win, {r['scored_tokens']} tok)" if r["ppl"] else "no doc >= T")
         session.write("ppl", name, method, protocol, data, scores, counts, details, time.time() - start, notes)
-        journal.remove(windows)
+        journal.remove([window for r in details.values() for window in r["windows"]])
         del method
     return rows, data
 
