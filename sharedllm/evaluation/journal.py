@@ -67,11 +67,18 @@ class TrialJournal:
 
     def remove(self, records: list[dict]) -> None:
         """Drop a finished run's trial records; the file goes once no other run's trials are left in it."""
-        left = [record for record in self.load() if record not in records]
+        finished = set(map(canonical, records))
+        left = [record for record in self.load() if canonical(record) not in finished]
         if left:  # a trial appended by another run between this read and the write is lost (milliseconds)
             self.path.write_text("".join(json.dumps(record) + "\n" for record in left), encoding="utf-8")
         else:
             self.path.unlink(missing_ok=True)
+
+
+def canonical(record: dict) -> str:
+    """A record as one string, so that finding records among thousands is a set look-up, not a comparison with each
+    (a sliding ppl run journals thousands of windows); a NaN equals itself here, as it does not in a dict."""
+    return json.dumps(record, sort_keys=True)
 
 
 def journal_prefix(task: str, name: str) -> str:
@@ -125,5 +132,6 @@ def provenance_counts(records: list[dict], done: list[dict]) -> dict:
     """What a trial result's counts say about where its trials came from: how many a stopped run's journal gave (not
     all of a journal need be used: the same settings with fewer lengths or trials use part of it), and on which
     machines they all ran."""
-    return {"trials_from_a_stopped_run": sum(record in done for record in records),
+    reused = set(map(canonical, done))
+    return {"trials_from_a_stopped_run": sum(canonical(record) in reused for record in records),
             "trials_by_machine": by_machine(records)}

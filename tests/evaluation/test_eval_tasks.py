@@ -383,6 +383,20 @@ def test_a_finished_run_keeps_the_trials_of_another_run_sharing_its_journal(tmp_
     assert not journal.path.exists()
 
 
+def test_a_finished_runs_records_are_found_by_value_nan_included(tmp_path):
+    """`remove` finds a finished run's records by their JSON, not by comparing dicts: a window whose NLL overflowed
+    to NaN (NaN != NaN) and a record holding a tuple (a list once read back) still leave the journal with their run."""
+    from sharedllm.evaluation.journal import TrialJournal, provenance_counts
+
+    journal = TrialJournal(tmp_path, "ppl", "sharedllm", {"method": {"method": "sharedllm"}})
+    records = [{"doc": "a", "start": 0, "nll": float("nan")}, {"doc": "b", "span": (0, 8), "nll": 1.5}]
+    for record in records:
+        journal.append(record)
+    assert provenance_counts(records, journal.load())["trials_from_a_stopped_run"] == 2
+    journal.remove(records)
+    assert not journal.path.exists()
+
+
 def test_a_journal_of_other_adapter_weights_is_refused_not_reused(tmp_path):
     """An adapter retrained into the same folder keeps its path, so its journal's name: the trials of the stopped run
     carry the weights they were scored with, and another adapter's are refused."""
