@@ -3,13 +3,13 @@
 #   results/experiments/lora-continuation/grid.sh perplexity-16k | multikey-32k | single-32k | passkey-16k
 #                                                 | perplexity-32k | passkey-32k | perplexity-64k
 #                                                 | perplexity-16k-all | perplexity-128k | passkey-64k | passkey-128k
-#                                                 | single-128k | multikey-128k
+#                                                 | single-128k | multikey-128k | perplexity-4k
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 HERE=results/experiments/lora-continuation
 READ=(--methods sharedllm --adapter runs/lora-continuation/more --decoder-window 1024 --label more --threads 1)
 LANES="perplexity-16k, multikey-32k, single-32k, passkey-16k, perplexity-32k, passkey-32k, perplexity-64k,
-perplexity-16k-all, perplexity-128k, passkey-64k, passkey-128k, single-128k or multikey-128k"
+perplexity-16k-all, perplexity-128k, passkey-64k, passkey-128k, single-128k, multikey-128k or perplexity-4k"
 heldout() {  # LENGTH WINDOWS FOLDER DOMAIN...: one held-out cell per domain, read as the default reads
   local length=$1 windows=$2 folder=$3; shift 3
   for domain in "$@"; do
@@ -32,6 +32,8 @@ case "${1:?$LANES}" in
     heldout 64K 16 heldout-64k-test books math ;;
   perplexity-16k-all)  # all 16 windows of results/heldout/heldout_*_16384_sharedllm.json (perplexity-16k read the first 8)
     heldout 16K 16 heldout-16k-test-16 books code math ;;
+  perplexity-4k)  # against results/heldout/heldout_*_4096_sharedllm.json, all 16 windows (the headline's first column)
+    heldout 4K 16 heldout-4k-test books code math ;;
   perplexity-128k)  # against results/heldout/heldout_{books,math}_131072_sharedllm.json, all 16 windows
     heldout 128K 16 heldout-128k-test books math ;;
   passkey-64k)  # against results/retrieval/passkey_sharedllm_landmark_20261205-202626.json (50/50)
