@@ -3,13 +3,13 @@
 #   results/experiments/lora-continuation/grid.sh perplexity-16k | multikey-32k | single-32k | passkey-16k
 #                                                 | perplexity-32k | passkey-32k | perplexity-64k
 #                                                 | perplexity-16k-all | perplexity-128k | passkey-64k | passkey-128k
-#                                                 | single-128k | multikey-128k | perplexity-4k
+#                                                 | single-128k | multikey-128k | perplexity-4k | code-long
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 HERE=results/experiments/lora-continuation
 READ=(--methods sharedllm --adapter runs/lora-continuation/more --decoder-window 1024 --label more --threads 1)
 LANES="perplexity-16k, multikey-32k, single-32k, passkey-16k, perplexity-32k, passkey-32k, perplexity-64k,
-perplexity-16k-all, perplexity-128k, passkey-64k, passkey-128k, single-128k, multikey-128k or perplexity-4k"
+perplexity-16k-all, perplexity-128k, passkey-64k, passkey-128k, single-128k, multikey-128k, perplexity-4k or code-long"
 heldout() {  # LENGTH WINDOWS FOLDER DOMAIN...: one held-out cell per domain, read as the default reads
   local length=$1 windows=$2 folder=$3; shift 3
   for domain in "$@"; do
@@ -34,6 +34,8 @@ case "${1:?$LANES}" in
     heldout 16K 16 heldout-16k-test-16 books code math ;;
   perplexity-4k)  # against results/heldout/heldout_*_4096_sharedllm.json, all 16 windows (the headline's first column)
     heldout 4K 16 heldout-4k-test books code math ;;
+  code-long)  # the headline's code cells at 32K-128K: "not run", no code test document is that long (nothing is scored)
+    heldout 32K 16 heldout-32k-test code; heldout 64K 16 heldout-64k-test code; heldout 128K 16 heldout-128k-test code ;;
   perplexity-128k)  # against results/heldout/heldout_{books,math}_131072_sharedllm.json, all 16 windows
     heldout 128K 16 heldout-128k-test books math ;;
   passkey-64k)  # against results/retrieval/passkey_sharedllm_landmark_20261205-202626.json (50/50)

@@ -1,0 +1,97 @@
+"""Make the candidate the headline's `sharedllm` row, once every cell of its grid holds the rule (README.md, "The
+rest of the grid"). Run it once, then point `sharedllm/default_adapter` at the candidate and run `sharedllm report`.
+
+1. The default's headline cells (`results/heldout/heldout_*_sharedllm.json`, `results/retrieval/*_sharedllm_*.json`,
+   read with `adapters/smollm2-135m-joint-exercises`) are renamed `joint-exercises`: the previous adapter's row.
+2. The candidate's cells of the same windows or prompts (this folder, label `more`) are copied in as `sharedllm`.
+
+Each file gets a `relabelled` note and nothing else changes, except that the copies name the packaged adapter
+(`adapters/smollm2-135m-joint-more`) where they name `runs/lora-continuation/more`, the gitignored folder they were
+read from: the same bytes (checked here by sha256), and the path a rerun in a fresh clone has. It refuses, changing
+nothing, while a default cell has no candidate cell of the same windows (heldout) or prompts (passkey, RULER).
+
+    python results/experiments/lora-continuation/promote.py [--dry-run]
+"""
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parent
+READ_FROM, PACKAGED = "runs/lora-continuation/more", "adapters/smollm2-135m-joint-more"
+OLD_LABEL, DATE = "joint-exercises", "2026-12-07"
+
+
+def cell_key(result: dict) -> tuple:
+    """What two results of one cell share: the windows a heldout cell scores, the prompts a retrieval cell asks."""
+    if result["task"] == "heldout":
+        return ("heldout", result["domain"], result["length"], result["data"]["split"], result["plan"]["windows_id"])
+    counts = {k: v for k, v in result["counts"].items() if k not in ("trials_from_a_stopped_run", "trials_by_machine")}
+    return (result["task"], tuple(result["lengths"]), json.dumps(result["data"], sort_keys=True),
+            json.dumps(counts, sort_keys=True), result["seed"], tuple(result["details"].get("tasks") or ()))
+
+
+def load(paths) -> dict[tuple, tuple[Path, dict]]:
+    cells = {}
+    for path in paths:
+        result = json.loads(path.read_text())
+        if (key := cell_key(result)) in cells:
+            raise SystemExit(f"{cells[key][0]} and {path} are one cell: which to promote is not this script's choice")
+        cells[key] = (path, result)
+    return cells
+
+
+def same_weights(package: Path, folder: Path) -> bool:
+    """Every weights file of the package has the same bytes in `folder` (which holds training checkpoints besides)."""
+    digest = lambda path: hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    return all(digest(path) == digest(folder / path.relative_to(package)) for path in package.rglob("*.safetensors"))
+
+
+def plan() -> list[tuple[Path, Path, dict]]:
+    """[(file to remove, file to write, its content)]: the default's cells renamed, the candidate's copied in."""
+    default = load(sorted((REPO / "results/heldout").glob("heldout_*_sharedllm.json"))
+                   + sorted((REPO / "results/retrieval").glob("*_sharedllm_*.json")))
+    candidate = load(sorted(HERE.glob("*/heldout_*_more.json")) + sorted(HERE.glob("*/passkey_more_*.json"))
+                     + sorted(HERE.glob("*/ruler_more_*.json")))
+    if promoted := [str(path.relative_to(REPO)) for path, result in default.values() if result["adapter"] == PACKAGED]:
+        raise SystemExit(f"already promoted: {promoted[0]} reads {PACKAGED}")
+    if missing := [str(path.relative_to(REPO)) for key, (path, _) in default.items() if key not in candidate]:
+        raise SystemExit("no candidate cell of the same windows or prompts for:\n  " + "\n  ".join(missing))
+    steps = []
+    for key, (path, result) in default.items():
+        note = (f"measured as method 'sharedllm' when adapters/smollm2-135m-joint-exercises was the default; renamed "
+                f"{OLD_LABEL} on {DATE} when the default changed (nothing else in this file changed)")
+        if earlier := result.get("relabelled"):  # how it came to be called sharedllm stays said
+            note += f". Before that: {earlier}"
+        renamed = {**result, "method": OLD_LABEL, "relabelled": note}
+        steps.append((path, path.with_name(path.name.replace("_sharedllm", f"_{OLD_LABEL}", 1)), renamed))
+        source, found = candidate[key]
+        copy = json.loads(json.dumps(found).replace(f'"{READ_FROM}"', f'"{PACKAGED}"'))
+        copy["command"] = found["command"]  # as it ran
+        copy.update(method="sharedllm", relabelled=(
+            f"measured as label 'more' from {READ_FROM} (results/experiments/lora-continuation/"
+            f"{source.relative_to(HERE)}), the same weights as {PACKAGED}; renamed sharedllm on {DATE} when it became "
+            "the default (the adapter's path is the packaged one's, nothing else in this file changed)"))
+        steps.append((None, path.with_name(source.name.replace("_more", "_sharedllm", 1)), copy))
+    return steps
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dry-run", action="store_true", help="list the files it would write, write nothing")
+    args = parser.parse_args()
+    if not same_weights(REPO / PACKAGED, REPO / READ_FROM):
+        raise SystemExit(f"{READ_FROM} and {PACKAGED} hold other weights: the candidate's cells are not the package's")
+    steps = plan()
+    for old, new, content in steps:
+        print(f"{'rename' if old else 'write '} {new.relative_to(REPO)}  ({content['method']})")
+        if not args.dry_run:
+            if old is not None:
+                old.unlink()
+            new.write_text(json.dumps(content, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
