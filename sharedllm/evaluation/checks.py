@@ -15,7 +15,7 @@ from sharedllm.method_table import METHOD_READS, METHODS
 from .journal import TrialJournal, journals_of
 from .ppl import SCORED
 from .session import (haystack, journal_keys, method_config_before_loading, model_name, ppl_journal_settings,
-                      raw_documents, read_adapter_config, result_adapter, shared_settings, user_documents, weights_tag)
+                      ppl_protocol, raw_documents, read_adapter_config, result_adapter, shared_settings, user_documents, weights_tag)
 
 # Options that only some tasks read: given to another task they would be ignored without a word. Each defaults to
 # None ("not given") on the command line; DEFAULTS (cli.py) fills it in once this is checked.
@@ -108,7 +108,7 @@ def validate_args(args) -> None:
         documents = user_documents(args.data)
         if args.task in ("ppl", "demo"):
             _check_unique_ids(documents)
-        if args.task in ("ppl", "demo") and (args.task == "demo" or args.protocol == "cepe"):
+        if args.task in ("ppl", "demo") and ppl_protocol(args) == "cepe":
             # A token covers at least one byte (byte-level BPE; SentencePiece with byte fallback may add one prefix
             # token): a document of fewer than T - 1 bytes has no T-token window. The exact check, on token counts,
             # follows once the tokenizer loads.
@@ -332,8 +332,7 @@ def _journals(task: str, name: str, args, tokens: _BaseTokens):
     if task == "passkey":
         yield name, dict
     elif task == "ppl":
-        protocol = args.protocol if args.task == "ppl" else "cepe"  # demo's perplexity is CEPE's
-        yield name, lambda: ppl_journal_settings(protocol, raw_documents(args)[0])
+        yield name, lambda: ppl_journal_settings(ppl_protocol(args), raw_documents(args)[0])
     elif task in ("niah", "ruler"):
         yield name, lambda: dict(zip(("haystack", "data"), haystack(args)))
     else:

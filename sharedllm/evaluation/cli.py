@@ -39,7 +39,7 @@ from .journal import provenance_counts
 from .needle import RULER_TASKS, effective_length, run_needle_grid, run_ruler
 from .passkey import DEFAULT_DEPTHS, run_passkey
 from .ppl import PROTOCOLS, perplexity
-from .session import DTYPES, Session, method_config, portable_path, ppl_journal_settings, raw_documents
+from .session import DTYPES, Session, method_config, portable_path, ppl_journal_settings, ppl_protocol, raw_documents
 
 TASKS = ("ppl", "heldout", "passkey", "niah", "ruler", "longbench", "demo")
 DEMO_METHODS = ["full", "window", "streaming", "sharedllm"]
@@ -168,11 +168,12 @@ def _with_bos(tokenizer, docs):
 # tasks
 
 
-def ppl_results(session, protocol, lengths, max_windows, default_domains=None, notes=""):
+def ppl_results(session, lengths, max_windows, default_domains=None, notes=""):
     """Each method's perplexity at each length; every window is journaled as it is scored, so a stopped run
     continues where it stopped when the same command runs again (a 48-window run of 8K takes ~25 minutes on a CPU)."""
     from sharedllm.data import tokenize_documents
 
+    protocol = ppl_protocol(session.args)
     raw, data = raw_documents(session.args, default_domains)
     docs = tokenize_documents(raw, session.tokenizer)  # cached ids, no special tokens
     ids = _with_bos(session.tokenizer, docs) if protocol == "sliding" else [d.ids for d in docs]
@@ -203,7 +204,7 @@ def ppl_results(session, protocol, lengths, max_windows, default_domains=None, n
 
 def run_ppl(session):
     args = session.args
-    rows, data = ppl_results(session, args.protocol, args.lengths, args.max_windows)
+    rows, data = ppl_results(session, args.lengths, args.max_windows)
     print_table(f"perplexity, {args.protocol} protocol, model {args.base}, data {data}", rows,
                 f"window cap: {args.max_windows} per length over all documents")
 
@@ -400,7 +401,7 @@ def run_demo(session):
     a = session.args
     note = (f"DEMO SETTINGS: {a.max_windows} PPL windows and {a.trials} passkey trials per method at depth(s) "
             f"{a.depths}: indicative only; the full protocols use 100 windows and >= 10 trials per cell")
-    ppl_rows, data = ppl_results(session, "cepe", a.lengths, a.max_windows, notes=note)
+    ppl_rows, data = ppl_results(session, a.lengths, a.max_windows, notes=note)
     passkey_rows = passkey_results(session, a.lengths, a.depths, a.trials, note)
     rows = {m: {**{f"PPL@{k}": v for k, v in ppl_rows.get(m, {}).items()},
                 **{f"passkey@{k}": v for k, v in passkey_rows.get(m, {}).items()}} for m in a.methods}

@@ -258,6 +258,11 @@ def raw_documents(args, default_domains=None) -> tuple[list, dict]:
     return load_documents(args.split, domains), {"split": args.split, "domains": domains}
 
 
+def ppl_protocol(args) -> str:
+    """The perplexity protocol a run scores with: `eval ppl`'s --protocol; the demo's is always CEPE's."""
+    return args.protocol if args.task == "ppl" else "cepe"
+
+
 def ppl_journal_settings(protocol: str, documents) -> dict:
     """What a perplexity run's journal fingerprints besides `journal_keys`: the protocol and the documents' text, so a
     --data file edited since the run stopped starts afresh instead of pairing old windows with new text."""
