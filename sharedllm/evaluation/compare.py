@@ -141,14 +141,22 @@ def paired_lines(cell: str, scored: list[dict], weighted: bool = False) -> list[
     ratio, low, high = paired_ratio(a, b, weights=weights)
     tokens = sum(scored[0][key]["scored_tokens"] for key in common)
     left_out = [len(s) - len(common) for s in scored]
-    separated = round(high, 3) < 1 or round(low, 3) > 1  # as printed: 1.000 [1.000, 1.000] is level, not separated
     docs = [scored[0][key]["doc"] for key in common]
     return [f"{cell}: {len(common)} windows scored by both ({tokens} tokens)"
             + (f"; left out, scored by one only: A {left_out[0]}, B {left_out[1]}" if any(left_out) else ""),
             f"PPL A {math.exp(np.average(a, weights=weights)):.3f}, B {math.exp(np.average(b, weights=weights)):.3f}",
-            f"PPL A / PPL B = {ratio:.3f} [{low:.3f}, {high:.3f}] (95% paired bootstrap over windows; < 1: A is "
-            f"better, {'separated' if separated else 'not separated'} from 1)",
+            f"PPL A / PPL B = {ratio:.3f} [{low:.3f}, {high:.3f}] (95% paired bootstrap over windows; < 1: A reads "
+            f"lower): {ratio_verdict(low, high)}",
             *per_document_lines(docs, a, b, weights)]
+
+
+def ratio_verdict(low: float, high: float) -> str:
+    """Which side a PPL A / PPL B interval favours, judged as printed: 1.000 [1.000, 1.000] is level."""
+    if round(high, 3) < 1:
+        return "A is better (separated from 1)"
+    if round(low, 3) > 1:
+        return "B is better (separated from 1)"
+    return "level (not separated from 1)"
 
 
 def per_document_lines(docs: list[str], a: list[float], b: list[float], weights: list | None = None) -> list[str]:

@@ -64,7 +64,7 @@ def test_heldout_ratio_is_over_the_windows_both_scored(tmp_path, capsys):
     assert code == 0
     assert f"= {math.exp(-0.5):.3f} [{math.exp(-0.5):.3f}, {math.exp(-0.5):.3f}]" in text  # every pair differs by 0.5
     assert "3 windows scored by both (768 tokens)" in text and "A 1, B 0" in text
-    assert "separated from 1" in text and "not separated" not in text
+    assert "A is better (separated from 1)" in text and "not separated" not in text
 
 
 def test_heldout_ratio_per_document_when_the_windows_span_several(tmp_path, capsys):
@@ -92,10 +92,10 @@ def test_heldout_pairs_two_context_lengths_on_one_plans_targets(tmp_path, capsys
     long = _heldout(tmp_path, "long", [2.0, 3.0])  # the 4096 plan itself
     code, text = _compare(capsys, short, long)
     assert code == 0 and "A 1K / B 4K of context on the targets of the 4K plan: 2 windows" in text
-    assert f"= {math.e:.3f}" in text
+    assert f"= {math.e:.3f}" in text and "B is better (separated from 1)" in text
     # a difference below the printed precision is level, not "separated"
     code, text = _compare(capsys, _heldout(tmp_path, "near", [2.0 + 1e-6, 3.0 + 1e-6]), long)
-    assert "= 1.000 [1.000, 1.000]" in text and "not separated from 1" in text
+    assert "= 1.000 [1.000, 1.000]" in text and "level (not separated from 1)" in text
     # a 1K cell of its own plan scores other tokens: refused, not paired by chance
     code, text = _compare(capsys, _heldout(tmp_path, "own", [3.0, 4.0], length=1024), long)
     assert code == 2 and "another length" in text and "--targets-of" in text
