@@ -15,7 +15,8 @@ from sharedllm.method_table import METHOD_READS, METHODS
 from .journal import TrialJournal, journals_of
 from .ppl import SCORED
 from .session import (haystack, journal_keys, method_config_before_loading, model_name, ppl_journal_settings,
-                      ppl_protocol, raw_documents, read_adapter_config, result_adapter, shared_settings, user_documents, weights_tag)
+                      ppl_protocol, raw_documents, read_adapter_config, result_adapter, shared_settings, user_documents,
+                      weights_tag)
 
 # Options that only some tasks read: given to another task they would be ignored without a word. Each defaults to
 # None ("not given") on the command line; DEFAULTS (cli.py) fills it in once this is checked.
