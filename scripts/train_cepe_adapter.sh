@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CEPE-style baseline trained with the same pipeline, data, sampler seed, schedule and budget as the
-# shipped SharedLLM adapter (scripts/train_default_adapter.sh): every one of the 30 layers cross-attends to
-# its own uncompressed encoding of the context (tree depth 0, 256 of 256 tokens per chunk kept).
+# cross SharedLLM adapter adapters/smollm2-135m (scripts/train_cross_adapter.sh): every one of the 30 layers
+# cross-attends to its own uncompressed encoding of the context (tree depth 0, 256 of 256 tokens per chunk kept).
 # On the 2-core CPU a step costs about 2-3x SharedLLM's, so the committed comparison stops this run at step 40
 # (its first validation), where the SharedLLM run had seen exactly the same 160 samples:
 #   scripts/train_cepe_adapter.sh             # the whole 240-step schedule (a few hours on the CPU)

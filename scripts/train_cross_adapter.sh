@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The command that trained the shipped adapter adapters/smollm2-135m (CPU, 2 cores; see its README.md).
+# The command that trained the cross adapter adapters/smollm2-135m (the default until 2026-11-24; CPU, 2 cores;
+# see its README.md).
 # Samples: 4 x 256 context + 512 decoder tokens (1.5K, 3x the decoder window) from the train split of the
 # default corpora (books, math, code); validation on fixed windows of the validation split.
 set -euo pipefail
