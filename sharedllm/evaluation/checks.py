@@ -109,12 +109,12 @@ def validate_args(args) -> None:
         documents = user_documents(args.data)
         if args.task in ("ppl", "demo"):
             _check_unique_ids(documents)
-        if args.task in ("ppl", "demo") and ppl_protocol(args) == "cepe":
-            # A token covers at least one byte (byte-level BPE; SentencePiece with byte fallback may add one prefix
-            # token): a document of fewer than T - 1 bytes has no T-token window. The exact check, on token counts,
-            # follows once the tokenizer loads.
-            longest = max(len(d.text.encode("utf-8")) for d in documents)
-            require_windows(args.lengths, longest, "bytes", slack=1)
+            if ppl_protocol(args) == "cepe":
+                # A token covers at least one byte (byte-level BPE; SentencePiece with byte fallback may add one
+                # prefix token): a document of fewer than T - 1 bytes has no T-token window. The exact check, on token
+                # counts, follows once the tokenizer loads.
+                longest = max(len(d.text.encode("utf-8")) for d in documents)
+                require_windows(args.lengths, longest, "bytes", slack=1)
     _check_journal_weights(args, tokens)
     if args.task in ("passkey", "demo"):
         _check_passkey_lengths(tokens.tokenizer, args)
