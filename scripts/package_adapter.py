@@ -20,7 +20,7 @@ from sharedllm import SharedLLMConfig, SharedLLMForCausalLM
 from sharedllm.config import KNOBS
 from sharedllm.flags import add_knob_arguments, knobs_from_args
 from sharedllm.loading import load_causal_lm, portable_base_name
-from sharedllm.lora import LORA_DIR, has_upper_lora
+from sharedllm.lora import LORA_DIR, has_upper_lora, load_upper_lora
 from sharedllm.training import LOG_FILE, plot_curves, read_log
 
 
@@ -48,12 +48,12 @@ def main() -> None:
         raise SystemExit("this checkpoint holds an upper-layer LoRA: package the finished run instead "
                          "(its upper_lora/ folder is copied with the adapter)")
     model.cross_attention.load_state_dict({k.removeprefix("cross_attention."): v for k, v in state.items()})
+    if checkpoint is None and has_upper_lora(args.run):  # saved with the adapter, which records its digest
+        load_upper_lora(model, args.run / LORA_DIR, config.lora_sha256)
 
     model.tokenizer = None  # loading takes the base's tokenizer (a copy would add 3.5 MB to the repository)
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
-    if checkpoint is None and has_upper_lora(args.run):
-        shutil.copytree(args.run / LORA_DIR, args.out / LORA_DIR, dirs_exist_ok=True)
     records = read_log(args.run / LOG_FILE)
     if args.checkpoint:
         step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]

@@ -26,6 +26,8 @@ class SharedLLMConfig(PretrainedConfig):
             = D, `tokens_per_node` = P, ...): their types, defaults, valid values and meaning are the `KNOBS` table
             of sharedllm.knobs, the one place every command's flags are derived from (`sharedllm.flags`).
         adapter_sha256: digest of the saved adapter weights file, written by `save_pretrained`, checked at load.
+        lora_sha256: digest of the saved LoRA's weights file (`upper_lora/`), likewise; None without a LoRA and in
+            adapters saved before 2026-12-07, whose LoRA loads unchecked.
     """
 
     model_type = "sharedllm"
@@ -37,6 +39,7 @@ class SharedLLMConfig(PretrainedConfig):
         base_model: str | None = None,
         base_fingerprint: str | None = None,
         adapter_sha256: str | None = None,
+        lora_sha256: str | None = None,
         **kwargs,
     ):
         if isinstance(text_config, dict):
@@ -47,6 +50,7 @@ class SharedLLMConfig(PretrainedConfig):
         for name, knob in KNOBS.items():  # defaults come from the one table
             setattr(self, name, kwargs.pop(name, knob.default))
         self.adapter_sha256 = adapter_sha256
+        self.lora_sha256 = lora_sha256
         if text_config is not None:
             # PretrainedConfig pushes its attention implementation down into text_config, which may be the base
             # model's own config object: default it to the base's so building this config never changes the base

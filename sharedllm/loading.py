@@ -263,13 +263,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_adapter_weights(path: Path, expected_sha256: str | None, device: str) -> dict[str, torch.Tensor]:
-    """The adapter's cross-attention state dict, after checking the file is whole, unchanged and finite."""
+def check_recorded_sha256(path: Path, expected_sha256: str | None) -> None:
+    """A weights file of a saved adapter is the one its config.json recorded at save time (when it recorded one)."""
     if expected_sha256 and file_sha256(path) != expected_sha256:
         raise ValueError(
             f"{path} does not match the sha256 recorded in its config.json at save time: the file was truncated, "
             "corrupted or replaced; copy or save the adapter again"
         )
+
+
+def read_adapter_weights(path: Path, expected_sha256: str | None, device: str) -> dict[str, torch.Tensor]:
+    """The adapter's cross-attention state dict, after checking the file is whole, unchanged and finite."""
+    check_recorded_sha256(path, expected_sha256)
     try:
         weights = load_file(str(path), device=device)
     except Exception as error:  # safetensors raises its own error type for a truncated or malformed file

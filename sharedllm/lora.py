@@ -113,11 +113,15 @@ def save_upper_lora(model, directory: str | Path) -> None:
     save_file(lora_state_dict(model), str(directory / LORA_WEIGHTS))
 
 
-def load_upper_lora(model, directory: str | Path) -> None:
-    """Put a trained upper-layer LoRA (`<adapter>/upper_lora`) onto a loaded SharedLLM model's base."""
+def load_upper_lora(model, directory: str | Path, expected_sha256: str | None = None) -> None:
+    """Put a trained upper-layer LoRA (`<adapter>/upper_lora`) onto a loaded SharedLLM model's base, after checking
+    its weights file against the digest the adapter's config.json recorded (`lora_sha256`)."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    from sharedllm.loading import check_recorded_sha256
+
     directory = Path(directory)
+    check_recorded_sha256(directory / LORA_WEIGHTS, expected_sha256)
     inject_adapter_in_model(LoraConfig.from_pretrained(str(directory)), model.base)
     weights = load_file(str(directory / LORA_WEIGHTS), device=str(model.base.device))
     missing, unexpected = model.base.load_state_dict(weights, strict=False)

@@ -19,6 +19,7 @@ exceed Ld, its oldest C tokens roll into a new context chunk (encoded once) and 
 
 import copy
 import os
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -67,7 +68,7 @@ from sharedllm.loading import (
     read_adapter_weights,
 )
 from sharedllm.lora import (
-    LORA_DIR, has_upper_lora, load_upper_lora, merge_upper_lora, save_upper_lora, unmerge_upper_lora,
+    LORA_DIR, LORA_WEIGHTS, has_upper_lora, load_upper_lora, merge_upper_lora, save_upper_lora, unmerge_upper_lora,
 )
 from sharedllm.rows import context_chunk_counts, gather_tokens, left_align, mask_positions, real_token_spans
 
@@ -295,11 +296,15 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         directory.mkdir(parents=True, exist_ok=True)
         save_file(self.adapter_state_dict(), str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         self.config.adapter_sha256 = file_sha256(directory / ADAPTER_WEIGHTS)
+        self.config.lora_sha256 = None
+        if hasattr(self.base, "peft_config"):  # an upper-layer LoRA was trained with the adapter: keep it
+            save_upper_lora(self, directory / LORA_DIR)
+            self.config.lora_sha256 = file_sha256(directory / LORA_DIR / LORA_WEIGHTS)
+        elif (directory / LORA_DIR).exists():  # an earlier save's LoRA, which from_pretrained would put back
+            shutil.rmtree(directory / LORA_DIR)
         self.config.save_pretrained(directory)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
-        if hasattr(self.base, "peft_config"):  # an upper-layer LoRA was trained with the adapter: keep it
-            save_upper_lora(self, directory / LORA_DIR)
 
     @classmethod
     def from_pretrained(
@@ -375,7 +380,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError(f"adapter weights in {directory} do not match: missing {missing}, unexpected {unexpected}")
         model.cross_attention.to(dtype=base.dtype)
         if has_upper_lora(directory):  # injected into the base in place, as it was trained
-            load_upper_lora(model, directory / LORA_DIR)
+            load_upper_lora(model, directory / LORA_DIR, config.lora_sha256)
             if merge_lora:
                 merge_upper_lora(model)
         if tokenizer is None:  # the one saved with the adapter, else the base's (read when the base was loaded)

@@ -208,6 +208,27 @@ def test_from_pretrained_refuses_bad_folders(tmp_path, case):
         SharedLLMForCausalLM.from_pretrained(folder, **kwargs)
 
 
+def test_a_lora_is_checked_against_its_recorded_digest_and_a_stale_one_is_not_put_back(tmp_path):
+    from sharedllm.loading import file_sha256
+    from sharedllm.lora import LORA_DIR, LORA_WEIGHTS, add_upper_lora
+
+    tiny_model("llama").save_pretrained(tmp_path / "base")
+    model = SharedLLMForCausalLM.from_base(str(tmp_path / "base"), **{**KNOBS, "injection": "joint"})
+    add_upper_lora(model, rank=2)
+    model.save_pretrained(tmp_path / "adapter")
+    lora_file, config_file = tmp_path / "adapter" / LORA_DIR / LORA_WEIGHTS, tmp_path / "adapter" / "config.json"
+    assert json.loads(config_file.read_text())["lora_sha256"] == file_sha256(lora_file)
+    SharedLLMForCausalLM.from_pretrained(tmp_path / "adapter")  # intact: loads
+    data = bytearray(lora_file.read_bytes())
+    data[-8:] = bytes(255 - b for b in data[-8:])
+    lora_file.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match the sha256 recorded"):
+        SharedLLMForCausalLM.from_pretrained(tmp_path / "adapter")
+    # a model without a LoRA saved over it: the earlier LoRA must not come back with it
+    SharedLLMForCausalLM.from_base(str(tmp_path / "base"), **KNOBS).save_pretrained(tmp_path / "adapter")
+    assert not (tmp_path / "adapter" / LORA_DIR).exists() and json.loads(config_file.read_text())["lora_sha256"] is None
+
+
 def test_intact_adapter_loads_and_its_digest_is_recorded(tmp_path):
     tiny_model("llama").save_pretrained(tmp_path / "base")
     model = randomise_adapter(SharedLLMForCausalLM.from_base(str(tmp_path / "base"), **KNOBS))

@@ -444,6 +444,12 @@ def test_a_loaded_lora_is_merged_for_inference_and_unmerged_to_train(workspace, 
     with torch.no_grad():
         assert torch.allclose(plain(ids).logits, merged.base(ids).logits, atol=1e-5)
         assert not torch.allclose(plain(ids).logits, AutoModelForCausalLM.from_pretrained(workspace / "base")(ids).logits)
+    packaged = tmp_path / "packaged"  # scripts/package_adapter.py: the LoRA goes with it, its digest recorded
+    subprocess.run([sys.executable, str(REPO / "scripts" / "package_adapter.py"), str(out), str(packaged),
+                    "--decoder-window", "96"], check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert json.loads((packaged / "config.json").read_text())["lora_sha256"] == json.loads(
+        (out / "config.json").read_text())["lora_sha256"] is not None
+    assert lora_fingerprint(SharedLLMForCausalLM.from_pretrained(packaged)) == lora_fingerprint(merged)
     merged.train()
     assert not any(m.merged for m in lora_modules(merged.base))
     merged(ids, labels=ids).loss.backward()

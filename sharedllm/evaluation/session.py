@@ -178,8 +178,12 @@ def journal_keys(args, config: dict, model: str, **settings) -> dict:
 
 def weights_tag(adapter_config: dict) -> str | None:
     """The tag of the trials of a method that reads the adapter (`TrialJournal.weights`): the start of its weights'
-    sha256 as its config.json records it (None for an adapter saved without one, and without an adapter)."""
+    sha256 as its config.json records it, taken together with its LoRA's where it records one (None for an
+    adapter saved without one, and without an adapter). Every joint adapter saves the same empty module file, so
+    without the LoRA's digest a LoRA retrained into the same folder would continue another LoRA's journal."""
     weights = adapter_config.get("adapter_sha256")
+    if weights and (lora := adapter_config.get("lora_sha256")):  # joint adapters hold no module: their LoRA differs
+        weights = hashlib.sha256(f"{weights} {lora}".encode()).hexdigest()
     return weights and weights[:16]
 
 

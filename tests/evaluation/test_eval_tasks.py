@@ -426,6 +426,16 @@ def test_a_session_tags_the_trials_of_an_adapter_reading_method_with_its_weights
     assert Session.journal(session, "passkey", "window", other)[0].weights is None
 
 
+def test_the_weights_tag_tells_apart_adapters_that_differ_only_in_their_lora():
+    """Joint adapters all save the same empty module file: their LoRA's digest is what tells two of them apart."""
+    from sharedllm.evaluation.session import weights_tag
+
+    module = {"adapter_sha256": "0123456789abcdef99"}
+    assert weights_tag(module) == "0123456789abcdef" and weights_tag({}) is None  # as before LoRA digests
+    tags = {weights_tag({**module, "lora_sha256": lora}) for lora in ("aa", "bb")}
+    assert len(tags) == 2 and "0123456789abcdef" not in tags and all(len(tag) == 16 for tag in tags)
+
+
 def test_method_configs_known_before_loading_are_those_of_the_built_methods(tmp_path, monkeypatch):
     """The checks made before loading (heldout's cell files, the journals' names) read each method's config without
     its weights (`method_config_before_loading`): it must be what the built method describes, for every method."""
