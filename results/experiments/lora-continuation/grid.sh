@@ -7,7 +7,9 @@
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 HERE=results/experiments/lora-continuation
-READ=(--methods sharedllm --adapter runs/lora-continuation/more --decoder-window 1024 --label more --threads 1)
+# Cells before 2026-12-07 read runs/lora-continuation/more (gitignored, lost with that machine); the package holds the
+# same weights, and packaged-check/ shows it scores the 16 books 4K windows exactly as that folder did (promote.py checks).
+READ=(--methods sharedllm --adapter adapters/smollm2-135m-joint-more --decoder-window 1024 --label more --threads 1)
 LANES="perplexity-16k, multikey-32k, single-32k, passkey-16k, perplexity-32k, passkey-32k, perplexity-64k,
 perplexity-16k-all, perplexity-128k, passkey-64k, passkey-128k, single-128k, multikey-128k, perplexity-4k or code-long"
 heldout() {  # LENGTH WINDOWS FOLDER DOMAIN...: one held-out cell per domain, read as the default reads
@@ -36,8 +38,8 @@ case "${1:?$LANES}" in
     heldout 4K 16 heldout-4k-test books code math ;;
   code-long)  # the headline's code cells at 32K-128K: "not run", no code test document is that long (nothing is scored)
     heldout 32K 16 heldout-32k-test code; heldout 64K 16 heldout-64k-test code; heldout 128K 16 heldout-128k-test code ;;
-  perplexity-128k)  # against results/heldout/heldout_{books,math}_131072_sharedllm.json, all 16 windows
-    heldout 128K 16 heldout-128k-test books math ;;
+  perplexity-128k)  # against results/heldout/heldout_{books,math}_131072_sharedllm.json, all 16 windows (books ran first)
+    heldout 128K 16 heldout-128k-test math ;;
   passkey-64k)  # against results/retrieval/passkey_sharedllm_landmark_20261205-202626.json (50/50)
     python -m sharedllm eval passkey "${READ[@]}" --lengths 64K --trials 10 --seed 0 --output "$HERE/passkey-64k" ;;
   passkey-128k)  # against results/retrieval/passkey_sharedllm_landmark_20261206-084033.json (50/50)

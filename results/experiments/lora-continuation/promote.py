@@ -6,15 +6,16 @@ rest of the grid"). Run it once, then point `sharedllm/default_adapter` at the c
 2. The candidate's cells of the same windows or prompts (this folder, label `more`) are copied in as `sharedllm`.
 
 Each file gets a `relabelled` note and nothing else changes, except that the copies name the packaged adapter
-(`adapters/smollm2-135m-joint-more`) where they name `runs/lora-continuation/more`, the gitignored folder they were
-read from: the same bytes (checked here by sha256), and the path a rerun in a fresh clone has. It refuses, changing
-nothing, while a default cell has no candidate cell of the same windows (heldout) or prompts (passkey, RULER).
+(`adapters/smollm2-135m-joint-more`) where they name `runs/lora-continuation/more`, the gitignored folder most were
+read from: the path a rerun in a fresh clone has. That folder is gone with the machine that trained it; the package
+was made from it, and it scores the 16 windows of books 4K exactly as the folder did (`packaged-check/`, the same
+NLL to the last bit in every window), which this script checks. It refuses, changing nothing, while a default cell
+has no candidate cell of the same windows (heldout) or prompts (passkey, RULER).
 
     python results/experiments/lora-continuation/promote.py [--dry-run]
 """
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
@@ -43,18 +44,22 @@ def load(paths) -> dict[tuple, tuple[Path, dict]]:
     return cells
 
 
-def same_weights(package: Path, folder: Path) -> bool:
-    """Every weights file of the package has the same bytes in `folder` (which holds training checkpoints besides)."""
-    digest = lambda path: hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-    return all(digest(path) == digest(folder / path.relative_to(package)) for path in package.rglob("*.safetensors"))
+def same_scores(read_from: Path, packaged: Path) -> bool:
+    """The two heldout cells score the same windows to the same NLL, bit for bit (module doc)."""
+    cells = [json.loads(path.read_text()) for path in (read_from, packaged)]
+    if [cell["adapter"] for cell in cells] != [READ_FROM, PACKAGED] or len({c["plan"]["windows_id"] for c in cells}) > 1:
+        return False
+    windows = [[(w["doc"], w["start"], w["mean_nll"]) for w in cell["windows"]] for cell in cells]
+    return windows[0] == windows[1] and len(windows[0]) == cells[0]["plan"]["budget"]
 
 
 def plan() -> list[tuple[Path, Path, dict]]:
     """[(file to remove, file to write, its content)]: the default's cells renamed, the candidate's copied in."""
     default = load(sorted((REPO / "results/heldout").glob("heldout_*_sharedllm.json"))
                    + sorted((REPO / "results/retrieval").glob("*_sharedllm_*.json")))
-    candidate = load(sorted(HERE.glob("*/heldout_*_more.json")) + sorted(HERE.glob("*/passkey_more_*.json"))
-                     + sorted(HERE.glob("*/ruler_more_*.json")))
+    cells = sorted(HERE.glob("*/heldout_*_more.json")) + sorted(HERE.glob("*/passkey_more_*.json"))
+    candidate = load([path for path in cells + sorted(HERE.glob("*/ruler_more_*.json"))
+                      if path.parent.name != "packaged-check"])  # a check of the package, not a headline cell
     if promoted := [str(path.relative_to(REPO)) for path, result in default.values() if result["adapter"] == PACKAGED]:
         raise SystemExit(f"already promoted: {promoted[0]} reads {PACKAGED}")
     if missing := [str(path.relative_to(REPO)) for key, (path, _) in default.items() if key not in candidate]:
@@ -71,9 +76,11 @@ def plan() -> list[tuple[Path, Path, dict]]:
         copy = json.loads(json.dumps(found).replace(f'"{READ_FROM}"', f'"{PACKAGED}"'))
         copy["command"] = found["command"]  # as it ran
         copy.update(method="sharedllm", relabelled=(
-            f"measured as label 'more' from {READ_FROM} (results/experiments/lora-continuation/"
-            f"{source.relative_to(HERE)}), the same weights as {PACKAGED}; renamed sharedllm on {DATE} when it became "
-            "the default (the adapter's path is the packaged one's, nothing else in this file changed)"))
+            f"measured as label 'more' from {found['adapter']} (results/experiments/lora-continuation/"
+            f"{source.relative_to(HERE)}); renamed sharedllm on {DATE} when {PACKAGED} became the default"
+            + (f" (the adapter's path is the package's, made from {READ_FROM} and scoring as it does: "
+               "lora-continuation/packaged-check/; nothing else in this file changed)"
+               if found["adapter"] == READ_FROM else " (nothing else in this file changed)")))
         steps.append((None, path.with_name(source.name.replace("_more", "_sharedllm", 1)), copy))
     return steps
 
@@ -82,8 +89,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="list the files it would write, write nothing")
     args = parser.parse_args()
-    if not same_weights(REPO / PACKAGED, REPO / READ_FROM):
-        raise SystemExit(f"{READ_FROM} and {PACKAGED} hold other weights: the candidate's cells are not the package's")
+    if not same_scores(HERE / "heldout-4k-test/heldout_books_4096_more.json",
+                       HERE / "packaged-check/heldout_books_4096_more.json"):
+        raise SystemExit(f"{PACKAGED} does not score as {READ_FROM} did: the candidate's cells are not the package's")
     steps = plan()
     for old, new, content in steps:
         print(f"{'rename' if old else 'write '} {new.relative_to(REPO)}  ({content['method']})")
