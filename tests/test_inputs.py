@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -227,6 +228,22 @@ def test_a_lora_is_checked_against_its_recorded_digest_and_a_stale_one_is_not_pu
     # a model without a LoRA saved over it: the earlier LoRA must not come back with it
     SharedLLMForCausalLM.from_base(str(tmp_path / "base"), **KNOBS).save_pretrained(tmp_path / "adapter")
     assert not (tmp_path / "adapter" / LORA_DIR).exists() and json.loads(config_file.read_text())["lora_sha256"] is None
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "adapters").iterdir())
+
+
+@pytest.mark.parametrize("adapter", SHIPPED, ids=lambda path: path.name)
+def test_a_shipped_adapters_recorded_digests_are_those_of_its_files(adapter):
+    """A weights file replaced without its config.json (a repackaged adapter half committed) fails here, not at load."""
+    from sharedllm.loading import file_sha256
+    from sharedllm.lora import LORA_DIR, LORA_WEIGHTS
+
+    config = json.loads((adapter / "config.json").read_text())
+    files = {"adapter_sha256": adapter / "model.safetensors", "lora_sha256": adapter / LORA_DIR / LORA_WEIGHTS}
+    recorded = {key: digest for key, digest in config.items() if key in files and digest}
+    assert recorded or not any(path.exists() for path in files.values())  # weights of an adapter record their digest
+    assert {key: file_sha256(files[key]) for key in recorded} == recorded
 
 
 def test_intact_adapter_loads_and_its_digest_is_recorded(tmp_path):
