@@ -42,6 +42,7 @@ from sharedllm.atomic import write_atomic
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_BASE = f"sharedllm-default:{MODEL_NAME}"  # its portable name: adapters record it instead of a cache path
 # The default adapter for that model: the joint-injection preset with a LoRA trained on retrieval exercises (reads
 # every passkey at 8K, lower perplexity than the preset on held-out books and math); beside it in adapters/ stay the
 # training-free preset "smollm2-135m-joint" (config only) and the trained cross-attention adapter "smollm2-135m"

@@ -3,8 +3,8 @@ the table alone.
 
 Light on purpose (no torch, no transformers): every command builds its knob flags from this table while building
 its parser (`sharedllm.flags`), and `report` / `compare` read the defaults, so `sharedllm CMD --help`, argument
-errors and the report answer without importing a model library. `SharedLLMConfig` (sharedllm.config) validates a
-config against it.
+errors and the report answer without importing a model library. `sharedllm.knob_rules` judges a combination of
+knob values against it (for `SharedLLMConfig`, and for the commands' checks before a model library loads).
 """
 
 from dataclasses import dataclass

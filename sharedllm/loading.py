@@ -8,7 +8,6 @@ folder's config and weights read with every check (digest, finite values, only a
 
 import contextlib
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -17,12 +16,12 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from sharedllm.assets import DEFAULT_BASE  # noqa: F401  (the embedded default model's portable name, named here too)
 from sharedllm.cli import InputError
 from sharedllm.config import SharedLLMConfig
+from sharedllm.knob_rules import read_adapter_json
 
 ADAPTER_WEIGHTS = "model.safetensors"  # the adapter's cross-attention weights in a saved folder
-
-DEFAULT_BASE = "sharedllm-default:SmolLM2-135M-Instruct"  # portable name of the embedded default model
 
 
 class ModelNotFoundError(InputError, FileNotFoundError):
@@ -235,24 +234,11 @@ def check_loaded_base(base: nn.Module, options: dict) -> None:
 
 
 def load_adapter_config(directory: Path) -> SharedLLMConfig:
-    if not directory.is_dir():
-        raise FileNotFoundError(f"no SharedLLM adapter folder at {directory} (a folder written by save_pretrained)")
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{directory} has no config.json: it is not a saved SharedLLM adapter")
-    try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{config_file} is not valid JSON ({error}); the adapter folder is damaged") from None
-    if model_type != SharedLLMConfig.model_type:
-        raise ValueError(
-            f"{directory} holds a {model_type!r} model, not a SharedLLM adapter; wrap a base model with "
-            f"SharedLLMForCausalLM.from_base({str(directory)!r}, ...)"
-        )
+    read_adapter_json(directory)  # says what the folder is when it is no adapter
     try:
         return SharedLLMConfig.from_pretrained(directory)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{config_file}: {error}") from None
+        raise ValueError(f"{directory / 'config.json'}: {error}") from None
 
 
 def file_sha256(path: Path) -> str:

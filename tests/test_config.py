@@ -1,11 +1,15 @@
 """SharedLLMConfig: knobs refused at construction, and the config's round trip with its base's text config."""
 
+from pathlib import Path
+
 import pytest
 from conftest import tiny_model
 from test_model import wrap
 
 from sharedllm import SharedLLMConfig, SharedLLMForCausalLM
+from sharedllm.knob_rules import read_knobs
 from sharedllm.knobs import KNOBS
+from sharedllm.loading import load_adapter_config
 
 SELECTION_KNOBS = dict(n_injected_layers=2, chunk_size=32, decoder_window=48)  # two tree levels: 8-token leaves
 
@@ -67,12 +71,36 @@ def test_leaf_budget_must_fit_the_leaf():
 
 
 def test_reading_a_folder_that_is_no_adapter_says_so(tmp_path):
-    """eval and bench check their flags against an adapter's config with `reading`: a base model's folder given as
+    """eval and bench check their flags against an adapter's config with `read_knobs`: a base model's folder given as
     --adapter was read as a config with no base recorded (a traceback later)."""
     tiny_model("llama").save_pretrained(tmp_path / "base")
     with pytest.raises(ValueError, match="holds a 'llama' model, not a SharedLLM adapter"):
-        SharedLLMConfig.reading(str(tmp_path / "base"), {})
+        read_knobs(str(tmp_path / "base"), {})
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="is not valid JSON"):
-        SharedLLMConfig.reading(str(tmp_path / "damaged"), {})
+        read_knobs(str(tmp_path / "damaged"), {})
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "adapters").iterdir())
+
+
+@pytest.mark.parametrize("adapter", SHIPPED, ids=lambda path: path.name)
+def test_knobs_read_without_a_model_library_are_the_configs(adapter):
+    """`read_knobs` (the checks of eval and bench, before torch loads) reads what `from_pretrained` builds with:
+    every knob of every shipped adapter, and with overrides, the same values and the same refusals."""
+    config, values = load_adapter_config(adapter), read_knobs(str(adapter), {})
+    assert {name: getattr(values, name) for name in KNOBS} == {name: getattr(config, name) for name in KNOBS}
+    assert values.chunks_read == config.chunks_read and values.text_config.num_hidden_layers == 30
+    overrides = {"decoder_window": 2048, "context_chunks": None, "query_chunks": 0, "query_layer": None}
+    if config.injection == "joint":
+        read = read_knobs(str(adapter), overrides)
+        assert {n: getattr(read, n) for n in KNOBS} == {n: getattr(config.with_overrides(dict(overrides)), n) for n in KNOBS}
+    for bad in ({"tree_selection": "recent"} if config.tree_selection == "attention" else {"tree_depth": 20},
+                {"n_injected_layers": 31}, {"chunk_size": 500}):
+        errors = []
+        for read in (lambda: read_knobs(str(adapter), bad), lambda: load_adapter_config(adapter).with_overrides(bad)):
+            with pytest.raises(ValueError) as caught:
+                read()
+            errors.append(str(caught.value))
+        assert errors[0] == errors[1]

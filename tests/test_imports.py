@@ -89,6 +89,29 @@ def test_eval_refuses_a_method_mistake_without_torch(argv, error):
     assert result.stdout.split() == ["exit", "2", "False"], "the refusal imported torch"
 
 
+@pytest.mark.parametrize("argv, error", [
+    (["eval", "passkey", "--lengths", "8K", "--methods", "sharedllm", "--adapter", "none", "--tree-selection",
+      "attention", "--node-encoding", "node"], "tree_selection='attention' scores tokens of the whole-chunk pass"),
+    (["eval", "passkey", "--lengths", "8K", "--methods", "sharedllm", "--tree-selection", "recent"],
+     "does not score the context by attention"),  # the default adapter's saved knobs, read from its config.json
+    (["bench", "--lengths", "1K", "--tree-selection", "recent"], "does not score the context by attention"),
+], ids=["eval", "eval-adapter", "bench"])
+def test_a_bad_knob_combination_is_refused_without_torch(argv, error, tmp_path):
+    """eval and bench judge the knobs (with an adapter's saved ones) by `knob_rules`, before torch or transformers
+    load: the refusal took 4-10 s on the 2-core CPU, nearly all of it importing them."""
+    result = run_python(f"""
+        import os, sys
+        os.environ["SHAREDLLM_HOME"] = {str(tmp_path)!r}  # a new machine: nothing fetched
+        from sharedllm.cli import main
+        try:
+            main({argv!r})
+        except SystemExit as stop:
+            print("exit", stop.code, "torch" in sys.modules, "transformers" in sys.modules)
+    """)
+    assert error in result.stderr, result.stderr[-2000:]
+    assert result.stdout.split() == ["exit", "2", "False", "False"], "the refusal imported torch / transformers"
+
+
 def test_report_and_compare_run_without_torch(tmp_path):
     """`report` and `compare` read result JSON only: they run without importing a model library."""
     results = tmp_path / "results"

@@ -76,6 +76,10 @@ def _given(args, names) -> dict:
 def settings_from_args(args) -> BenchSettings:
     check_infllm_options(args)
     adapter = adapter_argument(args.adapter)  # 'none': untrained, its knobs from the flags and defaults
+    try:  # before the device, which imports torch (seconds): a bad combination answers at once
+        knobs = resolve_knobs(adapter, knobs_from_args(args))
+    except ValueError as error:
+        raise InputError(str(error)) from error
     device = resolve_device(args.device)
     lengths = args.lengths or [parse_length(n) for n in (CUDA_LENGTHS if device == "cuda" else CPU_LENGTHS)]
     refuse_repeats("--methods", args.methods)
@@ -84,10 +88,6 @@ def settings_from_args(args) -> BenchSettings:
     caps = dict(args.max_length)
     if unmeasured := [method for method in caps if method not in args.methods]:  # a cap that caps nothing
         raise InputError(f"--max-length caps {', '.join(unmeasured)}, not in --methods ({' '.join(args.methods)})")
-    try:
-        knobs = resolve_knobs(adapter, knobs_from_args(args))
-    except ValueError as error:
-        raise InputError(str(error)) from error
     return BenchSettings(
         methods=tuple(args.methods), infllm=args.infllm, lengths=tuple(lengths), repeats=args.repeats,
         decode_steps=args.decode_steps, max_seconds=args.max_seconds, cell_seconds=args.cell_seconds,
@@ -129,10 +129,10 @@ def run(args) -> int:
 
 def _measure(args) -> int:
     """Run the grid; the result JSON and the figures are replaced only by a finished grid with a cell that ran."""
+    settings = settings_from_args(args)  # refuses bad knobs before the grid's module imports torch (seconds)
     from .grid import partial_path, refuse_to_replace, run_benchmark
     from .report import format_table, measured_any
 
-    settings = settings_from_args(args)
     output = output_file(args.output, settings.device)
     partial = partial_path(output)
     # run_benchmark checks this too; here it comes before the base, which may be built first (a minute)

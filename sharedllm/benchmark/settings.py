@@ -61,8 +61,8 @@ class BenchSettings:
 def resolve_knobs(adapter: str | None, given: dict) -> dict:
     """SharedLLM knobs: explicitly given > the adapter's saved config > the config defaults (config.KNOBS);
     validated as the model would validate them."""
-    from sharedllm.config import SharedLLMConfig
+    from sharedllm.knob_rules import read_knobs
 
     # before any cell runs; an optional knob given as None is switched off (`--selected-leaves none`)
-    config = SharedLLMConfig.reading(adapter, given)
+    config = read_knobs(adapter, given)
     return {name: getattr(config, name) for name in KNOBS}

@@ -47,15 +47,14 @@ def check_given_options(args) -> None:
 def recorded_base(adapter) -> str | None:
     """The base model an adapter records, or None for the default model (which Session names as it always has:
     results and trial journals key on that name) and without an adapter."""
-    from sharedllm.loading import DEFAULT_BASE
-
-    from sharedllm.loading import load_adapter_config
+    from sharedllm.assets import DEFAULT_BASE
+    from sharedllm.knob_rules import read_adapter_json  # no model library: its refusals answer at once
 
     folder = Path(str(adapter))
     if chosen_adapter(adapter) is None or not (folder / "config.json").is_file():
         return None
     try:  # a damaged config.json, or a base model's folder given as the adapter
-        base = load_adapter_config(folder).base_model
+        base = read_adapter_json(folder).get("base_model")
     except ValueError as err:
         raise InputError(f"--adapter: {err}") from err
     return None if base == DEFAULT_BASE else base
@@ -266,11 +265,11 @@ def _check_sharedllm_knobs(args) -> None:
     """The adapter exists and its config, with the knob flags applied as `methods.SharedLLM` will apply them, passes
     SharedLLMConfig's checks (the base's own limits are checked once it loads). A knob sharedllm does not read
     (full_logits) was refused before, with every knob no chosen method reads."""
-    from sharedllm.config import SharedLLMConfig
+    from sharedllm.knob_rules import read_knobs  # no model library: a bad combination is refused at once
 
     adapter = adapter_argument(args.adapter)
     try:
-        SharedLLMConfig.reading(adapter, knobs_from_args(args))
+        read_knobs(adapter, knobs_from_args(args))
     except (ValueError, TypeError) as err:  # TypeError: a knob of the wrong type (which the flags refuse first)
         raise InputError(f"SharedLLM knobs: {err}") from err
 

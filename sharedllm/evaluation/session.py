@@ -190,10 +190,10 @@ def weights_tag(adapter_config: dict) -> str | None:
 def method_config_before_loading(name: str, args, shared: dict) -> dict:
     """`method_config` of method `name` as this run will build it, from the command line, the adapter's config.json
     and the base's config.json, without loading any weights. sharedllm and cepe build a model from weights: their
-    config is the one `SharedLLMConfig.reading` gives (what their constructors build with); every other method is
+    config is the one `knob_rules.read_knobs` gives (what their constructors build with); every other method is
     built on a stand-in base that holds only the base's config (read on first use: yarn's native length), which is
     all their constructors read."""
-    from sharedllm.config import SharedLLMConfig
+    from sharedllm.knob_rules import read_knobs
     from sharedllm.methods import CEPE, METHOD_CLASSES, SharedLLM, load_method
 
     method_class, options = METHOD_CLASSES[name], own_options(args, name)
@@ -204,7 +204,7 @@ def method_config_before_loading(name: str, args, shared: dict) -> dict:
         adapter = knobs.pop("adapter", None)
         if issubclass(method_class, CEPE) and adapter is None:
             knobs = CEPE.preset(_ConfigOnlyBase(args.base).config.num_hidden_layers, knobs)
-        config = SharedLLMConfig.reading(adapter, knobs)
+        config = read_knobs(adapter, knobs)
     except ValueError as err:  # what building the method would raise, after the methods before it had run
         raise InputError(str(err)) from err
     return portable_config({"method": name, "adapter": adapter, **{k: getattr(config, k) for k in method_class.KNOBS}})
