@@ -53,13 +53,22 @@ def same_scores(read_from: Path, packaged: Path) -> bool:
     return windows[0] == windows[1] and len(windows[0]) == cells[0]["plan"]["budget"]
 
 
+def default_cells() -> dict[tuple, tuple[Path, dict]]:
+    """The headline's cells of the default adapter, by `cell_key`."""
+    return load(sorted((REPO / "results/heldout").glob("heldout_*_sharedllm.json"))
+                + sorted((REPO / "results/retrieval").glob("*_sharedllm_*.json")))
+
+
+def candidate_cells() -> dict[tuple, tuple[Path, dict]]:
+    """The candidate's cells in this folder (label `more`), by `cell_key`."""
+    cells = sorted(HERE.glob("*/heldout_*_more.json")) + sorted(HERE.glob("*/passkey_more_*.json"))
+    return load([path for path in cells + sorted(HERE.glob("*/ruler_more_*.json"))
+                 if path.parent.name != "packaged-check"])  # a check of the package, not a headline cell
+
+
 def plan() -> list[tuple[Path, Path, dict]]:
     """[(file to remove, file to write, its content)]: the default's cells renamed, the candidate's copied in."""
-    default = load(sorted((REPO / "results/heldout").glob("heldout_*_sharedllm.json"))
-                   + sorted((REPO / "results/retrieval").glob("*_sharedllm_*.json")))
-    cells = sorted(HERE.glob("*/heldout_*_more.json")) + sorted(HERE.glob("*/passkey_more_*.json"))
-    candidate = load([path for path in cells + sorted(HERE.glob("*/ruler_more_*.json"))
-                      if path.parent.name != "packaged-check"])  # a check of the package, not a headline cell
+    default, candidate = default_cells(), candidate_cells()
     if promoted := [str(path.relative_to(REPO)) for path, result in default.values() if result["adapter"] == PACKAGED]:
         raise SystemExit(f"already promoted: {promoted[0]} reads {PACKAGED}")
     if missing := [str(path.relative_to(REPO)) for key, (path, _) in default.items() if key not in candidate]:
