@@ -87,10 +87,18 @@ class LowerChunksMemo:
     def __init__(self, encoder: "ContextEncoder"):
         self.encoder = encoder
         self.kept: dict[tuple, LowerChunks] = {}  # one chunk's (1, ...) tensors per key
+        self.read: set[tuple] = set()  # the keys read since `keep_last_input_only`
+
+    def keep_last_input_only(self) -> None:
+        """Forget every chunk the input since the last call did not read: across many inputs the memo holds about
+        one input's chunks (`SharedLLMForCausalLM.reusing_chunk_encodings`)."""
+        self.kept = {key: self.kept[key] for key in self.read}
+        self.read = set()
 
     def __call__(self, chunk_ids, chunk_index, before) -> LowerChunks:
         ids, index, prefix = chunk_ids.cpu().numpy(), chunk_index.tolist(), before.cpu().numpy()  # one copy each
         keys = [(index[i], ids[i].tobytes(), prefix[i].tobytes()) for i in range(len(index))]
+        self.read.update(keys)
         missing = list({key: i for i, key in enumerate(keys) if key not in self.kept}.values())
         if missing:
             picked = torch.tensor(missing, device=chunk_ids.device)

@@ -176,6 +176,11 @@ class Method:
         finally:
             self.reset()
 
+    def reusing_encodings(self):
+        """A context in which consecutive prompts reuse the work on what they share: SharedLLM's chunk encodings
+        (`SharedLLMForCausalLM.reusing_chunk_encodings`); nothing for the other methods."""
+        return contextlib.nullcontext()
+
     def describe(self) -> dict:
         return {"method": self.name}
 
@@ -532,6 +537,9 @@ class SharedLLM(Method):
 
     def describe(self):
         return {"method": self.name, "adapter": self.adapter, **{k: getattr(self.model.config, k) for k in self.KNOBS}}
+
+    def reusing_encodings(self):
+        return self.model.reusing_chunk_encodings()
 
     def context_length(self, n_tokens: int) -> int:
         """Tokens the split rule puts into context chunks: k * C with k = ceil(max(0, L - Ld) / C)."""

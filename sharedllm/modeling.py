@@ -17,6 +17,7 @@ Generation keeps the context key/values and a stock DynamicCache for the decoder
 exceed Ld, its oldest C tokens roll into a new context chunk (encoded once) and the window's cache is rebuilt.
 """
 
+import contextlib
 import copy
 import os
 import shutil
@@ -224,6 +225,20 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         if getattr(base, "generation_config", None) is not None:  # the base's stop ids and sampling defaults:
             self.generation_config = copy.deepcopy(base.generation_config)  # not a config of our text_config alone
         self._built_with = self._knob_values()  # what `_check_changed_knobs` compares model.config against
+        self._chunk_memo: LowerChunksMemo | None = None  # set inside `reusing_chunk_encodings`
+
+    @contextlib.contextmanager
+    def reusing_chunk_encodings(self):
+        """Inside it, each prefill reuses the lower pass of every chunk the prefill before it encoded with the same
+        tokens, chunk index and tokens before it: all that pass depends on (`LowerChunksMemo`). For many prompts that
+        share most of their text, such as the trials of one passkey depth, which differ in the chunk of the needle
+        only. The price is memory: the chunks of the last prefill stay kept (M layers x C keys and values per chunk,
+        about 6 GB for a 128K prompt of SmolLM2-135M in fp32), and up to twice that while the next one runs."""
+        self._chunk_memo = LowerChunksMemo(self.context_encoder)
+        try:
+            yield
+        finally:
+            self._chunk_memo = None
 
     def _knob_values(self) -> dict:
         return {name: getattr(self.config, name) for name in KNOBS}
@@ -605,7 +620,11 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                     "it scores); pass full_logits=False to read one decoder window with that query"
                 )
             return self._all_logits(input_ids, attention_mask, labels, logits_to_keep)
-        return _seen(self._full_forward(input_ids, attention_mask, labels, query_position, cached, logits_to_keep), width)
+        lower = self._chunk_memo
+        if lower is not None:
+            lower.keep_last_input_only()
+        return _seen(self._full_forward(input_ids, attention_mask, labels, query_position, cached, logits_to_keep,
+                                        lower), width)
 
     def _check_inputs(self, input_ids, attention_mask, labels, kwargs) -> None:
         """Refuse what would otherwise fail deep inside torch or, worse, give a quietly wrong answer."""

@@ -105,3 +105,39 @@ def test_full_logits_run_the_lower_pass_once_per_chunk(knobs, monkeypatch):
         out = model(ids[None], full_logits=True)
     assert sum(encoded) == (n - LD) // C + 1  # chunks 0..7: the last span's forward holds 8
     assert torch.allclose(out.logits[0], span_reference(model, ids), atol=1e-5)
+
+
+@pytest.mark.parametrize("knobs", [
+    {},  # cross injection, the cosine tree
+    {"injection": "joint", "chunk_overlap": 4, "tree_selection": "attention", "selected_leaves": 1, "context_chunks": 2},
+])
+def test_prompts_reusing_chunk_encodings_encode_only_the_chunks_they_do_not_share(knobs, monkeypatch):
+    """Inside `reusing_chunk_encodings`, a prompt that differs from the one before in one token (a passkey trial's
+    needle) runs the lower pass of the chunks that token changes only (its own, and under joint injection the next
+    one, which reads it before itself), and its logits are those of a prompt encoded anew; after a prompt sharing no
+    chunk, the memo keeps the chunks of the last prompt only."""
+    model = wrap(tiny_model("llama"), **knobs)
+    if model.config.injection == "cross":
+        model = randomise_adapter(model)
+    n = 150  # 8 chunks of C = 16 before a window of LD = 32
+    first = torch.randint(3, 128, (1, n), generator=torch.Generator().manual_seed(7))
+    second = first.clone()
+    second[0, 3 * C + 14] = (second[0, 3 * C + 14] + 1) % 125 + 3  # in chunk 3, 2 tokens before its end
+    unrelated = torch.randint(3, 128, (1, n), generator=torch.Generator().manual_seed(8))
+    encoded = []
+    lower_chunks = model.context_encoder.lower_chunks
+    monkeypatch.setattr(model.context_encoder, "lower_chunks",
+                        lambda chunk_ids, *args, **kwargs: encoded.append(len(chunk_ids)) or lower_chunks(chunk_ids, *args, **kwargs))
+    with torch.no_grad():
+        anew = [model(ids, use_cache=True).logits for ids in (first, second, unrelated, unrelated)]
+        encoded.clear()
+        with model.reusing_chunk_encodings():
+            reused = []
+            for ids in (first, second, unrelated, unrelated):
+                reused.append(model(ids, use_cache=True).logits)
+                reused.append(encoded.copy())
+                encoded.clear()
+            held = len(model._chunk_memo.kept)
+    assert [sum(r) for r in reused[1::2]] == [8, 1 if model.config.injection == "cross" else 2, 8, 0]
+    assert held == 8 and model._chunk_memo is None  # the unrelated prompt's chunks only; none after the block
+    assert all(torch.equal(a, b) for a, b in zip(anew, reused[0::2]))

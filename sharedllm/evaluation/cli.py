@@ -288,8 +288,9 @@ def passkey_results(session, lengths, depths, trials, notes=""):
     for name, method in session.methods():
         start = time.time()
         journal, done = session.journal("passkey", name, method)
-        r = run_passkey(method, session.tokenizer, lengths, depths, trials, session.args.seed, done=done,
-                        on_record=journal.append)
+        with method.reusing_encodings():  # the trials of a depth share every chunk but the needle's
+            r = run_passkey(method, session.tokenizer, lengths, depths, trials, session.args.seed, done=done,
+                            on_record=journal.append)
         scores = {str(n): acc for n, acc in r["per_length"].items()}
         counts = {"trials_per_cell": trials, "depths": len(depths), "total_trials": len(r["records"]),
                   **provenance_counts(r["records"], done)}
