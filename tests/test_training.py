@@ -631,6 +631,19 @@ save_file(trainable, f"{args.output}/rank{rank}.safetensors")
 """
 
 
+def kill_processes_running(script: Path) -> None:
+    """SIGKILL every process whose command line names `script`. torchrun starts its workers in sessions of their
+    own, so killing the launcher's group leaves them; one stuck in the process group's teardown (it happens, rarely:
+    pytorch/pytorch#75097) then held the test's pipe open and the whole suite hung (2026-12-07)."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if str(script).encode() in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:  # gone meanwhile, or not ours
+                pass
+
+
 @pytest.mark.slow  # about 25 s on 2 cores, mostly two fresh interpreters importing torch and transformers
 def test_two_process_ddp_ranks_end_identical(workspace, tmp_path):
     script = tmp_path / "ddp_train.py"
@@ -649,7 +662,8 @@ def test_two_process_ddp_ranks_end_identical(workspace, tmp_path):
     try:
         output, _ = process.communicate(timeout=300)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers, none left behind
+        os.killpg(process.pid, signal.SIGKILL)  # the launcher
+        kill_processes_running(script)  # and its workers, none left behind to hold the pipe open
         output, _ = process.communicate()
     assert process.returncode == 0, output[-4000:]
     ranks = [load_file(str(out / f"rank{r}.safetensors")) for r in range(2)]
