@@ -90,8 +90,8 @@ class LowerChunksMemo:
         self.read: set[tuple] = set()  # the keys read since `keep_last_input_only`
 
     def keep_last_input_only(self) -> None:
-        """Forget every chunk the input since the last call did not read: across many inputs the memo holds about
-        one input's chunks (`SharedLLMForCausalLM.reusing_chunk_encodings`)."""
+        """Forget every chunk the input since the last call did not read, and start a new input: across many inputs
+        the memo holds about one input's chunks (`SharedLLMForCausalLM.reusing_chunk_encodings`)."""
         self.kept = {key: self.kept[key] for key in self.read}
         self.read = set()
 
@@ -101,6 +101,11 @@ class LowerChunksMemo:
         self.read.update(keys)
         missing = list({key: i for i, key in enumerate(keys) if key not in self.kept}.values())
         if missing:
+            # a chunk the input before left at one of these indexes and this input does not read goes now: the memo
+            # holds one input's chunks, not two (at 128K, 6 GB each for SmolLM2-135M in fp32)
+            replaced = {keys[i][0] for i in missing}
+            for key in [key for key in self.kept if key[0] in replaced and key not in self.read]:
+                del self.kept[key]
             picked = torch.tensor(missing, device=chunk_ids.device)
             fresh = self.encoder.lower_chunks(chunk_ids[picked], chunk_index[picked], before[picked])
             for j, i in enumerate(missing):

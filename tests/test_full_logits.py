@@ -114,8 +114,8 @@ def test_full_logits_run_the_lower_pass_once_per_chunk(knobs, monkeypatch):
 def test_prompts_reusing_chunk_encodings_encode_only_the_chunks_they_do_not_share(knobs, monkeypatch):
     """Inside `reusing_chunk_encodings`, a prompt that differs from the one before in one token (a passkey trial's
     needle) runs the lower pass of the chunks that token changes only (its own, and under joint injection the next
-    one, which reads it before itself), and its logits are those of a prompt encoded anew; after a prompt sharing no
-    chunk, the memo keeps the chunks of the last prompt only."""
+    one, which reads it before itself), and its logits are those of a prompt encoded anew; the memo holds one
+    prompt's chunks, even while a prompt sharing none of them is encoded."""
     model = wrap(tiny_model("llama"), **knobs)
     if model.config.injection == "cross":
         model = randomise_adapter(model)
@@ -133,11 +133,13 @@ def test_prompts_reusing_chunk_encodings_encode_only_the_chunks_they_do_not_shar
         encoded.clear()
         with model.reusing_chunk_encodings():
             reused = []
+            held = []
             for ids in (first, second, unrelated, unrelated):
                 reused.append(model(ids, use_cache=True).logits)
                 reused.append(encoded.copy())
                 encoded.clear()
-            held = len(model._chunk_memo.kept)
+                held.append(len(model._chunk_memo.kept))
     assert [sum(r) for r in reused[1::2]] == [8, 1 if model.config.injection == "cross" else 2, 8, 0]
-    assert held == 8 and model._chunk_memo is None  # the unrelated prompt's chunks only; none after the block
+    # one chunk per index: a new prompt's chunk replaces the one the prompt before left there (never 16 kept)
+    assert held == [8, 8, 8, 8] and model._chunk_memo is None
     assert all(torch.equal(a, b) for a, b in zip(anew, reused[0::2]))
