@@ -1,6 +1,7 @@
 """Stand-ins shared by the tests (no weights): prose, a real one-token-per-character tokenizer, and a base model
 that loads nothing."""
 
+import contextlib
 import re
 
 import pytest
@@ -60,6 +61,9 @@ class FakeMethod:
 
     def same_as_another(self, n_tokens):
         return None
+
+    def reusing_encodings(self):  # Method's: nothing to reuse
+        return contextlib.nullcontext()
 
     def token_nll(self, input_ids, score_start):
         return torch.full((len(input_ids) - score_start,), 1.0 if self.name == "full" else 2.0)
