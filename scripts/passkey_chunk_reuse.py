@@ -7,11 +7,14 @@ depths x 10 trials, seed 0): the share of lower passes the memo leaves to run. T
 
 import argparse
 
+from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.evaluation.passkey import DEFAULT_DEPTHS, build_passkey_prompt, encode, passkey_key
 from sharedllm.flags import format_length, parse_length
+from sharedllm.knob_rules import read_knobs
 from sharedllm.loading import DEFAULT_BASE, load_base_tokenizer
 
-CHUNK, WINDOW, OVERLAP = 512, 1024, 64
+DEFAULT = read_knobs(str(DEFAULT_ADAPTER), {})  # the split the default adapter reads with (one config source)
+CHUNK, WINDOW, OVERLAP = DEFAULT.chunk_size, DEFAULT.decoder_window, DEFAULT.overlap_length
 
 
 def chunk_keys(ids: list[int]) -> set:

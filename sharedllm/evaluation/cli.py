@@ -288,7 +288,7 @@ def passkey_results(session, lengths, depths, trials, notes=""):
     for name, method in session.methods():
         start = time.time()
         journal, done = session.journal("passkey", name, method)
-        with method.reusing_encodings():  # the trials of a depth share every chunk but the needle's
+        with method.reusing_encodings():  # consecutive trials share most chunks (the same filler)
             r = run_passkey(method, session.tokenizer, lengths, depths, trials, session.args.seed, done=done,
                             on_record=journal.append)
         scores = {str(n): acc for n, acc in r["per_length"].items()}
