@@ -314,8 +314,9 @@ def run_niah(session):
     for name, method in session.methods():
         start = time.time()
         journal, done = session.journal("niah", name, method, data=data, haystack=haystack)  # the journal's name hashes it
-        r = run_needle_grid(method, session.tokenizer, a.lengths, a.depths, a.trials, a.seed, haystack, done=done,
-                            on_record=journal.append)
+        with method.reusing_encodings():  # trials of a cell share the haystack before their needles
+            r = run_needle_grid(method, session.tokenizer, a.lengths, a.depths, a.trials, a.seed, haystack, done=done,
+                                on_record=journal.append)
         per_length = {}
         for c in r["cells"]:
             per_length.setdefault(c["length"], []).append(c["accuracy"])
@@ -337,8 +338,9 @@ def run_ruler_task(session):
     for name, method in session.methods():
         start = time.time()
         journal, done = session.journal("ruler", name, method, data=data, haystack=haystack)  # the journal's name hashes it
-        r = run_ruler(method, session.tokenizer, a.lengths, tasks, a.trials, a.seed, haystack, done=done,
-                      on_record=journal.append)
+        with method.reusing_encodings():  # trials of a niah task share the haystack before their first needle
+            r = run_ruler(method, session.tokenizer, a.lengths, tasks, a.trials, a.seed, haystack, done=done,
+                          on_record=journal.append)
         counts = {"trials_per_task": a.trials, "tasks": len(tasks),
                   **provenance_counts(r["records"], done)}
         finished.append((name, method.describe() if hasattr(method, "describe") else {}, r, counts,

@@ -2,6 +2,7 @@
 with fake methods (no model weights)."""
 
 import argparse
+import contextlib
 import json
 import math
 import re
@@ -247,6 +248,33 @@ def test_stopped_trial_run_continues_from_its_journal(task, fake_stack, monkeypa
     if task == "passkey":  # its records do not depend on the fake's call count
         untagged = lambda records: [{k: v for k, v in r.items() if k != "ran_on"} for r in records]  # noqa: E731
         assert untagged(resumed["details"]["records"]) == untagged(clean["details"]["records"])
+
+
+@pytest.mark.parametrize("task", list(TRIAL_TASKS))
+def test_trials_run_inside_the_methods_encoding_reuse(task, fake_stack, monkeypatch):
+    """Every passkey, niah and ruler trial is generated inside `Method.reusing_encodings` (consecutive trials share
+    the filler or the haystack before their needles, and SharedLLM then encodes those chunks once)."""
+    tmp, open_contexts, generated = fake_stack, [], []
+
+    @contextlib.contextmanager
+    def reusing(self):
+        open_contexts.append(self)
+        try:
+            yield
+        finally:
+            open_contexts.remove(self)
+
+    def generate(self, input_ids, max_new_tokens):
+        generated.append(self in open_contexts)
+        return torch.tensor(self.tokenizer.encode(" 1.")[:max_new_tokens])
+
+    monkeypatch.setattr(FakeMethod, "reusing_encodings", reusing)
+    monkeypatch.setattr(FakeMethod, "generate", generate)
+    argv = [str(tmp / a) if a == "book.txt" else a for a in TRIAL_TASKS[task]]
+    cli, args = _parse([task, "--methods", "full", "--base", "fake", "--trials", "2", "--output", str(tmp / "out"),
+                        *argv])
+    cli.run(args)
+    assert generated and all(generated) and not open_contexts
 
 
 def test_stopped_ppl_run_continues_from_its_journal(fake_stack, monkeypatch, capsys):
