@@ -60,7 +60,7 @@ def test_ruler_task_shapes():
 
 
 def test_ruler_needle_values_stay_those_of_the_recorded_results():
-    # results/retrieval/ruler_sharedllm_ruler_20261204-230316.json, trials 0 and 1: `compare` pairs runs made months
+    # results/retrieval/ruler_joint-exercises_ruler_20261204-230316.json, trials 0 and 1: `compare` pairs runs made months
     # apart on these prompts, so a change in how a value is drawn must fail here, not pair other prompts silently
     tokenizer = WhitespaceTokenizer()
     golds = [make_sample("niah_multikey", tokenizer, 32768, f"0/{trial}", fill=False).golds for trial in (0, 1)]

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REFERENCE = HERE.parents[1] / "retrieval" / "passkey_sharedllm_landmark_20261204-212115.json"
+REFERENCE = HERE.parents[1] / "retrieval" / "passkey_joint-exercises_landmark_20261204-212115.json"
 
 
 def records(path: Path) -> dict:

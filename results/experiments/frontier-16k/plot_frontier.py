@@ -20,9 +20,9 @@ from sharedllm.evaluation.heldout import paired_ratio  # noqa: E402
 HERE = Path(__file__).parent
 LENGTH, DOMAINS, N_WINDOWS, PASSKEY_TRIALS = 16384, ("books", "math"), 8, 2
 DEFAULT = {  # the M = 30 point: the default's cells, run with the same prompts and the same first windows
-    "passkey": "results/retrieval/passkey_sharedllm_landmark_20261204-231540.json",
-    "ruler": "results/retrieval/ruler_sharedllm_ruler_20261204-205200.json",
-    "heldout": "results/heldout/heldout_{domain}_16384_sharedllm.json",
+    "passkey": "results/retrieval/passkey_joint-exercises_landmark_20261204-231540.json",
+    "ruler": "results/retrieval/ruler_joint-exercises_ruler_20261204-205200.json",
+    "heldout": "results/heldout/heldout_{domain}_16384_joint-exercises.json",
 }
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The M frontier again, with the shipped default (adapters/smollm2-135m-joint-exercises and its selection), at 16K
+# The M frontier again, with the default of 2026-12-04 to 2026-12-07 (adapters/smollm2-135m-joint-exercises, named
+# below since the default changed, and its selection), at 16K
 # on test data (issue #10; write-up: README.md here). Each point injects the first M layers; the layers above M read
 # the attention sink and the window only. Each point's selection: the default's (scoring layer 20, the 32 queries'
 # chunks also ranked at layer 17) where M > 20; below, the layers must be injected, so the scoring layer is the one
@@ -18,12 +19,13 @@ set -euo pipefail
 OUT=results/experiments/frontier-16k
 STAGE=${1:-all}
 ONLY=${2:-}
+ADAPTER=adapters/smollm2-135m-joint-exercises
 POINTS=("24 20 17" "21 20 17" "16 14 8" "8 6 none" "4 2 none")  # M, scoring layer, query layer
 
 for point in "${POINTS[@]}"; do
     read -r m layer query <<< "$point"
     [[ -z $ONLY || $ONLY == "$m" ]] || continue
-    KNOBS="--n-injected-layers $m --selection-layer $layer --query-layer $query"
+    KNOBS="--adapter $ADAPTER --n-injected-layers $m --selection-layer $layer --query-layer $query"
     if [[ $STAGE == quality || $STAGE == all ]]; then
         ONE="--methods sharedllm --label m$m $KNOBS"
         python -m sharedllm eval passkey $ONE --lengths 16K --trials 2 --output $OUT/passkey
@@ -36,6 +38,6 @@ for point in "${POINTS[@]}"; do
     fi
 done
 if [[ ($STAGE == bench || $STAGE == all) && (-z $ONLY || $ONLY == 30) ]]; then  # the default itself (M = 30)
-    python -m sharedllm bench --methods sharedllm streaming --lengths 16K --repeats 3 --cell-seconds 600 --decode-steps 4 --threads 1 \
+    python -m sharedllm bench --methods sharedllm streaming --adapter $ADAPTER --lengths 16K --repeats 3 --cell-seconds 600 --decode-steps 4 --threads 1 \
         --output $OUT/bench/m30 --figures $OUT/bench/m30
 fi

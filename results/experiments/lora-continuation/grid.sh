@@ -22,11 +22,11 @@ heldout() {  # LENGTH WINDOWS FOLDER DOMAIN...: one held-out cell per domain, re
 case "${1:?$LANES}" in
   perplexity-16k)  # against results/heldout/heldout_*_16384_sharedllm.json on their first 8 windows
     heldout 16K 8 heldout-16k-test books code math ;;
-  multikey-32k)  # against results/retrieval/ruler_sharedllm_ruler_20261204-230316.json (7/10)
+  multikey-32k)  # against results/retrieval/ruler_joint-exercises_ruler_20261204-230316.json (7/10)
     python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --lengths 32K --output "$HERE/ruler-32k-test" ;;
-  single-32k)  # against results/retrieval/ruler_sharedllm_ruler_20261204-210010.json (10/10)
+  single-32k)  # against results/retrieval/ruler_joint-exercises_ruler_20261204-210010.json (10/10)
     python -m sharedllm eval ruler "${READ[@]}" --tasks niah_single --trials 10 --lengths 32K --output "$HERE/ruler-32k-test" ;;
-  passkey-16k)  # against results/retrieval/passkey_sharedllm_landmark_20261204-231540.json (50/50); its journal continues a stopped run
+  passkey-16k)  # against results/retrieval/passkey_joint-exercises_landmark_20261204-231540.json (50/50); its journal continues a stopped run
     python -m sharedllm eval passkey "${READ[@]}" --lengths 16K --trials 10 --seed 0 --output "$HERE/passkey-16k" ;;
   perplexity-32k)  # against results/heldout/heldout_{books,math}_32768_sharedllm.json, all 16 windows (no code test document has 32K)
     heldout 32K 16 heldout-32k-test books math ;;
@@ -40,15 +40,15 @@ case "${1:?$LANES}" in
     heldout 32K 16 heldout-32k-test code; heldout 64K 16 heldout-64k-test code; heldout 128K 16 heldout-128k-test code ;;
   perplexity-128k)  # against results/heldout/heldout_{books,math}_131072_sharedllm.json, all 16 windows (books ran first)
     heldout 128K 16 heldout-128k-test math ;;
-  passkey-64k)  # against results/retrieval/passkey_sharedllm_landmark_20261205-202626.json (50/50)
+  passkey-64k)  # against results/retrieval/passkey_joint-exercises_landmark_20261205-202626.json (50/50)
     python -m sharedllm eval passkey "${READ[@]}" --lengths 64K --trials 10 --seed 0 --output "$HERE/passkey-64k" ;;
-  passkey-128k)  # against results/retrieval/passkey_sharedllm_landmark_20261206-084033.json (50/50)
+  passkey-128k)  # against results/retrieval/passkey_joint-exercises_landmark_20261206-084033.json (50/50)
     python -m sharedllm eval passkey "${READ[@]}" --lengths 128K --trials 10 --seed 0 --output "$HERE/passkey-128k" ;;
-  single-128k)  # against results/retrieval/ruler_sharedllm_ruler_20261204-220819.json (7/10)
+  single-128k)  # against results/retrieval/ruler_joint-exercises_ruler_20261204-220819.json (7/10)
     python -m sharedllm eval ruler "${READ[@]}" --tasks niah_single --trials 10 --lengths 128K --output "$HERE/ruler-128k-test" ;;
-  multikey-128k)  # against results/retrieval/ruler_sharedllm_ruler_20261205-234809.json (6/10); its journal continues a stopped run
+  multikey-128k)  # against results/retrieval/ruler_joint-exercises_ruler_20261205-234809.json (6/10); its journal continues a stopped run
     python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --lengths 128K --output "$HERE/ruler-128k-test" ;;
-  passkey-32k)  # against results/retrieval/passkey_sharedllm_landmark_20261205-062725.json (50/50); its journal continues a stopped run
+  passkey-32k)  # against results/retrieval/passkey_joint-exercises_landmark_20261205-062725.json (50/50); its journal continues a stopped run
     python -m sharedllm eval passkey "${READ[@]}" --lengths 32K --trials 10 --seed 0 --output "$HERE/passkey-32k" ;;
   *) echo "unknown lane $1 ($LANES)" >&2; exit 2 ;;
 esac

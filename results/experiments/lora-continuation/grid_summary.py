@@ -1,13 +1,13 @@
-"""Every headline cell of the default beside the candidate's cell of the same windows or prompts (matched as
-`promote.py` matches them), with `sharedllm compare`'s paired line (A = the default, B = the candidate) and the
-grid rule's verdict (README.md, "The rest of the grid"): a perplexity cell fails when A is separated below 1, a
-passkey cell when the candidate reads fewer than 49 of 50, a RULER cell when it reads more than one trial fewer
-than the default. Cells the candidate has not run yet are listed as such.
+"""Every headline cell of the default (renamed `joint-exercises` since the promotion) beside the candidate's cell of
+the same windows or prompts (matched as `promote.py` matches them), with `sharedllm compare`'s paired line (A = the
+default, B = the candidate) and the grid rule's verdict (README.md, "The rest of the grid"): a perplexity cell fails
+when A is separated below 1, a passkey cell when the candidate reads fewer than 49 of 50, a RULER cell when it reads
+more than one trial fewer than the default. Cells the candidate has not run yet are listed as such.
 
     python results/experiments/lora-continuation/grid_summary.py
 """
 
-from promote import REPO, candidate_cells, default_cells
+from promote import REPO, candidate_cells, judged_cells
 
 from sharedllm.evaluation.compare import heldout_lines, retrieval_lines
 
@@ -35,7 +35,7 @@ def verdict(key: tuple, default: dict, candidate: dict) -> tuple[str, str]:
 def main():
     candidates = candidate_cells()
     rows = []
-    for key, (path, default) in sorted(default_cells().items(), key=lambda item: name(item[0])):
+    for key, (path, default) in sorted(judged_cells().items(), key=lambda item: name(item[0])):
         if key not in candidates:
             rows.append((name(key), "not run yet", "", str(path.relative_to(REPO))))
             continue

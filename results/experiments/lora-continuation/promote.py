@@ -53,10 +53,19 @@ def same_scores(read_from: Path, packaged: Path) -> bool:
     return windows[0] == windows[1] and len(windows[0]) == cells[0]["plan"]["budget"]
 
 
+def headline_cells(label: str) -> dict[tuple, tuple[Path, dict]]:
+    """The headline's cells of one row (`sharedllm`: the default adapter), by `cell_key`."""
+    return load(sorted((REPO / "results/heldout").glob(f"heldout_*_{label}.json"))
+                + sorted((REPO / "results/retrieval").glob(f"*_{label}_*.json")))
+
+
 def default_cells() -> dict[tuple, tuple[Path, dict]]:
-    """The headline's cells of the default adapter, by `cell_key`."""
-    return load(sorted((REPO / "results/heldout").glob("heldout_*_sharedllm.json"))
-                + sorted((REPO / "results/retrieval").glob("*_sharedllm_*.json")))
+    return headline_cells("sharedllm")
+
+
+def judged_cells() -> dict[tuple, tuple[Path, dict]]:
+    """The cells the candidate was judged against: the default's, renamed `joint-exercises` once promoted."""
+    return headline_cells(OLD_LABEL) or default_cells()
 
 
 def candidate_cells() -> dict[tuple, tuple[Path, dict]]:

@@ -12,7 +12,7 @@ case "${1:?perplexity or retrieval}" in
         --output "$HERE/heldout-8k-test"
     done
     python -m sharedllm eval ruler "${READ[@]}" --tasks niah_single --trials 10 --lengths 16K --output "$HERE/ruler-16k-test" ;;
-  retrieval)  # against results/retrieval/passkey_sharedllm_landmark_20261204-212115.json and ruler_..._20261204-213155.json
+  retrieval)  # against results/retrieval/passkey_joint-exercises_landmark_20261204-212115.json and ruler_..._20261204-213155.json
     python -m sharedllm eval passkey "${READ[@]}" --lengths 8K --trials 10 --seed 0 --output "$HERE/passkey-8k"
     python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --lengths 16K --output "$HERE/ruler-16k-test" ;;
   *) echo "unknown lane $1 (perplexity or retrieval)" >&2; exit 2 ;;
