@@ -20,7 +20,7 @@ heldout() {  # LENGTH WINDOWS FOLDER DOMAIN...: one held-out cell per domain, re
   done
 }
 case "${1:?$LANES}" in
-  perplexity-16k)  # against results/heldout/heldout_*_16384_sharedllm.json on their first 8 windows
+  perplexity-16k)  # against results/heldout/heldout_*_16384_joint-exercises.json on their first 8 windows
     heldout 16K 8 heldout-16k-test books code math ;;
   multikey-32k)  # against results/retrieval/ruler_joint-exercises_ruler_20261204-230316.json (7/10)
     python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --lengths 32K --output "$HERE/ruler-32k-test" ;;
@@ -28,17 +28,17 @@ case "${1:?$LANES}" in
     python -m sharedllm eval ruler "${READ[@]}" --tasks niah_single --trials 10 --lengths 32K --output "$HERE/ruler-32k-test" ;;
   passkey-16k)  # against results/retrieval/passkey_joint-exercises_landmark_20261204-231540.json (50/50); its journal continues a stopped run
     python -m sharedllm eval passkey "${READ[@]}" --lengths 16K --trials 10 --seed 0 --output "$HERE/passkey-16k" ;;
-  perplexity-32k)  # against results/heldout/heldout_{books,math}_32768_sharedllm.json, all 16 windows (no code test document has 32K)
+  perplexity-32k)  # against results/heldout/heldout_{books,math}_32768_joint-exercises.json, all 16 windows (no code test document has 32K)
     heldout 32K 16 heldout-32k-test books math ;;
-  perplexity-64k)  # against results/heldout/heldout_{books,math}_65536_sharedllm.json, all 16 windows
+  perplexity-64k)  # against results/heldout/heldout_{books,math}_65536_joint-exercises.json, all 16 windows
     heldout 64K 16 heldout-64k-test books math ;;
-  perplexity-16k-all)  # all 16 windows of results/heldout/heldout_*_16384_sharedllm.json (perplexity-16k read the first 8)
+  perplexity-16k-all)  # all 16 windows of results/heldout/heldout_*_16384_joint-exercises.json (perplexity-16k read the first 8)
     heldout 16K 16 heldout-16k-test-16 books code math ;;
-  perplexity-4k)  # against results/heldout/heldout_*_4096_sharedllm.json, all 16 windows (the headline's first column)
+  perplexity-4k)  # against results/heldout/heldout_*_4096_joint-exercises.json, all 16 windows (the headline's first column)
     heldout 4K 16 heldout-4k-test books code math ;;
   code-long)  # the headline's code cells at 32K-128K: "not run", no code test document is that long (nothing is scored)
     heldout 32K 16 heldout-32k-test code; heldout 64K 16 heldout-64k-test code; heldout 128K 16 heldout-128k-test code ;;
-  perplexity-128k)  # against results/heldout/heldout_{books,math}_131072_sharedllm.json, all 16 windows (books ran first)
+  perplexity-128k)  # against results/heldout/heldout_{books,math}_131072_joint-exercises.json, all 16 windows (books ran first)
     heldout 128K 16 heldout-128k-test math ;;
   passkey-64k)  # against results/retrieval/passkey_joint-exercises_landmark_20261205-202626.json (50/50)
     python -m sharedllm eval passkey "${READ[@]}" --lengths 64K --trials 10 --seed 0 --output "$HERE/passkey-64k" ;;

@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE=1
 HERE=results/experiments/lora-continuation
 READ=(--methods sharedllm --adapter runs/lora-continuation/more --decoder-window 1024 --label more --threads 1)
 case "${1:?perplexity or retrieval}" in
-  perplexity)  # against results/heldout/heldout_*_8192_sharedllm.json (16 windows each), then RULER's single needle
+  perplexity)  # against results/heldout/heldout_*_8192_joint-exercises.json (16 windows each), then RULER's single needle
     for domain in books code math; do
       python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths 8K --max-windows 16 \
         --output "$HERE/heldout-8k-test"

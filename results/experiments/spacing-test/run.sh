@@ -4,7 +4,7 @@
 #   bash results/experiments/spacing-test/run.sh passkey  # passkey 8K, Landmark, seed 0, 10 per depth (50 prompts)
 #   bash results/experiments/spacing-test/run.sh lane-a   # RULER 32K (multikey, single), passkey 64K, RULER 128K
 #   bash results/experiments/spacing-test/run.sh lane-b   # passkey 32K, math 32K, math 64K, books 64K
-# against the default's cells (results/heldout/heldout_*_8192_sharedllm.json, results/retrieval/). 2-core CPU, one
+# against the default's cells (results/heldout/heldout_*_8192_joint-exercises.json, results/retrieval/). 2-core CPU, one
 # thread per run.
 set -euo pipefail
 export HF_HUB_OFFLINE=1
