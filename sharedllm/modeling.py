@@ -232,9 +232,10 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         """Inside it, each prefill reuses the lower pass of every chunk the prefill before it encoded with the same
         tokens, chunk index and tokens before it: all that pass depends on (`LowerChunksMemo`). For many prompts that
         share most of their text, such as consecutive passkey trials (the same filler) or niah trials (the same
-        haystack before their needles; `scripts/chunk_reuse.py` counts what they share). The price is memory: the chunks of the last prefill stay kept (M layers x C keys and values per chunk,
-        about 6 GB for a 128K prompt of SmolLM2-135M in fp32); a new prompt's chunk replaces the one kept at its
-        chunk index, so the memo never holds two prompts' chunks."""
+        haystack before their needles; `scripts/chunk_reuse.py` counts what they share). The price is memory: the
+        chunks of the last prefill stay kept (M layers x C keys and values per chunk, about 6 GB for a 128K prompt
+        of SmolLM2-135M in fp32); a new prompt's chunk replaces the one kept at its chunk index, so the memo never
+        holds two prompts' chunks."""
         self._chunk_memo = LowerChunksMemo(self.context_encoder)
         try:
             yield
