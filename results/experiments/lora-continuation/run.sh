@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The lora-continuation experiment (README.md): continue the default's LoRA on its own recipe, then the rule's checks.
 #   results/experiments/lora-continuation/run.sh train | perplexity | retrieval | floors | floors-test
-#                                                | full-test books|code|math
+#                                                | full-test|full-validation books|code|math
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 HERE=results/experiments/lora-continuation
 DEFAULT=adapters/smollm2-135m-joint-exercises
 RUN=runs/lora-continuation/more
 READ=(--methods sharedllm --adapter "$RUN" --decoder-window 1024 --label more --threads 1)
-case "${1:?train, perplexity, retrieval, floors, floors-test or full-test}" in
+case "${1:?train, perplexity, retrieval, floors, floors-test, full-test or full-validation}" in
   train)  # the default's recipe (scripts/experiment_joint_lora.sh exercises) from its LoRA: 60 more steps, new samples
     read -ra KNOBS <<< "$(python scripts/knob_flags.py "$DEFAULT" --except decoder_window)"
     python -m sharedllm train --output "$RUN" "${KNOBS[@]}" --n-chunks 2 --decoder-window 512 --lora-rank 8 \
@@ -36,13 +36,14 @@ case "${1:?train, perplexity, retrieval, floors, floors-test or full-test}" in
         --label "floor-$arm" --threads 1 --split "$split" --domains books math code --lengths 8K --max-windows 16 \
         --output "$HERE/floors-8k-$split"
     done ;;
-  full-test)  # recorded, decides nothing: full attention of the new default's own weights (its LoRA merged, every
-    # token in view) on the headline's test 8K windows: what the context can add to those weights, beside the window
-    # floor of the same weights (floors-test) and what the default's context adds (README.md, "Full attention of
-    # the same weights")
+  full-test|full-validation)  # recorded, decides nothing: full attention of the new default's own weights (its
+    # LoRA merged, every token in view) on the 8K windows of the floors (test: the headline's): what the context can
+    # add to those weights, beside the window floor of the same weights (floors, floors-test) and what the default's
+    # context adds (README.md, "Full attention of the same weights"; validation: the reference for proxies)
+    split=${1#full-}
     merged=runs/lora-continuation/merged-more
     [ -d "$merged" ] || python scripts/export_merged_base.py adapters/smollm2-135m-joint-more "$merged"
-    python -m sharedllm eval heldout --methods full --base "$merged" --label full-more --threads 1 --split test \
-      --domains "${2:?books, code or math}" --lengths 8K --max-windows 16 --output "$HERE/full-8k-test" ;;
-  *) echo "unknown step $1 (train, perplexity, retrieval, floors, floors-test or full-test)" >&2; exit 2 ;;
+    python -m sharedllm eval heldout --methods full --base "$merged" --label full-more --threads 1 --split "$split" \
+      --domains "${2:?books, code or math}" --lengths 8K --max-windows 16 --output "$HERE/full-8k-$split" ;;
+  *) echo "unknown step $1 (train, perplexity, retrieval, floors, floors-test, full-test or full-validation)" >&2; exit 2 ;;
 esac
