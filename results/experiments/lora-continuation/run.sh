@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The lora-continuation experiment (README.md): continue the default's LoRA on its own recipe, then the rule's checks.
 #   results/experiments/lora-continuation/run.sh train | perplexity | retrieval | floors | floors-test
-#                                                | full-test|full-validation books|code|math
+#                                                | full-test|full-validation|spacing-validation books|code|math
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 HERE=results/experiments/lora-continuation
 DEFAULT=adapters/smollm2-135m-joint-exercises
 RUN=runs/lora-continuation/more
 READ=(--methods sharedllm --adapter "$RUN" --decoder-window 1024 --label more --threads 1)
-case "${1:?train, perplexity, retrieval, floors, floors-test, full-test or full-validation}" in
+case "${1:?train, perplexity, retrieval, floors, floors-test, full-test, full-validation or spacing-validation}" in
   train)  # the default's recipe (scripts/experiment_joint_lora.sh exercises) from its LoRA: 60 more steps, new samples
     read -ra KNOBS <<< "$(python scripts/knob_flags.py "$DEFAULT" --except decoder_window)"
     python -m sharedllm train --output "$RUN" "${KNOBS[@]}" --n-chunks 2 --decoder-window 512 --lora-rank 8 \
@@ -45,5 +45,11 @@ case "${1:?train, perplexity, retrieval, floors, floors-test, full-test or full-
     [ -d "$merged" ] || python scripts/export_merged_base.py adapters/smollm2-135m-joint-more "$merged"
     python -m sharedllm eval heldout --methods full --base "$merged" --label full-more --threads 1 --split "$split" \
       --domains "${2:?books, code or math}" --lengths 8K --max-windows 16 --output "$HERE/full-8k-$split" ;;
-  *) echo "unknown step $1 (train, perplexity, retrieval, floors, floors-test, full-test or full-validation)" >&2; exit 2 ;;
+  spacing-validation)  # recorded, decides nothing: the default read with its chunks laid out 128 positions apart
+    # (`--chunk-spacing 128`, the option of ../spacing-test/) on the validation 8K windows, against the same-weights
+    # references above (README.md, "Full attention of the same weights")
+    python -m sharedllm eval heldout --methods sharedllm --adapter adapters/smollm2-135m-joint-more --chunk-spacing 128 \
+      --label spacing128 --threads 1 --split validation --domains "${2:?books, code or math}" --lengths 8K \
+      --max-windows 16 --output "$HERE/spacing-8k-validation" ;;
+  *) echo "unknown step $1 (train, perplexity, retrieval, floors, floors-test, full-test, full-validation or spacing-validation)" >&2; exit 2 ;;
 esac
