@@ -2,13 +2,14 @@
 # The lora-continuation experiment (README.md): continue the default's LoRA on its own recipe, then the rule's checks.
 #   results/experiments/lora-continuation/run.sh train | perplexity | retrieval | floors | floors-test
 #                                                | full-test|full-validation|spacing-validation books|code|math
+#                                                | spacing-retrieval
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 HERE=results/experiments/lora-continuation
 DEFAULT=adapters/smollm2-135m-joint-exercises
 RUN=runs/lora-continuation/more
 READ=(--methods sharedllm --adapter "$RUN" --decoder-window 1024 --label more --threads 1)
-case "${1:?train, perplexity, retrieval, floors, floors-test, full-test, full-validation or spacing-validation}" in
+case "${1:?train, perplexity, retrieval, floors, floors-test, full-test, full-validation, spacing-validation or spacing-retrieval}" in
   train)  # the default's recipe (scripts/experiment_joint_lora.sh exercises) from its LoRA: 60 more steps, new samples
     read -ra KNOBS <<< "$(python scripts/knob_flags.py "$DEFAULT" --except decoder_window)"
     python -m sharedllm train --output "$RUN" "${KNOBS[@]}" --n-chunks 2 --decoder-window 512 --lora-rank 8 \
@@ -51,5 +52,15 @@ case "${1:?train, perplexity, retrieval, floors, floors-test, full-test, full-va
     python -m sharedllm eval heldout --methods sharedllm --adapter adapters/smollm2-135m-joint-more --chunk-spacing 128 \
       --label spacing128 --threads 1 --split validation --domains "${2:?books, code or math}" --lengths 8K \
       --max-windows 16 --output "$HERE/spacing-8k-validation" ;;
-  *) echo "unknown step $1 (train, perplexity, retrieval, floors, floors-test, full-test, full-validation or spacing-validation)" >&2; exit 2 ;;
+  spacing-retrieval)  # recorded, decides nothing: the `retrieval` step's checks (passkey 8K at depth 1.0, RULER 16K
+    # on validation) for the default read with `--chunk-spacing 128`, beside the default's cells of that step
+    SPACED=(--methods sharedllm --adapter adapters/smollm2-135m-joint-more --chunk-spacing 128 --label spacing128
+            --threads 1)
+    python -m sharedllm eval passkey "${SPACED[@]}" --lengths 8K --depths 1.0 --trials 10 --seed 0 \
+      --output "$HERE/passkey-8k-depth-1"
+    python -m sharedllm eval ruler "${SPACED[@]}" --tasks niah_multikey --trials 10 --split validation --domains books \
+      --lengths 16K --output "$HERE/ruler-16k-validation-multikey"
+    python -m sharedllm eval ruler "${SPACED[@]}" --tasks niah_single --trials 10 --split validation --lengths 16K \
+      --output "$HERE/ruler-16k-validation" ;;
+  *) echo "unknown step $1 (train, perplexity, retrieval, floors, floors-test, full-test, full-validation, spacing-validation or spacing-retrieval)" >&2; exit 2 ;;
 esac
