@@ -5,14 +5,15 @@
 #   bash results/experiments/spacing-test/run.sh lane-a   # RULER 32K (multikey, single), passkey 64K, RULER 128K
 #   bash results/experiments/spacing-test/run.sh lane-b   # passkey 32K, math 32K, math 64K, books 64K
 # against the default's cells (results/heldout/heldout_*_8192_joint-exercises.json, results/retrieval/). 2-core CPU, one
-# thread per run.
+# thread per run. The adapter is the default of the time, named since the default changed (2026-12-07).
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 OUT=results/experiments/spacing-test
-G128=(--methods sharedllm --label spacing128 --chunk-spacing 128 --threads 1 --output "$OUT")
+ADAPTER=adapters/smollm2-135m-joint-exercises
+G128=(--methods sharedllm --adapter "$ADAPTER" --label spacing128 --chunk-spacing 128 --threads 1 --output "$OUT")
 case "${1:?ppl, passkey, lane-a or lane-b}" in
-  ppl) sharedllm eval heldout --methods sharedllm --label spacing128 --chunk-spacing 128 --domains books code math --lengths 8K --max-windows 16 --threads 1 --output "$OUT" ;;
-  passkey) sharedllm eval passkey --methods sharedllm --label spacing128 --chunk-spacing 128 --lengths 8K --trials 10 --seed 0 --threads 1 --output "$OUT" ;;
+  ppl) sharedllm eval heldout --methods sharedllm --adapter "$ADAPTER" --label spacing128 --chunk-spacing 128 --domains books code math --lengths 8K --max-windows 16 --threads 1 --output "$OUT" ;;
+  passkey) sharedllm eval passkey --methods sharedllm --adapter "$ADAPTER" --label spacing128 --chunk-spacing 128 --lengths 8K --trials 10 --seed 0 --threads 1 --output "$OUT" ;;
   lane-a)
     sharedllm eval ruler "${G128[@]}" --tasks niah_multikey --trials 10 --split test --lengths 32K
     sharedllm eval ruler "${G128[@]}" --tasks niah_single --trials 10 --split test --lengths 32K
