@@ -4,8 +4,9 @@
 #   bash results/experiments/spacing-chunks/stage2.sh ppl DOMAIN  # validation 8K perplexity, 16 windows
 # 2-core CPU, one thread per run.
 set -euo pipefail
+# The adapter is the default of the time, named since the default changed (2026-12-07).
 export HF_HUB_OFFLINE=1
-ARM=(--methods sharedllm --label g128-k16 --chunk-spacing 128 --context-chunks 16 --threads 1
+ARM=(--methods sharedllm --adapter adapters/smollm2-135m-joint-exercises --label g128-k16 --chunk-spacing 128 --context-chunks 16 --threads 1
      --output results/experiments/spacing-chunks)
 case "${1:?retrieval or ppl}" in
   retrieval)
