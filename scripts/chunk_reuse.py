@@ -9,12 +9,15 @@ passkey / niah depths, RULER's test books haystack). Tokenizer only, no model.
 
 import argparse
 
+import torch
+
 from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.evaluation.needle import NIAH_ANSWER_TOKENS, RULER_TASKS, load_haystack, make_sample, niah_sample
 from sharedllm.evaluation.passkey import DEFAULT_DEPTHS, build_passkey_prompt, encode, passkey_key
 from sharedllm.flags import format_length, parse_length
 from sharedllm.knob_rules import read_knobs
 from sharedllm.loading import DEFAULT_BASE, load_base_tokenizer
+from sharedllm.rows import context_chunk_counts
 
 DEFAULT = read_knobs(str(DEFAULT_ADAPTER), {})  # the split the default adapter reads with (one config source)
 CHUNK, WINDOW, OVERLAP = DEFAULT.chunk_size, DEFAULT.decoder_window, DEFAULT.overlap_length
@@ -23,7 +26,7 @@ SEED, TRIALS = 0, 10
 
 def chunk_keys(ids: list[int]) -> set:
     """What a chunk's lower pass depends on (`LowerChunksMemo`): its index, its tokens and the tokens before it."""
-    n_chunks = -(-max(0, len(ids) - WINDOW) // CHUNK)
+    n_chunks = int(context_chunk_counts(torch.tensor(len(ids)), CHUNK, WINDOW))  # the model's split rule
     return {(i, tuple(ids[max(0, i * CHUNK - OVERLAP) : (i + 1) * CHUNK])) for i in range(n_chunks)}
 
 
