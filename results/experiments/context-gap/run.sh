@@ -1,16 +1,37 @@
 #!/usr/bin/env bash
 # The context-gap experiment (README.md): where the default loses what full attention of its own weights reads.
-#   results/experiments/context-gap/run.sh exact|exact-g512 books|code|math
+#   results/experiments/context-gap/run.sh exact|exact-g512|g512 books|code|math
+#   results/experiments/context-gap/run.sh retrieval ARM
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 HERE=results/experiments/context-gap
 # every token of every chunk read kept (no tree: one node of 512 positions per chunk), the default's chunk ranking
 EXACT=(--tree-depth 0 --selected-leaves none --tokens-per-node 512 --leaf-tokens-per-node 512)
-case "${1:?exact or exact-g512}" in
-  exact) LAYOUT=() ;;                        # stacked, as the default reads
-  exact-g512) LAYOUT=(--chunk-spacing 512) ;; # side by side in their text order, as one text of 12 x 512 tokens
-  *) echo "unknown arm $1 (exact or exact-g512)" >&2; exit 2 ;;
-esac
-python -m sharedllm eval heldout --methods sharedllm --adapter adapters/smollm2-135m-joint-more "${EXACT[@]}" \
-  "${LAYOUT[@]}" --label "$1" --threads 1 --split validation --domains "${2:?books, code or math}" --lengths 8K \
+SPACED=(--chunk-spacing 512)  # the chunks read side by side in their text order, as one text of 12 x 512 tokens
+reading() {  # the knobs of arm $1 over the default's
+  case "$1" in
+    exact) echo "${EXACT[@]}" ;;                     # stacked, as the default reads
+    exact-g512) echo "${EXACT[@]} ${SPACED[@]}" ;;
+    g512) echo "${SPACED[@]}" ;;                      # the default's compression, side by side
+    *) echo "unknown arm $1 (exact, exact-g512 or g512)" >&2; return 2 ;;
+  esac
+}
+if [ "${1:?exact, exact-g512, g512 or retrieval}" = retrieval ]; then
+  ARM=${2:?the arm to check}
+  knobs=$(reading "$ARM")
+  read -ra KNOBS <<< "$knobs"
+  READ=(--methods sharedllm --adapter adapters/smollm2-135m-joint-more "${KNOBS[@]}" --label "$ARM" --threads 1)
+  # the retrieval checks of ../lora-continuation/ (run.sh retrieval), the same prompts and trials
+  python -m sharedllm eval passkey "${READ[@]}" --lengths 8K --depths 1.0 --trials 10 --seed 0 \
+    --output "$HERE/passkey-8k-depth-1"
+  python -m sharedllm eval ruler "${READ[@]}" --tasks niah_single --trials 10 --split validation --lengths 16K \
+    --output "$HERE/ruler-16k-validation"
+  python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --split validation --domains books \
+    --lengths 16K --output "$HERE/ruler-16k-validation-multikey"
+  exit
+fi
+knobs=$(reading "$1")  # an assignment, so that set -e stops on an unknown arm
+read -ra KNOBS <<< "$knobs"
+python -m sharedllm eval heldout --methods sharedllm --adapter adapters/smollm2-135m-joint-more "${KNOBS[@]}" \
+  --label "$1" --threads 1 --split validation --domains "${2:?books, code or math}" --lengths 8K \
   --max-windows 16 --output "$HERE/validation-8k"
