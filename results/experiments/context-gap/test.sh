@@ -6,24 +6,5 @@
 #   results/experiments/context-gap/test.sh lane-c   # RULER niah_multikey and niah_single 16K (issue #10's cells)
 # Each command continues a stopped run from its journal (commit the .partial.jsonl files at a session's end).
 set -euo pipefail
-export HF_HUB_OFFLINE=1
-OUT=results/experiments/context-gap/test
-READ=(--methods sharedllm --adapter adapters/smollm2-135m-joint-more --tree-depth 0 --selected-leaves none
-      --tokens-per-node 512 --leaf-tokens-per-node 512 --chunk-spacing 512 --label exact-g512 --threads 1)
-heldout() {  # LENGTH: the three domains, all 16 windows of the headline's cell
-  for domain in books code math; do
-    python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths "$1" --max-windows 16 --output "$OUT/heldout"
-  done
-}
-case "${1:?lane-a, lane-b or lane-c}" in
-  lane-a)
-    python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --split test --lengths 32K --output "$OUT/ruler"
-    python -m sharedllm eval ruler "${READ[@]}" --tasks niah_single --trials 10 --split test --lengths 32K --output "$OUT/ruler"
-    python -m sharedllm eval passkey "${READ[@]}" --lengths 8K --trials 10 --seed 0 --output "$OUT/passkey"
-    python -m sharedllm eval passkey "${READ[@]}" --lengths 16K --trials 10 --seed 0 --output "$OUT/passkey" ;;
-  lane-b) heldout 8K; heldout 16K; heldout 4K ;;
-  lane-c)
-    python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --split test --lengths 16K --output "$OUT/ruler"
-    python -m sharedllm eval ruler "${READ[@]}" --tasks niah_single --trials 10 --split test --lengths 16K --output "$OUT/ruler" ;;
-  *) echo "unknown lane $1 (lane-a, lane-b or lane-c)" >&2; exit 2 ;;
-esac
+exec scripts/candidate_grid.sh results/experiments/context-gap/test exact-g512 "${1:?lane-a, lane-b or lane-c}" \
+  --tree-depth 0 --selected-leaves none --tokens-per-node 512 --leaf-tokens-per-node 512 --chunk-spacing 512

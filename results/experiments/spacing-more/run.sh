@@ -5,20 +5,4 @@
 #   results/experiments/spacing-more/run.sh lane-b   # perplexity 8K (books, code, math), then 16K, then 4K
 # Each command continues a stopped run from its journal (commit the .partial.jsonl files at a session's end).
 set -euo pipefail
-export HF_HUB_OFFLINE=1
-OUT=results/experiments/spacing-more
-READ=(--methods sharedllm --adapter adapters/smollm2-135m-joint-more --chunk-spacing 128 --label spacing128 --threads 1)
-heldout() {  # LENGTH: the three domains, all 16 windows of the headline's cell
-  for domain in books code math; do
-    python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths "$1" --max-windows 16 --output "$OUT/heldout"
-  done
-}
-case "${1:?lane-a or lane-b}" in
-  lane-a)
-    python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --split test --lengths 32K --output "$OUT/ruler"
-    python -m sharedllm eval ruler "${READ[@]}" --tasks niah_single --trials 10 --split test --lengths 32K --output "$OUT/ruler"
-    python -m sharedllm eval passkey "${READ[@]}" --lengths 8K --trials 10 --seed 0 --output "$OUT/passkey"
-    python -m sharedllm eval passkey "${READ[@]}" --lengths 16K --trials 10 --seed 0 --output "$OUT/passkey" ;;
-  lane-b) heldout 8K; heldout 16K; heldout 4K ;;
-  *) echo "unknown lane $1 (lane-a or lane-b)" >&2; exit 2 ;;
-esac
+exec scripts/candidate_grid.sh results/experiments/spacing-more spacing128 "${1:?lane-a or lane-b}" --chunk-spacing 128

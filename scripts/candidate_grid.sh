@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# A candidate reading of the default adapter (its knob flags) on the headline grid's test cells, lane by lane, to be
+# compared with the default's own headline cells (the same windows and prompts); the rule is in the calling
+# experiment's README (results/experiments/spacing-more/, results/experiments/context-gap/).
+#   scripts/candidate_grid.sh OUT LABEL LANE [KNOB FLAGS...]
+#     lane-a: RULER niah_multikey 32K, niah_single 32K, passkey 8K, 16K
+#     lane-b: perplexity 8K (books, code, math), then 16K, then 4K
+#     lane-c: RULER niah_multikey and niah_single 16K
+# Each lane continues a stopped run from its journals (commit the .partial.jsonl files at a session's end).
+set -euo pipefail
+export HF_HUB_OFFLINE=1
+OUT=${1:?output folder}
+LABEL=${2:?label of the reading}
+LANE=${3:?lane-a, lane-b or lane-c}
+shift 3
+READ=(--methods sharedllm --adapter adapters/smollm2-135m-joint-more "$@" --label "$LABEL" --threads 1)
+heldout() {  # LENGTH: the three domains, all 16 windows of the headline's cell
+  for domain in books code math; do
+    python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths "$1" --max-windows 16 --output "$OUT/heldout"
+  done
+}
+ruler() {  # TASK LENGTH: 10 trials on the test haystack
+  python -m sharedllm eval ruler "${READ[@]}" --tasks "$1" --trials 10 --split test --lengths "$2" --output "$OUT/ruler"
+}
+passkey() {  # LENGTH: 10 per depth
+  python -m sharedllm eval passkey "${READ[@]}" --lengths "$1" --trials 10 --seed 0 --output "$OUT/passkey"
+}
+case "$LANE" in
+  lane-a) ruler niah_multikey 32K; ruler niah_single 32K; passkey 8K; passkey 16K ;;
+  lane-b) heldout 8K; heldout 16K; heldout 4K ;;
+  lane-c) ruler niah_multikey 16K; ruler niah_single 16K ;;
+  *) echo "unknown lane $LANE (lane-a, lane-b or lane-c)" >&2; exit 2 ;;
+esac
