@@ -6,17 +6,23 @@
 #     lane-a: RULER niah_multikey 32K, niah_single 32K, passkey 8K, 16K
 #     lane-b: perplexity 8K (books, code, math), then 16K, then 4K
 #     lane-c: RULER niah_multikey and niah_single 16K
+#     lane-d: passkey 16K, 32K, 64K, 128K, RULER niah_single and niah_multikey 128K
+#     lane-e: perplexity 32K, 64K, 128K (books, math: the headline's domains there)
 # Each lane continues a stopped run from its journals (commit the .partial.jsonl files at a session's end).
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 OUT=${1:?output folder}
 LABEL=${2:?label of the reading}
-LANE=${3:?lane-a, lane-b or lane-c}
+LANE=${3:?lane-a to lane-e}
 shift 3
 READ=(--methods sharedllm --adapter adapters/smollm2-135m-joint-more "$@" --label "$LABEL" --threads 1)
-heldout() {  # LENGTH: the three domains, all 16 windows of the headline's cell
-  for domain in books code math; do
-    python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths "$1" --max-windows 16 --output "$OUT/heldout"
+heldout() {  # LENGTH [DOMAINS...]: all 16 windows of the headline's cell (default: books, code, math)
+  local length=$1
+  shift
+  local domains=("$@")
+  [ ${#domains[@]} -gt 0 ] || domains=(books code math)
+  for domain in "${domains[@]}"; do
+    python -m sharedllm eval heldout "${READ[@]}" --domains "$domain" --lengths "$length" --max-windows 16 --output "$OUT/heldout"
   done
 }
 ruler() {  # TASK LENGTH: 10 trials on the test haystack
@@ -29,5 +35,7 @@ case "$LANE" in
   lane-a) ruler niah_multikey 32K; ruler niah_single 32K; passkey 8K; passkey 16K ;;
   lane-b) heldout 8K; heldout 16K; heldout 4K ;;
   lane-c) ruler niah_multikey 16K; ruler niah_single 16K ;;
-  *) echo "unknown lane $LANE (lane-a, lane-b or lane-c)" >&2; exit 2 ;;
+  lane-d) passkey 16K; passkey 32K; passkey 64K; passkey 128K; ruler niah_single 128K; ruler niah_multikey 128K ;;
+  lane-e) heldout 32K books math; heldout 64K books math; heldout 128K books math ;;
+  *) echo "unknown lane $LANE (lane-a to lane-e)" >&2; exit 2 ;;
 esac
