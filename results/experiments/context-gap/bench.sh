@@ -8,5 +8,5 @@ OUT=results/experiments/context-gap/bench
 BENCH=(--methods sharedllm streaming --adapter adapters/smollm2-135m-joint-more --lengths 16K --repeats 3
        --cell-seconds 600 --decode-steps 4 --threads 1 --overwrite)
 python -m sharedllm bench "${BENCH[@]}" --output "$OUT/default" --figures "$OUT/default"
-python -m sharedllm bench "${BENCH[@]}" --tree-depth 0 --selected-leaves none --tokens-per-node 512 \
-  --leaf-tokens-per-node 512 --chunk-spacing 512 --output "$OUT/exact-g512" --figures "$OUT/exact-g512"
+source results/experiments/context-gap/readings.sh  # EXACT, SPACED
+python -m sharedllm bench "${BENCH[@]}" "${EXACT[@]}" "${SPACED[@]}" --output "$OUT/exact-g512" --figures "$OUT/exact-g512"

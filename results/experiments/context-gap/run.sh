@@ -5,9 +5,7 @@
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 HERE=results/experiments/context-gap
-# every token of every chunk read kept (no tree: one node of 512 positions per chunk), the default's chunk ranking
-EXACT=(--tree-depth 0 --selected-leaves none --tokens-per-node 512 --leaf-tokens-per-node 512)
-SPACED=(--chunk-spacing 512)  # the chunks read side by side in their text order, as one text of 12 x 512 tokens
+source "$HERE/readings.sh"  # EXACT, SPACED
 reading() {  # the knobs of arm $1 over the default's
   case "$1" in
     exact) echo "${EXACT[@]}" ;;                     # stacked, as the default reads

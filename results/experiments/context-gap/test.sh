@@ -8,5 +8,5 @@
 #   results/experiments/context-gap/test.sh lane-e   # perplexity 32K-128K, books and math (not run yet)
 # Each command continues a stopped run from its journal (commit the .partial.jsonl files at a session's end).
 set -euo pipefail
-exec scripts/candidate_grid.sh results/experiments/context-gap/test exact-g512 "${1:?lane-a to lane-e}" \
-  --tree-depth 0 --selected-leaves none --tokens-per-node 512 --leaf-tokens-per-node 512 --chunk-spacing 512
+source results/experiments/context-gap/readings.sh  # EXACT, SPACED
+exec scripts/candidate_grid.sh results/experiments/context-gap/test exact-g512 "${1:?lane-a to lane-e}" "${EXACT[@]}" "${SPACED[@]}"
