@@ -94,6 +94,17 @@ def refuse_other_inputs(first: dict, second: dict):
             _refuse(f"runs on other data: data {field} {values[0]!r} vs {values[1]!r}")
 
 
+def cell_key(result: dict) -> tuple:
+    """What two results of one cell share, so that a grid of one reading pairs with another's file by file: the
+    windows a held-out cell scores (domain, length, split, window plan), the prompts a retrieval file asks (lengths,
+    data, trial counts, seed, RULER tasks). A run continued on another machine counts the same trials."""
+    if result["task"] == "heldout":
+        return ("heldout", result["domain"], result["length"], result["data"]["split"], result["plan"]["windows_id"])
+    counts = {k: v for k, v in result["counts"].items() if k not in ("trials_from_a_stopped_run", "trials_by_machine")}
+    return (result["task"], tuple(result["lengths"]), json.dumps(result["data"], sort_keys=True),
+            json.dumps(counts, sort_keys=True), result["seed"], tuple(result["details"].get("tasks") or ()))
+
+
 def label(result: dict) -> str:
     """The method as the run named it (`--label` replaces the method's name) and its adapter, if any."""
     return f"{result['method']}, adapter {result['adapter']}" if result.get("adapter") else result["method"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sharedllm.cli import main
-from sharedllm.evaluation.compare import sign_test
+from sharedllm.evaluation.compare import cell_key, sign_test
 from sharedllm.evaluation.ppl import perplexity
 
 
@@ -204,3 +204,32 @@ def test_sign_test_matches_the_binomial_tails():
     assert sign_test(0, 0) == 1.0 and sign_test(5, 5) == 1.0
     assert sign_test(3, 0) == sign_test(0, 3) == 0.25
     assert sign_test(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)
+
+
+def _cell(task="heldout", **changes):
+    """A result as `sharedllm eval` writes it, reduced to what cell_key reads and what differs between readings."""
+    if task == "heldout":
+        result = {"task": "heldout", "method": "sharedllm", "adapter": "a", "domain": "books", "length": 8192,
+                  "data": {"split": "test"}, "plan": {"windows_id": "w1"}, "windows": [{"mean_nll": 3.0}]}
+    else:
+        result = {"task": task, "method": "sharedllm", "adapter": "a", "lengths": [16384], "seed": 0,
+                  "data": {"split": "test", "domains": ["books"]}, "counts": {"trials": 10},
+                  "details": {"tasks": ["niah_single"], "records": [{"score": 1.0}]}}
+    for field, value in changes.items():
+        result[field] = value
+    return result
+
+
+def test_cell_key_pairs_two_readings_of_the_same_windows_or_prompts_and_nothing_else():
+    other_reading = dict(method="exact-g512", adapter="b", windows=[{"mean_nll": 2.0}])
+    assert cell_key(_cell(**other_reading)) == cell_key(_cell())
+    for other_windows in (dict(domain="math"), dict(length=16384), dict(data={"split": "validation"}),
+                          dict(plan={"windows_id": "w2"})):
+        assert cell_key(_cell(**other_windows)) != cell_key(_cell())
+    ruler = _cell("ruler")
+    continued = _cell("ruler", counts={"trials": 10, "trials_from_a_stopped_run": 4}, method="other")
+    assert cell_key(continued) == cell_key(ruler)
+    for other_prompts in (dict(seed=1), dict(lengths=[32768]), dict(counts={"trials": 5}),
+                          dict(details={"tasks": ["niah_multikey"], "records": []})):
+        assert cell_key(_cell("ruler", **other_prompts)) != cell_key(ruler)
+    assert cell_key(_cell("passkey")) != cell_key(ruler)

@@ -19,19 +19,12 @@ import argparse
 import json
 from pathlib import Path
 
+from sharedllm.evaluation.compare import cell_key
+
 REPO = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
 READ_FROM, PACKAGED = "runs/lora-continuation/more", "adapters/smollm2-135m-joint-more"
 OLD_LABEL, DATE = "joint-exercises", "2026-12-07"
-
-
-def cell_key(result: dict) -> tuple:
-    """What two results of one cell share: the windows a heldout cell scores, the prompts a retrieval cell asks."""
-    if result["task"] == "heldout":
-        return ("heldout", result["domain"], result["length"], result["data"]["split"], result["plan"]["windows_id"])
-    counts = {k: v for k, v in result["counts"].items() if k not in ("trials_from_a_stopped_run", "trials_by_machine")}
-    return (result["task"], tuple(result["lengths"]), json.dumps(result["data"], sort_keys=True),
-            json.dumps(counts, sort_keys=True), result["seed"], tuple(result["details"].get("tasks") or ()))
 
 
 def load(paths) -> dict[tuple, tuple[Path, dict]]:
