@@ -8,12 +8,15 @@
 #     lane-c: RULER niah_multikey and niah_single 16K
 #     lane-d: passkey 16K, 32K, 64K, 128K, RULER niah_single and niah_multikey 128K
 #     lane-e: perplexity 32K, 64K, 128K (books, math: the headline's domains there)
+#     validation: the retrieval checks on validation prompts that come before any test cell (passkey 8K at depth
+#       1.0, RULER 16K niah_single and niah_multikey on the validation haystack), into OUT/passkey-8k-depth-1,
+#       OUT/ruler-16k-validation and OUT/ruler-16k-validation-multikey beside the default's cells there
 # Each lane continues a stopped run from its journals (commit the .partial.jsonl files at a session's end).
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 OUT=${1:?output folder}
 LABEL=${2:?label of the reading}
-LANE=${3:?lane-a to lane-e}
+LANE=${3:?lane-a to lane-e or validation}
 shift 3
 READ=(--methods sharedllm --adapter adapters/smollm2-135m-joint-more "$@" --label "$LABEL" --threads 1)
 heldout() {  # LENGTH [DOMAINS...]: all 16 windows of the headline's cell (default: books, code, math)
@@ -37,5 +40,12 @@ case "$LANE" in
   lane-c) ruler niah_multikey 16K; ruler niah_single 16K ;;
   lane-d) passkey 16K; passkey 32K; passkey 64K; passkey 128K; ruler niah_single 128K; ruler niah_multikey 128K ;;
   lane-e) heldout 32K books math; heldout 64K books math; heldout 128K books math ;;
-  *) echo "unknown lane $LANE (lane-a to lane-e)" >&2; exit 2 ;;
+  validation)
+    python -m sharedllm eval passkey "${READ[@]}" --lengths 8K --depths 1.0 --trials 10 --seed 0 \
+      --output "$OUT/passkey-8k-depth-1"
+    python -m sharedllm eval ruler "${READ[@]}" --tasks niah_single --trials 10 --split validation --lengths 16K \
+      --output "$OUT/ruler-16k-validation"
+    python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --split validation --domains books \
+      --lengths 16K --output "$OUT/ruler-16k-validation-multikey" ;;
+  *) echo "unknown lane $LANE (lane-a to lane-e or validation)" >&2; exit 2 ;;
 esac

@@ -18,15 +18,8 @@ if [ "${1:?exact, exact-g512, g512 or retrieval}" = retrieval ]; then
   ARM=${2:?the arm to check}
   knobs=$(reading "$ARM")
   read -ra KNOBS <<< "$knobs"
-  READ=(--methods sharedllm --adapter adapters/smollm2-135m-joint-more "${KNOBS[@]}" --label "$ARM" --threads 1)
   # the retrieval checks of ../lora-continuation/ (run.sh retrieval), the same prompts and trials
-  python -m sharedllm eval passkey "${READ[@]}" --lengths 8K --depths 1.0 --trials 10 --seed 0 \
-    --output "$HERE/passkey-8k-depth-1"
-  python -m sharedllm eval ruler "${READ[@]}" --tasks niah_single --trials 10 --split validation --lengths 16K \
-    --output "$HERE/ruler-16k-validation"
-  python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --split validation --domains books \
-    --lengths 16K --output "$HERE/ruler-16k-validation-multikey"
-  exit
+  exec scripts/candidate_grid.sh "$HERE" "$ARM" validation "${KNOBS[@]}"
 fi
 knobs=$(reading "$1")  # an assignment, so that set -e stops on an unknown arm
 read -ra KNOBS <<< "$knobs"
