@@ -2,7 +2,8 @@
 # A candidate reading of the default adapter (its knob flags) on the headline grid's test cells, lane by lane, to be
 # compared with the default's own headline cells (the same windows and prompts); the rule is in the calling
 # experiment's README (results/experiments/spacing-more/, results/experiments/context-gap/).
-#   scripts/candidate_grid.sh OUT LABEL LANE [KNOB FLAGS...]
+#   scripts/candidate_grid.sh OUT LABEL LANE [KNOB FLAGS...] [--adapter DIR]
+# (--adapter: read another adapter than the default's folder, e.g. a candidate's own weights)
 #     lane-a: RULER niah_multikey 32K, niah_single 32K, passkey 8K, 16K
 #     lane-b: perplexity 8K (books, code, math), then 16K, then 4K
 #     lane-c: RULER niah_multikey and niah_single 16K
@@ -18,7 +19,9 @@ OUT=${1:?output folder}
 LABEL=${2:?label of the reading}
 LANE=${3:?lane-a to lane-e or validation}
 shift 3
-READ=(--methods sharedllm --adapter adapters/smollm2-135m-joint-more "$@" --label "$LABEL" --threads 1)
+ADAPTER=(--adapter adapters/smollm2-135m-joint-more)
+for flag in "$@"; do [ "$flag" != --adapter ] || ADAPTER=(); done  # given among the flags: that one
+READ=(--methods sharedllm "${ADAPTER[@]}" "$@" --label "$LABEL" --threads 1)
 heldout() {  # LENGTH [DOMAINS...]: all 16 windows of the headline's cell (default: books, code, math)
   local length=$1
   shift
