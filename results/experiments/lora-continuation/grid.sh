@@ -8,7 +8,7 @@ set -euo pipefail
 export HF_HUB_OFFLINE=1
 HERE=results/experiments/lora-continuation
 # Cells before 2026-12-07 read runs/lora-continuation/more (gitignored, lost with that machine); the package holds the
-# same weights, and packaged-check/ shows it scores the 16 books 4K windows exactly as that folder did (promote.py checks).
+# same weights, and packaged-check/ shows it scores the 16 books 4K windows exactly as that folder did (promote.py checked it).
 READ=(--methods sharedllm --adapter adapters/smollm2-135m-joint-more --decoder-window 1024 --label more --threads 1)
 LANES="perplexity-16k, multikey-32k, single-32k, passkey-16k, perplexity-32k, passkey-32k, perplexity-64k,
 perplexity-16k-all, perplexity-128k, passkey-64k, passkey-128k, single-128k, multikey-128k, perplexity-4k or code-long"

@@ -21,13 +21,8 @@ case "${1:?train, perplexity, retrieval, floors, floors-test, full-test, full-va
       python -m sharedllm eval heldout "${READ[@]}" --split validation --domains "$domain" --lengths 8K \
         --max-windows 16 --output "$HERE/heldout-8k-validation"
     done ;;
-  retrieval)  # rule 2, in the order that decides most often
-    python -m sharedllm eval passkey "${READ[@]}" --lengths 8K --depths 1.0 --trials 10 --seed 0 \
-      --output "$HERE/passkey-8k-depth-1"
-    python -m sharedllm eval ruler "${READ[@]}" --tasks niah_single --trials 10 --split validation --lengths 16K \
-      --output "$HERE/ruler-16k-validation"
-    python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --split validation --domains books \
-      --lengths 16K --output "$HERE/ruler-16k-validation-multikey" ;;
+  retrieval)  # rule 2, in the order that decides most often (the validation lane of scripts/candidate_grid.sh)
+    exec scripts/candidate_grid.sh "$HERE" more validation --adapter "$RUN" --decoder-window 1024 ;;
   floors|floors-test)  # recorded, decides nothing: each LoRA's own window floor (the base with it merged, the window alone)
     split=validation; [ "$1" = floors-test ] && split=test
     for arm in default more; do
@@ -54,13 +49,6 @@ case "${1:?train, perplexity, retrieval, floors, floors-test, full-test, full-va
       --max-windows 16 --output "$HERE/spacing-8k-validation" ;;
   spacing-retrieval)  # recorded, decides nothing: the `retrieval` step's checks (passkey 8K at depth 1.0, RULER 16K
     # on validation) for the default read with `--chunk-spacing 128`, beside the default's cells of that step
-    SPACED=(--methods sharedllm --adapter adapters/smollm2-135m-joint-more --chunk-spacing 128 --label spacing128
-            --threads 1)
-    python -m sharedllm eval passkey "${SPACED[@]}" --lengths 8K --depths 1.0 --trials 10 --seed 0 \
-      --output "$HERE/passkey-8k-depth-1"
-    python -m sharedllm eval ruler "${SPACED[@]}" --tasks niah_multikey --trials 10 --split validation --domains books \
-      --lengths 16K --output "$HERE/ruler-16k-validation-multikey"
-    python -m sharedllm eval ruler "${SPACED[@]}" --tasks niah_single --trials 10 --split validation --lengths 16K \
-      --output "$HERE/ruler-16k-validation" ;;
+    exec scripts/candidate_grid.sh "$HERE" spacing128 validation --chunk-spacing 128 ;;
   *) echo "unknown step $1 (train, perplexity, retrieval, floors, floors-test, full-test, full-validation, spacing-validation or spacing-retrieval)" >&2; exit 2 ;;
 esac
