@@ -4,13 +4,14 @@
 #   results/experiments/exact-lora/run.sh package      # adapters-style folder of the run, in runs/exact-lora/package
 #   results/experiments/exact-lora/run.sh validation books|code|math   # rule 1
 #   results/experiments/exact-lora/run.sh floor books|code|math        # rule 2: its LoRA merged, the window alone
+#   results/experiments/exact-lora/run.sh full books|code|math         # recorded: its LoRA merged, every token in view
 #   results/experiments/exact-lora/run.sh retrieval    # rule 3
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 HERE=results/experiments/exact-lora
 RUN=runs/exact-lora/more-exact
 READING=adapters/smollm2-135m-joint-more-exact  # exact-g512's knobs (../context-gap/readings.sh) on the default
-case "${1:?train, package, validation, floor or retrieval}" in
+case "${1:?train, package, validation, floor, full or retrieval}" in
   train)
     read -ra KNOBS <<< "$(python scripts/knob_flags.py "$READING" --except decoder_window)"
     resume=(); [ -f "$RUN/run.json" ] && resume=(--resume)
@@ -29,7 +30,11 @@ case "${1:?train, package, validation, floor or retrieval}" in
     python -m sharedllm eval heldout --methods window --base runs/exact-lora/merged --decoder-window 1024 \
       --label window-more-exact --threads 1 --split validation --domains "${2:?books, code or math}" --lengths 8K \
       --max-windows 16 --output "$HERE/floor-8k" ;;
+  full)  # the reference of the context share (../lora-continuation/context_share.py): full attention, same weights
+    [ -d runs/exact-lora/merged ] || python scripts/export_merged_base.py runs/exact-lora/package runs/exact-lora/merged
+    python -m sharedllm eval heldout --methods full --base runs/exact-lora/merged --label full-more-exact --threads 1 \
+      --split validation --domains "${2:?books, code or math}" --lengths 8K --max-windows 16 --output "$HERE/full-8k" ;;
   retrieval)
     exec scripts/candidate_grid.sh "$HERE" more-exact validation --adapter runs/exact-lora/package ;;
-  *) echo "unknown step $1 (train, package, validation, floor or retrieval)" >&2; exit 2 ;;
+  *) echo "unknown step $1 (train, package, validation, floor, full or retrieval)" >&2; exit 2 ;;
 esac
