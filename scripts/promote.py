@@ -6,6 +6,8 @@ then point `sharedllm/default_adapter` at ADAPTER and run `sharedllm report`.
     python scripts/promote.py results/experiments/context-gap/test exact-g512 \\
         --adapter adapters/smollm2-135m-joint-more-exact --read-with adapters/smollm2-135m-joint-more \\
         --old-label joint-more [--dry-run]
+    python scripts/promote.py results/experiments/exact-lora/test joint-exact \\
+        --adapter adapters/smollm2-135m-joint-exact --old-label joint-more
 
 Each file gets a `relabelled` note and nothing else changes, but for the copies' adapter: the path the candidate was
 read with (--read-with: another folder, or the same weights read with knob flags) becomes ADAPTER, so that the cell
@@ -32,9 +34,10 @@ def plan(args) -> list[tuple[Path | None, Path, dict]]:
     """[(file to remove, file to write, its content)]: the default's cells renamed, the candidate's copied in."""
     default = headline_cells("sharedllm")
     candidate = candidate_cells(args.candidate_dir.resolve(), args.label, args.skip)
-    if promoted := [str(path.relative_to(REPO)) for path, result in default.values() if result["adapter"] == args.adapter]:
-        raise SystemExit(f"already promoted: {promoted[0]} reads {args.adapter}")
-    if open_cells := [f"{row[0]}: {row[1]}" for row in summary_rows(default, candidate) if row[1] in ("fails", "not run yet")]:
+    if promoted := [path for path, result in default.values() if result["adapter"] == args.adapter]:
+        raise SystemExit(f"already promoted: {promoted[0].relative_to(REPO)} reads {args.adapter}")
+    rows = summary_rows(default, candidate)
+    if open_cells := [f"{cell}: {verdict}" for cell, verdict, *_ in rows if verdict in ("fails", "not run yet")]:
         raise SystemExit("the grid does not hold yet:\n  " + "\n  ".join(open_cells))
     steps = []
     for key, (path, result) in default.items():
@@ -51,7 +54,8 @@ def plan(args) -> list[tuple[Path | None, Path, dict]]:
             continue
         source, found = candidate[key]
         copy = json.loads(json.dumps(found).replace(f'"{args.read_with}"', f'"{args.adapter}"'))
-        copy.update(method="sharedllm", command=found["command"], relabelled=relabel_note(found["adapter"], source, args))
+        copy.update(method="sharedllm", command=found["command"],
+                    relabelled=relabel_note(found["adapter"], source, args))
         steps.append((None, path.with_name(source.name.replace(f"_{args.label}", "_sharedllm", 1)), copy))
     return steps
 
@@ -61,12 +65,13 @@ def main():
     parser.add_argument("candidate_dir", type=Path, help="the folder of the candidate's result files")
     parser.add_argument("label", help="the candidate's --label")
     parser.add_argument("--adapter", required=True, help="the adapter folder that becomes the default")
-    parser.add_argument("--read-with", required=True, help="the --adapter the candidate's cells were read with")
+    parser.add_argument("--read-with", help="the --adapter the candidate's cells were read with (default: ADAPTER)")
     parser.add_argument("--old-label", required=True, help="the row name the previous default's cells get")
     parser.add_argument("--skip", nargs="*", default=[], help="subfolders of CANDIDATE_DIR that are no grid cells")
     parser.add_argument("--date", default=datetime.date.today().isoformat(), help="the date the notes say")
     parser.add_argument("--dry-run", action="store_true", help="list the files it would write, write nothing")
     args = parser.parse_args()
+    args.read_with = args.read_with or args.adapter
     steps = plan(args)
     for old, new, content in steps:  # the whole list before any change
         print(f"{'rename' if old else 'write '} {new.relative_to(REPO)}  ({content['method']})", flush=True)
