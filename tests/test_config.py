@@ -93,6 +93,8 @@ def test_knobs_read_without_a_model_library_are_the_configs(adapter):
     assert {name: getattr(values, name) for name in KNOBS} == {name: getattr(config, name) for name in KNOBS}
     assert values.chunks_read == config.chunks_read and values.text_config.num_hidden_layers == 30
     overrides = {"decoder_window": 2048, "context_chunks": None, "query_chunks": 0, "query_layer": None}
+    if config.chunk_spacing:  # chunks read side by side need context_chunks set: every chunk, stacked, instead
+        overrides["chunk_spacing"] = 0
     if config.injection == "joint":
         read = read_knobs(str(adapter), overrides)
         assert {n: getattr(read, n) for n in KNOBS} == {n: getattr(config.with_overrides(dict(overrides)), n) for n in KNOBS}
