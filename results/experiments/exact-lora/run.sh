@@ -11,6 +11,9 @@ export HF_HUB_OFFLINE=1
 HERE=results/experiments/exact-lora
 RUN=runs/exact-lora/more-exact
 READING=adapters/smollm2-135m-joint-more-exact  # exact-g512's knobs (../context-gap/readings.sh) on the default
+merged_base() {  # the arm's LoRA merged into the base, once: what `floor` and `full` read
+  [ -d runs/exact-lora/merged ] || python scripts/export_merged_base.py runs/exact-lora/package runs/exact-lora/merged
+}
 case "${1:?train, package, validation, floor, full or retrieval}" in
   train)
     read -ra KNOBS <<< "$(python scripts/knob_flags.py "$READING" --except decoder_window)"
@@ -26,12 +29,12 @@ case "${1:?train, package, validation, floor, full or retrieval}" in
       --threads 1 --split validation --domains "${2:?books, code or math}" --lengths 8K --max-windows 16 \
       --output "$HERE/validation-8k" ;;
   floor)
-    [ -d runs/exact-lora/merged ] || python scripts/export_merged_base.py runs/exact-lora/package runs/exact-lora/merged
+    merged_base
     python -m sharedllm eval heldout --methods window --base runs/exact-lora/merged --decoder-window 1024 \
       --label window-more-exact --threads 1 --split validation --domains "${2:?books, code or math}" --lengths 8K \
       --max-windows 16 --output "$HERE/floor-8k" ;;
   full)  # the reference of the context share (../lora-continuation/context_share.py): full attention, same weights
-    [ -d runs/exact-lora/merged ] || python scripts/export_merged_base.py runs/exact-lora/package runs/exact-lora/merged
+    merged_base
     python -m sharedllm eval heldout --methods full --base runs/exact-lora/merged --label full-more-exact --threads 1 \
       --split validation --domains "${2:?books, code or math}" --lengths 8K --max-windows 16 --output "$HERE/full-8k" ;;
   retrieval)
