@@ -7,7 +7,7 @@
 #     lane-a: RULER niah_multikey 32K, niah_single 32K, passkey 8K, 16K
 #     lane-b: perplexity 8K (books, code, math), then 16K, then 4K
 #     lane-c: RULER niah_multikey and niah_single 16K
-#     lane-d: passkey 16K, 32K, 64K, 128K, RULER niah_single and niah_multikey 128K
+#     lane-d: passkey 32K, 64K, 128K, RULER niah_single and niah_multikey 128K
 #     lane-e: perplexity 32K, 64K, 128K (books, math: the headline's domains there)
 #     validation: the retrieval checks on validation prompts that come before any test cell (passkey 8K at depth
 #       1.0, RULER 16K niah_single and niah_multikey on the validation haystack), into OUT/passkey-8k-depth-1,
@@ -41,7 +41,7 @@ case "$LANE" in
   lane-a) ruler niah_multikey 32K; ruler niah_single 32K; passkey 8K; passkey 16K ;;
   lane-b) heldout 8K; heldout 16K; heldout 4K ;;
   lane-c) ruler niah_multikey 16K; ruler niah_single 16K ;;
-  lane-d) passkey 16K; passkey 32K; passkey 64K; passkey 128K; ruler niah_single 128K; ruler niah_multikey 128K ;;
+  lane-d) passkey 32K; passkey 64K; passkey 128K; ruler niah_single 128K; ruler niah_multikey 128K ;;
   lane-e) heldout 32K books math; heldout 64K books math; heldout 128K books math ;;
   validation)
     python -m sharedllm eval passkey "${READ[@]}" --lengths 8K --depths 1.0 --trials 10 --seed 0 \

@@ -4,7 +4,7 @@
 #   results/experiments/context-gap/test.sh lane-a   # RULER niah_multikey 32K, niah_single 32K, passkey 8K, 16K
 #   results/experiments/context-gap/test.sh lane-b   # perplexity 8K (books, code, math), then 16K, then 4K
 #   results/experiments/context-gap/test.sh lane-c   # RULER niah_multikey and niah_single 16K (issue #10's cells)
-#   results/experiments/context-gap/test.sh lane-d   # passkey 16K-128K, RULER 128K (not run yet)
+#   results/experiments/context-gap/test.sh lane-d   # passkey 32K-128K, RULER 128K (passkey 32K/64K ran already: rerun only what is missing)
 #   results/experiments/context-gap/test.sh lane-e   # perplexity 32K-128K, books and math (not run yet)
 # Each command continues a stopped run from its journal (commit the .partial.jsonl files at a session's end).
 set -euo pipefail
