@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sharedllm.evaluation.compare import cell_key, heldout_lines, retrieval_lines
+from sharedllm.evaluation.compare import cell_key, paired_heldout, paired_trials
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,14 +53,13 @@ def name(key: tuple) -> str:
 def verdict(key: tuple, headline: dict, candidate: dict) -> tuple[str, str]:
     """(compare's line, the rule's verdict) of one pair of cells."""
     if key[0] == "heldout":
-        line = next(line for line in heldout_lines(headline, candidate) if line.startswith("PPL A / PPL B"))
-        return line, "fails" if "A is better" in line else "holds"
-    line = retrieval_lines(headline, candidate)[1]
-    score = lambda side: float(line.split(f"{side} ")[1].split("/")[0])  # noqa: E731
-    total = int(line.split("/")[1].split(",")[0].split(";")[0])
+        paired = paired_heldout(headline, candidate)
+        return paired.ratio_line(), "fails" if paired.better() == "A" else "holds"
+    (paired,) = paired_trials(headline, candidate)  # a grid cell is one length (passkey) or one task and length
+    line = paired.line()
     if key[0] == "passkey":
-        return line, "holds" if score("B") >= total - 1 else "fails"
-    return line, "holds" if score("B") >= score("A") - 1 else "fails"
+        return line, "holds" if paired.score_b >= paired.trials - 1 else "fails"
+    return line, "holds" if paired.score_b >= paired.score_a - 1 else "fails"
 
 
 def summary_rows(headline: dict, candidates: dict) -> list[tuple[str, str, str, str]]:

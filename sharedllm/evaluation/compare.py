@@ -17,6 +17,7 @@ their needle values.
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +111,51 @@ def label(result: dict) -> str:
     return f"{result['method']}, adapter {result['adapter']}" if result.get("adapter") else result["method"]
 
 
-def heldout_lines(first: dict, second: dict) -> list[str]:
-    """PPL(A) / PPL(B) over the windows both scored, its paired interval, and each side's PPL on those windows."""
+@dataclass
+class PairedRatio:
+    """PPL(A) / PPL(B) of one cell over the windows both runs scored: its paired bootstrap interval, both PPLs on
+    those windows and, where they come from several documents, the ratio per document."""
+
+    cell: str
+    windows: int
+    tokens: int
+    left_out: tuple[int, int]  # windows scored by A only, by B only
+    ppl_a: float
+    ppl_b: float
+    ratio: float
+    low: float
+    high: float
+    per_document: list[tuple[str, float, float, float, int]]  # (doc, ratio, low, high, windows)
+
+    def better(self) -> str | None:
+        """"A" or "B" where the interval, as printed, lies on one side of 1; None where it does not."""
+        if round(self.high, 3) < 1:
+            return "A"
+        if round(self.low, 3) > 1:
+            return "B"
+        return None
+
+    def ratio_line(self) -> str:
+        better = self.better()
+        verdict = f"{better} is better (separated from 1)" if better else "level (not separated from 1)"
+        return (f"PPL A / PPL B = {self.ratio:.3f} [{self.low:.3f}, {self.high:.3f}] (95% paired bootstrap over "
+                f"windows; < 1: A reads lower): {verdict}")
+
+    def lines(self) -> list[str]:
+        left_out = f"; left out, scored by one only: A {self.left_out[0]}, B {self.left_out[1]}" if any(self.left_out) else ""
+        lines = [f"{self.cell}: {self.windows} windows scored by both ({self.tokens} tokens){left_out}",
+                 f"PPL A {self.ppl_a:.3f}, B {self.ppl_b:.3f}", self.ratio_line()]
+        if self.per_document:
+            # a column's windows fall in its documents by chance, and with few documents (2 test books) which one
+            # they fall in can move the ratio more than the length
+            lines.append("per document (PPL A / PPL B on its windows, paired interval):")
+            lines += [f"  {doc}: {ratio:.3f} [{low:.3f}, {high:.3f}] ({n} windows)"
+                      for doc, ratio, low, high, n in self.per_document]
+        return lines
+
+
+def paired_heldout(first: dict, second: dict) -> PairedRatio:
+    """Two held-out cells of one domain, on the windows both scored (refused where they do not pair)."""
     if first["domain"] != second["domain"]:
         _refuse(f"held-out cells of another domain: {first['domain']} vs {second['domain']}")
     plans = [targets_length(r) for r in (first, second)]
@@ -121,7 +165,12 @@ def heldout_lines(first: dict, second: dict) -> list[str]:
     lengths = [format_length(int(r["length"])) for r in (first, second)]
     cell = lengths[0] if plans[0] == int(first["length"]) == int(second["length"]) else \
         f"A {lengths[0]} / B {lengths[1]} of context on the targets of the {format_length(plans[0])} plan"
-    return paired_lines(f"{first['domain']} {cell}", [scored_windows(r) for r in (first, second)])
+    return paired_windows(f"{first['domain']} {cell}", [scored_windows(r) for r in (first, second)])
+
+
+def heldout_lines(first: dict, second: dict) -> list[str]:
+    """PPL(A) / PPL(B) over the windows both scored, its paired interval, and each side's PPL on those windows."""
+    return paired_heldout(first, second).lines()
 
 
 def ppl_lines(first: dict, second: dict) -> list[str]:
@@ -136,54 +185,36 @@ def ppl_lines(first: dict, second: dict) -> list[str]:
     for length in lengths:
         scored = [{(w["domain"], w["doc"], w["score_start"], w["end"]): w for w in r["details"][length]["windows"]}
                   for r in (first, second)]
-        lines += paired_lines(f"{format_length(int(length))} ({first['protocol']} protocol)", scored,
-                              weighted=first["protocol"] == "sliding")
+        lines += paired_windows(f"{format_length(int(length))} ({first['protocol']} protocol)", scored,
+                                weighted=first["protocol"] == "sliding").lines()
     return lines
 
 
-def paired_lines(cell: str, scored: list[dict], weighted: bool = False) -> list[str]:
-    """The lines of one paired cell from two {key of the tokens scored: window record} maps: windows both scored,
-    both PPLs on them, the paired ratio and its interval (`weighted`: by scored tokens), and per document."""
+def paired_windows(cell: str, scored: list[dict], weighted: bool = False) -> PairedRatio:
+    """One paired cell from two {key of the tokens scored: window record} maps: the windows both scored, the ratio
+    of their PPLs and its interval (`weighted`: by scored tokens), also per document."""
     common = [key for key in scored[0] if key in scored[1]]
     if not common:
         _refuse(f"{cell}: the two runs share no scored window (another window plan, or nothing scored)")
     a, b = ([s[key]["mean_nll"] for key in common] for s in scored)
     weights = [scored[0][key]["scored_tokens"] for key in common] if weighted else None
     ratio, low, high = paired_ratio(a, b, weights=weights)
-    tokens = sum(scored[0][key]["scored_tokens"] for key in common)
-    left_out = [len(s) - len(common) for s in scored]
-    docs = [scored[0][key]["doc"] for key in common]
-    return [f"{cell}: {len(common)} windows scored by both ({tokens} tokens)"
-            + (f"; left out, scored by one only: A {left_out[0]}, B {left_out[1]}" if any(left_out) else ""),
-            f"PPL A {math.exp(np.average(a, weights=weights)):.3f}, B {math.exp(np.average(b, weights=weights)):.3f}",
-            f"PPL A / PPL B = {ratio:.3f} [{low:.3f}, {high:.3f}] (95% paired bootstrap over windows; < 1: A reads "
-            f"lower): {ratio_verdict(low, high)}",
-            *per_document_lines(docs, a, b, weights)]
-
-
-def ratio_verdict(low: float, high: float) -> str:
-    """Which side a PPL A / PPL B interval favours, judged as printed: 1.000 [1.000, 1.000] is level."""
-    if round(high, 3) < 1:
-        return "A is better (separated from 1)"
-    if round(low, 3) > 1:
-        return "B is better (separated from 1)"
-    return "level (not separated from 1)"
-
-
-def per_document_lines(docs: list[str], a: list[float], b: list[float], weights: list | None = None) -> list[str]:
-    """The ratio per document, when the windows come from several: a column's windows fall in its documents by
-    chance, and with few documents (2 test books) which one they fall in can move the ratio more than the length."""
     by_doc = defaultdict(list)
-    for i, doc in enumerate(docs):
-        by_doc[doc].append(i)
-    if len(by_doc) < 2:
-        return []
-    lines = ["per document (PPL A / PPL B on its windows, paired interval):"]
-    for doc, rows in sorted(by_doc.items()):
-        ratio, low, high = paired_ratio([a[i] for i in rows], [b[i] for i in rows],
-                                        weights=[weights[i] for i in rows] if weights else None)
-        lines.append(f"  {doc}: {ratio:.3f} [{low:.3f}, {high:.3f}] ({len(rows)} windows)")
-    return lines
+    for i, key in enumerate(common):
+        by_doc[scored[0][key]["doc"]].append(i)
+    per_document = []
+    if len(by_doc) > 1:
+        for doc, rows in sorted(by_doc.items()):
+            doc_ratio, doc_low, doc_high = paired_ratio(
+                [a[i] for i in rows], [b[i] for i in rows], weights=[weights[i] for i in rows] if weights else None
+            )
+            per_document.append((doc, doc_ratio, doc_low, doc_high, len(rows)))
+    return PairedRatio(
+        cell, len(common), sum(scored[0][key]["scored_tokens"] for key in common),
+        (len(scored[0]) - len(common), len(scored[1]) - len(common)),
+        math.exp(np.average(a, weights=weights)), math.exp(np.average(b, weights=weights)),
+        ratio, low, high, per_document,
+    )
 
 
 def trial_position(task: str, record: dict) -> tuple:
@@ -206,8 +237,25 @@ def sign_test(wins: int, losses: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def retrieval_lines(first: dict, second: dict) -> list[str]:
-    """Per cell (length, or RULER task and length): both accuracies on the shared trials, wins and the sign test."""
+@dataclass
+class PairedTrials:
+    """One retrieval cell (a length, or a RULER task and length) on the trials both runs ran: each side's score,
+    how many trials each won, and the exact sign test on those wins."""
+
+    cell: str
+    score_a: float
+    score_b: float
+    trials: int
+    wins: int  # trials A scored higher on
+    losses: int  # trials B scored higher on
+
+    def line(self) -> str:
+        return (f"{self.cell}: A {self.score_a:g}/{self.trials}, B {self.score_b:g}/{self.trials}; A won {self.wins}, "
+                f"lost {self.losses}; p = {sign_test(self.wins, self.losses):.3g}")
+
+
+def paired_trials(first: dict, second: dict) -> list[PairedTrials]:
+    """Per cell, both runs' scores on the trials both ran (refused where they hold other prompts)."""
     task = first["task"]
     records = [{trial_position(task, r): r for r in result["details"]["records"]} for result in (first, second)]
     common = [pos for pos in records[0] if pos in records[1]]
@@ -220,10 +268,13 @@ def retrieval_lines(first: dict, second: dict) -> list[str]:
     for pos in common:
         a, b = records[0][pos], records[1][pos]
         cells[trial_cell(task, a)].append((trial_score(task, a), trial_score(task, b)))
-    lines = ["cell: A score, B score on the trials both ran; trials A won / lost; sign test p (two-sided)"]
-    for cell, pairs in sorted(cells.items()):
-        name = " ".join(format_length(c) if isinstance(c, int) else c for c in cell)
-        wins, losses = sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
-        lines.append(f"{name}: A {sum(a for a, _ in pairs):g}/{len(pairs)}, B {sum(b for _, b in pairs):g}/{len(pairs)}; "
-                     f"A won {wins}, lost {losses}; p = {sign_test(wins, losses):.3g}")
-    return lines
+    return [PairedTrials(" ".join(format_length(c) if isinstance(c, int) else c for c in cell),
+                         sum(a for a, _ in pairs), sum(b for _, b in pairs), len(pairs),
+                         sum(a > b for a, b in pairs), sum(a < b for a, b in pairs))
+            for cell, pairs in sorted(cells.items())]
+
+
+def retrieval_lines(first: dict, second: dict) -> list[str]:
+    """Per cell (length, or RULER task and length): both accuracies on the shared trials, wins and the sign test."""
+    return ["cell: A score, B score on the trials both ran; trials A won / lost; sign test p (two-sided)",
+            *(cell.line() for cell in paired_trials(first, second))]

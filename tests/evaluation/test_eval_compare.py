@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sharedllm.cli import main
-from sharedllm.evaluation.compare import cell_key, sign_test
+from sharedllm.evaluation.compare import cell_key, paired_heldout, paired_trials, sign_test
 from sharedllm.evaluation.ppl import perplexity
 
 
@@ -159,6 +159,19 @@ def test_retrieval_counts_wins_and_losses_on_the_same_prompts(tmp_path, capsys):
     code, text = _compare(capsys, a, b)
     assert code == 0
     assert "8K: A 4/5, B 1/5; A won 3, lost 0; p = 0.25" in text
+
+
+def test_paired_cells_hand_back_the_numbers_their_lines_print(tmp_path):
+    """What a script judges (scripts/grid_summary.py) is the numbers, not the printed text."""
+    read = lambda path: json.loads(open(path).read())  # noqa: E731
+    paired = paired_heldout(read(_heldout(tmp_path, "a", [2.0, 3.0])), read(_heldout(tmp_path, "b", [1.5, 2.5])))
+    assert paired.ratio == pytest.approx(math.exp(0.5)) and paired.ppl_b == pytest.approx(math.exp(2.0))
+    assert paired.better() == "B" and paired.ratio_line() in paired.lines()
+    level = paired_heldout(read(_heldout(tmp_path, "c", [2.0, 3.0])), read(_heldout(tmp_path, "d", [2.1, 2.9])))
+    assert level.better() is None  # the windows disagree: the interval spans 1
+    (trials,) = paired_trials(read(_passkey(tmp_path, "e", [True, True, False])),
+                              read(_passkey(tmp_path, "f", [False, True, True])))
+    assert (trials.score_a, trials.score_b, trials.trials, trials.wins, trials.losses) == (2, 2, 3, 1, 1)
 
 
 def test_retrieval_refuses_other_prompts_and_other_tasks(tmp_path, capsys):
