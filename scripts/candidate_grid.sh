@@ -8,7 +8,9 @@
 #     lane-b: perplexity 8K (books, code, math), then 16K, then 4K
 #     lane-c: RULER niah_multikey and niah_single 16K
 #     lane-d: passkey 32K, 64K, 128K, RULER niah_single and niah_multikey 128K
-#     lane-e: perplexity 32K, 64K, 128K (books, math: the headline's domains there)
+#     lane-e: perplexity books 32K, 64K, 128K; lane-f: the same of math (the headline's domains there); held-out
+#       perplexity keeps no chunk memo, so the two fit beside each other at 128K; lane-d's 128K cells run alone
+#       on a 24 GB machine (results/experiments/memory/)
 #     validation: the retrieval checks on validation prompts that come before any test cell (passkey 8K at depth
 #       1.0, RULER 16K niah_single and niah_multikey on the validation haystack), into OUT/passkey-8k-depth-1,
 #       OUT/ruler-16k-validation and OUT/ruler-16k-validation-multikey beside the default's cells there
@@ -17,7 +19,7 @@ set -euo pipefail
 export HF_HUB_OFFLINE=1
 OUT=${1:?output folder}
 LABEL=${2:?label of the reading}
-LANE=${3:?lane-a to lane-e or validation}
+LANE=${3:?lane-a to lane-f or validation}
 shift 3
 ADAPTER=(--adapter adapters/smollm2-135m-joint-more)
 for flag in "$@"; do [ "$flag" != --adapter ] || ADAPTER=(); done  # given among the flags: that one
@@ -42,7 +44,8 @@ case "$LANE" in
   lane-b) heldout 8K; heldout 16K; heldout 4K ;;
   lane-c) ruler niah_multikey 16K; ruler niah_single 16K ;;
   lane-d) passkey 32K; passkey 64K; passkey 128K; ruler niah_single 128K; ruler niah_multikey 128K ;;
-  lane-e) heldout 32K books math; heldout 64K books math; heldout 128K books math ;;
+  lane-e) heldout 32K books; heldout 64K books; heldout 128K books ;;
+  lane-f) heldout 32K math; heldout 64K math; heldout 128K math ;;
   validation)
     python -m sharedllm eval passkey "${READ[@]}" --lengths 8K --depths 1.0 --trials 10 --seed 0 \
       --output "$OUT/passkey-8k-depth-1"
@@ -50,5 +53,5 @@ case "$LANE" in
       --output "$OUT/ruler-16k-validation"
     python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --split validation --domains books \
       --lengths 16K --output "$OUT/ruler-16k-validation-multikey" ;;
-  *) echo "unknown lane $LANE (lane-a to lane-e or validation)" >&2; exit 2 ;;
+  *) echo "unknown lane $LANE (lane-a to lane-f or validation)" >&2; exit 2 ;;
 esac
