@@ -9,6 +9,9 @@ HERE=results/experiments/lora-continuation
 DEFAULT=adapters/smollm2-135m-joint-exercises
 RUN=runs/lora-continuation/more
 READ=(--methods sharedllm --adapter "$RUN" --decoder-window 1024 --label more --threads 1)
+merged_base() {  # ARM ADAPTER: ADAPTER's LoRA merged into the base, once: what `floors` and `full-*` read
+  [ -d "runs/lora-continuation/merged-$1" ] || python scripts/export_merged_base.py "$2" "runs/lora-continuation/merged-$1"
+}
 case "${1:?train, perplexity, retrieval, floors, floors-test, full-test, full-validation, spacing-validation or spacing-retrieval}" in
   train)  # the default's recipe (scripts/experiment_joint_lora.sh exercises) from its LoRA: 60 more steps, new samples
     read -ra KNOBS <<< "$(python scripts/knob_flags.py "$DEFAULT" --except decoder_window)"
@@ -27,7 +30,7 @@ case "${1:?train, perplexity, retrieval, floors, floors-test, full-test, full-va
     split=validation; [ "$1" = floors-test ] && split=test
     for arm in default more; do
       adapter=$DEFAULT; [ "$arm" = more ] && adapter=$RUN
-      [ -d "runs/lora-continuation/merged-$arm" ] || python scripts/export_merged_base.py "$adapter" "runs/lora-continuation/merged-$arm"
+      merged_base "$arm" "$adapter"
       python -m sharedllm eval heldout --methods window --base "runs/lora-continuation/merged-$arm" --decoder-window 1024 \
         --label "floor-$arm" --threads 1 --split "$split" --domains books math code --lengths 8K --max-windows 16 \
         --output "$HERE/floors-8k-$split"
@@ -37,9 +40,8 @@ case "${1:?train, perplexity, retrieval, floors, floors-test, full-test, full-va
     # add to those weights, beside the window floor of the same weights (floors, floors-test) and what the default's
     # context adds (README.md, "Full attention of the same weights"; validation: the reference for proxies)
     split=${1#full-}
-    merged=runs/lora-continuation/merged-more
-    [ -d "$merged" ] || python scripts/export_merged_base.py adapters/smollm2-135m-joint-more "$merged"
-    python -m sharedllm eval heldout --methods full --base "$merged" --label full-more --threads 1 --split "$split" \
+    merged_base more adapters/smollm2-135m-joint-more
+    python -m sharedllm eval heldout --methods full --base runs/lora-continuation/merged-more --label full-more --threads 1 --split "$split" \
       --domains "${2:?books, code or math}" --lengths 8K --max-windows 16 --output "$HERE/full-8k-$split" ;;
   spacing-validation)  # recorded, decides nothing: the default read with its chunks laid out 128 positions apart
     # (`--chunk-spacing 128`, the option of ../spacing-test/) on the validation 8K windows, against the same-weights
