@@ -7,10 +7,11 @@
 #     lane-a: RULER niah_multikey 32K, niah_single 32K, passkey 8K, 16K
 #     lane-b: perplexity 8K (books, code, math), then 16K, then 4K
 #     lane-c: RULER niah_multikey and niah_single 16K
-#     lane-d: passkey 32K, 64K, 128K, RULER niah_single and niah_multikey 128K
+#     lane-d: passkey 32K, 64K
 #     lane-e: perplexity books 32K, 64K, 128K; lane-f: the same of math (the headline's domains there); held-out
-#       perplexity keeps no chunk memo, so the two fit beside each other at 128K; lane-d's 128K cells run alone
-#       on a 24 GB machine (results/experiments/memory/)
+#       perplexity keeps no chunk memo, so the two fit beside each other at 128K
+#     lane-g: passkey 128K, RULER niah_single and niah_multikey 128K: alone on a 24 GB machine (the chunk memo and
+#       the encoded context, up to ~18 GB; results/experiments/memory/), e.g. with --threads 2 among the flags
 #     validation: the retrieval checks on validation prompts that come before any test cell (passkey 8K at depth
 #       1.0, RULER 16K niah_single and niah_multikey on the validation haystack), into OUT/passkey-8k-depth-1,
 #       OUT/ruler-16k-validation and OUT/ruler-16k-validation-multikey beside the default's cells there
@@ -19,11 +20,11 @@ set -euo pipefail
 export HF_HUB_OFFLINE=1
 OUT=${1:?output folder}
 LABEL=${2:?label of the reading}
-LANE=${3:?lane-a to lane-f or validation}
+LANE=${3:?lane-a to lane-g or validation}
 shift 3
 ADAPTER=(--adapter adapters/smollm2-135m-joint-more)
 for flag in "$@"; do [ "$flag" != --adapter ] || ADAPTER=(); done  # given among the flags: that one
-READ=(--methods sharedllm "${ADAPTER[@]}" "$@" --label "$LABEL" --threads 1)
+READ=(--methods sharedllm "${ADAPTER[@]}" --label "$LABEL" --threads 1 "$@")  # flags last: they win
 heldout() {  # LENGTH [DOMAINS...]: all 16 windows of the headline's cell (default: books, code, math)
   local length=$1
   shift
@@ -43,9 +44,10 @@ case "$LANE" in
   lane-a) ruler niah_multikey 32K; ruler niah_single 32K; passkey 8K; passkey 16K ;;
   lane-b) heldout 8K; heldout 16K; heldout 4K ;;
   lane-c) ruler niah_multikey 16K; ruler niah_single 16K ;;
-  lane-d) passkey 32K; passkey 64K; passkey 128K; ruler niah_single 128K; ruler niah_multikey 128K ;;
+  lane-d) passkey 32K; passkey 64K ;;
   lane-e) heldout 32K books; heldout 64K books; heldout 128K books ;;
   lane-f) heldout 32K math; heldout 64K math; heldout 128K math ;;
+  lane-g) passkey 128K; ruler niah_single 128K; ruler niah_multikey 128K ;;
   validation)
     python -m sharedllm eval passkey "${READ[@]}" --lengths 8K --depths 1.0 --trials 10 --seed 0 \
       --output "$OUT/passkey-8k-depth-1"
@@ -53,5 +55,5 @@ case "$LANE" in
       --output "$OUT/ruler-16k-validation"
     python -m sharedllm eval ruler "${READ[@]}" --tasks niah_multikey --trials 10 --split validation --domains books \
       --lengths 16K --output "$OUT/ruler-16k-validation-multikey" ;;
-  *) echo "unknown lane $LANE (lane-a to lane-f or validation)" >&2; exit 2 ;;
+  *) echo "unknown lane $LANE (lane-a to lane-g or validation)" >&2; exit 2 ;;
 esac
