@@ -142,7 +142,8 @@ class PairedRatio:
                 f"windows; < 1: A reads lower): {verdict}")
 
     def lines(self) -> list[str]:
-        left_out = f"; left out, scored by one only: A {self.left_out[0]}, B {self.left_out[1]}" if any(self.left_out) else ""
+        a_only, b_only = self.left_out
+        left_out = f"; left out, scored by one only: A {a_only}, B {b_only}" if a_only or b_only else ""
         lines = [f"{self.cell}: {self.windows} windows scored by both ({self.tokens} tokens){left_out}",
                  f"PPL A {self.ppl_a:.3f}, B {self.ppl_b:.3f}", self.ratio_line()]
         if self.per_document:
