@@ -8,10 +8,10 @@
 #     lane-b: perplexity 8K (books, code, math), then 16K, then 4K
 #     lane-c: RULER niah_multikey and niah_single 16K
 #     lane-d: passkey 32K, 64K
-#     lane-e: perplexity books 32K, 64K, 128K; lane-f: the same of math (the headline's domains there); held-out
-#       perplexity keeps no chunk memo, so the two fit beside each other at 128K
-#     lane-g: passkey 128K, RULER niah_single and niah_multikey 128K: alone on a 24 GB machine (the chunk memo and
-#       the encoded context, up to ~18 GB; results/experiments/memory/), e.g. with --threads 2 among the flags
+#     lane-e: perplexity books 32K, 64K; lane-f: the same of math (the headline's domains there)
+#     lane-g: the 128K cells: perplexity books and math, passkey, RULER niah_single and niah_multikey; alone on a
+#       24 GB machine (the chunk memo and the encoded context, up to ~18 GB; results/experiments/memory/), e.g.
+#       with --threads 2 among the flags
 #     validation: the retrieval checks on validation prompts that come before any test cell (passkey 8K at depth
 #       1.0, RULER 16K niah_single and niah_multikey on the validation haystack), into OUT/passkey-8k-depth-1,
 #       OUT/ruler-16k-validation and OUT/ruler-16k-validation-multikey beside the default's cells there
@@ -45,9 +45,9 @@ case "$LANE" in
   lane-b) heldout 8K; heldout 16K; heldout 4K ;;
   lane-c) ruler niah_multikey 16K; ruler niah_single 16K ;;
   lane-d) passkey 32K; passkey 64K ;;
-  lane-e) heldout 32K books; heldout 64K books; heldout 128K books ;;
-  lane-f) heldout 32K math; heldout 64K math; heldout 128K math ;;
-  lane-g) passkey 128K; ruler niah_single 128K; ruler niah_multikey 128K ;;
+  lane-e) heldout 32K books; heldout 64K books ;;
+  lane-f) heldout 32K math; heldout 64K math ;;
+  lane-g) heldout 128K books math; passkey 128K; ruler niah_single 128K; ruler niah_multikey 128K ;;
   validation)
     python -m sharedllm eval passkey "${READ[@]}" --lengths 8K --depths 1.0 --trials 10 --seed 0 \
       --output "$OUT/passkey-8k-depth-1"

@@ -78,38 +78,39 @@ class LowerChunks:
 
 
 class LowerChunksMemo:
-    """A `lower` for `ContextEncoder.encode_by_chunk` that runs the lower pass once per distinct chunk (its tokens,
-    its chunk index and the tokens read before it: all the pass depends on) and hands the kept result back after.
+    """A `lower` for `ContextEncoder.encode_by_chunk` that runs the lower pass once per distinct chunk and hands the
+    kept result back after. A chunk's pass depends on its tokens, the tokens read before it and, with cross
+    injection, its chunk index (its rotary offset); joint injection encodes every chunk at -C..-1, so there a chunk
+    of text is the same pass wherever it falls in an input (overlapping windows of one document share theirs).
     Why: full_logits scores span j from a forward over j chunks, j - 1 of which the spans before it encoded; without
     it the chunk passes grow as (L / C)**2. The price is the lower keys/values of every chunk kept for the call:
     M layers x C tokens per chunk, what a full-attention KV cache of those layers would hold."""
 
     def __init__(self, encoder: "ContextEncoder"):
         self.encoder = encoder
+        self.by_index = encoder.config.injection != "joint"  # `ContextEncoder.chunk_offsets`
         # per key, one chunk's pass: (2M, Hkv, C, hd) its M layers' keys then values in one tensor, and its node
         # vectors. One allocation a chunk, not 2M per chunk and 2M per pass: those small blocks, scattered among the
         # passes' activations, kept freed heap resident (3 passkey trials at 32K peaked at 6.09 GB with them, 5.57
         # GB without, 4.17 GB of it live: `scripts/passkey_memory.py`)
         self.kept: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self.read: set[tuple] = set()  # the keys read since `keep_last_input_only`
 
-    def keep_last_input_only(self) -> None:
-        """Forget every chunk the input since the last call did not read, and start a new input: across many inputs
-        the memo holds about one input's chunks (`SharedLLMForCausalLM.reusing_chunk_encodings`)."""
-        self.kept = {key: self.kept[key] for key in self.read}
-        self.read = set()
+    def chunk_keys(self, chunk_ids, chunk_index, before) -> list[tuple]:
+        """What each of the (N, C) chunks' pass depends on (its index only where the pass reads it)."""
+        ids, prefix = chunk_ids.cpu().numpy(), before.cpu().numpy()  # one copy each
+        index = chunk_index.tolist() if self.by_index else [None] * len(ids)
+        return [(index[i], ids[i].tobytes(), prefix[i].tobytes()) for i in range(len(ids))]
+
+    def start_input(self, chunk_ids, chunk_index, before) -> None:
+        """Before an input's first pass, all its chunks: forget every kept chunk it does not read, so that across
+        inputs the memo holds one input's chunks, never two (at 128K, 6 GB for SmolLM2-135M in fp32)."""
+        wanted = set(self.chunk_keys(chunk_ids, chunk_index, before))
+        self.kept = {key: value for key, value in self.kept.items() if key in wanted}
 
     def __call__(self, chunk_ids, chunk_index, before) -> LowerChunks:
-        ids, index, prefix = chunk_ids.cpu().numpy(), chunk_index.tolist(), before.cpu().numpy()  # one copy each
-        keys = [(index[i], ids[i].tobytes(), prefix[i].tobytes()) for i in range(len(index))]
-        self.read.update(keys)
+        keys = self.chunk_keys(chunk_ids, chunk_index, before)
         missing = list({key: i for i, key in enumerate(keys) if key not in self.kept}.values())
         if missing:
-            # a chunk the input before left at one of these indexes and this input does not read goes now: the memo
-            # holds one input's chunks, not two (at 128K, 6 GB each for SmolLM2-135M in fp32)
-            replaced = {keys[i][0] for i in missing}
-            for key in [key for key in self.kept if key[0] in replaced and key not in self.read]:
-                del self.kept[key]
             picked = torch.tensor(missing, device=chunk_ids.device)
             fresh = self.encoder.lower_chunks(chunk_ids[picked], chunk_index[picked], before[picked])
             for j, i in enumerate(missing):
@@ -213,6 +214,8 @@ class ContextEncoder:
         chunk_index = first_chunk_index[rows] + slots
         before = self.tokens_before(chunk_ids.view(batch * n_max, chunk_size), previous, n_max)
         before = before.view(batch, n_max, before.shape[-1])
+        if isinstance(lower, LowerChunksMemo):
+            lower.start_input(chunk_ids[rows, slots], chunk_index, before[rows, slots])
         if cfg.node_encoding == "chunk":
             encode = lambda ids, index, q, prev: self.encode_by_chunk(ids, index, q, prev, lower)  # noqa: E731
         else:

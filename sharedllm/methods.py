@@ -181,6 +181,12 @@ class Method:
         (`SharedLLMForCausalLM.reusing_chunk_encodings`); nothing for the other methods."""
         return contextlib.nullcontext()
 
+    def window_order(self, windows: list[dict]) -> list[int] | None:
+        """The order in which to score held-out windows ({"doc", "start"} each; indexes into the list) inside
+        `reusing_encodings`, where they share work; their scores do not depend on it. None: they share nothing this
+        method could reuse, so they are scored in the given order without keeping anything (as here)."""
+        return None
+
     def describe(self) -> dict:
         return {"method": self.name}
 
@@ -540,6 +546,16 @@ class SharedLLM(Method):
 
     def reusing_encodings(self):
         return self.model.reusing_chunk_encodings()
+
+    def window_order(self, windows: list[dict]) -> list[int] | None:
+        """Joint injection encodes a chunk the same wherever it falls (`LowerChunksMemo`): windows of one document
+        whose starts differ by a multiple of C cut it into the same chunks, so they go one after another. Cross
+        injection reads a chunk's index: windows at other starts share no chunk."""
+        if self.model.config.injection != "joint":
+            return None
+        chunk = self.model.config.chunk_size
+        return sorted(range(len(windows)), key=lambda i: (windows[i]["doc"], windows[i]["start"] % chunk,
+                                                          windows[i]["start"]))
 
     def context_length(self, n_tokens: int) -> int:
         """Tokens the split rule puts into context chunks: k * C with k = ceil(max(0, L - Ld) / C)."""

@@ -230,12 +230,13 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
     @contextlib.contextmanager
     def reusing_chunk_encodings(self):
         """Inside it, each prefill reuses the lower pass of every chunk the prefill before it encoded with the same
-        tokens, chunk index and tokens before it: all that pass depends on (`LowerChunksMemo`). For many prompts that
-        share most of their text, such as consecutive passkey trials (the same filler) or niah trials (the same
-        haystack before their needles; `scripts/chunk_reuse.py` counts what they share). The price is memory: the
-        chunks of the last prefill stay kept (M layers x C keys and values per chunk, about 6 GB for a 128K prompt
-        of SmolLM2-135M in fp32); a new prompt's chunk replaces the one kept at its chunk index, so the memo never
-        holds two prompts' chunks."""
+        tokens and tokens before it (and chunk index, with cross injection): all that pass depends on
+        (`LowerChunksMemo`). For many prompts that share most of their text, such as consecutive passkey trials (the
+        same filler), niah trials (the same haystack before their needles; `scripts/chunk_reuse.py` counts what they
+        share) or, with joint injection, overlapping held-out windows of one document whose starts differ by a
+        multiple of C. The price is memory: the chunks of the last prefill stay kept (M layers x C keys and values
+        per chunk, about 6 GB for a 128K prompt of SmolLM2-135M in fp32); a new prompt keeps only those it reads, so
+        the memo never holds two prompts' chunks."""
         self._chunk_memo = LowerChunksMemo(self.context_encoder)
         try:
             yield
@@ -622,11 +623,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
                     "it scores); pass full_logits=False to read one decoder window with that query"
                 )
             return self._all_logits(input_ids, attention_mask, labels, logits_to_keep)
-        lower = self._chunk_memo
-        if lower is not None:
-            lower.keep_last_input_only()
         return _seen(self._full_forward(input_ids, attention_mask, labels, query_position, cached, logits_to_keep,
-                                        lower), width)
+                                        self._chunk_memo), width)
 
     def _check_inputs(self, input_ids, attention_mask, labels, kwargs) -> None:
         """Refuse what would otherwise fail deep inside torch or, worse, give a quietly wrong answer."""

@@ -65,6 +65,9 @@ class FakeMethod:
     def reusing_encodings(self):  # Method's: nothing to reuse
         return contextlib.nullcontext()
 
+    def window_order(self, windows):  # Method's: nothing shared between windows
+        return None
+
     def token_nll(self, input_ids, score_start):
         return torch.full((len(input_ids) - score_start,), 1.0 if self.name == "full" else 2.0)
 

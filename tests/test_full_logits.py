@@ -143,3 +143,42 @@ def test_prompts_reusing_chunk_encodings_encode_only_the_chunks_they_do_not_shar
     # one chunk per index: a new prompt's chunk replaces the one the prompt before left there (never 16 kept)
     assert held == [8, 8, 8, 8] and model._chunk_memo is None
     assert all(torch.equal(a, b) for a, b in zip(anew, reused[0::2]))
+
+
+@pytest.mark.parametrize("knobs", [
+    {},  # cross injection: a chunk's pass reads its index (its rotary offset), so a shifted window shares none
+    {"injection": "joint", "chunk_overlap": 4, "tree_selection": "attention", "selected_leaves": 1, "context_chunks": 2},
+])
+def test_windows_of_one_text_c_tokens_apart_share_their_chunks_under_joint_injection(knobs, monkeypatch):
+    """Held-out windows of one document whose starts differ by C cut it into the same chunks at other indexes:
+    joint injection encodes a chunk the same at any index, so inside `reusing_chunk_encodings` the second window
+    runs the lower pass of its first chunk (nothing before it now) and its last only, and its logits are those of
+    the window encoded anew."""
+    model = wrap(tiny_model("llama"), **knobs)
+    if model.config.injection == "cross":
+        model = randomise_adapter(model)
+    text = torch.randint(3, 128, (1, 150 + C), generator=torch.Generator().manual_seed(9))
+    first, second = text[:, :150], text[:, C:]  # 8 chunks of C = 16 before a window of LD = 32 each
+    encoded = []
+    lower_chunks = model.context_encoder.lower_chunks
+    monkeypatch.setattr(model.context_encoder, "lower_chunks",
+                        lambda chunk_ids, *args, **kwargs: encoded.append(len(chunk_ids)) or lower_chunks(chunk_ids, *args, **kwargs))
+    with torch.no_grad():
+        anew = model(second, query_position=140).logits
+        encoded.clear()
+        with model.reusing_chunk_encodings():
+            model(first, query_position=140)
+            encoded.clear()
+            reused = model(second, query_position=140).logits
+    assert sum(encoded) == (8 if model.config.injection == "cross" else 2)
+    assert torch.equal(anew, reused)
+
+
+def test_a_joint_method_scores_windows_grouped_by_where_their_chunks_fall():
+    from sharedllm.methods import SharedLLM
+
+    joint = SharedLLM(tiny_model("llama"), **{**KNOBS, "injection": "joint", "chunk_overlap": 4})
+    windows = [{"doc": "a", "start": s} for s in (0, 8, 16, 24, 32)] + [{"doc": "b", "start": 16}]
+    assert joint.window_order(windows) == [0, 2, 4, 1, 3, 5]  # C = 16: starts 0, 16, 32 cut "a" alike
+    cross = SharedLLM(tiny_model("llama"), **KNOBS)
+    assert cross.window_order(windows) is None  # nothing to reuse: no memo, the plan's order

@@ -11,6 +11,7 @@ This module holds the parser, the per-task defaults, `run` and the task runners;
 loads are in checks.py, the loaded base, methods, journals and result files (`Session`) in session.py.
 """
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -229,8 +230,10 @@ def run_heldout(session):
             start = time.time()
             journal, done = session.journal("heldout", f"{name}_{domain}_{length}", method,
                                             windows=heldout.windows_id(plan, length))
-            records = heldout.score_windows(method, docs[domain], plan, length, not_run, a.max_seconds,
-                                            done=done, on_record=journal.append)
+            order = method.window_order(plan)  # None: the windows share nothing the method could reuse
+            with method.reusing_encodings() if order is not None else contextlib.nullcontext():
+                records = heldout.score_windows(method, docs[domain], plan, length, not_run, a.max_seconds,
+                                                done=done, on_record=journal.append, order=order)
             summary = heldout.summarise(records, a.seed)
             if not plan:
                 summary["not_run"] = f"no {domain} {a.split} document has {plan_length} tokens"

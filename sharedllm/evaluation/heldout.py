@@ -83,13 +83,17 @@ def windows_id(plan: list[dict], length: int) -> str:
 
 
 def score_windows(method, docs: dict[str, np.ndarray], plan: list[dict], length: int, not_run: str | None = None,
-                  max_seconds: float | None = None, progress: bool = True, done=(), on_record=None) -> list[dict]:
-    """Per window of `plan`: {"doc", "start", "mean_nll", "scored_tokens", "seconds"} or {"doc", "start", "not_run"}.
+                  max_seconds: float | None = None, progress: bool = True, done=(), on_record=None,
+                  order: list[int] | None = None) -> list[dict]:
+    """Per window of `plan`, in its order: {"doc", "start", "mean_nll", "scored_tokens", "seconds"} or {"doc",
+    "start", "not_run"}.
 
     `not_run` marks every window as not run with that reason (e.g. the method's length limit). After
     `max_seconds` of scoring (in this call), the remaining windows are not run ("time budget"). A window that raises
     marks itself and every later one: a method that fails once (out of memory, a limit) fails the same way again.
-    `done`: scored windows of a stopped run, reused; `on_record(record)` after each window scored here.
+    `done`: scored windows of a stopped run, reused; `on_record(record)` after each window scored here. `order`:
+    the plan's indexes in the order to score them (`Method.window_order`; None: the plan's), "later" above meaning
+    later in it.
     """
     def journal_scored(record: dict) -> None:  # a window not run is tried again by the next run
         if "not_run" not in record and on_record is not None:
@@ -97,8 +101,9 @@ def score_windows(method, docs: dict[str, np.ndarray], plan: list[dict], length:
 
     reuse = ReusedTrials(done, ("doc", "start"), [(w["doc"], w["start"]) for w in plan], journal_scored,
                          f"{getattr(method, 'name', 'method')} T={length}", progress)
-    records, started = [], time.perf_counter()
-    for window in plan:
+    records, started = {}, time.perf_counter()
+    for index in range(len(plan)) if order is None else order:
+        window = plan[index]
 
         def run() -> dict:
             nonlocal not_run
@@ -110,9 +115,9 @@ def score_windows(method, docs: dict[str, np.ndarray], plan: list[dict], length:
             not_run = record.get("not_run")  # a window that fails marks every later one
             return record
 
-        records.append(reuse((window["doc"], window["start"]), run))
+        records[index] = reuse((window["doc"], window["start"]), run)
     reuse.close()
-    return records
+    return [records[index] for index in range(len(plan))]
 
 
 def _score_window(method, docs: dict[str, np.ndarray], window: dict, length: int) -> dict:

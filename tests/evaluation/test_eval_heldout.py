@@ -160,3 +160,20 @@ def test_paired_ratio_cancels_window_difficulty():
     assert ratio == pytest.approx(math.exp(0.1)) and low == pytest.approx(math.exp(0.1)) and high == pytest.approx(math.exp(0.1))
     unpaired = heldout.bootstrap_interval(hard_and_easy)
     assert unpaired[1] / unpaired[0] > 2  # each method's own interval is wide
+
+
+def test_windows_are_scored_in_the_given_order_and_recorded_in_the_plans():
+    class Recording:
+        name = "recording"
+        seen = []
+
+        def token_nll(self, ids, score_start):
+            Recording.seen.append(int(ids[0]))
+            return np.full(len(ids) - score_start, float(ids[0]))
+
+    docs = {"a": np.arange(3, 1503) % 1000}
+    plan = heldout.plan_windows({"a": 1500}, 512, 3)
+    records = heldout.score_windows(Recording(), docs, plan, 512, progress=False, order=[2, 0, 1])
+    firsts = [int(docs["a"][w["start"]]) for w in plan]
+    assert Recording.seen == [firsts[2], firsts[0], firsts[1]]
+    assert [(r["doc"], r["start"], r["mean_nll"]) for r in records] == [("a", w["start"], f) for w, f in zip(plan, firsts)]

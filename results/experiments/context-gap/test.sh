@@ -5,8 +5,8 @@
 #   results/experiments/context-gap/test.sh lane-b   # perplexity 8K (books, code, math), then 16K, then 4K
 #   results/experiments/context-gap/test.sh lane-c   # RULER niah_multikey and niah_single 16K (issue #10's cells)
 #   results/experiments/context-gap/test.sh lane-d   # passkey 32K, 64K
-#   results/experiments/context-gap/test.sh lane-e   # perplexity books 32K-128K; lane-f: math 32K-128K
-#   results/experiments/context-gap/test.sh lane-g --threads 2   # passkey 128K, RULER 128K: alone on the machine
+#   results/experiments/context-gap/test.sh lane-e   # perplexity books 32K, 64K; lane-f: math 32K, 64K
+#   results/experiments/context-gap/test.sh lane-g --threads 2   # the 128K cells: alone on the machine
 # Flags after the lane go to every eval command. Each command continues a stopped run from its journal (commit the .partial.jsonl files at a session's end).
 set -euo pipefail
 source results/experiments/context-gap/readings.sh  # EXACT, SPACED
