@@ -24,10 +24,15 @@ CHUNK, WINDOW, OVERLAP = DEFAULT.chunk_size, DEFAULT.decoder_window, DEFAULT.ove
 SEED, TRIALS = 0, 10
 
 
-def chunk_keys(ids: list[int]) -> set:
-    """What a chunk's lower pass depends on (`LowerChunksMemo`): its index, its tokens and the tokens before it."""
+BY_INDEX = DEFAULT.injection != "joint"  # `LowerChunksMemo.by_index`: joint injection encodes every chunk alike
+
+
+def chunk_keys(ids: list[int]) -> list[tuple]:
+    """What each chunk's lower pass depends on (`LowerChunksMemo.chunk_keys`): its tokens, the tokens before it and,
+    under cross injection, its index. A prompt's chunks with one key (a repeated filler's) run one pass."""
     n_chunks = int(context_chunk_counts(torch.tensor(len(ids)), CHUNK, WINDOW))  # the model's split rule
-    return {(i, tuple(ids[max(0, i * CHUNK - OVERLAP) : (i + 1) * CHUNK])) for i in range(n_chunks)}
+    return [(i if BY_INDEX else None, tuple(ids[max(0, i * CHUNK - OVERLAP) : (i + 1) * CHUNK]))
+            for i in range(n_chunks)]
 
 
 def prompts(protocol: str, tokenizer, length: int, haystack: str):
@@ -58,7 +63,8 @@ def main():
         previous = set()
         for prompt in prompts(args.protocol, tokenizer, length, haystack):
             keys = chunk_keys(encode(tokenizer, prompt))
-            total, fresh, previous = total + len(keys), fresh + len(keys - previous), keys
+            # the memo keeps what the prompt before it encoded and this one reads (`LowerChunksMemo.start_input`)
+            total, fresh, previous = total + len(keys), fresh + len(set(keys) - previous), set(keys)
         print(f"{args.protocol} {format_length(length)}: {total} chunk passes without the memo, {fresh} with it "
               f"({fresh / total:.0%})", flush=True)
 
