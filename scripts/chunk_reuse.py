@@ -24,7 +24,7 @@ CHUNK, WINDOW, OVERLAP = DEFAULT.chunk_size, DEFAULT.decoder_window, DEFAULT.ove
 SEED, TRIALS = 0, 10
 
 
-BY_INDEX = DEFAULT.injection != "joint"  # `LowerChunksMemo.by_index`: joint injection encodes every chunk alike
+BY_INDEX = DEFAULT.injection != "joint"  # `ContextEncoder.chunks_share_positions`, from the config alone (no model)
 
 
 def chunk_keys(ids: list[int]) -> list[tuple]:

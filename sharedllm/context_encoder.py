@@ -88,7 +88,7 @@ class LowerChunksMemo:
 
     def __init__(self, encoder: "ContextEncoder"):
         self.encoder = encoder
-        self.by_index = encoder.config.injection != "joint"  # `ContextEncoder.chunk_offsets`
+        self.by_index = not encoder.chunks_share_positions
         # per key, one chunk's pass: (2M, Hkv, C, hd) its M layers' keys then values in one tensor, and its node
         # vectors. One allocation a chunk, not 2M per chunk and 2M per pass: those small blocks, scattered among the
         # passes' activations, kept freed heap resident (3 passkey trials at 32K peaked at 6.09 GB with them, 5.57
@@ -287,11 +287,17 @@ class ContextEncoder:
             vectors = layer0.new_empty(n, 0, layer0.shape[-1])
         return LowerChunks(keys, values, vectors)
 
+    @property
+    def chunks_share_positions(self) -> bool:
+        """Whether every chunk is encoded at the same positions (`chunk_offsets`), so that a chunk's lower pass does
+        not depend on its index: joint injection's."""
+        return self.config.injection == "joint"
+
     def chunk_offsets(self, chunk_index: torch.LongTensor) -> torch.LongTensor:
         """(N,) rotary position of each chunk's first token. Cross injection: the chunk index (the paper's
         chunk-level positions). Joint injection: -C for every chunk, so that all chunks sit just before the decoder
         window (positions 0..) within the base's trained range at any input length, as InfLLM places its blocks."""
-        if self.config.injection == "joint":
+        if self.chunks_share_positions:
             return torch.full_like(chunk_index, -self.config.chunk_size)
         return chunk_index
 

@@ -551,7 +551,7 @@ class SharedLLM(Method):
         """Joint injection encodes a chunk the same wherever it falls (`LowerChunksMemo`): windows of one document
         whose starts differ by a multiple of C cut it into the same chunks, so they go one after another. Cross
         injection reads a chunk's index: windows at other starts share no chunk."""
-        if self.model.config.injection != "joint":
+        if not self.model.context_encoder.chunks_share_positions:
             return None
         chunk = self.model.config.chunk_size
         return sorted(range(len(windows)), key=lambda i: (windows[i]["doc"], windows[i]["start"] % chunk,
