@@ -1,10 +1,11 @@
 """RULER's score (string match: the gold value anywhere in the answer) beside a stricter reading of the same answers:
 whether the first number of six or more digits answered is the gold (the niah tasks' values are 7-digit numbers),
 and of the wrong first numbers, how many are another needle's value of the same prompt (the needles' values depend
-on the task, seed, trial and length only, so the prompt is rebuilt without its haystack) and where that needle
-stands against the asked one: before it in the text, after it, or next to it (no other needle between them; the
-needles' depths depend on the same, so the prompt rebuilt with the built-in filler holds them in the same order). An answer that lists several needles' values scores under string match without having told
-them apart.
+on the task, seed, trial and length only, so the prompt is rebuilt with the built-in filler instead of its
+haystack) and where that needle stands against the asked one: before it in the text, after it, or next to it (no
+other needle between them). The needles' depths depend on the same, so the rebuilt prompt holds them in the same
+order, but for two needles so close that one haystack puts them at one sentence boundary and the other does not.
+An answer that lists several needles' values scores under string match without having told them apart.
 
     python scripts/ruler_first_answer.py results/retrieval/ruler_sharedllm_ruler_20261206-184743.json ...
 """
@@ -32,14 +33,12 @@ def first_answer_counts(result: dict, tokenizer) -> dict[str, int]:
         counts["hits"] += record["score"] == 1.0
         counts["first_right"] += first == record["golds"][0]
         if first is not None and first != record["golds"][0]:
-            sample = make_sample(record["task"], tokenizer, record["length"], f"{result['seed']}/{record['trial']}",
-                                 fill=False)
+            sample = make_sample(record["task"], tokenizer, record["length"], f"{result['seed']}/{record['trial']}")
             if sample.golds != record["golds"]:
                 raise SystemExit(f"trial {record['trial']}: the rebuilt prompt asks for {sample.golds}, the file "
                                  f"for {record['golds']} (another seed or task?)")
-            if first in NUMBER.findall(sample.prompt):
-                filled = make_sample(record["task"], tokenizer, record["length"], f"{result['seed']}/{record['trial']}")
-                in_text_order = NUMBER.findall(filled.prompt)
+            in_text_order = NUMBER.findall(sample.prompt)  # the needles' values: the filler holds no number
+            if first in in_text_order:
                 answered, asked = in_text_order.index(first), in_text_order.index(record["golds"][0])
                 counts["other_needle"] += 1
                 counts["before" if answered < asked else "after"] += 1
