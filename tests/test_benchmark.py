@@ -352,7 +352,8 @@ def test_adapter_none_is_untrained_and_a_missing_adapter_fails_clearly(tmp_path)
     settings = benchmark.settings_from_args(parser.parse_args(["--adapter", "none", "--n-injected-layers", "2"]))
     assert settings.adapter is None and settings.knobs["n_injected_layers"] == 2  # the repository default not read
     default = benchmark.settings_from_args(parser.parse_args([]))
-    assert default.adapter.endswith("smollm2-135m-joint-more") and default.knobs["injection"] == "joint"
+    assert default.adapter.endswith("smollm2-135m-joint-more-exact") and default.knobs["injection"] == "joint"
+    assert default.knobs["tree_depth"] == 0 and default.knobs["chunk_spacing"] == 512  # the exact reading
     assert settings.knobs["decoder_window"] == KNOBS["decoder_window"].default
     with pytest.raises(InputError, match=r"no adapter in .*nope \(no config.json\)"):
         benchmark.settings_from_args(parser.parse_args(["--adapter", str(tmp_path / "nope")]))

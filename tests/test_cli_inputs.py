@@ -376,7 +376,7 @@ def test_default_adapter_is_found_from_any_folder(no_model):
     for command in (["eval", "ppl"], ["bench"]):
         adapter = build_parser(command[0]).parse_args(command).adapter
         assert (Path(adapter) / "config.json").is_file()
-        assert session.portable_path(adapter) == "adapters/smollm2-135m-joint-more"  # results name no machine path
+        assert session.portable_path(adapter) == "adapters/smollm2-135m-joint-more-exact"  # results name no machine path
 
 
 @pytest.mark.parametrize("value", [None, "none", "None", "NONE"])
