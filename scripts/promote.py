@@ -30,6 +30,11 @@ def relabel_note(old: str, source: Path, args) -> str:
             f"nothing else in this file changed)")
 
 
+def as_default(result: dict, args) -> dict:
+    """RESULT with the path it was read with (--read-with) replaced by the default's (--adapter)."""
+    return json.loads(json.dumps(result).replace(f'"{args.read_with}"', f'"{args.adapter}"'))
+
+
 def plan(args) -> list[tuple[Path | None, Path, dict]]:
     """[(file to remove, file to write, its content)]: the default's cells renamed, the candidate's copied in."""
     default = headline_cells("sharedllm")
@@ -39,6 +44,8 @@ def plan(args) -> list[tuple[Path | None, Path, dict]]:
     rows = summary_rows(default, candidate)
     if open_cells := [f"{cell}: {verdict}" for cell, verdict, *_ in rows if verdict in ("fails", "not run yet")]:
         raise SystemExit("the grid does not hold yet:\n  " + "\n  ".join(open_cells))
+    # the knobs the candidate's cells read with, under the default's adapter path (the same in every cell)
+    new_config = as_default(next(iter(candidate.values()))[1], args)["method_config"]
     steps = []
     for key, (path, result) in default.items():
         note = (f"measured as method 'sharedllm' when {result['adapter']} was the default; renamed {args.old_label} "
@@ -48,12 +55,12 @@ def plan(args) -> list[tuple[Path | None, Path, dict]]:
         steps.append((path, path.with_name(path.name.replace("_sharedllm", f"_{args.old_label}", 1)),
                       {**result, "method": args.old_label, "relabelled": note}))
         if key not in candidate:  # nothing to score (no test document that long): the row keeps saying so
-            steps.append((None, path, {**result, "adapter": args.adapter, "relabelled": (
+            steps.append((None, path, {**result, "adapter": args.adapter, "method_config": new_config, "relabelled": (
                 f"a cell with nothing to score, copied from the previous default's on {args.date} when {args.adapter} "
-                f"became the default: {result['summary']['not_run']}")}))
+                f"became the default, with the new default's knobs: {result['summary']['not_run']}")}))
             continue
         source, found = candidate[key]
-        copy = json.loads(json.dumps(found).replace(f'"{args.read_with}"', f'"{args.adapter}"'))
+        copy = as_default(found, args)
         copy.update(method="sharedllm", command=found["command"],
                     relabelled=relabel_note(found["adapter"], source, args))
         steps.append((None, path.with_name(source.name.replace(f"_{args.label}", "_sharedllm", 1)), copy))

@@ -450,9 +450,10 @@ def headline_section(results_dir, figures: Path) -> list[str]:
         if plot_heldout(domain_cells, figures / figure, f"held-out {domain}: PPL vs length, same windows per length"):
             lines += [f"![perplexity vs length, {domain}](figures/{figure})", ""]
         lines += ["Provenance (per method: its knobs, cell files with the seconds their windows took to score, and "
-                  "command):", ""]
-        for method in _method_order({c["method"] for c in domain_cells}):
-            lines += method_provenance(method, [c for c in domain_cells if c["method"] == method])
+                  "command; a cell that scored no window is left out, the table says why):", ""]
+        scored = [c for c in domain_cells if c["summary"].get("n_windows")]  # an empty cell's command measured nothing
+        for method in _method_order({c["method"] for c in scored}):
+            lines += method_provenance(method, [c for c in scored if c["method"] == method])
         lines.append("")
     # the hand-written reading of these tables, after them: the section opens with the numbers
     return lines + included_notes(Path(results_dir, HEADLINE_DIR), levels_down=2)

@@ -257,6 +257,8 @@ def test_domain_with_no_complete_cell_gets_no_plot(tmp_path):
     page = report.regenerate(tmp_path / "results", tmp_path / "docs").read_text()
     assert "| sharedllm | not run: no code test document has 32768 tokens |" in page
     assert "headline-ppl-code" not in page and not (tmp_path / "docs" / "figures" / "headline-ppl-code.png").exists()
+    # its command measured nothing: provenance leaves it out (it named another adapter's run once a default changed)
+    assert "heldout_code_32768_sharedllm.json" not in page
 
 
 def test_provenance_names_every_config_a_method_ran_with():
