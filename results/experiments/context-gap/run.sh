@@ -19,7 +19,7 @@ if [ "${1:?exact, exact-g512, g512 or retrieval}" = retrieval ]; then
   knobs=$(reading "$ARM")
   read -ra KNOBS <<< "$knobs"
   # the retrieval checks of ../lora-continuation/ (run.sh retrieval), the same prompts and trials
-  exec scripts/candidate_grid.sh "$HERE" "$ARM" validation "${KNOBS[@]}"
+  exec scripts/candidate_grid.sh "$HERE" "$ARM" validation --adapter adapters/smollm2-135m-joint-more "${KNOBS[@]}"
 fi
 knobs=$(reading "$1")  # an assignment, so that set -e stops on an unknown arm
 read -ra KNOBS <<< "$knobs"

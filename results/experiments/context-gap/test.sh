@@ -10,4 +10,4 @@
 # Flags after the lane go to every eval command. Each command continues a stopped run from its journal (commit the .partial.jsonl files at a session's end).
 set -euo pipefail
 source results/experiments/context-gap/readings.sh  # EXACT, SPACED
-exec scripts/candidate_grid.sh results/experiments/context-gap/test exact-g512 "${1:?lane-a to lane-g}" "${EXACT[@]}" "${SPACED[@]}" "${@:2}"
+exec scripts/candidate_grid.sh results/experiments/context-gap/test exact-g512 "${1:?lane-a to lane-g}" --adapter adapters/smollm2-135m-joint-more "${EXACT[@]}" "${SPACED[@]}" "${@:2}"

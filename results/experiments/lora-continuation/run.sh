@@ -51,6 +51,6 @@ case "${1:?train, perplexity, retrieval, floors, floors-test, full-test, full-va
       --max-windows 16 --output "$HERE/spacing-8k-validation" ;;
   spacing-retrieval)  # recorded, decides nothing: the `retrieval` step's checks (passkey 8K at depth 1.0, RULER 16K
     # on validation) for the default read with `--chunk-spacing 128`, beside the default's cells of that step
-    exec scripts/candidate_grid.sh "$HERE" spacing128 validation --chunk-spacing 128 ;;
+    exec scripts/candidate_grid.sh "$HERE" spacing128 validation --adapter adapters/smollm2-135m-joint-more --chunk-spacing 128 ;;
   *) echo "unknown step $1 (train, perplexity, retrieval, floors, floors-test, full-test, full-validation, spacing-validation or spacing-retrieval)" >&2; exit 2 ;;
 esac

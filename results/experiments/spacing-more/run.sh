@@ -5,4 +5,4 @@
 #   results/experiments/spacing-more/run.sh lane-b   # perplexity 8K (books, code, math), then 16K, then 4K
 # Each command continues a stopped run from its journal (commit the .partial.jsonl files at a session's end).
 set -euo pipefail
-exec scripts/candidate_grid.sh results/experiments/spacing-more spacing128 "${1:?lane-a or lane-b}" --chunk-spacing 128
+exec scripts/candidate_grid.sh results/experiments/spacing-more spacing128 "${1:?lane-a or lane-b}" --adapter adapters/smollm2-135m-joint-more --chunk-spacing 128
