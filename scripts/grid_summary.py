@@ -5,7 +5,7 @@ same windows or prompts (`sharedllm.evaluation.compare.cell_key`) found under CA
 perplexity cell fails when A is separated below 1, a passkey cell when the candidate misses more than one prompt, a
 RULER cell when it reads more than one trial fewer than A. Cells the candidate has not run yet are listed as such.
 
-    python scripts/grid_summary.py results/experiments/context-gap/test exact-g512
+    python scripts/grid_summary.py results/experiments/context-gap/test exact-g512 --against joint-more
     python scripts/grid_summary.py results/experiments/lora-continuation more --against joint-exercises \\
         --skip packaged-check
 """
@@ -41,6 +41,13 @@ def candidate_cells(folder: Path, label: str, skip: list[str]) -> dict[tuple, tu
     patterns = (f"heldout_*_{label}.json", f"passkey_{label}_*.json", f"ruler_{label}_*.json")
     paths = sorted(path for pattern in patterns for path in folder.rglob(pattern))
     return load([path for path in paths if not set(path.relative_to(folder).parts[:-1]) & set(skip)])
+
+
+def promoted_cells(headline: dict, label: str) -> list[Path]:
+    """The headline cells that are the candidate's own, copied in by `scripts/promote.py` (their `relabelled` note
+    names the label): beside themselves every cell would hold."""
+    return [path for path, result in headline.values()
+            if f"measured as label '{label}'" in result.get("relabelled", "")]
 
 
 def name(key: tuple) -> str:
@@ -86,6 +93,9 @@ def main():
     headline = headline_cells(args.against)
     if not headline:
         raise SystemExit(f"no headline cells of row {args.against!r} in results/heldout or results/retrieval")
+    if promoted := promoted_cells(headline, args.label):
+        raise SystemExit(f"row {args.against!r} is this candidate's own cells since its promotion "
+                         f"({promoted[0].relative_to(REPO)}): judge it against the row it replaced (--against)")
     rows = summary_rows(headline, candidate_cells(args.candidate_dir.resolve(), args.label, args.skip))
     for row in rows:
         print(" | ".join(row))

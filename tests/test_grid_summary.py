@@ -50,3 +50,12 @@ def test_a_ruler_cell_fails_past_one_trial_below_the_default(grid_summary, candi
     candidate = [1.0] * candidate_right + [0.0] * (10 - candidate_right)
     line, verdict = grid_summary.verdict(("ruler",), trials("ruler", default), trials("ruler", candidate))
     assert verdict == rule and f"A 8/10, B {candidate_right}/10" in line
+
+
+def test_a_promoted_candidate_is_not_judged_against_its_own_cells(grid_summary):
+    """After `promote.py` the default's row is the candidate's cells: beside themselves every cell would hold."""
+    note = "measured as label 'exact-g512' (results/experiments/context-gap/test/heldout/x.json) with --adapter a"
+    headline = {("heldout",): (Path("a.json"), {**heldout([2.0]), "relabelled": note}),
+                ("passkey",): (Path("b.json"), trials("passkey", [1.0]))}
+    assert grid_summary.promoted_cells(headline, "exact-g512") == [Path("a.json")]
+    assert grid_summary.promoted_cells(headline, "exact-g51") == []
