@@ -15,8 +15,8 @@ from pathlib import Path
 
 from sharedllm.assets import DEFAULT_ADAPTER
 from sharedllm.cli import InputError
-from sharedllm.flags import (add_base_argument, add_device_argument, add_knob_arguments, add_threads_argument,
-                             knobs_from_args, positive_int, resolve_device)
+from sharedllm.flags import (add_base_argument, add_device_argument, add_dtype_argument, add_knob_arguments,
+                             add_threads_argument, knobs_from_args, positive_int, resolve_device)
 
 DEFAULT_MAX_NEW_TOKENS = 256
 QUESTION_SEPARATOR = "\n\nQuestion: "
@@ -162,9 +162,12 @@ class Asker:
         return tokenizer.decode(new, skip_special_tokens=True)
 
 
-def load_model(adapter: str | Path | None = None, device: str | None = None, base: str | None = None, **knobs):
-    """The adapter (default: the shipped one) on `base` (default: the one it records), with that base's tokenizer;
-    `knobs` (config.KNOBS) override the adapter's saved values."""
+def load_model(adapter: str | Path | None = None, device: str | None = None, base: str | None = None,
+               dtype: str = "float32", **knobs):
+    """The adapter (default: the shipped one) on `base` (default: the one it records) loaded in `dtype` (a torch
+    dtype's name), with that base's tokenizer; `knobs` (config.KNOBS) override the adapter's saved values."""
+    import torch
+
     from sharedllm.loading import load_adapter_config, load_causal_lm
     from sharedllm.modeling import SharedLLMForCausalLM
 
@@ -181,7 +184,7 @@ def load_model(adapter: str | Path | None = None, device: str | None = None, bas
     if not (base or config.base_model):
         raise AskError(f"the adapter in {adapter} records no base model; pass --base MODEL")
     # the base is loaded here rather than by from_pretrained for its tokenizer (required, and the base's own)
-    base_model, tokenizer = load_causal_lm(base or config.base_model)
+    base_model, tokenizer = load_causal_lm(base or config.base_model, dtype=getattr(torch, dtype))
     try:  # a knob the adapter cannot take, a base it was not trained on, missing or damaged adapter weights
         model = SharedLLMForCausalLM.from_pretrained(adapter, base=base_model, config=config, **knobs)
     except (ValueError, FileNotFoundError) as err:
@@ -216,6 +219,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_threads_argument(parser)
     parser.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS, help="longest answer, in tokens")
     add_device_argument(parser)
+    # bfloat16 halves the context cache (every chunk's keys and values: 6 GB in float32 for a 137K-token book)
+    add_dtype_argument(parser, choices=("float32", "bfloat16"))
     add_knob_arguments(parser, "SharedLLM knobs (default: the adapter's saved value)")
 
 
@@ -232,7 +237,7 @@ def run(args) -> int:
     knobs = knobs_from_args(args)
     check_knobs(knobs)
     document = read_files(args.files)  # before loading the model: a typo fails at once
-    model, tokenizer = load_model(args.adapter, args.device, args.base, **knobs)
+    model, tokenizer = load_model(args.adapter, args.device, args.base, dtype=args.dtype, **knobs)
     asker = Asker(model, tokenizer, document)
     for question in args.question:
         _log(f"question: {question}")

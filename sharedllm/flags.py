@@ -271,6 +271,18 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# --dtype: the torch dtypes a base loads in, by name (torch is imported where it loads, not by the parsers)
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_dtype_argument(parser, choices: tuple[str, ...] = DTYPES) -> None:
+    """`--dtype`: the dtype the base (and with it the adapter and any context cache) loads in, the same flag in every
+    command that runs a model; a command offers the dtypes it supports."""
+    parser.add_argument("--dtype", choices=list(choices), default="float32",
+                        help="the dtype the base loads in (default: float32; bfloat16 halves the memory of weights "
+                             "and of every cached key and value)")
+
+
 def add_threads_argument(parser) -> None:
     """`--threads`: torch's threads for the command, the same flag in every command that runs a model."""
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",

@@ -122,3 +122,36 @@ def test_an_adapter_without_its_weights_is_one_line(tmp_path, capsys, monkeypatc
     argv = ["ask", str(tmp_path / "book.txt"), "-q", "Who?", "--adapter", str(tmp_path / "adapter")]
     line = error_line(capsys, argv).splitlines()[-1]  # after the progress bar of loading the base
     assert line.startswith("sharedllm ask: error: ") and "has no model.safetensors" in line
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_dtype_loads_the_base_and_adapter_in_it(tmp_path, monkeypatch, dtype):
+    """`ask --dtype bfloat16` halves the memory of the weights and of the context cache, which takes the base's
+    dtype; the adapter's saved weights load into it."""
+    import torch
+    from conftest import tiny_model
+    from fakes import char_tokenizer
+
+    from sharedllm import ask
+    from sharedllm.modeling import SharedLLMForCausalLM
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tiny_model().save_pretrained(tmp_path / "base")
+    char_tokenizer().save_pretrained(tmp_path / "base")
+    saved = SharedLLMForCausalLM.from_base(str(tmp_path / "base"), n_injected_layers=1, chunk_size=16,
+                                           decoder_window=16, tree_depth=1, tokens_per_node=4)
+    saved.save_pretrained(tmp_path / "adapter")
+    model, _ = ask.load_model(tmp_path / "adapter", "cpu", dtype=dtype)
+    assert {p.dtype for p in model.parameters()} == {getattr(torch, dtype)}
+
+
+def test_the_dtype_flag_reaches_the_loader(ask_setup, monkeypatch, capsys):
+    from sharedllm import ask
+
+    model, tokenizer, files, _ = ask_setup
+    asked = {}
+    monkeypatch.setattr(ask, "load_model", lambda adapter, device, base=None, **kw: asked.update(kw) or (model, tokenizer))
+    assert run_cli([*files, "-q", "Where?", "--max-new-tokens", "2", "--dtype", "bfloat16"]) == 0
+    assert asked["dtype"] == "bfloat16"
+    with pytest.raises(SystemExit):  # float16 on a CPU base: not offered
+        run_cli([*files, "-q", "Where?", "--dtype", "float16"])

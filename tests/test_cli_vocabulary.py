@@ -135,7 +135,7 @@ def test_ask_hands_its_knobs_and_base_to_the_loader_and_refuses_what_it_cannot_h
                                            "--decoder-window", "4K", "--tree-selection", "recent"])
     with pytest.raises(ask.AskError, match="stop here"):
         args.run(args)
-    assert seen == {"base": "my-base", "decoder_window": 4096, "tree_selection": "recent"}
+    assert seen == {"base": "my-base", "dtype": "float32", "decoder_window": 4096, "tree_selection": "recent"}
     for flag in (["--node-encoding", "node"], ["--full-logits"]):
         seen.clear()
         args = build_parser("ask").parse_args(["ask", str(tmp_path / "notes.txt"), *flag])

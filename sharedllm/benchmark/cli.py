@@ -7,7 +7,8 @@ import warnings
 from pathlib import Path
 
 from sharedllm.cli import InputError, adapter_argument
-from sharedllm.flags import (add_adapter_argument, add_base_argument, add_device_argument, add_infllm_argument,
+from sharedllm.flags import (add_adapter_argument, add_base_argument, add_device_argument, add_dtype_argument,
+                             add_infllm_argument,
                              add_knob_arguments, add_threads_argument, check_infllm_options, format_length,
                              knobs_from_args, parse_length, positive_int, positive_seconds, refuse_repeats,
                              resolve_device, whole_number)
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", nargs="+", type=method_length, default=[], metavar="METHOD=LENGTH",
                         help="per-method length cap, e.g. full=32K streaming=32K (recorded as skipped)")
     add_device_argument(parser, choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    add_dtype_argument(parser, choices=("float32", "bfloat16"))
     add_threads_argument(parser)
     add_knob_arguments(parser, "SharedLLM knobs, shared by every method that reads them (default: the adapter's "
                        "saved value, else the config default)")

@@ -23,6 +23,7 @@ from sharedllm.flags import (
     add_base_argument,
     add_deprecated_alias,
     add_device_argument,
+    add_dtype_argument,
     add_infllm_argument,
     add_knob_arguments,
     add_old_knob_argument,
@@ -40,7 +41,7 @@ from .journal import provenance_counts
 from .needle import RULER_TASKS, effective_length, run_needle_grid, run_ruler
 from .passkey import DEFAULT_DEPTHS, run_passkey
 from .ppl import PROTOCOLS, perplexity
-from .session import DTYPES, Session, method_config, portable_path, ppl_journal_settings, ppl_protocol, raw_documents
+from .session import Session, method_config, portable_path, ppl_journal_settings, ppl_protocol, raw_documents
 
 TASKS = ("ppl", "heldout", "passkey", "niah", "ruler", "longbench", "demo")
 DEMO_METHODS = ["full", "window", "streaming", "sharedllm"]
@@ -115,7 +116,7 @@ def add_arguments(parser):
     parser.add_argument("--limit", type=positive_int, help="longbench: at most this many records per dataset")
     parser.add_argument("--seed", type=int, help="seed of the heldout windows and of the passkey / niah / ruler / demo "
                                                  "trials (default: 0)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    add_dtype_argument(parser)
     add_device_argument(parser)
     parser.add_argument("--output", help="folder for result JSON (default: results/; demo: runs/demo/results)")
     parser.add_argument("--docs", help="demo: where results.md and figures/ are regenerated (default: runs/demo, "

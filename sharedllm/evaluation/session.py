@@ -21,8 +21,6 @@ from sharedllm.provenance import REPO
 from .journal import TrialJournal
 from .needle import load_haystack
 
-# --dtype: the torch dtypes a base loads in, by name (torch is imported where it loads, not by eval's parser)
-DTYPES = ("float32", "bfloat16", "float16")
 # The methods whose results name the comparison's adapter (`result_adapter`). Not `Method.reads_adapter`, which is
 # sharedllm alone: cepe (the untrained preset) reads the adapter's decoder window only, yet its results and heldout
 # cells have always named it (`keep_cell` compares it); its method_config says adapter null.
