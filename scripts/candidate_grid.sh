@@ -22,8 +22,10 @@ OUT=${1:?output folder}
 LABEL=${2:?label of the reading}
 LANE=${3:?lane-a to lane-g or validation}
 shift 3
-# the default's folder (since 2026-12-07 evening; the grids before it pass the stacked one, joint-more, explicitly)
-ADAPTER=(--adapter adapters/smollm2-135m-joint-more-exact)
+# the default's folder, as sharedllm/default_adapter links it (grids made under an earlier default name theirs);
+# run from the repository root (set -e stops here elsewhere)
+DEFAULT_LINK=$(readlink sharedllm/default_adapter)
+ADAPTER=(--adapter "adapters/${DEFAULT_LINK##*/}")
 for flag in "$@"; do [ "$flag" != --adapter ] || ADAPTER=(); done  # given among the flags: that one
 READ=(--methods sharedllm "${ADAPTER[@]}" --label "$LABEL" --threads 1 "$@")  # flags last: they win
 heldout() {  # LENGTH [DOMAINS...]: all 16 windows of the headline's cell (default: books, code, math)

@@ -43,11 +43,15 @@ def candidate_cells(folder: Path, label: str, skip: list[str]) -> dict[tuple, tu
     return load([path for path in paths if not set(path.relative_to(folder).parts[:-1]) & set(skip)])
 
 
+def measured_as(label: str) -> str:
+    """How the `relabelled` note of a cell `scripts/promote.py` copied into the headline names its label."""
+    return f"measured as label '{label}'"
+
+
 def promoted_cells(headline: dict, label: str) -> list[Path]:
     """The headline cells that are the candidate's own, copied in by `scripts/promote.py` (their `relabelled` note
     names the label): beside themselves every cell would hold."""
-    return [path for path, result in headline.values()
-            if f"measured as label '{label}'" in result.get("relabelled", "")]
+    return [path for path, result in headline.values() if measured_as(label) in result.get("relabelled", "")]
 
 
 def name(key: tuple) -> str:

@@ -21,18 +21,19 @@ import datetime
 import json
 from pathlib import Path
 
-from grid_summary import REPO, candidate_cells, headline_cells, summary_rows
+from grid_summary import REPO, candidate_cells, headline_cells, measured_as, summary_rows
 
 
 def relabel_note(old: str, source: Path, args) -> str:
-    return (f"measured as label '{args.label}' ({source.relative_to(REPO)}) with --adapter {old}; renamed "
+    return (f"{measured_as(args.label)} ({source.relative_to(REPO)}) with --adapter {old}; renamed "
             f"sharedllm on {args.date} when {args.adapter} became the default (the adapter's path is the default's; "
             f"nothing else in this file changed)")
 
 
-def as_default(result: dict, args) -> dict:
-    """RESULT with the path it was read with (--read-with) replaced by the default's (--adapter)."""
-    return json.loads(json.dumps(result).replace(f'"{args.read_with}"', f'"{args.adapter}"'))
+def as_default(value: dict, args) -> dict:
+    """VALUE (a result, or a part of one) with the path it was read with (--read-with) replaced by the default's
+    (--adapter)."""
+    return json.loads(json.dumps(value).replace(f'"{args.read_with}"', f'"{args.adapter}"'))
 
 
 def plan(args) -> list[tuple[Path | None, Path, dict]]:
@@ -45,7 +46,7 @@ def plan(args) -> list[tuple[Path | None, Path, dict]]:
     if open_cells := [f"{cell}: {verdict}" for cell, verdict, *_ in rows if verdict in ("fails", "not run yet")]:
         raise SystemExit("the grid does not hold yet:\n  " + "\n  ".join(open_cells))
     # the knobs the candidate's cells read with, under the default's adapter path (the same in every cell)
-    new_config = as_default(next(iter(candidate.values()))[1], args)["method_config"]
+    new_config = as_default(next(iter(candidate.values()))[1]["method_config"], args)
     steps = []
     for key, (path, result) in default.items():
         note = (f"measured as method 'sharedllm' when {result['adapter']} was the default; renamed {args.old_label} "
