@@ -1,7 +1,8 @@
 """Resident memory of consecutive passkey trials (eval's prompts, seed 0) read as `sharedllm eval passkey` reads
 them, inside `reusing_chunk_encodings`: after loading, and per trial the peak during its prefill, what stays
-resident after it, and the bytes the chunk memo and the cache's encoded context hold. Sampled every 50 ms (psutil);
-one thread.
+resident after it, and the bytes the chunk memo and the cache's encoded context hold (each storage counted once: an
+encoded context that keeps every token of a chunk holds the memo's own tensors). Sampled every 50 ms (psutil); one
+thread.
 
     python scripts/passkey_memory.py 32K --adapter adapters/smollm2-135m-joint-exact
 """
@@ -24,8 +25,10 @@ def gigabytes(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:.2f} GB"
 
 
-def tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages under `tensors` (views of one tensor, or one tensor held twice, count once)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t is not None}
+    return sum(storages.values())
 
 
 class PeakRSS:
@@ -68,12 +71,11 @@ def main():
             method.prefill(ids, 10)
             context = method.state.context
             memo = method.model._chunk_memo
-            # (keys-and-values, node vectors) per chunk; a LowerChunks per chunk before 2026-12-07
-            kept = [t for part in memo.kept.values()
-                    for t in (part if isinstance(part, tuple) else [*part.keys, *part.values])]
+            kept = [t for part in memo.kept.values() for t in part]  # (keys-and-values, node vectors) per chunk
+            chunks = [chunk for row in context.chunks for chunk in row]
             print(f"trial {trial}, depth {depth} ({len(ids)} tokens): peak {gigabytes(rss.peak)}, after prefill "
-                  f"{gigabytes(rss.now())}; memo {gigabytes(tensor_bytes(kept))}, cache's encoded context "
-                  f"{gigabytes(tensor_bytes([*context.keys, *context.values]))}", flush=True)
+                  f"{gigabytes(rss.now())}; memo {gigabytes(storage_bytes(kept))}, cache's encoded context "
+                  f"{gigabytes(storage_bytes(chunks))}, both {gigabytes(storage_bytes(kept + chunks))}", flush=True)
             del context
             method.reset()
 

@@ -65,10 +65,13 @@ class ContextCache(DynamicCache):
     cache; the forward pass turns it into a fresh `SharedLLMCache` for every call and never writes into it.
     """
 
-    def __init__(self, document_ids: torch.LongTensor, lowered: LowerChunks, signature: dict):
+    def __init__(self, document_ids: torch.LongTensor, stored: torch.Tensor, node_vectors: torch.Tensor,
+                 signature: dict):
         super().__init__()
         self.document_ids = document_ids  # (L_doc,)
-        self.lowered = lowered  # the document's n = L_doc // C whole chunks
+        # the document's n = L_doc // C whole chunks: (2M, n, Hkv, C, hd) their M injected layers' keys, then values
+        self.stored = stored
+        self.lowered = LowerChunks(list(stored.unbind(1)), node_vectors)  # views: what a question's encoding reads
         self.signature = signature
 
     @property
@@ -76,7 +79,7 @@ class ContextCache(DynamicCache):
         return self.lowered.node_vectors.shape[0]
 
     def nbytes(self) -> int:
-        tensors = [*self.lowered.keys, *self.lowered.values, self.lowered.node_vectors, self.document_ids]
+        tensors = [self.stored, self.lowered.node_vectors, self.document_ids]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     # -- encoding, saving, loading --------------------------------------------------------------------------------
@@ -98,29 +101,23 @@ class ContextCache(DynamicCache):
         n = ids.shape[0] // cfg.chunk_size
         chunks = ids[: n * cfg.chunk_size].view(n, cfg.chunk_size)
         before = model.context_encoder.tokens_before(chunks, None)  # (n, S) the tokens before each chunk
-        lowered = None
+        stored, node_vectors = _empty_storage(model, n)  # filled pass by pass (shorter than a chunk: nothing to fill)
         with tqdm(total=n, desc="encoding", unit="chunk", disable=not progress) as bar:
             for first in range(0, n, cfg.max_chunks_per_pass):
                 part = slice(first, first + cfg.max_chunks_per_pass)
                 index = torch.arange(first, min(first + cfg.max_chunks_per_pass, n), device=ids.device)
                 out = model.context_encoder.lower_chunks(chunks[part], index, before[part], node_vectors=True)
-                if lowered is None:
-                    buffer = lambda t: t.new_empty(n, *t.shape[1:])  # noqa: E731
-                    lowered = LowerChunks([buffer(k) for k in out.keys], [buffer(v) for v in out.values],
-                                          buffer(out.node_vectors))
-                for stored, new in zip([*lowered.keys, *lowered.values, lowered.node_vectors],
-                                       [*out.keys, *out.values, out.node_vectors]):
-                    stored[part] = new
+                stored[:, part] = torch.stack(out.chunks, dim=1)
+                node_vectors[part] = out.node_vectors
                 bar.update(index.numel())
-        if lowered is None:  # shorter than one chunk: every token is read per question
-            lowered = _no_chunks(model)
-        return cls(ids, lowered, model_signature(model))
+        return cls(ids, stored, node_vectors, model_signature(model))
 
     def save(self, path: str | Path) -> None:
         """One safetensors file: the tensors, and the signature (base fingerprint, dtype, knobs) as metadata."""
         tensors = {"document_ids": self.document_ids, "node_vectors": self.lowered.node_vectors}
-        for i, (keys, values) in enumerate(zip(self.lowered.keys, self.lowered.values)):
-            tensors[f"keys.{i}"], tensors[f"values.{i}"] = keys, values
+        n_layers = self.stored.shape[0] // 2
+        for i in range(n_layers):
+            tensors[f"keys.{i}"], tensors[f"values.{i}"] = self.stored[i], self.stored[n_layers + i]
         tensors = {name: t.contiguous() for name, t in tensors.items()}
         save_file(tensors, str(path), metadata={"format": FORMAT, "signature": json.dumps(self.signature)})
 
@@ -139,9 +136,8 @@ class ContextCache(DynamicCache):
         _check_signature(signature, model, f"the context cache {path}")
         tensors = load_file(str(path), device=str(model.device))
         n_layers = signature["n_injected_layers"]
-        lowered = LowerChunks([tensors[f"keys.{i}"] for i in range(n_layers)],
-                              [tensors[f"values.{i}"] for i in range(n_layers)], tensors["node_vectors"])
-        return cls(tensors["document_ids"], lowered, signature)
+        stored = torch.stack([tensors.pop(f"{kind}.{i}") for kind in ("keys", "values") for i in range(n_layers)])
+        return cls(tensors["document_ids"], stored, tensors["node_vectors"], signature)
 
     # -- answering: called by SharedLLMForCausalLM.forward ---------------------------------------------------------
 
@@ -169,29 +165,29 @@ class ContextCache(DynamicCache):
         """`lower` for `ContextEncoder.encode_by_chunk`: chunks 0..n-1 are the document's, read from the cache;
         later chunks (the document's last partial chunk with the question's start) are encoded now, with node
         vectors whatever this model's selection, as the stored chunks have them."""
-        stored = chunk_index < self.n_chunks  # (N,)
-        if bool(stored.all()):
+        cached = chunk_index < self.n_chunks  # (N,)
+        if bool(cached.all()):
             return self.lowered.select(chunk_index)
-        fresh = model.context_encoder.lower_chunks(chunk_ids[~stored], chunk_index[~stored], before[~stored],
+        fresh = model.context_encoder.lower_chunks(chunk_ids[~cached], chunk_index[~cached], before[~cached],
                                                    node_vectors=True)
-        if not bool(stored.any()):
+        if not bool(cached.any()):
             return fresh
-        out = self.lowered.select(chunk_index.clamp(max=self.n_chunks - 1))  # a copy: the fresh rows are overwritten
-        targets, news = [*out.keys, *out.values, out.node_vectors], [*fresh.keys, *fresh.values, fresh.node_vectors]
-        for target, new in zip(targets, news):
-            target[~stored] = new
+        out = self.lowered.select(chunk_index.clamp(max=self.n_chunks - 1))  # vectors a copy: fresh rows overwritten
+        out.node_vectors[~cached] = fresh.node_vectors
+        fresh_chunks = iter(fresh.chunks)
+        out.chunks = [chunk if keep else next(fresh_chunks) for chunk, keep in zip(out.chunks, cached.tolist())]
         return out
 
 
-def _no_chunks(model) -> LowerChunks:
-    """Zero chunks, shaped as `ContextEncoder.lower_chunks` output."""
+def _empty_storage(model, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Room for n chunks, shaped as a context cache stores them: (2M, n, Hkv, C, hd) keys then values, and (n,
+    2**(D-1), hidden) node vectors (none compared below tree depth 2)."""
     cfg, text = model.config, model.config.text_config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     like = dict(dtype=model.base.dtype, device=model.device)
-    empty = lambda: torch.empty(0, text.num_key_value_heads, cfg.chunk_size, head_dim, **like)  # noqa: E731
     n_vectors = 2 ** (cfg.tree_depth - 1) if cfg.tree_depth >= 2 else 0
-    return LowerChunks([empty() for _ in range(cfg.n_injected_layers)], [empty() for _ in range(cfg.n_injected_layers)],
-                       torch.empty(0, n_vectors, text.hidden_size, **like))
+    return (torch.empty(2 * cfg.n_injected_layers, n, text.num_key_value_heads, cfg.chunk_size, head_dim, **like),
+            torch.empty(n, n_vectors, text.hidden_size, **like))
 
 
 def _check_signature(signature: dict, model, what: str) -> None:

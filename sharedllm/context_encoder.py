@@ -38,27 +38,58 @@ from sharedllm.tree import (
 )
 
 
+def chunk_views(keys: list[torch.Tensor], values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per layer (N, Hkv, T, hd) keys and values -> N per-chunk (2M, Hkv, T, hd) views of one new tensor: each
+    chunk's M layers' keys, then its values."""
+    return list(torch.stack([*keys, *values]).unbind(1))
+
+
 @dataclass
 class EncodedContext:
-    """Compressed context of a batch: per injected layer (B, Hkv, n_max * K, hd) keys/values, K = P * (D + 1)."""
+    """What each row's upper model reads, chunk by chunk: row b's chunks in text order, each (2M, Hkv, K, hd), its
+    M injected layers' keys then values, K = config.context_tokens_per_chunk.
 
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    n_chunks: torch.LongTensor  # (B,) chunks held by each row; slots past n_chunks[b] are padding
+    Why a list of chunks, not one (B, Hkv, n * K, hd) tensor per layer: a reading that keeps every token of a chunk
+    (tree_depth 0) hands on the lower pass's own tensors, which a context cache or the evaluation memo already
+    holds, instead of a second copy of every chunk (at 128K, 5.4 GB for SmolLM2-135M in fp32); and a top-k reading
+    picks its chunks without copying the others. `layers` makes the tensors the attention reads."""
+
+    chunks: list[list[torch.Tensor]]
+    n_chunks: torch.LongTensor  # (B,) len(chunks[b]), on the model's device
     per_chunk: int  # K
-    # (B, n, V * H) or (B, n, V * H, 2): each chunk's `tree.chunk_statistics` under the row's V query states
-    # (config.n_query_vectors: the Q query tokens', the query token's heads last; config.context_chunks ranks
-    # chunks by them); None when not asked for
+    # (B, n, V * H) or (B, n, V * H, 2), -inf past a row's chunks: each chunk's `tree.chunk_statistics` under the
+    # row's V query states (config.n_query_vectors: the Q query tokens', the query token's heads last;
+    # config.context_chunks ranks chunks by them); None when not asked for
     chunk_scores: torch.Tensor | None = None
 
-    def chunk_capacity(self) -> int:
-        return self.keys[0].shape[2] // self.per_chunk if self.keys else 0
+    @classmethod
+    def from_layers(cls, keys, values, n_chunks, per_chunk, chunk_scores=None) -> "EncodedContext":
+        """Per layer (B, Hkv, n * K, hd) keys and values (slots past a row's n_chunks[b] ignored) -> chunk views."""
+        stacked = torch.stack([*keys, *values])  # (2M, B, Hkv, n * K, hd)
+        chunks = [[stacked[:, b, :, j * per_chunk : (j + 1) * per_chunk] for j in range(n)]
+                  for b, n in enumerate(n_chunks.tolist())]
+        return cls(chunks, n_chunks, per_chunk, chunk_scores)
+
+    def layers(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per injected layer (B, Hkv, n * K, hd) keys and values, n = the most chunks of a row, zeros past a row's
+        chunks: one new tensor. The chunks become views of it, so that this context and what reads it hold one copy
+        of them, not two (the tensors they were stay wherever else they are held: a context cache, the memo)."""
+        first = self.chunks[int(self.n_chunks.argmax())][0]
+        n_max, per_chunk = int(self.n_chunks.max()), self.per_chunk
+        allocate = torch.empty if bool((self.n_chunks == n_max).all()) else torch.zeros
+        stacked = allocate(first.shape[0], len(self.chunks), first.shape[1], n_max * per_chunk, first.shape[-1],
+                           dtype=first.dtype, device=first.device)  # (2M, B, Hkv, n * K, hd)
+        for b, row in enumerate(self.chunks):
+            for j, chunk in enumerate(row):
+                stacked[:, b, :, j * per_chunk : (j + 1) * per_chunk] = chunk
+        self.chunks = [[stacked[:, b, :, j * per_chunk : (j + 1) * per_chunk] for j in range(len(row))]
+                       for b, row in enumerate(self.chunks)]
+        n_layers = first.shape[0] // 2
+        return list(stacked[:n_layers]), list(stacked[n_layers:])
 
     def select(self, index: torch.LongTensor) -> "EncodedContext":
         scores = None if self.chunk_scores is None else self.chunk_scores[index]
-        return EncodedContext(
-            [k[index] for k in self.keys], [v[index] for v in self.values], self.n_chunks[index], self.per_chunk, scores
-        )
+        return EncodedContext([self.chunks[i] for i in index.tolist()], self.n_chunks[index], self.per_chunk, scores)
 
 
 @dataclass
@@ -66,15 +97,19 @@ class LowerChunks:
     """The lower model's pass over N whole chunks, before any query: all that a question's tree search and node
     compression read (with node_encoding="chunk"), so a document's chunks can be encoded once and kept."""
 
-    keys: list[torch.Tensor]  # per injected layer (N, Hkv, C, hd), post-RoPE at positions c + 0..C-1
-    values: list[torch.Tensor]  # per injected layer (N, Hkv, C, hd)
+    # per chunk (2M, Hkv, C, hd): its M injected layers' post-RoPE keys (positions c + 0..C-1), then their values
+    chunks: list[torch.Tensor]
     # (N, 2**(D-1), hidden): normed layer-0 state at the end of every shortest compared node; None where they were
     # not asked for (a selection that compares no node vectors)
     node_vectors: torch.Tensor | None
 
+    def layer_keys(self, layer: int) -> torch.Tensor:
+        """(N, Hkv, C, hd) injected layer `layer`'s keys of every chunk (a copy)."""
+        return torch.stack([chunk[layer] for chunk in self.chunks])
+
     def select(self, index: torch.LongTensor) -> "LowerChunks":
         vectors = None if self.node_vectors is None else self.node_vectors[index]
-        return LowerChunks([k[index] for k in self.keys], [v[index] for v in self.values], vectors)
+        return LowerChunks([self.chunks[i] for i in index.tolist()], vectors)
 
 
 class LowerChunksMemo:
@@ -89,10 +124,12 @@ class LowerChunksMemo:
     def __init__(self, encoder: "ContextEncoder"):
         self.encoder = encoder
         self.by_index = not encoder.chunks_share_positions
-        # per key, one chunk's pass: (2M, Hkv, C, hd) its M layers' keys then values in one tensor, and its node
-        # vectors. One allocation a chunk, not 2M per chunk and 2M per pass: those small blocks, scattered among the
-        # passes' activations, kept freed heap resident (3 passkey trials at 32K peaked at 6.09 GB with them, 5.57
-        # GB without, 4.17 GB of it live: `scripts/passkey_memory.py`)
+        # per key, one chunk's pass: (2M, Hkv, C, hd) its M layers' keys then values in one tensor of its own (not a
+        # view of its pass's: a chunk kept for the next input would hold the whole pass), and its node vectors. One
+        # allocation a chunk, not 2M: those small blocks, scattered among the passes' activations, kept freed heap
+        # resident (3 passkey trials at 32K peaked at 6.09 GB with them, 5.57 GB without, 4.17 GB of it live:
+        # `scripts/passkey_memory.py`). An encoded context that keeps every token of a chunk reads these same
+        # tensors (`ContextEncoder.select_nodes`).
         self.kept: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def chunk_keys(self, chunk_ids, chunk_index, before) -> list[tuple]:
@@ -115,12 +152,10 @@ class LowerChunksMemo:
             fresh = self.encoder.lower_chunks(chunk_ids[picked], chunk_index[picked], before[picked])
             for j, i in enumerate(missing):
                 vectors = None if fresh.node_vectors is None else fresh.node_vectors[j].clone()
-                self.kept[keys[i]] = (torch.stack([kv[j] for kv in (*fresh.keys, *fresh.values)]), vectors)
+                self.kept[keys[i]] = (fresh.chunks[j].clone(), vectors)
         parts = [self.kept[key] for key in keys]
-        stacked = torch.stack([kv for kv, _ in parts], dim=1)  # (2M, N, Hkv, C, hd): one allocation a pass
-        n_layers = stacked.shape[0] // 2
         vectors = None if parts[0][1] is None else torch.stack([v for _, v in parts])
-        return LowerChunks(list(stacked[:n_layers]), list(stacked[n_layers:]), vectors)
+        return LowerChunks([chunk for chunk, _ in parts], vectors)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -202,15 +237,14 @@ class ContextEncoder:
         row starts there), read by joint injection (`tokens_before`).
 
         Only real chunks are encoded, `max_chunks_per_pass` at a time so that peak memory does not grow with the
-        input, each pass written straight into one (B, Hkv, n, K, hd) buffer (no concatenation copies). Returns
-        (B, Hkv, n * K, hd) key/values per layer (zeros in padding slots), n = max chunks of a row.
+        input. Returns each row's chunks (`EncodedContext`).
         """
         cfg = self.config
         batch, n_max, chunk_size = n_chunks.shape[0], int(n_chunks.max()), cfg.chunk_size
         chunk_ids, _ = gather_tokens(input_ids, start, n_chunks * chunk_size, n_max * chunk_size, left_pad=False)
         chunk_ids = chunk_ids.view(batch, n_max, chunk_size)
         chunk_valid = torch.arange(n_max, device=input_ids.device)[None, :] < n_chunks[:, None]  # (B, n)
-        rows, slots = chunk_valid.nonzero(as_tuple=True)
+        rows, slots = chunk_valid.nonzero(as_tuple=True)  # row-major: each row's chunks in order
         chunk_index = first_chunk_index[rows] + slots
         before = self.tokens_before(chunk_ids.view(batch * n_max, chunk_size), previous, n_max)
         before = before.view(batch, n_max, before.shape[-1])
@@ -219,31 +253,22 @@ class ContextEncoder:
         if cfg.node_encoding == "chunk":
             encode = lambda ids, index, q, prev: self.encode_by_chunk(ids, index, q, prev, lower)  # noqa: E731
         else:
-            encode = lambda ids, index, q, prev: (*self.encode_by_node(ids, index, q), None)  # noqa: E731
-        keys, values = None, None
+            encode = lambda ids, index, q, prev: (self.encode_by_node(ids, index, q), None)  # noqa: E731
+        chunks = [[] for _ in range(batch)]
         scores = None
         for first in range(0, rows.shape[0], cfg.max_chunks_per_pass):
             part = slice(first, first + cfg.max_chunks_per_pass)
             part_rows, part_slots = rows[part], slots[part]
-            part_keys, part_values, part_scores = encode(
+            part_chunks, part_scores = encode(
                 chunk_ids[part_rows, part_slots], chunk_index[part], query[part_rows], before[part_rows, part_slots]
             )
             if part_scores is not None:
                 if scores is None:  # padding slots score -inf
                     scores = part_scores.new_full((batch, n_max, *part_scores.shape[1:]), float("-inf"))
                 scores[part_rows, part_slots] = part_scores
-            if keys is None:
-                allocate = torch.empty if bool(chunk_valid.all()) else torch.zeros
-                buffer = lambda kv: allocate(  # noqa: E731
-                    batch, kv.shape[1], n_max, *kv.shape[2:], dtype=kv.dtype, device=kv.device
-                )
-                keys, values = [buffer(k) for k in part_keys], [buffer(v) for v in part_values]
-            for i in range(len(keys)):  # (N_part, Hkv, K, hd) into slots (row, :, chunk)
-                keys[i][rows[part], :, slots[part]] = part_keys[i]
-                values[i][rows[part], :, slots[part]] = part_values[i]
-        flat = lambda kv: kv.view(batch, kv.shape[1], -1, kv.shape[-1])  # noqa: E731
-        per_chunk = cfg.context_tokens_per_chunk
-        return EncodedContext([flat(k) for k in keys], [flat(v) for v in values], n_chunks, per_chunk, scores)
+            for row, chunk in zip(part_rows.tolist(), part_chunks):
+                chunks[row].append(chunk)
+        return EncodedContext(chunks, n_chunks, cfg.context_tokens_per_chunk, scores)
 
     # -- node_encoding="chunk": one lower pass per chunk, then the question's selection -------------------------
 
@@ -251,16 +276,16 @@ class ContextEncoder:
         """One lower pass per whole chunk; node vectors and node key/values are read from that pass.
 
         `lower(chunk_ids, chunk_index, before) -> LowerChunks` replaces that pass (a context cache hands back
-        stored ones). Returns per injected layer (N, Hkv, K, hd) keys and values, and (N,) chunk scores (None unless
-        config.context_chunks asks for them)."""
+        stored ones). Returns the N chunks' (2M, Hkv, K, hd) keys and values (`select_nodes`), and (N,) chunk scores
+        (None unless config.context_chunks asks for them)."""
         cfg = self.config
         lowered = (lower or self.lower_chunks)(chunk_ids, chunk_index, before)
         logits = None
         if cfg.tree_selection == "attention":  # computed once: the tree search and the chunk ranking both read them
-            logits = self.selection_logits(query, lowered.keys, chunk_index)
-        keys, values = self.select_nodes(lowered, query, chunk_index, logits)
+            logits = self.selection_logits(query, lowered, chunk_index)
+        chunks = self.select_nodes(lowered, query, chunk_index, logits)
         scores = None if cfg.context_chunks is None else chunk_statistics(logits, cfg.selection_score)
-        return keys, values, scores
+        return chunks, scores
 
     def lower_chunks(self, chunk_ids, chunk_index, before=None, node_vectors: bool | None = None) -> LowerChunks:
         """The question-independent half of `encode_by_chunk`: the lower model over (N, C) chunks, chunk index as
@@ -285,7 +310,7 @@ class ContextEncoder:
             vectors = self.decoder.norm(layer0[:, shortest - 1 :: shortest])
         else:
             vectors = layer0.new_empty(n, 0, layer0.shape[-1])
-        return LowerChunks(keys, values, vectors)
+        return LowerChunks(chunk_views(keys, values), vectors)
 
     @property
     def chunks_share_positions(self) -> bool:
@@ -383,9 +408,9 @@ class ContextEncoder:
         """The question-dependent half: search each chunk's tree with its row's query (N, hidden) (or rank its
         leaves, config.selected_leaves), then compress the kept nodes (chunk_index (N,) is each chunk's rotary
         offset). logits: `attention_logits` of this query where the caller has them (computed here otherwise).
-        Returns per injected layer (N, Hkv, K, hd) keys and values."""
+        Returns the N chunks' (2M, Hkv, K, hd) keys then values; a chunk kept whole is the lowered tensor itself."""
         cfg = self.config
-        n, chunk_size = lowered.keys[0].shape[0], cfg.chunk_size
+        n, chunk_size = len(lowered.chunks), cfg.chunk_size
         table = lowered.node_vectors
 
         def node_vectors(starts, length):  # (N, 2) -> (N, 2, hidden): the stored vector at each node's last token
@@ -395,7 +420,7 @@ class ContextEncoder:
         token_scores, several_scores = None, None
         if cfg.tree_selection == "attention":
             if logits is None:
-                logits = self.selection_logits(query, lowered.keys, chunk_index)
+                logits = self.selection_logits(query, lowered, chunk_index)
             heads = logits.shape[1] // cfg.n_query_vectors
             token_scores = attention_token_scores(logits[:, -heads:], cfg.selection_score)  # the query token's
             if cfg.query_tokens > 1:  # the best of the Q tokens', which add their best leaf
@@ -405,7 +430,7 @@ class ContextEncoder:
             half_scores = cosine_half_scores(node_vectors, query)
         else:
             half_scores = None
-        device = lowered.keys[0].device
+        device = lowered.chunks[0].device
         if cfg.selected_leaves is None:
             kept = [(start, length, cfg.node_budget(length))
                     for start, length in search_tree(half_scores, n, chunk_size, cfg.tree_depth, device)]
@@ -414,22 +439,27 @@ class ContextEncoder:
                                       several_scores, cfg.leaf_lookback)
             kept = [(best, cfg.leaf_length, cfg.node_budget(cfg.leaf_length)),
                     (others, cfg.leaf_length, cfg.tokens_per_node)]
-        compress = lambda kv: torch.cat(  # noqa: E731
-            [compress_node(kv, start, length, budget, cfg.node_compression) for start, length, budget in kept], dim=2
-        )
-        return [compress(k) for k in lowered.keys], [compress(v) for v in lowered.values]
+        if len(kept) == 1 and kept[0][1] == kept[0][2] == chunk_size:  # every token: no copy of what `lower` holds
+            return lowered.chunks
+        stacked = torch.stack(lowered.chunks, dim=1)  # (2M, N, Hkv, C, hd)
+        n_layers = stacked.shape[0]
+        flat = stacked.flatten(0, 1)  # (2M * N, Hkv, C, hd): every layer's chunks, nodes at the same starts
+        nodes = [compress_node(flat, start.view(n, -1).repeat(n_layers, 1), length, budget, cfg.node_compression)
+                 for start, length, budget in kept]
+        return list(torch.cat(nodes, dim=2).unflatten(0, (n_layers, n)).unbind(1))
 
-    def selection_logits(self, query, keys, chunk_index) -> torch.Tensor:
+    def selection_logits(self, query, lowered: LowerChunks, chunk_index) -> torch.Tensor:
         """(N, V * H, C) what attention selection scores with, from the rows' (N, V, hidden) query states
-        (`SharedLLMForCausalLM._query_vectors`, V = config.n_query_vectors) and the lower pass's per-layer (N, Hkv,
-        C, hd) keys: the Q query tokens' logits at the scoring layer, preceded, with a separate query_layer, by the
-        same tokens' logits at that layer (they rank m more chunks); the query token's heads always last."""
+        (`SharedLLMForCausalLM._query_vectors`, V = config.n_query_vectors) and the lower pass's keys (`LowerChunks`):
+        the Q query tokens' logits at the scoring layer, preceded, with a separate query_layer, by the same tokens'
+        logits at that layer (they rank m more chunks); the query token's heads always last."""
         cfg = self.config
         if cfg.n_query_vectors == cfg.query_tokens:
-            return self.attention_logits(query, keys[cfg.scoring_layer], chunk_index)
+            return self.attention_logits(query, lowered.layer_keys(cfg.scoring_layer), chunk_index)
         n, layer = cfg.query_tokens, cfg.query_scoring_layer
-        return torch.cat([self.attention_logits(query[:, :n], keys[layer], chunk_index, layer),
-                          self.attention_logits(query[:, n:], keys[cfg.scoring_layer], chunk_index)], dim=1)
+        return torch.cat([self.attention_logits(query[:, :n], lowered.layer_keys(layer), chunk_index, layer),
+                          self.attention_logits(query[:, n:], lowered.layer_keys(cfg.scoring_layer), chunk_index)],
+                         dim=1)
 
     @torch.no_grad()
     def attention_logits(self, query_hidden, keys, chunk_index, layer: int | None = None) -> torch.Tensor:
@@ -449,7 +479,8 @@ class ContextEncoder:
     # -- node_encoding="node": the reference ---------------------------------------------------------------------
 
     def encode_by_node(self, chunk_ids, chunk_index, query):
-        """The reference encoding: every candidate and kept node is encoded alone, with local positions."""
+        """The reference encoding: every candidate and kept node is encoded alone, with local positions. Returns the
+        N chunks' (2M, Hkv, K, hd) keys then values."""
         cfg = self.config
         n, chunk_size = chunk_ids.shape
         arange = lambda length: torch.arange(length, device=chunk_ids.device)  # noqa: E731
@@ -473,7 +504,7 @@ class ContextEncoder:
                 budget = cfg.node_budget(length)
                 keys[i].append(compress_node(node_keys[i], zero, length, budget, cfg.node_compression))
                 values[i].append(compress_node(node_values[i], zero, length, budget, cfg.node_compression))
-        return [torch.cat(k, dim=2) for k in keys], [torch.cat(v, dim=2) for v in values]
+        return chunk_views([torch.cat(k, dim=2) for k in keys], [torch.cat(v, dim=2) for v in values])
 
     # -- the base model's bottom layers ---------------------------------------------------------------------------
 
@@ -521,9 +552,9 @@ def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: i
     """Each row's k best-scoring real chunks, its `recent` last chunks always among them, and with query_tokens Q > 1
     the `extra` best others under the best of the Q queries at the scoring layer and, where the scores hold V = 2Q
     query states (query_vectors = config.n_query_vectors: the Q tokens' at query_layer first), the `extra` best of
-    the rest under the Q queries at query_layer (`tree.union_order`), gathered in their original order: per layer
-    (B, Hkv, r * K, hd) instead of (B, Hkv, n * K, hd), r = config.chunks_read (k + extra, + extra more with
-    query_layer), so that what reads them costs r chunks, not n. A row with fewer real chunks keeps them all (they
+    the rest under the Q queries at query_layer (`tree.union_order`), in their original order: r chunks instead
+    of n, r = config.chunks_read (k + extra, + extra more with query_layer), so that what reads them costs r
+    chunks, not n (picked, not copied). A row with fewer real chunks keeps them all (they
     come first: real chunks are the row's first slots and score above padding's -inf)."""
     scores, vectors = context.chunk_scores, query_vectors or query_tokens  # scores (B, n, V * H, ...)
     n, heads, several = scores.shape[1], scores.shape[2] // vectors, query_tokens * scores.shape[2] // vectors
@@ -539,19 +570,9 @@ def top_chunks(context: EncodedContext, k: int, recent: int = 0, query_tokens: i
     if n <= k_read:
         return context
     best = union_order(rankings)[:, :k_read].sort(dim=1).values  # (B, k_read)
-    per_chunk = context.per_chunk
-    slots = (best[:, :, None] * per_chunk + torch.arange(per_chunk, device=best.device)).flatten(1)  # (B, k_read * K)
-
-    def gather(kv):  # (B, Hkv, n * K, hd) -> (B, Hkv, k_read * K, hd)
-        return kv.gather(2, slots[:, None, :, None].expand(-1, kv.shape[1], -1, kv.shape[-1]))
-
-    return EncodedContext(
-        [gather(kv) for kv in context.keys],
-        [gather(kv) for kv in context.values],
-        context.n_chunks.clamp(max=k_read),
-        per_chunk,
-        gather_slots(context.chunk_scores, best),
-    )
+    chunks = [[row[j] for j in picks if j < len(row)] for row, picks in zip(context.chunks, best.tolist())]
+    return EncodedContext(chunks, context.n_chunks.clamp(max=k_read), context.per_chunk,
+                          gather_slots(context.chunk_scores, best))
 
 
 def spaced_positions(keys: list[torch.Tensor], sink, n_chunks: torch.LongTensor, per_chunk: int, spacing: int,
@@ -582,38 +603,15 @@ def gather_slots(scores: torch.Tensor, index: torch.LongTensor) -> torch.Tensor:
 
 def append_chunks(context: EncodedContext, new: EncodedContext) -> EncodedContext:
     """Append each row's new chunks after its existing ones (rows hold different numbers of chunks)."""
-    if not context.keys:
+    if not any(context.chunks):
         return new
-    per_chunk = context.per_chunk
+    chunks = [old + fresh for old, fresh in zip(context.chunks, new.chunks)]
     n_total = context.n_chunks + new.n_chunks
-    if bool((context.n_chunks == context.chunk_capacity()).all()) and bool((new.n_chunks == new.chunk_capacity()).all()):
-        # every row is full (always at batch size 1): the new chunks simply follow the old ones
-        keys = [torch.cat([o, f], dim=2) for o, f in zip(context.keys, new.keys)]
-        values = [torch.cat([o, f], dim=2) for o, f in zip(context.values, new.values)]
-        scores = None if context.chunk_scores is None else torch.cat([context.chunk_scores, new.chunk_scores], dim=1)
-        return EncodedContext(keys, values, n_total, per_chunk, scores)
-    capacity = int(n_total.max())
-    batch = n_total.shape[0]
-    slot = torch.arange(capacity, device=n_total.device)[None, :]
-    from_new = slot >= context.n_chunks[:, None]  # (B, capacity)
-    # one index row per batch row: a (1, capacity) index would gather row 0's old chunks for every row
-    old_index = slot.clamp(max=max(context.chunk_capacity() - 1, 0)).expand(batch, -1)
-    new_index = (slot - context.n_chunks[:, None]).clamp(0, max(new.chunk_capacity() - 1, 0))
-
-    def merge(old, fresh):
-        old = old.view(batch, old.shape[1], -1, per_chunk, old.shape[-1])
-        fresh = fresh.view(batch, fresh.shape[1], -1, per_chunk, fresh.shape[-1])
-        pick = lambda kv, index: kv.gather(  # noqa: E731
-            2, index[:, None, :, None, None].expand(-1, kv.shape[1], -1, per_chunk, kv.shape[-1])
-        )
-        merged = torch.where(from_new[:, None, :, None, None], pick(fresh, new_index), pick(old, old_index))
-        return merged.reshape(batch, merged.shape[1], capacity * per_chunk, merged.shape[-1])
-
-    keys = [merge(o, f) for o, f in zip(context.keys, new.keys)]
-    values = [merge(o, f) for o, f in zip(context.values, new.values)]
     scores = None
-    if context.chunk_scores is not None:
-        from_new_slots = from_new.view(*from_new.shape, *[1] * (context.chunk_scores.dim() - 2))
-        scores = torch.where(from_new_slots, gather_slots(new.chunk_scores, new_index),
-                             gather_slots(context.chunk_scores, old_index))
-    return EncodedContext(keys, values, n_total, per_chunk, scores)
+    if context.chunk_scores is not None:  # (B, n, ...): each row's old scores, then its new ones, then -inf
+        old, fresh = context.chunk_scores, new.chunk_scores
+        scores = old.new_full((len(chunks), int(n_total.max()), *old.shape[2:]), float("-inf"))
+        for b, (n_old, n_new) in enumerate(zip(context.n_chunks.tolist(), new.n_chunks.tolist())):
+            scores[b, :n_old] = old[b, :n_old]
+            scores[b, n_old : n_old + n_new] = fresh[b, :n_new]
+    return EncodedContext(chunks, n_total, context.per_chunk, scores)

@@ -440,7 +440,7 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
             cfg = self.config
             context = top_chunks(context, cfg.context_chunks, cfg.recent_chunks, cfg.query_tokens, cfg.query_chunks,
                                  cfg.n_query_vectors)
-        keys, values = context.keys, context.values
+        keys, values = context.layers()
         joint = self.config.injection == "joint"
         if joint and self.config.chunk_spacing:
             keys, sink = spaced_positions(keys, sink, context.n_chunks, context.per_chunk, self.config.chunk_spacing,
@@ -757,7 +757,8 @@ class SharedLLMForCausalLM(PreTrainedModel, GenerationMixin):
         injected = self._injected_context(context, sink)
         cache = None
         if cached:
-            empty = EncodedContext([], [], torch.zeros_like(n_chunks), cfg.context_tokens_per_chunk)
+            empty = EncodedContext([[] for _ in range(input_ids.shape[0])], torch.zeros_like(n_chunks),
+                                   cfg.context_tokens_per_chunk)
             previous = self._tokens_before(input_ids, start + context_length, context_length > 0,
                                            self.context_encoder.text_start_prefix(input_ids.shape[0], input_ids.device))
             cache = SharedLLMCache(cfg.text_config, context or empty, query, decoder_ids, decoder_mask, previous, sink)

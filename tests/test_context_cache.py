@@ -202,7 +202,7 @@ def test_cache_is_stored_in_the_base_dtype():
     model, document, _ = setup()
     model = model.to(torch.bfloat16)
     context = ContextCache.encode(model, document)
-    assert {t.dtype for t in [*context.lowered.keys, *context.lowered.values, context.lowered.node_vectors]} == {torch.bfloat16}
+    assert {t.dtype for t in [context.stored, context.lowered.node_vectors]} == {torch.bfloat16}
     float_model = model.to(torch.float32)
     with pytest.raises(ValueError, match="dtype='bfloat16' \\(model: 'float32'\\)"):
         float_model(torch.tensor([[5, 6]]), past_key_values=context)

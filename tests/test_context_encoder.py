@@ -17,11 +17,11 @@ def test_append_chunks_keeps_each_rows_old_chunks():
     old[1, 0, :, 0] = torch.tensor([1.0, 1, 2, 2, 3, 3])
     new = torch.full((2, 1, 2, 1), 9.0)
     merged = append_chunks(
-        EncodedContext([old], [old], torch.tensor([0, 3]), 2), EncodedContext([new], [new], torch.tensor([1, 0]), 2)
+        EncodedContext.from_layers([old], [old], torch.tensor([0, 3]), 2), EncodedContext.from_layers([new], [new], torch.tensor([1, 0]), 2)
     )
     assert merged.n_chunks.tolist() == [1, 3]
-    assert merged.keys[0][1, 0, :, 0].tolist() == [1, 1, 2, 2, 3, 3]
-    assert merged.keys[0][0, 0, :2, 0].tolist() == [9, 9]
+    assert merged.layers()[0][0][1, 0, :, 0].tolist() == [1, 1, 2, 2, 3, 3]
+    assert merged.layers()[0][0][0, 0, :2, 0].tolist() == [9, 9]
 
 
 @pytest.mark.parametrize("stat_shape", [(), (3, 2)])  # selection_score logit: (B, n); probability: (B, n, H, 2)
@@ -31,8 +31,8 @@ def test_append_chunks_keeps_each_rows_chunk_scores(stat_shape):
     kv = lambda n: torch.zeros(2, 1, 2 * n, 1)  # noqa: E731
     old_scores = torch.arange(2 * 3).float().view(2, 3, *[1] * len(stat_shape)).expand(2, 3, *stat_shape)
     new_scores = torch.full((2, 1, *stat_shape), 9.0)
-    merged = append_chunks(EncodedContext([kv(3)], [kv(3)], torch.tensor([1, 3]), 2, old_scores),
-                           EncodedContext([kv(1)], [kv(1)], torch.tensor([1, 0]), 2, new_scores))
+    merged = append_chunks(EncodedContext.from_layers([kv(3)], [kv(3)], torch.tensor([1, 3]), 2, old_scores),
+                           EncodedContext.from_layers([kv(1)], [kv(1)], torch.tensor([1, 0]), 2, new_scores))
     first = merged.chunk_scores.reshape(2, 3, -1)[..., 0]  # capacity: the most chunks of a row
     assert first[0, :2].tolist() == [0, 9] and first[1, :3].tolist() == [3, 4, 5]
 
@@ -54,8 +54,9 @@ def test_context_shapes_and_compression(depth, per_node):
     context = cache_holder["context"]
     per_chunk = per_node * (depth + 1)
     assert context.per_chunk == per_chunk == model.config.context_tokens_per_chunk
-    assert len(context.keys) == model.config.n_injected_layers
-    for keys in context.keys:
+    layer_keys, _ = context.layers()
+    assert len(layer_keys) == model.config.n_injected_layers
+    for keys in layer_keys:
         assert keys.shape == (2, 2, 5 * per_chunk, 16)  # (B, Hkv, chunks * P * (D + 1), head_dim)
 
 
@@ -66,8 +67,8 @@ def test_chunk_rotary_offsets_are_applied():
     model = wrap(tiny_model("llama"), tree_depth=0, tokens_per_node=16)  # keep every token: no compression
     chunk = torch.randint(3, 128, (16,))
     with torch.no_grad():
-        keys = model.context_encoder.encode_by_chunk(torch.stack([chunk, chunk]), torch.tensor([0, 1]), torch.zeros(2, 64))[0]
-        first, second = keys[0][0:1], keys[0][1:2]  # layer 0, (1, Hkv, 16, hd)
+        chunks = model.context_encoder.encode_by_chunk(torch.stack([chunk, chunk]), torch.tensor([0, 1]), torch.zeros(2, 64))[0]
+        first, second = chunks[0][0:1], chunks[1][0:1]  # layer 0's keys, (1, Hkv, 16, hd)
         cos, sin = model.decoder.rotary_emb(first, torch.ones(1, 16, dtype=torch.long))
         shifted, _ = apply_rotary_pos_emb(first, first, cos, sin)
     assert not torch.allclose(first, second, atol=1e-4)
@@ -115,6 +116,44 @@ def test_node_vectors_only_where_the_selection_compares_them(selection):
         assert (lowered.node_vectors is not None) == (selection == "query")
         assert asked.node_vectors.shape == (3, 2, 64)
         query = torch.randn(3, 64)
-        keys, values = encoder.select_nodes(lowered, query, index)
-        asked_keys, asked_values = encoder.select_nodes(asked, query, index)
-    assert all(torch.equal(a, b) for a, b in zip([*keys, *values], [*asked_keys, *asked_values]))
+        selected = encoder.select_nodes(lowered, query, index)
+        asked_selected = encoder.select_nodes(asked, query, index)
+    assert all(torch.equal(a, b) for a, b in zip(selected, asked_selected))
+
+
+def test_a_reading_that_keeps_every_token_holds_one_copy_of_the_chunks():
+    """tree_depth 0: the encoded context's chunks are the context cache's and the memo's own tensors (no second
+    copy of every chunk), and after `layers` a context holds the attention's tensor, not its old chunks as well."""
+    from functools import partial
+
+    from sharedllm.context_cache import ContextCache
+    from sharedllm.context_encoder import LowerChunksMemo
+
+    storage = lambda tensor: tensor.untyped_storage().data_ptr()  # noqa: E731
+    model = wrap(tiny_model("llama"), tree_depth=0, tokens_per_node=16)  # C = 16 kept whole
+    ids, zero, n = torch.randint(3, 128, (1, 100)), torch.zeros(1, dtype=torch.long), torch.tensor([4])
+    with torch.no_grad():
+        query = model._query_vectors(ids, zero, torch.tensor([99]))
+        document = ContextCache.encode(model, ids[0, :64])  # the same 4 chunks
+        memo = LowerChunksMemo(model.context_encoder)
+        encoded = {name: model.context_encoder.encode(ids, zero, n, zero, query, lower)
+                   for name, lower in dict(cache=partial(document.lower_chunks, model), memo=memo, fresh=None).items()}
+    assert [storage(chunk) for chunk in encoded["cache"].chunks[0]] == [storage(document.stored)] * 4
+    assert {storage(chunk) for chunk in encoded["memo"].chunks[0]} == {storage(kept) for kept, _ in memo.kept.values()}
+    assert len(memo.kept) == 4
+    keys, values = encoded["fresh"].layers()
+    assert {storage(chunk) for chunk in encoded["fresh"].chunks[0]} == {storage(keys[0])}
+    for name in ("cache", "memo"):
+        torch.testing.assert_close(torch.stack(encoded[name].layers()[0]), torch.stack(keys))
+    assert storage(memo.kept[next(iter(memo.kept))][0]) != storage(encoded["memo"].chunks[0][0])  # a view of layers'
+
+
+def test_encoded_context_layers_pad_rows_with_fewer_chunks():
+    from sharedllm.context_encoder import EncodedContext
+
+    chunk = lambda value: torch.full((4, 1, 2, 3), float(value))  # noqa: E731  (2M = 4, Hkv = 1, K = 2, hd = 3)
+    context = EncodedContext([[chunk(1)], [chunk(2), chunk(3)]], torch.tensor([1, 2]), per_chunk=2)
+    keys, values = context.layers()
+    assert len(keys) == len(values) == 2 and keys[0].shape == (2, 1, 4, 3)
+    assert keys[1][:, 0, :, 0].tolist() == [[1, 1, 0, 0], [2, 2, 3, 3]]
+    assert values[0][1, 0, :, 0].tolist() == [2, 2, 3, 3]

@@ -22,7 +22,7 @@ def test_exact_leaves_keep_every_leaf_token(selection):
     zero = torch.zeros(1, dtype=torch.long)
     query = model._query_vectors(ids, zero, torch.tensor([111]))
     context = model.context_encoder.encode(ids, zero, torch.tensor([2]), zero, query)
-    assert context.keys[0].shape[2] == 2 * 20
+    assert context.layers()[0][0].shape[2] == 2 * 20
 
 
 def test_attention_selection_generate_equals_forward():
@@ -62,7 +62,7 @@ def test_selection_layer_scores_with_that_layers_query_and_keys(layer, monkeypat
                             lambda q, keys, index: seen.append(keys) or logits(q, keys, index))
         lowered = model.context_encoder.lower_chunks(ids[0, :64].view(2, 32), torch.arange(2))
         model.context_encoder.select_nodes(lowered, query.expand(2, -1, -1), torch.arange(2))
-    assert seen[0] is lowered.keys[layer]
+    torch.testing.assert_close(seen[0], lowered.layer_keys(layer), rtol=0, atol=0)
     assert model.context_encoder.scoring_projections()[1] is base.model.layers[layer].self_attn.q_proj
 
 
@@ -78,12 +78,13 @@ def test_top_chunks_gathers_the_k_best_real_chunks_per_row():
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [3.0, -1.0, 2.0, float("-inf")]])[..., None]
     slot_chunk = torch.arange(4).repeat_interleave(2).float()  # 2 slots per chunk, each holding its chunk's index
     keys = slot_chunk[None, None, :, None].expand(2, 1, 8, 1)
-    context = EncodedContext([keys], [keys + 10], torch.tensor([4, 3]), per_chunk=2, chunk_scores=scores)
+    context = EncodedContext.from_layers([keys], [keys + 10], torch.tensor([4, 3]), per_chunk=2, chunk_scores=scores)
 
     def chunks_read(k):
         read = top_chunks(context, k)
-        assert torch.equal(read.values[0], read.keys[0] + 10)
-        return read.keys[0][:, 0, ::2, 0].long().tolist(), read.n_chunks.tolist()
+        keys, values = read.layers()
+        assert torch.equal(values[0], keys[0] + 10)
+        return keys[0][:, 0, ::2, 0].long().tolist(), read.n_chunks.tolist()
 
     assert chunks_read(2) == ([[1, 3], [0, 2]], [2, 2])
     # a row with <= k chunks keeps them all, first, then padding
@@ -92,9 +93,9 @@ def test_top_chunks_gathers_the_k_best_real_chunks_per_row():
     # the r last real chunks are read whatever their score: row 0's chunk 3 (0.7) and row 1's chunk 2 (2.0) are
     # last, and so already among the best; with r = 2 row 0 also reads chunk 2 (0.5) and row 1 chunk 1 (-1.0)
     read = top_chunks(context, 2, recent=2)
-    assert read.keys[0][:, 0, ::2, 0].long().tolist() == [[2, 3], [1, 2]]
+    assert read.layers()[0][0][:, 0, ::2, 0].long().tolist() == [[2, 3], [1, 2]]
     read = top_chunks(context, 3, recent=1)
-    assert read.keys[0][:, 0, ::2, 0].long().tolist() == [[1, 2, 3], [0, 1, 2]]
+    assert read.layers()[0][0][:, 0, ::2, 0].long().tolist() == [[1, 2, 3], [0, 1, 2]]
 
 
 def test_context_chunks_reads_only_the_best_chunk():
@@ -172,7 +173,7 @@ def test_context_chunks_attend_over_k_chunks_only(injection, knobs, per_chunk, r
     zero = torch.zeros(1, dtype=torch.long)
     query = model._query_vectors(ids, zero, torch.tensor([ids.shape[1] - 1]))
     context = model.context_encoder.encode(ids, zero, torch.tensor([5]), zero, query)
-    assert context.keys[0].shape[2] == 5 * per_chunk
+    assert context.layers()[0][0].shape[2] == 5 * per_chunk
     injected = model._injected_context(context, model.context_encoder.sink() if injection == "joint" else None)
     assert {keys.shape[2] for keys in injected.keys} == {read * per_chunk}
     assert model.config.chunks_read == read
@@ -191,7 +192,7 @@ def test_selected_leaves_budget_and_generate_equals_forward(selection):
     ids = torch.randint(3, 128, (1, 48 + 64))
     zero = torch.zeros(1, dtype=torch.long)
     query = model._query_vectors(ids, zero, torch.tensor([111]))
-    assert model.context_encoder.encode(ids, zero, torch.tensor([2]), zero, query).keys[0].shape[2] == 2 * 14
+    assert model.context_encoder.encode(ids, zero, torch.tensor([2]), zero, query).layers()[0][0].shape[2] == 2 * 14
     out = model.generate(ids[:, :70], max_new_tokens=30, do_sample=False, min_new_tokens=30)
     for step in (0, 29):
         prefix = out[:, : 70 + step]
@@ -206,9 +207,9 @@ def test_selected_leaves_keeps_the_planted_leaf_exact(monkeypatch):
     lowered = encoder.lower_chunks(ids.view(2, 32), torch.arange(2))
     scores = torch.zeros(2, 32)
     scores[0, 19], scores[1, 2] = 1.0, 1.0  # leaf 2 (tokens 16..23) of chunk 0, leaf 0 of chunk 1
-    keys, _ = encoder.select_nodes(lowered, None, torch.arange(2), scores[:, None, :])  # (N, H = 1, C) logits
-    torch.testing.assert_close(keys[0][0, :, :8], lowered.keys[0][0, :, 16:24])
-    torch.testing.assert_close(keys[0][1, :, :8], lowered.keys[0][1, :, 0:8])
+    chunks = encoder.select_nodes(lowered, None, torch.arange(2), scores[:, None, :])  # (N, H = 1, C) logits
+    torch.testing.assert_close(chunks[0][0, :, :8], lowered.chunks[0][0, :, 16:24])  # layer 0's keys
+    torch.testing.assert_close(chunks[1][0, :, :8], lowered.chunks[1][0, :, 0:8])
 
 
 @pytest.mark.parametrize("knobs, message", [
@@ -303,7 +304,7 @@ def test_query_layer_ranks_chunks_by_the_query_tokens_at_its_own_layer():
     torch.testing.assert_close(scores["split"][:, :, columns:], scores["at_3"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(scores["same"], scores["at_3"])
     assert not torch.allclose(scores["at_1"], scores["at_3"])
-    torch.testing.assert_close(encoded["split"].keys[0], encoded["at_3"].keys[0])  # the leaves: the scoring layer's
+    torch.testing.assert_close(encoded["split"].layers()[0][0], encoded["at_3"].layers()[0][0])  # the leaves: the scoring layer's
 
 
 def test_top_chunks_with_a_separate_query_layer_add_its_q_tokens_best_others():
@@ -316,14 +317,14 @@ def test_top_chunks_with_a_separate_query_layer_add_its_q_tokens_best_others():
     scores = torch.tensor([[[6.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 4.0], [5.0, 0.0, 9.0, 3.5], [3.0, 0.0, 0.0, 0.0],
                             [0.0, 2.0, 0.0, 0.5]]])
     keys = torch.arange(5).repeat_interleave(2).float()[None, None, :, None]
-    context = EncodedContext([keys], [keys], torch.tensor([5]), per_chunk=2, chunk_scores=scores)
+    context = EncodedContext.from_layers([keys], [keys], torch.tensor([5]), per_chunk=2, chunk_scores=scores)
     read = top_chunks(context, 2, query_tokens=2, extra=1, query_vectors=4)
-    assert read.keys[0][0, 0, ::2, 0].tolist() == [0, 1, 2, 3]
+    assert read.layers()[0][0][0, 0, ::2, 0].tolist() == [0, 1, 2, 3]
     assert read.n_chunks.tolist() == [4]
     assert top_chunks(context, 3, query_tokens=2, extra=1, query_vectors=4) is context  # 5 read of 5: all
     # k = 0: only the Q tokens choose, chunk 2 at the scoring layer and the best other at query_layer, chunk 0
     read = top_chunks(context, 0, query_tokens=2, extra=1, query_vectors=4)
-    assert read.keys[0][0, 0, ::2, 0].tolist() == [0, 2]
+    assert read.layers()[0][0][0, 0, ::2, 0].tolist() == [0, 2]
     assert read.n_chunks.tolist() == [2]
 
 
@@ -335,9 +336,9 @@ def test_top_chunks_with_several_query_tokens_add_their_best_other_chunks():
     # (B = 1, n = 5, Q * H = 2) best logits: column 0 the earlier token's, column 1 the query token's
     scores = torch.tensor([[[6.0, 5.0], [0.0, 4.0], [0.0, 1.0], [9.0, 0.0], [0.0, 0.5]]])
     keys = torch.arange(5).repeat_interleave(2).float()[None, None, :, None]
-    context = EncodedContext([keys], [keys], torch.tensor([5]), per_chunk=2, chunk_scores=scores)
-    assert top_chunks(context, 2, query_tokens=2, extra=1).keys[0][0, 0, ::2, 0].tolist() == [0, 1, 3]
-    assert top_chunks(context, 2, query_tokens=2).keys[0][0, 0, ::2, 0].tolist() == [0, 1]
+    context = EncodedContext.from_layers([keys], [keys], torch.tensor([5]), per_chunk=2, chunk_scores=scores)
+    assert top_chunks(context, 2, query_tokens=2, extra=1).layers()[0][0][0, 0, ::2, 0].tolist() == [0, 1, 3]
+    assert top_chunks(context, 2, query_tokens=2).layers()[0][0][0, 0, ::2, 0].tolist() == [0, 1]
 
 
 def test_leaf_lookback_needs_ranked_leaves():

@@ -28,7 +28,8 @@ def layer_logits(model, chunk_ids, window_ids) -> torch.Tensor:
         q = attention.q_proj(layer.input_layernorm(hidden[index][:, -1])).view(1, -1, 1, attention.head_dim)
         cos, sin = decoder.rotary_emb(q, torch.zeros(1, 1, dtype=torch.long))
         q, _ = apply_rotary_pos_emb(q, q, cos, sin)
-        keys = lowered.keys[index].repeat_interleave(q.shape[1] // lowered.keys[index].shape[1], 1)  # GQA
+        keys = lowered.layer_keys(index)
+        keys = keys.repeat_interleave(q.shape[1] // keys.shape[1], 1)  # GQA
         logits.append(torch.einsum("hd,nhcd->nhc", q[0, :, 0], keys) * attention.scaling)
     return torch.stack(logits)
 

@@ -209,7 +209,7 @@ def main():
         lowered = original_lower(self, chunk_ids, chunk_index, before, node_vectors)
         captured["chunk_index"].append(chunk_index)
         for layer in args.layers:
-            captured[layer].append(lowered.keys[layer])
+            captured[layer].append(lowered.layer_keys(layer))
         return lowered
 
     ContextEncoder.lower_chunks = recording_lower
