@@ -9,9 +9,9 @@
 #     lane-c: RULER niah_multikey and niah_single 16K
 #     lane-d: passkey 32K, 64K
 #     lane-e: perplexity books 32K, 64K; lane-f: the same of math (the headline's domains there)
-#     lane-g: the 128K cells: perplexity books and math, passkey, RULER niah_single and niah_multikey; alone on a
-#       24 GB machine (the chunk memo and the encoded context, up to ~18 GB; results/experiments/memory/), e.g.
-#       with --threads 2 among the flags
+#     lane-g: the 128K cells: perplexity books and math, passkey, RULER niah_single and niah_multikey; each holds
+#       its chunks once since the per-chunk encoded context (2026-12-08; results/experiments/memory/): passkey
+#       2.7 GB at the peak, perplexity and RULER 7.5-8.5 GB, so it runs beside one other lane on a 24 GB machine
 #     validation: the retrieval checks on validation prompts that come before any test cell (passkey 8K at depth
 #       1.0, RULER 16K niah_single and niah_multikey on the validation haystack), into OUT/passkey-8k-depth-1,
 #       OUT/ruler-16k-validation and OUT/ruler-16k-validation-multikey beside the default's cells there
