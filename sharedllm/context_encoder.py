@@ -442,11 +442,11 @@ class ContextEncoder:
         if len(kept) == 1 and kept[0][1] == kept[0][2] == chunk_size:  # every token: no copy of what `lower` holds
             return lowered.chunks
         stacked = torch.stack(lowered.chunks, dim=1)  # (2M, N, Hkv, C, hd)
-        n_layers = stacked.shape[0]
+        two_m = stacked.shape[0]
         flat = stacked.flatten(0, 1)  # (2M * N, Hkv, C, hd): every layer's chunks, nodes at the same starts
-        nodes = [compress_node(flat, start.view(n, -1).repeat(n_layers, 1), length, budget, cfg.node_compression)
+        nodes = [compress_node(flat, start.view(n, -1).repeat(two_m, 1), length, budget, cfg.node_compression)
                  for start, length, budget in kept]
-        return list(torch.cat(nodes, dim=2).unflatten(0, (n_layers, n)).unbind(1))
+        return list(torch.cat(nodes, dim=2).unflatten(0, (two_m, n)).unbind(1))  # N x (2M, Hkv, K, hd)
 
     def selection_logits(self, query, lowered: LowerChunks, chunk_index) -> torch.Tensor:
         """(N, V * H, C) what attention selection scores with, from the rows' (N, V, hidden) query states
