@@ -107,7 +107,8 @@ class ContextCache(DynamicCache):
                 part = slice(first, first + cfg.max_chunks_per_pass)
                 index = torch.arange(first, min(first + cfg.max_chunks_per_pass, n), device=ids.device)
                 out = model.context_encoder.lower_chunks(chunks[part], index, before[part], node_vectors=True)
-                stored[:, part] = torch.stack(out.chunks, dim=1)
+                for j, chunk in enumerate(out.chunks):  # into its slot: no stacked copy of the pass first
+                    stored[:, first + j] = chunk
                 node_vectors[part] = out.node_vectors
                 bar.update(index.numel())
         return cls(ids, stored, node_vectors, model_signature(model))

@@ -62,14 +62,6 @@ class EncodedContext:
     # config.context_chunks ranks chunks by them); None when not asked for
     chunk_scores: torch.Tensor | None = None
 
-    @classmethod
-    def from_layers(cls, keys, values, n_chunks, per_chunk, chunk_scores=None) -> "EncodedContext":
-        """Per layer (B, Hkv, n * K, hd) keys and values (slots past a row's n_chunks[b] ignored) -> chunk views."""
-        stacked = torch.stack([*keys, *values])  # (2M, B, Hkv, n * K, hd)
-        chunks = [[stacked[:, b, :, j * per_chunk : (j + 1) * per_chunk] for j in range(n)]
-                  for b, n in enumerate(n_chunks.tolist())]
-        return cls(chunks, n_chunks, per_chunk, chunk_scores)
-
     def layers(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per injected layer (B, Hkv, n * K, hd) keys and values, n = the most chunks of a row, zeros past a row's
         chunks: one new tensor. The chunks become views of it, so that this context and what reads it hold one copy
@@ -79,11 +71,12 @@ class EncodedContext:
         allocate = torch.empty if bool((self.n_chunks == n_max).all()) else torch.zeros
         stacked = allocate(first.shape[0], len(self.chunks), first.shape[1], n_max * per_chunk, first.shape[-1],
                            dtype=first.dtype, device=first.device)  # (2M, B, Hkv, n * K, hd)
-        for b, row in enumerate(self.chunks):
-            for j, chunk in enumerate(row):
-                stacked[:, b, :, j * per_chunk : (j + 1) * per_chunk] = chunk
-        self.chunks = [[stacked[:, b, :, j * per_chunk : (j + 1) * per_chunk] for j in range(len(row))]
-                       for b, row in enumerate(self.chunks)]
+        views = [[stacked[:, b, :, j * per_chunk : (j + 1) * per_chunk] for j in range(len(row))]
+                 for b, row in enumerate(self.chunks)]
+        for row, row_views in zip(self.chunks, views):
+            for chunk, view in zip(row, row_views):
+                view.copy_(chunk)
+        self.chunks = views
         n_layers = first.shape[0] // 2
         return list(stacked[:n_layers]), list(stacked[n_layers:])
 
@@ -441,12 +434,13 @@ class ContextEncoder:
                     (others, cfg.leaf_length, cfg.tokens_per_node)]
         if len(kept) == 1 and kept[0][1] == kept[0][2] == chunk_size:  # every token: no copy of what `lower` holds
             return lowered.chunks
-        stacked = torch.stack(lowered.chunks, dim=1)  # (2M, N, Hkv, C, hd)
-        two_m = stacked.shape[0]
-        flat = stacked.flatten(0, 1)  # (2M * N, Hkv, C, hd): every layer's chunks, nodes at the same starts
-        nodes = [compress_node(flat, start.view(n, -1).repeat(two_m, 1), length, budget, cfg.node_compression)
-                 for start, length, budget in kept]
-        return list(torch.cat(nodes, dim=2).unflatten(0, (two_m, n)).unbind(1))  # N x (2M, Hkv, K, hd)
+
+        def compress(chunk, i):  # chunk i's (2M, Hkv, C, hd) -> (2M, Hkv, K, hd): its kept nodes, in every layer
+            return torch.cat([compress_node(chunk, start.view(n, -1)[i].expand(chunk.shape[0], -1), length, budget,
+                                            cfg.node_compression) for start, length, budget in kept], dim=2)
+
+        # chunk by chunk: stacking the chunks first would copy the whole lower pass once more
+        return [compress(chunk, i) for i, chunk in enumerate(lowered.chunks)]
 
     def selection_logits(self, query, lowered: LowerChunks, chunk_index) -> torch.Tensor:
         """(N, V * H, C) what attention selection scores with, from the rows' (N, V, hidden) query states
