@@ -45,3 +45,14 @@ def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
 @pytest.fixture(params=["llama", "qwen2", "mistral", "qwen3"])
 def arch(request):
     return request.param
+
+
+def encoded_context(keys, values, n_chunks, per_chunk, chunk_scores=None):
+    """An `EncodedContext` from per-layer (B, Hkv, n * K, hd) keys and values, the layout tests write by hand
+    (slots past a row's n_chunks[b] are left out)."""
+    from sharedllm.context_encoder import EncodedContext
+
+    stacked = torch.stack([*keys, *values])  # (2M, B, Hkv, n * K, hd)
+    chunks = [[stacked[:, b, :, j * per_chunk : (j + 1) * per_chunk] for j in range(n)]
+              for b, n in enumerate(n_chunks.tolist())]
+    return EncodedContext(chunks, n_chunks, per_chunk, chunk_scores)

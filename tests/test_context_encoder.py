@@ -3,7 +3,7 @@ chunks, and what it keeps (no state of its own; node vectors only where the tree
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import encoded_context, tiny_model
 from test_model import wrap
 
 from sharedllm.compat import cache_argument
@@ -11,13 +11,13 @@ from sharedllm.compat import cache_argument
 
 def test_append_chunks_keeps_each_rows_old_chunks():
     """Row 0 holds no chunk and gains one, row 1 holds three and gains none (the issue-14 repro)."""
-    from sharedllm.context_encoder import EncodedContext, append_chunks
+    from sharedllm.context_encoder import append_chunks
 
     old = torch.zeros(2, 1, 6, 1)
     old[1, 0, :, 0] = torch.tensor([1.0, 1, 2, 2, 3, 3])
     new = torch.full((2, 1, 2, 1), 9.0)
     merged = append_chunks(
-        EncodedContext.from_layers([old], [old], torch.tensor([0, 3]), 2), EncodedContext.from_layers([new], [new], torch.tensor([1, 0]), 2)
+        encoded_context([old], [old], torch.tensor([0, 3]), 2), encoded_context([new], [new], torch.tensor([1, 0]), 2)
     )
     assert merged.n_chunks.tolist() == [1, 3]
     assert merged.layers()[0][0][1, 0, :, 0].tolist() == [1, 1, 2, 2, 3, 3]
@@ -26,13 +26,13 @@ def test_append_chunks_keeps_each_rows_old_chunks():
 
 @pytest.mark.parametrize("stat_shape", [(), (3, 2)])  # selection_score logit: (B, n); probability: (B, n, H, 2)
 def test_append_chunks_keeps_each_rows_chunk_scores(stat_shape):
-    from sharedllm.context_encoder import EncodedContext, append_chunks
+    from sharedllm.context_encoder import append_chunks
 
     kv = lambda n: torch.zeros(2, 1, 2 * n, 1)  # noqa: E731
     old_scores = torch.arange(2 * 3).float().view(2, 3, *[1] * len(stat_shape)).expand(2, 3, *stat_shape)
     new_scores = torch.full((2, 1, *stat_shape), 9.0)
-    merged = append_chunks(EncodedContext.from_layers([kv(3)], [kv(3)], torch.tensor([1, 3]), 2, old_scores),
-                           EncodedContext.from_layers([kv(1)], [kv(1)], torch.tensor([1, 0]), 2, new_scores))
+    merged = append_chunks(encoded_context([kv(3)], [kv(3)], torch.tensor([1, 3]), 2, old_scores),
+                           encoded_context([kv(1)], [kv(1)], torch.tensor([1, 0]), 2, new_scores))
     first = merged.chunk_scores.reshape(2, 3, -1)[..., 0]  # capacity: the most chunks of a row
     assert first[0, :2].tolist() == [0, 9] and first[1, :3].tolist() == [3, 4, 5]
 

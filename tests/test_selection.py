@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import encoded_context, tiny_model
 from sharedllm.config import ATTENTION_ONLY_KNOBS
 from sharedllm.flags import knob_flag
 from sharedllm.modeling import SharedLLMForCausalLM
@@ -72,13 +72,13 @@ def test_selection_layer_must_be_injected():
 
 
 def test_top_chunks_gathers_the_k_best_real_chunks_per_row():
-    from sharedllm.context_encoder import EncodedContext, top_chunks
+    from sharedllm.context_encoder import top_chunks
 
     # each chunk's best logit under one head (B, n, H = 1); row 1 holds 3 chunks
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [3.0, -1.0, 2.0, float("-inf")]])[..., None]
     slot_chunk = torch.arange(4).repeat_interleave(2).float()  # 2 slots per chunk, each holding its chunk's index
     keys = slot_chunk[None, None, :, None].expand(2, 1, 8, 1)
-    context = EncodedContext.from_layers([keys], [keys + 10], torch.tensor([4, 3]), per_chunk=2, chunk_scores=scores)
+    context = encoded_context([keys], [keys + 10], torch.tensor([4, 3]), per_chunk=2, chunk_scores=scores)
 
     def chunks_read(k):
         read = top_chunks(context, k)
@@ -311,13 +311,13 @@ def test_top_chunks_with_a_separate_query_layer_add_its_q_tokens_best_others():
     """V = 2Q query states (query_layer): the Q tokens' at query_layer first, then theirs at the scoring layer with
     the query token's last. Here the query token ranks chunks 0, 1 first, the Q = 2 tokens' best other at the
     scoring layer is chunk 2 and at query_layer (its 0 and 2 taken) chunk 3: k = 2, extra 1 reads 0, 1, 2, 3."""
-    from sharedllm.context_encoder import EncodedContext, top_chunks
+    from sharedllm.context_encoder import top_chunks
 
     # (B = 1, n = 5, V * H = 4): 2 tokens at query_layer, 2 at the scoring layer (the query token's last)
     scores = torch.tensor([[[6.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 4.0], [5.0, 0.0, 9.0, 3.5], [3.0, 0.0, 0.0, 0.0],
                             [0.0, 2.0, 0.0, 0.5]]])
     keys = torch.arange(5).repeat_interleave(2).float()[None, None, :, None]
-    context = EncodedContext.from_layers([keys], [keys], torch.tensor([5]), per_chunk=2, chunk_scores=scores)
+    context = encoded_context([keys], [keys], torch.tensor([5]), per_chunk=2, chunk_scores=scores)
     read = top_chunks(context, 2, query_tokens=2, extra=1, query_vectors=4)
     assert read.layers()[0][0][0, 0, ::2, 0].tolist() == [0, 1, 2, 3]
     assert read.n_chunks.tolist() == [4]
@@ -331,12 +331,12 @@ def test_top_chunks_with_a_separate_query_layer_add_its_q_tokens_best_others():
 def test_top_chunks_with_several_query_tokens_add_their_best_other_chunks():
     """Q = 2 queries, one head: the query token (the last) ranks chunks 0, 1 first; the earlier token finds chunk 3.
     k = 2 and 1 extra: chunks 0, 1 and 3 are read; without the extra, the query token's 2."""
-    from sharedllm.context_encoder import EncodedContext, top_chunks
+    from sharedllm.context_encoder import top_chunks
 
     # (B = 1, n = 5, Q * H = 2) best logits: column 0 the earlier token's, column 1 the query token's
     scores = torch.tensor([[[6.0, 5.0], [0.0, 4.0], [0.0, 1.0], [9.0, 0.0], [0.0, 0.5]]])
     keys = torch.arange(5).repeat_interleave(2).float()[None, None, :, None]
-    context = EncodedContext.from_layers([keys], [keys], torch.tensor([5]), per_chunk=2, chunk_scores=scores)
+    context = encoded_context([keys], [keys], torch.tensor([5]), per_chunk=2, chunk_scores=scores)
     assert top_chunks(context, 2, query_tokens=2, extra=1).layers()[0][0][0, 0, ::2, 0].tolist() == [0, 1, 3]
     assert top_chunks(context, 2, query_tokens=2).layers()[0][0][0, 0, ::2, 0].tolist() == [0, 1]
 
